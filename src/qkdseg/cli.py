@@ -1,0 +1,255 @@
+"""The ``qkdseg`` command: a thin adapter over the Python API.
+
+User errors (a bad file, an unknown node, a bad value) print one line,
+``qkdseg: error: ...``, on standard error and exit with status 2; no
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import functools
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InvalidRequest, QkdsegError
+
+app = typer.Typer(
+    help="Segment-based multipath key distribution in partially-trusted relay QKD networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+topology_app = typer.Typer(help="Generate, list and inspect topologies.", no_args_is_help=True)
+app.add_typer(topology_app, name="topology")
+
+NET_HELP = "A network: a .json/.graphml/.gml file, 'example', or 'topohub:GROUP/NAME[?trusted=K&p=P&seed=S]'."
+
+
+def _user_errors(func):
+    """Turn a :class:`QkdsegError` into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except QkdsegError as err:
+            typer.echo(f"qkdseg: error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class Fmt(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _console() -> Console:
+    return Console(width=120 if not sys.stdout.isatty() else None, highlight=False)
+
+
+def _dump(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, allow_nan=False))
+
+
+def _load(net: str, default_p: Optional[float]):
+    from .topology import load
+
+    return load(net, default_p=default_p)
+
+
+@app.command()
+@_user_errors
+def route(
+    net: Annotated[str, typer.Argument(help=NET_HELP, show_default=False)],
+    src: Annotated[str, typer.Option("--src", help="Source node id.")],
+    dst: Annotated[str, typer.Option("--dst", help="Destination node id.")],
+    algorithm: Annotated[str, typer.Option("--algorithm", "-a", help="Routing algorithm (see `qkdseg algorithms`).")] = "smr",
+    max_paths: Annotated[Optional[int], typer.Option("--max-paths", help="Paths per segment (default: unlimited).")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="SMR segment-node distance: hops or length.")] = None,
+    block_bits: Annotated[Optional[int], typer.Option("--block-bits", help="Key piece size B in bits (default: smallest pool used).")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the route to this image file (.png, .svg, .pdf).")] = None,
+    default_p: Annotated[Optional[float], typer.Option("--default-p", help="p for untrusted nodes the file gives none.")] = None,
+) -> None:
+    """Route one key request and print its paths, security and consumption."""
+    from .api import route as do_route
+
+    network = _load(net, default_p)
+    s, d = network.resolve(src), network.resolve(dst)
+    options = {k: v for k, v in (("max_paths", max_paths), ("metric", metric)) if v is not None}
+    r = do_route(network, s, d, algorithm=algorithm, block_bits=block_bits, **options)
+    if plot is not None:
+        from .plot import plot_route
+
+        if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise InvalidRequest(f"--plot {plot}: use a .png, .svg or .pdf file name")
+        try:
+            plot_route(network, r, plot)
+        except OSError as err:
+            raise InvalidRequest(f"--plot {plot}: cannot write: {err}") from None
+    if fmt is Fmt.json:
+        _dump(r.to_dict())
+        return
+    con = _console()
+    title = f"{r.algorithm}: {r.source} \u2192 {r.destination} on {network.name}"
+    if r.blocked:
+        con.print(f"{title}: [bold red]BLOCKED[/] (no usable path)")
+        return
+    table = Table(title=title, title_justify="left")
+    for col in ("segment", "from", "to", "path", "relays", "Psec(path)", "segment security"):
+        table.add_column(col, justify="right" if col in ("relays", "Psec(path)", "segment security") else "left")
+    p = network.graph.nodes
+    for j, seg in enumerate(r.segments, 1):
+        for k, path in enumerate(seg.paths):
+            psec = 1.0
+            for v in path[1:-1]:
+                psec *= p[v]["p"]
+            table.add_row(
+                str(j) if k == 0 else "",
+                str(seg.source) if k == 0 else "",
+                str(seg.target) if k == 0 else "",
+                " \u2192 ".join(map(str, path)),
+                str(len(path) - 2),
+                f"{psec:.4f}",
+                f"{seg.security:.6f}" if k == 0 else "",
+            )
+    con.print(table)
+    arrow = " \u2192 "
+    con.print(f"segment nodes        {arrow.join(map(str, r.segment_nodes))}")
+    con.print(f"security (exact)     {r.security:.6f}")
+    con.print(f"security (indep.)    {r.security_independent:.6f}")
+    con.print(f"block bits           {r.block_bits}")
+    con.print(f"consumed bits        {r.consumed_bits}  ({r.hops} hops)")
+    con.print(f"key consumption rate {r.key_consumption_rate:.6f}")
+    if plot is not None:
+        con.print(f"plot                 {plot}")
+
+
+@app.command()
+@_user_errors
+def algorithms() -> None:
+    """List every routing algorithm with its options."""
+    from .routing import ALGORITHMS
+
+    con = _console()
+    table = Table(title="routing algorithms", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("options")
+    for a in ALGORITHMS.values():
+        table.add_row(a.name, a.description, "\n".join(f"{k}: {v}" for k, v in a.options.items()) or "-")
+    con.print(table)
+
+
+@topology_app.command("generate")
+@_user_errors
+def topology_generate(
+    kind: Annotated[str, typer.Argument(help="Generator: waxman.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.json, .graphml or .gml).")],
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of nodes.")] = 100,
+    trusted: Annotated[int, typer.Option("--trusted", "-t", help="Number of trusted relays.")] = 10,
+    p: Annotated[float, typer.Option("--p", help="Security probability of untrusted relays.")] = 0.8,
+    pool_bits: Annotated[int, typer.Option("--pool-bits", help="Key pool per link, bits.")] = 100_000,
+    trusted_p: Annotated[float, typer.Option("--trusted-p", help="Security probability of trusted relays.")] = 1.0,
+    alpha: Annotated[float, typer.Option("--alpha", help="Waxman distance decay (networkx naming).")] = 0.15,
+    beta: Annotated[float, typer.Option("--beta", help="Waxman link-probability scale (networkx naming).")] = 0.5,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded in the file).")] = 0,
+) -> None:
+    """Generate a seeded random topology and write it to a file."""
+    from .topology import waxman, write_network
+
+    if kind != "waxman":
+        raise InvalidRequest(f"unknown generator {kind!r} (known: waxman)")
+    net = waxman(nodes, trusted=trusted, p=p, pool_bits=pool_bits, trusted_p=trusted_p, alpha=alpha, beta=beta, seed=seed)
+    write_network(net, out)
+    s = net.summary()
+    typer.echo(f"wrote {out}: {s['nodes']} nodes, {s['links']} links, {s['trusted']} trusted, mean degree {s['mean_degree']:.2f}, seed {seed}")
+
+
+@topology_app.command("list")
+@_user_errors
+def topology_list(
+    group: Annotated[Optional[str], typer.Option("--group", help="Only this topohub group (topozoo, sndlib, ...).")] = None,
+) -> None:
+    """List the built-in networks and the topohub topologies."""
+    from .topology import BUILTIN, topohub_names
+
+    if group is None:
+        for name in BUILTIN:
+            typer.echo(name)
+    names = topohub_names(group)
+    if group is not None and not names:
+        raise InvalidRequest(f"no topohub group {group!r}")
+    for name in names:
+        typer.echo(f"topohub:{name}")
+
+
+@topology_app.command("show")
+@_user_errors
+def topology_show(
+    net: Annotated[str, typer.Argument(help=NET_HELP, show_default=False)],
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
+    default_p: Annotated[Optional[float], typer.Option("--default-p", help="p for untrusted nodes the file gives none.")] = None,
+) -> None:
+    """Print a network's counts, mean degree and connectivity."""
+    network = _load(net, default_p)
+    s = network.summary()
+    if fmt is Fmt.json:
+        _dump(s)
+        return
+    table = Table(title=f"network {s['name']}", title_justify="left", show_header=False)
+    for k, v in s.items():
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    table.add_row("trusted nodes", ", ".join(map(str, network.trusted_nodes)) or "-")
+    _console().print(table)
+
+
+@app.command()
+@_user_errors
+def demo(
+    requests: Annotated[int, typer.Option("--requests", help="Random requests on the Waxman network.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the Waxman network and the request pairs.")] = 7,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
+) -> None:
+    """Every algorithm on the built-in example and on a seeded 100-node Waxman network."""
+    from .demo import demo_rows
+
+    if requests < 1:
+        raise InvalidRequest(f"--requests {requests}: must be at least 1")
+    rows = demo_rows(requests=requests, seed=seed)
+    if fmt is Fmt.json:
+        _dump(rows)
+        return
+    table = Table(title=f"qkdseg demo (seed {seed}; means per request)", title_justify="left")
+    cols = ["network", "algorithm", "requests", "security", "security_independent", "segments", "paths", "hops", "consumed_bits", "key_consumption_rate", "blocked"]
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="left" if c in ("network", "algorithm") else "right")
+    for row in rows:
+        table.add_row(
+            *(
+                f"{row[c]:.4f}" if c in ("security", "security_independent") else
+                f"{row[c]:.2e}" if c == "key_consumption_rate" else
+                f"{row[c]:.2f}" if isinstance(row[c], float) and c != "consumed_bits" else
+                f"{row[c]:.0f}" if isinstance(row[c], float) else str(row[c])
+                for c in cols
+            )
+        )
+    _console().print(table)
+
+
+def main() -> None:
+    """Entry point of the ``qkdseg`` console script."""
+    app(prog_name="qkdseg")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

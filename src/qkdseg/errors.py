@@ -1,0 +1,60 @@
+"""The exception tree of qkdseg.
+
+Every error names the offending node, link, file, field or value, so that the
+command line can print it as one line and exit with status 2.
+
+::
+
+    QkdsegError                      base of everything raised on purpose
+     +-- NetworkError (ValueError)   an invalid network: bad p, negative pool,
+     |                               self-loop, duplicate node or link id
+     +-- TopologyFileError           a missing, unreadable or malformed file
+     +-- NodeNotFound (KeyError)     a node id that is not in the network
+     +-- InvalidRequest (ValueError) a request that makes no sense, such as
+     |                               source == destination, or a bad option
+     +-- UnknownAlgorithm (KeyError) a name missing from a registry
+     +-- NoPath                      no usable path between two nodes
+     +-- SecurityError               an evaluation that cannot be done exactly
+                                     within its limits
+
+A request for which no path exists is *not* an error at the level of
+:func:`qkdseg.route`: it returns a result with ``blocked=True``. ``NoPath`` is
+raised only by the single-path helper :func:`qkdseg.exdijkstra`.
+"""
+
+from __future__ import annotations
+
+
+class QkdsegError(Exception):
+    """Base class of every error qkdseg raises on purpose."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class NetworkError(QkdsegError, ValueError):
+    """The network violates the model (MODEL.md section 1)."""
+
+
+class TopologyFileError(QkdsegError):
+    """A topology file is missing, unreadable or malformed."""
+
+
+class NodeNotFound(QkdsegError, KeyError):
+    """A node id is not in the network."""
+
+
+class InvalidRequest(QkdsegError, ValueError):
+    """A routing or evaluation request is invalid."""
+
+
+class UnknownAlgorithm(QkdsegError, KeyError):
+    """A name is not in the algorithm (or evaluator) registry."""
+
+
+class NoPath(QkdsegError):
+    """No usable path exists between two nodes."""
+
+
+class SecurityError(QkdsegError):
+    """An exact security evaluation exceeds its limits."""

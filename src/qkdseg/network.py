@@ -1,0 +1,392 @@
+"""The network model (MODEL.md section 1) and its frozen array form.
+
+A :class:`Network` wraps a :class:`networkx.Graph` whose nodes carry
+
+- ``trusted`` (bool): a trusted relay;
+- ``p`` (float in [0, 1]): the probability that the node is *not*
+  compromised. Trusted nodes default to ``p = 1``;
+
+and whose links carry
+
+- ``pool_bits`` (int >= 0, default 100 000): the key pool shared by its ends;
+- optionally ``rate_bps`` (key generation rate, bit/s) and ``length_km``.
+
+The network is validated once, when it is built, and is immutable afterwards.
+The hot loops (routing, security evaluation) never touch the networkx graph:
+they run on :attr:`Network.arrays`, a frozen CSR form built once and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from .errors import NetworkError, NodeNotFound
+
+#: Default key pool of a link in bits (the paper's 100 kb).
+DEFAULT_POOL_BITS = 100_000
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise NetworkError(f"{where}: field 'trusted' must be a boolean, got {value!r}")
+
+
+def _as_float(value: Any, where: str, field: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise NetworkError(f"{where}: field '{field}' must be a number, got {value!r}") from None
+    if math.isnan(out):
+        raise NetworkError(f"{where}: field '{field}' is NaN")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkArrays:
+    """Immutable array form of a :class:`Network`, what the hot loops run on.
+
+    Nodes are numbered ``0..n-1`` in the network's node order; links
+    ``0..m-1`` in its edge order. The adjacency is CSR: the neighbours of node
+    ``u`` are ``indices[indptr[u]:indptr[u+1]]`` (sorted by index) and the
+    link joining them is ``edge_of`` at the same positions.
+
+    Attributes
+    ----------
+    node_ids : tuple
+        The original node ids, by index.
+    index : Mapping
+        Node id -> index.
+    indptr, indices, edge_of : numpy.ndarray of int64
+        CSR adjacency (both directions of every link).
+    edge_u, edge_v : numpy.ndarray of int64
+        Endpoints of each link, ``edge_u < edge_v``.
+    p : numpy.ndarray of float64
+        Security probability of each node (1 for trusted nodes by default).
+    cost : numpy.ndarray of float64
+        ``-log(p)``; ``inf`` where ``p == 0`` (an unusable relay).
+    trusted : numpy.ndarray of bool
+        Trusted-relay flag of each node.
+    pool_bits : numpy.ndarray of int64
+        Key pool of each link, bits.
+    length_km : numpy.ndarray of float64
+        Length of each link in km, NaN where unknown.
+    """
+
+    node_ids: tuple
+    index: Mapping[Hashable, int]
+    indptr: np.ndarray
+    indices: np.ndarray
+    edge_of: np.ndarray
+    edge_u: np.ndarray
+    edge_v: np.ndarray
+    p: np.ndarray
+    cost: np.ndarray
+    trusted: np.ndarray
+    pool_bits: np.ndarray
+    length_km: np.ndarray
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_ids)
+
+    @property
+    def n_links(self) -> int:
+        return len(self.edge_u)
+
+    @cached_property
+    def hop_matrix(self):
+        """``scipy.sparse`` adjacency with unit weights (for hop distances)."""
+        from scipy.sparse import csr_matrix
+
+        n = self.n_nodes
+        return csr_matrix((np.ones(self.indices.size), self.indices, self.indptr), shape=(n, n))
+
+    @cached_property
+    def length_matrix(self):
+        """``scipy.sparse`` adjacency weighted by ``length_km``.
+
+        Raises :class:`~qkdseg.errors.InvalidRequest` naming the first link
+        without a length.
+        """
+        from scipy.sparse import csr_matrix
+
+        from .errors import InvalidRequest
+
+        missing = np.flatnonzero(np.isnan(self.length_km))
+        if missing.size:
+            k = int(missing[0])
+            u, v = self.node_ids[self.edge_u[k]], self.node_ids[self.edge_v[k]]
+            raise InvalidRequest(f"metric 'length' needs length_km on every link; link ({u!r}, {v!r}) has none")
+        # csgraph treats explicit zeros as missing links; keep zero-length links usable.
+        w = np.maximum(self.length_km[self.edge_of], 1e-12)
+        n = self.n_nodes
+        return csr_matrix((w, self.indices, self.indptr), shape=(n, n))
+
+    def edge_index(self, u: int, v: int) -> int:
+        """Index of the link joining node indices ``u`` and ``v`` (-1 if none)."""
+        lo, hi = self.indptr[u], self.indptr[u + 1]
+        pos = lo + int(np.searchsorted(self.indices[lo:hi], v))
+        if pos < hi and self.indices[pos] == v:
+            return int(self.edge_of[pos])
+        return -1
+
+
+def _build_arrays(graph: nx.Graph) -> NetworkArrays:
+    node_ids = tuple(graph.nodes)
+    index = {node: i for i, node in enumerate(node_ids)}
+    n = len(node_ids)
+    edges = list(graph.edges(data=True))
+    m = len(edges)
+    eu = np.empty(m, dtype=np.int64)
+    ev = np.empty(m, dtype=np.int64)
+    pool = np.empty(m, dtype=np.int64)
+    length = np.full(m, np.nan)
+    for k, (a, b, data) in enumerate(edges):
+        i, j = index[a], index[b]
+        eu[k], ev[k] = min(i, j), max(i, j)
+        pool[k] = data["pool_bits"]
+        if data.get("length_km") is not None:
+            length[k] = data["length_km"]
+    # CSR with both directions; sort by (row, neighbour) so neighbour order is canonical.
+    rows = np.concatenate([eu, ev])
+    cols = np.concatenate([ev, eu])
+    eid = np.concatenate([np.arange(m), np.arange(m)])
+    order = np.lexsort((cols, rows))
+    rows, cols, eid = rows[order], cols[order], eid[order]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(indptr, rows + 1, 1)
+    np.cumsum(indptr, out=indptr)
+    p = np.array([graph.nodes[v]["p"] for v in node_ids], dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        cost = -np.log(p)
+    cost[cost == 0.0] = 0.0  # normalise -0.0
+    trusted = np.array([graph.nodes[v]["trusted"] for v in node_ids], dtype=bool)
+    arrays = [indptr, cols, eid, eu, ev, p, cost, trusted, pool, length]
+    for a in arrays:
+        a.setflags(write=False)
+    return NetworkArrays(
+        node_ids=node_ids,
+        index=index,
+        indptr=indptr,
+        indices=cols.astype(np.int64),
+        edge_of=eid.astype(np.int64),
+        edge_u=eu,
+        edge_v=ev,
+        p=p,
+        cost=cost,
+        trusted=trusted,
+        pool_bits=pool,
+        length_km=length,
+    )
+
+
+class Network:
+    """A partially-trusted relay QKD network (MODEL.md section 1).
+
+    Parameters
+    ----------
+    graph : networkx.Graph
+        Undirected simple graph. Node attributes ``trusted`` and ``p``; link
+        attributes ``pool_bits``, ``rate_bps``, ``length_km``. The graph is
+        copied; the copy is validated, normalised and frozen.
+    default_p : float, optional
+        Security probability given to untrusted nodes that carry no ``p``.
+        Without it such a node is an error.
+    default_pool_bits : int
+        Pool of links that carry no ``pool_bits`` (bits, default 100 000).
+    name : str, optional
+        A label for reports.
+
+    Raises
+    ------
+    NetworkError
+        Naming the node or link at fault: ``p`` outside [0, 1], a negative
+        pool, a self-loop, a directed or multi-graph, a missing ``p``.
+
+    Examples
+    --------
+    >>> import networkx as nx
+    >>> g = nx.path_graph(3)
+    >>> nx.set_node_attributes(g, {0: True, 2: True}, "trusted")
+    >>> net = Network(g, default_p=0.9)
+    >>> net.n_nodes, net.n_links, net.p(1), net.is_trusted(0)
+    (3, 2, 0.9, True)
+    >>> Network(nx.Graph([(0, 0)]), default_p=0.9)
+    Traceback (most recent call last):
+    ...
+    qkdseg.errors.NetworkError: link (0, 0): self-loop
+    """
+
+    def __init__(
+        self,
+        graph: nx.Graph,
+        *,
+        default_p: float | None = None,
+        default_pool_bits: int = DEFAULT_POOL_BITS,
+        name: str | None = None,
+    ) -> None:
+        if graph.is_directed():
+            raise NetworkError("network: links must be undirected (got a directed graph)")
+        if graph.is_multigraph():
+            for u, v, k in graph.edges(keys=True):
+                if k not in (0, None) or graph.number_of_edges(u, v) > 1:
+                    raise NetworkError(f"link ({u!r}, {v!r}): duplicate link")
+            graph = nx.Graph(graph)
+        g = nx.Graph()
+        g.graph.update(graph.graph)
+        for node, data in graph.nodes(data=True):
+            where = f"node {node!r}"
+            attrs = dict(data)
+            trusted = _as_bool(attrs.get("trusted", False), where)
+            if "p" in attrs and attrs["p"] is not None:
+                p = _as_float(attrs["p"], where, "p")
+            elif trusted:
+                p = 1.0
+            elif default_p is not None:
+                p = float(default_p)
+            else:
+                raise NetworkError(f"{where}: missing field 'p' (the security probability); give it in the file or set a default p")
+            if not 0.0 <= p <= 1.0:
+                raise NetworkError(f"{where}: p={p!r} is outside [0, 1]")
+            attrs["trusted"] = trusted
+            attrs["p"] = p
+            g.add_node(node, **attrs)
+        for u, v, data in graph.edges(data=True):
+            where = f"link ({u!r}, {v!r})"
+            if u == v:
+                raise NetworkError(f"{where}: self-loop")
+            attrs = dict(data)
+            pool = attrs.get("pool_bits", default_pool_bits)
+            pool_f = _as_float(pool, where, "pool_bits")
+            if pool_f < 0:
+                raise NetworkError(f"{where}: negative pool_bits={pool!r}")
+            if pool_f != int(pool_f):
+                raise NetworkError(f"{where}: pool_bits={pool!r} is not a whole number of bits")
+            attrs["pool_bits"] = int(pool_f)
+            for field in ("rate_bps", "length_km"):
+                if attrs.get(field) is not None:
+                    val = _as_float(attrs[field], where, field)
+                    if val < 0:
+                        raise NetworkError(f"{where}: negative {field}={attrs[field]!r}")
+                    attrs[field] = val
+            g.add_edge(u, v, **attrs)
+        self._graph = nx.freeze(g)
+        self.name = name if name is not None else str(graph.graph.get("name", "network"))
+
+    # -- views ---------------------------------------------------------------
+    @property
+    def graph(self) -> nx.Graph:
+        """The validated, frozen networkx graph (the interchange form)."""
+        return self._graph
+
+    @cached_property
+    def arrays(self) -> NetworkArrays:
+        """The frozen CSR form, built on first use and cached."""
+        return _build_arrays(self._graph)
+
+    @property
+    def n_nodes(self) -> int:
+        return self._graph.number_of_nodes()
+
+    @property
+    def n_links(self) -> int:
+        return self._graph.number_of_edges()
+
+    @property
+    def nodes(self) -> list:
+        return list(self._graph.nodes)
+
+    def __contains__(self, node: Hashable) -> bool:
+        return node in self._graph
+
+    def __repr__(self) -> str:
+        return (
+            f"Network(name={self.name!r}, nodes={self.n_nodes}, links={self.n_links}, "
+            f"trusted={len(self.trusted_nodes)})"
+        )
+
+    def p(self, node: Hashable) -> float:
+        """Security probability of ``node`` (probability it is not compromised)."""
+        return self._graph.nodes[self.check_node(node)]["p"]
+
+    def is_trusted(self, node: Hashable) -> bool:
+        return self._graph.nodes[self.check_node(node)]["trusted"]
+
+    @property
+    def trusted_nodes(self) -> list:
+        return [v for v, t in self._graph.nodes(data="trusted") if t]
+
+    @property
+    def total_pool_bits(self) -> int:
+        """Sum of all link pools, bits."""
+        return int(self.arrays.pool_bits.sum())
+
+    def check_node(self, node: Hashable) -> Hashable:
+        """Return ``node`` if present, else raise :class:`NodeNotFound`."""
+        try:
+            if node in self._graph:
+                return node
+        except TypeError:
+            pass
+        raise NodeNotFound(f"node {node!r} is not in network {self.name!r}")
+
+    def resolve(self, text: str) -> Hashable:
+        """Match a node id typed on a command line against ids of either type.
+
+        ``"5"`` matches the integer node ``5`` or the string node ``"5"``; if
+        both exist the match is ambiguous and an error.
+        """
+        matches = [v for v in self._graph.nodes if str(v) == text]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NodeNotFound(f"node {text!r} is not in network {self.name!r}")
+        raise NodeNotFound(f"node {text!r} is ambiguous in network {self.name!r}: {matches!r}")
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, mean degree and connectivity, for ``qkdseg topology show``."""
+        g = self._graph
+        n = g.number_of_nodes()
+        untrusted_p = [d["p"] for _, d in g.nodes(data=True) if not d["trusted"]]
+        lengths = [d["length_km"] for *_, d in g.edges(data=True) if d.get("length_km") is not None]
+        return {
+            "name": self.name,
+            "nodes": n,
+            "links": g.number_of_edges(),
+            "trusted": len(self.trusted_nodes),
+            "untrusted": n - len(self.trusted_nodes),
+            "mean_degree": (2.0 * g.number_of_edges() / n) if n else 0.0,
+            "connected": bool(n) and nx.is_connected(g),
+            "components": nx.number_connected_components(g) if n else 0,
+            "node_connectivity": nx.node_connectivity(g) if 0 < n <= 300 else None,
+            "p_untrusted_min": min(untrusted_p) if untrusted_p else None,
+            "p_untrusted_max": max(untrusted_p) if untrusted_p else None,
+            "total_pool_bits": self.total_pool_bits,
+            "total_length_km": sum(lengths) if lengths else None,
+        }
+
+    def with_nodes(self, updates: Mapping[Hashable, Mapping[str, Any]]) -> "Network":
+        """A new network with node attributes updated (the original is untouched)."""
+        g = nx.Graph(self._graph)
+        for node, attrs in updates.items():
+            g.nodes[self.check_node(node)].update(attrs)
+        return Network(g, name=self.name)
+
+    def indices_of(self, nodes: Iterable[Hashable]) -> list[int]:
+        idx = self.arrays.index
+        return [idx[self.check_node(v)] for v in nodes]

@@ -1,0 +1,116 @@
+"""ExDijkstra: the most secure path (MODEL.md section 3), on the CSR form.
+
+The path security ``Psec(P) = prod p(r)`` over the relays ``r`` of ``P``
+(every node but the two ends) is multiplicative and non-increasing along a
+path, so maximising it is Dijkstra over the additive node costs ``-log p``.
+Ties are broken by fewer hops, then by node order: among the optimal
+predecessors of a node the one with the smallest index wins. That rule fixes
+the path completely, whatever order the heap pops equal labels in.
+
+Relays with ``p = 0`` are unusable. The search's own end nodes are never
+charged and never masked. Removed nodes and links are given as boolean masks,
+so the graph is never copied.
+
+:func:`exdijkstra_indices` is the one function every routing algorithm calls;
+the performance work replaces its body, not its callers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from ..network import NetworkArrays
+
+
+def exdijkstra_indices(
+    arrays: NetworkArrays,
+    source: int,
+    target: int,
+    removed_nodes: np.ndarray | None = None,
+    removed_links: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
+) -> list[int] | None:
+    """Most secure path between node indices ``source`` and ``target``.
+
+    Parameters
+    ----------
+    arrays : NetworkArrays
+        The frozen network.
+    source, target : int
+        Node indices; never charged, never masked.
+    removed_nodes : bool array of length n, optional
+        ``True`` marks a node that may not be used as a relay.
+    removed_links : bool array of length m, optional
+        ``True`` marks a link that may not be used.
+    cost : float array of length n, optional
+        Node costs (default ``arrays.cost = -log p``).
+
+    Returns
+    -------
+    list of int or None
+        The path as node indices from ``source`` to ``target``, or ``None``
+        when no usable path exists.
+    """
+    if source == target:
+        return [source]
+    indptr, indices, edge_of = arrays.indptr, arrays.indices, arrays.edge_of
+    node_cost = arrays.cost if cost is None else cost
+    n = arrays.n_nodes
+    inf = math.inf
+    dist = [inf] * n
+    hops = [0] * n
+    pred = [-1] * n
+    done = [False] * n
+    rn = removed_nodes
+    rl = removed_links
+    dist[source] = 0.0
+    heap = [(0.0, 0, source)]
+    while heap:
+        d, h, u = heapq.heappop(heap)
+        if done[u]:
+            continue
+        done[u] = True
+        if u == target:
+            break
+        for k in range(indptr[u], indptr[u + 1]):
+            v = int(indices[k])
+            if done[v]:
+                continue
+            if rl is not None and rl[edge_of[k]]:
+                continue
+            if v == target:
+                c = d
+            else:
+                if rn is not None and rn[v]:
+                    continue
+                w = node_cost[v]
+                if w == inf:
+                    continue
+                c = d + w
+            nh = h + 1
+            dv = dist[v]
+            if c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v]))):
+                better = c < dv or nh < hops[v]
+                dist[v], hops[v], pred[v] = c, nh, u
+                if better:
+                    heapq.heappush(heap, (c, nh, v))
+    if not done[target]:
+        return None
+    path = [target]
+    while path[-1] != source:
+        path.append(pred[path[-1]])
+    path.reverse()
+    return path
+
+
+def path_links(arrays: NetworkArrays, path: list[int]) -> list[int]:
+    """Link indices along a path of node indices."""
+    return [arrays.edge_index(a, b) for a, b in zip(path, path[1:])]
+
+
+def path_security(arrays: NetworkArrays, path: list[int]) -> float:
+    """``Psec(P)``: the product of ``p`` over the relays (interior nodes)."""
+    return float(np.prod(arrays.p[path[1:-1]])) if len(path) > 2 else 1.0

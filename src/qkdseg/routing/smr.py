@@ -1,0 +1,165 @@
+"""Segment-based Multipath Routing, SMR (paper section III.B, MODEL.md section 3).
+
+Step 1 picks segment nodes among the trusted relays, greedily from the source;
+step 2 finds paths for every segment round-robin, removing after each path its
+untrusted relays and its links for all segments. Trusted relays stay usable,
+so several paths may cross them.
+
+The request's own end nodes never relay another segment's key: they are
+masked for every search (they are not relays of this request).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.csgraph import dijkstra as _cs_dijkstra
+
+from ..errors import InvalidRequest
+from ..network import NetworkArrays
+from ..security import exact_security
+from .paths import exdijkstra_indices
+from .registry import register
+
+#: Absolute margin (probability) by which segmenting must beat the direct paths in step 1
+#: (guards the "strictly better" test against floating-point noise).
+STRICT_MARGIN = 1e-12
+
+METRICS = ("hops", "length")
+
+
+def round_robin_paths(
+    arrays: NetworkArrays,
+    segment_nodes: list[int],
+    *,
+    max_paths: int | None = None,
+    removed_nodes: np.ndarray | None = None,
+    removed_links: np.ndarray | None = None,
+) -> list[list[list[int]]]:
+    """SMR step 2: ExDijkstra paths per segment, round-robin, with removals.
+
+    Each round gives every segment that still has one a path; after each path
+    its untrusted relays and its links are removed for all segments. Stops
+    when no segment finds a path or each has ``max_paths``. The masks given
+    are copied, never modified.
+
+    Returns
+    -------
+    list of lists of paths
+        ``paths[j]`` holds segment ``j``'s paths as node-index lists.
+    """
+    n, m = arrays.n_nodes, arrays.n_links
+    rn = np.zeros(n, dtype=bool) if removed_nodes is None else removed_nodes.copy()
+    rl = np.zeros(m, dtype=bool) if removed_links is None else removed_links.copy()
+    trusted = arrays.trusted
+    pairs = list(zip(segment_nodes, segment_nodes[1:]))
+    paths: list[list[list[int]]] = [[] for _ in pairs]
+    active = [True] * len(pairs)
+    limit = max_paths if max_paths is not None else np.inf
+    while any(active):
+        for j, (a, b) in enumerate(pairs):
+            if not active[j]:
+                continue
+            path = exdijkstra_indices(arrays, a, b, rn, rl)
+            if path is None:
+                active[j] = False
+                continue
+            paths[j].append(path)
+            for v in path[1:-1]:
+                if not trusted[v]:
+                    rn[v] = True
+            for x, y in zip(path, path[1:]):
+                rl[arrays.edge_index(x, y)] = True
+            if len(paths[j]) >= limit:
+                active[j] = False
+    return paths
+
+
+def _distances(arrays: NetworkArrays, source: int, metric: str) -> np.ndarray:
+    if metric == "hops":
+        return _cs_dijkstra(arrays.hop_matrix, directed=False, indices=source, unweighted=True)
+    return _cs_dijkstra(arrays.length_matrix, directed=False, indices=source)
+
+
+def _pair_security(arrays: NetworkArrays, segment_nodes: list[int], rn: np.ndarray, rl: np.ndarray) -> float:
+    paths = round_robin_paths(arrays, segment_nodes, max_paths=2, removed_nodes=rn, removed_links=rl)
+    return exact_security(arrays.p, paths, segment_nodes[1:-1])
+
+
+def select_segment_nodes(
+    arrays: NetworkArrays,
+    source: int,
+    target: int,
+    *,
+    metric: str = "hops",
+    removed_nodes: np.ndarray | None = None,
+    removed_links: np.ndarray | None = None,
+) -> list[int]:
+    """SMR step 1: the segment nodes ``[source, t1, ..., target]``.
+
+    From ``cur = source``: take the unused trusted relay ``r`` minimising
+    ``dist(cur, r) + dist(r, target)`` (ties: smallest index); keep it if two
+    successive ExDijkstra paths per segment over ``cur -> r -> target`` are
+    strictly more secure than two over ``cur -> target``; else stop.
+    """
+    if metric not in METRICS:
+        raise InvalidRequest(f"unknown segment metric {metric!r} (use {' or '.join(METRICS)})")
+    n = arrays.n_nodes
+    rn = np.zeros(n, dtype=bool) if removed_nodes is None else removed_nodes
+    rl = np.zeros(arrays.n_links, dtype=bool) if removed_links is None else removed_links
+    dist_t = _distances(arrays, target, metric)
+    used = np.zeros(n, dtype=bool)
+    used[[source, target]] = True
+    candidates_all = arrays.trusted & ~rn
+    chosen = [source]
+    cur = source
+    while True:
+        cand = candidates_all & ~used & np.isfinite(dist_t)
+        if not cand.any():
+            break
+        dist_c = _distances(arrays, cur, metric)
+        score = np.where(cand, dist_c + dist_t, np.inf)
+        r = int(np.argmin(score))
+        if not np.isfinite(score[r]):
+            break
+        direct = _pair_security(arrays, [cur, target], rn, rl)
+        segmented = _pair_security(arrays, [cur, r, target], rn, rl)
+        if segmented > direct + STRICT_MARGIN:
+            chosen.append(r)
+            used[r] = True
+            cur = r
+        else:
+            break
+    chosen.append(target)
+    return chosen
+
+
+def request_masks(arrays: NetworkArrays, source: int, target: int, removed_links: np.ndarray | None):
+    """Initial masks of a request: its end nodes never relay."""
+    rn = np.zeros(arrays.n_nodes, dtype=bool)
+    rn[[source, target]] = True
+    rl = np.zeros(arrays.n_links, dtype=bool) if removed_links is None else removed_links
+    return rn, rl
+
+
+@register(
+    "smr",
+    "Segment-based multipath routing (Wang et al. 2023): segments at trusted relays, round-robin ExDijkstra paths",
+    {
+        "max_paths": "paths per segment (default: unlimited)",
+        "metric": "segment-node distance: 'hops' (default) or 'length' (length_km)",
+    },
+)
+def smr(
+    arrays: NetworkArrays,
+    source: int,
+    target: int,
+    *,
+    removed_links: np.ndarray | None = None,
+    max_paths: int | None = None,
+    metric: str = "hops",
+):
+    """SMR on node indices; returns ``(segment_nodes, paths)``."""
+    rn, rl = request_masks(arrays, source, target, removed_links)
+    segment_nodes = select_segment_nodes(arrays, source, target, metric=metric, removed_nodes=rn, removed_links=rl)
+    paths = round_robin_paths(arrays, segment_nodes, max_paths=max_paths, removed_nodes=rn, removed_links=rl)
+    return segment_nodes, paths
