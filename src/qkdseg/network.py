@@ -32,6 +32,13 @@ from .errors import NetworkError, NodeNotFound
 #: Default key pool of a link in bits (the paper's 100 kb).
 DEFAULT_POOL_BITS = 100_000
 
+#: Node costs ``-log p`` are rounded to multiples of ``1 / COST_SCALE``. Sums of
+#: such numbers are exact in float64 (up to 2**21), so equal products give
+#: exactly equal path costs whatever the order of addition, and the hop
+#: tie-break of ExDijkstra is never decided by rounding noise. Paths whose
+#: security differs by less than about 1e-9 (relative) count as equally secure.
+COST_SCALE = float(2**32)
+
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
@@ -78,7 +85,8 @@ class NetworkArrays:
     p : numpy.ndarray of float64
         Security probability of each node (1 for trusted nodes by default).
     cost : numpy.ndarray of float64
-        ``-log(p)``; ``inf`` where ``p == 0`` (an unusable relay).
+        ``-log(p)`` rounded to a multiple of ``1/COST_SCALE`` (so that sums
+        are exact); ``inf`` where ``p == 0`` (an unusable relay).
     trusted : numpy.ndarray of bool
         Trusted-relay flag of each node.
     pool_bits : numpy.ndarray of int64
@@ -173,7 +181,7 @@ def _build_arrays(graph: nx.Graph) -> NetworkArrays:
     np.cumsum(indptr, out=indptr)
     p = np.array([graph.nodes[v]["p"] for v in node_ids], dtype=np.float64)
     with np.errstate(divide="ignore"):
-        cost = -np.log(p)
+        cost = np.round(-np.log(p) * COST_SCALE) / COST_SCALE
     cost[cost == 0.0] = 0.0  # normalise -0.0
     trusted = np.array([graph.nodes[v]["trusted"] for v in node_ids], dtype=bool)
     arrays = [indptr, cols, eid, eu, ev, p, cost, trusted, pool, length]
