@@ -286,7 +286,10 @@ def waxman(
         if nx.is_connected(g):
             break
     else:
-        raise NetworkError(f"waxman: no connected graph in {max_tries} draws (n={n}, alpha={alpha}, beta={beta})")
+        raise NetworkError(
+            f"waxman: no connected graph in {max_tries} draws (n={n}, alpha={alpha}, beta={beta}); "
+            "raise alpha (mean degree grows about as n * alpha**2)"
+        )
     chosen = set(rng.choice(n, size=trusted, replace=False).tolist())
     lengths = d[keep]
     for k, (u, v) in enumerate(zip(iu[keep].tolist(), ju[keep].tolist())):
