@@ -229,20 +229,32 @@ def demo(
     if fmt is Fmt.json:
         _dump(rows)
         return
-    table = Table(title=f"qkdseg demo (seed {seed}; means per request)", title_justify="left")
-    cols = ["network", "algorithm", "requests", "security", "security_independent", "segments", "paths", "hops", "consumed_bits", "key_consumption_rate", "blocked"]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c in ("network", "algorithm") else "right")
+    table = Table(
+        title=f"qkdseg demo, means per request: example 0->7; waxman n=100 trusted=10 p=0.8 seed={seed}, {requests} random pairs",
+        title_justify="left",
+    )
+    cols = {
+        "network": "network", "algorithm": "algorithm", "requests": "requests", "security": "security",
+        "security_independent": "sec. indep.", "segments": "segments", "paths": "paths", "hops": "hops",
+        "consumed_bits": "consumed bits", "key_consumption_rate": "consumption rate", "blocked": "blocked",
+    }
+    for c, label in cols.items():
+        table.add_column(label, justify="left" if c in ("network", "algorithm") else "right", no_wrap=True)
     for row in rows:
-        table.add_row(
-            *(
-                f"{row[c]:.4f}" if c in ("security", "security_independent") else
-                f"{row[c]:.2e}" if c == "key_consumption_rate" else
-                f"{row[c]:.2f}" if isinstance(row[c], float) and c != "consumed_bits" else
-                f"{row[c]:.0f}" if isinstance(row[c], float) else str(row[c])
-                for c in cols
-            )
-        )
+        cells = []
+        for c in cols:
+            v = row[c]
+            if c in ("security", "security_independent"):
+                cells.append(f"{v:.4f}")
+            elif c == "key_consumption_rate":
+                cells.append(f"{v:.4f}")
+            elif c == "consumed_bits":
+                cells.append(f"{v:,.0f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
     _console().print(table)
 
 

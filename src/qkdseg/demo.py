@@ -17,7 +17,8 @@ def demo_rows(requests: int = 200, seed: int = 7, nodes: int = 100, trusted: int
 
     Returns one dict per (network, algorithm) with mean security, exact and
     independent, paths, hops, consumed bits, key consumption rate and the
-    blocked count.
+    blocked count. The Waxman network is ``waxman(nodes, trusted=trusted,
+    p=p, seed=seed)``; the pairs come from ``default_rng(seed)``.
     """
     rows = []
     ex = example_network()
@@ -25,7 +26,7 @@ def demo_rows(requests: int = 200, seed: int = 7, nodes: int = 100, trusted: int
         r = route(ex, 0, 7, algorithm=name)
         rows.append(
             {
-                "network": "example 0->7",
+                "network": "example",
                 "algorithm": name,
                 "requests": 1,
                 "security": r.security,
@@ -45,7 +46,7 @@ def demo_rows(requests: int = 200, seed: int = 7, nodes: int = 100, trusted: int
         routes = [route(net, s, d, algorithm=name) for s, d in pairs]
         rows.append(
             {
-                "network": f"waxman n={nodes} t={trusted} p={p} seed={seed}",
+                "network": f"waxman-{nodes}",
                 "algorithm": name,
                 "requests": len(routes),
                 "security": float(np.mean([r.security for r in routes])),
