@@ -53,7 +53,7 @@ class Fmt(str, Enum):
 
 
 def _console() -> Console:
-    return Console(width=120 if not sys.stdout.isatty() else None, highlight=False)
+    return Console(width=160 if not sys.stdout.isatty() else None, highlight=False)
 
 
 def _dump(obj) -> None:
