@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .errors import InvalidRequest, NoPath
 from .network import Network
+from .reconstruction import Reconstruction, reconstruct
 from .routing import get_algorithm
 from .routing.paths import exdijkstra_indices, path_security
 from .security import exact_security, independent_security
@@ -68,6 +70,12 @@ class Route:
         No path at all (security 0, nothing consumed).
     options : dict
         The algorithm options used.
+    reconstruction : Reconstruction or None
+        The global keys at the requested level (MODEL.md section 4), present
+        only when :func:`route` was given ``epsilon``.
+
+    For ``msp`` the JSON also carries ``security_claimed``: the independence
+    formula MSP's own analysis uses, next to the exact ``security``.
     """
 
     algorithm: str
@@ -83,6 +91,7 @@ class Route:
     blocked: bool
     options: dict = field(default_factory=dict, compare=False)
     index_paths: tuple = field(default=(), repr=False, compare=False)
+    reconstruction: Reconstruction | None = field(default=None, compare=False)
 
     @property
     def paths(self) -> list[tuple]:
@@ -94,8 +103,59 @@ class Route:
         """Total hops over all paths."""
         return sum(len(p) - 1 for p in self.paths)
 
+    @property
+    def key_bits(self) -> int | None:
+        """Key length at level epsilon, bits (``None`` without a reconstruction)."""
+        return None if self.reconstruction is None else self.reconstruction.key_bits
+
+    @property
+    def consumed_bits_per_key_bit(self) -> float | None:
+        """Consumed bits per delivered key bit (``None`` when no key bit is delivered)."""
+        kb = self.key_bits
+        return self.consumed_bits / kb if kb else None
+
+    def metrics(self) -> dict[str, Any]:
+        """The metrics of one request (MODEL.md section 6).
+
+        ``security`` (end-to-end, exact, xor-all), ``consumed_bits``,
+        ``key_consumption_rate`` (consumed / the network's pool bits), and
+        ``blocked``; with a reconstruction also ``epsilon``, ``key_bits`` (key
+        length at epsilon), ``global_keys`` and ``consumed_bits_per_key_bit``
+        (``None`` when no key is delivered).
+
+        >>> from qkdseg import example_network, route
+        >>> m = route(example_network(), 0, 7, epsilon=0.8).metrics()
+        >>> m["key_bits"], m["consumed_bits"], m["consumed_bits_per_key_bit"], m["blocked"]
+        (100000, 1200000, 12.0, False)
+        """
+        out: dict[str, Any] = {
+            "security": self.security,
+            "consumed_bits": self.consumed_bits,
+            "key_consumption_rate": self.key_consumption_rate,
+            "blocked": self.blocked,
+        }
+        if self.reconstruction is not None:
+            out.update(
+                scheme=self.reconstruction.scheme,
+                epsilon=self.reconstruction.epsilon,
+                key_bits=self.key_bits,
+                global_keys=self.reconstruction.n_keys,
+                consumed_bits_per_key_bit=self.consumed_bits_per_key_bit,
+            )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of docs/json.md (node ids as in the input)."""
+        out = self._base_dict()
+        if self.algorithm == "msp":
+            out["security_claimed"] = self.security_independent
+        if self.reconstruction is not None:
+            rec = self.reconstruction.to_dict()
+            rec["consumed_bits_per_key_bit"] = self.consumed_bits_per_key_bit
+            out["reconstruction"] = rec
+        return out
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "algorithm": self.algorithm,
             "source": self.source,
@@ -140,6 +200,9 @@ def route(
     algorithm: str = "smr",
     *,
     block_bits: int | None = None,
+    epsilon: float | None = None,
+    reconstruction: str | None = None,
+    reconstruction_options: dict | None = None,
     **options: Any,
 ) -> Route:
     """Route a key request and evaluate it (MODEL.md sections 3, 5, 6).
@@ -155,8 +218,19 @@ def route(
         Size B of each key piece, bits. Links whose pool is smaller are not
         used. Default: the smallest pool on any link the route uses (MODEL.md
         section 4 [choice]); links with an empty pool are not used.
+    epsilon : float, optional
+        The requested security level in [0, 1]. When given, the route's key
+        pieces are reconstructed into global keys that each meet it
+        (``Route.reconstruction``, MODEL.md section 4). Without it no
+        reconstruction is done and the result is as before.
+    reconstruction : str, optional
+        ``paper`` (default), ``optimal``, ``reuse`` or ``xor-all``
+        (:data:`qkdseg.reconstruction.SCHEMES`). Needs ``epsilon``.
+    reconstruction_options : dict, optional
+        Options of the scheme, e.g. ``{"time_limit": 2.0}`` for ``optimal``.
     **options
-        Algorithm options, e.g. ``max_paths`` and ``metric`` for SMR.
+        Algorithm options, e.g. ``max_paths`` and ``metric`` for SMR,
+        ``seed`` and ``beta`` for MSP.
 
     Returns
     -------
@@ -174,10 +248,40 @@ def route(
     ([2, 2, 2], 0.884736)
     >>> r.consumed_bits, r.blocked
     (1200000, False)
+    >>> r = route(example_network(), 0, 7, epsilon=0.5, reconstruction="paper")
+    >>> r.reconstruction.n_keys, r.key_bits, [round(k.security, 4) for k in r.reconstruction.global_keys]
+    (2, 200000, [0.512, 0.512])
     """
     algo = get_algorithm(algorithm)
     s, d = _check_request(network, source, destination)
     opts = _check_options(algorithm, algo.options, options)
+    if "seed" in algo.options and "seed" not in opts:
+        # A seeded algorithm records the seed it used, given or not.
+        default = inspect.signature(algo.func).parameters["seed"].default
+        opts["seed"] = default
+    if epsilon is None:
+        if reconstruction is not None or reconstruction_options:
+            raise InvalidRequest(f"reconstruction {reconstruction or ''!s} needs a security level epsilon".replace("  ", " "))
+    else:
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)) or not 0.0 <= float(epsilon) <= 1.0:
+            raise InvalidRequest(f"epsilon={epsilon!r} must be a probability in [0, 1]")
+        reconstruction = reconstruction or "paper"
+    r = _route(network, algo, algorithm, source, destination, s, d, block_bits, opts)
+    if epsilon is None:
+        return r
+    rec = reconstruct(
+        reconstruction,
+        network.arrays.p,
+        [[list(p) for p in seg] for seg in r.index_paths],
+        network.indices_of(r.segment_nodes[1:-1]),
+        float(epsilon),
+        r.block_bits,
+        **(reconstruction_options or {}),
+    )
+    return replace(r, reconstruction=rec)
+
+
+def _route(network, algo, algorithm, source, destination, s, d, block_bits, opts) -> Route:
     arrays = network.arrays
     if block_bits is not None:
         if isinstance(block_bits, bool) or not isinstance(block_bits, (int, np.integer)) or block_bits < 1:

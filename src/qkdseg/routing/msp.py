@@ -1,0 +1,155 @@
+"""MSP: multiple stochastic paths (Wen et al., Sci. China F 52(1), 2009), MODEL.md section 3.
+
+Only the abstract of the original is public; this is the model's **[choice]**,
+documented in docs/baselines.md. No segments: every path runs from the source
+to the destination, and the key is the XOR of all pieces.
+
+Walk rule
+---------
+One path is a *self-avoiding random walk with backtracking* (a randomised
+depth-first search) on the residual network:
+
+1. Before the walk, hop distances ``h(v)`` to the destination are computed
+   by breadth-first search over the usable part of the network (links not
+   removed; relays neither removed nor with ``p = 0``; the source and the
+   destination themselves never relay).
+2. The walk starts at the source with every other node unvisited. At node
+   ``u`` the candidates are the unvisited neighbours ``v`` reachable over a
+   usable link, usable as relays (or ``v`` the destination), with finite
+   ``h(v)``. The next hop is drawn among them with probability proportional
+   to ``exp(-beta * h(v))`` (``beta = 0``: uniform; large ``beta``: close
+   to a shortest-hop walk). Reaching the destination ends the walk.
+3. With no candidate the walk *backtracks* one node; the node it leaves stays
+   visited, so the walk never re-enters a dead end. Back at the source with
+   no candidate: no path. Each forward step and each backtrack counts as
+   one step; a walk longer than ``max_steps`` steps gives up (no path).
+   Without the cap it ends within ``2 n`` steps.
+
+After each path its untrusted relays and its links are removed (trusted
+relays stay usable, as in SMR); walks repeat until one finds no path or
+``max_paths`` paths exist. Every draw comes from one
+``numpy.random.default_rng(seed)``: the same seed gives the same paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
+
+from ..errors import InvalidRequest
+from ..network import NetworkArrays
+from .registry import register
+from .smr import request_masks
+
+#: Default bias of the walk towards the destination.
+DEFAULT_BETA = 1.0
+
+
+def _hops_to(arrays: NetworkArrays, target: int, usable_node: np.ndarray, rl: np.ndarray) -> np.ndarray:
+    """Hop distance of every node to ``target`` over usable links, through usable relays."""
+    n = arrays.n_nodes
+    rows = np.repeat(np.arange(n), np.diff(arrays.indptr))
+    cols = arrays.indices
+    keep = ~rl[arrays.edge_of] & usable_node[rows] & usable_node[cols]
+    # The target is allowed as an end: keep its links to usable relays.
+    keep |= ~rl[arrays.edge_of] & (((rows == target) & usable_node[cols]) | ((cols == target) & usable_node[rows]))
+    g = csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
+    order, pred = breadth_first_order(g, target, directed=False, return_predecessors=True)
+    dist = np.full(n, np.inf)
+    dist[target] = 0.0
+    for v in order[1:]:
+        dist[v] = dist[pred[v]] + 1.0
+    return dist
+
+
+def random_walk_path(
+    arrays: NetworkArrays,
+    source: int,
+    target: int,
+    rn: np.ndarray,
+    rl: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    beta: float = DEFAULT_BETA,
+    max_steps: int | None = None,
+) -> list[int] | None:
+    """One self-avoiding random walk with backtracking (the module's rule)."""
+    usable = ~rn & (arrays.p > 0.0)
+    usable[source] = False
+    usable[target] = False
+    dist = _hops_to(arrays, target, usable, rl)
+    visited = np.zeros(arrays.n_nodes, dtype=bool)
+    visited[source] = True
+    stack = [source]
+    steps = 0
+    limit = math.inf if max_steps is None else max_steps
+    indptr, indices, edge_of = arrays.indptr, arrays.indices, arrays.edge_of
+    while stack:
+        if steps >= limit:
+            return None
+        u = stack[-1]
+        lo, hi = indptr[u], indptr[u + 1]
+        nbr = indices[lo:hi]
+        ok = ~rl[edge_of[lo:hi]] & ~visited[nbr] & ((nbr == target) | (usable[nbr] & np.isfinite(dist[nbr])))
+        cand = nbr[ok]
+        steps += 1
+        if cand.size == 0:
+            stack.pop()
+            continue
+        w = np.exp(-beta * (dist[cand] - dist[cand].min()))
+        v = int(cand[rng.choice(cand.size, p=w / w.sum())]) if cand.size > 1 else int(cand[0])
+        stack.append(v)
+        if v == target:
+            return stack
+        visited[v] = True
+    return None
+
+
+@register(
+    "msp",
+    "Multiple stochastic paths (Wen et al. 2009): seeded self-avoiding random walks biased to the destination",
+    {
+        "max_paths": "number of paths (default: unlimited)",
+        "seed": "seed of numpy default_rng (default 0)",
+        "beta": f"bias to the destination: next hop drawn with weight exp(-beta * hops to destination) (default {DEFAULT_BETA:g})",
+        "max_steps": "steps (moves + backtracks) per walk before it gives up (default: unlimited, at most 2n)",
+    },
+)
+def msp(
+    arrays: NetworkArrays,
+    source: int,
+    target: int,
+    *,
+    removed_links: np.ndarray | None = None,
+    max_paths: int | None = None,
+    seed: int = 0,
+    beta: float = DEFAULT_BETA,
+    max_steps: int | None = None,
+):
+    """MSP on node indices; returns ``(segment_nodes, paths)`` with one segment."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidRequest(f"seed={seed!r} must be a non-negative integer")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating)) or not math.isfinite(beta) or beta < 0:
+        raise InvalidRequest(f"beta={beta!r} must be a finite number >= 0")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1):
+        raise InvalidRequest(f"max_steps={max_steps!r} must be a positive integer or None")
+    rn, rl = request_masks(arrays, source, target, removed_links)
+    rn = rn.copy()
+    rl = rl.copy()
+    rng = np.random.default_rng(seed)
+    limit = max_paths if max_paths is not None else math.inf
+    paths: list[list[int]] = []
+    while len(paths) < limit:
+        path = random_walk_path(arrays, source, target, rn, rl, rng, beta=float(beta), max_steps=max_steps)
+        if path is None:
+            break
+        paths.append(path)
+        for v in path[1:-1]:
+            if not arrays.trusted[v]:
+                rn[v] = True
+        for x, y in zip(path, path[1:]):
+            rl[arrays.edge_index(x, y)] = True
+    return [source, target], [paths]
