@@ -19,6 +19,7 @@ they run on :attr:`Network.arrays`, a frozen CSR form built once and cached.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -145,12 +146,18 @@ class NetworkArrays:
         n = self.n_nodes
         return csr_matrix((w, self.indices, self.indptr), shape=(n, n))
 
+    @cached_property
+    def _csr_lists(self) -> tuple[list, list, list]:
+        """``indptr``, ``indices``, ``edge_of`` as Python lists, for per-link lookups."""
+        return self.indptr.tolist(), self.indices.tolist(), self.edge_of.tolist()
+
     def edge_index(self, u: int, v: int) -> int:
         """Index of the link joining node indices ``u`` and ``v`` (-1 if none)."""
-        lo, hi = self.indptr[u], self.indptr[u + 1]
-        pos = lo + int(np.searchsorted(self.indices[lo:hi], v))
-        if pos < hi and self.indices[pos] == v:
-            return int(self.edge_of[pos])
+        indptr, indices, edge_of = self._csr_lists
+        lo, hi = indptr[u], indptr[u + 1]
+        pos = bisect_left(indices, v, lo, hi)
+        if pos < hi and indices[pos] == v:
+            return edge_of[pos]
         return -1
 
 

@@ -16,7 +16,9 @@ Three evaluators, all pure functions:
   conditions on the relays that occur in more than one path (``2^s`` states,
   enumerated as arrays); given those, every path is independent.
 - :func:`independent_security`: the textbook product formula, which assumes
-  no relay is shared. It over-estimates security when one is.
+  no relay is shared. When paths of one segment share a relay it
+  over-estimates security (Harris-FKG); a relay shared *between* segments
+  (ANDed events) can make it under-estimate instead.
 - :func:`montecarlo_security`: samples compromised sets, vectorised and
   seeded, and reports a 95% Wilson confidence interval.
 """
@@ -24,12 +26,12 @@ Three evaluators, all pure functions:
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _kernels
 from .errors import InvalidRequest, SecurityError
 
 Path = Sequence[int]
@@ -39,14 +41,39 @@ Segments = Sequence[Sequence[Path]]
 MAX_SHARED_RELAYS = 22
 
 
-def _clauses(p: np.ndarray, segments: Segments, chain: Sequence[int]) -> list[list[frozenset]]:
-    """Segments as lists of relay sets (risky relays only, p < 1); the chain
-    becomes one more single-path segment."""
-    out = [[frozenset(v for v in path[1:-1] if p[v] < 1.0) for path in seg] for seg in segments]
-    risky_chain = frozenset(v for v in chain if p[v] < 1.0)
+def _clauses(p: np.ndarray, segments: Segments, chain: Sequence[int]) -> tuple[list[list[tuple]], dict]:
+    """Segments as lists of relay tuples (risky relays only, p < 1, in path
+    order, each once); the chain becomes one more single-path segment.
+
+    Also returns ``{relay: p}`` for those relays, read from ``p`` with one
+    gather (the hot loops then use Python floats).
+    """
+    flat = [v for seg in segments for path in seg for v in path[1:-1]]
+    flat.extend(chain)
+    pmap = dict(zip(flat, p[flat].tolist())) if flat else {}
+    out = []
+    for seg in segments:
+        clause = []
+        for path in seg:
+            relays = tuple(v for v in path[1:-1] if pmap[v] < 1.0)
+            if len(set(relays)) != len(relays):
+                relays = tuple(dict.fromkeys(relays))
+            clause.append(relays)
+        out.append(clause)
+    risky_chain = tuple(dict.fromkeys(v for v in chain if pmap[v] < 1.0))
     if risky_chain:
         out.append([risky_chain])
-    return out
+    return out, pmap
+
+
+def _product_formula(pmap: dict, clauses: list[list[tuple]]) -> float:
+    total = 1.0
+    for seg in clauses:
+        miss = 1.0
+        for relays in seg:
+            miss *= (1.0 - math.prod([pmap[v] for v in relays])) if relays else 0.0
+        total *= 1.0 - miss
+    return total
 
 
 def independent_security(p: np.ndarray, segments: Segments, chain: Sequence[int] = ()) -> float:
@@ -70,13 +97,8 @@ def independent_security(p: np.ndarray, segments: Segments, chain: Sequence[int]
     """
     if not segments:
         return 0.0
-    total = 1.0
-    for seg in _clauses(p, segments, chain):
-        miss = 1.0
-        for relays in seg:
-            miss *= 1.0 - float(np.prod([p[v] for v in relays])) if relays else 0.0
-        total *= 1.0 - miss
-    return total
+    clauses, pmap = _clauses(p, segments, chain)
+    return _product_formula(pmap, clauses)
 
 
 def exact_security(
@@ -88,9 +110,13 @@ def exact_security(
 ) -> float:
     """Exact probability that the global key stays secret.
 
-    Conditions on the ``s`` relays that occur in more than one path (every
-    one of the ``2^s`` states at once, as arrays); given a state, the paths
-    are independent and the textbook formula is exact.
+    Without shared relays the paths are independent and the textbook formula
+    is exact. Otherwise the clauses (segments, and the chain) that share
+    relays are grouped into independent components, and each component is
+    evaluated by the cheaper of two exact methods: conditioning on its ``s``
+    shared relays (``2^s`` states at once, as arrays), or a distribution over
+    which of its ``m`` paths are still intact, updated relay group by relay
+    group (``2^m`` states, compiled with numba when installed).
 
     Parameters
     ----------
@@ -127,16 +153,88 @@ def exact_security(
     """
     if not segments or any(len(seg) == 0 for seg in segments):
         return 0.0
-    clauses = _clauses(p, segments, chain)
-    counts = Counter(v for seg in clauses for relays in seg for v in relays)
-    shared = sorted(v for v, c in counts.items() if c > 1)
-    s = len(shared)
+    clauses, pmap = _clauses(p, segments, chain)
+    seen: set = set()
+    shared_set: set = set()
+    for seg in clauses:
+        for relays in seg:
+            for v in relays:
+                if v in seen:
+                    shared_set.add(v)
+                else:
+                    seen.add(v)
+    s = len(shared_set)
     if s == 0:
-        return independent_security(p, segments, chain)
+        return _product_formula(pmap, clauses)
     if s > max_shared:
         raise SecurityError(
             f"exact security: {s} relays are shared between paths (limit {max_shared}); use the montecarlo evaluator"
         )
+    shared = sorted(shared_set)
+    # clauses that share a relay are dependent: union-find them into components
+    parent = list(range(len(clauses)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for j, seg in enumerate(clauses):
+        for relays in seg:
+            for v in relays:
+                if v in shared_set:
+                    if v in owner:
+                        a, b = find(owner[v]), find(j)
+                        if a != b:
+                            parent[max(a, b)] = min(a, b)
+                    else:
+                        owner[v] = j
+    groups: dict[int, list[int]] = {}
+    for j in range(len(clauses)):
+        groups.setdefault(find(j), []).append(j)
+    total = 1.0
+    for members in groups.values():
+        comp = [clauses[j] for j in members]
+        comp_shared = sorted({v for seg in comp for relays in seg for v in relays if v in shared_set})
+        if not comp_shared:
+            total *= _product_formula(pmap, comp)
+        else:
+            total *= _component_security(p, comp, comp_shared)
+    return float(min(1.0, max(0.0, total)))
+
+
+#: Largest number of paths in one dependent component for the path-state method (2^m states).
+MAX_PATH_STATES = 24
+
+
+def _component_security(p: np.ndarray, clauses: list[list[tuple[int, ...]]], shared: list[int]) -> float:
+    """Exact security of clauses that are linked by the ``shared`` relays."""
+    s = len(shared)
+    m = sum(len(seg) for seg in clauses)
+    # relays with the same set of paths act as one relay (safe iff all are)
+    shared_set = set(shared)
+    path_sets: dict[int, int] = {}
+    k = 0
+    for seg in clauses:
+        for relays in seg:
+            for v in relays:
+                if v in shared_set:
+                    path_sets[v] = path_sets.get(v, 0) | (1 << k)
+            k += 1
+    by_mask: dict[int, float] = {}
+    for v in shared:
+        by_mask[path_sets[v]] = by_mask.get(path_sets[v], 1.0) * float(p[v])
+    g = len(by_mask)
+    if m <= MAX_PATH_STATES and g * (1 << m) <= s * m * (1 << s):
+        return _path_state_security(p, clauses, shared_set, by_mask)
+    return _conditioned_security(p, clauses, shared)
+
+
+def _conditioned_security(p: np.ndarray, clauses: list[list[tuple[int, ...]]], shared: list[int]) -> float:
+    """Condition on every state of the ``s`` shared relays (``2^s`` at once)."""
+    s = len(shared)
     bit = {v: k for k, v in enumerate(shared)}
     states = np.arange(1 << s, dtype=np.int64)  # bit k set: shared relay k is secure
     weight = np.ones(states.size)
@@ -152,7 +250,57 @@ def exact_security(
             alive = (states & mask) == mask
             miss = miss * np.where(alive, 1.0 - q, 1.0)
         total = total * (1.0 - miss)
-    return float(min(1.0, max(0.0, total.sum())))
+    return float(total.sum())
+
+
+def _path_state_security(
+    p: np.ndarray, clauses: list[list[tuple[int, ...]]], shared: set, by_mask: dict[int, float]
+) -> float:
+    """Distribution over the set of intact paths, one shared relay group at a time.
+
+    State ``S`` (bit i: path i has no compromised shared relay) starts at
+    "all paths"; a group of shared relays on paths ``M``, safe with
+    probability ``q``, keeps ``S`` with ``q`` and moves it to ``S & ~M``
+    otherwise. At the end path ``i`` of ``S`` is intact with the product
+    ``r_i`` of its private relays, and the clauses are independent.
+    """
+    q_priv = []
+    clause_masks = []
+    k = 0
+    for seg in clauses:
+        cm = 0
+        for relays in seg:
+            q_priv.append(math.prod(float(p[v]) for v in relays if v not in shared))
+            cm |= 1 << k
+            k += 1
+        clause_masks.append(cm)
+    m = k
+    masks = np.fromiter(by_mask.keys(), dtype=np.int64, count=len(by_mask))
+    probs = np.fromiter(by_mask.values(), dtype=np.float64, count=len(by_mask))
+    q = np.asarray(q_priv, dtype=np.float64)
+    cmasks = np.asarray(clause_masks, dtype=np.int64)
+    if _kernels.HAVE_NUMBA and _kernels.default_kernel() == "numba":
+        return float(_kernels.path_state_security_nb(m, masks, probs, q, cmasks))
+    return float(_path_state_numpy(m, masks, probs, q, cmasks))
+
+
+def _path_state_numpy(m: int, masks, probs, q, cmasks) -> float:
+    size = 1 << m
+    states = np.arange(size, dtype=np.int64)
+    dist = np.zeros(size)
+    dist[size - 1] = 1.0
+    for mask, pg in zip(masks.tolist(), probs.tolist()):
+        moved = np.bincount(states & ~mask, weights=dist * (1.0 - pg), minlength=size)
+        dist = dist * pg + moved
+    # miss[S] = prod_{i in S} (1 - q_i), built subset by subset
+    miss = np.ones(size)
+    for i in range(m):
+        half = 1 << i
+        miss[half : 2 * half] = miss[:half] * (1.0 - q[i])
+    value = dist.copy()
+    for cm in cmasks.tolist():
+        value *= 1.0 - miss[states & cm]
+    return value.sum()
 
 
 @dataclass(frozen=True)
@@ -225,7 +373,7 @@ def montecarlo_security(
     if not segments or any(len(seg) == 0 for seg in segments):
         lo, hi = wilson_interval(0, samples)
         return SecurityEstimate(0.0, lo, hi, samples, seed)
-    clauses = _clauses(p, segments, chain)
+    clauses, _ = _clauses(p, segments, chain)
     relays = sorted({v for seg in clauses for r in seg for v in r})
     col = {v: k for k, v in enumerate(relays)}
     paths = [r for seg in clauses for r in seg]

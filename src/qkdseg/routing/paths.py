@@ -12,7 +12,9 @@ charged and never masked. Removed nodes and links are given as boolean masks,
 so the graph is never copied.
 
 :func:`exdijkstra_indices` is the one function every routing algorithm calls;
-the performance work replaces its body, not its callers.
+it dispatches to a compiled kernel (:mod:`qkdseg._kernels`, numba) or to
+the readable pure-Python reference :func:`_exdijkstra_python`. Both return
+exactly the same path; ``tests/test_kernels.py`` checks it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 
 import numpy as np
 
+from .. import _kernels
 from ..network import NetworkArrays
 
 
@@ -32,6 +35,8 @@ def exdijkstra_indices(
     removed_nodes: np.ndarray | None = None,
     removed_links: np.ndarray | None = None,
     cost: np.ndarray | None = None,
+    *,
+    kernel: str | None = None,
 ) -> list[int] | None:
     """Most secure path between node indices ``source`` and ``target``.
 
@@ -47,12 +52,44 @@ def exdijkstra_indices(
         ``True`` marks a link that may not be used.
     cost : float array of length n, optional
         Node costs (default ``arrays.cost = -log p``).
+    kernel : {"numba", "python"}, optional
+        Which implementation runs; default: numba when installed, unless
+        ``QKDSEG_KERNEL=python``. Both give the same path.
 
     Returns
     -------
     list of int or None
         The path as node indices from ``source`` to ``target``, or ``None``
         when no usable path exists.
+    """
+    if _kernels.resolve_kernel(kernel) == "python":
+        return _exdijkstra_python(arrays, source, target, removed_nodes, removed_links, cost)
+    if source == target:
+        return [source]
+    n, m = arrays.n_nodes, arrays.n_links
+    rn = np.zeros(n, dtype=np.bool_) if removed_nodes is None else np.asarray(removed_nodes, dtype=np.bool_)
+    rl = np.zeros(m, dtype=np.bool_) if removed_links is None else np.asarray(removed_links, dtype=np.bool_)
+    node_cost = arrays.cost if cost is None else np.asarray(cost, dtype=np.float64)
+    path = _kernels.exdijkstra_nb(
+        arrays.indptr, arrays.indices, arrays.edge_of, node_cost, rn, rl, int(source), int(target)
+    )
+    return path.tolist() if path.size else None
+
+
+def _exdijkstra_python(
+    arrays: NetworkArrays,
+    source: int,
+    target: int,
+    removed_nodes: np.ndarray | None = None,
+    removed_links: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
+) -> list[int] | None:
+    """The readable reference ExDijkstra (pure Python, :mod:`heapq`).
+
+    Label of a node: ``(cost, hops)``, compared lexicographically; the heap
+    pops ``(cost, hops, node)`` tuples. A node's predecessor is replaced on
+    an equal label when the new one has a smaller index. The search stops
+    when the target is settled.
     """
     if source == target:
         return [source]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse.csgraph import dijkstra as _cs_dijkstra
 
+from .. import _kernels
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
 from ..security import exact_security
@@ -34,13 +35,16 @@ def round_robin_paths(
     max_paths: int | None = None,
     removed_nodes: np.ndarray | None = None,
     removed_links: np.ndarray | None = None,
+    kernel: str | None = None,
 ) -> list[list[list[int]]]:
     """SMR step 2: ExDijkstra paths per segment, round-robin, with removals.
 
     Each round gives every segment that still has one a path; after each path
     its untrusted relays and its links are removed for all segments. Stops
     when no segment finds a path or each has ``max_paths``. The masks given
-    are copied, never modified.
+    are copied, never modified. ``kernel`` as for
+    :func:`~qkdseg.routing.paths.exdijkstra_indices`; with numba the whole
+    round-robin runs in one compiled call.
 
     Returns
     -------
@@ -50,6 +54,8 @@ def round_robin_paths(
     n, m = arrays.n_nodes, arrays.n_links
     rn = np.zeros(n, dtype=bool) if removed_nodes is None else removed_nodes.copy()
     rl = np.zeros(m, dtype=bool) if removed_links is None else removed_links.copy()
+    if _kernels.resolve_kernel(kernel) == "numba":
+        return _round_robin_numba(arrays, segment_nodes, max_paths, rn, rl)
     trusted = arrays.trusted
     pairs = list(zip(segment_nodes, segment_nodes[1:]))
     paths: list[list[list[int]]] = [[] for _ in pairs]
@@ -59,7 +65,7 @@ def round_robin_paths(
         for j, (a, b) in enumerate(pairs):
             if not active[j]:
                 continue
-            path = exdijkstra_indices(arrays, a, b, rn, rl)
+            path = exdijkstra_indices(arrays, a, b, rn, rl, kernel="python")
             if path is None:
                 active[j] = False
                 continue
@@ -74,14 +80,30 @@ def round_robin_paths(
     return paths
 
 
-def _distances(arrays: NetworkArrays, source: int, metric: str) -> np.ndarray:
+def _round_robin_numba(arrays, segment_nodes, max_paths, rn, rl) -> list[list[list[int]]]:
+    seg_nodes = np.asarray(segment_nodes, dtype=np.int64)
+    limit = -1 if max_paths is None else int(max_paths)
+    nodes, starts, seg = _kernels.round_robin_nb(
+        arrays.indptr, arrays.indices, arrays.edge_of, arrays.cost, arrays.trusted, rn, rl, seg_nodes, limit
+    )
+    paths: list[list[list[int]]] = [[] for _ in range(len(segment_nodes) - 1)]
+    flat = nodes.tolist()
+    bounds = starts.tolist()
+    for i, j in enumerate(seg.tolist()):
+        paths[j].append(flat[bounds[i] : bounds[i + 1]])
+    return paths
+
+
+def _distances(arrays: NetworkArrays, source: int, metric: str, kernel: str) -> np.ndarray:
     if metric == "hops":
+        if kernel == "numba":
+            return _kernels.bfs_hops_nb(arrays.indptr, arrays.indices, int(source))
         return _cs_dijkstra(arrays.hop_matrix, directed=False, indices=source, unweighted=True)
     return _cs_dijkstra(arrays.length_matrix, directed=False, indices=source)
 
 
-def _pair_security(arrays: NetworkArrays, segment_nodes: list[int], rn: np.ndarray, rl: np.ndarray) -> float:
-    paths = round_robin_paths(arrays, segment_nodes, max_paths=2, removed_nodes=rn, removed_links=rl)
+def _pair_security(arrays: NetworkArrays, segment_nodes: list[int], rn: np.ndarray, rl: np.ndarray, kernel: str) -> float:
+    paths = round_robin_paths(arrays, segment_nodes, max_paths=2, removed_nodes=rn, removed_links=rl, kernel=kernel)
     return exact_security(arrays.p, paths, segment_nodes[1:-1])
 
 
@@ -93,6 +115,7 @@ def select_segment_nodes(
     metric: str = "hops",
     removed_nodes: np.ndarray | None = None,
     removed_links: np.ndarray | None = None,
+    kernel: str | None = None,
 ) -> list[int]:
     """SMR step 1: the segment nodes ``[source, t1, ..., target]``.
 
@@ -100,13 +123,25 @@ def select_segment_nodes(
     ``dist(cur, r) + dist(r, target)`` (ties: smallest index); keep it if two
     successive ExDijkstra paths per segment over ``cur -> r -> target`` are
     strictly more secure than two over ``cur -> target``; else stop.
+    With the numba kernel and the ``hops`` metric the whole step runs in one
+    compiled call (same decisions; a pair with a shared risky relay falls back
+    to :func:`~qkdseg.security.exact_security`).
     """
     if metric not in METRICS:
         raise InvalidRequest(f"unknown segment metric {metric!r} (use {' or '.join(METRICS)})")
     n = arrays.n_nodes
     rn = np.zeros(n, dtype=bool) if removed_nodes is None else removed_nodes
     rl = np.zeros(arrays.n_links, dtype=bool) if removed_links is None else removed_links
-    dist_t = _distances(arrays, target, metric)
+    kernel = _kernels.resolve_kernel(kernel)
+    if kernel == "numba" and metric == "hops":
+        chosen, ok = _kernels.select_segment_nodes_nb(
+            arrays.indptr, arrays.indices, arrays.edge_of, arrays.cost, arrays.p, arrays.trusted,
+            np.asarray(rn, dtype=np.bool_), np.asarray(rl, dtype=np.bool_), int(source), int(target), STRICT_MARGIN,
+        )
+        if ok:
+            return chosen.tolist()
+        # a shared risky relay (trusted relays with p < 1): evaluate exactly below
+    dist_t = _distances(arrays, target, metric, kernel)
     used = np.zeros(n, dtype=bool)
     used[[source, target]] = True
     candidates_all = arrays.trusted & ~rn
@@ -116,13 +151,13 @@ def select_segment_nodes(
         cand = candidates_all & ~used & np.isfinite(dist_t)
         if not cand.any():
             break
-        dist_c = _distances(arrays, cur, metric)
+        dist_c = _distances(arrays, cur, metric, kernel)
         score = np.where(cand, dist_c + dist_t, np.inf)
         r = int(np.argmin(score))
         if not np.isfinite(score[r]):
             break
-        direct = _pair_security(arrays, [cur, target], rn, rl)
-        segmented = _pair_security(arrays, [cur, r, target], rn, rl)
+        direct = _pair_security(arrays, [cur, target], rn, rl, kernel)
+        segmented = _pair_security(arrays, [cur, r, target], rn, rl, kernel)
         if segmented > direct + STRICT_MARGIN:
             chosen.append(r)
             used[r] = True
@@ -157,9 +192,16 @@ def smr(
     removed_links: np.ndarray | None = None,
     max_paths: int | None = None,
     metric: str = "hops",
+    kernel: str | None = None,
 ):
-    """SMR on node indices; returns ``(segment_nodes, paths)``."""
+    """SMR on node indices; returns ``(segment_nodes, paths)``.
+
+    ``kernel`` ("numba" or "python", default: numba when installed) is for
+    tests and benchmarks; both give the same result.
+    """
     rn, rl = request_masks(arrays, source, target, removed_links)
-    segment_nodes = select_segment_nodes(arrays, source, target, metric=metric, removed_nodes=rn, removed_links=rl)
-    paths = round_robin_paths(arrays, segment_nodes, max_paths=max_paths, removed_nodes=rn, removed_links=rl)
+    segment_nodes = select_segment_nodes(
+        arrays, source, target, metric=metric, removed_nodes=rn, removed_links=rl, kernel=kernel
+    )
+    paths = round_robin_paths(arrays, segment_nodes, max_paths=max_paths, removed_nodes=rn, removed_links=rl, kernel=kernel)
     return segment_nodes, paths

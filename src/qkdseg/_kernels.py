@@ -1,0 +1,476 @@
+"""Compiled hot loops (numba), with the kernel switch.
+
+The routing kernels here are array-only transcriptions of the readable
+reference :func:`qkdseg.routing.paths._exdijkstra_python`: same costs, same
+label order ``(cost, hops, node)``, same predecessor rule (smallest index
+among optimal predecessors), same target pruning. They run on the frozen CSR
+form with boolean node and link masks; nothing is copied or converted per
+call.
+
+numba is optional (the ``fast`` extra). :data:`HAVE_NUMBA` says whether it
+imported; :func:`default_kernel` picks ``"numba"`` when it did, unless the
+environment variable ``QKDSEG_KERNEL=python`` forces the pure-Python
+reference (the test suite runs both). Functions are compiled lazily on first
+call and cached on disk (``cache=True``), so only the first run on a machine
+pays the compile time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # pragma: no cover - depends on the environment
+    import numba as _numba
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    _numba = None
+    HAVE_NUMBA = False
+
+#: Kernel names accepted by ``kernel=`` arguments.
+KERNELS = ("numba", "python")
+
+
+def default_kernel() -> str:
+    """``"numba"`` if numba is installed and ``QKDSEG_KERNEL`` does not say ``python``."""
+    env = os.environ.get("QKDSEG_KERNEL", "").strip().lower()
+    if env == "python" or not HAVE_NUMBA:
+        return "python"
+    return "numba"
+
+
+def resolve_kernel(kernel: str | None) -> str:
+    """Validate a ``kernel=`` argument (``None`` means :func:`default_kernel`)."""
+    if kernel is None:
+        return default_kernel()
+    if kernel not in KERNELS:
+        from .errors import InvalidRequest
+
+        raise InvalidRequest(f"unknown kernel {kernel!r} (use numba or python)")
+    if kernel == "numba" and not HAVE_NUMBA:
+        from .errors import InvalidRequest
+
+        raise InvalidRequest("kernel 'numba' needs numba: pip install 'qkdseg[fast]'")
+    return kernel
+
+
+def _jit(func):
+    if HAVE_NUMBA:
+        return _numba.njit(cache=True, nogil=True)(func)
+    return func
+
+
+# -- binary heap on (cost, hops, node), the order of Python's tuple heap ----------
+@_jit
+def _less(hd, hh, hv, i, j):
+    if hd[i] != hd[j]:
+        return hd[i] < hd[j]
+    if hh[i] != hh[j]:
+        return hh[i] < hh[j]
+    return hv[i] < hv[j]
+
+
+@_jit
+def _heap_push(hd, hh, hv, size, d, h, v):
+    i = size
+    hd[i] = d
+    hh[i] = h
+    hv[i] = v
+    while i > 0:
+        parent = (i - 1) >> 1
+        if _less(hd, hh, hv, i, parent):
+            hd[i], hd[parent] = hd[parent], hd[i]
+            hh[i], hh[parent] = hh[parent], hh[i]
+            hv[i], hv[parent] = hv[parent], hv[i]
+            i = parent
+        else:
+            break
+    return size + 1
+
+
+@_jit
+def _heap_pop(hd, hh, hv, size):
+    """Remove the root (read it before calling); returns the new size."""
+    size -= 1
+    hd[0] = hd[size]
+    hh[0] = hh[size]
+    hv[0] = hv[size]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            break
+        best = left
+        right = left + 1
+        if right < size and _less(hd, hh, hv, right, left):
+            best = right
+        if _less(hd, hh, hv, best, i):
+            hd[i], hd[best] = hd[best], hd[i]
+            hh[i], hh[best] = hh[best], hh[i]
+            hv[i], hv[best] = hv[best], hv[i]
+            i = best
+        else:
+            break
+    return size
+
+
+# -- ExDijkstra --------------------------------------------------------------------
+@_jit
+def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out):
+    """One target-pruned ExDijkstra search; writes the path into ``out``.
+
+    ``dist/hops/pred/done`` must be in their reset state (inf/0/-1/False) on
+    entry; every entry this search changes is listed in ``touched`` and is
+    reset before returning, so the work arrays can be reused. Returns the
+    path length (0: no path).
+    """
+    inf = np.inf
+    nt = 0
+    dist[source] = 0.0
+    touched[nt] = source
+    nt += 1
+    size = _heap_push(hd, hh, hv, 0, 0.0, 0, source)
+    found = False
+    while size > 0:
+        d = hd[0]
+        h = hh[0]
+        u = hv[0]
+        size = _heap_pop(hd, hh, hv, size)
+        if done[u]:
+            continue
+        done[u] = True
+        if u == target:
+            found = True
+            break
+        for k in range(indptr[u], indptr[u + 1]):
+            v = indices[k]
+            if done[v]:
+                continue
+            if rl[edge_of[k]]:
+                continue
+            if v == target:
+                c = d
+            else:
+                if rn[v]:
+                    continue
+                w = cost[v]
+                if w == inf:
+                    continue
+                c = d + w
+            nh = h + 1
+            dv = dist[v]
+            if c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v]))):
+                better = c < dv or nh < hops[v]
+                if dv == inf and pred[v] == -1:
+                    touched[nt] = v
+                    nt += 1
+                dist[v] = c
+                hops[v] = nh
+                pred[v] = u
+                if better:
+                    size = _heap_push(hd, hh, hv, size, c, nh, v)
+    length = 0
+    if found:
+        v = target
+        while v != source:
+            out[length] = v
+            length += 1
+            v = pred[v]
+        out[length] = source
+        length += 1
+        # reverse in place
+        i = 0
+        j = length - 1
+        while i < j:
+            out[i], out[j] = out[j], out[i]
+            i += 1
+            j -= 1
+    for i in range(nt):
+        v = touched[i]
+        dist[v] = inf
+        hops[v] = 0
+        pred[v] = -1
+        done[v] = False
+    return length
+
+
+@_jit
+def _work(n, m2):
+    dist = np.full(n, np.inf)
+    hops = np.zeros(n, dtype=np.int64)
+    pred = np.full(n, -1, dtype=np.int64)
+    done = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    cap = m2 + 2
+    hd = np.empty(cap)
+    hh = np.empty(cap, dtype=np.int64)
+    hv = np.empty(cap, dtype=np.int64)
+    out = np.empty(n, dtype=np.int64)
+    return dist, hops, pred, done, touched, hd, hh, hv, out
+
+
+@_jit
+def exdijkstra_nb(indptr, indices, edge_of, cost, rn, rl, source, target):
+    """ExDijkstra path as an int64 array (empty: no path)."""
+    n = indptr.size - 1
+    dist, hops, pred, done, touched, hd, hh, hv, out = _work(n, indices.size)
+    length = _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out)
+    return out[:length].copy()
+
+
+@_jit
+def round_robin_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, max_paths):
+    """SMR step 2 (round-robin with removals) in one call.
+
+    ``rn`` and ``rl`` are modified (pass copies). ``max_paths < 0`` means
+    unlimited. Returns ``(nodes, starts, seg)``: path ``i`` is
+    ``nodes[starts[i]:starts[i+1]]`` and belongs to segment ``seg[i]``.
+    """
+    n = indptr.size - 1
+    dist, hops, pred, done, touched, hd, hh, hv, out = _work(n, indices.size)
+    nseg = seg_nodes.size - 1
+    active = np.ones(max(nseg, 0), dtype=np.bool_)
+    count = np.zeros(max(nseg, 0), dtype=np.int64)
+    cap_nodes = 64
+    nodes = np.empty(cap_nodes, dtype=np.int64)
+    cap_paths = 16
+    starts = np.zeros(cap_paths + 1, dtype=np.int64)
+    seg = np.empty(cap_paths, dtype=np.int64)
+    npaths = 0
+    nnodes = 0
+    n_active = nseg
+    while n_active > 0:
+        for j in range(nseg):
+            if not active[j]:
+                continue
+            a = seg_nodes[j]
+            b = seg_nodes[j + 1]
+            length = _search(indptr, indices, edge_of, cost, rn, rl, a, b, dist, hops, pred, done, touched, hd, hh, hv, out)
+            if length == 0:
+                active[j] = False
+                n_active -= 1
+                continue
+            # store the path
+            while nnodes + length > cap_nodes:
+                cap_nodes *= 2
+                grown = np.empty(cap_nodes, dtype=np.int64)
+                grown[:nnodes] = nodes[:nnodes]
+                nodes = grown
+            if npaths + 1 > cap_paths:
+                cap_paths *= 2
+                g1 = np.zeros(cap_paths + 1, dtype=np.int64)
+                g1[: npaths + 1] = starts[: npaths + 1]
+                starts = g1
+                g2 = np.empty(cap_paths, dtype=np.int64)
+                g2[:npaths] = seg[:npaths]
+                seg = g2
+            for i in range(length):
+                nodes[nnodes + i] = out[i]
+            nnodes += length
+            seg[npaths] = j
+            npaths += 1
+            starts[npaths] = nnodes
+            # removals: untrusted relays and the links used
+            for i in range(1, length - 1):
+                if not trusted[out[i]]:
+                    rn[out[i]] = True
+            for i in range(length - 1):
+                x = out[i]
+                y = out[i + 1]
+                for k in range(indptr[x], indptr[x + 1]):
+                    if indices[k] == y:
+                        rl[edge_of[k]] = True
+                        break
+            count[j] += 1
+            if max_paths >= 0 and count[j] >= max_paths:
+                active[j] = False
+                n_active -= 1
+    return nodes[:nnodes].copy(), starts[: npaths + 1].copy(), seg[:npaths].copy()
+
+
+@_jit
+def bfs_hops_nb(indptr, indices, source):
+    """Hop distance from ``source`` to every node (inf where unreachable)."""
+    n = indptr.size - 1
+    dist = np.full(n, np.inf)
+    queue = np.empty(n, dtype=np.int64)
+    dist[source] = 0.0
+    queue[0] = source
+    head = 0
+    tail = 1
+    while head < tail:
+        u = queue[head]
+        head += 1
+        du = dist[u] + 1.0
+        for k in range(indptr[u], indptr[u + 1]):
+            v = indices[k]
+            if dist[v] == np.inf:
+                dist[v] = du
+                queue[tail] = v
+                tail += 1
+    return dist
+
+
+# -- SMR step 1 ---------------------------------------------------------------------
+@_jit
+def _pair_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes, mark):
+    """Security of two round-robin paths per segment over ``seg_nodes``.
+
+    Returns ``(security, shared)``. ``shared`` is True when a risky relay
+    (``p < 1``) occurs in more than one path or in the chain: the caller must
+    then use the exact evaluator. Otherwise the value is the product formula,
+    which is exact without shared relays (as :func:`qkdseg.security.exact_security`).
+    ``mark`` is an all-False work array of length n, left all-False.
+    """
+    nodes, starts, seg = round_robin_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), seg_nodes, 2)
+    nseg = seg_nodes.size - 1
+    counts = np.zeros(nseg, dtype=np.int64)
+    for i in range(seg.size):
+        counts[seg[i]] += 1
+    for j in range(nseg):
+        if counts[j] == 0:
+            return 0.0, False
+    shared = False
+    for i in range(seg.size):
+        for k in range(starts[i] + 1, starts[i + 1] - 1):
+            v = nodes[k]
+            if p[v] < 1.0:
+                if mark[v]:
+                    shared = True
+                mark[v] = True
+    for k in range(1, seg_nodes.size - 1):
+        v = seg_nodes[k]
+        if p[v] < 1.0:
+            if mark[v]:
+                shared = True
+            mark[v] = True
+    for i in range(seg.size):
+        for k in range(starts[i] + 1, starts[i + 1] - 1):
+            mark[nodes[k]] = False
+    for k in range(1, seg_nodes.size - 1):
+        mark[seg_nodes[k]] = False
+    if shared:
+        return 0.0, True
+    total = 1.0
+    for j in range(nseg):
+        miss = 1.0
+        for i in range(seg.size):
+            if seg[i] != j:
+                continue
+            prod = 1.0
+            risky = 0
+            for k in range(starts[i] + 1, starts[i + 1] - 1):
+                v = nodes[k]
+                if p[v] < 1.0:
+                    prod *= p[v]
+                    risky += 1
+            miss *= (1.0 - prod) if risky > 0 else 0.0
+        total *= 1.0 - miss
+    prod = 1.0
+    risky = 0
+    for k in range(1, seg_nodes.size - 1):
+        v = seg_nodes[k]
+        if p[v] < 1.0:
+            prod *= p[v]
+            risky += 1
+    if risky > 0:
+        miss = 1.0 - prod
+        total *= 1.0 - miss
+    return total, False
+
+
+@_jit
+def select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, target, margin):
+    """SMR step 1 with hop distances, in one call.
+
+    Returns ``(chosen, ok)``; ``ok`` is False when a pair evaluation met a
+    shared risky relay (possible only with trusted relays of ``p < 1``), and
+    the caller must rerun step 1 with the exact evaluator.
+    """
+    n = indptr.size - 1
+    dist_t = bfs_hops_nb(indptr, indices, target)
+    used = np.zeros(n, dtype=np.bool_)
+    used[source] = True
+    used[target] = True
+    mark = np.zeros(n, dtype=np.bool_)
+    chosen = np.empty(n + 1, dtype=np.int64)
+    nchosen = 0
+    chosen[nchosen] = source
+    nchosen += 1
+    cur = source
+    pair = np.empty(2, dtype=np.int64)
+    triple = np.empty(3, dtype=np.int64)
+    while True:
+        anycand = False
+        for v in range(n):
+            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
+                anycand = True
+                break
+        if not anycand:
+            break
+        dist_c = bfs_hops_nb(indptr, indices, cur)
+        r = -1
+        best = np.inf
+        for v in range(n):
+            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
+                sc = dist_c[v] + dist_t[v]
+                if sc < best:
+                    best = sc
+                    r = v
+        if r < 0:
+            break
+        pair[0] = cur
+        pair[1] = target
+        direct, sh1 = _pair_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, pair, mark)
+        triple[0] = cur
+        triple[1] = r
+        triple[2] = target
+        segmented, sh2 = _pair_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, triple, mark)
+        if sh1 or sh2:
+            return chosen[:0].copy(), False
+        if segmented > direct + margin:
+            chosen[nchosen] = r
+            nchosen += 1
+            used[r] = True
+            cur = r
+        else:
+            break
+    chosen[nchosen] = target
+    nchosen += 1
+    return chosen[:nchosen].copy(), True
+
+
+# -- exact security: distribution over intact paths ------------------------------
+@_jit
+def path_state_security_nb(m, masks, probs, q, cmasks):
+    """See :func:`qkdseg.security._path_state_security` (same arithmetic)."""
+    size = 1 << m
+    dist = np.zeros(size)
+    dist[size - 1] = 1.0
+    for g in range(masks.size):
+        keep = ~masks[g]
+        pg = probs[g]
+        lose = 1.0 - pg
+        # S & keep <= S, so walking S upwards reads each dist[S] before any
+        # write lands on it from a larger state: in place is safe (a state
+        # the group cannot change gets w * pg + w * (1 - pg))
+        for st in range(size):
+            w = dist[st]
+            dist[st] = w * pg
+            dist[st & keep] += w * lose
+    miss = np.ones(size)
+    for i in range(m):
+        half = 1 << i
+        f = 1.0 - q[i]
+        for st in range(half):
+            miss[half + st] = miss[st] * f
+    total = 0.0
+    for st in range(size):
+        w = dist[st]
+        if w != 0.0:
+            for c in range(cmasks.size):
+                w *= 1.0 - miss[st & cmasks[c]]
+            total += w
+    return total
