@@ -177,6 +177,46 @@ def _build_arrays(graph: nx.Graph) -> NetworkArrays:
         pool[k] = data["pool_bits"]
         if data.get("length_km") is not None:
             length[k] = data["length_km"]
+    p = np.array([graph.nodes[v]["p"] for v in node_ids], dtype=np.float64)
+    trusted = np.array([graph.nodes[v]["trusted"] for v in node_ids], dtype=bool)
+    return arrays_from_edges(eu, ev, p, trusted, pool, length, node_ids=node_ids, index=index)
+
+
+def arrays_from_edges(
+    edge_u: np.ndarray,
+    edge_v: np.ndarray,
+    p: np.ndarray,
+    trusted: np.ndarray,
+    pool_bits: np.ndarray,
+    length_km: np.ndarray | None = None,
+    *,
+    node_ids: tuple | None = None,
+    index: Mapping[Hashable, int] | None = None,
+) -> NetworkArrays:
+    """Build the frozen array form straight from arrays, without networkx.
+
+    For sweeps that draw thousands of topologies: the caller guarantees a
+    valid simple graph (no self-loop, no duplicate link, ``p`` in [0, 1],
+    pools >= 0). Nodes are ``0..n-1`` (``n = len(p)``) unless ``node_ids``
+    is given.
+
+    Parameters
+    ----------
+    edge_u, edge_v : int arrays of length m
+        Link endpoints (node indices).
+    p : float array of length n
+        Security probability of each node.
+    trusted : bool array of length n
+    pool_bits : int array of length m, bits
+    length_km : float array of length m, optional (NaN = unknown)
+    """
+    n = len(p)
+    m = len(edge_u)
+    eu = np.minimum(edge_u, edge_v).astype(np.int64)
+    ev = np.maximum(edge_u, edge_v).astype(np.int64)
+    if node_ids is None:
+        node_ids = tuple(range(n))
+        index = {i: i for i in range(n)}
     # CSR with both directions; sort by (row, neighbour) so neighbour order is canonical.
     rows = np.concatenate([eu, ev])
     cols = np.concatenate([ev, eu])
@@ -186,20 +226,23 @@ def _build_arrays(graph: nx.Graph) -> NetworkArrays:
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.add.at(indptr, rows + 1, 1)
     np.cumsum(indptr, out=indptr)
-    p = np.array([graph.nodes[v]["p"] for v in node_ids], dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64).copy()
     with np.errstate(divide="ignore"):
         cost = np.round(-np.log(p) * COST_SCALE) / COST_SCALE
     cost[cost == 0.0] = 0.0  # normalise -0.0
-    trusted = np.array([graph.nodes[v]["trusted"] for v in node_ids], dtype=bool)
-    arrays = [indptr, cols, eid, eu, ev, p, cost, trusted, pool, length]
-    for a in arrays:
+    trusted = np.asarray(trusted, dtype=bool).copy()
+    pool = np.asarray(pool_bits, dtype=np.int64).copy()
+    length = np.full(m, np.nan) if length_km is None else np.asarray(length_km, dtype=np.float64).copy()
+    cols = cols.astype(np.int64)
+    eid = eid.astype(np.int64)
+    for a in (indptr, cols, eid, eu, ev, p, cost, trusted, pool, length):
         a.setflags(write=False)
     return NetworkArrays(
         node_ids=node_ids,
         index=index,
         indptr=indptr,
-        indices=cols.astype(np.int64),
-        edge_of=eid.astype(np.int64),
+        indices=cols,
+        edge_of=eid,
         edge_u=eu,
         edge_v=ev,
         p=p,
