@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequest, NoPath
-from .network import Network
+from .network import Network, NetworkArrays
 from .reconstruction import Reconstruction, reconstruct
 from .routing import get_algorithm
 from .routing.paths import exdijkstra_indices, path_security
@@ -266,7 +266,7 @@ def route(
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)) or not 0.0 <= float(epsilon) <= 1.0:
             raise InvalidRequest(f"epsilon={epsilon!r} must be a probability in [0, 1]")
         reconstruction = reconstruction or "paper"
-    r = _route(network, algo, algorithm, source, destination, s, d, block_bits, opts)
+    r = _route(network.arrays, algo, algorithm, source, destination, s, d, block_bits, opts)
     if epsilon is None:
         return r
     rec = reconstruct(
@@ -281,8 +281,29 @@ def route(
     return replace(r, reconstruction=rec)
 
 
-def _route(network, algo, algorithm, source, destination, s, d, block_bits, opts) -> Route:
-    arrays = network.arrays
+def route_indices(
+    arrays: NetworkArrays,
+    source: int,
+    destination: int,
+    algorithm: str = "smr",
+    *,
+    block_bits: int | None = None,
+    **options: Any,
+) -> Route:
+    """:func:`route` on node *indices* of a frozen array form, for sweeps.
+
+    No reconstruction and no id checks: the caller passes valid, distinct
+    indices (``0 <= source, destination < n``). Options are checked as in
+    :func:`route`; a seeded algorithm (``msp``) needs its ``seed`` given.
+    The result's ids are ``arrays.node_ids``.
+    """
+    algo = get_algorithm(algorithm)
+    opts = _check_options(algorithm, algo.options, options)
+    ids = arrays.node_ids
+    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts)
+
+
+def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts) -> Route:
     if block_bits is not None:
         if isinstance(block_bits, bool) or not isinstance(block_bits, (int, np.integer)) or block_bits < 1:
             raise InvalidRequest(f"block_bits={block_bits!r} must be a positive integer")
@@ -384,4 +405,4 @@ def exdijkstra(
     return [arrays.node_ids[v] for v in path]
 
 
-__all__ = ["Route", "Segment", "exdijkstra", "path_security", "route"]
+__all__ = ["Route", "Segment", "exdijkstra", "path_security", "route", "route_indices"]
