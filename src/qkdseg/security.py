@@ -352,8 +352,9 @@ def montecarlo_security(
     """Estimate the security by sampling compromise states (vectorised).
 
     Each sample draws every relevant relay's state at once; a path survives
-    when none of its relays is compromised (a matrix product with the
-    path-relay incidence matrix), a segment when one of its paths survives.
+    when none of its relays is compromised (the states are bit-packed, 64
+    relays a word, and tested against each path's relay mask), a segment
+    when one of its paths survives.
 
     Parameters
     ----------
@@ -378,24 +379,38 @@ def montecarlo_security(
     col = {v: k for k, v in enumerate(relays)}
     paths = [r for seg in clauses for r in seg]
     seg_of = np.repeat(np.arange(len(clauses)), [len(seg) for seg in clauses])
-    inc = np.zeros((max(len(relays), 1), len(paths)), dtype=np.float32)
+    # bit-packed: each sample's compromised relays become ceil(R/64) words;
+    # a path is alive iff its relay mask meets none of them
+    words = max(1, (len(relays) + 63) // 64)
+    path_masks = np.zeros((len(paths), words), dtype=np.uint64)
     for j, r in enumerate(paths):
         for v in r:
-            inc[col[v], j] = 1.0
+            k = col[v]
+            path_masks[j, k // 64] |= np.uint64(1) << np.uint64(k % 64)
+    clause_paths = [np.flatnonzero(seg_of == j) for j in range(len(clauses))]
     prob = np.array([p[v] for v in relays], dtype=np.float64)
     rng = np.random.default_rng(seed)
     secret = 0
     done = 0
     while done < samples:
         m = min(chunk, samples - done)
-        if relays:
-            compromised = (rng.random((m, len(relays))) >= prob).astype(np.float32)
-            alive = (compromised @ inc) == 0.0
-        else:
-            alive = np.ones((m, len(paths)), dtype=bool)
         seg_ok = np.ones(m, dtype=bool)
-        for j in range(len(clauses)):
-            seg_ok &= alive[:, seg_of == j].any(axis=1)
+        if relays:
+            compromised = rng.random((m, len(relays))) >= prob
+            packed = np.packbits(compromised, axis=1, bitorder="little")
+            pad = words * 8 - packed.shape[1]
+            if pad:
+                packed = np.concatenate([packed, np.zeros((m, pad), dtype=np.uint8)], axis=1)
+            bits = packed.view("<u8")  # (m, words): relay k is bit k % 64 of word k // 64
+            for idx in clause_paths:
+                ok = np.zeros(m, dtype=bool)
+                for j in idx.tolist():
+                    hit = np.zeros(m, dtype=bool)
+                    for w in range(words):
+                        if path_masks[j, w]:
+                            hit |= (bits[:, w] & path_masks[j, w]) != 0
+                    ok |= ~hit
+                seg_ok &= ok
         secret += int(seg_ok.sum())
         done += m
     lo, hi = wilson_interval(secret, samples)
