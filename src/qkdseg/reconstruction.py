@@ -51,6 +51,7 @@ A key meets the level when ``security >= epsilon - TOLERANCE``
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -527,8 +528,55 @@ def optimal(
                 break  # choices are sorted by security: no later one can do better
             dfs(j + 1, chosen + [counts], prod * sec)
 
+    def r_of(j: int, counts: tuple[int, ...]) -> float:
+        """sec(part) / sec(part less its most useful piece): a key stays minimal only
+        while its security is below ``epsilon`` times this ratio."""
+        worst = 0.0
+        for ci, c in enumerate(counts):
+            if c:
+                smaller = counts[:ci] + (c - 1,) + counts[ci + 1 :]
+                worst = max(worst, _part_sec(j, smaller) if any(smaller) else 0.0)
+        return math.inf if worst == 0.0 else _part_sec(j, counts) / worst
+
+    # Independent case: windowed enumeration. A minimal key's security lies in
+    # [eps, eps * min_j r_j); the last segment's part is looked up in that window.
+    ratio = [[r_of(j, counts) for _, counts in choices[j]] for j in range(k)] if not ev.cross_shared else []
+    neg = [[-sec for sec, _ in choices[j]] for j in range(k)]
+    minsec = [choices[j][-1][0] for j in range(k)]
+    slack = 1.0 + 1e-9
+
+    def dfs_fast(j: int, chosen: list, prod: float, R: float) -> None:
+        visited[0] += 1
+        if visited[0] % 256 == 0 and time.monotonic() - start > time_limit:
+            raise _Capped(f"time cap: {time_limit:g} s reached while enumerating patterns")
+        base_p = ev.chain_sec * prod
+        if j == k - 1:
+            lo = (eps - TOLERANCE) / base_p / slack
+            hi = (eps - TOLERANCE) * R / base_p * slack if math.isfinite(R) else math.inf
+            i0 = bisect.bisect_left(neg[j], -hi) if math.isfinite(hi) else 0
+            i1 = bisect.bisect_right(neg[j], -lo)
+            for idx in range(i0, i1):
+                pat = tuple(chosen + [choices[j][idx][1]])
+                if feasible(pat) and minimal(pat):
+                    columns.append(pat)
+                    if len(columns) > max_columns:
+                        raise _Capped(f"size cap: more than {max_columns} minimal patterns (max_columns)")
+            return
+        rest_max = math.prod(maxsec[j + 1 :])
+        rest_min = math.prod(minsec[j + 1 :])
+        for idx, (sec, counts) in enumerate(choices[j]):
+            if not meets(base_p * sec * rest_max, eps):
+                break  # sorted by security: no later choice can do better
+            R2 = min(R, ratio[j][idx])
+            if math.isfinite(R2) and base_p * sec * rest_min >= (eps - TOLERANCE) * R2 * slack:
+                continue  # every completion would stay feasible without one of its pieces
+            dfs_fast(j + 1, chosen + [counts], prod * sec, R2)
+
     try:
-        dfs(0, [], 1.0)
+        if ev.cross_shared:
+            dfs(0, [], 1.0)
+        else:
+            dfs_fast(0, [], 1.0, math.inf)
     except _Capped as cap:
         return fallback(str(cap))
     if not columns:
