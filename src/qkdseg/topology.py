@@ -211,6 +211,46 @@ def _flat_attrs(d: dict) -> dict:
 
 
 # -- generators ----------------------------------------------------------------
+def waxman_draw(
+    n: int,
+    alpha: float,
+    beta: float,
+    rng: np.random.Generator,
+    *,
+    side_km: float = 100.0,
+    max_tries: int = 1000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The random part of :func:`waxman`: positions and links, redrawn until
+    connected, from ``rng`` (advanced exactly as :func:`waxman` advances it).
+
+    Returns
+    -------
+    pos : (n, 2) float array
+        Positions in the unit square.
+    edge_u, edge_v : int arrays
+        Links ``u < v`` in lexicographic order.
+    length_km : float array
+        Link lengths, the square scaled to ``side_km`` (rounded to 1e-6 km).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    iu, ju = np.triu_indices(n, k=1)
+    for _ in range(max_tries):
+        pos = rng.random((n, 2))
+        d = np.hypot(pos[iu, 0] - pos[ju, 0], pos[iu, 1] - pos[ju, 1])
+        big_l = d.max()
+        keep = rng.random(d.size) < beta * np.exp(-d / (alpha * big_l))
+        eu, ev = iu[keep], ju[keep]
+        adj = coo_matrix((np.ones(eu.size), (eu, ev)), shape=(n, n))
+        if connected_components(adj, directed=False, return_labels=False) == 1:
+            return pos, eu.astype(np.int64), ev.astype(np.int64), np.round(d[keep] * side_km, 6)
+    raise NetworkError(
+        f"waxman: no connected graph in {max_tries} draws (n={n}, alpha={alpha}, beta={beta}); "
+        "raise alpha (mean degree grows about as n * alpha**2)"
+    )
+
+
 def waxman(
     n: int = 100,
     *,
@@ -276,27 +316,14 @@ def waxman(
     if not (alpha > 0 and 0 < beta <= 1):
         raise NetworkError(f"waxman: need alpha > 0 and 0 < beta <= 1 (got alpha={alpha}, beta={beta})")
     rng = np.random.default_rng(seed)
-    iu, ju = np.triu_indices(n, k=1)
-    for _ in range(max_tries):
-        pos = rng.random((n, 2))
-        d = np.hypot(pos[iu, 0] - pos[ju, 0], pos[iu, 1] - pos[ju, 1])
-        big_l = d.max()
-        keep = rng.random(d.size) < beta * np.exp(-d / (alpha * big_l))
-        g = nx.Graph()
-        g.add_nodes_from(range(n))
-        g.add_edges_from(zip(iu[keep].tolist(), ju[keep].tolist()))
-        if nx.is_connected(g):
-            break
-    else:
-        raise NetworkError(
-            f"waxman: no connected graph in {max_tries} draws (n={n}, alpha={alpha}, beta={beta}); "
-            "raise alpha (mean degree grows about as n * alpha**2)"
-        )
+    pos, eu, ev, lengths = waxman_draw(n, alpha, beta, rng, side_km=side_km, max_tries=max_tries)
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(zip(eu.tolist(), ev.tolist()))
     chosen = set(rng.choice(n, size=trusted, replace=False).tolist())
-    lengths = d[keep]
-    for k, (u, v) in enumerate(zip(iu[keep].tolist(), ju[keep].tolist())):
+    for u, v, length in zip(eu.tolist(), ev.tolist(), lengths.tolist()):
         g.edges[u, v]["pool_bits"] = int(pool_bits)
-        g.edges[u, v]["length_km"] = round(float(lengths[k]) * side_km, 6)
+        g.edges[u, v]["length_km"] = length
     for v in range(n):
         g.nodes[v]["pos"] = [round(float(pos[v, 0]), 6), round(float(pos[v, 1]), 6)]
         is_t = v in chosen
