@@ -320,6 +320,164 @@ def demo(
     _console().print(table)
 
 
+@app.command()
+@_user_errors
+def emulate(
+    net: Annotated[str, typer.Argument(help=NET_HELP, show_default=False)],
+    src: Annotated[str, typer.Option("--src", help="Source node id.")],
+    dst: Annotated[str, typer.Option("--dst", help="Destination node id.")],
+    algorithm: Annotated[str, typer.Option("--algorithm", "-a", help="Routing algorithm (see `qkdseg algorithms`).")] = "smr",
+    epsilon: Annotated[Optional[float], typer.Option("--epsilon", "-e", help="Also execute the reconstruction at this level; per-key secrecy.")] = None,
+    reconstruction: Annotated[Optional[Scheme], typer.Option("--reconstruction", "-r", help="Reconstruction scheme (needs --epsilon; default paper).")] = None,
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Runs, each from full pools with a fresh compromised set.")] = 1000,
+    block_bits: Annotated[int, typer.Option("--block-bits", help="Key piece size B in bits (a multiple of 8).")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the compromised-set draws.")] = 0,
+    max_paths: Annotated[Optional[int], typer.Option("--max-paths", help="Paths per segment (default: unlimited).")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
+    default_p: Annotated[Optional[float], typer.Option("--default-p", help="p for untrusted nodes the file gives none.")] = None,
+) -> None:
+    """Relay real key material over a route, many times, against a sampled adversary (docs/keys.md)."""
+    from .keys import emulate as do_emulate
+
+    network = _load(net, default_p)
+    s, d = network.resolve(src), network.resolve(dst)
+    if reconstruction is not None and epsilon is None:
+        raise InvalidRequest("--reconstruction needs --epsilon (the security level every global key must meet)")
+    out = do_emulate(
+        network,
+        s,
+        d,
+        algorithm,
+        trials=trials,
+        block_bits=block_bits,
+        seed=seed,
+        epsilon=epsilon,
+        reconstruction=reconstruction.value if reconstruction is not None else None,
+        record_compromised=fmt is Fmt.json,
+        options={"max_paths": max_paths} if max_paths is not None else None,
+    )
+    if fmt is Fmt.json:
+        _dump(out)
+        return
+    con = _console()
+    con.print(f"emulate {algorithm}: {s} \u2192 {d} on {network.name}, {trials} trials, B={out['block_bits']} bits, seed {seed}")
+    if out["blocked"]:
+        con.print("[bold red]BLOCKED[/] (no usable path): nothing relayed")
+        return
+    lo, hi = out["ci95"]
+    arrow = " \u2192 "
+    con.print(f"segment nodes        {arrow.join(map(str, out['route']['segment_nodes']))}")
+    con.print(f"keys identical       {out['keys_identical']} / {trials} trials (both ends, byte for byte)")
+    con.print(f"empirical secrecy    {out['empirical_secrecy']:.4f}  (95% CI {lo:.4f} .. {hi:.4f}; xor-all key)")
+    con.print(f"exact security       {out['exact_security']:.4f}  (standard error {out['standard_error']:.4f})")
+    con.print(f"bits consumed        {out['bits_consumed']}  ({out['consumed_bits_per_trial']} per trial)")
+    if "global_keys" in out:
+        kind = "computational keys" if out["reconstruction"] == "reuse" else "global keys"
+        table = Table(
+            title=f"reconstruction {out['reconstruction']} at epsilon={out['epsilon']:g}: {len(out['global_keys'])} {kind}",
+            title_justify="left",
+        )
+        for col in ("key", "exact", "empirical", "95% CI", "identical"):
+            table.add_column(col, justify="right")
+        for k in out["global_keys"]:
+            table.add_row(
+                str(k["key"] + 1),
+                f"{k['exact_security']:.4f}",
+                f"{k['empirical_secrecy']:.4f}",
+                f"{k['ci95'][0]:.4f} .. {k['ci95'][1]:.4f}",
+                str(k["keys_identical"]),
+            )
+        con.print(table)
+
+
+class Backend(str, Enum):
+    processes = "processes"
+    serial = "serial"
+
+
+def _print_claims(claims: list[dict]) -> None:
+    table = Table(title="the paper's claims on this data", title_justify="left")
+    for col in ("figure", "claim", "verdict", "numbers"):
+        table.add_column(col, overflow="fold")
+    for c in claims:
+        table.add_row(c["figure"], c["claim"], "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]", c["evidence"])
+    _console().print(table)
+
+
+@app.command()
+@_user_errors
+def reproduce(
+    trials: Annotated[int, typer.Option("--trials", help="Trials per point.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Master seed (recorded in every row).")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out"),
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler tcp://HOST:PORT (default: local processes).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Local processes (default: all cores).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="Local backend.")] = Backend.processes,
+    csv: Annotated[bool, typer.Option("--csv", help="Write results.csv instead of results.parquet.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """The paper's evaluation (Fig. 5 and 6): results, figures and a PASS/FAIL report."""
+    from .experiments import reproduce as do_reproduce
+
+    if workers is not None and workers < 1:
+        raise InvalidRequest(f"--workers {workers}: must be at least 1")
+    info = do_reproduce(
+        trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
+        fmt="csv" if csv else "parquet", progress=not quiet,
+    )
+    _print_claims(info["claims"])
+    typer.echo(f"wrote {info['results']}, {', '.join(info['figures'])}, {info['report']} in {info['seconds']:.1f} s")
+
+
+@app.command()
+@_user_errors
+def plot(
+    results: Annotated[Path, typer.Argument(help="results.parquet / results.csv, or the directory holding it.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: beside the results).")] = None,
+) -> None:
+    """Redraw the figures and the report from saved results, without recomputing."""
+    from .experiments import read_results, render
+    from .experiments.study import plot_study, write_study_report
+
+    df = read_results(results)
+    target = out or (results if results.is_dir() else results.parent)
+    if "network" in df.columns:
+        figs = [str(p) for p in plot_study(df, target)]
+        report = write_study_report(df, target)
+        typer.echo(f"wrote {', '.join(figs)}, {report}")
+        return
+    info = render(df, target, header=f"Redrawn by `qkdseg plot {results}` from saved results.")
+    _print_claims(info["claims"])
+    typer.echo(f"wrote {', '.join(info['figures'])}, {info['report']}")
+
+
+@app.command()
+@_user_errors
+def study(
+    topologies: Annotated[str, typer.Option("--topologies", help="Topology group: zoo (Topology Zoo) or sndlib.")] = "zoo",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out-study"),
+    requests: Annotated[int, typer.Option("--requests", help="Random requests per network.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Master seed.")] = 0,
+    trusted: Annotated[float, typer.Option("--trusted", help="Trusted relays: a fraction (< 1) or a count.")] = 0.1,
+    p: Annotated[float, typer.Option("--p", help="Security probability of untrusted relays.")] = 0.8,
+    min_nodes: Annotated[int, typer.Option("--min-nodes", help="Only networks with at least this many nodes.")] = 20,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Local processes (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """SMR against the baselines on every real topology of a group."""
+    from .experiments import write_results
+    from .experiments.study import plot_study, run_study, write_study_report
+
+    df = run_study(topologies, requests=requests, seed=seed, trusted=trusted if trusted < 1 else int(trusted), p=p,
+                   min_nodes=min_nodes, workers=workers, progress=not quiet)
+    path = write_results(df, out)
+    figs = plot_study(df, out)
+    header = (f"`qkdseg study --topologies {topologies} --requests {requests} --seed {seed} --trusted {trusted} --p {p}`: "
+              f"{df['network'].nunique()} networks, {len(df)} rows.")
+    report = write_study_report(df, out, header=header)
+    typer.echo(f"wrote {path}, {', '.join(map(str, figs))}, {report}")
+
+
 def main() -> None:
     """Entry point of the ``qkdseg`` console script."""
     app(prog_name="qkdseg")
