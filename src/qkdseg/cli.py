@@ -478,6 +478,94 @@ def study(
     typer.echo(f"wrote {path}, {', '.join(map(str, figs))}, {report}")
 
 
+class Backend(str, Enum):
+    processes = "processes"
+    serial = "serial"
+
+
+def _print_claims(claims: list[dict]) -> None:
+    table = Table(title="the paper's claims on this data", title_justify="left")
+    for col in ("figure", "claim", "verdict", "numbers"):
+        table.add_column(col, overflow="fold")
+    for c in claims:
+        table.add_row(c["figure"], c["claim"], "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]", c["evidence"])
+    _console().print(table)
+
+
+@app.command()
+@_user_errors
+def reproduce(
+    trials: Annotated[int, typer.Option("--trials", help="Trials per point.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Master seed (recorded in every row).")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out"),
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler tcp://HOST:PORT (default: local processes).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Local processes (default: all cores).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="Local backend.")] = Backend.processes,
+    csv: Annotated[bool, typer.Option("--csv", help="Write results.csv instead of results.parquet.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """The paper's evaluation (Fig. 5 and 6): results, figures and a PASS/FAIL report."""
+    from .experiments import reproduce as do_reproduce
+
+    if workers is not None and workers < 1:
+        raise InvalidRequest(f"--workers {workers}: must be at least 1")
+    info = do_reproduce(
+        trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
+        fmt="csv" if csv else "parquet", progress=not quiet,
+    )
+    _print_claims(info["claims"])
+    typer.echo(f"wrote {info['results']}, {', '.join(info['figures'])}, {info['report']} in {info['seconds']:.1f} s")
+
+
+@app.command()
+@_user_errors
+def plot(
+    results: Annotated[Path, typer.Argument(help="results.parquet / results.csv, or the directory holding it.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: beside the results).")] = None,
+) -> None:
+    """Redraw the figures and the report from saved results, without recomputing."""
+    from .experiments import read_results, render
+    from .experiments.study import plot_study, write_study_report
+
+    df = read_results(results)
+    target = out or (results if results.is_dir() else results.parent)
+    if "network" in df.columns:
+        figs = [str(p) for p in plot_study(df, target)]
+        report = write_study_report(df, target)
+        typer.echo(f"wrote {', '.join(figs)}, {report}")
+        return
+    info = render(df, target, header=f"Redrawn by `qkdseg plot {results}` from saved results.")
+    _print_claims(info["claims"])
+    typer.echo(f"wrote {', '.join(info['figures'])}, {info['report']}")
+
+
+@app.command()
+@_user_errors
+def study(
+    topologies: Annotated[str, typer.Option("--topologies", help="Topology group: zoo (Topology Zoo) or sndlib.")] = "zoo",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out-study"),
+    requests: Annotated[int, typer.Option("--requests", help="Random requests per network.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Master seed.")] = 0,
+    trusted: Annotated[float, typer.Option("--trusted", help="Trusted relays: a fraction (< 1) or a count.")] = 0.1,
+    p: Annotated[float, typer.Option("--p", help="Security probability of untrusted relays.")] = 0.8,
+    min_nodes: Annotated[int, typer.Option("--min-nodes", help="Only networks with at least this many nodes.")] = 20,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Local processes (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """SMR against the baselines on every real topology of a group."""
+    from .experiments import write_results
+    from .experiments.study import plot_study, run_study, write_study_report
+
+    df = run_study(topologies, requests=requests, seed=seed, trusted=trusted if trusted < 1 else int(trusted), p=p,
+                   min_nodes=min_nodes, workers=workers, progress=not quiet)
+    path = write_results(df, out)
+    figs = plot_study(df, out)
+    header = (f"`qkdseg study --topologies {topologies} --requests {requests} --seed {seed} --trusted {trusted} --p {p}`: "
+              f"{df['network'].nunique()} networks, {len(df)} rows.")
+    report = write_study_report(df, out, header=header)
+    typer.echo(f"wrote {path}, {', '.join(map(str, figs))}, {report}")
+
+
 def main() -> None:
     """Entry point of the ``qkdseg`` console script."""
     app(prog_name="qkdseg")
