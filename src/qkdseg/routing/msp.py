@@ -48,20 +48,26 @@ from .smr import request_masks
 DEFAULT_BETA = 1.0
 
 
-def _hops_to(arrays: NetworkArrays, target: int, usable_node: np.ndarray, rl: np.ndarray) -> np.ndarray:
-    """Hop distance of every node to ``target`` over usable links, through usable relays."""
-    n = arrays.n_nodes
-    rows = np.repeat(np.arange(n), np.diff(arrays.indptr))
-    cols = arrays.indices
-    keep = ~rl[arrays.edge_of] & usable_node[rows] & usable_node[cols]
-    # The target is allowed as an end: keep its links to usable relays.
-    keep |= ~rl[arrays.edge_of] & (((rows == target) & usable_node[cols]) | ((cols == target) & usable_node[rows]))
-    g = csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
-    order, pred = breadth_first_order(g, target, directed=False, return_predecessors=True)
-    dist = np.full(n, np.inf)
+def _hops_to(arrays: NetworkArrays, target: int, usable_node: np.ndarray, rl: np.ndarray) -> list[float]:
+    """Hop distance of every node to ``target`` over usable links, through
+    usable relays (breadth-first search over the CSR lists; ``inf`` where
+    unreachable)."""
+    indptr, indices, edge_of = arrays._csr_lists
+    usable = usable_node.tolist()
+    removed = rl.tolist()
+    dist = [math.inf] * arrays.n_nodes
     dist[target] = 0.0
-    for v in order[1:]:
-        dist[v] = dist[pred[v]] + 1.0
+    frontier = [target]
+    while frontier:
+        nxt = []
+        for u in frontier:
+            du = dist[u] + 1.0
+            for k in range(indptr[u], indptr[u + 1]):
+                v = indices[k]
+                if usable[v] and dist[v] == math.inf and not removed[edge_of[k]]:
+                    dist[v] = du
+                    nxt.append(v)
+        frontier = nxt
     return dist
 
 
@@ -76,31 +82,48 @@ def random_walk_path(
     beta: float = DEFAULT_BETA,
     max_steps: int | None = None,
 ) -> list[int] | None:
-    """One self-avoiding random walk with backtracking (the module's rule)."""
-    usable = ~rn & (arrays.p > 0.0)
-    usable[source] = False
-    usable[target] = False
-    dist = _hops_to(arrays, target, usable, rl)
-    visited = np.zeros(arrays.n_nodes, dtype=bool)
+    """One self-avoiding random walk with backtracking (the module's rule).
+
+    The weighted draw is ``Generator.choice(k, p=w / w.sum())`` written out
+    (cumulative sum, one ``rng.random()``, ``searchsorted``), which consumes
+    and returns exactly what ``choice`` would, without its per-call checks.
+    """
+    usable_arr = ~rn & (arrays.p > 0.0)
+    usable_arr[source] = False
+    usable_arr[target] = False
+    dist = _hops_to(arrays, target, usable_arr, rl)
+    usable = usable_arr.tolist()
+    removed = rl.tolist()
+    indptr, indices, edge_of = arrays._csr_lists
+    visited = [False] * arrays.n_nodes
     visited[source] = True
     stack = [source]
     steps = 0
     limit = math.inf if max_steps is None else max_steps
-    indptr, indices, edge_of = arrays.indptr, arrays.indices, arrays.edge_of
+    inf = math.inf
     while stack:
         if steps >= limit:
             return None
         u = stack[-1]
-        lo, hi = indptr[u], indptr[u + 1]
-        nbr = indices[lo:hi]
-        ok = ~rl[edge_of[lo:hi]] & ~visited[nbr] & ((nbr == target) | (usable[nbr] & np.isfinite(dist[nbr])))
-        cand = nbr[ok]
+        cand = [
+            v
+            for k in range(indptr[u], indptr[u + 1])
+            if not removed[edge_of[k]]
+            and not visited[v := indices[k]]
+            and (v == target or (usable[v] and dist[v] != inf))
+        ]
         steps += 1
-        if cand.size == 0:
+        if not cand:
             stack.pop()
             continue
-        w = np.exp(-beta * (dist[cand] - dist[cand].min()))
-        v = int(cand[rng.choice(cand.size, p=w / w.sum())]) if cand.size > 1 else int(cand[0])
+        if len(cand) > 1:
+            d = np.array([dist[v] for v in cand])
+            w = np.exp(-beta * (d - d.min()))
+            cdf = (w / w.sum()).cumsum()
+            cdf /= cdf[-1]
+            v = cand[int(cdf.searchsorted(rng.random(), side="right"))]
+        else:
+            v = cand[0]
         stack.append(v)
         if v == target:
             return stack
