@@ -288,6 +288,7 @@ def route_indices(
     algorithm: str = "smr",
     *,
     block_bits: int | None = None,
+    routed: tuple | None = None,
     **options: Any,
 ) -> Route:
     """:func:`route` on node *indices* of a frozen array form, for sweeps.
@@ -296,21 +297,31 @@ def route_indices(
     indices (``0 <= source, destination < n``). Options are checked as in
     :func:`route`; a seeded algorithm (``msp``) needs its ``seed`` given.
     The result's ids are ``arrays.node_ids``.
+
+    ``routed = (segment_nodes, paths)`` (node indices, as the registry's
+    functions return them) skips the routing and only evaluates those paths
+    on ``arrays``: for a sweep that knows the routing cannot have changed
+    (same links and trusted relays, only ``p`` differs, and an algorithm
+    whose choices do not depend on ``p``). ``Route.index_paths`` and
+    ``Route.segment_nodes`` of an earlier result give it.
     """
     algo = get_algorithm(algorithm)
     opts = _check_options(algorithm, algo.options, options)
     ids = arrays.node_ids
-    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts)
+    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts, routed)
 
 
-def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts) -> Route:
+def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts, routed=None) -> Route:
     if block_bits is not None:
         if isinstance(block_bits, bool) or not isinstance(block_bits, (int, np.integer)) or block_bits < 1:
             raise InvalidRequest(f"block_bits={block_bits!r} must be a positive integer")
         removed_links = arrays.pool_bits < block_bits
     else:
         removed_links = arrays.pool_bits <= 0
-    segment_nodes, paths = algo.func(arrays, s, d, removed_links=removed_links, **opts)
+    if routed is None:
+        segment_nodes, paths = algo.func(arrays, s, d, removed_links=removed_links, **opts)
+    else:
+        segment_nodes, paths = routed
     ids = arrays.node_ids
     blocked = not paths or any(len(seg) == 0 for seg in paths)
     if blocked:

@@ -54,14 +54,37 @@ def request_pair(seed: int, n: int) -> tuple[int, int]:
     return int(s), int(d)
 
 
-def evaluate(arrays: NetworkArrays, s: int, d: int, spec: SweepSpec, seed: int) -> list[dict[str, Any]]:
-    """Every algorithm of ``spec`` on one request: the metric columns."""
+#: Algorithms whose paths do not depend on the value of ``p`` when every
+#: untrusted relay has the same ``p`` in (0, 1) and trusted relays have 1:
+#: MSP's walk only asks ``p > 0``; ExDijkstra's order over such costs is
+#: (number of untrusted relays, hops, node order) for any such ``p``, because
+#: costs are exact multiples of one quantised ``-log p`` (network.COST_SCALE).
+#: SMR is not here: its step 1 compares securities, which depend on ``p``.
+P_INDEPENDENT = frozenset({"msp", "disjoint", "single"})
+
+
+def evaluate(
+    arrays: NetworkArrays, s: int, d: int, spec: SweepSpec, seed: int, cache: dict | None = None, key: Any = None
+) -> list[dict[str, Any]]:
+    """Every algorithm of ``spec`` on one request: the metric columns.
+
+    With a ``cache`` (a dict) and a ``key`` naming the topology, pair and
+    trusted placement (not ``p``), the paths of :data:`P_INDEPENDENT`
+    algorithms are computed once per key and re-evaluated at each ``p``.
+    """
     rows = []
     for name in spec.algorithms:
         opts = dict(spec.algorithm_options.get(name, {}))
         if name == "msp":
             opts.setdefault("seed", seed)
-        r = route_indices(arrays, s, d, name, **opts)
+        routed = None
+        cacheable = cache is not None and name in P_INDEPENDENT and not opts.get("metric")
+        if cacheable:
+            routed = cache.get((name, key))
+        r = route_indices(arrays, s, d, name, routed=routed, **opts)
+        if cacheable and routed is None:
+            nodes = [arrays.index[v] for v in r.segment_nodes]
+            cache[(name, key)] = (nodes, [[list(p) for p in seg] for seg in r.index_paths])
         row: dict[str, Any] = {
             "algorithm": name,
             "security": r.security,
@@ -97,9 +120,11 @@ def run_chunk(spec_dict: dict, trials: Sequence[int]) -> list[dict[str, Any]]:
         seed = trial_seed(spec.seed, t)
         topo = TrialTopology(spec, seed)
         s, d = request_pair(seed, spec.nodes)
+        cache: dict = {}
         for fig in spec.figures:
             for k, (p, n_trusted) in enumerate(fig.points):
                 arrays = topo.arrays(p, n_trusted)
+                use_cache = 0.0 < p < 1.0
                 base = {
                     "figure": fig.name,
                     "point": k,
@@ -113,6 +138,6 @@ def run_chunk(spec_dict: dict, trials: Sequence[int]) -> list[dict[str, Any]]:
                     "source": s,
                     "destination": d,
                 }
-                for row in evaluate(arrays, s, d, spec, seed):
+                for row in evaluate(arrays, s, d, spec, seed, cache if use_cache else None, n_trusted):
                     rows.append({**base, **row})
     return rows
