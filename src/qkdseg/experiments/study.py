@@ -86,6 +86,8 @@ def run_study(
     if not 0 <= p <= 1:
         raise InvalidRequest(f"p={p} is outside [0, 1]")
     keys = study_networks(group, min_nodes)
+    if not keys:
+        raise InvalidRequest(f"no topology of group {group!r} has at least {min_nodes} nodes")
     spec: SweepSpec = paper_spec(trials=1, seed=seed, algorithms=tuple(algorithms), epsilons=tuple(epsilons))
     opts = {"seed": seed, "trusted": trusted, "p": p, "requests": requests, "spec": spec}
     workers = workers or os.cpu_count() or 1
