@@ -18,7 +18,7 @@ test: install
 	$(PY) -m pytest
 
 reproduce: install
-	$(VENV)/bin/qkdseg demo
+	$(VENV)/bin/qkdseg reproduce --trials 1000 --seed 0 --out out
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -79,6 +79,18 @@ def _iter_dask(spec_dict: dict, parts: list[list[int]], scheduler: Any) -> Itera
             client.close()
 
 
+def warm_up(algorithms: Sequence[str]) -> None:
+    """Run every algorithm once on the built-in example, so that compiled
+    kernels (numba) are loaded before worker processes are forked from this
+    one instead of being compiled in each of them."""
+    from ..api import route
+    from ..topology import example_network
+
+    net = example_network()
+    for name in algorithms:
+        route(net, 0, 7, algorithm=name)
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -116,6 +128,8 @@ def run_sweep(
         chunk_size = max(1, min(50, spec.trials // (8 * workers) or 1))
     parts = chunks(spec.trials, chunk_size)
     spec_dict = spec.to_dict()
+    if backend == "processes":
+        warm_up(spec.algorithms)
     rows: list[dict] = []
     with _progress(spec.trials, desc, progress) as bar:
         if backend == "serial" or (backend == "processes" and workers == 1):
