@@ -189,3 +189,24 @@ def test_no_key_bytes_in_the_logs(caplog):
         for needle in (raw.hex(), raw.hex().upper(), repr(raw)[2:-1], raw.decode("latin-1"), raw[:8].hex()):
             assert needle not in log
     assert "masked" not in log  # keys are not even mentioned by repr
+
+
+def test_a_link_used_by_two_paths_pays_twice():
+    """Hand-built route whose two paths share every link: each use takes its own B bits."""
+    from dataclasses import replace
+
+    from qkdseg.api import Segment
+
+    net = example_network()
+    r = route(net, 0, 7, "single", block_bits=64)
+    path = r.segments[0].paths[0]
+    twice = replace(r, segments=(Segment(0, 7, (path, path), 0.0),), consumed_bits=2 * (len(path) - 1) * 64)
+    store = KeyStore(net)
+    res = relay(twice, store)
+    assert res.keys_identical and res.bits_consumed == twice.consumed_bits
+    for a, b in zip(path, path[1:]):
+        assert store.level((a, b)) == 100_000 - 128
+    # XOR of the two pieces is secret iff one path is: both pieces share all relays here
+    from qkdseg.keys import attack
+
+    assert attack(res, [path[1]]).recovered == ((True,),)

@@ -357,11 +357,8 @@ class KeyStore:
                 u, v = self._link_of(k)
                 raise InvalidRequest(f"link ({u!r}, {v!r}): requested bits={bits!r} must be a non-negative multiple of 8")
             need[k] = need.get(k, 0) + int(bits)
-        short = {}
-        for k, bits in need.items():
-            level = self._pool(k).level
-            if bits > level:
-                short[self._link_of(k)] = (bits, level)
+        pools = {k: self._pool(k) for k in need}
+        short = {pools[k].link: (bits, pools[k].level) for k, bits in need.items() if bits > pools[k].level}
         if short:
             parts = [f"link ({u!r}, {v!r}) needs {n} bits, holds {lv} (short by {n - lv})" for (u, v), (n, lv) in short.items()]
             more = f" and {len(parts) - 3} more short links" if len(parts) > 3 else ""
@@ -372,7 +369,7 @@ class KeyStore:
         for k, bits in need.items():
             if not bits:
                 continue
-            pool = self._pool(k)
+            pool = pools[k]
             out[pool.link] = LinkPads(pool.link, pool._debit(bits // 8, reason="reserve"))
             self.debited_bits += bits
         return out
