@@ -351,25 +351,59 @@ def paper(p, segments, chain=(), epsilon: float = 0.0, block_bits: int = 0) -> R
     if _empty(segments):
         return Reconstruction("paper", float(epsilon), B, (), status="no path")
     ev = _Evaluator(p, segments, chain)
+    rounds = []
+    for c, matched, weakest in _paper_rounds(ev, segments):
+        rounds.append({"keys_per_segment": c, "weakest": weakest})
+        if meets(weakest, epsilon):
+            keys = [ev.make_key(parts, B) for _, parts in matched]
+            return Reconstruction("paper", float(epsilon), B, _sorted_keys(keys), details={"rounds": rounds})
+    return Reconstruction(
+        "paper", float(epsilon), B, (), status="even the XOR of all pieces does not meet epsilon", details={"rounds": rounds}
+    )
+
+
+def _paper_rounds(ev: _Evaluator, segments):
+    """The paper's rounds: ``(c, matched, weakest)`` for ``c = min_j n_j``
+    down to 1 keys per segment, ``weakest`` the smallest exact security of
+    the matched global keys."""
     heaps = []
     for j, seg in enumerate(segments):
         h = [(ev.group_sec(j, (i,)), i, (i,)) for i in range(len(seg))]
         heapq.heapify(h)
         heaps.append(h)
-    rounds = []
     for c in range(min(len(seg) for seg in segments), 0, -1):
         for j, h in enumerate(heaps):
             _merge_to(ev, j, h, c)
         groups = [[(s, g) for s, _, g in sorted(h)] for h in heaps]
         matched = balanced_matching(groups)
-        keys = [ev.make_key(parts, B) for _, parts in matched]
-        weakest = min(k.security for k in keys)
-        rounds.append({"keys_per_segment": c, "weakest": weakest})
-        if meets(weakest, epsilon):
-            return Reconstruction("paper", float(epsilon), B, _sorted_keys(keys), details={"rounds": rounds})
-    return Reconstruction(
-        "paper", float(epsilon), B, (), status="even the XOR of all pieces does not meet epsilon", details={"rounds": rounds}
-    )
+        weakest = min(ev.key_sec(parts) for _, parts in matched)
+        yield c, matched, weakest
+
+
+def paper_key_counts(p, segments, chain=(), epsilons: Sequence[float] = (0.5, 0.7, 0.9)) -> list[int]:
+    """Number of global keys ``paper`` delivers at each level, in one pass.
+
+    Equal to ``[paper(p, segments, chain, e).n_keys for e in epsilons]``
+    (the rounds do not depend on epsilon, only where they stop), for sweeps
+    that need several levels of one route.
+
+    >>> import numpy as np
+    >>> p = np.array([1, .6, .6, .3, .3, 1])
+    >>> paper_key_counts(p, [[[0, 1, 5], [0, 2, 5], [0, 3, 5], [0, 4, 5]]], epsilons=(0.3, 0.55, 0.7, 0.95))
+    [4, 2, 1, 0]
+    """
+    for e in epsilons:
+        _validate(segments, e, 0)
+    if _empty(segments):
+        return [0 for _ in epsilons]
+    out: list[int | None] = [None] * len(epsilons)
+    for c, _, weakest in _paper_rounds(_Evaluator(p, segments, chain), segments):
+        for k, e in enumerate(epsilons):
+            if out[k] is None and meets(weakest, e):
+                out[k] = c
+        if all(v is not None for v in out):
+            break
+    return [v or 0 for v in out]
 
 
 # -- optimal -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..api import route_indices
 from ..network import NetworkArrays, arrays_from_edges
-from ..reconstruction import reconstruct
+from ..reconstruction import paper_key_counts, reconstruct
 from ..topology import waxman_draw
 from .spec import SweepSpec, eps_column, trial_seed
 
@@ -98,12 +98,14 @@ def evaluate(
         }
         segs = [[list(p) for p in seg] for seg in r.index_paths]
         chain = list(arrays.index[v] for v in r.segment_nodes[1:-1])
-        for eps in spec.epsilons:
-            if r.blocked:
-                bits = 0
-            else:
-                bits = reconstruct(spec.reconstruction, arrays.p, segs, chain, eps, r.block_bits).key_bits
-            row[eps_column(eps)] = int(bits)
+        if r.blocked:
+            bits = [0] * len(spec.epsilons)
+        elif spec.reconstruction == "paper":  # one pass for every level
+            bits = [c * r.block_bits for c in paper_key_counts(arrays.p, segs, chain, spec.epsilons)]
+        else:
+            bits = [reconstruct(spec.reconstruction, arrays.p, segs, chain, e, r.block_bits).key_bits for e in spec.epsilons]
+        for eps, b in zip(spec.epsilons, bits):
+            row[eps_column(eps)] = int(b)
         rows.append(row)
     return rows
 
