@@ -14,7 +14,7 @@ from .network import Network, NetworkArrays
 from .reconstruction import Reconstruction, reconstruct
 from .routing import get_algorithm
 from .routing.paths import exdijkstra_indices, path_security
-from .security import exact_security, independent_security
+from .security import route_security
 
 
 @dataclass(frozen=True)
@@ -327,18 +327,17 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
     if blocked:
         return Route(algorithm, source, destination, (source, destination), (), 0.0, 0.0, 0, 0.0, 0, True, opts, ())
     chain = segment_nodes[1:-1]
-    links = [arrays.edge_index(a, b) for seg in paths for p in seg for a, b in zip(p, p[1:])]
-    b_bits = int(block_bits) if block_bits is not None else int(arrays.pool_bits[links].min())
-    hops = len(links)
-    total_pool = int(arrays.pool_bits.sum())
+    hops = sum(len(p) - 1 for seg in paths for p in seg)
+    if block_bits is not None:
+        b_bits = int(block_bits)
+    else:
+        links = [arrays.edge_index(a, b) for seg in paths for p in seg for a, b in zip(p, p[1:])]
+        b_bits = int(arrays.pool_bits[links].min())
+    total_pool = arrays.total_pool_bits
+    exact, independent, per_segment = route_security(arrays.p, paths, chain)
     segments = tuple(
-        Segment(
-            ids[a],
-            ids[b],
-            tuple(tuple(ids[v] for v in p) for p in seg),
-            exact_security(arrays.p, [seg]),
-        )
-        for (a, b), seg in zip(zip(segment_nodes, segment_nodes[1:]), paths)
+        Segment(ids[a], ids[b], tuple(tuple(ids[v] for v in p) for p in seg), sec)
+        for (a, b), seg, sec in zip(zip(segment_nodes, segment_nodes[1:]), paths, per_segment)
     )
     consumed = hops * b_bits
     return Route(
@@ -347,8 +346,8 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
         destination=destination,
         segment_nodes=tuple(ids[v] for v in segment_nodes),
         segments=segments,
-        security=exact_security(arrays.p, paths, chain),
-        security_independent=independent_security(arrays.p, paths, chain),
+        security=exact,
+        security_independent=independent,
         consumed_bits=consumed,
         key_consumption_rate=consumed / total_pool if total_pool else 0.0,
         block_bits=b_bits,

@@ -118,6 +118,11 @@ class NetworkArrays:
         return len(self.edge_u)
 
     @cached_property
+    def total_pool_bits(self) -> int:
+        """Sum of all link pools, bits."""
+        return int(self.pool_bits.sum())
+
+    @cached_property
     def hop_matrix(self):
         """``scipy.sparse`` adjacency with unit weights (for hop distances)."""
         from scipy.sparse import csr_matrix

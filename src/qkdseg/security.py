@@ -205,6 +205,38 @@ def exact_security(
     return float(min(1.0, max(0.0, total)))
 
 
+def route_security(p: np.ndarray, segments: Segments, chain: Sequence[int] = ()) -> tuple[float, float, tuple[float, ...]]:
+    """``(exact, independent, per-segment exact)`` of one route, in one pass.
+
+    The same numbers as :func:`exact_security` (whole route and each segment
+    alone) and :func:`independent_security`, computed from one gather of the
+    relays' ``p`` when no relay is shared (the usual case); otherwise each
+    is computed by those functions.
+
+    >>> import numpy as np
+    >>> p = np.array([1, .5, .5, .5, 1])
+    >>> route_security(p, [[[0, 1, 4], [0, 2, 4]], [[4, 3, 0]]])
+    (0.375, 0.375, (0.75, 0.5))
+    """
+    if not segments or any(len(seg) == 0 for seg in segments):
+        return 0.0, 0.0, tuple(0.0 for _ in segments)
+    clauses, pmap = _clauses(p, segments, chain)
+    seen: set = set()
+    shared = False
+    for seg in clauses:
+        for relays in seg:
+            for v in relays:
+                if v in seen:
+                    shared = True
+                seen.add(v)
+    per_clause = [_product_formula(pmap, [c]) for c in clauses]
+    independent = math.prod(per_clause)
+    if not shared:
+        return independent, independent, tuple(per_clause[: len(segments)])
+    exact = exact_security(p, segments, chain)
+    return exact, independent, tuple(exact_security(p, [seg]) for seg in segments)
+
+
 #: Largest number of paths in one dependent component for the path-state method (2^m states).
 MAX_PATH_STATES = 24
 
