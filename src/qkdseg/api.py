@@ -330,6 +330,8 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
     hops = sum(len(p) - 1 for seg in paths for p in seg)
     if block_bits is not None:
         b_bits = int(block_bits)
+    elif arrays.uniform_pool_bits is not None:  # every link has the same pool
+        b_bits = arrays.uniform_pool_bits
     else:
         links = [arrays.edge_index(a, b) for seg in paths for p in seg for a, b in zip(p, p[1:])]
         b_bits = int(arrays.pool_bits[links].min())

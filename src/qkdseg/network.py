@@ -123,6 +123,13 @@ class NetworkArrays:
         return int(self.pool_bits.sum())
 
     @cached_property
+    def uniform_pool_bits(self) -> int | None:
+        """The pool every link has, bits, or ``None`` when pools differ."""
+        if self.pool_bits.size and self.pool_bits.min() == self.pool_bits.max():
+            return int(self.pool_bits[0])
+        return None
+
+    @cached_property
     def hop_matrix(self):
         """``scipy.sparse`` adjacency with unit weights (for hop distances)."""
         from scipy.sparse import csr_matrix
