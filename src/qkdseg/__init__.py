@@ -11,6 +11,7 @@ QKD networks (Wang et al., IEEE Communications Magazine 61(12), 2023).
 from .api import Route, Segment, exdijkstra, route
 from .errors import (
     InvalidRequest,
+    KeyMaterialShort,
     NetworkError,
     NodeNotFound,
     NoPath,
@@ -30,6 +31,7 @@ __all__ = [
     "ALGORITHMS",
     "DEFAULT_POOL_BITS",
     "InvalidRequest",
+    "KeyMaterialShort",
     "Network",
     "NetworkArrays",
     "NetworkError",

@@ -15,7 +15,9 @@ command line can print it as one line and exit with status 2.
      +-- UnknownAlgorithm (KeyError) a name missing from a registry
      +-- NoPath                      no usable path between two nodes
      +-- SecurityError               an evaluation that cannot be done exactly
-                                     within its limits
+     |                               within its limits
+     +-- KeyMaterialShort            a link pool holds too few key bits for a
+                                     request (nothing was debited)
 
 A request for which no path exists is *not* an error at the level of
 :func:`qkdseg.route`: it returns a result with ``blocked=True``. ``NoPath`` is
@@ -58,3 +60,15 @@ class NoPath(QkdsegError):
 
 class SecurityError(QkdsegError):
     """An exact security evaluation exceeds its limits."""
+
+
+class KeyMaterialShort(QkdsegError):
+    """A request needs more key material than a link pool holds.
+
+    Raised by :meth:`qkdseg.keys.KeyStore.reserve` before any pool changes.
+    ``shortfalls`` maps each short link to ``(needed, level)`` in bits.
+    """
+
+    def __init__(self, message: str, shortfalls: dict | None = None):
+        super().__init__(message)
+        self.shortfalls = dict(shortfalls or {})

@@ -57,25 +57,13 @@ import secrets
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ..errors import InvalidRequest, QkdsegError
+from ..errors import InvalidRequest, KeyMaterialShort
 from ..network import Network
 from .material import KeyMaterial, is_int
 
 logger = logging.getLogger("qkdseg.keys")
 
 Link = tuple[Hashable, Hashable]
-
-
-class KeyMaterialShort(QkdsegError):
-    """A request needs more key material than a link pool holds.
-
-    Raised by :meth:`KeyStore.reserve` before any pool changes. ``shortfalls``
-    maps each short link to ``(needed, level)`` in bits.
-    """
-
-    def __init__(self, message: str, shortfalls: Mapping[Link, tuple[int, int]]):
-        super().__init__(message)
-        self.shortfalls = dict(shortfalls)
 
 
 class PoolState(enum.Enum):
