@@ -88,12 +88,20 @@ def plot_figure(df, figure: str, out_dir: str | Path, epsilons=(0.5, 0.7, 0.9)) 
     ax_b.legend(fontsize=6.5, ncol=len(algs), loc="best", framealpha=0.85)
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
+    return save_figure(fig, out_dir, figure)
+
+
+def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir`` (SVG
+    without a date, so reruns give identical files) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
-        p = out / f"{figure}.{ext}"
+        p = out / f"{stem}.{ext}"
         fig.savefig(p, metadata={"Date": None} if ext == "svg" else None)
         paths.append(p)
     plt.close(fig)

@@ -120,7 +120,7 @@ def plot_study(df, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .figures import COLOURS
+    from .figures import COLOURS, save_figure
 
     t = study_table(df)
     fig, ax = plt.subplots(figsize=(6, 5.5), dpi=110)
@@ -132,16 +132,7 @@ def plot_study(df, out_dir: str | Path) -> list[Path]:
     ax.set_title(f"Topology Zoo: {len(t)} networks; above the diagonal SMR wins", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        path = out / f"study.{ext}"
-        fig.savefig(path, metadata={"Date": None} if ext == "svg" else None)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir, "study")
 
 
 def write_study_report(df, out_dir: str | Path, header: str = "") -> Path:
