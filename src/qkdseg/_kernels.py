@@ -116,6 +116,58 @@ def _heap_pop(hd, hh, hv, size):
     return size
 
 
+# -- reachability --------------------------------------------------------------
+@_jit
+def _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, mark, queue_s, queue_t):
+    """Is there a usable path ``source -> target``? Bidirectional BFS.
+
+    The two searches take turns, the one with the shorter queue first, and
+    stop when they touch (a path exists) or one runs dry (none does). A
+    failing ExDijkstra explores the whole component of ``source``; this
+    check stops after the smaller side. Usable means what it means to the
+    search: links not removed, relays not removed and with a finite cost.
+    ``mark`` must hold -1 everywhere on entry (it is restored); the queues
+    are scratch arrays of length n.
+    """
+    inf = np.inf
+    mark[source] = -2
+    mark[target] = -3
+    queue_s[0] = source
+    queue_t[0] = target
+    hs, ts, ht, tt = 0, 1, 0, 1
+    found = False
+    while hs < ts and ht < tt and not found:
+        if ts - hs <= tt - ht:
+            u = queue_s[hs]
+            hs += 1
+            mine, other = -2, -3
+        else:
+            u = queue_t[ht]
+            ht += 1
+            mine, other = -3, -2
+        for k in range(indptr[u], indptr[u + 1]):
+            if rl[edge_of[k]]:
+                continue
+            v = indices[k]
+            if mark[v] == other:
+                found = True
+                break
+            if mark[v] == mine or rn[v] or cost[v] == inf:
+                continue
+            mark[v] = mine
+            if mine == -2:
+                queue_s[ts] = v
+                ts += 1
+            else:
+                queue_t[tt] = v
+                tt += 1
+    for i in range(ts):
+        mark[queue_s[i]] = -1
+    for i in range(tt):
+        mark[queue_t[i]] = -1
+    return found
+
+
 # -- ExDijkstra --------------------------------------------------------------------
 @_jit
 def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out):
@@ -126,6 +178,8 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
     reset before returning, so the work arrays can be reused. Returns the
     path length (0: no path).
     """
+    if source != target and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, pred, touched, out):
+        return 0
     inf = np.inf
     nt = 0
     dist[source] = 0.0
