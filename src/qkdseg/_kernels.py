@@ -168,15 +168,73 @@ def _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, mark, que
     return found
 
 
+# -- A* lower bounds ---------------------------------------------------------------
+@_jit
+def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
+    """Fill ``lb`` with ``min(hc(v), R)``: ``hc(v)`` the least cost of the
+    relays strictly between ``v`` and ``target`` on the full network (masks
+    ignored, so it bounds every masked search from below), ``R = hc(source)``.
+
+    A reverse Dijkstra from ``target`` that stops once ``source`` is settled
+    (about the work of one forward search); nodes it did not settle have
+    ``hc >= R`` and get ``R``. ``min`` of a consistent bound and a constant
+    is consistent. Later searches of the same segment then explore little
+    more than their path. Costs are exact multiples of 2^-32, so the sums
+    are exact and ties stay ties.
+    """
+    n = indptr.size - 1
+    inf = np.inf
+    for i in range(n):
+        lb[i] = inf
+    settled = np.zeros(n, dtype=np.bool_)
+    lb[target] = 0.0
+    size = _heap_push(hd, hh, hv, 0, 0.0, 0, target)
+    radius = inf
+    while size > 0:
+        x = hv[0]
+        size = _heap_pop(hd, hh, hv, size)
+        if settled[x]:
+            continue
+        settled[x] = True
+        if x == source:
+            radius = lb[x]
+            break
+        wx = 0.0
+        if x != target:
+            wx = cost[x]
+            if wx == inf:
+                continue  # an unusable node never relays: do not go through it
+        hx = lb[x] + wx
+        for k in range(indptr[x], indptr[x + 1]):
+            y = indices[k]
+            if not settled[y] and hx < lb[y]:
+                lb[y] = hx
+                size = _heap_push(hd, hh, hv, size, hx, 0, y)
+    if radius == inf:  # source not reached: fall back to plain Dijkstra
+        for i in range(n):
+            lb[i] = 0.0
+        return
+    for i in range(n):
+        if not settled[i]:
+            lb[i] = radius
+
+
 # -- ExDijkstra --------------------------------------------------------------------
 @_jit
-def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out):
+def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out, lb):
     """One target-pruned ExDijkstra search; writes the path into ``out``.
 
     ``dist/hops/pred/done`` must be in their reset state (inf/0/-1/False) on
     entry; every entry this search changes is listed in ``touched`` and is
     reset before returning, so the work arrays can be reused. Returns the
     path length (0: no path).
+
+    ``lb`` is a consistent lower bound on the cost still to come from each
+    node to ``target`` (all zeros: plain Dijkstra; :func:`_lower_bounds`
+    gives a tight one). The heap is ordered by ``(cost + lb, hops, node)``:
+    with a consistent bound every optimal predecessor of a node is still
+    settled before it, so the labels, the smallest-index predecessor rule
+    and hence the path are exactly those of plain Dijkstra (A*).
     """
     if source != target and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, pred, touched, out):
         return 0
@@ -185,11 +243,9 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
     dist[source] = 0.0
     touched[nt] = source
     nt += 1
-    size = _heap_push(hd, hh, hv, 0, 0.0, 0, source)
+    size = _heap_push(hd, hh, hv, 0, lb[source], 0, source)
     found = False
     while size > 0:
-        d = hd[0]
-        h = hh[0]
         u = hv[0]
         size = _heap_pop(hd, hh, hv, size)
         if done[u]:
@@ -198,6 +254,8 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
         if u == target:
             found = True
             break
+        d = dist[u]
+        h = hops[u]
         for k in range(indptr[u], indptr[u + 1]):
             v = indices[k]
             if done[v]:
@@ -224,7 +282,7 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
                 hops[v] = nh
                 pred[v] = u
                 if better:
-                    size = _heap_push(hd, hh, hv, size, c, nh, v)
+                    size = _heap_push(hd, hh, hv, size, c + lb[v], nh, v)
     length = 0
     if found:
         v = target
@@ -270,7 +328,8 @@ def exdijkstra_nb(indptr, indices, edge_of, cost, rn, rl, source, target):
     """ExDijkstra path as an int64 array (empty: no path)."""
     n = indptr.size - 1
     dist, hops, pred, done, touched, hd, hh, hv, out = _work(n, indices.size)
-    length = _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out)
+    lb = np.zeros(n)
+    length = _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out, lb)
     return out[:length].copy()
 
 
@@ -295,13 +354,18 @@ def round_robin_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, m
     npaths = 0
     nnodes = 0
     n_active = nseg
+    lbs = np.zeros((max(nseg, 0), n))
+    lb_ready = np.zeros(max(nseg, 0), dtype=np.bool_)
     while n_active > 0:
         for j in range(nseg):
             if not active[j]:
                 continue
             a = seg_nodes[j]
             b = seg_nodes[j + 1]
-            length = _search(indptr, indices, edge_of, cost, rn, rl, a, b, dist, hops, pred, done, touched, hd, hh, hv, out)
+            if not lb_ready[j] and a != b:
+                _lower_bounds(indptr, indices, cost, a, b, lbs[j], hd, hh, hv)
+                lb_ready[j] = True
+            length = _search(indptr, indices, edge_of, cost, rn, rl, a, b, dist, hops, pred, done, touched, hd, hh, hv, out, lbs[j])
             if length == 0:
                 active[j] = False
                 n_active -= 1
