@@ -176,7 +176,6 @@ class NetworkArrays:
 def _build_arrays(graph: nx.Graph) -> NetworkArrays:
     node_ids = tuple(graph.nodes)
     index = {node: i for i, node in enumerate(node_ids)}
-    n = len(node_ids)
     edges = list(graph.edges(data=True))
     m = len(edges)
     eu = np.empty(m, dtype=np.int64)

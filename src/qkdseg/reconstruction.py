@@ -736,7 +736,6 @@ def reuse(
         return Reconstruction("reuse", eps, B, (), status="no path", information_theoretic_bound_bits=0)
     ev = _Evaluator(p, segments, chain)
     bound = min(len(seg) for seg in segments) * B
-    k = len(segments)
     best = [ev.group_sec(j, range(len(seg))) for j, seg in enumerate(segments)]
     cand: list[list[tuple[float, tuple[int, ...]]]] = []
     capped = False

@@ -170,7 +170,6 @@ def exact_security(
         raise SecurityError(
             f"exact security: {s} relays are shared between paths (limit {max_shared}); use the montecarlo evaluator"
         )
-    shared = sorted(shared_set)
     # clauses that share a relay are dependent: union-find them into components
     parent = list(range(len(clauses)))
 

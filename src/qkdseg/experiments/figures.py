@@ -19,8 +19,6 @@ def summarise(df, x: str, metrics: list[str]):
     Returns a DataFrame with columns ``x, algorithm, n`` and, per metric,
     ``<metric>_mean`` and ``<metric>_ci`` (1.96 standard errors).
     """
-    import pandas as pd
-
     g = df.groupby([x, "algorithm"], sort=False)
     out = g.size().rename("n").to_frame()
     for m in metrics:

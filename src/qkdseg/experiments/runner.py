@@ -15,8 +15,7 @@ byte of the output.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -188,11 +187,4 @@ def read_results(path: str | Path):
     return df
 
 
-def timed(func: Callable, *args, **kwargs) -> tuple[Any, float]:
-    """``(result, seconds)`` of one call."""
-    t0 = time.perf_counter()
-    out = func(*args, **kwargs)
-    return out, time.perf_counter() - t0
-
-
-__all__: Sequence[str] = ("COLUMNS", "chunks", "read_results", "run_sweep", "timed", "write_results")
+__all__: Sequence[str] = ("COLUMNS", "chunks", "read_results", "run_sweep", "warm_up", "write_results")

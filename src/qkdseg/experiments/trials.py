@@ -78,13 +78,13 @@ def evaluate(
         if name == "msp":
             opts.setdefault("seed", seed)
         routed = None
-        cacheable = cache is not None and name in P_INDEPENDENT and not opts.get("metric")
+        cacheable = cache is not None and name in P_INDEPENDENT
         if cacheable:
             routed = cache.get((name, key))
         r = route_indices(arrays, s, d, name, routed=routed, **opts)
+        segs = [[list(p) for p in seg] for seg in r.index_paths]
         if cacheable and routed is None:
-            nodes = [arrays.index[v] for v in r.segment_nodes]
-            cache[(name, key)] = (nodes, [[list(p) for p in seg] for seg in r.index_paths])
+            cache[(name, key)] = ([arrays.index[v] for v in r.segment_nodes], segs)
         row: dict[str, Any] = {
             "algorithm": name,
             "security": r.security,
@@ -96,7 +96,6 @@ def evaluate(
             "paths": sum(len(seg) for seg in r.index_paths),
             "hops": r.hops,
         }
-        segs = [[list(p) for p in seg] for seg in r.index_paths]
         chain = list(arrays.index[v] for v in r.segment_nodes[1:-1])
         if r.blocked:
             bits = [0] * len(spec.epsilons)

@@ -36,8 +36,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order
 
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
