@@ -10,6 +10,8 @@ code.
   (or inclusion-exclusion per segment when segments share no relay).
 - :func:`best_path_security`: the optimum ExDijkstra must reach, by networkx's
   own Dijkstra over node costs.
+- :class:`SMRChecker`: SMR's two steps and ExDijkstra's exact tie rules,
+  written from docs/model.md (section 3 and its Refinements) alone.
 """
 
 from __future__ import annotations
@@ -161,3 +163,146 @@ def best_path_security(g: nx.Graph, a, b, banned=()) -> float:
     except nx.NetworkXNoPath:
         return 0.0
     return math.exp(-dist)
+
+
+# -- SMR, independently (docs/model.md section 3 and its Refinements) ------------
+#: Node costs are ``-log p`` in whole units of 2**-32 (Refinement 2): integers here,
+#: so equal products tie exactly and the hop tie-break is exact.
+COST_UNITS = 2**32
+#: "Strictly better" in step 1 (Refinement 3).
+STRICT_MARGIN = 1e-12
+
+
+def cost_units(p: float) -> int | None:
+    """``-log p`` in units of 2**-32 (None: an unusable relay, p = 0)."""
+    if p <= 0.0:
+        return None
+    return int(round(-math.log(p) * COST_UNITS))
+
+
+class SMRChecker:
+    """SMR written from docs/model.md alone, on a networkx graph.
+
+    Node *index* is the position in ``g.nodes`` (the network's node order).
+    Masks (Refinements 1 and 6): the request's ends never relay; links whose
+    pool is below ``block_bits`` (or empty, without ``block_bits``) are not
+    used. ExDijkstra (section 3, Refinement 10) maximises the product of the
+    relays' p on quantised integer costs, then fewer hops, then takes the
+    smallest-index node among each node's optimal predecessors.
+    """
+
+    def __init__(self, g: nx.Graph, source, destination, *, block_bits: int | None = None, metric: str = "hops"):
+        self.g = g
+        self.s, self.d = source, destination
+        self.order = {v: i for i, v in enumerate(g.nodes)}
+        self.metric = metric
+        if block_bits is None:
+            self.banned_links = {frozenset(e) for e in g.edges if g.edges[e].get("pool_bits", 100_000) <= 0}
+        else:
+            self.banned_links = {frozenset(e) for e in g.edges if g.edges[e].get("pool_bits", 100_000) < block_bits}
+        self.request_banned = {source, destination}
+
+    # ExDijkstra ------------------------------------------------------------------
+    def exdijkstra(self, a, b, banned_nodes: set, banned_links: set):
+        """The most secure path a -> b, or None. Labels are integers
+        ``cost * 2**16 + hops`` (hops < 2**16), compared as (cost, hops)."""
+        g = self.g
+        shift = 1 << 16
+
+        def step(u, v):  # label increase of the move u -> v, None if forbidden
+            if frozenset((u, v)) in banned_links:
+                return None
+            if v == b:
+                return 1
+            if v == a or v in banned_nodes:
+                return None
+            c = cost_units(g.nodes[v]["p"])
+            return None if c is None else c * shift + 1
+
+        # Plain Dijkstra over labels (networkx computes the distances); the
+        # target never relays, so searches do not go through it.
+        def weight(u, v, _data):
+            if u == b:
+                return None
+            return step(u, v)
+
+        dist = nx.single_source_dijkstra_path_length(g, a, weight=weight)
+        if b not in dist:
+            return None
+        path = [b]
+        while path[-1] != a:
+            v = path[-1]
+            preds = [u for u in g.neighbors(v) if u in dist and u != b and step(u, v) is not None
+                     and dist[u] + step(u, v) == dist[v]]
+            path.append(min(preds, key=self.order.__getitem__))
+        path.reverse()
+        return path
+
+    # Step 2 -------------------------------------------------------------------------
+    def round_robin(self, segment_nodes, max_paths: int | None = None):
+        """Step 2: one path per segment and round; each path's untrusted relays
+        and links are removed for all segments."""
+        banned_nodes = set(self.request_banned)
+        banned_links = set(self.banned_links)
+        pairs = list(zip(segment_nodes, segment_nodes[1:]))
+        paths = [[] for _ in pairs]
+        active = [True] * len(pairs)
+        while any(active):
+            for j, (a, b) in enumerate(pairs):
+                if not active[j]:
+                    continue
+                path = self.exdijkstra(a, b, banned_nodes, banned_links)
+                if path is None:
+                    active[j] = False
+                    continue
+                paths[j].append(path)
+                banned_nodes |= {v for v in path[1:-1] if not self.g.nodes[v]["trusted"]}
+                banned_links |= {frozenset(e) for e in zip(path, path[1:])}
+                if max_paths is not None and len(paths[j]) >= max_paths:
+                    active[j] = False
+        return paths
+
+    def security(self, segment_nodes, paths) -> float:
+        """Exact security of xor-all over ``paths`` (the chain's p included)."""
+        if any(not seg for seg in paths):
+            return 0.0
+        route = {
+            "blocked": False,
+            "segment_nodes": list(segment_nodes),
+            "segments": [{"paths": seg} for seg in paths],
+        }
+        return brute_security(self.g, route)
+
+    # Step 1 -------------------------------------------------------------------------
+    def _distances(self, source) -> dict:
+        """Distances on the full topology (Refinement 4: no mask applies)."""
+        if self.metric == "hops":
+            return nx.single_source_shortest_path_length(self.g, source)
+        return nx.single_source_dijkstra_path_length(self.g, source, weight="length_km")
+
+    def segment_nodes(self) -> list:
+        """Step 1: greedy from the source, one candidate per iteration."""
+        g, s, d = self.g, self.s, self.d
+        dist_d = self._distances(d)
+        chosen = [s]
+        cur = s
+        while True:
+            dist_c = self._distances(cur)
+            cands = [r for r in g.nodes if g.nodes[r]["trusted"] and r not in chosen and r != d
+                     and r in dist_d and r in dist_c]
+            if not cands:
+                break
+            r = min(cands, key=lambda v: (dist_c[v] + dist_d[v], self.order[v]))
+            direct = self.security([cur, d], self.round_robin([cur, d], max_paths=2))
+            segmented = self.security([cur, r, d], self.round_robin([cur, r, d], max_paths=2))
+            if segmented > direct + STRICT_MARGIN:
+                chosen.append(r)
+                cur = r
+            else:
+                break
+        return chosen + [d]
+
+    def route(self, max_paths: int | None = None):
+        """``(segment_nodes, paths)`` of SMR."""
+        nodes = self.segment_nodes()
+        return nodes, self.round_robin(nodes, max_paths)
