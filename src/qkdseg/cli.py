@@ -29,6 +29,9 @@ app = typer.Typer(
 )
 topology_app = typer.Typer(help="Generate, list and inspect topologies.", no_args_is_help=True)
 app.add_typer(topology_app, name="topology")
+from .kms.cli import kms_app  # noqa: E402  (the key service's commands; the server itself loads lazily)
+
+app.add_typer(kms_app, name="kms")
 
 NET_HELP = "A network: a .json/.graphml/.gml file, 'example', or 'topohub:GROUP/NAME[?trusted=K&p=P&seed=S]'."
 

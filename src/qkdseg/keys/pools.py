@@ -54,7 +54,7 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest, KeyMaterialShort
@@ -140,9 +140,18 @@ class LinkKeyPool:
     LinkKeyPool(link=('a', 'b'), level=392, Mmin=0, Mthr=400, Mmax=800, state=WARNING)
     """
 
-    __slots__ = ("link", "mmin", "mthr", "mmax", "_level", "_state", "_ends", "_pending")
+    __slots__ = ("link", "mmin", "mthr", "mmax", "_level", "_state", "_ends", "_pending", "_source")
 
-    def __init__(self, link: Link, mmax: int, *, mthr: int | None = None, mmin: int = 0, level: int | None = None):
+    def __init__(
+        self,
+        link: Link,
+        mmax: int,
+        *,
+        mthr: int | None = None,
+        mmin: int = 0,
+        level: int | None = None,
+        source: Callable[[Link, int], bytes] | None = None,
+    ):
         u, v = link
         self.link: Link = (u, v)
         where = f"link ({u!r}, {v!r})"
@@ -161,6 +170,7 @@ class LinkKeyPool:
         # Bytes are drawn when first read: ``_pending`` bytes are not drawn yet.
         self._ends: tuple[bytearray, bytearray] = (bytearray(), bytearray())
         self._pending = (self._level + 7) // 8
+        self._source = source
 
     # -- read-only views ------------------------------------------------------
     @property
@@ -194,7 +204,7 @@ class LinkKeyPool:
         """
         n = self._pending if nbytes is None else min(self._pending, max(0, nbytes - len(self._ends[0])))
         if n:
-            fresh = secrets.token_bytes(n)
+            fresh = secrets.token_bytes(n) if self._source is None else self._source(self.link, n)
             self._ends[0].extend(fresh)
             self._ends[1].extend(fresh)
             self._pending -= n
@@ -254,16 +264,22 @@ class KeyStore:
         Link capacities are the links' ``pool_bits``.
     mthr_fraction : float
         ``Mthr`` of every pool as a fraction of its ``Mmax`` (default 0.1).
+    source : callable, optional
+        ``source(link, nbytes)``, the key bytes of every pool (see
+        :class:`LinkKeyPool`); default: emulated (``secrets.token_bytes``).
 
     Links are named ``(u, v)`` with either orientation; the store reports them
     in the network's orientation (:meth:`canonical`).
     """
 
-    def __init__(self, network: Network, *, mthr_fraction: float = 0.1) -> None:
+    def __init__(
+        self, network: Network, *, mthr_fraction: float = 0.1, source: Callable[[Link, int], bytes] | None = None
+    ) -> None:
         if not 0.0 <= mthr_fraction <= 1.0:
             raise InvalidRequest(f"mthr_fraction={mthr_fraction!r} must be in [0, 1]")
         self.network = network
         self.mthr_fraction = mthr_fraction
+        self.source = source
         self._pools: dict[int, LinkKeyPool] = {}
         self.debited_bits = 0
 
@@ -292,7 +308,7 @@ class KeyStore:
         pool = self._pools.get(k)
         if pool is None:
             cap = int(self.network.arrays.pool_bits[k])
-            pool = LinkKeyPool(self._link_of(k), cap, mthr=int(cap * self.mthr_fraction))
+            pool = LinkKeyPool(self._link_of(k), cap, mthr=int(cap * self.mthr_fraction), source=self.source)
             self._pools[k] = pool
         return pool
 

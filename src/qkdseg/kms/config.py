@@ -1,0 +1,209 @@
+"""``kms.toml``: the key service's configuration (docs/kms.md).
+
+One file in the service directory ``DIR`` names the network, the SAE
+registry (SAE id -> node), the defaults of a key request and the TLS
+material. :func:`write_config` writes it (``qkdseg kms init``);
+:func:`load_config` reads and checks it, naming the field at fault.
+
+Relative paths in the file are relative to ``DIR``.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> cfg = KmsConfig(network="example", saes={"SAE_A": "0", "SAE_B": "7"})
+>>> write_config(d, cfg)
+>>> load_config(d).saes
+{'SAE_A': '0', 'SAE_B': '7'}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequest
+
+SAE_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+CONFIG_NAME = "kms.toml"
+
+
+def check_sae_id(sae: str, where: str = "SAE id") -> str:
+    """``sae`` if it is 1-64 characters of ``[A-Za-z0-9._~-]``, else :class:`InvalidRequest`.
+
+    No known ETSI 014 client URL-encodes SAE ids, so only URL-safe
+    characters are allowed.
+    """
+    if not isinstance(sae, str) or not SAE_ID_RE.fullmatch(sae):
+        raise InvalidRequest(f"{where} {sae!r} must be 1-64 characters of [A-Za-z0-9._~-]")
+    return sae
+
+
+@dataclass
+class KmsConfig:
+    """The contents of ``kms.toml``.
+
+    Attributes
+    ----------
+    network : str
+        A network spec as ``qkdseg route`` takes it (file relative to DIR,
+        ``example`` or ``topohub:...``).
+    saes : dict
+        SAE id -> node id (as text; resolved against the network).
+    kme_id : str
+        This key management entity's id (``source_KME_ID`` and ``target_KME_ID``).
+    security_level : float
+        Default security level of a key request, a probability in [0, 1].
+    key_size : int
+        Default key size, bits (a multiple of 8).
+    min_key_size, max_key_size : int
+        Accepted key sizes, bits.
+    max_key_per_request : int
+        Most keys one ``enc_keys`` call may ask for.
+    max_key_count : int
+        Most keys held for delivery at once, over all SAE pairs.
+    algorithm : str
+        Routing algorithm (a name from ``qkdseg.ALGORITHMS``).
+    reconstruction : str
+        Reconstruction scheme (``paper``, ``optimal`` or ``xor-all``).
+    key_ttl_s : float
+        Seconds an issued key waits for its slave before it expires.
+    default_rate_bps : int
+        Key generation rate (bits/s) of a link whose network file gives no
+        ``rate_bps``. (A link without ``pool_bits`` holds 100,000 bits, the
+        network model's default.)
+    durability : str
+        ``full`` (SQLite ``synchronous=FULL``: an answered request survives
+        power loss) or ``normal`` (survives a crash of the process only).
+    ca, cert, key : str
+        TLS: the CA that signs SAE certificates, and the server's certificate
+        and private key (PEM files, relative to DIR).
+    storage_key : str
+        The AES-256-GCM key file that encrypts key material at rest.
+    """
+
+    network: str
+    saes: dict[str, str]
+    kme_id: str = "KME_qkdseg"
+    security_level: float = 0.9
+    key_size: int = 256
+    min_key_size: int = 64
+    max_key_size: int = 4096
+    max_key_per_request: int = 128
+    max_key_count: int = 100_000
+    algorithm: str = "smr"
+    reconstruction: str = "paper"
+    key_ttl_s: float = 3600.0
+    default_rate_bps: int = 100_000
+    durability: str = "full"
+    ca: str = "pki/ca.crt"
+    cert: str = "pki/server.crt"
+    key: str = "pki/server.key"
+    storage_key: str = "storage.key"
+    _dir: Path = field(default=Path("."), repr=False, compare=False)
+
+    def path(self, name: str) -> Path:
+        """A path of the file, made absolute against the service directory."""
+        p = Path(name)
+        return p if p.is_absolute() else self._dir / p
+
+    def check(self) -> "KmsConfig":
+        """Validate every field; :class:`InvalidRequest` names the field and value."""
+        where = f"{self._dir / CONFIG_NAME}"
+
+        def bad(name: str, why: str) -> InvalidRequest:
+            return InvalidRequest(f"{where}: field '{name}'={getattr(self, name)!r} {why}")
+
+        if not isinstance(self.network, str) or not self.network:
+            raise bad("network", "must be a network spec")
+        if not isinstance(self.saes, dict) or len(self.saes) < 2:
+            raise bad("saes", "must name at least two SAEs (SAE id = node)")
+        for sae, node in self.saes.items():
+            check_sae_id(sae, f"{where}: SAE id")
+            if not isinstance(node, (str, int)) or isinstance(node, bool):
+                raise InvalidRequest(f"{where}: SAE {sae!r}: node {node!r} must be a node id")
+        check_sae_id(self.kme_id, f"{where}: kme_id")
+        lvl = self.security_level
+        if isinstance(lvl, bool) or not isinstance(lvl, (int, float)) or not 0.0 <= lvl <= 1.0 or math.isnan(lvl):
+            raise bad("security_level", "must be a probability in [0, 1]")
+        for name in ("key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
+                     "default_rate_bps"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, int) or val < (0 if name.startswith("default") else 1):
+                raise bad(name, "must be a positive integer")
+        for name in ("key_size", "min_key_size", "max_key_size"):
+            if getattr(self, name) % 8:
+                raise bad(name, "must be a multiple of 8 bits")
+        if not self.min_key_size <= self.key_size <= self.max_key_size:
+            raise bad("key_size", f"must lie in [min_key_size, max_key_size] = [{self.min_key_size}, {self.max_key_size}]")
+        if self.reconstruction not in ("paper", "optimal", "xor-all"):
+            raise bad("reconstruction", "must be paper, optimal or xor-all (reuse keys are only computationally secure)")
+        if isinstance(self.key_ttl_s, bool) or not isinstance(self.key_ttl_s, (int, float)) or not self.key_ttl_s > 0:
+            raise bad("key_ttl_s", "must be a positive number of seconds")
+        if self.durability not in ("full", "normal"):
+            raise bad("durability", "must be 'full' or 'normal'")
+        from ..routing.registry import ALGORITHMS
+
+        if self.algorithm not in ALGORITHMS:
+            raise bad("algorithm", f"is not a routing algorithm (known: {', '.join(sorted(ALGORITHMS))})")
+        return self
+
+
+_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("saes", "_dir")]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def write_config(directory: str | Path, cfg: KmsConfig) -> Path:
+    """Write ``cfg`` to ``DIR/kms.toml``; returns the path."""
+    d = Path(directory)
+    lines = ["# qkdseg key service (docs/kms.md). Relative paths are relative to this directory.", ""]
+    lines += [f"{name} = {_toml_value(getattr(cfg, name))}" for name in _TOP]
+    lines += ["", "# SAE id = node id of the QKD node the SAE is attached to", "[saes]"]
+    lines += [f"{json.dumps(sae)} = {json.dumps(str(node))}" for sae, node in cfg.saes.items()]
+    path = d / CONFIG_NAME
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def load_config(directory: str | Path) -> KmsConfig:
+    """Read and check ``DIR/kms.toml``.
+
+    Raises
+    ------
+    InvalidRequest
+        Naming the file and the field at fault: a missing file, bad TOML,
+        an unknown or missing field, a value out of range.
+    """
+    d = Path(directory)
+    path = d / CONFIG_NAME
+    if not d.is_dir():
+        raise InvalidRequest(f"{d}: not a key service directory (run 'qkdseg kms init {d} ...' first)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidRequest(f"{path}: no such file (run 'qkdseg kms init {d} ...' first)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidRequest(f"{path}: cannot read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InvalidRequest(f"{path}: not valid TOML: {err}") from None
+    known = set(_TOP) | {"saes"}
+    for name in raw:
+        if name not in known:
+            raise InvalidRequest(f"{path}: unknown field {name!r} (known: {', '.join(sorted(known))})")
+    for name in ("network", "saes"):
+        if name not in raw:
+            raise InvalidRequest(f"{path}: missing field {name!r}")
+    if not isinstance(raw["saes"], dict):
+        raise InvalidRequest(f"{path}: field 'saes' must be a table of SAE id = node id")
+    cfg = KmsConfig(**{**raw, "saes": {str(k): v for k, v in raw["saes"].items()}}, _dir=d)
+    return cfg.check()

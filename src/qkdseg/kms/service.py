@@ -1,0 +1,554 @@
+"""The key service: an ETSI GS QKD 014 request -> route -> relay -> stored keys.
+
+:class:`KeyService` is what the HTTP adapter (:mod:`.app`) calls. It holds
+the network, the SAE registry, every link's pool level and the keys waiting
+for their slave, and it changes them only on the event loop's thread, one
+request at a time, so a request's checks and its debit are atomic. Each
+request's changes are written to SQLite in one transaction (group commit)
+before it is answered.
+
+A key request (``enc_keys``) for ``number`` keys of ``size`` bits at level
+``epsilon`` (docs/kms.md):
+
+1. **Spare keys first.** Keys relayed earlier between the same two SAEs'
+   nodes, not yet issued, with the same size and a security of at least
+   ``epsilon``, are issued first.
+2. **Route.** The pools are refilled to now (:class:`.source.LinkLevels`).
+   The routing algorithm (SMR by default) runs between the two SAEs' nodes
+   on the links that hold enough key: with ``r`` relays needed, a link
+   is usable only if it holds ``r * size`` bits.
+3. **Reconstruct.** The paper's flexible reconstruction at ``epsilon``
+   gives ``n`` global keys of ``size`` bits per relay, each with its exact
+   security. No key at ``epsilon`` -> the level cannot be met.
+4. **Relay.** ``r = ceil(missing / n)`` relays of the route by the relay
+   engine (:func:`qkdseg.keys.relay`): real pieces under one-time pad hop by
+   hop, segment keys at both ends of each segment, the global keys relayed
+   across the segment nodes. Both ends' copies of every key are compared
+   (key confirmation); the pools are debited ``r * consumed_bits``.
+5. **Issue.** ``number`` keys get fresh UUIDv4 ids and go to the master;
+   the slave's copies are stored (encrypted) for ``dec_keys``; the rest of
+   the last relay's keys become spare keys.
+
+Nothing is debited and no key is issued unless every step succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..api import route_indices
+from ..errors import QkdsegError
+from ..keys import KeyStore, relay
+from ..network import Network, NetworkArrays
+from ..reconstruction import reconstruct
+from ..routing.registry import get_algorithm
+from .config import KmsConfig
+from .source import EmulatedKeySource, KeySource, LinkLevels
+from .store import Batch, GroupCommit, KeyRow, Store
+
+logger = logging.getLogger("qkdseg.kms")
+
+EXTENSION_LEVEL = "qkdseg_security_level"
+
+# The messages ETSI GS QKD 014 V1.1.1 gives verbatim (section 6, Table 13 examples).
+MSG_NOT_FOUND = "one or more keys specified are not found on KME"
+MSG_EXT_UNSUPPORTED = "not all extension_mandatory parameters are supported"
+MSG_EXT_UNMET = "not all extension_mandatory request options could be met"
+MSG_SIZE_8 = "size shall be a multiple of 8"
+
+
+class KmsError(QkdsegError):
+    """A request the key service refuses: the HTTP status, the message and optional details."""
+
+    def __init__(self, status: int, message: str, details: list[dict] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict:
+        out: dict[str, Any] = {"message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated SAE behind a request: its id (the certificate's CN) and the certificate's SHA-256."""
+
+    sae: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    """A validated ``enc_keys`` request."""
+
+    number: int
+    size: int
+    level: float
+    level_source: str  # "default", "extension_mandatory" or "extension_optional"
+    mandatory: bool
+    ignored: tuple[str, ...] = ()
+
+
+def with_levels(arrays: NetworkArrays, pool_bits: np.ndarray) -> NetworkArrays:
+    """``arrays`` with ``pool_bits`` replaced (the routing mask), keeping its cached adjacency matrices."""
+    new = dataclasses.replace(arrays, pool_bits=pool_bits)
+    for name in ("hop_matrix", "length_matrix", "_csr_lists"):
+        if name in arrays.__dict__:
+            new.__dict__[name] = arrays.__dict__[name]
+    return new
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class KeyService:
+    """The state and the operations of one key management entity.
+
+    Parameters
+    ----------
+    cfg : KmsConfig
+    network : Network
+    store : Store
+        The database (levels, keys and the audit chain are loaded from it).
+    source : KeySource, optional
+        Default: :class:`.source.EmulatedKeySource` at the links' ``rate_bps``.
+    clock : callable
+        Unix time in seconds (a test may pass its own).
+    """
+
+    def __init__(self, cfg: KmsConfig, network: Network, store: Store, source: KeySource | None = None,
+                 clock=time.time) -> None:
+        self.cfg = cfg
+        self.network = network
+        self.arrays = network.arrays
+        self.store = store
+        self.clock = clock
+        self.source = source or EmulatedKeySource(network, cfg.default_rate_bps)
+        self.keystore = KeyStore(network, source=self.source.read)
+        self.algorithm = cfg.algorithm
+        get_algorithm(self.algorithm)
+        self.sae_node: dict[str, int] = {}
+        for sae, node in cfg.saes.items():
+            nid = network.resolve(str(node))
+            self.sae_node[sae] = self.arrays.index[nid]
+        self.committer = GroupCommit(store)
+        self.started = clock()
+        self.counters: dict[str, int] = defaultdict(int)
+        self._load()
+
+    # -- start-up ------------------------------------------------------------------
+    def _load(self) -> None:
+        a = self.arrays
+        now = self.clock()
+        cap = a.pool_bits.astype(np.int64)
+        level, consumed = cap.copy(), np.zeros_like(cap)
+        t0 = now
+        for k, (c, lv, t) in self.store.load_links().items():
+            if not 0 <= k < a.n_links:
+                raise QkdsegError(f"{self.store.db_path}: link {k} is not in network {self.network.name!r} "
+                                  "(the network changed since the database was made)")
+            consumed[k], level[k] = c, min(lv, cap[k])
+            t0 = min(t0, t)
+        self.levels = LinkLevels(cap, level, consumed, t=t0)
+        self.refill(now)  # the links kept producing while the service was down
+        self.keys: dict[str, KeyRow] = {}
+        self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)
+        for row in self.store.load_keys():
+            if row.kind == "issued":
+                self.keys[row.key_id] = row
+            else:
+                self.spares[(row.master, row.slave)].append(row)
+        self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
+
+    def refill(self, now: float) -> None:
+        if now > self.levels.t:
+            self.levels.refill(self.source.produced(now - self.levels.t), t=now)
+
+    # -- helpers -----------------------------------------------------------------
+    def _check_caller(self, caller: Caller) -> None:
+        if caller.sae not in self.sae_node:
+            raise KmsError(401, f"SAE {caller.sae!r} is not registered with this KME")
+
+    def _check_peer(self, caller: Caller, peer: str, role: str) -> int:
+        if peer not in self.sae_node:
+            raise KmsError(400, f"{role} SAE {peer!r} is not registered with this KME")
+        if peer == caller.sae:
+            raise KmsError(400, f"{role} SAE {peer!r} is the caller itself")
+        return self.sae_node[peer]
+
+    def _link_rows(self, ks) -> dict:
+        a, lv = self.arrays, self.levels
+        ids = a.node_ids
+        return {int(k): (str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]]), int(lv.consumed[k]), int(lv.level[k]), lv.t)
+                for k in ks}
+
+    def _audit(self, event: str, caller: Caller, peer: str | None, **fields) -> dict:
+        rec = {"time": round(self.clock(), 6), "event": event, "sae": caller.sae, "cert_sha256": caller.fingerprint}
+        if peer is not None:
+            rec["peer"] = peer
+        rec.update(fields)
+        return rec
+
+    async def deny(self, err: KmsError, caller: Caller | None, op: str, peer: str | None = None) -> None:
+        """Audit a refused request (the caller answers it with ``err``)."""
+        self.counters[f"denied_{err.status}"] += 1
+        who = caller or Caller("-", "-")
+        rec = self._audit("deny", who, peer, op=op, status=err.status, outcome=err.message)
+        await self.committer.commit(Batch(audit=[rec]))
+
+    # -- ETSI 014: status -----------------------------------------------------------
+    def status(self, caller: Caller, slave: str) -> dict:
+        """``GET /status`` (Table 9): the 11 required fields, extras in ``status_extension``."""
+        self._check_caller(caller)
+        d = self._check_peer(caller, slave, "slave")
+        s = self.sae_node[caller.sae]
+        size = self.cfg.key_size
+        now = self.clock()
+        self.refill(now)
+        spare = sum(1 for row in self.spares[self._pair(caller.sae, slave)]
+                    if row.size == size and row.security >= self.cfg.security_level and row.expires_at > now)
+        per_relay, relays, summary = self._capacity(s, d, size, self.cfg.security_level)
+        stored = min(spare + per_relay * relays, self.cfg.max_key_count)
+        return {
+            "source_KME_ID": self.cfg.kme_id,
+            "target_KME_ID": self.cfg.kme_id,
+            "master_SAE_ID": caller.sae,
+            "slave_SAE_ID": slave,
+            "key_size": size,
+            "stored_key_count": int(stored),
+            "max_key_count": self.cfg.max_key_count,
+            "max_key_per_request": self.cfg.max_key_per_request,
+            "max_key_size": self.cfg.max_key_size,
+            "min_key_size": self.cfg.min_key_size,
+            "max_SAE_ID_count": 0,
+            "status_extension": {
+                "qkdseg_security_level": self.cfg.security_level,
+                "qkdseg_spare_keys": spare,
+                "qkdseg_keys_per_relay": per_relay,
+                "qkdseg_relays_affordable": relays,
+                "qkdseg_route": summary,
+                "qkdseg_algorithm": self.algorithm,
+            },
+        }
+
+    def _capacity(self, s: int, d: int, size: int, level: float) -> tuple[int, int, dict | None]:
+        """Keys per relay at ``level`` on the route a request would take now, and how many relays the pools afford."""
+        if s == d:
+            return 1, self.cfg.max_key_count, None
+        r, rec = self._route_and_plan(s, d, size, level, self.levels.level)
+        if r is None or rec is None or rec.n_keys == 0:
+            return 0, 0, None
+        links = self._route_links(r)
+        relays = int(self.levels.level[links].min() // size) if links.size else 0
+        return rec.n_keys, relays, self._summary(r, rec, relays=None)
+
+    # -- ETSI 014: enc_keys ---------------------------------------------------------------
+    def parse_key_request(self, number: Any, size: Any, ext_mandatory: Any, ext_optional: Any,
+                          additional: Any) -> KeyRequest:
+        """Check a key request's fields (Table 10); :class:`KmsError` 400 names the one at fault."""
+        cfg = self.cfg
+        number = 1 if number is None else number
+        size = cfg.key_size if size is None else size
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise KmsError(400, f"number={number!r} must be a positive integer")
+        if number > cfg.max_key_per_request:
+            raise KmsError(400, f"number={number} exceeds max_key_per_request={cfg.max_key_per_request}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise KmsError(400, f"size={size!r} must be a positive integer (bits)")
+        if size % 8:
+            raise KmsError(400, MSG_SIZE_8)
+        if not cfg.min_key_size <= size <= cfg.max_key_size:
+            raise KmsError(400, f"size={size} is outside [min_key_size, max_key_size] = [{cfg.min_key_size}, {cfg.max_key_size}]")
+        if additional not in (None, []):
+            if not isinstance(additional, list):
+                raise KmsError(400, "additional_slave_SAE_IDs must be an array of SAE ids")
+            raise KmsError(400, "additional_slave_SAE_IDs is not supported: this KME's max_SAE_ID_count is 0")
+        level, source, mandatory, ignored = cfg.security_level, "default", False, []
+        unsupported = []
+        for name, exts in (("extension_mandatory", ext_mandatory), ("extension_optional", ext_optional)):
+            if exts is None:
+                continue
+            if not isinstance(exts, list) or not all(isinstance(e, dict) for e in exts):
+                raise KmsError(400, f"{name} must be an array of objects")
+            for ext in exts:
+                for key, val in ext.items():
+                    if key != EXTENSION_LEVEL:
+                        if name == "extension_mandatory":
+                            unsupported.append({"extension_mandatory_unsupported": f"{key} is not supported"})
+                        else:
+                            ignored.append(key)
+                        continue
+                    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= val <= 1.0 or math.isnan(val):
+                        raise KmsError(400, f"{name}: {EXTENSION_LEVEL}={val!r} must be a probability in [0, 1]")
+                    if name == "extension_mandatory" or source != "extension_mandatory":
+                        level, source, mandatory = float(val), name, name == "extension_mandatory"
+        if unsupported:
+            raise KmsError(400, MSG_EXT_UNSUPPORTED, unsupported)
+        return KeyRequest(number, size, level, source, mandatory, tuple(ignored))
+
+    def _pair(self, a: str, b: str) -> tuple:
+        return (a, b) if a <= b else (b, a)
+
+    def _route_and_plan(self, s: int, d: int, size: int, level: float, pool_bits: np.ndarray):
+        r = route_indices(with_levels(self.arrays, pool_bits), s, d, self.algorithm, block_bits=size)
+        if r.blocked:
+            return None, None
+        chain = [self.arrays.index[v] for v in r.segment_nodes[1:-1]]
+        rec = reconstruct(
+            self.cfg.reconstruction, self.arrays.p, [[list(p) for p in seg] for seg in r.index_paths], chain, level, size
+        )
+        return r, rec
+
+    def _route_links(self, r) -> np.ndarray:
+        a = self.arrays
+        return np.array([a.edge_index(x, y) for seg in r.index_paths for p in seg for x, y in zip(p, p[1:])],
+                        dtype=np.int64)
+
+    def _summary(self, r, rec, relays: int | None) -> dict:
+        out = {
+            "algorithm": self.algorithm,
+            "segment_nodes": [str(v) for v in r.segment_nodes],
+            "paths": len(r.paths),
+            "hops": r.hops,
+            "security": r.security,
+            "reconstruction": self.cfg.reconstruction,
+            "keys_per_relay": rec.n_keys,
+        }
+        if relays is not None:
+            out["relays"] = relays
+            out["consumed_bits"] = relays * r.consumed_bits
+        return out
+
+    def _plan_relays(self, s: int, d: int, req: KeyRequest, missing: int):
+        """The route, its plan and the number of relays to make ``missing`` keys; KmsError when impossible."""
+        relays = 1
+        for _ in range(4):
+            pool = self.levels.level if relays == 1 else self.levels.level // relays
+            r, rec = self._route_and_plan(s, d, req.size, req.level, pool)
+            if r is None:
+                raise KmsError(503, f"not enough key material: no route between the SAEs' nodes has {relays * req.size} "
+                                    "bits on every link now; nothing was debited")
+            if rec.n_keys == 0:
+                best = r.security
+                if req.mandatory:
+                    raise KmsError(400, MSG_EXT_UNMET, [{"extension_mandatory_unmet":
+                                   f"{EXTENSION_LEVEL}={req.level} cannot be met now: the best route's exact "
+                                   f"security is {best:.6f}"}])
+                raise KmsError(503, f"security level {req.level} cannot be met now: the best route's exact security is "
+                                    f"{best:.6f}; nothing was debited")
+            need = -(-missing // rec.n_keys)
+            if need <= relays:
+                return r, rec, need
+            relays = need
+        raise KmsError(503, "not enough key material for the keys requested; nothing was debited")
+
+    async def enc_keys(self, caller: Caller, slave: str, req: KeyRequest) -> dict:
+        """``enc_keys``: ``req.number`` fresh keys for the master, their copies kept for ``slave``."""
+        self._check_caller(caller)
+        d = self._check_peer(caller, slave, "slave")
+        if self.committer.failed is not None:
+            raise KmsError(503, "key store unavailable; restart the service")
+        s = self.sae_node[caller.sae]
+        now = self.clock()
+        if len(self.keys) + req.number > self.cfg.max_key_count:
+            raise KmsError(503, f"max_key_count={self.cfg.max_key_count} keys are waiting for their slaves; "
+                                "try again later")
+        level_note = None
+        try:
+            keys, spares_used, summary, batch = self._make_keys(caller, slave, s, d, req, now)
+        except KmsError as err:
+            if req.level_source != "extension_optional" or err.status not in (400, 503):
+                raise
+            # an optional level that cannot be met falls back to the default level
+            fallback = dataclasses.replace(req, level=self.cfg.security_level, level_source="default")
+            keys, spares_used, summary, batch = self._make_keys(caller, slave, s, d, fallback, now)
+            level_note = f"{EXTENSION_LEVEL}={req.level} could not be met; the default level {fallback.level} was applied"
+            req = fallback
+        ids = [row.key_id for row, _ in keys]
+        self.pending.update(ids)
+        try:
+            await self.committer.commit(batch)
+        finally:
+            self.pending.difference_update(ids)
+        self.counters["enc_keys"] += 1
+        self.counters["keys_issued"] += len(keys)
+        self.counters["bits_issued"] += len(keys) * req.size
+        level_ext = {"requested": req.level, "source": req.level_source}
+        if level_note:
+            level_ext["fallback"] = level_note
+        ext: dict[str, Any] = {"qkdseg_security_level": level_ext, "qkdseg_route": summary,
+                               "qkdseg_spare_keys_used": spares_used}
+        if req.ignored:
+            ext["qkdseg_ignored_extensions"] = list(req.ignored)
+        return {
+            "keys": [
+                {"key_ID": row.key_id, "key": _b64(material), "key_extension": {"qkdseg_security": row.security}}
+                for row, material in keys
+            ],
+            "key_container_extension": ext,
+        }
+
+    def _make_keys(self, caller: Caller, slave: str, s: int, d: int, req: KeyRequest, now: float):
+        """Steps 1-5 of the module docstring, in memory; returns the keys and the batch to commit."""
+        self.refill(now)
+        pair = self._pair(caller.sae, slave)
+        expires = now + self.cfg.key_ttl_s
+        issued: list[tuple[KeyRow, bytes]] = []
+        batch = Batch()
+        # 1. spare keys
+        spares = self.spares[pair]
+        take = [row for row in spares if row.size == req.size and row.security >= req.level and row.expires_at > now]
+        take = take[: req.number]
+        missing = req.number - len(take)
+        summary = None
+        new_spares: list[KeyRow] = []
+        debit = None
+        if missing:
+            if s == d:  # both SAEs on one node: no relay, local random key
+                fresh = [(secrets.token_bytes(req.size // 8), 1.0) for _ in range(missing)]
+                route_json = '{"local": true}'
+                summary = {"local": True, "security": 1.0, "consumed_bits": 0}
+            else:
+                r, rec, relays = self._plan_relays(s, d, req, missing)
+                links = self._route_links(r)
+                # the byte pools hold at least what the levels say on the route's links
+                for k in links.tolist():
+                    pool = self.keystore._pool(k)
+                    if pool.level < self.levels.level[k]:
+                        pool.charge(int(self.levels.level[k]) - pool.level)
+                fresh = []
+                for _ in range(relays):
+                    res = relay(r, self.keystore, rec)
+                    for out, gk in zip(res.plans[0].keys, rec.global_keys):
+                        if not out.identical:  # key confirmation failed: never hand out a wrong key
+                            raise KmsError(503, "key confirmation failed on a relay (the two ends' keys differ); "
+                                                "no key was issued")
+                        fresh.append((out.destination_key.reveal(), float(gk.security)))
+                summary = self._summary(r, rec, relays)
+                route_json = _json(summary)
+                debit = (links, relays * req.size)
+            for i, (material, sec) in enumerate(fresh):
+                row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
+                self.store.seal(row, material)
+                if i < missing:
+                    issued.append((row, material))
+                else:
+                    row.kind, row.master, row.slave = "spare", pair[0], pair[1]
+                    new_spares.append(row)
+                batch.put_keys.append(row)
+        # -- from here on nothing can fail: apply the request to memory
+        for row in take:
+            spares.remove(row)
+            row.kind, row.master, row.slave, row.expires_at = "issued", caller.sae, slave, expires
+            batch.issue_keys.append((row.key_id, caller.sae, slave, expires))
+        issued = [(row, self.store.open(row)) for row in take] + issued
+        spares.extend(new_spares)
+        if debit is not None:
+            self.levels.debit(*debit)
+            batch.links = self._link_rows(np.unique(debit[0]))
+        for row, _ in issued:
+            self.keys[row.key_id] = row
+        batch.audit.append(self._audit(
+            "issue", caller, slave, op="enc_keys", key_ids=[row.key_id for row, _ in issued], size=req.size,
+            level=req.level, level_source=req.level_source, securities=[row.security for row, _ in issued],
+            spare_keys_used=len(take), spare_keys_added=len(new_spares), route=summary, outcome="ok",
+        ))
+        return issued, len(take), summary, batch
+
+    # -- ETSI 014: dec_keys ----------------------------------------------------------------
+    async def dec_keys(self, caller: Caller, master: str, key_ids: list[str]) -> dict:
+        """``dec_keys``: the keys named, to their slave, once; all or nothing."""
+        self._check_caller(caller)
+        if master not in self.sae_node:
+            raise KmsError(400, f"master SAE {master!r} is not registered with this KME")
+        if self.committer.failed is not None:
+            raise KmsError(503, "key store unavailable; restart the service")
+        if not key_ids:
+            raise KmsError(400, "key_IDs must name at least one key")
+        if len(set(key_ids)) != len(key_ids):
+            raise KmsError(400, "key_IDs names a key twice")
+        now = self.clock()
+        rows = []
+        missing = False
+        for kid in key_ids:
+            row = self.keys.get(kid)
+            if row is None or kid in self.pending or row.expires_at <= now:
+                missing = True
+                continue
+            rows.append(row)
+        # section 5.4: 401 if the caller was not the slave of a key it names (or the path names another master)
+        if any(row.slave != caller.sae or row.master != master for row in rows):
+            raise KmsError(401, "the caller is not the slave SAE of one or more keys requested "
+                                "(or the path does not name their master SAE)")
+        if missing:
+            raise KmsError(400, MSG_NOT_FOUND)
+        out = [(row, self.store.open(row)) for row in rows]
+        for row in rows:
+            del self.keys[row.key_id]
+        batch = Batch(delete_keys=[row.key_id for row in rows], audit=[self._audit(
+            "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
+            size=rows[0].size, securities=[row.security for row in rows], outcome="ok")])
+        try:
+            await self.committer.commit(batch)
+        except BaseException:
+            raise
+        self.counters["dec_keys"] += 1
+        self.counters["keys_delivered"] += len(rows)
+        return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
+                         for row, m in out]}
+
+    # -- expiry --------------------------------------------------------------------------
+    async def expire(self) -> int:
+        """Delete issued and spare keys past their TTL (audited); returns how many."""
+        now = self.clock()
+        gone = [row for row in self.keys.values() if row.expires_at <= now and row.key_id not in self.pending]
+        spare_gone = []
+        for pair, rows in self.spares.items():
+            old = [row for row in rows if row.expires_at <= now]
+            for row in old:
+                rows.remove(row)
+            spare_gone += old
+        if not gone and not spare_gone:
+            return 0
+        for row in gone:
+            del self.keys[row.key_id]
+        recs = [{"time": round(now, 6), "event": "expire", "key_ids": [row.key_id for row in gone],
+                 "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]
+        await self.committer.commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
+        self.counters["keys_expired"] += len(gone)
+        return len(gone) + len(spare_gone)
+
+    async def expiry_loop(self) -> None:
+        period = max(0.05, min(30.0, self.cfg.key_ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.expire()
+            except Exception:  # noqa: BLE001 -- logged; the store refuses further writes if it failed
+                logger.exception("expiry pass failed")
+
+    def close(self) -> None:
+        self.committer.close()
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
