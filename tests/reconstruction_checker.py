@@ -15,6 +15,8 @@ cannot hide itself here.
 - :func:`check_reconstruction`: every global key's parts, its security
   recomputed from the parts, the level, no piece used twice (outside
   ``reuse``), the key-bit total.
+- :func:`paper_key_count`: how many keys the paper scheme delivers, from
+  docs/reconstruction.md's reading of it (routes without shared relays).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 
 #: Tolerance of every float comparison (probabilities).
 TOL = 1e-9
+#: docs/reconstruction.md: a key meets epsilon when ``security >= epsilon - 1e-12``.
+LEVEL_SLACK = 1e-12
 
 
 class Net:
@@ -264,3 +268,49 @@ def check_optimal_vs_paper(optimal_route: dict, paper_route: dict) -> None:
     """``optimal`` never delivers fewer keys than ``paper`` on the same route."""
     assert optimal_route["segments"] == paper_route["segments"]
     assert len(optimal_route["reconstruction"]["global_keys"]) >= len(paper_route["reconstruction"]["global_keys"])
+
+
+# -- the paper scheme's key count, from docs/reconstruction.md ----------------------
+def paper_key_count(net: Net, parts: list[list[list]], chain: list, epsilon: float) -> int:
+    """Keys the paper's flexible reconstruction delivers, from the text alone.
+
+    docs/reconstruction.md, "Our reading": a queue per segment, weakest first;
+    a round merges a segment's two weakest keys into their XOR; the states
+    with equal counts are c = min_j n_j, ..., 1 (segment j after n_j - c
+    merges); the balanced matching folds the segments left to right, the
+    matched keys so far strongest first against the next segment's keys
+    weakest first, a match's security being the product; stop at the first
+    c whose weakest key meets epsilon (``>= epsilon - 1e-12``); else 0.
+
+    Only for routes whose risky relays are private to one path (every sweep:
+    trusted relays have p = 1 and each path's untrusted relays are removed),
+    so a key's security is a function of its parts' securities alone:
+    ``1 - prod(1 - q)`` within a segment, the product across segments and
+    the chain.
+    """
+    if not parts or any(not part for part in parts):
+        return 0
+    seen: set = set()
+    for part in parts:
+        for path in part:
+            risky = {v for v in path[1:-1] if net.p(v) < 1.0}
+            assert not risky & seen, "paper_key_count: a risky relay is shared"
+            seen |= risky
+    chain_p = math.prod(net.p(v) for v in chain)
+    assert chain_p == 1.0 or not {v for v in chain if net.p(v) < 1.0} & seen, "a risky chain node relays"
+    pieces = [[math.prod(net.p(v) for v in path[1:-1]) for path in part] for part in parts]
+    for c in range(min(len(q) for q in pieces), 0, -1):
+        per_segment = []
+        for q in pieces:
+            keys = sorted(q)
+            while len(keys) > c:
+                a, b = keys[0], keys[1]
+                keys = sorted(keys[2:] + [1.0 - (1.0 - a) * (1.0 - b)])
+            per_segment.append(keys)
+        matched = per_segment[0]
+        for keys in per_segment[1:]:
+            strongest_first = sorted(matched, reverse=True)
+            matched = [m * k for m, k in zip(strongest_first, sorted(keys))]
+        if min(matched) * chain_p >= epsilon - LEVEL_SLACK:
+            return c
+    return 0
