@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from typing import Any
 
 from starlette.applications import Starlette
@@ -55,6 +56,11 @@ class PeerCertH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus the TLS peer's identity in every request's ``state``."""
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # asyncio sets it only for sockets made with proto=IPPROTO_TCP; without it each
+            # response waits ~40 ms for the client's delayed ACK (Nagle), see docs/kms.md
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         # a per-connection copy: uvicorn copies app_state into each request's scope["state"]

@@ -83,7 +83,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     service = open_service(directory)
     try:
         ctx = tls_context(service.cfg)
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
