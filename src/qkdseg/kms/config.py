@@ -10,7 +10,8 @@ Relative paths in the file are relative to ``DIR``.
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> cfg = KmsConfig(network="example", saes={"SAE_A": "0", "SAE_B": "7"})
->>> write_config(d, cfg)
+>>> write_config(d, cfg).name
+'kms.toml'
 >>> load_config(d).saes
 {'SAE_A': '0', 'SAE_B': '7'}
 """
