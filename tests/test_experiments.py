@@ -113,7 +113,7 @@ def test_reproduce_cli_twice_identical_then_plot(tmp_path):
     assert "PASS" in report or "FAIL" in report
     assert "![fig5](fig5.png)" in report
     df = read_results(outs[0])
-    assert len(df) == 3 * 17 * 4 and list(df.columns[: len(DOCUMENTED)]) == DOCUMENTED
+    assert len(df) == 3 * 17 * 5 and list(df.columns[: len(DOCUMENTED)]) == DOCUMENTED  # REPRODUCE_ALGORITHMS
     (outs[0] / "fig5.png").unlink()
     res = runner.invoke(app, ["plot", str(outs[0] / "results.parquet")])
     assert res.exit_code == 0, res.output
@@ -140,7 +140,7 @@ def test_study_small(tmp_path):
     keys = study_networks("zoo", 20)
     assert len(keys) > 100 and all(k.startswith("topozoo/") for k in keys)
     df = run_study("zoo", requests=1, min_nodes=90, workers=1, progress=False)
-    assert set(df["algorithm"]) == {"smr", "msp", "disjoint", "single"} and df["nodes"].min() >= 90
+    assert set(df["algorithm"]) == {"smr", "smr-exact", "msp", "disjoint", "single"} and df["nodes"].min() >= 90
     with pytest.raises(InvalidRequest, match="no topology of group 'zoo' has at least 100000 nodes"):
         run_study("zoo", min_nodes=100_000, progress=False)
     path = write_study_report(df, tmp_path)

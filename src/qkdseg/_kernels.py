@@ -434,7 +434,16 @@ def bfs_hops_nb(indptr, indices, source):
 # -- SMR step 1 ---------------------------------------------------------------------
 @_jit
 def _pair_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes, mark):
-    """Security of two round-robin paths per segment over ``seg_nodes``.
+    """Security of two round-robin paths per segment over ``seg_nodes``
+    (:func:`route_security_nb` with ``max_paths = 2``)."""
+    return route_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes, 2, mark)
+
+
+@_jit
+def route_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes, max_paths, mark):
+    """Security of the round-robin paths (SMR step 2, at most ``max_paths``
+    per segment, ``< 0``: unlimited) over ``seg_nodes``; ``rn``, ``rl`` are
+    not modified.
 
     Returns ``(security, shared)``. ``shared`` is True when a risky relay
     (``p < 1``) occurs in more than one path or in the chain: the caller must
@@ -442,7 +451,7 @@ def _pair_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_no
     which is exact without shared relays (as :func:`qkdseg.security.exact_security`).
     ``mark`` is an all-False work array of length n, left all-False.
     """
-    nodes, starts, seg = round_robin_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), seg_nodes, 2)
+    nodes, starts, seg = round_robin_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), seg_nodes, max_paths)
     nseg = seg_nodes.size - 1
     counts = np.zeros(nseg, dtype=np.int64)
     for i in range(seg.size):

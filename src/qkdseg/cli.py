@@ -400,10 +400,12 @@ class Backend(str, Enum):
 
 def _print_claims(claims: list[dict]) -> None:
     table = Table(title="the paper's claims on this data", title_justify="left")
-    for col in ("figure", "claim", "verdict", "numbers"):
+    robust = any("robust" in c for c in claims)
+    for col in ("figure", "claim", "verdict", *(["robust to MSP's beta"] if robust else []), "numbers"):
         table.add_column(col, overflow="fold")
     for c in claims:
-        table.add_row(c["figure"], c["claim"], "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]", c["evidence"])
+        verdict = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+        table.add_row(c["figure"], c["claim"], verdict, *([c.get("robust", "-")] if robust else []), c["evidence"])
     _console().print(table)
 
 
@@ -418,6 +420,7 @@ def reproduce(
     backend: Annotated[Backend, typer.Option("--backend", help="Local backend.")] = Backend.processes,
     csv: Annotated[bool, typer.Option("--csv", help="Write results.csv instead of results.parquet.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    sensitivity_trials: Annotated[Optional[int], typer.Option("--sensitivity-trials", help="Trials per point of the MSP beta sensitivity (default min(trials, 200); 0: none).")] = None,
 ) -> None:
     """The paper's evaluation (Fig. 5 and 6): results, figures and a PASS/FAIL report."""
     from .experiments import reproduce as do_reproduce
@@ -426,7 +429,7 @@ def reproduce(
         raise InvalidRequest(f"--workers {workers}: must be at least 1")
     info = do_reproduce(
         trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
-        fmt="csv" if csv else "parquet", progress=not quiet,
+        fmt="csv" if csv else "parquet", progress=not quiet, sensitivity_trials=sensitivity_trials,
     )
     _print_claims(info["claims"])
     typer.echo(f"wrote {info['results']}, {', '.join(info['figures'])}, {info['report']} in {info['seconds']:.1f} s")
@@ -449,7 +452,11 @@ def plot(
         report = write_study_report(df, target)
         typer.echo(f"wrote {', '.join(figs)}, {report}")
         return
-    info = render(df, target, header=f"Redrawn by `qkdseg plot {results}` from saved results.")
+    from .experiments.sensitivity import sensitivity_path
+
+    sens = sensitivity_path(results if results.is_dir() else results.parent)
+    info = render(df, target, header=f"Redrawn by `qkdseg plot {results}` from saved results.",
+                  sensitivity=read_results(sens) if sens is not None else None)
     _print_claims(info["claims"])
     typer.echo(f"wrote {', '.join(info['figures'])}, {info['report']}")
 

@@ -15,21 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidRequest
 from .figures import plot_figure, summarise
 from .report import claims_table, judge, write_report
 from .runner import read_results, run_sweep, write_results
-from .spec import FigureSpec, SweepSpec, paper_spec, trial_seed
+from .spec import REPRODUCE_ALGORITHMS, FigureSpec, SweepSpec, paper_spec, trial_seed
 
 
-def render(df, out_dir: str | Path, *, header: str = "") -> dict[str, Any]:
-    """Figures and report of saved rows (no recomputation)."""
+def render(df, out_dir: str | Path, *, header: str = "", sensitivity=None) -> dict[str, Any]:
+    """Figures and report of saved rows (no recomputation); ``sensitivity``:
+    the rows of the MSP-beta sweeps, if any."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     for fig in sorted(df["figure"].unique()):
         figures += [str(p) for p in plot_figure(df, fig, out)]
-    report = write_report(df, out, header=header)
-    return {"figures": figures, "report": str(report), "claims": claims_table(df)}
+    report = write_report(df, out, header=header, sensitivity=sensitivity)
+    return {"figures": figures, "report": str(report), "claims": claims_table(df, sensitivity=sensitivity)}
 
 
 def reproduce(
@@ -42,33 +44,54 @@ def reproduce(
     scheduler: Any = None,
     fmt: str = "parquet",
     progress: bool = True,
+    sensitivity_trials: int | None = None,
 ) -> dict[str, Any]:
     """The paper's evaluation (Fig. 5 and 6) end to end: rows, figures, report.
 
-    Writes to ``out_dir``: ``results.parquet`` (or ``.csv``), ``fig5.png``/
-    ``.svg``, ``fig6.png``/``.svg``, ``report.md`` and ``run.json`` (spec,
-    runtime, machine). Returns a summary dict with the claims.
+    Runs :data:`~qkdseg.experiments.spec.REPRODUCE_ALGORITHMS` (the paper's
+    four and ``smr-exact``), then MSP alone at every beta of
+    :data:`~qkdseg.experiments.sensitivity.SENSITIVITY_BETAS` on the first
+    ``sensitivity_trials`` trials (default ``min(trials, 200)``; 0 skips it).
+    Writes to ``out_dir``: ``results.parquet`` (or ``.csv``),
+    ``sensitivity.parquet`` (or ``.csv``), ``fig5.png``/``.svg``,
+    ``fig6.png``/``.svg``, ``report.md`` and ``run.json`` (spec, runtime,
+    machine). Returns a summary dict with the claims.
     """
-    spec = paper_spec(trials=trials, seed=seed)
-    df, seconds = _timed_sweep(spec, backend=backend, workers=workers, scheduler=scheduler, progress=progress)
+    from .sensitivity import DEFAULT_SENSITIVITY_TRIALS, SENSITIVITY_BETAS, SENSITIVITY_STEM, run_sensitivity
+
+    spec = paper_spec(trials=trials, seed=seed, algorithms=REPRODUCE_ALGORITHMS)
+    n_sens = min(trials, DEFAULT_SENSITIVITY_TRIALS if sensitivity_trials is None else sensitivity_trials)
+    if n_sens < 0:
+        raise InvalidRequest(f"sensitivity trials={sensitivity_trials} must be non-negative")
+    kw = {"backend": backend, "workers": workers, "scheduler": scheduler, "progress": progress}
+    df, seconds = _timed_sweep(spec, **kw)
+    sens, sens_seconds = None, 0.0
+    if n_sens:
+        t0 = time.perf_counter()
+        sens = run_sensitivity(n_sens, seed, SENSITIVITY_BETAS, **kw)
+        sens_seconds = time.perf_counter() - t0
     out = Path(out_dir)
     results = write_results(df, out, fmt=fmt)
+    if sens is not None:
+        write_results(sens, out, fmt=fmt, stem=SENSITIVITY_STEM)
     header = (
         f"Spec: `qkdseg reproduce --trials {trials} --seed {seed}`; {len(df)} rows "
         f"({spec.n_units} trial-points x {len(spec.algorithms)} algorithms), reconstruction `{spec.reconstruction}`. "
         f"Each row's topology is `qkdseg.waxman(100, trusted=n_trusted, p=p_untrusted, seed=seed)`."
     )
-    info = render(df, out, header=header)
+    info = render(df, out, header=header, sensitivity=sens)
     run = {
         "command": f"qkdseg reproduce --trials {trials} --seed {seed}",
         "spec": spec.to_dict(),
         "rows": len(df),
         "seconds": round(seconds, 2),
+        "sensitivity": {"trials": n_sens, "betas": list(SENSITIVITY_BETAS), "rows": 0 if sens is None else len(sens),
+                        "seconds": round(sens_seconds, 2)},
         "backend": "dask" if scheduler is not None else backend,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()},
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    return {"results": str(results), "seconds": seconds, **info}
+    return {"results": str(results), "seconds": seconds + sens_seconds, **info}
 
 
 def _timed_sweep(spec: SweepSpec, **kwargs):

@@ -98,18 +98,33 @@ def _table(s, x: str, cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(df, out_dir: str | Path, *, header: str = "", epsilons=(0.5, 0.7, 0.9)) -> Path:
+def write_report(df, out_dir: str | Path, *, header: str = "", epsilons=(0.5, 0.7, 0.9), sensitivity=None) -> Path:
     """Write ``report.md``: the claims with PASS/FAIL and their numbers, the
-    figures, and per-point means with 95% CIs."""
+    figures, and per-point means with 95% CIs.
+
+    With ``sensitivity`` (the rows of
+    :func:`~qkdseg.experiments.sensitivity.run_sensitivity`) the claim table
+    gains a "robust to MSP's beta" column and the report a section per
+    beta; with ``smr``, ``smr-exact`` and ``disjoint`` rows, a section on
+    what segmenting buys per point."""
+    from .sensitivity import robustness, segmentation_lines, sensitivity_lines
+
     out = Path(out_dir)
     claims = judge(df, epsilons)
+    robust = robustness(df, sensitivity, epsilons) if sensitivity is not None and len(sensitivity) else None
     lines = ["# qkdseg: the paper's evaluation, reproduced", ""]
     if header:
         lines += [header, ""]
-    lines += ["## Claims", "", "| figure | claim | verdict | numbers |", "|---|---|---|---|"]
+    if robust is None:
+        lines += ["## Claims", "", "| figure | claim | verdict | numbers |", "|---|---|---|---|"]
+    else:
+        lines += ["## Claims", "", "| figure | claim | verdict | robust to MSP's beta | numbers |", "|---|---|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c.figure} | {c.text} | **{'PASS' if c.passed else 'FAIL'}** | {c.evidence} |")
+        rob = "" if robust is None else f" {robust.get((c.figure, c.text), '-')} |"
+        lines.append(f"| {c.figure} | {c.text} | **{'PASS' if c.passed else 'FAIL'}** |{rob} {c.evidence} |")
     lines.append("")
+    if robust is not None:
+        lines += ["\"Robust\": the claim passes at every beta of the sensitivity section below (on its trials).", ""]
     for fig in sorted(df["figure"].unique()):
         sub = df[df["figure"] == fig]
         x = _x(sub)
@@ -121,14 +136,24 @@ def write_report(df, out_dir: str | Path, *, header: str = "", epsilons=(0.5, 0.
         lines += [_table(summarise(sub, x, cols), x, cols), ""]
         blocked = sub.groupby("algorithm")["blocked"].sum()
         lines += ["Blocked requests: " + ", ".join(f"{k} {int(v)}" for k, v in blocked.items()) + ".", ""]
+    lines += segmentation_lines(df)
+    lines += sensitivity_lines(df, sensitivity, epsilons)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def claims_table(df, epsilons=(0.5, 0.7, 0.9)) -> list[dict]:
-    """The verdicts as plain dicts (for JSON and the CLI)."""
-    return [{"figure": c.figure, "claim": c.text, "passed": c.passed, "evidence": c.evidence} for c in judge(df, epsilons)]
+def claims_table(df, epsilons=(0.5, 0.7, 0.9), sensitivity=None) -> list[dict]:
+    """The verdicts as plain dicts (for JSON and the CLI); with
+    ``sensitivity``, each also says whether it is robust to MSP's beta."""
+    out = [{"figure": c.figure, "claim": c.text, "passed": c.passed, "evidence": c.evidence} for c in judge(df, epsilons)]
+    if sensitivity is not None and len(sensitivity):
+        from .sensitivity import robustness
+
+        robust = robustness(df, sensitivity, epsilons)
+        for c in out:
+            c["robust"] = robust.get((c["figure"], c["claim"]), "-")
+    return out
 
 
 __all__ = ["Claim", "claims_table", "judge", "write_report"]

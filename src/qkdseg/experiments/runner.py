@@ -148,15 +148,16 @@ def run_sweep(
     return df[cols].reset_index(drop=True)
 
 
-def write_results(df, out_dir: str | Path, *, fmt: str = "parquet") -> Path:
-    """Write rows to ``results.parquet`` (or ``results.csv``) in ``out_dir``."""
+def write_results(df, out_dir: str | Path, *, fmt: str = "parquet", stem: str = "results") -> Path:
+    """Write rows to ``results.parquet`` (or ``results.csv``) in ``out_dir``
+    (``stem`` names another file, e.g. ``sensitivity``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
-        path = out / "results.parquet"
+        path = out / f"{stem}.parquet"
         df.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
     elif fmt == "csv":
-        path = out / "results.csv"
+        path = out / f"{stem}.csv"
         df.to_csv(path, index=False, float_format="%.17g")
     else:
         raise InvalidRequest(f"unknown results format {fmt!r} (use parquet or csv)")

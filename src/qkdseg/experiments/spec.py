@@ -31,6 +31,8 @@ from ..errors import InvalidRequest
 
 #: The algorithms the paper's figures compare, in plotting order.
 PAPER_ALGORITHMS = ("smr", "msp", "disjoint", "single")
+#: What ``qkdseg reproduce`` and ``qkdseg study`` run: the paper's four and ``smr-exact``.
+REPRODUCE_ALGORITHMS = ("smr", "smr-exact", "msp", "disjoint", "single")
 #: Security levels of the key-length panels (Fig. 5b/6b).
 PAPER_EPSILONS = (0.5, 0.7, 0.9)
 

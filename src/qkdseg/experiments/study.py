@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..topology import load_topohub, topohub_names
-from .spec import PAPER_ALGORITHMS, PAPER_EPSILONS, SweepSpec, eps_column, paper_spec, trial_seed
+from .spec import PAPER_EPSILONS, REPRODUCE_ALGORITHMS, SweepSpec, eps_column, paper_spec, trial_seed
 from .trials import evaluate
 
 GROUPS = {"zoo": "topozoo", "topozoo": "topozoo", "sndlib": "sndlib"}
@@ -69,7 +69,7 @@ def run_study(
     trusted: float = 0.1,
     p: float = 0.8,
     min_nodes: int = 20,
-    algorithms=PAPER_ALGORITHMS,
+    algorithms=REPRODUCE_ALGORITHMS,
     epsilons=PAPER_EPSILONS,
     workers: int | None = None,
     progress: bool = True,
@@ -107,9 +107,20 @@ def run_study(
 
 
 def study_table(df, epsilon_col: str = "key_bits_e90"):
-    """Per network: mean security and key length of every algorithm."""
+    """Per network: mean security and key length of every algorithm; with
+    ``disjoint`` rows also, for ``smr`` and ``smr-exact``, the mean gain in
+    security over ``disjoint`` (``gain_<alg>``) and the share of requests
+    where it is below ``disjoint`` (``below_<alg>``)."""
     t = df.pivot_table(index=["network", "nodes"], columns="algorithm", values=["security", epsilon_col], aggfunc="mean")
     t.columns = [f"{m}_{a}" for m, a in t.columns]
+    algs = set(df["algorithm"].unique())
+    if "disjoint" in algs:
+        w = df.pivot_table(index=["network", "request"], columns="algorithm", values="security", aggfunc="first")
+        for a in ("smr", "smr-exact"):
+            if a in algs:
+                diff = (w[a] - w["disjoint"]).groupby(level="network")
+                t[f"gain_{a}"] = diff.mean().reindex(t.index, level="network").to_numpy()
+                t[f"below_{a}"] = diff.apply(lambda x: float((x < -1e-12).mean())).reindex(t.index, level="network").to_numpy()
     return t.reset_index().sort_values("network").reset_index(drop=True)
 
 
@@ -123,7 +134,9 @@ def plot_study(df, out_dir: str | Path) -> list[Path]:
     from .figures import COLOURS, save_figure
 
     t = study_table(df)
-    fig, ax = plt.subplots(figsize=(6, 5.5), dpi=110)
+    gains = [a for a in ("smr", "smr-exact") if f"gain_{a}" in t]
+    fig, axes = plt.subplots(1, 2 if gains else 1, figsize=(12 if gains else 6, 5.5), dpi=110, squeeze=False)
+    ax = axes[0][0]
     for a in [c for c in ("msp", "disjoint", "single") if f"security_{c}" in t]:
         ax.scatter(t[f"security_{a}"], t["security_smr"], s=14, alpha=0.75, color=COLOURS.get(a), label=f"vs {a}")
     ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls=":")
@@ -132,14 +145,26 @@ def plot_study(df, out_dir: str | Path) -> list[Path]:
     ax.set_title(f"Topology Zoo: {len(t)} networks; above the diagonal SMR wins", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    if gains:
+        ax = axes[0][1]
+        order = t.sort_values(f"gain_{gains[-1]}", kind="stable").reset_index(drop=True)
+        for a in gains:
+            ax.plot(range(len(order)), order[f"gain_{a}"], "o", ms=3.5, color=COLOURS.get(a), label=a)
+        ax.axhline(0.0, color="black", lw=0.8, ls=":")
+        ax.set_xlabel(f"network, sorted by {gains[-1]}'s gain")
+        ax.set_ylabel("mean security gain over disjoint (per network)")
+        ax.set_title("What segmenting buys over the same paths without segments", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return save_figure(fig, out_dir, "study")
 
 
 def write_study_report(df, out_dir: str | Path, header: str = "") -> Path:
     """``report.md``: SMR against the baselines per network."""
     t = study_table(df)
-    algs = [a for a in ("smr", "msp", "disjoint", "single") if f"security_{a}" in t]
-    wins = {a: int((t["security_smr"] > t[f"security_{a}"] + 1e-12).sum()) for a in algs if a != "smr"}
+    algs = [a for a in ("smr", "smr-exact", "msp", "disjoint", "single") if f"security_{a}" in t]
+    wins = {a: int((t["security_smr"] > t[f"security_{a}"] + 1e-12).sum()) for a in algs if a not in ("smr", "smr-exact")}
+    gains = [a for a in ("smr", "smr-exact") if f"gain_{a}" in t]
     lines = ["# qkdseg study: SMR against the baselines on real topologies", ""]
     if header:
         lines += [header, ""]
@@ -148,15 +173,29 @@ def write_study_report(df, out_dir: str | Path, header: str = "") -> Path:
         + ", ".join(f"{a}'s on {w}" for a, w in wins.items())
         + " of them (strictly, by more than 1e-12).",
         "",
+    ]
+    if gains:
+        w = df.pivot_table(index=["network", "request"], columns="algorithm", values="security", aggfunc="first")
+        for a in gains:
+            diff = w[a] - w["disjoint"]
+            lines.append(
+                f"- `{a}` over `disjoint`: mean gain {diff.mean():+.4f} per request; above it on "
+                f"{int((t[f'gain_{a}'] > 1e-12).sum())} networks (mean), below it on {int((t[f'gain_{a}'] < -1e-12).sum())}; "
+                f"below it on {100 * (diff < -1e-12).mean():.1f}% of the {len(diff)} requests (largest loss {max(0.0, -diff.min()):.4f})."
+            )
+        lines.append("")
+    lines += [
         "![study](study.png)",
         "",
-        "| network | nodes | " + " | ".join(f"security {a}" for a in algs) + " | " + " | ".join(f"kb@0.9 {a}" for a in algs) + " |",
-        "|---|---|" + "---|" * (2 * len(algs)),
+        "| network | nodes | " + " | ".join(f"security {a}" for a in algs)
+        + "".join(f" | gain {a} | below {a}" for a in gains) + " | " + " | ".join(f"kb@0.9 {a}" for a in algs) + " |",
+        "|---|---|" + "---|" * (2 * len(algs) + 2 * len(gains)),
     ]
     for _, r in t.iterrows():
         lines.append(
             f"| {r['network']} | {int(r['nodes'])} | "
             + " | ".join(f"{r[f'security_{a}']:.3f}" for a in algs)
+            + "".join(f" | {r[f'gain_{a}']:+.4f} | {100 * r[f'below_{a}']:.0f}%" for a in gains)
             + " | "
             + " | ".join(f"{r[f'key_bits_e90_{a}'] / 1000:.0f}" for a in algs)
             + " |"

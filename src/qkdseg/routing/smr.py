@@ -182,6 +182,7 @@ def request_masks(arrays: NetworkArrays, source: int, target: int, removed_links
     {
         "max_paths": "paths per segment (default: unlimited)",
         "metric": "segment-node distance: 'hops' (default) or 'length' (length_km)",
+        "verify": "re-check step 1 against the full routes' exact security; no segment when that is better (default False)",
     },
 )
 def smr(
@@ -192,16 +193,31 @@ def smr(
     removed_links: np.ndarray | None = None,
     max_paths: int | None = None,
     metric: str = "hops",
+    verify: bool = False,
     kernel: str | None = None,
 ):
     """SMR on node indices; returns ``(segment_nodes, paths)``.
 
+    With ``verify=True``, when step 1 chose segment nodes, the full route
+    over them and the route with no segment node (``disjoint``'s) are both
+    built by step 2 and compared by exact security; the route without
+    segments is returned when it is strictly better (by more than
+    :data:`STRICT_MARGIN`). So ``smr`` with ``verify`` is never below
+    ``disjoint``. The paper's SMR is ``verify=False`` (the default).
+
     ``kernel`` ("numba" or "python", default: numba when installed) is for
     tests and benchmarks; both give the same result.
     """
+    if not isinstance(verify, (bool, np.bool_)):
+        raise InvalidRequest(f"verify={verify!r} must be True or False")
     rn, rl = request_masks(arrays, source, target, removed_links)
     segment_nodes = select_segment_nodes(
         arrays, source, target, metric=metric, removed_nodes=rn, removed_links=rl, kernel=kernel
     )
     paths = round_robin_paths(arrays, segment_nodes, max_paths=max_paths, removed_nodes=rn, removed_links=rl, kernel=kernel)
+    if verify and len(segment_nodes) > 2:
+        direct_nodes = [source, target]
+        direct = round_robin_paths(arrays, direct_nodes, max_paths=max_paths, removed_nodes=rn, removed_links=rl, kernel=kernel)
+        if exact_security(arrays.p, direct) > exact_security(arrays.p, paths, segment_nodes[1:-1]) + STRICT_MARGIN:
+            return direct_nodes, direct
     return segment_nodes, paths
