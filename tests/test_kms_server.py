@@ -381,3 +381,31 @@ def test_issued_keys_expire(tmp_path):
         server.stop()
     events = [json.loads(line)["event"] for line in (d / "audit.jsonl").read_text().splitlines()]
     assert "expire" in events
+
+
+def test_enc_keys_forms_get_post_and_empty_body(kms):
+    a = kms.client("A")
+    r = a.post("B/enc_keys", b"")
+    assert r.status_code == 200 and len(r.json()["keys"]) == 1
+    r = a.get("B/enc_keys", params={"number": "3", "size": "512"})
+    assert r.status_code == 200
+    keys = r.json()["keys"]
+    assert len(keys) == 3 and all(len(base64.b64decode(k["key"])) == 64 for k in keys)
+    r = a.get("B/enc_keys")
+    assert r.status_code == 200 and len(base64.b64decode(r.json()["keys"][0]["key"])) == 32
+    # unknown paths and methods answer JSON too
+    r = a.get("B/nothing")
+    assert r.status_code == 404 and "message" in r.json()
+    r = a.session.delete(f"{kms.url}/B/enc_keys", verify=a.ca, timeout=30)
+    assert r.status_code == 405 and "message" in r.json()
+
+
+def test_sigint_stops_cleanly(tmp_path):
+    d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7"), "--security-level", str(LEVEL))
+    server = Server(d).start()
+    try:
+        assert _enc(server.client("A"))["keys"]
+    finally:
+        rc = server.stop(signal.SIGINT)
+    assert rc == 0 and "qkdseg kms: stopped" in server.log_path.read_text()
+    assert not (d / "kms.sqlite3-wal").exists() or (d / "kms.sqlite3-wal").stat().st_size == 0
