@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from reconstruction_checker import check_optimal_vs_paper, check_reconstruction, check_route, load_network
+from reconstruction_checker import check_optimal_vs_paper, check_reconstruction, check_route, independent_security, load_network
+from reconstruction_checker import exact_security as checker_exact
 from qkdseg import route, waxman, write_network
 from qkdseg.cli import app
 
@@ -87,23 +88,60 @@ def test_cli_route_same_contract_for_all_algorithms(tmp_path, algo):
     assert set(plain) == BASE_KEYS | ({"security_claimed"} if algo == "msp" else set())
 
 
+#: The example's route 0 -> 7 at epsilon 0.5, by hand. SMR: segments 0-3, 3-4, 4-7,
+#: two one-relay paths (p = 0.8) each; 12 hops of B = 100 kb over 12 links of 100 kb.
+#: paper/optimal: a key takes one piece per segment, 0.8^3 = 0.512 >= 0.5, 2 keys;
+#: reuse: combinations {a}, {b}, {ab} = 0.96 per segment, three keys of 0.96 * 0.8 * 0.8
+#: = 0.6144 by the balanced matching; xor-all: 0.96^3 = 0.884736, one key.
+EXAMPLE_KEYS = {"paper": [0.512, 0.512], "optimal": [0.512, 0.512], "reuse": [0.6144] * 3, "xor-all": [0.884736]}
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_cli_route_text_output_with_reconstruction(scheme):
+    import re
+
     res = run("route", "example", "--src", 0, "--dst", 7, "-e", 0.5, "--reconstruction", scheme)
     assert res.exit_code == 0, res.output
-    assert f"reconstruction {scheme} at epsilon=0.5" in res.output
-    assert "key length at eps" in res.output and "consumed per key bit" in res.output
-    assert "key consumption rate" in res.output
+    out = res.output
+    keys = EXAMPLE_KEYS[scheme]
+    n = len(keys)
+    assert f"reconstruction {scheme} at epsilon=0.5" in out
+    assert re.search(r"security \(exact\)\s+0\.884736\b", out)
+    assert re.search(r"consumed bits\s+1200000\s+\(12 hops\)", out)
+    assert re.search(r"key consumption rate\s+1\.000000\b", out)  # 1.2 Mb of 12 links x 100 kb
+    secs = [float(x) for x in re.findall(r"│\s+\d+ │ (0\.\d{6}) │ 100000 │", out)]
+    assert secs == pytest.approx(keys, abs=5e-7)
+    assert re.search(rf"key length at eps\s+{n * 100_000} bits \({n} keys of 100000 bits\)", out)
+    assert re.search(rf"consumed per key bit\s+{1_200_000 / (n * 100_000):.3f}\b", out)
     if scheme == "reuse":
-        assert "information-theoretic bound" in res.output and "computational" in res.output
+        assert re.search(r"information-theoretic bound 200000 bits", out) and "computational" in out  # 2 pieces x B
     if scheme == "optimal":
-        assert "proven" in res.output
+        assert re.search(r"optimal\s+proven", out)
 
 
 def test_cli_route_msp_text_shows_claimed():
-    res = run("route", "example", "--src", 0, "--dst", 7, "-a", "msp", "--seed", 4, "--beta", 2, "--max-steps", 50)
+    import re
+
+    args = ("route", "example", "--src", 0, "--dst", 7, "-a", "msp", "--seed", 4, "--beta", 2, "--max-steps", 50)
+    res = run(*args)
     assert res.exit_code == 0, res.output
-    assert "security (claimed)" in res.output and "security (exact)" in res.output
+    exact = float(re.search(r"security \(exact\)\s+([\d.]+)", res.output).group(1))
+    claimed = float(re.search(r"security \(claimed\)\s+([\d.]+)", res.output).group(1))
+    doc = json.loads(run(*args, "--format", "json").output)
+    net = load_network_of_example()
+    parts, chain = [seg["paths"] for seg in doc["segments"]], doc["segment_nodes"][1:-1]
+    assert exact == pytest.approx(checker_exact(net, parts, chain), abs=5e-7)
+    assert claimed == pytest.approx(independent_security(net, parts, chain), abs=5e-7)
+    # two walks, each over three p = 0.8 relays and the two trusted ones: 1 - (1 - 0.512)^2
+    assert exact == pytest.approx(1 - (1 - 0.512) ** 2, abs=5e-7)
+
+
+def load_network_of_example():
+    from reconstruction_checker import Net
+    from qkdseg import example_network
+
+    g = example_network().graph
+    return Net({v: {"p": g.nodes[v]["p"], "trusted": g.nodes[v]["trusted"]} for v in g.nodes}, {frozenset(e) for e in g.edges})
 
 
 def test_cli_no_key_and_blocked_text(tmp_path):
@@ -131,10 +169,22 @@ def test_cli_route_errors_one_line_exit_2(args, message):
 def test_cli_bad_scheme_name_is_rejected():
     res = run("route", "example", "--src", 0, "--dst", 7, "-e", 0.5, "-r", "magic")
     assert res.exit_code == 2
+    assert "magic" in res.output and "Traceback" not in res.output
+    assert all(name in res.output for name in SCHEMES)  # the message names the valid schemes
 
 
 def test_cli_algorithms_lists_everything():
+    """The two tables, parsed: every algorithm and scheme by name (first column)
+    and the documented defaults of their options (docs/reconstruction.md,
+    docs/baselines.md)."""
+    import re
+
     res = run("algorithms")
     assert res.exit_code == 0
-    for name in ALGOS + SCHEMES + ["seed", "beta", "max_steps", "time_limit", "max_combinations"]:
-        assert name in res.output, name
+    names = re.findall(r"^│ ([a-z][a-z-]*)\s+│", res.output, flags=re.M)
+    assert set(ALGOS) <= set(names) and set(SCHEMES) <= set(names)
+    flat = " ".join(res.output.replace("│", " ").split())
+    for option, default in [("seed", "0"), ("beta", "1"), ("max_choices", "4096"), ("max_columns", "20000"),
+                            ("time_limit", "10"), ("max_combinations", "1023")]:
+        assert re.search(rf"{option}: .{{0,120}}?\(default {default}\)", flat), option
+    assert re.search(r"max_steps: .{0,120}?\(default: unlimited, at most 2n\)", flat)

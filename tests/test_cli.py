@@ -1,6 +1,7 @@
 """The command line: round trips, JSON contract, errors (one line, exit 2)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -112,20 +113,67 @@ def test_malformed_file_and_bad_p_in_subprocess(tmp_path):
 
 def test_list_and_algorithms():
     res = run("topology", "list")
-    assert res.exit_code == 0 and res.output.splitlines()[0] == "example" and "topohub:topozoo/Abilene" in res.output
-    assert "topohub:sndlib/polska" in run("topology", "list", "--group", "sndlib").output
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    assert lines[0] == "example" and "topohub:topozoo/Abilene" in lines
+    names = lines[1:]
+    assert len(names) > 100 and len(set(names)) == len(names) and all(n.startswith("topohub:") for n in names)
+    # --group keeps exactly the names of that group, in the same order
+    sndlib = run("topology", "list", "--group", "sndlib").output.splitlines()
+    assert "topohub:sndlib/polska" in sndlib
+    assert [n for n in sndlib if n.startswith("topohub:")] == [n for n in names if n.startswith("topohub:sndlib/")]
     out = run("algorithms").output
-    for name in ("smr", "disjoint", "single"):
-        assert name in out
+    listed = re.findall(r"^│ ([a-z][a-z-]*)\s+│", out, flags=re.M)
+    assert {"smr", "disjoint", "single", "msp"} <= set(listed)
 
 
 def test_topohub_route():
-    res = run("route", "topohub:topozoo/Abilene?trusted=3&seed=1", "--src", 0, "--dst", 10, "-f", "json")
+    """A real topology: the route equals the independent SMR oracle's, and its
+    security the brute force."""
+    from checkers import SMRChecker
+    from qkdseg.topology import load
+
+    spec = "topohub:topozoo/Abilene?trusted=3&seed=1"
+    res = run("route", spec, "--src", 0, "--dst", 10, "-f", "json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["destination"] == 10
+    r = json.loads(res.output)
+    assert r["source"] == 0 and r["destination"] == 10
+    g = nx.Graph(load(spec).graph)
+    check_smr_invariants(g, r)
+    nodes, paths = SMRChecker(g, 0, 10).route()
+    assert r["segment_nodes"] == nodes and [seg["paths"] for seg in r["segments"]] == paths
+    assert r["security"] == pytest.approx(brute_security(g, r), abs=1e-12)
 
 
 def test_demo_runs_small():
+    """The demo table, parsed. The example's rows by hand (two one-relay paths of
+    p = 0.8 per segment for SMR; disjoint: two five-relay paths crossing the two
+    trusted relays, 1 - (1 - 0.8^3)^2; single: one such path, 0.8^3, 6 hops), and
+    the Waxman rows' columns tied together."""
+    from qkdseg import waxman
+
     res = run("demo", "--requests", 5)
     assert res.exit_code == 0, res.output
-    assert "smr" in res.output and "waxman" in res.output
+    assert "waxman n=100 trusted=10 p=0.8 seed=7, 5 random pairs" in " ".join(res.output.split())
+    rows = {}
+    for line in res.output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 11 and cells[0] in ("example", "waxman-100"):
+            rows[(cells[0], cells[1])] = [float(c.replace(",", "")) for c in cells[2:]]
+    # requests, security, sec. indep., segments, paths, hops, consumed bits, consumption rate, blocked
+    hand = {
+        "smr": [1, 0.96**3, 0.96**3, 3, 6, 12, 1_200_000, 1.0, 0],
+        "disjoint": [1, 1 - (1 - 0.512) ** 2, 1 - (1 - 0.512) ** 2, 1, 2, 12, 1_200_000, 1.0, 0],
+        "single": [1, 0.512, 0.512, 1, 1, 6, 600_000, 0.5, 0],
+    }
+    for alg, vals in hand.items():
+        assert rows[("example", alg)] == pytest.approx(vals, abs=5e-5), alg
+    links = waxman(100, trusted=10, p=0.8, seed=7).n_links
+    for alg in ("smr", "disjoint", "single", "msp"):
+        req, sec, ind, segs, paths, hops, consumed, rate, blocked = rows[("waxman-100", alg)]
+        assert req == 5 and blocked == 0 and 0 < sec <= 1
+        assert consumed == pytest.approx(hops * 100_000, abs=0.5) and rate == pytest.approx(consumed / (links * 100_000), abs=5e-5)
+        assert paths >= segs >= 1 and hops >= paths
+        if alg != "msp":
+            assert ind == pytest.approx(sec, abs=1e-4)  # no shared relay: the formula is exact
+    assert rows[("waxman-100", "single")][4] == 1 and rows[("waxman-100", "disjoint")][3] == 1

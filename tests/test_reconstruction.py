@@ -230,15 +230,60 @@ def test_reuse_keys_are_computational_with_it_bound():
     assert len({tuple(map(tuple, parts_of(k))) for k in r.global_keys}) == r.n_keys
 
 
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 HKDF with SHA-256, from the RFC's text (hmac and hashlib only)."""
+    import hashlib
+    import hmac
+
+    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()  # Extract; no salt: HashLen zeros
+    okm, t, i = b"", b"", 1
+    while len(okm) < length:  # Expand: T(i) = HMAC(PRK, T(i-1) | info | i)
+        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
+        okm += t
+        i += 1
+    return okm[:length]
+
+
+#: RFC 5869 appendix A, test cases 1-3 (SHA-256): IKM, salt, info, L, OKM.
+RFC5869 = [
+    ("0b" * 22, "000102030405060708090a0b0c", "f0f1f2f3f4f5f6f7f8f9", 42,
+     "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"),
+    ("".join(f"{i:02x}" for i in range(0x00, 0x50)), "".join(f"{i:02x}" for i in range(0x60, 0xB0)),
+     "".join(f"{i:02x}" for i in range(0xB0, 0x100)), 82,
+     "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c59045a99cac7827271cb41c65e590e09"
+     "da3275600c2f09b8367793a9aca3db71cc30c58179ec3e87c14c01d5c1f3434f1d87"),
+    ("0b" * 22, "", "", 42,
+     "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"),
+]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_hkdf_rfc5869_vectors(case):
+    """The reference HKDF reproduces RFC 5869's known answers, and so does the
+    library HKDF that derive_key uses."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    ikm, salt, info, length, okm = RFC5869[case]
+    ikm, salt, info, okm = bytes.fromhex(ikm), bytes.fromhex(salt), bytes.fromhex(info), bytes.fromhex(okm)
+    assert hkdf_sha256(ikm, salt, info, length) == okm
+    assert HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm) == okm
+
+
 def test_derive_key_hkdf():
+    """derive_key is HKDF-SHA256 with no salt over the length-prefixed pieces,
+    in blocks of at most 8160 bytes with info || block number (its docstring),
+    checked against the RFC 5869 reference above."""
     a, b = bytes(range(32)), bytes(range(32, 64))
+    ikm = len(a).to_bytes(4, "big") + a + len(b).to_bytes(4, "big") + b
     k = derive_key([a, b], 100_000)  # longer than one HKDF-SHA256 output (8160 bytes)
     assert len(k) == 12_500
-    assert k == derive_key([a, b], 100_000)
+    blocks = [hkdf_sha256(ikm, b"", b"qkdseg-reuse" + i.to_bytes(4, "big"), n) for i, n in enumerate((8160, 4340))]
+    assert k == b"".join(blocks)
     assert k != derive_key([b, a], 100_000) and k != derive_key([a], 100_000)
-    assert k[:8160] != k[8160 : 2 * 8160]
-    short = derive_key([a], 12)
-    assert len(short) == 2 and short[1] & 0x0F == 0
+    short = derive_key([a], 12)  # 2 bytes, the last 4 bits cleared
+    ref = hkdf_sha256(len(a).to_bytes(4, "big") + a, b"", b"qkdseg-reuse" + bytes(4), 2)
+    assert short == bytes([ref[0], ref[1] & 0xF0])
     assert derive_key([a], 0) == b""
 
 

@@ -81,10 +81,45 @@ def test_montecarlo_within_ci(seed):
     assert abs(est.value - exact) < 4 * np.sqrt(exact * (1 - exact) / est.samples) + 1e-9
 
 
+def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval, from its textbook formula."""
+    ph = k / n
+    centre = (ph + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def test_montecarlo_seeded_and_reported():
     p = np.array([0.5, 0.7, 0.9])
     segs = [[[-1, 0, 1, -2], [-1, 1, 2, -2]]]
     a = montecarlo_security(p, segs, samples=50_000, seed=5)
     b = montecarlo_security(p, segs, samples=50_000, seed=5)
     assert a == b and a.to_dict()["seed"] == 5 and a.samples == 50_000
-    assert a.ci_low <= a.value <= a.ci_high
+    assert montecarlo_security(p, segs, samples=50_000, seed=6) != a
+    # the interval is the Wilson interval of the reported count
+    k = round(a.value * a.samples)
+    assert k == a.value * a.samples
+    assert (a.ci_low, a.ci_high) == pytest.approx(wilson_by_hand(k, a.samples), abs=1e-15)
+
+
+def test_montecarlo_interval_covers_the_exact_value_at_its_rate():
+    """Over R seeded repetitions the 95% interval must cover the exact value
+    (relay 1 shared: 0.7 * (1 - 0.5 * 0.1) = 0.665) about 95% of the time. The
+    count of covering runs is Binomial(R, 0.95) for a correct interval; it
+    must fall inside that law's central 1 - 2e-4 range, which excludes the
+    mean coverage of a 90% or a 99% interval."""
+    from scipy.stats import binom
+
+    p = np.array([0.5, 0.7, 0.9])
+    segs = [[[-1, 0, 1, -2], [-1, 1, 2, -2]]]
+    exact = exact_security(p, segs)
+    assert exact == pytest.approx(0.7 * (1 - 0.5 * 0.1))
+    reps, n = 1000, 500
+    covered = 0
+    for seed in range(reps):
+        est = montecarlo_security(p, segs, samples=n, seed=seed)
+        covered += est.ci_low <= exact <= est.ci_high
+    lo, hi = binom.ppf(1e-4, reps, 0.95), binom.isf(1e-4, reps, 0.95)
+    assert lo <= covered <= hi, (covered, lo, hi)
+    # the range excludes what a 90% or a 99% interval would cover on average
+    assert reps * 0.90 < lo and reps * 0.99 > hi
