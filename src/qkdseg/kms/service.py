@@ -255,8 +255,9 @@ class KeyService:
         r, rec = self._route_and_plan(s, d, size, level, self.levels.level)
         if r is None or rec is None or rec.n_keys == 0:
             return 0, 0, None
-        links = self._route_links(r)
-        relays = int(self.levels.level[links].min() // size) if links.size else 0
+        bits = self._route_bits(r, size)
+        links = np.flatnonzero(bits)
+        relays = int((self.levels.level[links] // bits[links]).min()) if links.size else 0
         return rec.n_keys, relays, self._summary(r, rec, relays=None)
 
     # -- ETSI 014: enc_keys ---------------------------------------------------------------
@@ -307,7 +308,10 @@ class KeyService:
         return (a, b) if a <= b else (b, a)
 
     def _route_and_plan(self, s: int, d: int, size: int, level: float, pool_bits: np.ndarray):
-        r = route_indices(with_levels(self.arrays, pool_bits), s, d, self.algorithm, block_bits=size)
+        opts = {}
+        if "seed" in get_algorithm(self.algorithm).options:  # a seeded algorithm (msp): a fresh seed, recorded
+            opts["seed"] = secrets.randbits(32)
+        r = route_indices(with_levels(self.arrays, pool_bits), s, d, self.algorithm, block_bits=size, **opts)
         if r.blocked:
             return None, None
         chain = [self.arrays.index[v] for v in r.segment_nodes[1:-1]]
@@ -331,6 +335,8 @@ class KeyService:
             "reconstruction": self.cfg.reconstruction,
             "keys_per_relay": rec.n_keys,
         }
+        if "seed" in r.options:
+            out["seed"] = r.options["seed"]
         if relays is not None:
             out["relays"] = relays
             out["consumed_bits"] = relays * r.consumed_bits
@@ -355,9 +361,15 @@ class KeyService:
                                     f"{best:.6f}; nothing was debited")
             need = -(-missing // rec.n_keys)
             if need <= relays:
-                return r, rec, need
-            relays = need
+                bits = self._route_bits(r, need * req.size)
+                if np.all(self.levels.level >= bits):
+                    return r, rec, need, bits
+            relays = max(need, relays + 1)
         raise KmsError(503, "not enough key material for the keys requested; nothing was debited")
+
+    def _route_bits(self, r, bits_per_use: int) -> np.ndarray:
+        """Bits each link pays for a route (``bits_per_use`` per path through it), network link order."""
+        return np.bincount(self._route_links(r), minlength=self.arrays.n_links).astype(np.int64) * bits_per_use
 
     async def enc_keys(self, caller: Caller, slave: str, req: KeyRequest) -> dict:
         """``enc_keys``: ``req.number`` fresh keys for the master, their copies kept for ``slave``."""
@@ -426,8 +438,8 @@ class KeyService:
                 route_json = '{"local": true}'
                 summary = {"local": True, "security": 1.0, "consumed_bits": 0}
             else:
-                r, rec, relays = self._plan_relays(s, d, req, missing)
-                links = self._route_links(r)
+                r, rec, relays, bits = self._plan_relays(s, d, req, missing)
+                links = np.flatnonzero(bits)
                 # the byte pools hold at least what the levels say on the route's links
                 for k in links.tolist():
                     pool = self.keystore._pool(k)
@@ -443,7 +455,7 @@ class KeyService:
                         fresh.append((out.destination_key.reveal(), float(gk.security)))
                 summary = self._summary(r, rec, relays)
                 route_json = _json(summary)
-                debit = (links, relays * req.size)
+                debit = (links, bits[links])
             for i, (material, sec) in enumerate(fresh):
                 row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
                 self.store.seal(row, material)
@@ -462,7 +474,7 @@ class KeyService:
         spares.extend(new_spares)
         if debit is not None:
             self.levels.debit(*debit)
-            batch.links = self._link_rows(np.unique(debit[0]))
+            batch.links = self._link_rows(debit[0])
         for row, _ in issued:
             self.keys[row.key_id] = row
         batch.audit.append(self._audit(

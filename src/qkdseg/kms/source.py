@@ -96,7 +96,7 @@ class LinkLevels:
         self._frac[self.level >= self.capacity] = 0.0
         self.t = max(self.t, float(t))
 
-    def debit(self, links: np.ndarray, bits: int) -> None:
-        """Take ``bits`` from each of ``links`` (indices; the caller checked the levels)."""
+    def debit(self, links: np.ndarray, bits) -> None:
+        """Take ``bits`` (a number, or one per link) from each of ``links`` (distinct indices; the caller checked the levels)."""
         self.level[links] -= bits
         self.consumed[links] += bits
