@@ -11,6 +11,7 @@ reconstruction functions below; this package holds the state that changes
 - :mod:`.relay`: :func:`relay`, a route plus a reconstruction plan, executed.
 - :mod:`.adversary`: seeded compromised sets; :func:`attack` recomputes keys.
 - :mod:`.emulate`: :func:`emulate`, N trials -> the ``qkdseg emulate`` JSON.
+- :mod:`.levels`: :class:`LinkLevels`, pool levels over time as arrays (refill, debit).
 
 docs/keys.md describes the protocol and the JSON.
 """
@@ -18,6 +19,7 @@ docs/keys.md describes the protocol and the JSON.
 from .adversary import AttackOutcome, attack, draw_compromised, exposed_nodes
 from .combine import combine
 from .emulate import DEFAULT_BLOCK_BITS, emulate
+from .levels import LinkLevels
 from .material import KeyMaterial, check_block_bits
 from .pools import KeyMaterialShort, KeyStore, LinkKeyPool, LinkPads, PoolState
 from .relay import KeyOutcome, NodeView, Plan, PlannedKey, PlanOutcome, RelayResult, relay
@@ -30,6 +32,7 @@ __all__ = [
     "KeyOutcome",
     "KeyStore",
     "LinkKeyPool",
+    "LinkLevels",
     "LinkPads",
     "NodeView",
     "Plan",

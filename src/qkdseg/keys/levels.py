@@ -1,0 +1,58 @@
+"""Link pool levels as arrays: refilled at each link's rate, capped at its pool, debited by routes.
+
+The bookkeeping of key pools that change over time, shared by the key
+service (:mod:`qkdseg.kms`) and time-dynamic studies: one int64 level and one
+consumed offset per link (network link order), refilled analytically from
+the bits a key source produced (fractions of a bit carried over), so that a
+request can refill all links at once and route on the links that hold enough
+key. The bytes themselves live in :class:`~qkdseg.keys.pools.KeyStore`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class LinkLevels:
+    """Every link's pool level and consumed offset, refilled by a key source.
+
+    Parameters
+    ----------
+    capacity : numpy.ndarray of int64
+        Pool capacity of each link, bits (the network's ``pool_bits``).
+    level, consumed : numpy.ndarray of int64, optional
+        Levels and consumed offsets, bits; default: full pools, nothing consumed.
+    t : float
+        The time of those levels (Unix seconds).
+
+    Examples
+    --------
+    >>> lv = LinkLevels(np.array([800, 800]), t=0.0)
+    >>> lv.debit(np.array([0]), 512)
+    >>> lv.level.tolist(), lv.consumed.tolist()
+    ([288, 800], [512, 0])
+    >>> lv.refill(np.array([100.0, 100.0]), t=1.0)
+    >>> lv.level.tolist()
+    [388, 800]
+    """
+
+    def __init__(self, capacity, level=None, consumed=None, *, t: float) -> None:
+        self.capacity = np.asarray(capacity, dtype=np.int64).copy()
+        self.level = self.capacity.copy() if level is None else np.asarray(level, dtype=np.int64).copy()
+        self.consumed = np.zeros_like(self.capacity) if consumed is None else np.asarray(consumed, dtype=np.int64).copy()
+        self._frac = np.zeros(self.capacity.shape, dtype=np.float64)
+        self.t = float(t)
+
+    def refill(self, produced: np.ndarray, *, t: float) -> None:
+        """Add ``produced`` bits per link (fractions carried over), capped at capacity; the levels are now at ``t``."""
+        total = self._frac + produced
+        whole = np.floor(total)
+        self._frac = total - whole
+        np.minimum(self.capacity, self.level + whole.astype(np.int64), out=self.level)
+        self._frac[self.level >= self.capacity] = 0.0
+        self.t = max(self.t, float(t))
+
+    def debit(self, links: np.ndarray, bits) -> None:
+        """Take ``bits`` (a number, or one per link) from each of ``links`` (distinct indices; the caller checked the levels)."""
+        self.level[links] -= bits
+        self.consumed[links] += bits
