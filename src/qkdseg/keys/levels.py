@@ -10,7 +10,26 @@ key. The bytes themselves live in :class:`~qkdseg.keys.pools.KeyStore`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from ..network import NetworkArrays
+
+
+def with_levels(arrays: NetworkArrays, pool_bits: np.ndarray) -> NetworkArrays:
+    """``arrays`` with ``pool_bits`` replaced by current levels (bits), for key-aware routing.
+
+    ``qkdseg.api.route_indices(with_levels(arrays, level), s, d, block_bits=B)``
+    routes on the links that hold at least ``B`` bits now. The cached
+    adjacency matrices, which do not depend on pools, are shared, so the view
+    costs no graph rebuild.
+    """
+    new = dataclasses.replace(arrays, pool_bits=pool_bits)
+    for name in ("hop_matrix", "length_matrix", "_csr_lists"):
+        if name in arrays.__dict__:
+            new.__dict__[name] = arrays.__dict__[name]
+    return new
 
 
 class LinkLevels:

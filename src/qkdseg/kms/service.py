@@ -51,7 +51,8 @@ import numpy as np
 from ..api import route_indices
 from ..errors import QkdsegError
 from ..keys import KeyStore, relay
-from ..network import Network, NetworkArrays
+from ..keys.levels import with_levels
+from ..network import Network
 from ..reconstruction import reconstruct
 from ..routing.registry import get_algorithm
 from .config import KmsConfig
@@ -103,15 +104,6 @@ class KeyRequest:
     level_source: str  # "default", "extension_mandatory" or "extension_optional"
     mandatory: bool
     ignored: tuple[str, ...] = ()
-
-
-def with_levels(arrays: NetworkArrays, pool_bits: np.ndarray) -> NetworkArrays:
-    """``arrays`` with ``pool_bits`` replaced (the routing mask), keeping its cached adjacency matrices."""
-    new = dataclasses.replace(arrays, pool_bits=pool_bits)
-    for name in ("hop_matrix", "length_matrix", "_csr_lists"):
-        if name in arrays.__dict__:
-            new.__dict__[name] = arrays.__dict__[name]
-    return new
 
 
 def _b64(data: bytes) -> str:
