@@ -87,3 +87,22 @@ def test_zero_sensitivity_trials_skips_it(tmp_path):
     info = reproduce(1, 0, tmp_path, backend="serial", progress=False, sensitivity_trials=0)
     assert not (tmp_path / "sensitivity.parquet").exists()
     assert "robust" not in info["claims"][0] and "MSP's walk bias" not in _report(tmp_path)
+
+
+def test_study_gains_over_disjoint_and_redraw(tmp_path):
+    """The study's per-network gains of smr and smr-exact over disjoint are the
+    means of the per-request differences; `qkdseg plot` redraws a study file."""
+    from qkdseg.experiments import write_results
+    from qkdseg.experiments.study import run_study, study_table
+
+    df = run_study("zoo", requests=2, min_nodes=90, workers=1, progress=False)
+    t = study_table(df).set_index("network")
+    for net, g in df.groupby("network"):
+        sec = g.pivot(index="request", columns="algorithm", values="security")
+        for a in ("smr", "smr-exact"):
+            assert t.loc[net, f"gain_{a}"] == pytest.approx((sec[a] - sec["disjoint"]).mean(), abs=1e-15)
+        assert (sec["smr-exact"] >= sec["disjoint"] - 1e-12).all()
+    write_results(df, tmp_path)
+    res = runner.invoke(app, ["plot", str(tmp_path / "results.parquet")])
+    assert res.exit_code == 0, res.output
+    assert "gain smr-exact" in (tmp_path / "report.md").read_text()

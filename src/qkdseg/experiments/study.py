@@ -148,8 +148,8 @@ def plot_study(df, out_dir: str | Path) -> list[Path]:
     if gains:
         ax = axes[0][1]
         order = t.sort_values(f"gain_{gains[-1]}", kind="stable").reset_index(drop=True)
-        for a in gains:
-            ax.plot(range(len(order)), order[f"gain_{a}"], "o", ms=3.5, color=COLOURS.get(a), label=a)
+        for a in reversed(gains):  # smr-exact (dots) first, smr (crosses) on top
+            ax.plot(range(len(order)), order[f"gain_{a}"], "x" if a == "smr" else "o", ms=4, color=COLOURS.get(a), label=a)
         ax.axhline(0.0, color="black", lw=0.8, ls=":")
         ax.set_xlabel(f"network, sorted by {gains[-1]}'s gain")
         ax.set_ylabel("mean security gain over disjoint (per network)")
