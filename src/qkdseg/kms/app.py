@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from typing import Any
 
@@ -32,6 +33,7 @@ from .pki import fingerprint
 from .service import Caller, KeyService, KmsError
 
 STATE_KEY = "qkdseg_caller"
+logger = logging.getLogger("qkdseg.kms")
 
 
 class JSONResponse(Response):
@@ -162,6 +164,9 @@ def create_app(service: KeyService, *, expiry: bool = True) -> Starlette:
         return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
 
     async def on_error(request: Request, exc: Exception) -> Response:
+        # the exception's type and traceback only: no message of this package carries key bytes
+        logger.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
+                     exc_info=exc)
         return JSONResponse({"message": "key data access error (internal error; see the server log)"}, status_code=503)
 
     @contextlib.asynccontextmanager
