@@ -21,7 +21,7 @@ def out(tmp_path_factory):
 
 
 def test_files_deterministic(out):
-    for f in ("results.parquet", "sensitivity.parquet", "report.md"):
+    for f in ("results.parquet", "sensitivity.parquet", "report.md", "fig5.svg", "fig6.svg", "fig5.png"):
         assert (out / "a" / f).read_bytes() == (out / "b" / f).read_bytes(), f
 
 

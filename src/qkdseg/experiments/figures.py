@@ -91,7 +91,8 @@ def plot_figure(df, figure: str, out_dir: str | Path, epsilons=(0.5, 0.7, 0.9)) 
 
 def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir`` (SVG
-    without a date, so reruns give identical files) and close it."""
+    without a date and with ids salted by ``stem``, not at random, so reruns
+    give identical files) and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -100,7 +101,8 @@ def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         p = out / f"{stem}.{ext}"
-        fig.savefig(p, metadata={"Date": None} if ext == "svg" else None)
+        with plt.rc_context({"svg.hashsalt": f"qkdseg-{stem}"}):
+            fig.savefig(p, metadata={"Date": None} if ext == "svg" else None)
         paths.append(p)
     plt.close(fig)
     return paths
