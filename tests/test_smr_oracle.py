@@ -11,6 +11,8 @@ cannot pass.
 
 from __future__ import annotations
 
+import os
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -77,14 +79,19 @@ def compare(g: nx.Graph, s, d, *, block_bits=None, max_paths=None) -> dict:
     return r
 
 
-@pytest.fixture(params=["numba", "python"])
+#: Kernels to run the comparisons under (``make mutate`` runs the Python one only:
+#: mutants live in the Python reference).
+KERNELS = os.environ.get("QKDSEG_TEST_KERNELS", "numba,python").split(",")
+
+
+@pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch):
     """Run under each kernel (QKDSEG_KERNEL is read at every call)."""
     monkeypatch.setenv("QKDSEG_KERNEL", request.param)
     return request.param
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(20, 100),
