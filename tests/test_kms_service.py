@@ -128,3 +128,31 @@ def test_refill_follows_the_rate_and_stops_at_the_pool(tmp_path):
         assert np.all(svc.levels.level == 8192)
     finally:
         svc.close()
+
+
+def test_a_restart_refills_each_link_for_its_own_downtime_and_checks_the_network(tmp_path):
+    t = [1000.0]
+    d = tmp_path / "svc"
+    svc = _service(d, _small_pools(tmp_path, 8192), clock=lambda: t[0])
+    try:
+        asyncio.run(svc.enc_keys(Caller("A", "a"), "B", svc.parse_key_request(4, 256, None, None, None)))
+        t[0] += 2.0
+        asyncio.run(svc.enc_keys(Caller("A", "a"), "C", svc.parse_key_request(4, 256, None, None, None)))
+        levels, consumed = svc.levels.level.copy(), svc.levels.consumed.copy()
+    finally:
+        svc.close()
+    t[0] += 3.0  # 3,000 bits for every link since the last request; more for links only the first one used
+    from qkdseg.kms.server import open_service as reopen
+
+    again = reopen(d, clock=lambda: t[0])
+    try:
+        assert np.array_equal(again.levels.consumed, consumed)
+        assert np.all(again.levels.level == np.minimum(8192, levels + 3000))
+    finally:
+        again.close()
+    # the same database under another network is refused, naming the link
+    g = nx.Graph(qkdseg.example_network().graph)
+    g.remove_edge(*next(iter(g.edges)))
+    qkdseg.write_network(qkdseg.Network(g), tmp_path / "net.json")
+    with pytest.raises(Exception, match="network changed"):
+        reopen(d, clock=lambda: t[0])

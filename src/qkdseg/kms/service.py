@@ -151,15 +151,15 @@ class KeyService:
         now = self.clock()
         cap = a.pool_bits.astype(np.int64)
         level, consumed = cap.copy(), np.zeros_like(cap)
-        t0 = now
-        for k, (c, lv, t) in self.store.load_links().items():
-            if not 0 <= k < a.n_links:
-                raise QkdsegError(f"{self.store.db_path}: link {k} is not in network {self.network.name!r} "
-                                  "(the network changed since the database was made)")
-            consumed[k], level[k] = c, min(lv, cap[k])
-            t0 = min(t0, t)
-        self.levels = LinkLevels(cap, level, consumed, t=t0)
-        self.refill(now)  # the links kept producing while the service was down
+        since = np.zeros(a.n_links)  # seconds each stored level is old
+        ids = a.node_ids
+        for k, (u, v, c, lv, t) in self.store.load_links().items():
+            if not 0 <= k < a.n_links or (str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]])) != (u, v):
+                raise QkdsegError(f"{self.store.db_path}: link {k} ({u}, {v}) is not link {k} of network "
+                                  f"{self.network.name!r} (the network changed since the database was made)")
+            consumed[k], level[k], since[k] = c, min(lv, cap[k]), max(0.0, now - t)
+        self.levels = LinkLevels(cap, level, consumed, t=now)
+        self.levels.refill(self.source.produced(since), t=now)  # the links kept producing while the service was down
         self.keys: dict[str, KeyRow] = {}
         self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)
         for row in self.store.load_keys():

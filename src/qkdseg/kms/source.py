@@ -30,8 +30,8 @@ Link = tuple[Hashable, Hashable]
 class KeySource(Protocol):
     """What the key service needs from the QKD links."""
 
-    def produced(self, seconds: float) -> np.ndarray:
-        """Bits produced on each link (network link order) over ``seconds``, float64."""
+    def produced(self, seconds) -> np.ndarray:
+        """Bits produced on each link (network link order) over ``seconds`` (a number, or one per link), float64."""
 
     def read(self, link: Link, nbytes: int) -> bytes:
         """The link's next ``nbytes`` of key, as both ends hold them."""
@@ -52,8 +52,8 @@ class EmulatedKeySource:
         rates = [data.get("rate_bps") for _, _, data in network.graph.edges(data=True)]
         self.rate_bps = np.array([default_rate_bps if r is None else r for r in rates], dtype=np.float64)
 
-    def produced(self, seconds: float) -> np.ndarray:
-        return self.rate_bps * max(0.0, seconds)
+    def produced(self, seconds) -> np.ndarray:
+        return self.rate_bps * np.maximum(0.0, seconds)
 
     def read(self, link: Link, nbytes: int) -> bytes:
         return secrets.token_bytes(nbytes)

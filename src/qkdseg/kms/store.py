@@ -168,9 +168,9 @@ class Store:
         ).fetchall()
         return [KeyRow(*r) for r in rows]
 
-    def load_links(self) -> dict[int, tuple[int, int, float]]:
-        """``{k: (consumed, level, t)}`` of every link seen before."""
-        return {k: (c, lv, t) for k, c, lv, t in self.db.execute("SELECT k, consumed, level, t FROM links")}
+    def load_links(self) -> dict[int, tuple[str, str, int, int, float]]:
+        """``{k: (u, v, consumed, level, t)}`` of every link a request has used."""
+        return {k: (u, v, c, lv, t) for k, u, v, c, lv, t in self.db.execute("SELECT k, u, v, consumed, level, t FROM links")}
 
     # -- key material at rest --------------------------------------------------------------
     def seal(self, row: KeyRow, material: bytes) -> None:
