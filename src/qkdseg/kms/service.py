@@ -456,7 +456,7 @@ class KeyService:
                 else:
                     row.kind, row.master, row.slave = "spare", pair[0], pair[1]
                     new_spares.append(row)
-                batch.put_keys.append(row)
+                batch.put_keys.append(row.values())  # a snapshot: a spare row changes when it is issued
         # -- from here on nothing can fail: apply the request to memory
         for row in take:
             spares.remove(row)

@@ -107,6 +107,11 @@ class KeyRow:
     expires_at: float
     route: str
 
+    def values(self) -> tuple:
+        """The row as the ``keys`` table stores it (column order)."""
+        return (self.key_id, self.kind, self.master, self.slave, self.size, self.security, self.blob,
+                self.issued_at, self.expires_at, self.route)
+
     def aad(self) -> bytes:
         return f"{self.key_id}|{self.size}".encode()
 
@@ -115,7 +120,7 @@ class KeyRow:
 class Batch:
     """The changes of one request (or of several merged), written in one transaction."""
 
-    put_keys: list[KeyRow] = field(default_factory=list)
+    put_keys: list[tuple] = field(default_factory=list)  # KeyRow.values() at the time of the request
     issue_keys: list[tuple[str, str, str, float]] = field(default_factory=list)  # spare -> issued: id, master, slave, expiry
     delete_keys: list[str] = field(default_factory=list)
     links: dict[int, tuple[str, str, int, int, float]] = field(default_factory=dict)
@@ -232,11 +237,7 @@ class Store:
         try:
             db.execute("DELETE FROM audit WHERE seq <= ?", (self._synced_seq,))  # in the file, and synced
             if batch.put_keys:
-                db.executemany(
-                    "INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [(r.key_id, r.kind, r.master, r.slave, r.size, r.security, r.blob, r.issued_at, r.expires_at, r.route)
-                     for r in batch.put_keys],
-                )
+                db.executemany("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", batch.put_keys)
             if batch.issue_keys:
                 db.executemany(
                     "UPDATE keys SET kind='issued', master=?, slave=?, expires_at=? WHERE key_id=?",
