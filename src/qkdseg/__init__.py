@@ -23,6 +23,7 @@ from .errors import (
 from .network import DEFAULT_POOL_BITS, Network, NetworkArrays
 from .routing import ALGORITHMS
 from .security import SecurityEstimate, exact_security, independent_security, montecarlo_security
+from .sim import Simulation, SimulationResult, simulate
 from .topology import example_network, load, load_topohub, read_network, topohub_names, waxman, write_network
 
 __version__ = "0.1.0"
@@ -42,6 +43,8 @@ __all__ = [
     "Segment",
     "SecurityError",
     "SecurityEstimate",
+    "Simulation",
+    "SimulationResult",
     "TopologyFileError",
     "UnknownAlgorithm",
     "example_network",
@@ -53,6 +56,7 @@ __all__ = [
     "montecarlo_security",
     "read_network",
     "route",
+    "simulate",
     "topohub_names",
     "waxman",
     "write_network",

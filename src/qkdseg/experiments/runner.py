@@ -51,14 +51,16 @@ def _sort_rows(rows: list[dict], spec: SweepSpec) -> list[dict]:
     return sorted(rows, key=lambda r: (fig_order[r["figure"]], r["point"], r["trial"], alg_order[r["algorithm"]]))
 
 
-def _iter_processes(spec_dict: dict, parts: list[list[int]], workers: int) -> Iterator[tuple[int, list[dict]]]:
+def _iter_processes(spec_dict: dict, parts: list[list], workers: int, func=run_chunk) -> Iterator[tuple[int, list[dict]]]:
+    """``func(spec_dict, part)`` for every part in a local process pool, as they finish."""
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_chunk, spec_dict, part): len(part) for part in parts}
+        futures = {pool.submit(func, spec_dict, part): len(part) for part in parts}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
 
 
-def _iter_dask(spec_dict: dict, parts: list[list[int]], scheduler: Any) -> Iterator[tuple[int, list[dict]]]:
+def _iter_dask(spec_dict: dict, parts: list[list], scheduler: Any, func=run_chunk) -> Iterator[tuple[int, list[dict]]]:
+    """``func(spec_dict, part)`` for every part on a Dask cluster, as they finish."""
     try:
         from distributed import Client, as_completed as dask_completed
     except ImportError:  # pragma: no cover - a core dependency
@@ -69,7 +71,7 @@ def _iter_dask(spec_dict: dict, parts: list[list[int]], scheduler: Any) -> Itera
     except (OSError, TimeoutError, ValueError) as err:
         raise InvalidRequest(f"cannot reach the Dask scheduler {scheduler!r}: {err}") from None
     try:
-        futures = client.map(run_chunk, [spec_dict] * len(parts), parts, pure=False)
+        futures = client.map(func, [spec_dict] * len(parts), parts, pure=False)
         sizes = {f.key: len(p) for f, p in zip(futures, parts)}
         for fut in dask_completed(futures):
             yield sizes[fut.key], fut.result()
