@@ -72,7 +72,7 @@ def test_report_numbers_come_from_the_files(out, tmp_path):
     bad.to_parquet(work / "sensitivity.parquet", index=False)
     res = runner.invoke(app, ["plot", str(work / "results.parquet")])
     assert res.exit_code == 0, res.output
-    text = _report(work)
+    text = _report(work / "redrawn")  # plot writes a new folder beside the results
     for fig in ("fig5", "fig6"):
         assert f"| {fig} | 3 | 1.0000 |" in text
         row = next(line for line in text.splitlines() if line.startswith(f"| {fig} | SMR is more secure than MSP at every point | **"))
@@ -105,4 +105,4 @@ def test_study_gains_over_disjoint_and_redraw(tmp_path):
     write_results(df, tmp_path)
     res = runner.invoke(app, ["plot", str(tmp_path / "results.parquet")])
     assert res.exit_code == 0, res.output
-    assert "gain smr-exact" in (tmp_path / "report.md").read_text()
+    assert "gain smr-exact" in (tmp_path / "redrawn" / "report.md").read_text()

@@ -57,7 +57,7 @@ class Route:
         ``(source, t1, ..., destination)``.
     segments : tuple of Segment
     security : float
-        Exact end-to-end security of ``xor-all`` (probability, MODEL.md 6).
+        Exact end-to-end security of ``xor-all`` (probability, docs/model.md section 6).
     security_independent : float
         The textbook formula, which assumes no shared relay.
     consumed_bits : int
@@ -71,7 +71,7 @@ class Route:
     options : dict
         The algorithm options used.
     reconstruction : Reconstruction or None
-        The global keys at the requested level (MODEL.md section 4), present
+        The global keys at the requested level (docs/model.md section 4), present
         only when :func:`route` was given ``epsilon``.
 
     For ``msp`` the JSON also carries ``security_claimed``: the independence
@@ -115,7 +115,7 @@ class Route:
         return self.consumed_bits / kb if kb else None
 
     def metrics(self) -> dict[str, Any]:
-        """The metrics of one request (MODEL.md section 6).
+        """The metrics of one request (docs/model.md section 6).
 
         ``security`` (end-to-end, exact, xor-all), ``consumed_bits``,
         ``key_consumption_rate`` (consumed / the network's pool bits), and
@@ -173,12 +173,19 @@ class Route:
 
 
 def _check_request(network: Network, source: Hashable, destination: Hashable) -> tuple[int, int]:
+    if not isinstance(network, Network):
+        hint = f"; load it first, e.g. qkdseg.load({network!r})" if isinstance(network, str) else ""
+        raise InvalidRequest(f"network must be a qkdseg.Network, got {type(network).__name__}{hint}")
     network.check_node(source)
     network.check_node(destination)
     if source == destination:
         raise InvalidRequest(f"source and destination are the same node {source!r}")
     idx = network.arrays.index
     return idx[source], idx[destination]
+
+
+#: Largest ``max_paths`` (the compiled kernels count paths in 32 bits); leave it out for no limit.
+MAX_PATHS = 2**31 - 1
 
 
 def _check_options(name: str, known: dict, options: dict) -> dict:
@@ -188,8 +195,8 @@ def _check_options(name: str, known: dict, options: dict) -> dict:
             raise InvalidRequest(f"algorithm {name!r} has no option {key!r} (options: {allowed})")
     out = dict(options)
     mp = out.get("max_paths")
-    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or mp < 1):
-        raise InvalidRequest(f"max_paths={mp!r} must be a positive integer or None")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or not 1 <= mp <= MAX_PATHS):
+        raise InvalidRequest(f"max_paths={mp!r} must be a positive integer, at most {MAX_PATHS} (None: no limit)")
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -205,7 +212,7 @@ def route(
     reconstruction_options: dict | None = None,
     **options: Any,
 ) -> Route:
-    """Route a key request and evaluate it (MODEL.md sections 3, 5, 6).
+    """Route a key request and evaluate it (docs/model.md sections 3, 5, 6).
 
     Parameters
     ----------
@@ -216,12 +223,12 @@ def route(
         A name from ``qkdseg.ALGORITHMS`` (``smr``, ``disjoint``, ``single``...).
     block_bits : int, optional
         Size B of each key piece, bits. Links whose pool is smaller are not
-        used. Default: the smallest pool on any link the route uses (MODEL.md
+        used. Default: the smallest pool on any link the route uses (docs/model.md
         section 4 [choice]); links with an empty pool are not used.
     epsilon : float, optional
         The requested security level in [0, 1]. When given, the route's key
         pieces are reconstructed into global keys that each meet it
-        (``Route.reconstruction``, MODEL.md section 4). Without it no
+        (``Route.reconstruction``, docs/model.md section 4). Without it no
         reconstruction is done and the result is as before.
     reconstruction : str, optional
         ``paper`` (default), ``optimal``, ``reuse`` or ``xor-all``
@@ -367,7 +374,7 @@ def exdijkstra(
     removed_nodes: Iterable[Hashable] = (),
     removed_links: Iterable[tuple[Hashable, Hashable]] = (),
 ) -> list:
-    """The most secure path between two nodes (ExDijkstra, MODEL.md section 3).
+    """The most secure path between two nodes (ExDijkstra, docs/model.md section 3).
 
     Maximises the product of the relays' ``p``; ties go to fewer hops, then
     to the smallest node index. The end nodes are not charged.

@@ -1,27 +1,111 @@
 """The ``qkdseg`` command: a thin adapter over the Python API.
 
-User errors (a bad file, an unknown node, a bad value) print one line,
+User errors (a bad file, an unknown node, a bad value, a bad or missing
+option, an output location that cannot be written) print one line,
 ``qkdseg: error: ...``, on standard error and exit with status 2; no
-traceback.
+traceback. ``--help`` stays rich. Text output escapes control characters in
+ids and names read from files.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-import functools
+import importlib
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .errors import InvalidRequest, QkdsegError
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Click's exception class ``name`` from typer's bundled copy and from
+    click itself (typer releases differ in which one they raise)."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_CLICK_ERROR = _click_classes("ClickException")
+_USAGE_ERROR = _click_classes("UsageError")
+_NO_ARGS = _click_classes("NoArgsIsHelpError")
+_ABORT = _click_classes("Abort")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(text: str) -> str:
+    """Control characters (newlines, terminal escapes) as visible escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"qkdseg: error: {_one_line(message)}", err=True)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader closed our stdout (``qkdseg ... | head``): stop quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - stdout without a descriptor
+        pass
+
+
+class _OneLineGroup(TyperGroup):
+    """The top-level command group: every usage error (a missing or unknown
+    option, a bad value for a typed option) of every command and sub-app as
+    one ``qkdseg: error: ...`` line with status 2, instead of Click's panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as err:  # the help was printed
+            rv = err.exit_code
+        except _CLICK_ERROR as err:
+            ctx = getattr(err, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            hint = f" (see '{ctx.command_path} --help')" if isinstance(err, _USAGE_ERROR) and ctx is not None else ""
+            _fail(f"{where}{err.format_message().replace('Value error, ', '')}{hint}")
+            rv = 2
+        except _ABORT:
+            _fail("aborted")
+            rv = 1
+        except QkdsegError as err:  # raised by a command without its own handler
+            _fail(str(err))
+            rv = 2
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            rv = 0
+        except OSError as err:
+            if err.errno != errno.EPIPE:
+                raise
+            _quiet_broken_pipe()
+            rv = 0
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineGroup,
     help="Segment-based multipath key distribution in partially-trusted relay QKD networks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -37,17 +121,56 @@ NET_HELP = "A network: a .json/.graphml/.gml file, 'example', or 'topohub:GROUP/
 
 
 def _user_errors(func):
-    """Turn a :class:`QkdsegError` into one line on stderr and exit status 2."""
+    """Turn a :class:`QkdsegError`, or an operating-system error on a file the
+    user named, into one line on stderr and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except QkdsegError as err:
-            typer.echo(f"qkdseg: error: {err}", err=True)
+            _fail(str(err))
+            raise typer.Exit(2) from None
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            if err.errno == errno.EPIPE:
+                raise
+            target = f"{err.filename}: " if err.filename else ""
+            _fail(f"{target}{err.strerror or err}")
+            raise typer.Exit(2) from None
+        except MemoryError:
+            _fail("out of memory (try a smaller network or fewer trials)")
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _txt(value: Any) -> str:
+    """A value from a file (an id, a name) for text output: control characters
+    escaped, no Rich markup."""
+    return escape(_one_line(str(value)))
+
+
+def _check_seed(seed: Optional[int], option: str = "--seed") -> None:
+    if seed is not None and not 0 <= seed < 2**63:
+        raise InvalidRequest(f"{option} {seed}: must be a whole number in [0, 2**63)")
+
+
+def _check_out_dir(out: Path, option: str = "--out") -> None:
+    """Fail before any work when ``out`` cannot be a writable directory."""
+    if out.exists() and not out.is_dir():
+        raise InvalidRequest(f"{option} {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InvalidRequest(f"{option} {out}: cannot create the directory: {err.strerror or err}") from None
+    probe = out / f".qkdseg-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InvalidRequest(f"{option} {out}: cannot write there: {err.strerror or err}") from None
 
 
 class Fmt(str, Enum):
@@ -127,33 +250,34 @@ def route(
         _dump(r.to_dict())
         return
     con = _console()
-    title = f"{r.algorithm}: {r.source} \u2192 {r.destination} on {network.name}"
+    title = f"{_txt(r.algorithm)}: {_txt(r.source)} \u2192 {_txt(r.destination)} on {_txt(network.name)}"
     if r.blocked:
         con.print(f"{title}: [bold red]BLOCKED[/] (no usable path)")
         if r.reconstruction is not None:
             con.print(f"key length at epsilon={r.reconstruction.epsilon:g}: 0 bits (blocked)")
+        if plot is not None:
+            con.print(f"plot                 {_txt(plot)}: the network with both ends marked, no route (blocked)")
         return
     table = Table(title=title, title_justify="left")
     for col in ("segment", "from", "to", "path", "relays", "Psec(path)", "segment security"):
         table.add_column(col, justify="right" if col in ("relays", "Psec(path)", "segment security") else "left")
-    p = network.graph.nodes
     for j, seg in enumerate(r.segments, 1):
         for k, path in enumerate(seg.paths):
             psec = 1.0
             for v in path[1:-1]:
-                psec *= p[v]["p"]
+                psec *= network.p(v)
             table.add_row(
                 str(j) if k == 0 else "",
-                str(seg.source) if k == 0 else "",
-                str(seg.target) if k == 0 else "",
-                " \u2192 ".join(map(str, path)),
+                _txt(seg.source) if k == 0 else "",
+                _txt(seg.target) if k == 0 else "",
+                " \u2192 ".join(map(_txt, path)),
                 str(len(path) - 2),
                 f"{psec:.4f}",
                 f"{seg.security:.6f}" if k == 0 else "",
             )
     con.print(table)
     arrow = " \u2192 "
-    con.print(f"segment nodes        {arrow.join(map(str, r.segment_nodes))}")
+    con.print(f"segment nodes        {arrow.join(map(_txt, r.segment_nodes))}")
     con.print(f"security (exact)     {r.security:.6f}")
     label = "security (claimed)  " if r.algorithm == "msp" else "security (indep.)   "
     con.print(f"{label} {r.security_independent:.6f}")
@@ -163,7 +287,7 @@ def route(
     if r.reconstruction is not None:
         _print_reconstruction(con, r)
     if plot is not None:
-        con.print(f"plot                 {plot}")
+        con.print(f"plot                 {_txt(plot)}")
 
 
 def _print_reconstruction(con: Console, r) -> None:
@@ -220,21 +344,26 @@ def algorithms() -> None:
 def topology_generate(
     kind: Annotated[str, typer.Argument(help="Generator: waxman.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.json, .graphml or .gml).")],
-    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of nodes.")] = 100,
-    trusted: Annotated[int, typer.Option("--trusted", "-t", help="Number of trusted relays.")] = 10,
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of nodes (above 200: the scalable generator, which keeps the largest component).")] = 100,
+    trusted: Annotated[Optional[int], typer.Option("--trusted", "-t", help="Number of trusted relays (default: a tenth of the nodes).")] = None,
     p: Annotated[float, typer.Option("--p", help="Security probability of untrusted relays.")] = 0.8,
     pool_bits: Annotated[int, typer.Option("--pool-bits", help="Key pool per link, bits.")] = 100_000,
     trusted_p: Annotated[float, typer.Option("--trusted-p", help="Security probability of trusted relays.")] = 1.0,
-    alpha: Annotated[float, typer.Option("--alpha", help="Waxman distance decay (networkx naming).")] = 0.15,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Waxman distance decay, networkx naming (default 0.15 * (100/n)**0.7; selects the dense generator).")] = None,
     beta: Annotated[float, typer.Option("--beta", help="Waxman link-probability scale (networkx naming).")] = 0.5,
+    mean_degree: Annotated[Optional[float], typer.Option("--mean-degree", help="Target mean degree (default 6.6; selects the scalable generator).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded in the file).")] = 0,
 ) -> None:
-    """Generate a seeded random topology and write it to a file."""
-    from .topology import waxman, write_network
+    """Generate a seeded random topology and write it to a file (docs/topologies.md)."""
+    from .topology import generate, write_network
+    from .topology.formats import format_of
 
-    if kind != "waxman":
-        raise InvalidRequest(f"unknown generator {kind!r} (known: waxman)")
-    net = waxman(nodes, trusted=trusted, p=p, pool_bits=pool_bits, trusted_p=trusted_p, alpha=alpha, beta=beta, seed=seed)
+    _check_seed(seed)
+    format_of(out, None)  # a bad suffix fails before the work
+    if out.is_dir():
+        raise InvalidRequest(f"--out {out}: is a directory")
+    net = generate(kind, nodes, trusted=trusted, p=p, pool_bits=pool_bits, trusted_p=trusted_p, alpha=alpha,
+                   beta=beta, mean_degree=mean_degree, seed=seed)
     write_network(net, out)
     s = net.summary()
     typer.echo(f"wrote {out}: {s['nodes']} nodes, {s['links']} links, {s['trusted']} trusted, mean degree {s['mean_degree']:.2f}, seed {seed}")
@@ -271,11 +400,19 @@ def topology_show(
     if fmt is Fmt.json:
         _dump(s)
         return
-    table = Table(title=f"network {s['name']}", title_justify="left", show_header=False)
+    table = Table(title=f"network {_txt(s['name'])}", title_justify="left", show_header=False)
     for k, v in s.items():
-        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
-    table.add_row("trusted nodes", ", ".join(map(str, network.trusted_nodes)) or "-")
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else _txt(v))
+    trusted = network.trusted_nodes
+    shown = ", ".join(_txt(v) for v in trusted[:SHOW_TRUSTED])
+    if len(trusted) > SHOW_TRUSTED:
+        shown += f", ... ({len(trusted)} in all)"
+    table.add_row("trusted nodes", shown or "-")
     _console().print(table)
+
+
+#: ``topology show`` lists at most this many trusted nodes.
+SHOW_TRUSTED = 20
 
 
 @app.command()
@@ -288,8 +425,9 @@ def demo(
     """Every algorithm on the built-in example and on a seeded 100-node Waxman network."""
     from .demo import demo_rows
 
-    if requests < 1:
-        raise InvalidRequest(f"--requests {requests}: must be at least 1")
+    if not 1 <= requests <= 1_000_000:
+        raise InvalidRequest(f"--requests {requests}: must lie in [1, 1000000]")
+    _check_seed(seed)
     rows = demo_rows(requests=requests, seed=seed)
     if fmt is Fmt.json:
         _dump(rows)
@@ -363,13 +501,13 @@ def emulate(
         _dump(out)
         return
     con = _console()
-    con.print(f"emulate {algorithm}: {s} \u2192 {d} on {network.name}, {trials} trials, B={out['block_bits']} bits, seed {seed}")
+    con.print(f"emulate {_txt(algorithm)}: {_txt(s)} \u2192 {_txt(d)} on {_txt(network.name)}, {trials} trials, B={out['block_bits']} bits, seed {seed}")
     if out["blocked"]:
         con.print("[bold red]BLOCKED[/] (no usable path): nothing relayed")
         return
     lo, hi = out["ci95"]
     arrow = " \u2192 "
-    con.print(f"segment nodes        {arrow.join(map(str, out['route']['segment_nodes']))}")
+    con.print(f"segment nodes        {arrow.join(map(_txt, out['route']['segment_nodes']))}")
     con.print(f"keys identical       {out['keys_identical']} / {trials} trials (both ends, byte for byte)")
     con.print(f"empirical secrecy    {out['empirical_secrecy']:.4f}  (95% CI {lo:.4f} .. {hi:.4f}; xor-all key)")
     con.print(f"exact security       {out['exact_security']:.4f}  (standard error {out['standard_error']:.4f})")
@@ -427,6 +565,7 @@ def reproduce(
 
     if workers is not None and workers < 1:
         raise InvalidRequest(f"--workers {workers}: must be at least 1")
+    _check_out_dir(out)  # before the sweep, not after it
     info = do_reproduce(
         trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
         fmt="csv" if csv else "parquet", progress=not quiet, sensitivity_trials=sensitivity_trials,
@@ -439,14 +578,15 @@ def reproduce(
 @_user_errors
 def plot(
     results: Annotated[Path, typer.Argument(help="results.parquet / results.csv, or the directory holding it.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: beside the results).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: a new folder 'redrawn' beside the results, so their own report stays).")] = None,
 ) -> None:
     """Redraw the figures and the report from saved results, without recomputing."""
     from .experiments import read_results, render
     from .experiments.study import plot_study, write_study_report
 
     df = read_results(results)
-    target = out or (results if results.is_dir() else results.parent)
+    target = out or (results if results.is_dir() else results.parent) / "redrawn"
+    _check_out_dir(target, "--out" if out is not None else "output directory")
     if "network" in df.columns:
         figs = [str(p) for p in plot_study(df, target)]
         report = write_study_report(df, target)
@@ -478,6 +618,10 @@ def study(
     from .experiments import write_results
     from .experiments.study import plot_study, run_study, write_study_report
 
+    _check_seed(seed)
+    if requests < 1:
+        raise InvalidRequest(f"--requests {requests}: must be at least 1")
+    _check_out_dir(out)  # before the study, not after it
     df = run_study(topologies, requests=requests, seed=seed, trusted=trusted if trusted < 1 else int(trusted), p=p,
                    min_nodes=min_nodes, workers=workers, progress=not quiet)
     path = write_results(df, out)

@@ -35,7 +35,7 @@ class QkdsegError(Exception):
 
 
 class NetworkError(QkdsegError, ValueError):
-    """The network violates the model (MODEL.md section 1)."""
+    """The network violates the model (docs/model.md section 1)."""
 
 
 class TopologyFileError(QkdsegError):

@@ -1,4 +1,4 @@
-"""The network model (MODEL.md section 1) and its frozen array form.
+"""The network model (docs/model.md section 1) and its frozen array form.
 
 A :class:`Network` wraps a :class:`networkx.Graph` whose nodes carry
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -40,6 +40,10 @@ DEFAULT_POOL_BITS = 100_000
 #: security differs by less than about 1e-9 (relative) count as equally secure.
 COST_SCALE = float(2**32)
 
+#: Largest key pool of one link, bits (2**40, about 137 GB of key). Larger
+#: values are rejected: sums over a million links must stay exact in int64.
+MAX_POOL_BITS = 2**40
+
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
@@ -55,13 +59,43 @@ def _as_bool(value: Any, where: str) -> bool:
 
 
 def _as_float(value: Any, where: str, field: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise NetworkError(f"{where}: field '{field}' must be a number, got {value!r}")
     try:
         out = float(value)
-    except (TypeError, ValueError):
-        raise NetworkError(f"{where}: field '{field}' must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise NetworkError(f"{where}: field '{field}' must be a number, got {_short(value)}") from None
     if math.isnan(out):
         raise NetworkError(f"{where}: field '{field}' is NaN")
+    if math.isinf(out):
+        raise NetworkError(f"{where}: field '{field}' is infinite")
     return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_probability(value: Any, what: str, error: type = NetworkError) -> float:
+    """``value`` as a float in [0, 1], or ``error`` naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise error(f"{what}={_short(value)} must be a probability in [0, 1]")
+    out = float(value)
+    if not 0.0 <= out <= 1.0:  # NaN fails too
+        raise error(f"{what}={_short(value)} is outside [0, 1]")
+    return out
+
+
+def check_count(value: Any, what: str, *, minimum: int = 0, maximum: int | None = None, error: type = NetworkError) -> int:
+    """``value`` as an int in ``[minimum, maximum]``, or ``error`` naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise error(f"{what}={_short(value)} must be a whole number")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise error(f"{what}={_short(value)} must lie in [{minimum}, {maximum}]")
+    if value < minimum:
+        raise error(f"{what}={_short(value)} must be at least {minimum}")
+    return int(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -264,8 +298,150 @@ def arrays_from_edges(
     )
 
 
+_LINK_KEYS = ("source", "target", "key")
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkRecords:
+    """The records a large network was read or generated from.
+
+    Kept so that :attr:`Network.graph` can be built on demand, equal to the
+    graph :class:`Network` builds from the same data. ``node_attrs[i]`` is
+    node ``i``'s raw record (an ``id`` key is skipped), ``edge_attrs[k]``
+    link ``k``'s, in the array form's link order (``source``, ``target``
+    and ``key`` are skipped).
+    """
+
+    graph_attrs: Mapping[str, Any]
+    node_attrs: Sequence[Mapping[str, Any]]
+    edge_attrs: Sequence[Mapping[str, Any]]
+
+    def node_items(self, arrays: NetworkArrays) -> Iterator[tuple[Hashable, dict]]:
+        """``(id, attributes)`` of every node, as :class:`Network` stores them."""
+        ids = arrays.node_ids
+        p, trusted = arrays.p.tolist(), arrays.trusted.tolist()
+        for i, rec in enumerate(self.node_attrs):
+            attrs = {a: v for a, v in rec.items() if a != "id"}
+            attrs["trusted"] = trusted[i]
+            attrs["p"] = p[i]
+            yield ids[i], attrs
+
+    def edge_items(self, arrays: NetworkArrays) -> Iterator[tuple[Hashable, Hashable, dict]]:
+        """``(u, v, attributes)`` of every link in link order, as :class:`Network` stores them."""
+        ids = arrays.node_ids
+        pool, eu, ev = arrays.pool_bits.tolist(), arrays.edge_u.tolist(), arrays.edge_v.tolist()
+        for k, rec in enumerate(self.edge_attrs):
+            attrs = {a: w for a, w in rec.items() if a not in _LINK_KEYS}
+            attrs["pool_bits"] = pool[k]
+            for field in ("rate_bps", "length_km"):
+                if attrs.get(field) is not None:
+                    attrs[field] = float(attrs[field])
+            yield ids[eu[k]], ids[ev[k]], attrs
+
+    def build_graph(self, arrays: NetworkArrays) -> nx.Graph:
+        g = nx.Graph()
+        g.graph.update(self.graph_attrs)
+        g.add_nodes_from(self.node_items(arrays))
+        g.add_edges_from(self.edge_items(arrays))
+        return g
+
+
+def _column(records: Sequence[Mapping], key: str, default: Any, allowed: set) -> list | None:
+    col = [r.get(key, default) for r in records]
+    return col if set(map(type, col)) <= allowed else None
+
+
+def _float_column(col: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """Values (NaN where None) and the None mask; ``None`` if a value is NaN or infinite."""
+    try:
+        arr = np.array(col, dtype=np.float64)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    missing = np.isnan(arr)
+    # Every None became NaN; any other NaN came from the data.
+    if int(missing.sum()) != col.count(None) or np.isinf(arr).any():
+        return None
+    return arr, missing
+
+
+def network_from_records(
+    node_ids: Sequence[Hashable],
+    index: Mapping[Hashable, int],
+    node_attrs: Sequence[Mapping[str, Any]],
+    link_u: np.ndarray,
+    link_v: np.ndarray,
+    link_attrs: Sequence[Mapping[str, Any]],
+    *,
+    graph_attrs: Mapping[str, Any],
+    name: str,
+    default_p: float | None = None,
+    default_pool_bits: int = DEFAULT_POOL_BITS,
+) -> "Network | None":
+    """Validate records with array operations and build the network from them.
+
+    The fast path for large files and generators. ``node_ids`` are distinct
+    and ``index`` maps them to ``0..n-1``; ``link_u, link_v`` are the links'
+    end indices in file order. Returns ``None`` when any value is not of the
+    plain kinds this path handles (booleans for ``trusted``, numbers for
+    ``p``, ``pool_bits``, ``rate_bps`` and ``length_km``) or breaks a rule
+    (a self-loop, a duplicate link, a value out of range): the caller then
+    builds the network with :class:`Network`, which accepts the same
+    networks and names the fault. The result equals that network: same node
+    and link order, same arrays, same graph.
+    """
+    if default_p is not None:
+        default_p = check_probability(default_p, "default_p")
+    number = {int, float}
+    t_col = _column(node_attrs, "trusted", False, {bool})
+    p_col = _column(node_attrs, "p", None, number | {type(None)})
+    pool_col = _column(link_attrs, "pool_bits", default_pool_bits, number)
+    if t_col is None or p_col is None or pool_col is None:
+        return None
+    trusted = np.array(t_col, dtype=bool)
+    got = _float_column(p_col)
+    if got is None:
+        return None
+    p, missing = got
+    p[missing & trusted] = 1.0
+    if (missing & ~trusted).any():
+        if default_p is None:
+            return None
+        p[missing & ~trusted] = float(default_p)
+    if not np.all((p >= 0.0) & (p <= 1.0)):
+        return None
+    got = _float_column(pool_col)
+    if got is None or got[1].any():
+        return None
+    pool_f = got[0]
+    if not np.all((pool_f >= 0) & (pool_f <= MAX_POOL_BITS) & (pool_f == np.floor(pool_f))):
+        return None
+    length = None
+    for field in ("rate_bps", "length_km"):
+        col = _column(link_attrs, field, None, number | {type(None)})
+        got = None if col is None else _float_column(col)
+        if got is None or (got[0] < 0).any():
+            return None
+        if field == "length_km":
+            length = got[0]
+    n = len(node_ids)
+    lo = np.minimum(link_u, link_v).astype(np.int64)
+    hi = np.maximum(link_u, link_v).astype(np.int64)
+    keys = np.sort(lo * n + hi)
+    if (lo == hi).any() or (keys[1:] == keys[:-1]).any():
+        return None
+    # networkx's edge order: by the earlier end in node order, then file order.
+    order = np.argsort(lo, kind="stable")
+    arrays = arrays_from_edges(
+        lo[order], hi[order], p, trusted, pool_f.astype(np.int64)[order], length[order],
+        node_ids=tuple(node_ids), index=index,
+    )
+    order_l = order.tolist()
+    records = NetworkRecords(dict(graph_attrs), node_attrs, [link_attrs[k] for k in order_l])
+    return Network.from_records(records, arrays, name=name)
+
+
 class Network:
-    """A partially-trusted relay QKD network (MODEL.md section 1).
+    """A partially-trusted relay QKD network (docs/model.md section 1).
 
     Parameters
     ----------
@@ -309,6 +485,11 @@ class Network:
         default_pool_bits: int = DEFAULT_POOL_BITS,
         name: str | None = None,
     ) -> None:
+        if default_p is not None:
+            default_p = check_probability(default_p, "default_p")
+        default_pool_bits = check_count(default_pool_bits, "default_pool_bits", maximum=MAX_POOL_BITS)
+        if not isinstance(graph, nx.Graph):
+            raise NetworkError(f"network: expected a networkx graph, got {type(graph).__name__}")
         if graph.is_directed():
             raise NetworkError("network: links must be undirected (got a directed graph)")
         if graph.is_multigraph():
@@ -346,6 +527,8 @@ class Network:
                 raise NetworkError(f"{where}: negative pool_bits={pool!r}")
             if pool_f != int(pool_f):
                 raise NetworkError(f"{where}: pool_bits={pool!r} is not a whole number of bits")
+            if pool_f > MAX_POOL_BITS:
+                raise NetworkError(f"{where}: pool_bits={_short(pool)} exceeds the largest pool, {MAX_POOL_BITS} bits")
             attrs["pool_bits"] = int(pool_f)
             for field in ("rate_bps", "length_km"):
                 if attrs.get(field) is not None:
@@ -355,12 +538,31 @@ class Network:
                     attrs[field] = val
             g.add_edge(u, v, **attrs)
         self._graph = nx.freeze(g)
+        self._records: NetworkRecords | None = None
         self.name = name if name is not None else str(graph.graph.get("name", "network"))
+
+    @classmethod
+    def from_records(cls, records: "NetworkRecords", arrays: NetworkArrays, *, name: str) -> "Network":
+        """A network built straight from validated records and their array form.
+
+        For large networks: the networkx graph is built only when
+        :attr:`graph` is first asked for, and equals the one :class:`Network`
+        would have built from the same data. The caller (a reader or a
+        generator) has validated everything :class:`Network` checks.
+        """
+        self = cls.__new__(cls)
+        self._graph = None
+        self._records = records
+        self.__dict__["arrays"] = arrays
+        self.name = name
+        return self
 
     # -- views ---------------------------------------------------------------
     @property
     def graph(self) -> nx.Graph:
         """The validated, frozen networkx graph (the interchange form)."""
+        if self._graph is None:
+            self._graph = nx.freeze(self._records.build_graph(self.arrays))
         return self._graph
 
     @cached_property
@@ -370,17 +572,28 @@ class Network:
 
     @property
     def n_nodes(self) -> int:
+        if self._graph is None:
+            return self.arrays.n_nodes
         return self._graph.number_of_nodes()
 
     @property
     def n_links(self) -> int:
+        if self._graph is None:
+            return self.arrays.n_links
         return self._graph.number_of_edges()
 
     @property
     def nodes(self) -> list:
+        if self._graph is None:
+            return list(self.arrays.node_ids)
         return list(self._graph.nodes)
 
     def __contains__(self, node: Hashable) -> bool:
+        if self._graph is None:
+            try:
+                return node in self.arrays.index
+            except TypeError:
+                return False
         return node in self._graph
 
     def __repr__(self) -> str:
@@ -391,13 +604,20 @@ class Network:
 
     def p(self, node: Hashable) -> float:
         """Security probability of ``node`` (probability it is not compromised)."""
+        if self._graph is None:
+            return float(self.arrays.p[self.arrays.index[self.check_node(node)]])
         return self._graph.nodes[self.check_node(node)]["p"]
 
     def is_trusted(self, node: Hashable) -> bool:
+        if self._graph is None:
+            return bool(self.arrays.trusted[self.arrays.index[self.check_node(node)]])
         return self._graph.nodes[self.check_node(node)]["trusted"]
 
     @property
     def trusted_nodes(self) -> list:
+        if self._graph is None:
+            ids = self.arrays.node_ids
+            return [ids[i] for i in np.flatnonzero(self.arrays.trusted).tolist()]
         return [v for v, t in self._graph.nodes(data="trusted") if t]
 
     @property
@@ -407,11 +627,8 @@ class Network:
 
     def check_node(self, node: Hashable) -> Hashable:
         """Return ``node`` if present, else raise :class:`NodeNotFound`."""
-        try:
-            if node in self._graph:
-                return node
-        except TypeError:
-            pass
+        if node in self:
+            return node
         raise NodeNotFound(f"node {node!r} is not in network {self.name!r}")
 
     def resolve(self, text: str) -> Hashable:
@@ -420,7 +637,7 @@ class Network:
         ``"5"`` matches the integer node ``5`` or the string node ``"5"``; if
         both exist the match is ambiguous and an error.
         """
-        matches = [v for v in self._graph.nodes if str(v) == text]
+        matches = [v for v in self.nodes if str(v) == text]
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -429,6 +646,8 @@ class Network:
 
     def summary(self) -> dict[str, Any]:
         """Counts, mean degree and connectivity, for ``qkdseg topology show``."""
+        if self._graph is None:
+            return self._summary_from_arrays()
         g = self._graph
         n = g.number_of_nodes()
         untrusted_p = [d["p"] for _, d in g.nodes(data=True) if not d["trusted"]]
@@ -449,9 +668,34 @@ class Network:
             "total_length_km": sum(lengths) if lengths else None,
         }
 
+    def _summary_from_arrays(self) -> dict[str, Any]:
+        from scipy.sparse.csgraph import connected_components
+
+        a = self.arrays
+        n, m = a.n_nodes, a.n_links
+        untrusted_p = a.p[~a.trusted]
+        lengths = a.length_km[~np.isnan(a.length_km)].tolist()
+        n_trusted = int(a.trusted.sum())
+        components = int(connected_components(a.hop_matrix, directed=False, return_labels=False)) if n else 0
+        return {
+            "name": self.name,
+            "nodes": n,
+            "links": m,
+            "trusted": n_trusted,
+            "untrusted": n - n_trusted,
+            "mean_degree": (2.0 * m / n) if n else 0.0,
+            "connected": components == 1,
+            "components": components,
+            "node_connectivity": nx.node_connectivity(self.graph) if 0 < n <= 300 else None,
+            "p_untrusted_min": float(untrusted_p.min()) if untrusted_p.size else None,
+            "p_untrusted_max": float(untrusted_p.max()) if untrusted_p.size else None,
+            "total_pool_bits": self.total_pool_bits,
+            "total_length_km": sum(lengths) if lengths else None,
+        }
+
     def with_nodes(self, updates: Mapping[Hashable, Mapping[str, Any]]) -> "Network":
         """A new network with node attributes updated (the original is untouched)."""
-        g = nx.Graph(self._graph)
+        g = nx.Graph(self.graph)
         for node, attrs in updates.items():
             g.nodes[self.check_node(node)].update(attrs)
         return Network(g, name=self.name)

@@ -1,4 +1,4 @@
-"""Security of a set of segment paths (MODEL.md sections 2 and 5).
+"""Security of a set of segment paths (docs/model.md sections 2 and 5).
 
 A route is described by its segments, each a list of paths (node-index lists,
 ends included), and by its *chain*: the interior segment nodes
@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,40 @@ def _clauses(p: np.ndarray, segments: Segments, chain: Sequence[int]) -> tuple[l
     return out, pmap
 
 
+def _checked(p: Any, segments: Any, chain: Any) -> np.ndarray:
+    """The checks of the public evaluators: ``p`` a 1-d array of probabilities
+    in [0, 1] (NaN is not one) at every relay and chain node, ``segments``
+    lists of paths of node indices, relay and chain indices whole numbers
+    within ``p`` (path ends are not relays and are never read). Returns
+    ``p`` as a float array. Raises :class:`InvalidRequest` naming the fault."""
+    try:
+        arr = p if isinstance(p, np.ndarray) and p.dtype == np.float64 else np.asarray(p, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRequest(f"p must be an array of probabilities, got {type(p).__name__}") from None
+    if arr.ndim != 1:
+        raise InvalidRequest(f"p must be a 1-d array of probabilities, got shape {arr.shape}")
+    try:
+        flat = [v for seg in segments for path in seg for v in path[1:-1]]  # relays: the ends are never read
+        flat.extend(chain)
+    except TypeError:
+        raise InvalidRequest("segments must be lists of paths (lists of node indices), chain a list of node indices") from None
+    if not flat:
+        return arr
+    for v in flat:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise InvalidRequest(f"node index {v!r} must be a whole number")
+    idx = np.asarray(flat, dtype=np.int64) if max(flat) < 2**63 and min(flat) >= -(2**63) else None
+    if idx is None or idx.min() < 0 or idx.max() >= arr.size:
+        bad = next(v for v in flat if not 0 <= v < arr.size)
+        raise InvalidRequest(f"node index {bad} is out of range (p has {arr.size} nodes)")
+    vals = arr[idx]
+    ok = (vals >= 0.0) & (vals <= 1.0)
+    if not ok.all():
+        k = int(flat[int(np.flatnonzero(~ok)[0])])
+        raise InvalidRequest(f"p[{k}]={float(arr[k])!r} must be a probability in [0, 1]")
+    return arr
+
+
 def _product_formula(pmap: dict, clauses: list[list[tuple]]) -> float:
     total = 1.0
     for seg in clauses:
@@ -79,7 +114,7 @@ def _product_formula(pmap: dict, clauses: list[list[tuple]]) -> float:
 def independent_security(p: np.ndarray, segments: Segments, chain: Sequence[int] = ()) -> float:
     """Textbook security: ``prod_j (1 - prod_P (1 - Psec(P))) * prod_chain p``.
 
-    Exact only when no relay is shared between paths (MODEL.md section 2).
+    Exact only when no relay is shared between paths (docs/model.md section 2).
 
     Parameters
     ----------
@@ -95,6 +130,7 @@ def independent_security(p: np.ndarray, segments: Segments, chain: Sequence[int]
     float
         Probability in [0, 1]; 0 when some segment has no path.
     """
+    p = _checked(p, segments, chain)
     if not segments:
         return 0.0
     clauses, pmap = _clauses(p, segments, chain)
@@ -151,6 +187,13 @@ def exact_security(
     >>> independent_security(p, [[[0, 1, 2, 4], [0, 1, 3, 4]]])
     0.4375
     """
+    p = _checked(p, segments, chain)
+    return _exact_security(p, segments, chain, max_shared)
+
+
+def _exact_security(p: np.ndarray, segments: Segments, chain: Sequence[int] = (), max_shared: int = MAX_SHARED_RELAYS) -> float:
+    """:func:`exact_security` without the argument checks (callers pass valid
+    routes: the reconstruction evaluator's inner loops)."""
     if not segments or any(len(seg) == 0 for seg in segments):
         return 0.0
     clauses, pmap = _clauses(p, segments, chain)
@@ -400,8 +443,11 @@ def montecarlo_security(
     chunk : int
         Samples drawn per block (bounds memory).
     """
-    if samples <= 0:
-        raise InvalidRequest(f"montecarlo: samples={samples} must be positive")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 0 < samples <= 10**12:
+        raise InvalidRequest(f"montecarlo: samples={samples!r} must be a positive whole number (at most 10**12)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidRequest(f"montecarlo: seed={seed!r} must be a non-negative whole number")
+    p = _checked(p, segments, chain)
     if not segments or any(len(seg) == 0 for seg in segments):
         lo, hi = wilson_interval(0, samples)
         return SecurityEstimate(0.0, lo, hi, samples, seed)

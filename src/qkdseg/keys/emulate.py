@@ -33,6 +33,10 @@ from .relay import Plan, relay
 DEFAULT_BLOCK_BITS = 256
 
 
+#: Most trials one call runs (each draws a compromised set of the route's relays).
+MAX_TRIALS = 10_000_000
+
+
 def _rate(secret: int, trials: int, exact: float) -> dict[str, Any]:
     lo, hi = wilson_interval(secret, trials)
     return {
@@ -103,8 +107,8 @@ def emulate(
     from ..api import route as do_route
 
     B = check_block_bits(block_bits)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise InvalidRequest(f"trials={trials!r} must be a positive integer")
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
+        raise InvalidRequest(f"trials={trials!r} must be a positive integer, at most {MAX_TRIALS}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidRequest(f"seed={seed!r} must be a non-negative integer")
     r = do_route(

@@ -1,4 +1,4 @@
-"""Key reconstruction (paper section III.C, MODEL.md section 4).
+"""Key reconstruction (paper section III.C, docs/model.md section 4).
 
 Every path of every segment delivers one key *piece* of ``B`` bits. A
 reconstruction scheme turns a route's pieces into *global keys*: a global key

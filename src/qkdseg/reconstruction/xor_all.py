@@ -11,7 +11,7 @@ from .result import Reconstruction, _empty, _validate, meets
 def xor_all(p, segments, chain=(), epsilon: float = 0.0, block_bits: int = 0) -> Reconstruction:
     """All pieces of every segment into one global key (kept if it meets ``epsilon``).
 
-    Its security is the route's end-to-end security (MODEL.md section 6).
+    Its security is the route's end-to-end security (docs/model.md section 6).
 
     >>> import numpy as np
     >>> p = np.array([1, .5, .5, 1])

@@ -3,12 +3,12 @@
 One module per file format (:mod:`.nodelink`, :mod:`.graphml`, :mod:`.gml`,
 registered in :mod:`.formats`; :mod:`.files` reads and writes them) and per
 source (:mod:`.waxman`, :mod:`.waxman_large`, :mod:`.topohub`,
-:mod:`.example`); :mod:`.spec` parses a CLI argument, :mod:`.layout` places
+:mod:`.example`; :mod:`.generate` picks one by size); :mod:`.spec` parses a CLI argument, :mod:`.layout` places
 nodes for drawing.
 
 - :func:`read_network` / :func:`write_network`: networkx node-link JSON (both
   the ``links`` and the ``edges`` key are accepted), GraphML and GML.
-- :func:`waxman`: the Waxman-Salama generator of MODEL.md section 7, seeded and
+- :func:`waxman`: the Waxman-Salama generator of docs/model.md section 7, seeded and
   resampled until connected.
 - :func:`waxman_large`: the same model for 10^4-10^6 nodes (KD-tree, degree
   kept constant; docs/performance.md).
@@ -24,6 +24,7 @@ from __future__ import annotations
 from .example import example_network
 from .files import read_network, write_network
 from .formats import FORMATS, FileFormat, register_format
+from .generate import GENERATORS, generate, generate_waxman
 from .layout import node_positions
 from .spec import BUILTIN, load
 from .topohub import load_topohub, topohub_names
@@ -34,8 +35,11 @@ __all__ = [
     "BUILTIN",
     "FORMATS",
     "FileFormat",
+    "GENERATORS",
     "WAXMAN_MEAN_DEGREE",
     "example_network",
+    "generate",
+    "generate_waxman",
     "load",
     "load_topohub",
     "node_positions",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import NetworkError, TopologyFileError
-from ..network import DEFAULT_POOL_BITS, Network
+from ..network import DEFAULT_POOL_BITS, Network, check_probability
 # Registration side effects, in the order error messages list the formats.
 from . import nodelink  # noqa: F401, I001
 from . import graphml  # noqa: F401
@@ -44,13 +44,21 @@ def read_network(
     NetworkError
         The network violates the model (the message names file and culprit).
     """
+    if not isinstance(path, (str, Path)):
+        raise TopologyFileError(f"read_network: expected a file path, got {type(path).__name__}")
     path = Path(path)
+    if default_p is not None:
+        default_p = check_probability(default_p, "default_p")
+    if path.is_dir():
+        raise TopologyFileError(f"{path}: is a directory, not a topology file")
     form = format_of(path, fmt)
     if not path.is_file():
-        raise TopologyFileError(f"{path}: no such file")
+        raise TopologyFileError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     where = str(path)
     try:
-        g = form.read(path, where)
+        g = form.read(path, where, default_p=default_p, default_pool_bits=default_pool_bits)
+        if isinstance(g, Network):  # a reader's fast path, already validated
+            return g
     except (TopologyFileError, NetworkError):
         raise
     except json.JSONDecodeError as err:

@@ -9,7 +9,7 @@ import networkx as nx
 from .formats import _check_simple, _flat_graph, register_format
 
 
-def read_gml(path: Path, where: str) -> nx.Graph:
+def read_gml(path: Path, where: str, **_) -> nx.Graph:
     g = nx.read_gml(path, label=None)
     _check_simple(g, where)
     return g

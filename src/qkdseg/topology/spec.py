@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import TopologyFileError
-from ..network import Network
+from ..network import Network, check_probability
 from .example import example_network
 from .files import read_network
 from .topohub import load_topohub
@@ -25,6 +25,10 @@ def load(spec: str | Path, *, default_p: float | None = None) -> Network:
     ``topohub:GROUP/NAME`` with optional query parameters, e.g.
     ``topohub:topozoo/Abilene?trusted=3&p=0.9&seed=2&placement=degree``.
     """
+    if default_p is not None:
+        check_probability(default_p, "default_p")
+    if not isinstance(spec, (str, Path)):
+        raise TopologyFileError(f"load: expected a file path, a built-in name or a topohub key, got {type(spec).__name__}")
     text = str(spec)
     if text in BUILTIN:
         return example_network()
@@ -32,6 +36,8 @@ def load(spec: str | Path, *, default_p: float | None = None) -> Network:
         key, _, query = text.partition("?")
         kwargs: dict[str, Any] = {}
         for field, value in parse_qsl(query, keep_blank_values=True):
+            if field in kwargs:
+                raise TopologyFileError(f"{text}: parameter {field!r} is given twice")
             if field not in _QUERY_TYPES:
                 raise TopologyFileError(f"{text}: unknown parameter {field!r} (use {', '.join(_QUERY_TYPES)})")
             try:

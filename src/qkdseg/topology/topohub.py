@@ -9,7 +9,8 @@ import networkx as nx
 import numpy as np
 
 from ..errors import NetworkError, TopologyFileError
-from ..network import DEFAULT_POOL_BITS, Network
+from ..network import DEFAULT_POOL_BITS, MAX_POOL_BITS, Network, check_count, check_probability
+from ._checks import MAX_SEED
 
 
 def topohub_names(group: str | None = None) -> list[str]:
@@ -77,6 +78,15 @@ def load_topohub(
     >>> net.n_nodes, net.n_links, len(net.trusted_nodes)
     (11, 14, 2)
     """
+    if not isinstance(key, str):
+        raise TopologyFileError(f"topohub: key must be a string like 'topozoo/Abilene', got {type(key).__name__}")
+    where = f"topohub:{key.removeprefix('topohub:')}"
+    if isinstance(trusted, bool) or not isinstance(trusted, (int, float, np.integer, np.floating)) or not math.isfinite(trusted):
+        raise NetworkError(f"{where}: trusted={trusted!r} must be a count or a fraction")
+    check_probability(p, f"{where}: p")
+    check_probability(trusted_p, f"{where}: trusted_p")
+    check_count(pool_bits, f"{where}: pool_bits", maximum=MAX_POOL_BITS)
+    check_count(seed, f"{where}: seed", maximum=MAX_SEED)
     try:
         import topohub
     except ImportError:  # pragma: no cover

@@ -1,4 +1,4 @@
-"""The Waxman-Salama generator of MODEL.md section 7, seeded and resampled until connected."""
+"""The Waxman-Salama generator of docs/model.md section 7, seeded and resampled until connected."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import networkx as nx
 import numpy as np
 
 from ..errors import NetworkError
-from ..network import DEFAULT_POOL_BITS, Network
+from ..network import DEFAULT_POOL_BITS, Network, check_count
+from ._checks import check_common, check_real
+
+#: Largest ``n`` :func:`waxman` takes: it draws all n(n-1)/2 pairs (O(n^2)
+#: memory, about 2 GB at this size); :func:`~qkdseg.topology.waxman_large` is
+#: the generator for more.
+WAXMAN_MAX_NODES = 10_000
 
 
 def waxman_draw(
@@ -62,7 +68,7 @@ def waxman(
     side_km: float = 100.0,
     max_tries: int = 1000,
 ) -> Network:
-    """Waxman-Salama random network in the unit square (MODEL.md section 7).
+    """Waxman-Salama random network in the unit square (docs/model.md section 7).
 
     Nodes are placed uniformly at random; nodes ``u, v`` at distance ``d`` are
     linked with probability ``beta * exp(-d / (alpha * L))``, ``L`` the largest
@@ -87,7 +93,7 @@ def waxman(
     pool_bits : int
         Key pool of every link, bits.
     trusted_p : float
-        Security probability of trusted relays (MODEL.md: 1.0).
+        Security probability of trusted relays (docs/model.md: 1.0).
     alpha, beta : float
         Waxman parameters (networkx naming: ``beta`` scales, ``alpha`` sets
         the distance decay).
@@ -102,6 +108,11 @@ def waxman(
     >>> net.n_nodes, len(net.trusted_nodes), net.summary()["connected"]
     (30, 3, True)
     """
+    if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > WAXMAN_MAX_NODES:
+        raise NetworkError(f"waxman: nodes={n} is more than {WAXMAN_MAX_NODES} (all pairs are drawn); use waxman_large")
+    check_common("waxman", n, p=p, trusted_p=trusted_p, pool_bits=pool_bits, seed=seed, max_nodes=WAXMAN_MAX_NODES)
+    check_count(trusted, "waxman: trusted")
+    alpha, beta = check_real(alpha, "waxman: alpha"), check_real(beta, "waxman: beta")
     if n < 2:
         raise NetworkError(f"waxman: nodes={n} must be at least 2")
     if not 0 <= trusted <= n:

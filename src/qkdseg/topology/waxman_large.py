@@ -8,8 +8,12 @@ import networkx as nx
 import numpy as np
 
 from ..errors import NetworkError
-from ..network import DEFAULT_POOL_BITS, Network
+from ..network import DEFAULT_POOL_BITS, Network, check_count, network_from_records
+from ._checks import check_common, check_real
 from .waxman import WAXMAN_MEAN_DEGREE
+
+#: Largest ``n`` :func:`waxman_large` takes (about 1 GB of memory per 10^6 nodes).
+WAXMAN_LARGE_MAX_NODES = 10_000_000
 
 
 def waxman_large(
@@ -56,6 +60,11 @@ def waxman_large(
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
+    check_common("waxman_large", n, p=p, trusted_p=trusted_p, pool_bits=pool_bits, seed=seed, max_nodes=WAXMAN_LARGE_MAX_NODES)
+    if trusted is not None:
+        check_count(trusted, "waxman_large: trusted")
+    mean_degree = check_real(mean_degree, "waxman_large: mean_degree")
+    beta, cutoff = check_real(beta, "waxman_large: beta"), check_real(cutoff, "waxman_large: cutoff")
     if n < 2:
         raise NetworkError(f"waxman_large: nodes={n} must be at least 2")
     for name, val in (("p", p), ("trusted_p", trusted_p)):
@@ -81,7 +90,12 @@ def waxman_large(
     a = math.sqrt(mean_degree / (2.0 * math.pi * beta * n))
     radius = a * math.log(1.0 / cutoff)
     pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray")
-    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    # Lexicographic order of (i, j), i < j, by one sort of the key i * n + j
+    # (5x faster than lexsort on the ~150 candidate pairs per node).
+    key = pairs[:, 0].astype(np.int64) * n + pairs[:, 1]
+    key.sort()
+    pairs = np.empty((key.size, 2), dtype=pairs.dtype)
+    pairs[:, 0], pairs[:, 1] = key // n, key % n
     d = np.hypot(*(pos[pairs[:, 0]] - pos[pairs[:, 1]]).T)
     keep = rng.random(d.size) < beta * np.exp(-d / a)
     pairs, d = pairs[keep], d[keep]
@@ -99,27 +113,33 @@ def waxman_large(
         raise NetworkError(f"waxman_large: trusted={count} must lie in [0, {m}]")
     chosen = np.zeros(m, dtype=bool)
     chosen[rng.choice(m, size=count, replace=False)] = True
-    g = nx.Graph()
     pos_r = np.round(pos, 6).tolist()
-    g.add_nodes_from(
-        (v, {"pos": pos_r[v], "trusted": bool(chosen[v]), "p": float(trusted_p if chosen[v] else p)}) for v in range(m)
-    )
     lengths = np.round(d * side_km, 6).tolist()
-    g.add_edges_from(
-        (u, v, {"pool_bits": int(pool_bits), "length_km": length})
-        for (u, v), length in zip(pairs.tolist(), lengths)
+    graph_attrs = {
+        "name": f"waxman-large-n{m}-t{count}-p{p}-s{seed}",
+        "generator": "waxman_large",
+        "mean_degree_target": mean_degree,
+        "decay": a,
+        "beta": beta,
+        "cutoff": cutoff,
+        "seed": seed,
+        "side_km": side_km,
+        "requested_nodes": n,
+    }
+    nodes = [
+        {"pos": pos_r[v], "trusted": bool(chosen[v]), "p": float(trusted_p if chosen[v] else p)} for v in range(m)
+    ]
+    links = [{"pool_bits": int(pool_bits), "length_km": length} for length in lengths]
+    ids = list(range(m))
+    # The array form straight from the records (the networkx graph is built only if asked for).
+    net = network_from_records(
+        ids, dict(zip(ids, ids)), nodes, pairs[:, 0], pairs[:, 1], links, graph_attrs=graph_attrs, name=graph_attrs["name"]
     )
-    g.graph.update(
-        {
-            "name": f"waxman-large-n{m}-t{count}-p{p}-s{seed}",
-            "generator": "waxman_large",
-            "mean_degree_target": mean_degree,
-            "decay": a,
-            "beta": beta,
-            "cutoff": cutoff,
-            "seed": seed,
-            "side_km": side_km,
-            "requested_nodes": n,
-        }
-    )
+    if net is not None:
+        return net
+    # Values the fast path does not take (it then names nothing): let Network validate and name the fault.
+    g = nx.Graph()
+    g.add_nodes_from(enumerate(nodes))
+    g.add_edges_from((u, v, attrs) for (u, v), attrs in zip(pairs.tolist(), links))
+    g.graph.update(graph_attrs)
     return Network(g)
