@@ -1,0 +1,152 @@
+"""``qkdseg simulate`` end to end: files, columns, identical reruns on every backend,
+conservation read back from the files, blocking against load, one-line user errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import qkdseg
+from qkdseg.cli import app
+from qkdseg.experiments.simulation import SWEEP_COLUMNS, run_load_sweep
+
+runner = CliRunner()
+
+REQUEST_COLUMNS = [
+    "algorithm", "request", "arrival", "source", "destination", "key_bits", "epsilon", "seed", "outcome", "served",
+    "service_time", "end_time", "wait", "security", "route_security", "consumed_bits", "keys", "segments", "paths",
+    "hops", "tries", "reason",
+]
+TIMESERIES_COLUMNS = [
+    "algorithm", "interval", "t_start", "t_end", "offered", "served", "blocked", "queued", "served_key_bits",
+    "served_key_bps", "mean_level_bits", "share_ready", "share_warning", "share_charging", "share_empty",
+]
+RUN = ["simulate", "example", "--rate", "60", "--duration", "4", "--key-bits", "20000", "--epsilon", "0.5",
+       "--ttl", "0.2", "--seed", "3", "--algorithms", "smr,msp,single", "--quiet"]
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_simulate_twice_identical_with_documented_columns(tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        res = runner.invoke(app, [*RUN, "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        outs.append(tmp_path / name)
+    a, b = _files(outs[0]), _files(outs[1])
+    assert a == b
+    assert set(a) >= {"requests.parquet", "timeseries.parquet", "levels.parquet", "timeseries.png", "pool_levels.png",
+                      "report.md", "run.json"}
+    req = pd.read_parquet(outs[0] / "requests.parquet")
+    ts = pd.read_parquet(outs[0] / "timeseries.parquet")
+    assert list(req.columns) == REQUEST_COLUMNS
+    assert list(ts.columns) == TIMESERIES_COLUMNS
+    assert set(req["algorithm"]) == {"smr", "msp", "single"}
+    served = req[req["served"]]
+    assert (served["consumed_bits"] == served["hops"] * served["key_bits"]).all()
+    assert (req.loc[~req["served"], "consumed_bits"] == 0).all()
+    assert set(req["outcome"]) <= {"served", "blocked"}
+    for alg, d in ts.groupby("algorithm"):
+        r = req[req["algorithm"] == alg]
+        assert d["offered"].sum() == len(r) and d["served"].sum() == r["served"].sum()
+    run = json.loads((outs[0] / "run.json").read_text())
+    assert run["seed"] == 3 and "--out" not in run["command"]
+    report = (outs[0] / "report.md").read_text()
+    assert "| smr |" in report and "docs/model.md section 9" in report
+
+
+def test_conservation_read_back_from_the_files(tmp_path):
+    # links without a rate (--link-rate 0) never refill: what left the pools is what the served requests consumed
+    res = runner.invoke(app, ["simulate", "example", "--rate", "40", "--duration", "3", "--key-bits", "10000",
+                              "--epsilon", "0.5", "--link-rate", "0", "--interval", "0.5", "--quiet", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    req = pd.read_parquet(tmp_path / "requests.parquet")
+    lv = pd.read_parquet(tmp_path / "levels.parquet")
+    pool = qkdseg.example_network().arrays.pool_bits
+    for alg, d in lv.groupby("algorithm"):
+        last = d[d["t"] == d["t"].max()].sort_values("link")["level_bits"].to_numpy()
+        assert (d["level_bits"] >= 0).all() and (d["level_bits"] <= np.tile(pool, d["t"].nunique())).all()
+        assert int((pool - last).sum()) == int(req.loc[(req["algorithm"] == alg) & req["served"], "consumed_bits"].sum())
+    assert req["served"].any() and (~req["served"]).any()
+
+
+def test_sweep_identical_on_every_backend_and_blocking_rises(tmp_path):
+    net = qkdseg.example_network()
+    kw = dict(duration=3.0, replications=2, algorithms=("smr", "single"), key_bits=20_000, epsilon=0.5, seed=4,
+              progress=False)
+    rates = (10.0, 40.0, 160.0)
+    serial, _ = run_load_sweep(net, rates, backend="serial", **kw)
+    procs, _ = run_load_sweep(net, rates, backend="processes", workers=2, **kw)
+    pd.testing.assert_frame_equal(serial, procs)
+    assert list(serial.columns) == list(SWEEP_COLUMNS)
+    assert len(serial) == 3 * 2 * 2
+    mean = serial.groupby(["algorithm", "rate"])["blocking"].mean()
+    for alg in ("smr", "single"):
+        b = mean[alg].to_numpy()
+        assert (np.diff(b) >= 0).all() and b[-1] > b[0], (alg, b)
+    # the replication's seed is shared by every rate and algorithm
+    assert serial.groupby("replication")["seed"].nunique().eq(1).all()
+
+
+def test_sweep_on_dask_identical():
+    distributed = pytest.importorskip("distributed")
+    net = qkdseg.example_network()
+    kw = dict(duration=2.0, replications=2, algorithms=("smr", "msp"), key_bits=20_000, epsilon=0.5, seed=1,
+              progress=False)
+    serial, _ = run_load_sweep(net, (20.0, 80.0), backend="serial", **kw)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dask, _ = run_load_sweep(net, (20.0, 80.0), scheduler=cluster.scheduler_address, **kw)
+    pd.testing.assert_frame_equal(serial, dask)
+
+
+def test_sweep_cli_writes_table_and_figure(tmp_path):
+    args = ["simulate", "example", "--rates", "10,80", "--replications", "2", "--duration", "2", "--key-bits", "20000",
+            "--epsilon", "0.5", "--algorithms", "smr,disjoint", "--quiet", "--workers", "1"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    res2 = runner.invoke(app, [*args[:-2], "--backend", "serial", "--out", str(tmp_path / "b")])
+    assert res2.exit_code == 0, res2.output
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert {"sweep.parquet", "load.png", "load.svg", "report.md", "run.json"} <= set(_files(tmp_path / "a"))
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "| 80 | smr | 2 |" in report and "±" in report
+
+
+def test_trace_file_run(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("t,src,dst,key_bits,epsilon\n0.0,0,7,20000,0.5\n0.1,0,7,20000,0.5\n0.2,3,4,1000,0.9\n",
+                     encoding="utf-8")
+    res = runner.invoke(app, ["simulate", "example", "--trace", str(trace), "--algorithms", "smr", "--quiet",
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
+    assert req["arrival"].tolist() == [0.0, 0.1, 0.2] and req["key_bits"].tolist() == [20000, 20000, 1000]
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--rate", "5", "--rates", "5,10"], "exactly one of --rate, --rates"),
+        ([], "exactly one of --rate, --rates"),
+        (["--rates", "5,x"], "--rates '5,x': must be numbers"),
+        (["--rates", "5,-1"], "rate -1 must be a positive number"),
+        (["--rate", "5", "--replications", "3"], "--replications needs a load sweep"),
+        (["--rate", "5", "--algorithms", "smr,nope"], "unknown algorithm 'nope'"),
+        (["--rate", "5", "--duration", "-1"], "duration=-1.0 must be a positive number"),
+        (["--rate", "5", "--ttl", "-2"], "ttl=-2.0 must be a number of seconds >= 0"),
+        (["--rate", "5", "--epsilon", "2"], "epsilon=2.0 must be a probability"),
+        (["--rate", "5", "--pairs", "zipf"], "pairs='zipf': use uniform or gravity"),
+        (["--trace", "no-such.csv"], "no-such.csv: no such trace file"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, args, msg):
+    res = runner.invoke(app, ["simulate", "example", *args, "--quiet", "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert msg in res.output and "Traceback" not in res.output
+    assert res.output.startswith("qkdseg: error: ") and res.output.count("\n") == 1
