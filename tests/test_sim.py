@@ -308,3 +308,18 @@ def test_agrees_with_the_simpy_model(net_name, algorithm, ttl, rate, key_bits, p
     assert int(sim.levels.consumed.sum()) == model.debited
     model.advance(sim.t)
     assert sim.levels.level.tolist() == model.level
+
+
+def test_pool_states_follow_their_direction():
+    # one link, pool 10000 bits at 1000 bit/s; READY at >= 5000, EMPTY below the 3000-bit key size
+    net = _two_nodes(pool=10_000, rate=1_000.0)
+    t = np.array([0.0, 0.001, 1.0])
+    req = Requests(t, np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64), np.full(3, 3000), np.full(3, 0.5),
+                   np.zeros(3, dtype=np.int64), 10.0)
+    sim = Simulation(net, req, "single")
+    expect = [(0.0, 7000, "READY"), (0.0005, 7000, "READY"), (0.5, 4500, "WARNING"), (0.99, 4990, "WARNING"),
+              (1.0, 2000, "EMPTY"), (1.5, 2500, "EMPTY"), (2.0, 3000, "CHARGING"), (2.9, 3900, "CHARGING"),
+              (4.0, 5000, "READY"), (9.0, 10_000, "READY")]
+    for until, level, state in expect:
+        pools = sim.run(until=until).pools()
+        assert (int(pools["level_bits"][0]), pools["state"][0]) == (level, state), until

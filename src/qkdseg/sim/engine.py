@@ -197,6 +197,7 @@ class Simulation:
         kb = requests.key_bits
         self.empty_bits = int(empty_bits if empty_bits is not None else (kb.max() if len(kb) else 1))
         self.state = np.where(cap < self.empty_bits, EMPTY, READY).astype(np.int8)
+        self._ready_at_least_empty = bool((self.ready_bits >= self.empty_bits).all())
         self.cache: dict | None = {} if cache else None
         self.on_sample = on_sample
         n = len(requests)
@@ -247,11 +248,16 @@ class Simulation:
             self.state[links] = st
 
     def _debit(self, links: np.ndarray, need: np.ndarray) -> None:
+        rb = self.ready_bits[links]
+        lv = self.levels.level[links] - need
+        if self._ready_at_least_empty and (lv >= rb).all():
+            self.levels.debit(links, need)
+            self.state[links] = READY  # at or above READY after the debit, whatever came before
+            return
         self._settle_states(links)
         self.levels.debit(links, need)
-        lv = self.levels.level[links]
         st = self.state[links]
-        st[(st == READY) & (lv < self.ready_bits[links])] = WARNING
+        st[(st == READY) & (lv < rb)] = WARNING
         st[lv < self.empty_bits] = EMPTY
         self.state[links] = st
 
