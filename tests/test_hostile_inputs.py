@@ -119,6 +119,13 @@ CASES = [
     ("generate bad suffix", ["topology", "generate", "waxman", "-o", "g.txt"], "suffix"),
     ("generate unknown kind", ["topology", "generate", "erdos", "-o", "g.json"], "unknown generator"),
     ("generate alpha and mean degree", ["topology", "generate", "waxman", "--alpha", "0.2", "--mean-degree", "5", "-o", "g.json"], "not both"),
+    ("reproduce trials huge", ["reproduce", "--trials", HUGE, "--out", "r", "--quiet"], "--trials"),
+    ("reproduce workers huge", ["reproduce", "--trials", "1", "--workers", HUGE, "--out", "r", "--quiet"], "--workers"),
+    ("study requests huge", ["study", "--requests", HUGE, "--out", "s", "--quiet"], "--requests"),
+    ("demo requests 0", ["demo", "--requests", "0"], "--requests"),
+    ("generate nodes huge", ["topology", "generate", "waxman", "--nodes", HUGE, "-o", "g.json"], "nodes="),
+    ("generate alpha nan", ["topology", "generate", "waxman", "--alpha", "nan", "-o", "g.json"], "alpha"),
+    ("empty NET", ["route", "", "--src", "0", "--dst", "7"], "empty network name"),
     # -- topohub queries ----------------------------------------------------------------------------
     ("topohub seed -1", ["topology", "show", f"{ABILENE}?seed=-1"], "seed"),
     ("topohub pool 1e40", ["topology", "show", f"{ABILENE}?pool_bits=1" + "0" * 40], "pool_bits"),

@@ -152,6 +152,18 @@ def _txt(value: Any) -> str:
     return escape(_one_line(str(value)))
 
 
+#: Bounds of the sweep commands' counts: far above any real run, low enough
+#: that a typo fails at once instead of running for days or exhausting memory.
+MAX_TRIALS = 10_000_000
+MAX_REQUESTS = 1_000_000
+MAX_WORKERS = 1024
+
+
+def _check_range(value: Optional[int], option: str, lo: int, hi: int) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise InvalidRequest(f"{option} {value}: must lie in [{lo}, {hi}]")
+
+
 def _check_seed(seed: Optional[int], option: str = "--seed") -> None:
     if seed is not None and not 0 <= seed < 2**63:
         raise InvalidRequest(f"{option} {seed}: must be a whole number in [0, 2**63)")
@@ -425,8 +437,7 @@ def demo(
     """Every algorithm on the built-in example and on a seeded 100-node Waxman network."""
     from .demo import demo_rows
 
-    if not 1 <= requests <= 1_000_000:
-        raise InvalidRequest(f"--requests {requests}: must lie in [1, 1000000]")
+    _check_range(requests, "--requests", 1, MAX_REQUESTS)
     _check_seed(seed)
     rows = demo_rows(requests=requests, seed=seed)
     if fmt is Fmt.json:
@@ -563,8 +574,9 @@ def reproduce(
     """The paper's evaluation (Fig. 5 and 6): results, figures and a PASS/FAIL report."""
     from .experiments import reproduce as do_reproduce
 
-    if workers is not None and workers < 1:
-        raise InvalidRequest(f"--workers {workers}: must be at least 1")
+    _check_range(workers, "--workers", 1, MAX_WORKERS)
+    _check_range(trials, "--trials", 1, MAX_TRIALS)
+    _check_range(sensitivity_trials, "--sensitivity-trials", 0, MAX_TRIALS)
     _check_out_dir(out)  # before the sweep, not after it
     info = do_reproduce(
         trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
@@ -619,8 +631,8 @@ def study(
     from .experiments.study import plot_study, run_study, write_study_report
 
     _check_seed(seed)
-    if requests < 1:
-        raise InvalidRequest(f"--requests {requests}: must be at least 1")
+    _check_range(requests, "--requests", 1, MAX_REQUESTS)
+    _check_range(workers, "--workers", 1, MAX_WORKERS)
     _check_out_dir(out)  # before the study, not after it
     df = run_study(topologies, requests=requests, seed=seed, trusted=trusted if trusted < 1 else int(trusted), p=p,
                    min_nodes=min_nodes, workers=workers, progress=not quiet)

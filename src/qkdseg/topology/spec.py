@@ -30,6 +30,8 @@ def load(spec: str | Path, *, default_p: float | None = None) -> Network:
     if not isinstance(spec, (str, Path)):
         raise TopologyFileError(f"load: expected a file path, a built-in name or a topohub key, got {type(spec).__name__}")
     text = str(spec)
+    if not text.strip():
+        raise TopologyFileError("empty network name (give a file, 'example' or 'topohub:GROUP/NAME')")
     if text in BUILTIN:
         return example_network()
     if text.startswith("topohub:"):
