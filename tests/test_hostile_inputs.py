@@ -126,6 +126,10 @@ CASES = [
     ("generate nodes huge", ["topology", "generate", "waxman", "--nodes", HUGE, "-o", "g.json"], "nodes="),
     ("generate alpha nan", ["topology", "generate", "waxman", "--alpha", "nan", "-o", "g.json"], "alpha"),
     ("empty NET", ["route", "", "--src", "0", "--dst", "7"], "empty network name"),
+    ("simulate rate x duration huge", ["simulate", "example", "--rate", "1", "--duration", HUGE, "--quiet", "--out", "sm"], "expected requests"),
+    ("simulate ppbp rate huge", ["simulate", "example", "--arrivals", "ppbp", "--rate", HUGE, "--duration", "10", "--quiet", "--out", "sm"], "expected requests"),
+    ("simulate key bits huge", ["simulate", "example", "--rate", "1", "--duration", "10", "--key-bits", HUGE, "--quiet", "--out", "sm"], "key_bits"),
+    ("simulate interval tiny", ["simulate", "example", "--rate", "1", "--duration", "10", "--interval", "1e-300", "--quiet", "--out", "sm"], "interval"),
     # -- topohub queries ----------------------------------------------------------------------------
     ("topohub seed -1", ["topology", "show", f"{ABILENE}?seed=-1"], "seed"),
     ("topohub pool 1e40", ["topology", "show", f"{ABILENE}?pool_bits=1" + "0" * 40], "pool_bits"),

@@ -78,6 +78,10 @@ def link_rates(network: Network, default_bps: float = DEFAULT_RATE_BPS) -> np.nd
     return rate
 
 
+#: Most time-series intervals one run records.
+MAX_INTERVALS = 10_000_000
+
+
 def nice_interval(horizon: float, samples: int = 200) -> float:
     """The smallest of 1, 2, 5 x 10^k seconds giving at most ``samples`` intervals over ``horizon``."""
     if horizon <= 0:
@@ -190,6 +194,8 @@ class Simulation:
                 or not math.isfinite(interval) or interval <= 0:
             raise InvalidRequest(f"interval={interval!r} must be a positive number of seconds")
         self.interval = float(interval)
+        if self.horizon / self.interval > MAX_INTERVALS:
+            raise InvalidRequest(f"interval={interval!r} gives more than {MAX_INTERVALS} time-series intervals over {self.horizon:g} s")
         k = max(1, math.ceil(self.horizon / self.interval - 1e-9))
         self.sample_times = np.minimum(np.arange(1, k + 1) * self.interval, self.horizon)
         cap = self.levels.capacity

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..network import Network
+from ..network import MAX_POOL_BITS, Network
 
 #: Default key size of a request, bits.
 DEFAULT_KEY_BITS = 256
@@ -85,15 +85,23 @@ def _check_positive(value, what: str) -> float:
 
 
 def _check_common(key_bits, epsilon) -> tuple[int, float]:
-    if isinstance(key_bits, bool) or not isinstance(key_bits, (int, np.integer)) or key_bits < 1:
-        raise InvalidRequest(f"key_bits={key_bits!r} must be a positive integer (bits)")
+    if isinstance(key_bits, bool) or not isinstance(key_bits, (int, np.integer)) or not 1 <= key_bits <= MAX_POOL_BITS:
+        raise InvalidRequest(f"key_bits={key_bits!r} must be a positive integer (bits), at most {MAX_POOL_BITS}")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)) or not 0.0 <= epsilon <= 1.0:
         raise InvalidRequest(f"epsilon={epsilon!r} must be a probability in [0, 1]")
     return int(key_bits), float(epsilon)
 
 
+#: Most expected arrivals (rate x duration) one run draws; more is a typo, not a run.
+MAX_EXPECTED_ARRIVALS = 10**8
+
+
 def _arrival_times(rng: np.random.Generator, rate: float, duration: float) -> np.ndarray:
     """Poisson arrivals in ``[0, duration)``: cumulative standard exponentials / rate."""
+    if rate * duration > MAX_EXPECTED_ARRIVALS:
+        raise InvalidRequest(
+            f"rate x duration = {rate * duration:.3g} expected requests; at most {MAX_EXPECTED_ARRIVALS:.0e} per run"
+        )
     out: list[np.ndarray] = []
     t0 = 0.0
     block = max(64, int(rate * duration * 1.05) + 64)
@@ -175,6 +183,10 @@ def _ppbp(rng: np.random.Generator, rate: float, duration: float, burst_seconds:
     """
     if not 0.5 < hurst < 1.0:
         raise InvalidRequest(f"hurst={hurst!r} must lie in (0.5, 1)")
+    if rate * duration > MAX_EXPECTED_ARRIVALS:
+        raise InvalidRequest(
+            f"rate x duration = {rate * duration:.3g} expected requests; at most {MAX_EXPECTED_ARRIVALS:.0e} per run"
+        )
     alpha = 3.0 - 2.0 * hurst
     starts = _arrival_times(rng, concurrent / burst_seconds, duration)
     xm = burst_seconds * (alpha - 1.0) / alpha
