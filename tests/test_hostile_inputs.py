@@ -259,3 +259,52 @@ def test_closed_pipe_is_quiet():
     proc.wait(timeout=60)
     assert first.strip() == b"example"
     assert err == "" and proc.returncode in (0, 1)
+
+
+# -- the Python API: the project's own exceptions, never a raw TypeError/IndexError --------------------
+def _api_cases():
+    import numpy as np
+
+    import qkdseg
+    from qkdseg.topology import waxman_large
+
+    net = qkdseg.example_network()
+    p = np.array([1.0, 0.5, 0.5, 1.0])
+    seg = [[[0, 1, 3], [0, 2, 3]]]
+    return [
+        ("route on a name", lambda: qkdseg.route("example", 0, 7)),
+        ("route on None", lambda: qkdseg.route(None, 0, 7)),
+        ("route max_paths 10**30", lambda: qkdseg.route(net, 0, 7, max_paths=10**30)),
+        ("route bad reconstruction option", lambda: qkdseg.route(net, 0, 7, epsilon=0.5, reconstruction="optimal",
+                                                                 reconstruction_options={"time_limit": "x"})),
+        ("exdijkstra removed_nodes not a list", lambda: qkdseg.exdijkstra(net, 0, 7, removed_nodes=5)),
+        ("waxman trusted 2.5", lambda: qkdseg.waxman(100, trusted=2.5)),
+        ("waxman 100.5 nodes", lambda: qkdseg.waxman(100.5)),
+        ("waxman seed -1", lambda: qkdseg.waxman(30, seed=-1)),
+        ("waxman 10**6 nodes", lambda: qkdseg.waxman(10**6)),
+        ("waxman_large p nan", lambda: waxman_large(1000, p=float("nan"))),
+        ("exact p 1.5", lambda: qkdseg.exact_security(np.array([1.0, 1.5, 0.5, 1.0]), seg)),
+        ("exact p nan", lambda: qkdseg.exact_security(np.array([1.0, np.nan, 0.5, 1.0]), seg)),
+        ("exact negative index", lambda: qkdseg.exact_security(p, [[[0, -1, 3]]])),
+        ("exact index out of range", lambda: qkdseg.exact_security(p, [[[0, 9, 3]]])),
+        ("exact string index", lambda: qkdseg.exact_security(p, [[[0, "a", 3]]])),
+        ("independent p 1.5", lambda: qkdseg.independent_security(np.array([1.0, 1.5, 0.5, 1.0]), seg)),
+        ("independent index out of range", lambda: qkdseg.independent_security(p, [[[0, 9, 3]]])),
+        ("montecarlo samples 1.5", lambda: qkdseg.montecarlo_security(p, seg, samples=1.5)),
+        ("read_network of an int", lambda: qkdseg.read_network(123)),
+        ("write_network of an int", lambda: qkdseg.write_network(5, "x.json")),
+        ("load None", lambda: qkdseg.load(None)),
+        ("Network of a string", lambda: qkdseg.Network("abc")),
+        ("Network default_p True", lambda: qkdseg.Network(net.graph, default_p=True)),
+    ]
+
+
+API_CASES = _api_cases()
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_raises_project_errors(case):
+    from qkdseg import QkdsegError
+
+    with pytest.raises(QkdsegError):
+        case[1]()

@@ -410,10 +410,17 @@ def exdijkstra(
     s, d = _check_request(network, source, destination)
     arrays = network.arrays
     rn = np.zeros(arrays.n_nodes, dtype=bool)
+    try:
+        removed_nodes, removed_links = list(removed_nodes), [tuple(link) for link in removed_links]
+    except TypeError:
+        raise InvalidRequest("removed_nodes must be node ids and removed_links pairs of node ids") from None
     for v in removed_nodes:
         rn[arrays.index[network.check_node(v)]] = True
     rl = np.zeros(arrays.n_links, dtype=bool)
-    for u, v in removed_links:
+    for link in removed_links:
+        if len(link) != 2:
+            raise InvalidRequest(f"removed link {link!r} must be a pair of node ids")
+        u, v = link
         k = arrays.edge_index(arrays.index[network.check_node(u)], arrays.index[network.check_node(v)])
         if k < 0:
             raise InvalidRequest(f"link ({u!r}, {v!r}) is not in network {network.name!r}")

@@ -187,6 +187,8 @@ def exact_security(
     >>> independent_security(p, [[[0, 1, 2, 4], [0, 1, 3, 4]]])
     0.4375
     """
+    if isinstance(max_shared, bool) or not isinstance(max_shared, (int, np.integer)) or max_shared < 0:
+        raise InvalidRequest(f"max_shared={max_shared!r} must be a non-negative whole number")
     p = _checked(p, segments, chain)
     return _exact_security(p, segments, chain, max_shared)
 

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from ..errors import InvalidRequest
 from .evaluator import _Evaluator
 from .paper import paper
 from .registry import register
@@ -334,6 +335,12 @@ def optimal(
     keys than ``paper``.
     """
     _validate(segments, epsilon, block_bits)
+    for name, value in (("max_choices", max_choices), ("max_columns", max_columns)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidRequest(f"optimal: {name}={value!r} must be a positive whole number")
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float, np.integer, np.floating)) \
+            or not time_limit >= 0:
+        raise InvalidRequest(f"optimal: time_limit={time_limit!r} must be a number of seconds >= 0")
     B = int(block_bits)
     eps = float(epsilon)
     base = paper(p, segments, chain, eps, B)

@@ -10,6 +10,9 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
+from ..errors import InvalidRequest
 from .evaluator import _Evaluator
 from .paper import balanced_matching
 from .registry import register
@@ -82,6 +85,8 @@ def reuse(
     ``min_j n_j * B``, is reported in ``information_theoretic_bound_bits``.
     """
     _validate(segments, epsilon, block_bits)
+    if isinstance(max_combinations, bool) or not isinstance(max_combinations, (int, np.integer)) or max_combinations < 1:
+        raise InvalidRequest(f"reuse: max_combinations={max_combinations!r} must be a positive whole number")
     B = int(block_bits)
     eps = float(epsilon)
     if _empty(segments):

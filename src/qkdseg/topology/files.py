@@ -80,6 +80,10 @@ def write_network(network: Network, path: str | Path, *, fmt: str | None = None)
     Returns the path written. JSON output is canonical: the same network gives
     byte-identical files.
     """
+    if not isinstance(network, Network):
+        raise TopologyFileError(f"write_network: expected a qkdseg.Network, got {type(network).__name__}")
+    if not isinstance(path, (str, Path)):
+        raise TopologyFileError(f"write_network: expected a file path, got {type(path).__name__}")
     path = Path(path)
     form = format_of(path, fmt)
     try:
