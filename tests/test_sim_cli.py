@@ -150,3 +150,13 @@ def test_user_errors_are_one_line(tmp_path, args, msg):
     assert res.exit_code == 2, res.output
     assert msg in res.output and "Traceback" not in res.output
     assert res.output.startswith("qkdseg: error: ") and res.output.count("\n") == 1
+
+
+def test_a_run_without_requests_still_writes_its_files(tmp_path):
+    trace = tmp_path / "empty.csv"
+    trace.write_text("t,src,dst\n", encoding="utf-8")
+    res = runner.invoke(app, ["simulate", "example", "--trace", str(trace), "--algorithms", "smr,single", "--quiet",
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_parquet(tmp_path / "o" / "requests.parquet")) == 0
+    assert "| single | 0 | 0 | 0 | - |" in (tmp_path / "o" / "report.md").read_text()

@@ -45,12 +45,19 @@ def _parquet(df, path: Path) -> Path:
 
 
 # -- one run ----------------------------------------------------------------------------------------
-def summary_table(requests_df, duration: float):
-    """Per algorithm: requests, served, blocking, throughput (bits/s), mean security, consumption, waits, reasons."""
+def summary_table(requests_df, duration: float, algorithms=None):
+    """Per algorithm: requests, served, blocking, throughput (bits/s), mean security, consumption, waits, reasons.
+
+    ``algorithms`` (default: those in the rows) gives the rows' order; an algorithm without requests gets
+    zero counts and NaN means.
+    """
     import pandas as pd
 
+    if algorithms is None:
+        algorithms = sorted(requests_df["algorithm"].unique(), key=_alg_rank)
     rows = []
-    for alg, d in requests_df.groupby("algorithm", sort=False):
+    for alg in algorithms:
+        d = requests_df[requests_df["algorithm"] == alg]
         served = d[d["served"]]
         n = len(d)
         reasons = d.loc[d["outcome"] == "blocked", "reason"].value_counts()
@@ -69,8 +76,7 @@ def summary_table(requests_df, duration: float):
             "epsilon_unmet": int(reasons.get("epsilon", 0)),
             "short": int(reasons.get("short", 0)),
         })
-    out = pd.DataFrame(rows)
-    return out.sort_values("algorithm", key=lambda s: s.map(_alg_rank), kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def plot_timeseries(ts, out_dir: str | Path) -> list[Path]:
@@ -164,7 +170,7 @@ def write_run(res, network: Network, out_dir: str | Path, *, command: str) -> di
     files += plot_timeseries(res.timeseries, out)
     files += plot_pool_levels(res.levels, network.arrays.pool_bits, out)
     info = res.info
-    table = summary_table(res.requests, info["duration"])
+    table = summary_table(res.requests, info["duration"], info["algorithms"])
     lines = [
         "# Time-dynamic run",
         "",
@@ -221,14 +227,10 @@ def sim_chunk(spec: dict, part: list) -> list[dict]:
                              link_rate_bps=spec["link_rate_bps"], interval=spec["duration"] + spec["ttl"],
                              options=spec["options"].get(alg)).run()
             d = sim.requests_frame()
-            s = summary_table(d, spec["duration"]).iloc[0].to_dict() if len(d) else None
+            s = summary_table(d, spec["duration"], [alg]).iloc[0].to_dict()
             row = {"rate": float(rate), "replication": int(rep), "seed": seed, "algorithm": alg,
                    "offered_key_bps": float(rate) * spec["key_bits"]}
-            if s is None:
-                s = {"requests": 0, "served": 0, "blocked": 0, "blocking": float("nan"), "throughput_bps": 0.0,
-                     "mean_security": float("nan"), "mean_consumed_bits": float("nan"), "mean_hops": float("nan"),
-                     "mean_wait": float("nan"), "no_route": 0, "epsilon_unmet": 0, "short": 0}
-            s.pop("algorithm", None)
+            s.pop("algorithm")
             row.update(s)
             row["served_key_bits"] = int(d.loc[d["served"], "key_bits"].sum()) if len(d) else 0
             row["_seconds"] = sim.stats["run_seconds"]
