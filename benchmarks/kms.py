@@ -211,6 +211,7 @@ def main(argv=None) -> int:
         return 0
     pair_counts = [int(x) for x in args.pairs.split(",")]
     rows = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = make_service(Path(tmp) / "svc")
         qkdseg_bin = str(Path(sys.executable).with_name("qkdseg"))
@@ -234,7 +235,8 @@ def main(argv=None) -> int:
         f"{_dt.date.today().isoformat()}, {platform.node() or 'host'}: {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; `python -m benchmarks.kms --seconds {args.seconds:g} --pairs {args.pairs}`.",
         "Full deliveries (enc_keys then dec_keys, one 256-bit key) on loopback over mutual TLS, durability on "
-        "(SQLite synchronous=FULL); clients and server share the machine.",
+        "(SQLite synchronous=FULL); clients and server share the machine. "
+        f"1-minute load average {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it.",
         "",
         "| pairs | deliveries/s | p50 ms | p99 ms | errors | floor deliveries/s | floor p50 ms | floor p99 ms | ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
