@@ -57,6 +57,8 @@ def test_simulate_twice_identical_with_documented_columns(tmp_path):
         assert d["offered"].sum() == len(r) and d["served"].sum() == r["served"].sum()
     run = json.loads((outs[0] / "run.json").read_text())
     assert run["seed"] == 3 and "--out" not in run["command"]
+    for alg in ("smr", "msp", "single"):  # the pools' books against the requests' records
+        assert run["debited_bits"][alg] == served.loc[served["algorithm"] == alg, "consumed_bits"].sum() > 0
     report = (outs[0] / "report.md").read_text()
     assert "| smr |" in report and "docs/model.md section 9" in report
 

@@ -168,6 +168,8 @@ def simulate(
         "link_rate_bps": link_rate_bps,
         "reconstruction": reconstruction,
         "interval": sims[0].interval,
+        # what left the pools, per algorithm (LinkLevels' consumed offsets): equals the consumed bits of the served
+        "debited_bits": {s.algorithm: int(s.levels.consumed.sum()) for s in sims},
         "stats": {s.algorithm: dict(s.stats) for s in sims},
     }
     return SimulationResult(req, ts, lv, info)
