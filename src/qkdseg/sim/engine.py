@@ -207,6 +207,11 @@ class Simulation:
         self.cache: dict | None = {} if cache else None
         self.on_sample = on_sample
         n = len(requests)
+        seeds = requests.seed.tolist() if self._seeded else [None] * n
+        # (source, destination, key bits, epsilon, seed) per request as Python scalars: the hot loop reads them
+        self._rq = list(zip(requests.src.tolist(), requests.dst.tolist(), requests.key_bits.tolist(),
+                            requests.epsilon.tolist(), seeds))
+        self._times = requests.t.tolist()
         self.outcome = np.full(n, PENDING, dtype=np.int8)
         self.end_time = np.full(n, np.nan)
         self.security = np.full(n, np.nan)
@@ -295,10 +300,7 @@ class Simulation:
 
     def _attempt(self, j: int, t: float) -> bool:
         """Try request ``j`` now (levels are at ``t``); serve it and debit, or record why not."""
-        req = self.requests
-        bits = int(req.key_bits[j])
-        s, d, eps = int(req.src[j]), int(req.dst[j]), float(req.epsilon[j])
-        seed = int(req.seed[j]) if self._seeded else None
+        s, d, bits, eps, seed = self._rq[j]
         level = self.levels.level
         self.tries[j] += 1
         self.stats["attempts"] += 1
@@ -334,8 +336,8 @@ class Simulation:
         if self.ttl > 0:
             self.outcome[j] = WAITING
             self._queue[j] = None
-            self._queue_bits[int(self.requests.key_bits[j])] += 1
-            heapq.heappush(self._expiry, (float(self.requests.t[j]) + self.ttl, j))
+            self._queue_bits[self._rq[j][2]] += 1
+            heapq.heappush(self._expiry, (self._times[j] + self.ttl, j))
         else:
             self.outcome[j] = BLOCKED
             self.end_time[j] = t
@@ -346,13 +348,13 @@ class Simulation:
         for j in list(self._queue):
             if self._attempt(j, t):
                 del self._queue[j]
-                self._queue_bits[int(self.requests.key_bits[j])] -= 1
+                self._queue_bits[self._rq[j][2]] -= 1
 
     def _expire(self, t: float) -> None:
         _, j = heapq.heappop(self._expiry)
         if j in self._queue:
             del self._queue[j]
-            self._queue_bits[int(self.requests.key_bits[j])] -= 1
+            self._queue_bits[self._rq[j][2]] -= 1
             self.outcome[j] = BLOCKED
             self.end_time[j] = t
 
@@ -399,7 +401,7 @@ class Simulation:
         if not stop >= self.t:
             raise InvalidRequest(f"until={until!r} is before the simulation's time {self.t:g}")
         wall = time.perf_counter()
-        times = self.requests.t
+        times = self._times
         n = len(times)
         samples = self.sample_times
         n_samples = len(samples)
