@@ -21,6 +21,7 @@ from .errors import (
     UnknownAlgorithm,
 )
 from .network import DEFAULT_POOL_BITS, Network, NetworkArrays
+from .placement import PlacementResult, place
 from .routing import ALGORITHMS
 from .security import SecurityEstimate, exact_security, independent_security, montecarlo_security
 from .sim import Simulation, SimulationResult, simulate
@@ -38,6 +39,7 @@ __all__ = [
     "NetworkError",
     "NoPath",
     "NodeNotFound",
+    "PlacementResult",
     "QkdsegError",
     "Route",
     "Segment",
@@ -54,6 +56,7 @@ __all__ = [
     "load",
     "load_topohub",
     "montecarlo_security",
+    "place",
     "read_network",
     "route",
     "simulate",

@@ -452,6 +452,13 @@ def route_security_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_no
     ``mark`` is an all-False work array of length n, left all-False.
     """
     nodes, starts, seg = round_robin_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), seg_nodes, max_paths)
+    return product_security_nb(nodes, starts, seg, seg_nodes, p, mark)
+
+
+@_jit
+def product_security_nb(nodes, starts, seg, seg_nodes, p, mark):
+    """``(security, shared)`` of round-robin paths as :func:`round_robin_nb`
+    returns them (see :func:`route_security_nb`)."""
     nseg = seg_nodes.size - 1
     counts = np.zeros(nseg, dtype=np.int64)
     for i in range(seg.size):
