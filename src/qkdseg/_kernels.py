@@ -608,3 +608,160 @@ def path_state_security_nb(m, masks, probs, q, cmasks):
                 w *= 1.0 - miss[st & cmasks[c]]
             total += w
     return total
+
+
+# -- MSP: seeded self-avoiding random walks ---------------------------------------------
+@_jit
+def _pairwise_sum(a, n):
+    """``a[:n].sum()`` as numpy computes it for float64 (pairwise summation, 8 accumulators), ``n <= 128``."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[i]
+        i += 1
+    return res
+
+
+@_jit
+def msp_walks_nb(indptr, indices, edge_of, p, trusted, rn, rl, source, target, wtab, uniforms, max_paths, max_steps):
+    """MSP's walks (:mod:`qkdseg.routing.msp`) on arrays, drawing from ``uniforms`` in order.
+
+    ``uniforms`` are the successive ``rng.random()`` values of the Python
+    reference; ``wtab[k] = exp(-beta * k)`` computed by numpy. The weighted
+    draw repeats the reference's arithmetic (numpy's pairwise sum, then the
+    cumulative sum, then ``searchsorted(side="right")``), so the paths are
+    the same. ``max_paths``/``max_steps`` < 0: unlimited. ``rn``/``rl`` are
+    modified (pass copies).
+
+    Returns ``(nodes, starts, used, ok)``: path ``i`` is
+    ``nodes[starts[i]:starts[i+1]]``; ``used`` uniforms were drawn; ``ok``
+    is False when ``uniforms`` ran out (call again with more).
+    """
+    n = indptr.size - 1
+    inf = np.inf
+    deg = indptr[source + 1] - indptr[source]
+    nodes = np.empty(n * (deg + 1) + 2, dtype=np.int64)
+    starts = np.zeros(deg + 2, dtype=np.int64)
+    npaths = 0
+    nn = 0
+    pos = 0
+    usable = np.empty(n, dtype=np.bool_)
+    dist = np.empty(n)
+    queue = np.empty(n, dtype=np.int64)
+    visited = np.empty(n, dtype=np.bool_)
+    stack = np.empty(n, dtype=np.int64)
+    maxdeg = 0
+    for u in range(n):
+        if indptr[u + 1] - indptr[u] > maxdeg:
+            maxdeg = indptr[u + 1] - indptr[u]
+    cand = np.empty(maxdeg, dtype=np.int64)
+    w = np.empty(maxdeg)
+    cdf = np.empty(maxdeg)
+    while max_paths < 0 or npaths < max_paths:
+        for v in range(n):
+            usable[v] = (not rn[v]) and p[v] > 0.0
+            dist[v] = inf
+            visited[v] = False
+        usable[source] = False
+        usable[target] = False
+        # hop distances to the target over usable links, through usable relays
+        dist[target] = 0.0
+        queue[0] = target
+        head = 0
+        tail = 1
+        while head < tail:
+            u = queue[head]
+            head += 1
+            du = dist[u] + 1.0
+            for k in range(indptr[u], indptr[u + 1]):
+                v = indices[k]
+                if usable[v] and dist[v] == inf and not rl[edge_of[k]]:
+                    dist[v] = du
+                    queue[tail] = v
+                    tail += 1
+        # the walk
+        visited[source] = True
+        stack[0] = source
+        depth = 1
+        steps = 0
+        found = False
+        while depth > 0:
+            if max_steps >= 0 and steps >= max_steps:
+                break
+            u = stack[depth - 1]
+            nc = 0
+            for k in range(indptr[u], indptr[u + 1]):
+                v = indices[k]
+                if not rl[edge_of[k]] and not visited[v] and (v == target or (usable[v] and dist[v] != inf)):
+                    cand[nc] = v
+                    nc += 1
+            steps += 1
+            if nc == 0:
+                depth -= 1
+                continue
+            if nc > 1:
+                if pos >= uniforms.size:
+                    return nodes[:nn].copy(), starts[: npaths + 1].copy(), pos, False
+                dmin = dist[cand[0]]
+                for i in range(1, nc):
+                    if dist[cand[i]] < dmin:
+                        dmin = dist[cand[i]]
+                for i in range(nc):
+                    w[i] = wtab[int(dist[cand[i]] - dmin)]
+                total = _pairwise_sum(w, nc) if nc <= 128 else w[:nc].sum()
+                acc = 0.0
+                for i in range(nc):
+                    acc += w[i] / total
+                    cdf[i] = acc
+                last = cdf[nc - 1]
+                for i in range(nc):
+                    cdf[i] = cdf[i] / last
+                x = uniforms[pos]
+                pos += 1
+                pick = 0
+                while pick < nc and cdf[pick] <= x:
+                    pick += 1
+                if pick >= nc:  # as numpy's cand[searchsorted(...)] would fail; cannot happen with x < 1
+                    pick = nc - 1
+                v = cand[pick]
+            else:
+                v = cand[0]
+            stack[depth] = v
+            depth += 1
+            if v == target:
+                found = True
+                break
+            visited[v] = True
+        if not found:
+            break
+        for i in range(depth):
+            nodes[nn + i] = stack[i]
+        nn += depth
+        npaths += 1
+        starts[npaths] = nn
+        for i in range(1, depth - 1):
+            if not trusted[stack[i]]:
+                rn[stack[i]] = True
+        for i in range(depth - 1):
+            x, y = stack[i], stack[i + 1]
+            for k in range(indptr[x], indptr[x + 1]):
+                if indices[k] == y:
+                    rl[edge_of[k]] = True
+                    break
+    return nodes[:nn].copy(), starts[: npaths + 1].copy(), pos, True

@@ -37,6 +37,7 @@ import math
 
 import numpy as np
 
+from .. import _kernels
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
 from .registry import register
@@ -129,6 +130,30 @@ def random_walk_path(
     return None
 
 
+def _msp_numba(arrays, source, target, rn, rl, rng, max_paths, beta, max_steps, first_block=None) -> list[list[int]]:
+    """The walks compiled (:func:`qkdseg._kernels.msp_walks_nb`), on the same ``rng.random()`` stream.
+
+    The uniforms are drawn ahead in one block (``rng.random(k)`` yields the
+    same values as ``k`` calls of ``rng.random()``); if the walks need more,
+    the block is extended from the same generator and the walks run again.
+    """
+    n = arrays.n_nodes
+    wtab = np.exp(-beta * np.arange(n + 1, dtype=np.float64))
+    uniforms = rng.random(4 * n + 64 if first_block is None else first_block)
+    mp = -1 if max_paths is None else int(max_paths)
+    ms = -1 if max_steps is None else int(max_steps)
+    while True:
+        nodes, starts, _, ok = _kernels.msp_walks_nb(
+            arrays.indptr, arrays.indices, arrays.edge_of, arrays.p, arrays.trusted, rn.copy(), rl.copy(),
+            int(source), int(target), wtab, uniforms, mp, ms,
+        )
+        if ok:
+            flat = nodes.tolist()
+            bounds = starts.tolist()
+            return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+        uniforms = np.concatenate([uniforms, rng.random(uniforms.size)])
+
+
 @register(
     "msp",
     "Multiple stochastic paths (Wen et al. 2009): seeded self-avoiding random walks biased to the destination",
@@ -149,8 +174,14 @@ def msp(
     seed: int = 0,
     beta: float = DEFAULT_BETA,
     max_steps: int | None = None,
+    kernel: str | None = None,
 ):
-    """MSP on node indices; returns ``(segment_nodes, paths)`` with one segment."""
+    """MSP on node indices; returns ``(segment_nodes, paths)`` with one segment.
+
+    ``kernel`` (not a routing option: the registry's callers use the
+    default) picks the compiled walks or the Python reference; both give the
+    same paths for the same seed.
+    """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidRequest(f"seed={seed!r} must be a non-negative integer")
     if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating)) or not math.isfinite(beta) or beta < 0:
@@ -161,6 +192,8 @@ def msp(
     rn = rn.copy()
     rl = rl.copy()
     rng = np.random.default_rng(seed)
+    if _kernels.resolve_kernel(kernel) == "numba":
+        return [source, target], [_msp_numba(arrays, source, target, rn, rl, rng, max_paths, float(beta), max_steps)]
     limit = max_paths if max_paths is not None else math.inf
     paths: list[list[int]] = []
     while len(paths) < limit:
