@@ -105,3 +105,24 @@ def test_bad_curve_range(tmp_path):
     res = run("place", "example", "--budget", 1, "--out", tmp_path, "--curve", "5..2")
     assert res.exit_code == 2 and "--curve" in res.output
     assert not nx.utils.graphs_equal(nx.path_graph(2), nx.path_graph(3))
+
+
+def test_study_unit_and_report(tmp_path):
+    """One network of ``qkdseg study --placement`` (Abilene, small budgets):
+    rows for every method, exact never below greedy, and the report's tables."""
+    from qkdseg.experiments.placement import placement_table, study_unit, write_placement_report
+
+    import pandas as pd
+
+    opts = {"seed": 0, "p": 0.8, "objective": "security", "budgets": [1, 2], "methods": ("greedy", "swap", "degree", "random"),
+            "baselines": ("degree", "random"), "swap_max_k": 2, "swap_passes": 1, "exact_budgets": (2,),
+            "max_placements": 4000, "waxman_demands": "all", "zoo_demands": "sample:30"}
+    rows = study_unit("topozoo/Abilene", ("zoo", "topozoo/Abilene"), 0, opts)
+    df = pd.DataFrame(rows)
+    assert set(df["method"]) == {"greedy", "swap", "degree", "random", "exact", "greedy@exact"}
+    ex = df.set_index("method")
+    assert ex.loc["exact", "value"] >= ex.loc["greedy@exact", "value"] - 1e-12
+    t = placement_table(df)
+    assert t["gap"] is not None and t["gains"] is not None
+    text = write_placement_report(df, tmp_path).read_text()
+    assert "Exact optimum minus greedy" in text and "topology-zoo" in text

@@ -66,6 +66,9 @@ def plot_curve(curve: dict[str, list], ks: list[int], out_dir: str | Path, *, ti
         xs = [k for k, v in zip(ks, vals) if v is not None]
         ys = [v for v in vals if v is not None]
         ax.plot(xs, ys, style, color=colour, marker=marker, ms=3.5, lw=1.5, label=m)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trusted relays added (budget k)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -142,12 +145,12 @@ def run_placement_study(
     p: float = 0.8,
     objective: str = "security",
     waxman_demands: str = "sample:500",
-    zoo_demands: str = "all",
+    zoo_demands: str = "sample:500",
     methods=("greedy", "swap", "random", "degree", "betweenness", "closeness", "k-center"),
     swap_max_k: int = 10,
     swap_passes: int = 1,
-    exact_budgets=(1, 2, 3),
-    max_placements: int = 20_000,
+    exact_budgets=(2, 3),
+    max_placements: int = 4_000,
     workers: int | None = None,
     progress: bool = True,
 ):
