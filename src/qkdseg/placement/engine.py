@@ -38,6 +38,9 @@ from .demands import Demands
 #: ``keys`` (weighted mean key length at level epsilon, bits, ``paper``).
 OBJECTIVES = ("security", "worst", "keys")
 
+#: Largest size of the three per-demand node masks together, bytes.
+MAX_RECORD_BYTES = 1_500_000_000
+
 
 class Engine:
     """The current placement and its cached per-demand evaluation.
@@ -77,6 +80,11 @@ class Engine:
         finite = a.cost[self.candidates][np.isfinite(a.cost[self.candidates])]
         self.cmax = float(finite.max()) if finite.size else 0.0
         P = len(demands)
+        if 3 * P * self.n > MAX_RECORD_BYTES:
+            raise InvalidRequest(
+                f"{P} demands x {self.n} nodes need {3 * P * self.n / 1e9:.1f} GB of records "
+                f"(at most {MAX_RECORD_BYTES / 1e9:.0f} GB); use fewer demands, e.g. sample:N"
+            )
         self.sec = np.zeros(P)
         self.vals = np.zeros(P)
         self.ok = np.ones(P, dtype=bool)
