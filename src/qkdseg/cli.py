@@ -629,6 +629,10 @@ def study(
     waxman_seeds: Annotated[int, typer.Option("--waxman-seeds", help="Placement study: 100-node Waxman networks.")] = 20,
     budgets: Annotated[str, typer.Option("--budgets", help="Placement study: budgets k, comma-separated.")] = "5,10,20",
     no_zoo: Annotated[bool, typer.Option("--no-zoo", help="Placement study: Waxman networks only.")] = False,
+    demands: Annotated[str, typer.Option("--demands", help="Placement study: demands of every network (all, sample:N, gravity).")] = "sample:500",
+    swap_max_k: Annotated[int, typer.Option("--swap-max-k", help="Placement study: run swap (one pass) only up to this budget.")] = 10,
+    exact_budgets: Annotated[str, typer.Option("--exact-budgets", help="Placement study: budgets of the exact optimum, comma-separated.")] = "2,3",
+    max_placements: Annotated[int, typer.Option("--max-placements", help="Placement study: exact only where there are at most this many subsets.")] = 4000,
 ) -> None:
     """SMR against the baselines on every real topology of a group (or, with --placement, where to add trusted relays)."""
     from .experiments import write_results
@@ -639,8 +643,9 @@ def study(
 
         try:
             ks = sorted({int(x) for x in budgets.split(",") if x.strip()})
+            eks = sorted({int(x) for x in exact_budgets.split(",") if x.strip()})
         except ValueError:
-            raise InvalidRequest(f"--budgets {budgets!r}: use whole numbers separated by commas") from None
+            raise InvalidRequest(f"--budgets {budgets!r} / --exact-budgets {exact_budgets!r}: use whole numbers separated by commas") from None
         if not ks or ks[0] < 0:
             raise InvalidRequest(f"--budgets {budgets!r}: need at least one budget >= 0")
         if waxman_seeds < 0:
@@ -648,11 +653,13 @@ def study(
         _check_seed(seed)
         _check_out_dir(out)
         df = run_placement_study(waxman_seeds=waxman_seeds, zoo=not no_zoo, min_nodes=min_nodes, budgets=ks, seed=seed,
-                                 p=p, workers=workers, progress=not quiet)
+                                 p=p, waxman_demands=demands, zoo_demands=demands, swap_max_k=swap_max_k,
+                                 exact_budgets=eks, max_placements=max_placements, workers=workers, progress=not quiet)
         path = write_results(df, out, stem="placement")
         figs = plot_placement_study(df, out)
         header = (f"`qkdseg study --placement --waxman-seeds {waxman_seeds} --budgets {budgets} --seed {seed} --p {p}"
-                  f"{' --no-zoo' if no_zoo else ''} --min-nodes {min_nodes}`: {df['network'].nunique()} networks, {len(df)} rows.")
+                  f"{' --no-zoo' if no_zoo else ''} --min-nodes {min_nodes} --demands {demands} --swap-max-k {swap_max_k} "
+                  f"--exact-budgets {exact_budgets} --max-placements {max_placements}`: {df['network'].nunique()} networks, {len(df)} rows.")
         report = write_placement_report(df, out, header=header)
         typer.echo(f"wrote {path}, {', '.join(map(str, figs))}, {report}")
         return
