@@ -8,19 +8,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InvalidRequest, QkdsegError
+from ..errors import InvalidRequest
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, audit.", no_args_is_help=True)
 
 
 def _user_errors(func):
+    """The ``qkdseg`` command's one error policy (:func:`qkdseg.cli._user_errors`), looked up when the command runs.
+
+    (``qkdseg.cli`` imports this module, so it cannot be imported from here at import time.)
+    """
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except QkdsegError as err:
-            typer.echo(f"qkdseg: error: {err}", err=True)
-            raise typer.Exit(2) from None
+        from ..cli import _user_errors as policy
+
+        return policy(func)(*args, **kwargs)
 
     return wrapper
 
