@@ -266,3 +266,21 @@ def test_curve_nested_methods_match_single_runs():
     assert c["greedy"][2] == place(net, 2).value
     assert c["degree"][1] == place(net, 1, method="degree").value
     assert c["exact"][0] == place(net, 0).initial
+
+
+def test_documented_counterexample_greedy_below_a_heuristic():
+    """Greedy is not always above the baselines: on the Topology Zoo's Psinet
+    (24 nodes, no trusted relay, p = 0.8, all 276 pairs) closeness and
+    betweenness beat greedy at k = 5 (docs/placement.md section 6 counts
+    such networks in the study). The objective is not submodular, so greedy's
+    early picks can be the wrong ones. One pass of swap, from greedy's
+    nodes, reaches closeness's value here."""
+    from qkdseg.topology import load_topohub
+
+    net = load_topohub("topozoo/Psinet", trusted=0, p=0.8, seed=0)
+    g = place(net, 5)
+    closeness = place(net, 5, method="closeness")
+    assert round(g.value, 5) == 0.72377 and round(closeness.value, 5) == 0.73181
+    assert g.value < closeness.value
+    s = place(net, 5, method="swap", max_passes=1)
+    assert s.value == pytest.approx(closeness.value, abs=1e-9)
