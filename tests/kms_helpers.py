@@ -90,12 +90,16 @@ class Server:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(sig)
         try:
-            rc = self.proc.wait(timeout=15)
+            rc = self.proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait(timeout=10)
         self.log.close()
         return rc
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The end of the server's output, for assertion messages."""
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     def client(self, sae: str, pki: Path | None = None) -> "Client":
         pki = pki or self.directory / "pki"

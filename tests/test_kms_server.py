@@ -304,7 +304,7 @@ def test_keys_survive_kill_9_and_nothing_comes_back(tmp_path):
         server.start()
         a, b = server.client("A"), server.client("B")
         r = b.post("A/dec_keys", {"key_IDs": [{"key_ID": k["key_ID"]} for k in issued[1:]]})
-        assert r.status_code == 200
+        assert r.status_code == 200, (r.text, server.log_tail())
         assert {k["key_ID"]: k["key"] for k in r.json()["keys"]} == {k["key_ID"]: k["key"] for k in issued[1:]}
         r = b.post("A/dec_keys", {"key_IDs": [{"key_ID": issued[0]["key_ID"]}]})
         assert r.status_code == 400
@@ -315,8 +315,9 @@ def test_keys_survive_kill_9_and_nothing_comes_back(tmp_path):
         server.kill9()
         server.start()
         assert all(consumed_offsets(d)[k] >= v for k, v in after.items())
-        assert server.stop() == 0
-        assert "qkdseg kms: stopped" in server.log_path.read_text()
+        rc = server.stop()
+        assert rc == 0, server.log_tail()
+        assert "qkdseg kms: stopped" in server.log_path.read_text(), server.log_tail()
     finally:
         server.stop(signal.SIGKILL)
     # every issued key, in base64 and in hex, is absent from the audit log, the server's output and the database
