@@ -23,7 +23,6 @@ delivery, the same for the floor, and the ratio; writes a Markdown table.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime as _dt
 import os
 import platform

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import qkdseg
-from kms_helpers import Server, consumed_offsets, kms_init, set_config
+from kms_helpers import Server, consumed_offsets, kms_init
 from qkdseg.kms import pki
 from qkdseg.kms.service import MSG_EXT_UNMET, MSG_EXT_UNSUPPORTED, MSG_NOT_FOUND
 

@@ -509,10 +509,7 @@ class KeyService:
         batch = Batch(delete_keys=[row.key_id for row in rows], audit=[self._audit(
             "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
             size=rows[0].size, securities=[row.security for row in rows], outcome="ok")])
-        try:
-            await self.committer.commit(batch)
-        except BaseException:
-            raise
+        await self.committer.commit(batch)
         self.counters["dec_keys"] += 1
         self.counters["keys_delivered"] += len(rows)
         return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
