@@ -42,18 +42,20 @@ def set_config(directory: Path, **fields) -> None:
 class Server:
     """``qkdseg kms serve DIR --port 0`` as a child process; its stdout+stderr go to ``DIR/server.log``."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, args: tuple[str, ...] = ()):
         self.directory = Path(directory)
         self.log_path = self.directory / "server.log"
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.args = tuple(args)  # more options of `kms serve` (--dashboard-port 0 ...)
+        self.dashboard_url: str | None = None  # "http(s)://127.0.0.1:PORT/dashboard/" when one was started
 
     def start(self, timeout: float = 60.0) -> "Server":
         start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log = open(self.log_path, "ab")
         self.port = None
         self.proc = subprocess.Popen(
-            [QKDSEG, "kms", "serve", str(self.directory), "--port", "0"],
+            [QKDSEG, "kms", "serve", str(self.directory), "--port", "0", *self.args],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
@@ -62,7 +64,11 @@ class Server:
             for line in text.splitlines():
                 if "ETSI GS QKD 014 on https://127.0.0.1:" in line:
                     self.port = int(line.split("127.0.0.1:")[1].split("/")[0])
-            if self.port is not None and self.proc.poll() is None and _listening(self.port):
+                if "dashboard on http" in line:
+                    self.dashboard_url = line.split("dashboard on ")[1].split()[0]
+            want_dashboard = any(a.startswith("--dashboard-port") for a in self.args)
+            if (self.port is not None and self.proc.poll() is None and _listening(self.port)
+                    and (not want_dashboard or self.dashboard_url is not None)):
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")

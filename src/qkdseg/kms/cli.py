@@ -86,8 +86,15 @@ def init(
     if not no_pki:
         make_pki(directory / "pki", list(saes), kme_id)
     load_or_make_storage_key(cfg.path(cfg.storage_key))
+    token_path = cfg.path(cfg.dashboard_token)
+    if force or not token_path.exists():
+        import secrets
+
+        from .pki import write_secret
+
+        write_secret(token_path, (secrets.token_urlsafe(32) + "\n").encode())
     typer.echo(f"wrote {directory / CONFIG_NAME}" + ("" if no_pki else f", {directory / 'pki'}/ (test CA, server and "
-               f"{len(saes)} SAE certificates)") + f", {cfg.path(cfg.storage_key)}")
+               f"{len(saes)} SAE certificates)") + f", {cfg.path(cfg.storage_key)}, {token_path}")
     typer.echo(f"start it with: qkdseg kms serve {directory}")
 
 
@@ -98,14 +105,47 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port (0: any free port; the URL is printed).")] = 8443,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (method, path, status).")] = False,
+    dashboard_port: Annotated[int | None, typer.Option(
+        "--dashboard-port", help="Also serve the read-only operator dashboard on this port (0: any free port).",
+        show_default=False)] = None,
+    dashboard_host: Annotated[str, typer.Option("--dashboard-host", help="Address of the dashboard.")] = "127.0.0.1",
+    dashboard_public: Annotated[bool, typer.Option(
+        "--dashboard-public", help="Allow a non-loopback --dashboard-host: then over TLS, with DIR/dashboard.token.",
+    )] = False,
 ) -> None:
     """Serve ETSI GS QKD 014 over HTTPS with required client certificates, until SIGINT/SIGTERM."""
     _need_server_extra()
-    if not 0 <= port <= 65535:
-        raise InvalidRequest(f"--port {port} must be in 0..65535")
+    for name, val in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if val is not None and not 0 <= val <= 65535:
+            raise InvalidRequest(f"{name} {val} must be in 0..65535")
     from .server import serve as run
 
-    run(directory, host, port, access_log=access_log)
+    run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
+        dashboard_public=dashboard_public)
+
+
+@kms_app.command("demo")
+@_user_errors
+def demo(
+    directory: Annotated[Path | None, typer.Option("--dir", help="Service directory (default: a new temporary one).",
+                                                  show_default=False)] = None,
+    port: Annotated[int, typer.Option("--port", help="ETSI 014 port (0: any free port).")] = 8443,
+    dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Dashboard port (0: any free port).")] = 8080,
+    rate: Annotated[float, typer.Option("--rate", help="Key requests per second.")] = 4.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the traffic.")] = 0,
+) -> None:
+    """Serve a key service on the example network with its dashboard and live ETSI 014 traffic (Ctrl-C stops)."""
+    _need_server_extra()
+    for name, val in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if not 0 <= val <= 65535:
+            raise InvalidRequest(f"{name} {val} must be in 0..65535")
+    if not 0 < rate <= 1000:
+        raise InvalidRequest(f"--rate {rate} must be in (0, 1000] requests per second")
+    if directory is not None and directory.exists() and not directory.is_dir():
+        raise InvalidRequest(f"--dir {directory}: exists and is not a directory")
+    from .demo import run_demo
+
+    run_demo(directory, port, dashboard_port, rate, seed)
 
 
 @kms_app.command("audit")

@@ -84,6 +84,9 @@ class KmsConfig:
         and private key (PEM files, relative to DIR).
     storage_key : str
         The AES-256-GCM key file that encrypts key material at rest.
+    dashboard_token : str
+        The operator dashboard's access token file (needed when the dashboard
+        listens on a non-loopback address).
     """
 
     network: str
@@ -104,6 +107,7 @@ class KmsConfig:
     cert: str = "pki/server.crt"
     key: str = "pki/server.key"
     storage_key: str = "storage.key"
+    dashboard_token: str = "dashboard.token"
     _dir: Path = field(default=Path("."), repr=False, compare=False)
 
     def path(self, name: str) -> Path:

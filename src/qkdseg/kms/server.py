@@ -56,11 +56,20 @@ def _server_class():
         """uvicorn's server, stopping with status 0 on SIGINT/SIGTERM after a graceful shutdown.
 
         uvicorn re-raises the signal once it has shut down, which would end
-        the process before the database is closed and checkpointed.
+        the process before the database is closed and checkpointed. Servers
+        in ``companions`` (the dashboard) and callables in ``on_exit`` are
+        told to stop on the same signal; a companion captures no signal.
         """
+
+        companions: list = []
+        on_exit: list = []
+        captures = True
 
         @contextlib.contextmanager
         def capture_signals(self):
+            if not self.captures:
+                yield
+                return
             original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 yield
@@ -68,28 +77,84 @@ def _server_class():
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            for other in self.companions:
+                other.handle_exit(sig, frame)
+            for func in self.on_exit:
+                func()
+
     return Server
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise InvalidRequest(f"cannot listen on {host}:{port} ({what}): {err.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
+def read_dashboard_token(cfg: KmsConfig) -> str:
+    """The dashboard's access token from ``DIR/dashboard.token`` (``kms init`` writes it, mode 0600)."""
+    path = cfg.path(cfg.dashboard_token)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise InvalidRequest(f"{path}: no such file (the dashboard's access token; 'qkdseg kms init' writes it, "
+                             "or write 32+ random characters there, mode 0600)") from None
+    if len(token) < 32:
+        raise InvalidRequest(f"{path}: the access token must be at least 32 characters")
+    if path.stat().st_mode & 0o077:
+        raise InvalidRequest(f"{path}: mode {path.stat().st_mode & 0o777:o} lets others read the access token "
+                             "(chmod 600 it)")
+    return token
+
+
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, access_log: bool = False,
-          log_level: str = "warning") -> None:
-    """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on."""
+          log_level: str = "warning", dashboard_port: int | None = None, dashboard_host: str = "127.0.0.1",
+          dashboard_public: bool = False, on_listening=None) -> None:
+    """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on.
+
+    With ``dashboard_port``, the operator dashboard is served too, on
+    ``dashboard_host`` (loopback unless ``dashboard_public``, and then with
+    the access token, over TLS); its URL is printed as well.
+    ``on_listening(port, dashboard_port)`` is called once both listen.
+    """
+    import asyncio
+
     import uvicorn
 
     from .app import PeerCertH11Protocol, create_app
 
     _Server = _server_class()
 
+    if dashboard_port is not None and not is_loopback(dashboard_host) and not dashboard_public:
+        raise InvalidRequest(f"--dashboard-host {dashboard_host} is not a loopback address: add --dashboard-public "
+                             "(the dashboard then needs the access token in DIR/dashboard.token)")
     service = open_service(directory)
     try:
         ctx = tls_context(service.cfg)
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise InvalidRequest(f"cannot listen on {host}:{port}: {err.strerror}") from None
-        sock.listen(1024)
+        token = None
+        if dashboard_port is not None and not is_loopback(dashboard_host):
+            token = read_dashboard_token(service.cfg)
+        sock = _listen(host, port, "ETSI 014")
         bound = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(service),
@@ -105,7 +170,44 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
         shown = f"[{host}]" if ":" in host else host
         print(f"qkdseg kms: ETSI GS QKD 014 on https://{shown}:{bound}/api/v1/keys/ "
               f"(KME {service.cfg.kme_id}, {len(service.sae_node)} SAEs, network {service.network.name!r})", flush=True)
-        server.run(sockets=[sock])
+        if dashboard_port is None:
+            if on_listening is not None:
+                on_listening(bound, None)
+            server.run(sockets=[sock])
+            return
+        from .dashboard import create_dashboard
+        from .monitor import Monitor
+
+        monitor = Monitor(service)
+        dsock = _listen(dashboard_host, dashboard_port, "dashboard")
+        dbound = dsock.getsockname()[1]
+        dconfig = uvicorn.Config(
+            create_dashboard(monitor, token=token, secure_cookie=token is not None),
+            access_log=access_log, log_level=log_level, lifespan="on", timeout_graceful_shutdown=3,
+            **({"ssl_certfile": str(service.cfg.path(service.cfg.cert)),
+                "ssl_keyfile": str(service.cfg.path(service.cfg.key))} if token is not None else {}),
+        )
+        dash = _Server(dconfig)
+        dash.captures = False
+        server.companions = [dash]
+        server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
+        dshown = f"[{dashboard_host}]" if ":" in dashboard_host else dashboard_host
+        scheme = "https" if token is not None else "http"
+        print(f"qkdseg kms: dashboard on {scheme}://{dshown}:{dbound}/dashboard/"
+              + (" (access token: DIR/dashboard.token)" if token is not None else ""), flush=True)
+
+        if on_listening is not None:
+            on_listening(bound, dbound)
+
+        async def both() -> None:
+            tasks = [asyncio.ensure_future(server.serve(sockets=[sock])),
+                     asyncio.ensure_future(dash.serve(sockets=[dsock]))]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = dash.should_exit = True
+            monitor.close()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(both())
     finally:
         service.close()
     print("qkdseg kms: stopped", file=sys.stderr, flush=True)

@@ -70,14 +70,26 @@ MSG_EXT_UNMET = "not all extension_mandatory request options could be met"
 MSG_SIZE_8 = "size shall be a multiple of 8"
 
 
-class KmsError(QkdsegError):
-    """A request the key service refuses: the HTTP status, the message and optional details."""
+#: A refusal's reason code by HTTP status, where the raise site names none (docs/kms.md, dashboard).
+DEFAULT_REASONS = {400: "bad_request", 401: "unauthorized", 503: "unavailable"}
 
-    def __init__(self, status: int, message: str, details: list[dict] | None = None):
+
+class KmsError(QkdsegError):
+    """A request the key service refuses: the HTTP status, the message and optional details.
+
+    ``reason`` is a short code for counting refusals (``no_key_material``,
+    ``level_unmet``, ``key_not_found``...; by default from the status), and
+    ``request`` what the refused request asked for (``level``, ``size``,
+    ``number``) where it was known.
+    """
+
+    def __init__(self, status: int, message: str, details: list[dict] | None = None, *, reason: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.reason = reason or DEFAULT_REASONS.get(status, f"status_{status}")
+        self.request: dict | None = None
 
     def body(self) -> dict:
         out: dict[str, Any] = {"message": self.message}
@@ -143,6 +155,9 @@ class KeyService:
         self.committer = GroupCommit(store)
         self.started = clock()
         self.counters: dict[str, int] = defaultdict(int)
+        #: Called with each audited event after it is committed (``event``: issue, deliver, deny, expire);
+        #: an ``issue`` event also carries ``route_paths`` (node ids, per segment, per path). No key bytes.
+        self.observers: list = []
         self._load()
 
     # -- start-up ------------------------------------------------------------------
@@ -168,6 +183,16 @@ class KeyService:
             else:
                 self.spares[(row.master, row.slave)].append(row)
         self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
+
+    def _notify(self, rec: dict, **extra) -> None:
+        if not self.observers:
+            return
+        event = {**rec, **extra} if extra else rec
+        for observer in list(self.observers):
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 -- an observer (the dashboard) never breaks a request
+                logger.exception("an observer of the key service failed")
 
     def refill(self, now: float) -> None:
         if now > self.levels.t:
@@ -202,8 +227,10 @@ class KeyService:
         """Audit a refused request (the caller answers it with ``err``)."""
         self.counters[f"denied_{err.status}"] += 1
         who = caller or Caller("-", "-")
-        rec = self._audit("deny", who, peer, op=op, status=err.status, outcome=err.message)
+        extra = {"request": err.request} if err.request else {}
+        rec = self._audit("deny", who, peer, op=op, status=err.status, reason=err.reason, outcome=err.message, **extra)
         await self.committer.commit(Batch(audit=[rec]))
+        self._notify(rec)
 
     # -- ETSI 014: status -----------------------------------------------------------
     def status(self, caller: Caller, slave: str) -> dict:
@@ -342,22 +369,23 @@ class KeyService:
             r, rec = self._route_and_plan(s, d, req.size, req.level, pool)
             if r is None:
                 raise KmsError(503, f"not enough key material: no route between the SAEs' nodes has {relays * req.size} "
-                                    "bits on every link now; nothing was debited")
+                                    "bits on every link now; nothing was debited", reason="no_key_material")
             if rec.n_keys == 0:
                 best = r.security
                 if req.mandatory:
                     raise KmsError(400, MSG_EXT_UNMET, [{"extension_mandatory_unmet":
                                    f"{EXTENSION_LEVEL}={req.level} cannot be met now: the best route's exact "
-                                   f"security is {best:.6f}"}])
+                                   f"security is {best:.6f}"}], reason="level_unmet")
                 raise KmsError(503, f"security level {req.level} cannot be met now: the best route's exact security is "
-                                    f"{best:.6f}; nothing was debited")
+                                    f"{best:.6f}; nothing was debited", reason="level_unmet")
             need = -(-missing // rec.n_keys)
             if need <= relays:
                 bits = self._route_bits(r, need * req.size)
                 if np.all(self.levels.level >= bits):
                     return r, rec, need, bits
             relays = max(need, relays + 1)
-        raise KmsError(503, "not enough key material for the keys requested; nothing was debited")
+        raise KmsError(503, "not enough key material for the keys requested; nothing was debited",
+                       reason="no_key_material")
 
     def _route_bits(self, r, bits_per_use: int) -> np.ndarray:
         """Bits each link pays for a route (``bits_per_use`` per path through it), network link order."""
@@ -368,23 +396,31 @@ class KeyService:
         self._check_caller(caller)
         d = self._check_peer(caller, slave, "slave")
         if self.committer.failed is not None:
-            raise KmsError(503, "key store unavailable; restart the service")
+            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed")
         s = self.sae_node[caller.sae]
         now = self.clock()
+        asked = {"level": req.level, "level_source": req.level_source, "size": req.size, "number": req.number}
         if len(self.keys) + req.number > self.cfg.max_key_count:
-            raise KmsError(503, f"max_key_count={self.cfg.max_key_count} keys are waiting for their slaves; "
-                                "try again later")
+            err = KmsError(503, f"max_key_count={self.cfg.max_key_count} keys are waiting for their slaves; "
+                                "try again later", reason="store_full")
+            err.request = asked
+            raise err
         level_note = None
         try:
-            keys, spares_used, summary, batch = self._make_keys(caller, slave, s, d, req, now)
+            try:
+                keys, spares_used, summary, batch, paths = self._make_keys(caller, slave, s, d, req, now)
+            except KmsError as err:
+                if req.level_source != "extension_optional" or err.status not in (400, 503):
+                    raise
+                # an optional level that cannot be met falls back to the default level
+                fallback = dataclasses.replace(req, level=self.cfg.security_level, level_source="default")
+                keys, spares_used, summary, batch, paths = self._make_keys(caller, slave, s, d, fallback, now)
+                level_note = (f"{EXTENSION_LEVEL}={req.level} could not be met; the default level {fallback.level} "
+                              "was applied")
+                req = fallback
         except KmsError as err:
-            if req.level_source != "extension_optional" or err.status not in (400, 503):
-                raise
-            # an optional level that cannot be met falls back to the default level
-            fallback = dataclasses.replace(req, level=self.cfg.security_level, level_source="default")
-            keys, spares_used, summary, batch = self._make_keys(caller, slave, s, d, fallback, now)
-            level_note = f"{EXTENSION_LEVEL}={req.level} could not be met; the default level {fallback.level} was applied"
-            req = fallback
+            err.request = asked
+            raise
         ids = [row.key_id for row, _ in keys]
         self.pending.update(ids)
         try:
@@ -394,6 +430,7 @@ class KeyService:
         self.counters["enc_keys"] += 1
         self.counters["keys_issued"] += len(keys)
         self.counters["bits_issued"] += len(keys) * req.size
+        self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
         level_ext = {"requested": req.level, "source": req.level_source}
         if level_note:
             level_ext["fallback"] = level_note
@@ -422,6 +459,7 @@ class KeyService:
         take = take[: req.number]
         missing = req.number - len(take)
         summary = None
+        paths = None
         new_spares: list[KeyRow] = []
         debit = None
         if missing:
@@ -443,10 +481,11 @@ class KeyService:
                     for out, gk in zip(res.plans[0].keys, rec.global_keys):
                         if not out.identical:  # key confirmation failed: never hand out a wrong key
                             raise KmsError(503, "key confirmation failed on a relay (the two ends' keys differ); "
-                                                "no key was issued")
+                                                "no key was issued", reason="confirmation_failed")
                         fresh.append((out.destination_key.reveal(), float(gk.security)))
                 summary = self._summary(r, rec, relays)
                 route_json = _json(summary)
+                paths = [[[str(v) for v in p] for p in seg.paths] for seg in r.segments] if self.observers else None
                 debit = (links, bits[links])
             for i, (material, sec) in enumerate(fresh):
                 row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
@@ -474,7 +513,7 @@ class KeyService:
             level=req.level, level_source=req.level_source, securities=[row.security for row, _ in issued],
             spare_keys_used=len(take), spare_keys_added=len(new_spares), route=summary, outcome="ok",
         ))
-        return issued, len(take), summary, batch
+        return issued, len(take), summary, batch, paths
 
     # -- ETSI 014: dec_keys ----------------------------------------------------------------
     async def dec_keys(self, caller: Caller, master: str, key_ids: list[str]) -> dict:
@@ -483,7 +522,7 @@ class KeyService:
         if master not in self.sae_node:
             raise KmsError(400, f"master SAE {master!r} is not registered with this KME")
         if self.committer.failed is not None:
-            raise KmsError(503, "key store unavailable; restart the service")
+            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed")
         if not key_ids:
             raise KmsError(400, "key_IDs must name at least one key")
         if len(set(key_ids)) != len(key_ids):
@@ -502,7 +541,7 @@ class KeyService:
             raise KmsError(401, "the caller is not the slave SAE of one or more keys requested "
                                 "(or the path does not name their master SAE)")
         if missing:
-            raise KmsError(400, MSG_NOT_FOUND)
+            raise KmsError(400, MSG_NOT_FOUND, reason="key_not_found")
         out = [(row, self.store.open(row)) for row in rows]
         for row in rows:
             del self.keys[row.key_id]
@@ -512,6 +551,7 @@ class KeyService:
         await self.committer.commit(batch)
         self.counters["dec_keys"] += 1
         self.counters["keys_delivered"] += len(rows)
+        self._notify(batch.audit[0])
         return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
                          for row, m in out]}
 
@@ -534,6 +574,7 @@ class KeyService:
                  "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]
         await self.committer.commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
         self.counters["keys_expired"] += len(gone)
+        self._notify(recs[0])
         return len(gone) + len(spare_gone)
 
     async def expiry_loop(self) -> None:

@@ -1,0 +1,217 @@
+"""The operator dashboard: a read-only page and its JSON API, on a port of its own (docs/kms.md, "Dashboard").
+
+``qkdseg kms serve DIR --dashboard-port 8080`` serves it next to the ETSI
+GS QKD 014 API, in the same process and on the same event loop, from a
+:class:`~.monitor.Monitor` of the running :class:`~.service.KeyService`:
+
+==================================  ===========================================
+``GET /dashboard/``                 the page (plain HTML, CSS, JS and SVG)
+``GET /dashboard/api/network``      nodes (position, kind, SAEs) and links
+``GET /dashboard/api/pools``        every link's level (bits) and state now
+``GET /dashboard/api/deliveries``   table rows, newest first (``?limit&after``)
+``GET /dashboard/api/counters``     last minute and since start
+``GET /dashboard/api/links/{k}``    link ``k``'s level over time (``?seconds``)
+``GET /dashboard/api/events``       server-sent events: ``delivery``, ``pools``, ``counters``
+==================================  ===========================================
+
+On a loopback address nothing is asked of the caller. Bound to any other
+address (``--dashboard-public``), every request needs the access token of
+``DIR/dashboard.token``: ``Authorization: Bearer TOKEN``, ``?token=TOKEN``
+(which also sets an HttpOnly cookie, so the page's own requests carry it) or
+that cookie; the dashboard is then served over TLS with the KME's server
+certificate. No response carries key bytes; key ids are cut to 8 characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .monitor import Monitor
+
+COOKIE = "qkdseg_dashboard"
+STATIC = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
+          "dashboard.css": "text/css; charset=utf-8"}
+#: The page loads nothing from another origin, and no script from anywhere but itself.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN or infinity: those become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content).encode()
+
+
+def _static(name: str) -> bytes:
+    return resources.files("qkdseg.kms").joinpath("static", name).read_bytes()
+
+
+def _int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        val = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name}={raw!r} must be an integer") from None
+    if not lo <= val <= hi:
+        raise HTTPException(400, f"{name}={val} must be in {lo}..{hi}")
+    return val
+
+
+def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cookie: bool = False,
+                     run_monitor: bool = True) -> Starlette:
+    """The dashboard application over ``monitor``; with ``token``, every request must carry it."""
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        given = []
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given.append(auth[7:].strip())
+        given += [request.query_params.get("token") or "", request.cookies.get(COOKIE) or ""]
+        return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given)
+
+    def page(name: str):
+        async def handler(request: Request) -> Response:
+            resp = Response(_static(name), media_type=STATIC[name], headers=SECURITY_HEADERS)
+            if token is not None and request.query_params.get("token"):
+                resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure_cookie,
+                                path="/dashboard")
+            return resp
+        return handler
+
+    async def network(request: Request) -> Response:
+        return JSONResponse(monitor.network_view(), headers=SECURITY_HEADERS)
+
+    async def pools(request: Request) -> Response:
+        return JSONResponse(monitor.pools(), headers=SECURITY_HEADERS)
+
+    async def deliveries(request: Request) -> Response:
+        limit = _int_arg(request, "limit", 100, 1, 1000)
+        after = _int_arg(request, "after", 0, 0, 2**62)
+        return JSONResponse({"rows": monitor.deliveries(limit, after), "last_seq": monitor.seq},
+                            headers=SECURITY_HEADERS)
+
+    async def counters(request: Request) -> Response:
+        return JSONResponse(monitor.counters(), headers=SECURITY_HEADERS)
+
+    async def link(request: Request) -> Response:
+        n = monitor.service.arrays.n_links
+        raw = request.path_params["k"]
+        try:
+            k = int(raw)
+        except ValueError:
+            raise HTTPException(404, f"no link {raw!r}: links are numbered 0..{n - 1}") from None
+        if not 0 <= k < n:
+            raise HTTPException(404, f"no link {k}: links are numbered 0..{n - 1}")
+        seconds = request.query_params.get("seconds")
+        try:
+            sec = None if seconds is None else float(seconds)
+        except ValueError:
+            raise HTTPException(400, f"seconds={seconds!r} must be a number") from None
+        return JSONResponse(monitor.link_history(k, sec), headers=SECURITY_HEADERS)
+
+    async def events(request: Request) -> Response:
+        q = monitor.subscribe()
+
+        async def stream():
+            try:
+                yield "retry: 2000\n\n"
+                yield f"event: pools\ndata: {_dumps(monitor.pools())}\n\n"
+                yield f"event: counters\ndata: {_dumps(monitor.counters())}\n\n"
+                while not monitor.closing:
+                    try:
+                        event, data = await asyncio.wait_for(q.get(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        yield ": ping\n\n"
+                        continue
+                    if event == "close":
+                        break
+                    yield f"event: {event}\ndata: {_dumps(data)}\n\n"
+                    if event == "reload":
+                        break
+            finally:
+                monitor.unsubscribe(q)
+
+        headers = {**SECURITY_HEADERS, "x-accel-buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/dashboard/", status_code=307)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        task = asyncio.get_running_loop().create_task(monitor.run()) if run_monitor else None
+        try:
+            yield
+        finally:
+            monitor.close()
+            if task is not None:
+                task.cancel()
+
+    routes = [
+        Route("/", root, methods=["GET"]),
+        Route("/dashboard", root, methods=["GET"]),
+        Route("/dashboard/", page("index.html"), methods=["GET"]),
+        Route("/dashboard/dashboard.js", page("dashboard.js"), methods=["GET"]),
+        Route("/dashboard/dashboard.css", page("dashboard.css"), methods=["GET"]),
+        Route("/dashboard/api/network", network, methods=["GET"]),
+        Route("/dashboard/api/pools", pools, methods=["GET"]),
+        Route("/dashboard/api/deliveries", deliveries, methods=["GET"]),
+        Route("/dashboard/api/counters", counters, methods=["GET"]),
+        Route("/dashboard/api/links/{k}", link, methods=["GET"]),
+        Route("/dashboard/api/events", events, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error}, lifespan=lifespan)
+    if token is None:
+        return app
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http" and not authorized(Request(scope)):
+            deny = JSONResponse({"message": "the dashboard needs its access token (DIR/dashboard.token): "
+                                            "Authorization: Bearer TOKEN, or ?token=TOKEN"},
+                                status_code=401, headers={"www-authenticate": "Bearer"})
+            await deny(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return guarded  # type: ignore[return-value]
