@@ -1,10 +1,10 @@
-# qkdseg: make install | make test | make reproduce | make mutate
+# qkdseg: make install | make test | make reproduce | make mutate | make screenshot
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test reproduce mutate clean
+.PHONY: install browser test reproduce mutate screenshot clean
 
 install: $(STAMP)
 
@@ -14,8 +14,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: install
+# Debian's chromium for the dashboard's browser tests (tests/test_dashboard_browser.py): Playwright drives it
+# through its path and never downloads a browser. QKDSEG_CHROMIUM names another Chromium executable.
+browser:
+	@if [ -n "$$QKDSEG_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || [ "$$QKDSEG_SKIP_BROWSER" = 1 ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing Debian's chromium (apt) for the dashboard's browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "make: no chromium and no apt-get: install Chromium and set QKDSEG_CHROMIUM=/path/to/it" \
+	       "(or QKDSEG_SKIP_BROWSER=1 to skip the browser tests)"; exit 1; \
+	fi
+
+test: install browser
 	$(PY) -m pytest
+
+# Rewrites docs/img/dashboard.png from the browser test of `qkdseg kms demo`.
+screenshot: install browser
+	QKDSEG_UPDATE_SCREENSHOT=1 $(PY) -m pytest tests/test_dashboard_browser.py -q -k readme_screenshot
 
 reproduce: install
 	$(VENV)/bin/qkdseg reproduce --trials 1000 --seed 0 --out out

@@ -64,6 +64,7 @@ def _server_class():
         companions: list = []
         on_exit: list = []
         captures = True
+        early: list = []  # signals that came before the server captured them (see serve())
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -71,6 +72,8 @@ def _server_class():
                 yield
                 return
             original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            if self.early:  # a stop asked for while starting: stop as soon as started
+                self.handle_exit(self.early[0], None)
             try:
                 yield
             finally:
@@ -137,8 +140,6 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     the access token, over TLS); its URL is printed as well.
     ``on_listening(port, dashboard_port)`` is called once both listen.
     """
-    import asyncio
-
     import uvicorn
 
     from .app import PeerCertH11Protocol, create_app
@@ -148,7 +149,15 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     if dashboard_port is not None and not is_loopback(dashboard_host) and not dashboard_public:
         raise InvalidRequest(f"--dashboard-host {dashboard_host} is not a loopback address: add --dashboard-public "
                              "(the dashboard then needs the access token in DIR/dashboard.token)")
-    service = open_service(directory)
+    # from here a SIGTERM/SIGINT is remembered until the server captures them (a stop during start-up is a clean stop)
+    early: list = []
+    before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service = open_service(directory)
+    except BaseException:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        raise
     try:
         ctx = tls_context(service.cfg)
         token = None
@@ -167,6 +176,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
             timeout_keep_alive=30,
         )
         server = _Server(config)
+        server.early = early
         shown = f"[{host}]" if ":" in host else host
         print(f"qkdseg kms: ETSI GS QKD 014 on https://{shown}:{bound}/api/v1/keys/ "
               f"(KME {service.cfg.kme_id}, {len(service.sae_node)} SAEs, network {service.network.name!r})", flush=True)
@@ -174,40 +184,51 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
             if on_listening is not None:
                 on_listening(bound, None)
             server.run(sockets=[sock])
-            return
-        from .dashboard import create_dashboard
-        from .monitor import Monitor
-
-        monitor = Monitor(service)
-        dsock = _listen(dashboard_host, dashboard_port, "dashboard")
-        dbound = dsock.getsockname()[1]
-        dconfig = uvicorn.Config(
-            create_dashboard(monitor, token=token, secure_cookie=token is not None),
-            access_log=access_log, log_level=log_level, lifespan="on", timeout_graceful_shutdown=3,
-            **({"ssl_certfile": str(service.cfg.path(service.cfg.cert)),
-                "ssl_keyfile": str(service.cfg.path(service.cfg.key))} if token is not None else {}),
-        )
-        dash = _Server(dconfig)
-        dash.captures = False
-        server.companions = [dash]
-        server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
-        dshown = f"[{dashboard_host}]" if ":" in dashboard_host else dashboard_host
-        scheme = "https" if token is not None else "http"
-        print(f"qkdseg kms: dashboard on {scheme}://{dshown}:{dbound}/dashboard/"
-              + (" (access token: DIR/dashboard.token)" if token is not None else ""), flush=True)
-
-        if on_listening is not None:
-            on_listening(bound, dbound)
-
-        async def both() -> None:
-            tasks = [asyncio.ensure_future(server.serve(sockets=[sock])),
-                     asyncio.ensure_future(dash.serve(sockets=[dsock]))]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            server.should_exit = dash.should_exit = True
-            monitor.close()
-            await asyncio.gather(*tasks)
-
-        asyncio.run(both())
+        else:
+            _serve_with_dashboard(service, server, sock, token, dashboard_host, dashboard_port, access_log=access_log,
+                                  log_level=log_level, on_listening=on_listening, bound=bound)
     finally:
         service.close()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     print("qkdseg kms: stopped", file=sys.stderr, flush=True)
+
+
+def _serve_with_dashboard(service, server, sock, token: str | None, host: str, port: int, *, access_log: bool,
+                          log_level: str, on_listening, bound: int) -> None:
+    """Run the ETSI 014 ``server`` and the dashboard on one event loop until a signal stops both."""
+    import asyncio
+
+    import uvicorn
+
+    from .dashboard import create_dashboard
+    from .monitor import Monitor
+
+    monitor = Monitor(service)
+    dsock = _listen(host, port, "dashboard")
+    dbound = dsock.getsockname()[1]
+    tls = {"ssl_certfile": str(service.cfg.path(service.cfg.cert)),
+           "ssl_keyfile": str(service.cfg.path(service.cfg.key))} if token is not None else {}
+    dconfig = uvicorn.Config(create_dashboard(monitor, token=token, secure_cookie=token is not None),
+                             access_log=access_log, log_level=log_level, lifespan="on", timeout_graceful_shutdown=3,
+                             **tls)
+    dash = type(server)(dconfig)
+    dash.captures = False
+    server.companions = [dash]
+    server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if token is not None else "http"
+    print(f"qkdseg kms: dashboard on {scheme}://{shown}:{dbound}/dashboard/"
+          + (" (access token: DIR/dashboard.token)" if token is not None else ""), flush=True)
+    if on_listening is not None:
+        on_listening(bound, dbound)
+
+    async def both() -> None:
+        tasks = [asyncio.ensure_future(server.serve(sockets=[sock])),
+                 asyncio.ensure_future(dash.serve(sockets=[dsock]))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = dash.should_exit = True
+        monitor.close()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(both())
