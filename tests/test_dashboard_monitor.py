@@ -1,0 +1,155 @@
+"""The dashboard's Monitor without HTTP: pool states, rows, counters, history (issue 12)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qkdseg.keys.pools import PoolState, _next_state
+from qkdseg.kms.monitor import EMPTY, READY, STATES, Monitor, pool_states
+from qkdseg.kms.service import Caller, KmsError
+from test_kms_service import _service, _small_pools
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5000), st.floats(0.05, 1.0), st.integers(1, 600),
+       st.lists(st.integers(0, 5000), min_size=1, max_size=30))
+def test_pool_states_follow_the_key_buffer_rules(cap, share, empty, levels):
+    """Vectorised states equal QKDNetSim's scalar rule (keys.pools) with Mmin = empty - 1 and Mthr = the READY level."""
+    ready = int(np.ceil(cap * share))
+    state = np.array([READY], dtype=np.int8)
+    ref = PoolState.READY
+    for lv in levels:
+        lv = min(lv, cap)
+        state = pool_states(np.array([lv]), np.array([cap]), np.array([ready]), empty, state)
+        ref = _next_state(lv, empty - 1, ready, ref)
+        # an EMPTY threshold above READY's makes EMPTY win in both
+        assert STATES[int(state[0])] == ref.value, (lv, cap, ready, empty)
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rows_counters_and_history(tmp_path):
+    clock = Clock()
+    svc = _service(tmp_path / "svc", _small_pools(tmp_path, 2048), clock=clock)
+    mon = Monitor(svc)
+    try:
+        a, b = Caller("A", "fa"), Caller("B", "fb")
+
+        async def go():
+            out = await svc.enc_keys(a, "B", svc.parse_key_request(2, 256, None, None, None))
+            await svc.dec_keys(b, "A", [k["key_ID"] for k in out["keys"]])
+            return out
+
+        out = asyncio.run(go())
+        rows = mon.deliveries()
+        assert [r["kind"] for r in rows] == ["fetch", "issue"] and [r["seq"] for r in rows] == [2, 1]
+        issue = rows[1]
+        secs = [k["key_extension"]["qkdseg_security"] for k in out["keys"]]
+        assert issue["key_ids"] == [k["key_ID"][:8] for k in out["keys"]]
+        assert issue["achieved_security"] == min(secs) and issue["mean_security"] == pytest.approx(np.mean(secs))
+        route = out["key_container_extension"]["qkdseg_route"]
+        assert issue["consumed_bits"] == route["consumed_bits"] and issue["segments"] == len(route["segment_nodes"]) - 1
+        assert issue["paths"] == route["paths"] == sum(len(seg) for seg in issue["route_paths"])
+        assert [seg[0][0] for seg in issue["route_paths"]] == route["segment_nodes"][:-1]
+        # the pools: every route link paid 256 bits (one relay); 1792 of 2048 is READY (>= 1024)
+        pools = mon.pools()
+        assert pools["levels"] == svc.levels.level.tolist() and set(pools["states"]) == {"READY"}
+        # a refusal, with its reason and what was asked
+        svc.levels.level[:] = 100  # every link below one key: EMPTY, and the next request is refused
+        with pytest.raises(KmsError) as err:
+            asyncio.run(svc.enc_keys(a, "B", svc.parse_key_request(1, 256, None, None, None)))
+        asyncio.run(svc.deny(err.value, a, "enc_keys", "B"))
+        refusal = mon.deliveries(limit=1)[0]
+        assert refusal["kind"] == "refusal" and refusal["reason"] == "no_key_material" and refusal["status"] == 503
+        assert refusal["requested_security"] == 0.5 and refusal["master"] == "A" and refusal["slave"] == "B"
+        assert set(mon.pools()["states"]) == {"EMPTY"}
+        c = mon.counters()
+        for window in ("last_minute", "since_start"):
+            assert c[window]["deliveries"] == 1 and c[window]["keys_served"] == 2
+            assert c[window]["key_bits_served"] == 512 and c[window]["fetches"] == 1
+            assert c[window]["refusals_by_reason"] == {"no_key_material": 1}
+            assert c[window]["mean_security"] == pytest.approx(np.mean(secs))
+        clock.t += 61  # a minute later: the window is empty, the totals are not
+        c = mon.counters()
+        assert c["last_minute"]["deliveries"] == 0 and c["last_minute"]["mean_security"] is None
+        assert c["since_start"]["deliveries"] == 1
+        # history: samples as recorded, the last `seconds` only
+        for _ in range(3):
+            clock.t += 1
+            mon.sample(record=True)
+        h = mon.link_history(0)
+        assert len(h["times"]) == 3 and h["levels"] == [2048] * 3 and h["capacity_bits"] == 2048  # refilled at 1 kb/s
+        assert len(mon.link_history(0, seconds=1.5)["times"]) == 2
+        assert mon.deliveries(limit=10, after=2) == [refusal]
+    finally:
+        mon.close()
+        svc.close()
+    assert mon.observe not in svc.observers
+
+
+def test_states_refill_to_charging_then_ready(tmp_path):
+    clock = Clock()
+    svc = _service(tmp_path / "svc", _small_pools(tmp_path, 2048), clock=clock)  # default_rate_bps=1000
+    mon = Monitor(svc)
+    try:
+        svc.levels.level[:] = 0
+        assert set(mon.pools()["states"]) == {"EMPTY"}
+        clock.t += 0.5  # +500 bits: between EMPTY (256) and READY (1024), refilled from EMPTY
+        assert set(mon.pools()["states"]) == {"CHARGING"}
+        clock.t += 1.0
+        assert set(mon.pools()["states"]) == {"READY"}
+        svc.levels.level[:] = 600  # drained from READY
+        assert set(mon.pools()["states"]) == {"WARNING"}
+    finally:
+        mon.close()
+        svc.close()
+
+
+def test_live_queue_gets_rows_and_a_slow_client_is_dropped(tmp_path):
+    svc = _service(tmp_path / "svc", "example")
+    mon = Monitor(svc)
+    try:
+        async def go():
+            q = mon.subscribe()
+            out = await svc.enc_keys(Caller("A", "fa"), "B", svc.parse_key_request(1, 256, None, None, None))
+            event, row = q.get_nowait()
+            assert event == "delivery" and row["key_ids"] == [out["keys"][0]["key_ID"][:8]]
+            for _ in range(1001):  # nobody reads: the queue fills, the client is told to reload and dropped
+                mon._publish("pools", {})
+            assert q not in mon._subscribers
+            items = [q.get_nowait() for _ in range(q.qsize())]
+            assert items[-1] == ("reload", {})
+
+        asyncio.run(go())
+    finally:
+        mon.close()
+        svc.close()
+
+
+def test_network_view_has_every_node_link_and_sae(tmp_path):
+    svc = _service(tmp_path / "svc", "example")
+    mon = Monitor(svc)
+    try:
+        view = mon.network_view()
+        g = svc.network.graph
+        assert sorted(n["id"] for n in view["nodes"]) == sorted(str(v) for v in g.nodes)
+        assert sorted((lk["u"], lk["v"]) for lk in view["links"]) == sorted(
+            (str(min(u, v)), str(max(u, v))) for u, v in g.edges)
+        assert view["saes"] == {"A": "0", "B": "7", "C": "4"} and view["positions"] == "file"
+        by_id = {n["id"]: n for n in view["nodes"]}
+        assert by_id["0"]["saes"] == ["A"] and by_id["3"]["trusted"] and not by_id["1"]["trusted"]
+        assert (by_id["7"]["x"], by_id["7"]["y"]) == tuple(g.nodes[7]["pos"])
+    finally:
+        mon.close()
+        svc.close()
