@@ -18,6 +18,11 @@ distinct random nodes; default security level 0.5.
 
 Prints, per pair count: deliveries/s, p50 and p99 latency (ms) of a whole
 delivery, the same for the floor, and the ratio; writes a Markdown table.
+
+With ``--dashboard``, a second service (same network, its own directory)
+runs with the operator dashboard (``--dashboard-port 0``) and one live
+viewer reading its event stream, measured in the same run: the dashboard's
+cost to the key service.
 """
 
 from __future__ import annotations
@@ -198,11 +203,30 @@ def run_load(port: int, root: Path, pairs: int, seconds: float, warmup: float = 
     }
 
 
+class Viewer(threading.Thread):
+    """One dashboard viewer: reads the server-sent events of ``url`` and counts them, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.events, self.bytes = url, 0, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with requests.get(self.url + "api/events", stream=True, timeout=30) as r:
+            for line in r.iter_lines():
+                if self.stop.is_set():
+                    break
+                self.bytes += len(line)
+                if line.startswith(b"event:"):
+                    self.events += 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point (after 1 s of warm-up)")
     ap.add_argument("--pairs", default="1,4,16")
     ap.add_argument("--out", default=str(HERE / "kms_results.md"))
+    ap.add_argument("--dashboard", action="store_true", help="also measure a service with its dashboard and a viewer")
     ap.add_argument("--floor-server", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.floor_server:
@@ -216,16 +240,36 @@ def main(argv=None) -> int:
         qkdseg_bin = str(Path(sys.executable).with_name("qkdseg"))
         kms, kport = start([qkdseg_bin, "kms", "serve", str(root), "--port", "0"], Path(tmp) / "kms.log")
         floor, fport = start([sys.executable, "-m", "benchmarks.kms", "--floor-server", str(root)], Path(tmp) / "floor.log")
+        procs = [kms, floor]
+        dash_rows = []
         try:
-            for pairs in pair_counts:  # interleaved: service, floor, at each pair count
+            if args.dashboard:
+                root2 = make_service(Path(tmp) / "svc-dash")
+                dlog = Path(tmp) / "kms-dash.log"
+                kms2, kport2 = start([qkdseg_bin, "kms", "serve", str(root2), "--port", "0", "--dashboard-port", "0"],
+                                     dlog)
+                procs.append(kms2)
+                durl = next(line.split("dashboard on ")[1].split()[0] for line in dlog.read_text().splitlines()
+                            if "dashboard on http" in line)
+            for pairs in pair_counts:  # interleaved: service, floor (and service with dashboard), at each pair count
                 svc = run_load(kport, root, pairs, args.seconds)
                 flo = run_load(fport, root, pairs, args.seconds)
                 rows.append((svc, flo))
                 print(f"{pairs:>3} pairs: service {svc['rate']:7.1f}/s p50 {svc['p50_ms']:6.2f} ms p99 {svc['p99_ms']:6.2f} ms"
                       f" ({svc['errors']} errors) | floor {flo['rate']:7.1f}/s p50 {flo['p50_ms']:6.2f} ms "
                       f"p99 {flo['p99_ms']:6.2f} ms | ratio {svc['rate'] / flo['rate']:.2f}", flush=True)
+                if args.dashboard:
+                    viewer = Viewer(durl)
+                    viewer.start()
+                    dsh = run_load(kport2, root2, pairs, args.seconds)
+                    viewer.stop.set()
+                    dsh["events"] = viewer.events
+                    dash_rows.append((svc, dsh))
+                    print(f"{pairs:>3} pairs: service with dashboard and a viewer {dsh['rate']:7.1f}/s p50 "
+                          f"{dsh['p50_ms']:6.2f} ms p99 {dsh['p99_ms']:6.2f} ms ({viewer.events} events seen) | "
+                          f"ratio to the service alone {dsh['rate'] / svc['rate']:.2f}", flush=True)
         finally:
-            for p in (kms, floor):
+            for p in procs:
                 p.terminate()
                 p.wait(timeout=30)
     lines = [
@@ -243,6 +287,18 @@ def main(argv=None) -> int:
     for svc, flo in rows:
         lines.append(f"| {svc['pairs']} | {svc['rate']:.1f} | {svc['p50_ms']:.2f} | {svc['p99_ms']:.2f} | {svc['errors']} | "
                      f"{flo['rate']:.1f} | {flo['p50_ms']:.2f} | {flo['p99_ms']:.2f} | {svc['rate'] / flo['rate']:.2f} |")
+    if dash_rows:
+        lines += [
+            "",
+            "With the operator dashboard (`--dashboard`): a second service on the same network with "
+            "`--dashboard-port 0` and one viewer reading its event stream, in the same run.",
+            "",
+            "| pairs | deliveries/s | p50 ms | p99 ms | errors | events seen | ratio to the service alone |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for svc, dsh in dash_rows:
+            lines.append(f"| {dsh['pairs']} | {dsh['rate']:.1f} | {dsh['p50_ms']:.2f} | {dsh['p99_ms']:.2f} | "
+                         f"{dsh['errors']} | {dsh['events']} | {dsh['rate'] / svc['rate']:.2f} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -153,3 +153,66 @@ def test_network_view_has_every_node_link_and_sae(tmp_path):
     finally:
         mon.close()
         svc.close()
+
+
+events_st = st.lists(st.tuples(
+    st.floats(0.0, 40.0),  # seconds since the previous event
+    st.sampled_from(["issue", "deliver", "deny", "expire"]),
+    st.integers(1, 4),  # keys
+    st.sampled_from(["no_key_material", "level_unmet", "bad_request"]),
+    st.floats(0.0, 1.0),  # security of each key
+), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events_st, st.floats(0.0, 100.0))
+def test_last_minute_counts_equal_a_recount(tmp_path_factory, events, wait):
+    """The incremental last-minute sums equal a recount of the events of the last 60 s (and the totals, all)."""
+    clock = Clock(0.0)
+    svc = _service(tmp_path_factory.mktemp("m") / "svc", "example", clock=clock)
+    mon = Monitor(svc)
+    try:
+        seen = []
+        for dt, kind, n, reason, sec in events:
+            clock.t += dt
+            ids = [f"{i:08d}-xxxx" for i in range(n)]
+            rec = {"time": clock.t, "event": kind, "sae": "A", "peer": "B", "key_ids": ids, "size": 256,
+                   "securities": [sec] * n, "status": 503, "reason": reason, "outcome": "x"}
+            if kind == "deny":
+                rec["key_ids"], rec["securities"] = [], []
+            svc._notify(rec)
+            seen.append((clock.t, kind, n, reason, sec))
+            mon.counters()  # items leave the window between events too
+        clock.t += wait
+        c = mon.counters()
+
+        def recount(items):
+            issues = [x for x in items if x[1] == "issue"]
+            keys = sum(x[2] for x in issues)
+            by: dict = {}
+            for x in items:
+                if x[1] == "deny":
+                    by[x[3]] = by.get(x[3], 0) + 1
+            return {"deliveries": len(issues), "keys_served": keys, "key_bits_served": 256 * keys,
+                    "fetches": sum(x[1] == "deliver" for x in items), "refusals": sum(by.values()),
+                    "refusals_by_reason": by, "expiries": sum(x[1] == "expire" for x in items),
+                    "mean_security": (sum(x[2] * x[4] for x in issues) / keys) if keys else None}
+
+        for name, items in (("last_minute", [x for x in seen if x[0] >= clock.t - 60]), ("since_start", seen)):
+            want, got = recount(items), c[name]
+            for key in ("deliveries", "keys_served", "key_bits_served", "fetches", "refusals", "refusals_by_reason",
+                        "expiries"):
+                assert got[key] == want[key], (name, key)
+            if want["mean_security"] is None:
+                assert got["mean_security"] is None, name
+            else:
+                assert got["mean_security"] == pytest.approx(want["mean_security"], abs=1e-9), name
+    finally:
+        mon.close()
+        svc.close()
+
+
+def test_json_answers_have_no_nan():
+    from qkdseg.kms.dashboard import _dumps
+
+    assert _dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": 0.5}) == '{"a":null,"b":[1.0,null],"c":0.5}'

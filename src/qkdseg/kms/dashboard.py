@@ -65,7 +65,10 @@ def _clean(obj: Any) -> Any:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
+    try:  # the C encoder; only an answer holding NaN or infinity pays for the scrub
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
 
 
 class JSONResponse(Response):
@@ -160,10 +163,20 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
                     except asyncio.TimeoutError:
                         yield ": ping\n\n"
                         continue
-                    if event == "close":
-                        break
-                    yield f"event: {event}\ndata: {_dumps(data)}\n\n"
-                    if event == "reload":
+                    # everything queued goes out in one write (a busy service makes many events a second)
+                    batch = [(event, data)]
+                    while not q.empty() and len(batch) < 500:
+                        batch.append(q.get_nowait())
+                    out = []
+                    for event, data in batch:
+                        if event == "close":
+                            break
+                        out.append(f"event: {event}\ndata: {_dumps(data)}\n\n")
+                        if event == "reload":
+                            break
+                    if out:
+                        yield "".join(out)
+                    if event in ("close", "reload"):
                         break
             finally:
                 monitor.unsubscribe(q)

@@ -104,7 +104,9 @@ class Monitor:
         self.rows: deque[dict] = deque(maxlen=MAX_ROWS)
         self.seq = 0
         self.total: dict[str, Any] = _empty_counts()
+        self.window_s = 60.0
         self._recent: deque[tuple] = deque()  # (time, kind, reason, keys, bits, security sum) of the last minute
+        self._window: dict[str, Any] = _empty_counts()  # the sums of _recent, kept as items come and go
         n_samples = int(max(60, min(MAX_SAMPLES, HISTORY_BUDGET // max(1, a.n_links))))
         self.history_t: deque[float] = deque(maxlen=n_samples)
         self.history: deque[np.ndarray] = deque(maxlen=n_samples)
@@ -244,18 +246,24 @@ class Monitor:
             sec_sum = row["mean_security"] * row["keys"]
         item = (t, kind, row.get("reason"), row["keys"], row["bits"], sec_sum)
         _add(self.total, item)
+        _add(self._window, item)
         self._recent.append(item)
 
-    def counters(self, window_s: float = 60.0) -> dict:
-        """Deliveries, refusals by reason, key bits served and mean security, over the last minute and since start."""
+    def counters(self) -> dict:
+        """Deliveries, refusals by reason, key bits served and mean security, over the last minute and since start.
+
+        The last minute's sums are kept incrementally (an item is added when
+        it happens and subtracted when it leaves the window), so a call costs
+        the items that left, not the whole window.
+        """
         now = self.clock()
-        while self._recent and self._recent[0][0] < now - window_s:
-            self._recent.popleft()
-        last = _empty_counts()
-        for item in self._recent:
-            _add(last, item)
-        return {"time": now, "started": self.started, "uptime_s": now - self.started, "window_s": window_s,
-                "last_minute": _finish(last), "since_start": _finish(dict(self.total))}
+        cut = now - self.window_s
+        while self._recent and self._recent[0][0] < cut:
+            _add(self._window, self._recent.popleft(), sign=-1)
+        if not self._recent:
+            self._window = _empty_counts()  # exact zeros again (no float residue)
+        return {"time": now, "started": self.started, "uptime_s": now - self.started, "window_s": self.window_s,
+                "last_minute": _finish(dict(self._window)), "since_start": _finish(dict(self.total))}
 
     def deliveries(self, limit: int = 100, after: int = 0) -> list[dict]:
         """The newest ``limit`` rows with ``seq > after``, newest first."""
@@ -328,21 +336,24 @@ def _empty_counts() -> dict:
             "security_sum": 0.0, "refusals_by_reason": {}}
 
 
-def _add(c: dict, item: tuple) -> None:
+def _add(c: dict, item: tuple, sign: int = 1) -> None:
+    """Add (``sign=1``) or take away (``-1``) one item's counts."""
     _, kind, reason, keys, bits, sec_sum = item
     if kind == "issue":
-        c["deliveries"] += 1
-        c["keys_served"] += keys
-        c["key_bits_served"] += bits
-        c["security_sum"] += sec_sum
+        c["deliveries"] += sign
+        c["keys_served"] += sign * keys
+        c["key_bits_served"] += sign * bits
+        c["security_sum"] += sign * sec_sum
     elif kind == "fetch":
-        c["fetches"] += 1
+        c["fetches"] += sign
     elif kind == "refusal":
-        c["refusals"] += 1
-        by = c["refusals_by_reason"] = dict(c["refusals_by_reason"])
-        by[reason] = by.get(reason, 0) + 1
+        c["refusals"] += sign
+        by = c["refusals_by_reason"] = dict(c["refusals_by_reason"])  # a copy: answers already given keep theirs
+        by[reason] = by.get(reason, 0) + sign
+        if not by[reason]:
+            del by[reason]
     elif kind == "expiry":
-        c["expiries"] += 1
+        c["expiries"] += sign
 
 
 def _finish(c: dict) -> dict:
