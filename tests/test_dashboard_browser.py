@@ -296,3 +296,32 @@ def test_demo_command_and_the_readme_screenshot(browser, tmp_path):
         log.close()
     assert rc == 0, (tmp_path / "demo.log").read_text()
     assert "qkdseg kms: stopped" in (tmp_path / "demo.log").read_text()
+
+
+def test_live_viewers_are_capped(service):
+    """At most MAX_VIEWERS event streams at once: the next gets a JSON 503; a closed stream frees its place."""
+    from qkdseg.kms.dashboard import MAX_VIEWERS
+
+    server, _ = service
+    url = server.dashboard_url + "api/events"
+    streams = []
+    try:
+        for _ in range(MAX_VIEWERS + 1):
+            r = requests.get(url, stream=True, timeout=10)
+            if r.status_code != 200:
+                break
+            streams.append(r)
+        assert len(streams) <= MAX_VIEWERS and r.status_code == 503
+        assert "live viewers" in r.json()["message"]
+    finally:
+        for r in streams:
+            r.close()
+    deadline = time.monotonic() + 10  # the server notices a closed stream at its next write (within a second)
+    while True:
+        r = requests.get(url, stream=True, timeout=10)
+        code = r.status_code
+        r.close()
+        if code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert code == 200

@@ -216,3 +216,31 @@ def test_json_answers_have_no_nan():
     from qkdseg.kms.dashboard import _dumps
 
     assert _dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": 0.5}) == '{"a":null,"b":[1.0,null],"c":0.5}'
+
+
+def test_network_without_positions_gets_a_layout(tmp_path):
+    import networkx as nx
+
+    import qkdseg
+
+    g = nx.cycle_graph(6)
+    nx.set_node_attributes(g, {0: True, 3: True}, "trusted")
+    path = tmp_path / "ring.json"
+    qkdseg.write_network(qkdseg.Network(g, default_p=0.7, name="ring"), path)
+    svc_dir = tmp_path / "svc"
+    svc_dir.mkdir()
+    from qkdseg.kms.config import KmsConfig, write_config
+    from qkdseg.kms.server import open_service
+
+    write_config(svc_dir, KmsConfig(network=str(path), saes={"A": "1", "B": "4"}, _dir=svc_dir).check())
+    svc = open_service(svc_dir)
+    mon = Monitor(svc)
+    try:
+        view = mon.network_view()
+        assert view["positions"] == "layout" and len(view["nodes"]) == 6 and len(view["links"]) == 6
+        xy = {(round(n["x"], 6), round(n["y"], 6)) for n in view["nodes"]}
+        assert len(xy) == 6 and all(np.isfinite(list(c)).all() for c in xy)
+        assert mon.network_view() is view  # computed once
+    finally:
+        mon.close()
+        svc.close()

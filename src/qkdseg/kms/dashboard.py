@@ -41,6 +41,8 @@ from starlette.routing import Route
 from .monitor import Monitor
 
 COOKIE = "qkdseg_dashboard"
+#: Most live event streams at once (each holds a queue on the service's event loop).
+MAX_VIEWERS = 32
 STATIC = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
           "dashboard.css": "text/css; charset=utf-8"}
 #: The page loads nothing from another origin, and no script from anywhere but itself.
@@ -150,6 +152,8 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
         return JSONResponse(monitor.link_history(k, sec), headers=SECURITY_HEADERS)
 
     async def events(request: Request) -> Response:
+        if monitor.viewers >= MAX_VIEWERS:
+            raise HTTPException(503, f"{MAX_VIEWERS} live viewers already; try again later")
         q = monitor.subscribe()
 
         async def stream():

@@ -281,6 +281,11 @@ class Monitor:
         self._subscribers.add(q)
         return q
 
+    @property
+    def viewers(self) -> int:
+        """Live clients now."""
+        return len(self._subscribers)
+
     def unsubscribe(self, q: asyncio.Queue) -> None:
         self._subscribers.discard(q)
 
