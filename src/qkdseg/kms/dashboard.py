@@ -43,6 +43,8 @@ from .monitor import Monitor
 COOKIE = "qkdseg_dashboard"
 #: Most live event streams at once (each holds a queue on the service's event loop).
 MAX_VIEWERS = 32
+#: Seconds a live stream gathers events before it writes them (at most 20 writes a second per viewer).
+BATCH_S = 0.05
 STATIC = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
           "dashboard.css": "text/css; charset=utf-8"}
 #: The page loads nothing from another origin, and no script from anywhere but itself.
@@ -167,7 +169,8 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
                     except asyncio.TimeoutError:
                         yield ": ping\n\n"
                         continue
-                    # everything queued goes out in one write (a busy service makes many events a second)
+                    # a busy service makes many events a second: gather them for BATCH_S, then one write
+                    await asyncio.sleep(BATCH_S)
                     batch = [(event, data)]
                     while not q.empty() and len(batch) < 500:
                         batch.append(q.get_nowait())
