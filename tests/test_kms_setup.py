@@ -28,6 +28,8 @@ def test_init_writes_config_pki_and_private_files(tmp_path):
     for name in ("ca.key", "server.key", "SAE_A.key", "SAE_B.key", "x.y~z-1.key"):
         assert stat.S_IMODE((pk / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE((d / "storage.key").stat().st_mode) == 0o600
+    token = (d / "dashboard.token").read_text().strip()
+    assert stat.S_IMODE((d / "dashboard.token").stat().st_mode) == 0o600 and len(token) >= 32
     ca = x509.load_pem_x509_certificate((pk / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((pk / "server.crt").read_bytes())
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -76,6 +78,39 @@ def test_init_refuses_to_overwrite_and_serve_names_bad_config(tmp_path):
     (d / "kms.toml").write_text("network = \n")
     with pytest.raises(InvalidRequest, match="not valid TOML"):
         load_config(d)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--dashboard-port", "0", "--dashboard-host", "0.0.0.0"], "--dashboard-public"),
+        (["--dashboard-port", "70000"], "--dashboard-port 70000"),
+    ],
+)
+def test_serve_refuses_a_bad_dashboard_in_one_line(tmp_path, args, needle):
+    d = kms_init(tmp_path / "svc")
+    r = run("kms", "serve", str(d), "--port", "0", *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_public_dashboard_needs_a_private_token(tmp_path):
+    from qkdseg.kms.server import read_dashboard_token
+
+    d = kms_init(tmp_path / "svc")
+    cfg = load_config(d)
+    assert read_dashboard_token(cfg) == (d / "dashboard.token").read_text().strip()
+    (d / "dashboard.token").chmod(0o644)
+    with pytest.raises(InvalidRequest, match="chmod 600"):
+        read_dashboard_token(cfg)
+    (d / "dashboard.token").write_text("short\n")
+    (d / "dashboard.token").chmod(0o600)
+    with pytest.raises(InvalidRequest, match="at least 32"):
+        read_dashboard_token(cfg)
+    (d / "dashboard.token").unlink()
+    r = run("kms", "serve", str(d), "--port", "0", "--dashboard-port", "0", "--dashboard-host", "0.0.0.0",
+            "--dashboard-public")
+    assert r.returncode == 2 and "dashboard.token: no such file" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_storage_key_must_be_private(tmp_path):

@@ -148,6 +148,9 @@ class KmsConfig:
             raise bad("reconstruction", "must be paper, optimal or xor-all (reuse keys are only computationally secure)")
         if isinstance(self.key_ttl_s, bool) or not isinstance(self.key_ttl_s, (int, float)) or not self.key_ttl_s > 0:
             raise bad("key_ttl_s", "must be a positive number of seconds")
+        for name in ("ca", "cert", "key", "storage_key", "dashboard_token"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise bad(name, "must be a file path (text, relative to the service directory)")
         if self.durability not in ("full", "normal"):
             raise bad("durability", "must be 'full' or 'normal'")
         from ..routing.registry import ALGORITHMS
