@@ -410,3 +410,19 @@ def test_sigint_stops_cleanly(tmp_path):
         rc = server.stop(signal.SIGINT)
     assert rc == 0 and "qkdseg kms: stopped" in server.log_path.read_text()
     assert not (d / "kms.sqlite3-wal").exists() or (d / "kms.sqlite3-wal").stat().st_size == 0
+
+
+def test_a_stop_does_not_wait_for_idle_keep_alive_clients(tmp_path):
+    """An idle pooled TLS connection (a client that is not reading) must not hold a clean stop for 30 s."""
+    d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7"), "--security-level", str(LEVEL))
+    server = Server(d).start()
+    try:
+        a = server.client("A")
+        assert a.post("B/enc_keys", {"number": 1}).status_code == 200  # the session keeps its connection open
+        t = time.monotonic()
+        rc = server.stop()
+        took = time.monotonic() - t
+    finally:
+        server.stop(signal.SIGKILL)
+    assert rc == 0 and took < 10, (rc, took, server.log_tail())
+    assert "qkdseg kms: stopped" in server.log_path.read_text()
