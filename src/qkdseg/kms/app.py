@@ -54,8 +54,8 @@ def _caller_from_der(der: bytes | None) -> Caller | None:
     return Caller(common_name(cert) or "", fingerprint(der))
 
 
-class PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the TLS peer's identity in every request's ``state``."""
+class QuickCloseH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with TCP_NODELAY on every connection, and a stop that does not wait on idle clients."""
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
@@ -63,12 +63,7 @@ class PeerCertH11Protocol(H11Protocol):
             # response waits ~40 ms for the client's delayed ACK (Nagle), see docs/kms.md
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        # a per-connection copy: uvicorn copies app_state into each request's scope["state"]
-        self.app_state = {**self.app_state, STATE_KEY: _caller_from_der(der)}
         super().connection_made(transport)
-
 
     def shutdown(self) -> None:
         """A graceful stop: an idle keep-alive connection is closed at once, a busy one after its response.
@@ -83,6 +78,17 @@ class PeerCertH11Protocol(H11Protocol):
             self.transport.abort()
         else:
             super().shutdown()
+
+
+class PeerCertH11Protocol(QuickCloseH11Protocol):
+    """:class:`QuickCloseH11Protocol`, plus the TLS peer's identity in every request's ``state``."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        # a per-connection copy: uvicorn copies app_state into each request's scope["state"]
+        self.app_state = {**self.app_state, STATE_KEY: _caller_from_der(der)}
+        super().connection_made(transport)
 
 
 def _caller(request: Request) -> Caller:

@@ -100,7 +100,7 @@ def _int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int
 
 
 def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cookie: bool = False,
-                     run_monitor: bool = True) -> Starlette:
+                     run_monitor: bool = True):
     """The dashboard application over ``monitor``; with ``token``, every request must carry it."""
 
     def authorized(request: Request) -> bool:
@@ -115,7 +115,7 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
 
     def page(name: str):
         async def handler(request: Request) -> Response:
-            resp = Response(_static(name), media_type=STATIC[name], headers=SECURITY_HEADERS)
+            resp = Response(_static(name), media_type=STATIC[name])
             if token is not None and request.query_params.get("token"):
                 resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure_cookie,
                                 path="/dashboard")
@@ -123,19 +123,18 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
         return handler
 
     async def network(request: Request) -> Response:
-        return JSONResponse(monitor.network_view(), headers=SECURITY_HEADERS)
+        return JSONResponse(monitor.network_view())
 
     async def pools(request: Request) -> Response:
-        return JSONResponse(monitor.pools(), headers=SECURITY_HEADERS)
+        return JSONResponse(monitor.pools())
 
     async def deliveries(request: Request) -> Response:
         limit = _int_arg(request, "limit", 100, 1, 1000)
         after = _int_arg(request, "after", 0, 0, 2**62)
-        return JSONResponse({"rows": monitor.deliveries(limit, after), "last_seq": monitor.seq},
-                            headers=SECURITY_HEADERS)
+        return JSONResponse({"rows": monitor.deliveries(limit, after), "last_seq": monitor.seq})
 
     async def counters(request: Request) -> Response:
-        return JSONResponse(monitor.counters(), headers=SECURITY_HEADERS)
+        return JSONResponse(monitor.counters())
 
     async def link(request: Request) -> Response:
         n = monitor.service.arrays.n_links
@@ -151,7 +150,7 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
             sec = None if seconds is None else float(seconds)
         except ValueError:
             raise HTTPException(400, f"seconds={seconds!r} must be a number") from None
-        return JSONResponse(monitor.link_history(k, sec), headers=SECURITY_HEADERS)
+        return JSONResponse(monitor.link_history(k, sec))
 
     async def events(request: Request) -> Response:
         if monitor.viewers >= MAX_VIEWERS:
@@ -188,8 +187,7 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
             finally:
                 monitor.unsubscribe(q)
 
-        headers = {**SECURITY_HEADERS, "x-accel-buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/dashboard/", status_code=307)
@@ -222,16 +220,27 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
         Route("/dashboard/api/events", events, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error}, lifespan=lifespan)
-    if token is None:
-        return app
+    extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
     async def guarded(scope, receive, send):
-        if scope["type"] == "http" and not authorized(Request(scope)):
+        """Every answer, errors included, carries SECURITY_HEADERS; with a token, a request without it gets 401."""
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *((k, v) for k, v in extra if k not in have)]}
+            await send(message)
+
+        if not authorized(Request(scope)):
             deny = JSONResponse({"message": "the dashboard needs its access token (DIR/dashboard.token): "
                                             "Authorization: Bearer TOKEN, or ?token=TOKEN"},
                                 status_code=401, headers={"www-authenticate": "Bearer"})
-            await deny(scope, receive, send)
+            await deny(scope, receive, send_with_headers)
             return
-        await app(scope, receive, send)
+        await app(scope, receive, send_with_headers)
 
     return guarded  # type: ignore[return-value]

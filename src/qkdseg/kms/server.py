@@ -209,9 +209,11 @@ def _serve_with_dashboard(service, server, sock, token: str | None, host: str, p
     dbound = dsock.getsockname()[1]
     tls = {"ssl_certfile": str(service.cfg.path(service.cfg.cert)),
            "ssl_keyfile": str(service.cfg.path(service.cfg.key))} if token is not None else {}
+    from .app import QuickCloseH11Protocol
+
     dconfig = uvicorn.Config(create_dashboard(monitor, token=token, secure_cookie=token is not None),
-                             access_log=access_log, log_level=log_level, lifespan="on", timeout_graceful_shutdown=3,
-                             **tls)
+                             http=QuickCloseH11Protocol, access_log=access_log, log_level=log_level, lifespan="on",
+                             timeout_graceful_shutdown=10, **tls)
     dash = type(server)(dconfig)
     dash.captures = False
     server.companions = [dash]
