@@ -112,6 +112,7 @@ class Monitor:
         self.history: deque[np.ndarray] = deque(maxlen=n_samples)
         self._subscribers: set[asyncio.Queue] = set()
         self._dirty = True
+        self._last_pushed: tuple | None = None
         self.closing = False
         self._network_view: dict | None = None
         service.observers.append(self.observe)
@@ -278,6 +279,7 @@ class Monitor:
     def subscribe(self) -> asyncio.Queue:
         """A queue of ``(event, data)`` for one live client (bounded; a slow client is dropped)."""
         q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self._last_pushed = None  # a new client starts from the pools it is sent at once; push the next change
         self._subscribers.add(q)
         return q
 
@@ -310,7 +312,11 @@ class Monitor:
             if record or self._dirty:
                 self._dirty = False
                 if self._subscribers:
-                    self._publish("pools", self.pools())
+                    pools = self.pools()
+                    key = (pools["levels"], pools["states"])
+                    if key != self._last_pushed:  # full, idle pools are not sent again and again
+                        self._last_pushed = key
+                        self._publish("pools", pools)
                     self._publish("counters", self.counters())
                 if record:
                     self.sample(record=True)

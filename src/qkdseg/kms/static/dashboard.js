@@ -56,6 +56,7 @@ function drawMap(net) {
 
   const links = document.getElementById("links");
   links.replaceChildren();
+  links.classList.toggle("dense", net.links.length > 300);  // thin lines, or a large network is one blot
   state.linkEls = net.links.map(l => {
     const [ax, ay] = state.nodeXY.get(l.u), [bx, by] = state.nodeXY.get(l.v);
     const line = svgEl("line", { x1: ax, y1: ay, x2: bx, y2: by, class: "link link-READY",
