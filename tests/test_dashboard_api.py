@@ -667,7 +667,8 @@ def test_public_dashboard_needs_the_token_over_tls(pub):
     s = requests.Session()
     r = get(f"?token={token}", session=s)
     assert r.status_code == 200 and "text/html" in r.headers["Content-Type"]
-    cookie = r.headers.get("Set-Cookie", "").lower()
+    assert "token" not in r.url and [h.status_code for h in r.history] == [303]  # the token leaves the address
+    cookie = r.history[0].headers.get("Set-Cookie", "").lower()
     assert all(flag in cookie for flag in ("httponly", "samesite=strict", "secure")), cookie
     r = get("api/counters", session=s)
     assert r.status_code == 200 and r.json()["since_start"]["deliveries"] == 0

@@ -17,8 +17,8 @@ GS QKD 014 API, in the same process and on the same event loop, from a
 On a loopback address nothing is asked of the caller. Bound to any other
 address (``--dashboard-public``), every request needs the access token of
 ``DIR/dashboard.token``: ``Authorization: Bearer TOKEN``, ``?token=TOKEN``
-(which also sets an HttpOnly cookie, so the page's own requests carry it) or
-that cookie; the dashboard is then served over TLS with the KME's server
+(which sets an HttpOnly cookie, so the page's own requests carry it, and
+redirects to the same path without the token) or that cookie; the dashboard is then served over TLS with the KME's server
 certificate. No response carries key bytes; key ids are cut to 8 characters.
 """
 
@@ -115,11 +115,13 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
 
     def page(name: str):
         async def handler(request: Request) -> Response:
-            resp = Response(_static(name), media_type=STATIC[name])
             if token is not None and request.query_params.get("token"):
+                # the cookie, and the page again without the token in the address bar and the history
+                resp: Response = RedirectResponse(request.url.path, status_code=303)
                 resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure_cookie,
                                 path="/dashboard")
-            return resp
+                return resp
+            return Response(_static(name), media_type=STATIC[name])
         return handler
 
     async def network(request: Request) -> Response:

@@ -185,8 +185,8 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
                 on_listening(bound, None)
             server.run(sockets=[sock])
         else:
-            _serve_with_dashboard(service, server, sock, token, dashboard_host, dashboard_port, access_log=access_log,
-                                  log_level=log_level, on_listening=on_listening, bound=bound)
+            _serve_with_dashboard(service, server, sock, token, dashboard_host, dashboard_port, log_level=log_level,
+                                  on_listening=on_listening, bound=bound)
     finally:
         service.close()
         for sig, handler in before.items():
@@ -194,9 +194,12 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     print("qkdseg kms: stopped", file=sys.stderr, flush=True)
 
 
-def _serve_with_dashboard(service, server, sock, token: str | None, host: str, port: int, *, access_log: bool,
-                          log_level: str, on_listening, bound: int) -> None:
-    """Run the ETSI 014 ``server`` and the dashboard on one event loop until a signal stops both."""
+def _serve_with_dashboard(service, server, sock, token: str | None, host: str, port: int, *, log_level: str,
+                          on_listening, bound: int) -> None:
+    """Run the ETSI 014 ``server`` and the dashboard on one event loop until a signal stops both.
+
+    The dashboard keeps no access log: a first request's ``?token=`` would be written there.
+    """
     import asyncio
 
     import uvicorn
@@ -212,7 +215,7 @@ def _serve_with_dashboard(service, server, sock, token: str | None, host: str, p
     from .app import QuickCloseH11Protocol
 
     dconfig = uvicorn.Config(create_dashboard(monitor, token=token, secure_cookie=token is not None),
-                             http=QuickCloseH11Protocol, access_log=access_log, log_level=log_level, lifespan="on",
+                             http=QuickCloseH11Protocol, access_log=False, log_level=log_level, lifespan="on",
                              timeout_graceful_shutdown=10, **tls)
     dash = type(server)(dconfig)
     dash.captures = False
