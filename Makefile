@@ -1,10 +1,10 @@
-# qkdseg: make install | make test | make reproduce | make mutate | make screenshot
+# qkdseg: make install | make test | make reproduce | make dashboard | make mutate | make screenshot
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser test reproduce mutate screenshot clean
+.PHONY: install browser test reproduce dashboard mutate screenshot clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ screenshot: install browser
 
 reproduce: install
 	$(VENV)/bin/qkdseg reproduce --trials 1000 --seed 0 --out out
+
+# The key service on the example network with live traffic; its dashboard on http://127.0.0.1:8080/dashboard/
+dashboard: install
+	$(VENV)/bin/qkdseg kms demo
 
 # Mutation testing of the core modules (not part of `make test`; CPU heavy, about
 # 20-40 min on 2 cores). mutmut is installed here only. Results: out-mutate/.

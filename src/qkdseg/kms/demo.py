@@ -142,3 +142,6 @@ def run_demo(directory: Path | None, port: int, dashboard_port: int, rate: float
     finally:
         if "traffic" in holder:
             holder["traffic"].stop_event.set()
+            t = holder["traffic"]
+            print(f"qkdseg kms demo: {t.sent} key requests sent, {t.issued} served, {t.refused} refused; "
+                  f"{d} is kept (audit.jsonl, the database; 'qkdseg kms audit {d}' checks it)", flush=True)
