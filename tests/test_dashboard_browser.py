@@ -177,6 +177,9 @@ def test_dashboard_in_chromium(service, browser, tmp_path):
     page.wait_for_function("() => [...document.querySelectorAll('line.link')].every(l => l.dataset.state === 'WARNING')",
                            timeout=2000)
     assert set(_strokes(page).values()) == {COLOURS["WARNING"]}
+    # the level too: 768 of 2048 bits is drawn at opacity 0.35 + 0.65 * 768 / 2048
+    opacities = page.eval_on_selector_all("line.link", "ls => ls.map(l => Number(l.getAttribute('stroke-opacity')))")
+    assert opacities == [pytest.approx(0.35 + 0.65 * 768 / 2048, abs=1e-3)] * 12, opacities
     row = page.locator("#deliveries tr[data-kind=issue]").first
     cells = row.locator("td").all_inner_texts()
     # the newest row: master, slave, keys, size, requested level, achieved (the lowest key's) security
@@ -194,7 +197,7 @@ def test_dashboard_in_chromium(service, browser, tmp_path):
 
     # -- a link's pool over time
     page.click("line.link[data-u='0'][data-v='1']")
-    page.wait_for_selector("#chart polyline.level")
+    page.wait_for_selector("#chart polyline.level", state="attached")  # a flat line has no height
     assert "of 2,048 bits now" in page.inner_text("#chart-caption")
 
     # -- drain: 3 more requests empty the route; the next is refused with its reason
@@ -211,6 +214,12 @@ def test_dashboard_in_chromium(service, browser, tmp_path):
     page.wait_for_function("() => [...document.querySelectorAll('line.link')].every(l => l.dataset.state === 'EMPTY')",
                            timeout=2000)
     assert set(_strokes(page).values()) == {COLOURS["EMPTY"]}
+    # the table's filter: refusals only, then everything again
+    page.select_option("#filter", "refusal")
+    shown = page.eval_on_selector_all("#deliveries tbody tr", "trs => trs.filter(t => !t.hidden).map(t => t.dataset.kind)")
+    assert shown == ["refusal"], shown
+    page.select_option("#filter", "all")
+    assert page.eval_on_selector_all("#deliveries tbody tr", "trs => trs.filter(t => t.hidden).length") == 0
     counters = page.inner_text("#counters")
     assert "no_key_material" in counters
     deliveries_row = page.locator("#counters tr[data-counter='deliveries (enc_keys)'] td").all_inner_texts()
@@ -277,7 +286,7 @@ def test_demo_command_and_the_readme_screenshot(browser, tmp_path):
         page.locator("#deliveries tr[data-kind=issue]").first.click()
         assert page.locator("#route polyline.route-path").count() >= 1
         page.click("line.link[data-u='0'][data-v='1']")
-        page.wait_for_selector("#chart polyline.level")
+        page.wait_for_selector("#chart polyline.level", state="attached")  # a flat line has no height
         page.evaluate("window.scrollTo(0, 0)")
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=False)

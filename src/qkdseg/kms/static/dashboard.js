@@ -118,6 +118,9 @@ function applyPools(p) {
       line.setAttribute("data-state", st);
     }
     line.setAttribute("data-level", p.levels[k]);
+    // the level as well as the state: a fuller pool is drawn more opaque
+    const share = p.capacity[k] > 0 ? Math.min(1, p.levels[k] / p.capacity[k]) : 0;
+    line.setAttribute("stroke-opacity", (0.35 + 0.65 * share).toFixed(3));
     const l = state.net.links[k];
     line.firstChild.textContent = `link ${l.u}-${l.v}: ${fmt(p.levels[k])} / ${fmt(p.capacity[k])} bits, ${st}`;
   });
@@ -191,11 +194,21 @@ function addRow(row, atTop = true) {
   tr.appendChild(el("td", { class: "reason" }, why));
   tr.addEventListener("click", () => selectRow(row.seq));
   if (atTop) tbody.insertBefore(tr, tbody.firstChild); else tbody.appendChild(tr);
+  const want = document.getElementById("filter").value;
+  tr.hidden = !(want === "all" || want === row.kind || (want === "keys" && (row.kind === "issue" || row.kind === "fetch")));
   while (tbody.children.length > MAX_ROWS) {
     const last = tbody.lastChild;
     state.rows.delete(Number(last.getAttribute("data-seq")));
     last.remove();
   }
+}
+
+function applyFilter() {
+  const want = document.getElementById("filter").value;
+  document.querySelectorAll("#deliveries tbody tr").forEach(tr => {
+    const kind = tr.getAttribute("data-kind");
+    tr.hidden = !(want === "all" || want === kind || (want === "keys" && (kind === "issue" || kind === "fetch")));
+  });
 }
 
 function selectRow(seq) {
@@ -304,6 +317,7 @@ function connect() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("filter").addEventListener("change", applyFilter);
   start().catch(err => {
     const live = document.getElementById("live");
     live.textContent = "error: " + err.message;
