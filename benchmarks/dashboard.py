@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from qkdseg.kms.dashboard import _dumps
 from qkdseg.kms.monitor import Monitor
 from qkdseg.kms.server import open_service
 
@@ -40,8 +39,8 @@ async def _watched(svc, n: int) -> int:
     async def viewer() -> None:
         nonlocal sent
         while True:
-            event, data = await q.get()
-            sent += len(_dumps(data))
+            event, text = await q.get()  # encoded once by the monitor, as the event stream writes it
+            sent += len(text)
 
     tasks = [asyncio.ensure_future(mon.run()), asyncio.ensure_future(viewer())]
     try:

@@ -220,8 +220,9 @@ def test_dashboard_in_chromium(service, browser, tmp_path):
     assert shown == ["refusal"], shown
     page.select_option("#filter", "all")
     assert page.eval_on_selector_all("#deliveries tbody tr", "trs => trs.filter(t => t.hidden).length") == 0
-    counters = page.inner_text("#counters")
-    assert "no_key_material" in counters
+    # counters are pushed within 0.25 s of a change (rows within 50 ms): wait for them, at most 2 s
+    page.wait_for_function("() => document.querySelector('#counters').textContent.includes('no_key_material')",
+                           timeout=2000)
     deliveries_row = page.locator("#counters tr[data-counter='deliveries (enc_keys)'] td").all_inner_texts()
     assert deliveries_row[1:] == ["8", "8"], deliveries_row
     served = page.locator("#counters tr[data-counter='key bits served'] td").all_inner_texts()

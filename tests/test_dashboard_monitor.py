@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkdseg.keys.pools import PoolState, _next_state
-from qkdseg.kms.monitor import EMPTY, READY, STATES, Monitor, pool_states
+from qkdseg.kms.monitor import READY, STATES, Monitor, pool_states
 from qkdseg.kms.service import Caller, KmsError
 from test_kms_service import _service, _small_pools
 
@@ -123,13 +124,14 @@ def test_live_queue_gets_rows_and_a_slow_client_is_dropped(tmp_path):
         async def go():
             q = mon.subscribe()
             out = await svc.enc_keys(Caller("A", "fa"), "B", svc.parse_key_request(1, 256, None, None, None))
-            event, row = q.get_nowait()
+            event, text = q.get_nowait()
+            row = json.loads(text)
             assert event == "delivery" and row["key_ids"] == [out["keys"][0]["key_ID"][:8]]
             for _ in range(1001):  # nobody reads: the queue fills, the client is told to reload and dropped
                 mon._publish("pools", {})
             assert q not in mon._subscribers
             items = [q.get_nowait() for _ in range(q.qsize())]
-            assert items[-1] == ("reload", {})
+            assert items[-1] == ("reload", "{}")
 
         asyncio.run(go())
     finally:
@@ -213,9 +215,9 @@ def test_last_minute_counts_equal_a_recount(tmp_path_factory, events, wait):
 
 
 def test_json_answers_have_no_nan():
-    from qkdseg.kms.dashboard import _dumps
+    from qkdseg.kms.monitor import dumps
 
-    assert _dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": 0.5}) == '{"a":null,"b":[1.0,null],"c":0.5}'
+    assert dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": 0.5}) == '{"a":null,"b":[1.0,null],"c":0.5}'
 
 
 def test_network_without_positions_gets_a_layout(tmp_path):

@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import math
 from importlib import resources
 from typing import Any
 
@@ -38,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .monitor import Monitor
+from .monitor import Monitor, dumps as _dumps
 
 COOKIE = "qkdseg_dashboard"
 #: Most live event streams at once (each holds a queue on the service's event loop).
@@ -55,24 +53,6 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
 }
-
-
-def _clean(obj: Any) -> Any:
-    """JSON has no NaN or infinity: those become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _dumps(obj: Any) -> str:
-    try:  # the C encoder; only an answer holding NaN or infinity pays for the scrub
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
 
 
 class JSONResponse(Response):
@@ -166,20 +146,20 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
                 yield f"event: counters\ndata: {_dumps(monitor.counters())}\n\n"
                 while not monitor.closing:
                     try:
-                        event, data = await asyncio.wait_for(q.get(), timeout=1.0)
+                        event, text = await asyncio.wait_for(q.get(), timeout=1.0)
                     except asyncio.TimeoutError:
                         yield ": ping\n\n"
                         continue
                     # a busy service makes many events a second: gather them for BATCH_S, then one write
                     await asyncio.sleep(BATCH_S)
-                    batch = [(event, data)]
+                    batch = [(event, text)]
                     while not q.empty() and len(batch) < 500:
                         batch.append(q.get_nowait())
                     out = []
-                    for event, data in batch:
+                    for event, text in batch:
                         if event == "close":
                             break
-                        out.append(f"event: {event}\ndata: {_dumps(data)}\n\n")
+                        out.append(f"event: {event}\ndata: {text}\n\n")  # encoded once for every viewer
                         if event == "reload":
                             break
                     if out:

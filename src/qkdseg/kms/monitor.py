@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections import deque
@@ -51,6 +52,25 @@ MAX_SAMPLES = 900
 #: Budget of the level history, numbers (samples x links), so a large network keeps fewer samples.
 HISTORY_BUDGET = 4_000_000
 ID_CHARS = 8
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN or infinity: those become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, NaN and infinity as null (the dashboard's answers and live events)."""
+    try:  # the C encoder; only an answer holding NaN or infinity pays for the scrub
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
 
 
 def pool_states(level: np.ndarray, capacity: np.ndarray, ready_bits, empty_bits: int,
@@ -277,7 +297,7 @@ class Monitor:
 
     # -- live clients -------------------------------------------------------------------------
     def subscribe(self) -> asyncio.Queue:
-        """A queue of ``(event, data)`` for one live client (bounded; a slow client is dropped)."""
+        """A queue of ``(event, json_text)`` for one live client (bounded; a slow client is dropped)."""
         q: asyncio.Queue = asyncio.Queue(maxsize=1000)
         self._last_pushed = None  # a new client starts from the pools it is sent at once; push the next change
         self._subscribers.add(q)
@@ -292,14 +312,17 @@ class Monitor:
         self._subscribers.discard(q)
 
     def _publish(self, event: str, data: Any) -> None:
+        if not self._subscribers:
+            return
+        text = dumps(data)  # once, whatever the number of viewers
         for q in list(self._subscribers):
             try:
-                q.put_nowait((event, data))
+                q.put_nowait((event, text))
             except asyncio.QueueFull:  # a client that does not read: it gets a "reload" and is dropped
                 self._subscribers.discard(q)
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
-                q.put_nowait(("reload", {}))
+                q.put_nowait(("reload", "{}"))
 
     async def run(self, push_s: float = 0.25) -> None:
         """Push pools and counters to live clients (within ``push_s`` of a change, else once per sample) and keep the history."""
@@ -331,7 +354,7 @@ class Monitor:
         self.closing = True
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(("close", {}))
+                q.put_nowait(("close", "{}"))
         with contextlib.suppress(ValueError):
             self.service.observers.remove(self.observe)
 
