@@ -246,3 +246,40 @@ def test_network_without_positions_gets_a_layout(tmp_path):
     finally:
         mon.close()
         svc.close()
+
+
+def test_a_restart_shows_the_audited_history_but_counts_from_zero(tmp_path):
+    from qkdseg.kms.server import open_service
+
+    svc = _service(tmp_path / "svc", "example")
+    try:
+        async def go():
+            out = await svc.enc_keys(Caller("A", "fa"), "B", svc.parse_key_request(2, 256, None, None, None))
+            await svc.dec_keys(Caller("B", "fb"), "A", [k["key_ID"] for k in out["keys"]])
+            await svc.deny(KmsError(400, "bad", reason="bad_request"), Caller("A", "fa"), "enc_keys", "C")
+            return out
+
+        out = asyncio.run(go())
+    finally:
+        svc.close()
+    with open(tmp_path / "svc" / "audit.jsonl", "a") as fh:
+        fh.write('{"event": "issue", "cut line\n')  # a torn last line is left out
+    svc = open_service(tmp_path / "svc")
+    mon = Monitor(svc)
+    try:
+        rows = mon.deliveries()
+        assert mon.restored == 3 and [r["kind"] for r in rows] == ["refusal", "fetch", "issue"]
+        assert all(r["restored"] for r in rows) and [r["seq"] for r in rows] == [3, 2, 1]
+        issue = rows[2]
+        route = out["key_container_extension"]["qkdseg_route"]
+        assert issue["key_ids"] == [k["key_ID"][:8] for k in out["keys"]]
+        assert issue["segment_nodes"] == route["segment_nodes"] and issue["route_paths"] == []
+        assert rows[0]["reason"] == "bad_request" and rows[0]["slave"] == "C"
+        c = mon.counters()["since_start"]
+        assert c["deliveries"] == 0 and c["refusals"] == 0  # counters count from this start
+        asyncio.run(svc.enc_keys(Caller("A", "fa"), "B", svc.parse_key_request(1, 256, None, None, None)))
+        new = mon.deliveries(limit=1)[0]
+        assert new["seq"] == 4 and "restored" not in new
+    finally:
+        mon.close()
+        svc.close()

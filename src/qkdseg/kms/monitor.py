@@ -135,7 +135,42 @@ class Monitor:
         self._last_pushed: tuple | None = None
         self.closing = False
         self._network_view: dict | None = None
+        self.restored = self._restore(getattr(getattr(service, "store", None), "audit_path", None))
         service.observers.append(self.observe)
+
+    def _restore(self, audit_path, max_bytes: int = 4 << 20) -> int:
+        """Rows of the newest audit records (``restored``: before this start), so a restart shows recent history.
+
+        Only the last ``max_bytes`` of the log are read; the counters are not
+        touched (they count from this start). Returns how many rows came back.
+        """
+        if audit_path is None or not audit_path.exists():
+            return 0
+        with open(audit_path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            tail = fh.read().split(b"\n")
+        if size > max_bytes:
+            tail = tail[1:]  # the first line may be cut
+        rows = []
+        for line in tail[-4 * MAX_ROWS:]:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # an empty or cut line
+            try:
+                row = self._row(rec) if isinstance(rec, dict) else None
+            except (TypeError, ValueError, KeyError):  # a record this version does not read: left out
+                row = None
+            if row is not None:
+                row["restored"] = True
+                rows.append(row)
+        for row in rows[-MAX_ROWS:]:
+            self.seq += 1
+            row["seq"] = self.seq
+            self.rows.append(row)
+        return min(len(rows), MAX_ROWS)
 
     # -- the network, once ------------------------------------------------------------
     def network_view(self) -> dict:
@@ -222,6 +257,8 @@ class Monitor:
 
     def _row(self, e: dict) -> dict | None:
         kind = e.get("event")
+        if kind in ("issue", "deliver") and "sae" not in e:
+            return None
         ids = [short_id(k) for k in e.get("key_ids", [])]
         secs = [float(s) for s in e.get("securities", [])]
         base = {"time": e.get("time"), "key_ids": ids, "keys": len(ids), "size": e.get("size"),

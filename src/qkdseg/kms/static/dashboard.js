@@ -141,8 +141,14 @@ function showRoute(row) {
   const shown = !!(row && row.route_paths && row.route_paths.length);
   document.getElementById("links").classList.toggle("dim", shown);
   if (!shown) {
-    caption.textContent = row ? `Delivery #${row.seq} relayed nothing (${row.kind}).` :
-      "Select a delivery to see its route.";
+    if (row && row.restored && row.segment_nodes && row.segment_nodes.length) {
+      ringSegmentNodes(row.segment_nodes);
+      caption.textContent = `Delivery #${row.seq} (before this start, from the audit log): segment nodes ` +
+        `${row.segment_nodes.join(" → ")}, ${row.paths} paths; the audit log keeps no paths.`;
+    } else {
+      caption.textContent = row ? `Delivery #${row.seq} relayed nothing (${row.kind}).` :
+        "Select a delivery to see its route.";
+    }
     g.removeAttribute("data-seq");
     return;
   }
@@ -155,16 +161,20 @@ function showRoute(row) {
                                         "data-segment": i, "data-path": j }));
     });
   });
-  for (const v of row.segment_nodes) {
+  ringSegmentNodes(row.segment_nodes);
+  g.setAttribute("data-seq", row.seq);
+  caption.textContent = `Delivery #${row.seq}: segment nodes ${row.segment_nodes.join(" → ")}; ` +
+    row.route_paths.map((s, i) => `segment ${i + 1}: ${s.length} path${s.length > 1 ? "s" : ""}`).join(", ") +
+    `; route security ${fmt(row.route_security)}.`;
+}
+
+function ringSegmentNodes(nodes) {
+  for (const v of nodes) {
     const n = state.nodeEls.get(v);
     if (!n) continue;
     n.insertBefore(svgEl("circle", { r: 20, class: "segment-ring" }), n.firstChild);
     n.setAttribute("data-segment", "true");
   }
-  g.setAttribute("data-seq", row.seq);
-  caption.textContent = `Delivery #${row.seq}: segment nodes ${row.segment_nodes.join(" → ")}; ` +
-    row.route_paths.map((s, i) => `segment ${i + 1}: ${s.length} path${s.length > 1 ? "s" : ""}`).join(", ") +
-    `; route security ${fmt(row.route_security)}.`;
 }
 
 // ---- the deliveries table -----------------------------------------------------------------
@@ -178,7 +188,8 @@ function addRow(row, atTop = true) {
   state.lastSeq = Math.max(state.lastSeq, row.seq);
   const tbody = document.querySelector("#deliveries tbody");
   const outcome = row.outcome === "refused" ? `refused ${row.status}` : row.outcome;
-  const tr = el("tr", { "data-seq": row.seq, "data-kind": row.kind, class: row.outcome });
+  const tr = el("tr", { "data-seq": row.seq, "data-kind": row.kind, class: row.outcome + (row.restored ? " restored" : "") });
+  if (row.restored) tr.title = "before this start: from the audit log";
   const cells = [
     row.seq, fmtTime(row.time), eventLabel(row), row.master || "-", row.slave || "-", fmt(row.keys), fmt(row.size),
     fmt(row.requested_security), fmt(row.achieved_security), fmt(row.segments), fmt(row.paths),
