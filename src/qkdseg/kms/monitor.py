@@ -127,7 +127,7 @@ class Monitor:
         self.window_s = 60.0
         self._recent: deque[tuple] = deque()  # (time, kind, reason, keys, bits, security sum) of the last minute
         self._window: dict[str, Any] = _empty_counts()  # the sums of _recent, kept as items come and go
-        n_samples = int(max(60, min(MAX_SAMPLES, HISTORY_BUDGET // max(1, a.n_links))))
+        n_samples = int(max(1, min(MAX_SAMPLES, HISTORY_BUDGET // max(1, a.n_links))))
         self.history_t: deque[float] = deque(maxlen=n_samples)
         self.history: deque[np.ndarray] = deque(maxlen=n_samples)
         self._subscribers: set[asyncio.Queue] = set()
