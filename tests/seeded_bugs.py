@@ -1,5 +1,6 @@
-"""Seeded bugs in the three areas issue 15 found weakly guarded, and whether
-the test suite catches each one (a script, not part of ``make test``)::
+"""Seeded bugs in the three areas issue 15 found weakly guarded, and in the
+operator dashboard (issue 12), and whether the test suite catches each one
+(a script, not part of ``make test``)::
 
     .venv/bin/python tests/seeded_bugs.py            # every bug
     .venv/bin/python tests/seeded_bugs.py S1 E2      # some
@@ -33,10 +34,16 @@ SMR = "src/qkdseg/routing/smr.py"
 KERNELS = "src/qkdseg/_kernels.py"
 RESULT = "src/qkdseg/reconstruction/result.py"
 TRIALS = "src/qkdseg/experiments/trials.py"
+MONITOR = "src/qkdseg/kms/monitor.py"
+DASH = "src/qkdseg/kms/dashboard.py"
+SERVICE = "src/qkdseg/kms/service.py"
+SERVER = "src/qkdseg/kms/server.py"
+APP = "src/qkdseg/kms/app.py"
 
 SMR_TESTS = ["tests/test_smr_oracle.py", "tests/test_routing.py"]
 EPS_TESTS = ["tests/test_epsilon_edge.py", "tests/test_reconstruction.py", "tests/test_paper_counts.py"]
 SWEEP_TESTS = ["tests/test_sweep_columns.py"]
+DASH_TESTS = ["tests/test_dashboard_monitor.py", "tests/test_dashboard_api.py", "tests/test_dashboard_browser.py"]
 
 #: name -> (area, description, [(file, old, new)], tests)
 BUGS = {
@@ -80,6 +87,35 @@ BUGS = {
     "C5": ("sweep columns", "paths counts the first segment's only",
            [(TRIALS, '"paths": sum(len(seg) for seg in r.index_paths),', '"paths": len(r.index_paths[0]) if r.index_paths else 0,')],
            SWEEP_TESTS),
+    "D1": ("dashboard", "full key ids shown", [(MONITOR, "return str(key_id)[:ID_CHARS]", "return str(key_id)")],
+           DASH_TESTS),
+    "D2": ("dashboard", "WARNING and CHARGING swapped",
+           [(MONITOR, "np.isin(previous, (EMPTY, CHARGING)), CHARGING, WARNING)",
+             "np.isin(previous, (EMPTY, CHARGING)), WARNING, CHARGING)")], DASH_TESTS),
+    "D3": ("dashboard", "the last minute keeps items a second too long",
+           [(MONITOR, "while self._recent and self._recent[0][0] < cut:",
+             "while self._recent and self._recent[0][0] < cut - 1:")], DASH_TESTS),
+    "D4": ("dashboard", "the access token is never asked for",
+           [(DASH, "        if token is None:\n            return True", "        return True")], DASH_TESTS),
+    "D5": ("dashboard", "no route paths in issue events",
+           [(SERVICE, "paths = [[[str(v) for v in p] for p in seg.paths] for seg in r.segments] if self.observers else None",
+             "paths = None")], DASH_TESTS),
+    "D6": ("dashboard", "achieved security is the best key's, not the worst's",
+           [(MONITOR, '"achieved_security": min(secs) if secs else None', '"achieved_security": max(secs) if secs else None')],
+           DASH_TESTS),
+    "D7": ("dashboard", "a drained route's refusal loses its reason code",
+           [(SERVICE, 'bits on every link now; nothing was debited", reason="no_key_material")',
+             'bits on every link now; nothing was debited")')], DASH_TESTS),
+    "D8": ("dashboard", "every host counts as loopback (no --dashboard-public, no token)",
+           [(SERVER, '    if host == "localhost":\n        return True', "    return True")],
+           ["tests/test_kms_setup.py", "tests/test_dashboard_api.py"]),
+    "D9": ("dashboard", "security headers on 200 answers only",
+           [(DASH, 'if message["type"] == "http.response.start":',
+             'if message["type"] == "http.response.start" and message["status"] == 200:')], DASH_TESTS),
+    "D10": ("key service", "a stop waits for idle keep-alive TLS clients again",
+            [(APP, "        if self.cycle is None or self.cycle.response_complete:\n            self.transport.abort()\n"
+                   "        else:\n            super().shutdown()", "        super().shutdown()")],
+            ["tests/test_kms_server.py", "tests/test_dashboard_api.py"]),
 }
 
 
