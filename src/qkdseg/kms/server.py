@@ -7,6 +7,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 from pathlib import Path
 
 from ..errors import InvalidRequest
@@ -68,7 +69,7 @@ def _server_class():
 
         @contextlib.contextmanager
         def capture_signals(self):
-            if not self.captures:
+            if not self.captures or threading.current_thread() is not threading.main_thread():
                 yield
                 return
             original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -151,7 +152,9 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
                              "(the dashboard then needs the access token in DIR/dashboard.token)")
     # from here a SIGTERM/SIGINT is remembered until the server captures them (a stop during start-up is a clean stop)
     early: list = []
-    before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {}
+    if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         service = open_service(directory)
     except BaseException:
