@@ -267,7 +267,7 @@ async function refreshChart() {
   if (chartBusy || state.chosenLink === null) return;
   chartBusy = true;
   try {
-    const h = await getJSON("links/" + state.chosenLink + "?seconds=600");
+    const h = await getJSON("links/" + state.chosenLink + "?seconds=900");
     drawChart(h);
   } catch (e) { /* the next update retries */ }
   chartBusy = false;
