@@ -49,7 +49,7 @@ def check_paths(g: nx.Graph, route: dict) -> None:
 
 
 def check_smr_invariants(g: nx.Graph, route: dict, unlimited: bool = True) -> None:
-    """MODEL.md section 3 invariants of SMR (and of ``disjoint``)."""
+    """docs/model.md section 3 invariants of SMR (and of ``disjoint``)."""
     check_paths(g, route)
     for v in route["segment_nodes"][1:-1]:
         assert g.nodes[v]["trusted"], f"segment node {v} is not trusted"

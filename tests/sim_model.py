@@ -1,4 +1,4 @@
-"""An independent SimPy model of the time-dynamic dynamics (MODEL.md section 9).
+"""An independent SimPy model of the time-dynamic dynamics (docs/model.md section 9).
 
 Written from the model's text, not from :mod:`qkdseg.sim.engine`: plain Python
 integers per link, SimPy processes for arrivals, expiries and retries, no

@@ -1,4 +1,4 @@
-"""MSP, the stochastic-paths baseline (MODEL.md section 3, docs/baselines.md)."""
+"""MSP, the stochastic-paths baseline (docs/model.md section 3, docs/baselines.md)."""
 
 from __future__ import annotations
 

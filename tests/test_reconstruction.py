@@ -1,4 +1,4 @@
-"""Key reconstruction (MODEL.md section 4): the four schemes, the paper's
+"""Key reconstruction (docs/model.md section 4): the four schemes, the paper's
 worked example, optimal against paper and against brute force."""
 
 from __future__ import annotations

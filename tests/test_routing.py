@@ -132,7 +132,7 @@ def test_route_is_frozen_and_deterministic():
 
 
 def test_round_robin_removes_for_all_segments():
-    """A relay used by one segment is unavailable to the next (MODEL.md 3)."""
+    """A relay used by one segment is unavailable to the next (docs/model.md 3)."""
     g = nx.Graph()
     g.add_nodes_from(range(6))
     g.add_edges_from([(0, 3), (3, 1), (1, 4), (4, 2), (0, 5), (5, 1), (5, 2)])

@@ -1,4 +1,4 @@
-"""Time-dynamic runs (qkdseg.sim): the checks of MODEL.md section 9.
+"""Time-dynamic runs (qkdseg.sim): the checks of docs/model.md section 9.
 
 Infinite pools give static routes; bits are conserved and pools stay in
 [0, pool]; one overloaded link serves at its rate; blocking grows with load;

@@ -34,7 +34,7 @@ P_SETS = [
 
 
 def waxman_case(seed: int, n: int, p_set: tuple, n_trusted: int, trusted_p: float, pools: bool) -> nx.Graph:
-    """A Waxman graph (MODEL.md 7 scaled to n nodes) with mixed p, not resampled
+    """A Waxman graph (docs/model.md 7 scaled to n nodes) with mixed p, not resampled
     to connectivity: requests across components must come out blocked."""
     rng = np.random.default_rng(seed)
     alpha = 0.15 * (100 / n) ** 0.5

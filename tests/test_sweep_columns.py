@@ -27,7 +27,7 @@ from qkdseg.cli import app
 from qkdseg.experiments import FigureSpec, SweepSpec
 from qkdseg.experiments.trials import run_chunk
 
-POOL = 100_000  # bits per link (MODEL.md section 7)
+POOL = 100_000  # bits per link (docs/model.md section 7)
 LEVELS = {"key_bits_e50": 0.5, "key_bits_e70": 0.7, "key_bits_e90": 0.9}
 ORACLE_ALGORITHMS = ("smr", "msp", "disjoint", "single", "smr-exact")  # reproduce runs them with default options
 

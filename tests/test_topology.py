@@ -83,7 +83,7 @@ def test_waxman_seeded_connected_and_calibrated():
     assert nx.utils.graphs_equal(nx.Graph(a.graph), nx.Graph(b.graph))
     assert a.summary()["connected"] and len(a.trusted_nodes) == 10
     degs = [waxman(100, trusted=10, seed=s).summary()["mean_degree"] for s in range(20)]
-    assert 5.5 < sum(degs) / len(degs) < 7.5  # MODEL.md: about 6.6
+    assert 5.5 < sum(degs) / len(degs) < 7.5  # docs/model.md: about 6.6
     assert waxman(100, seed=8).trusted_nodes != a.trusted_nodes
     for v in a.graph:
         assert a.graph.nodes[v]["p"] == (1.0 if a.graph.nodes[v]["trusted"] else 0.8)

@@ -1,4 +1,4 @@
-"""``qkdseg simulate``: time-dynamic runs to files (MODEL.md section 9).
+"""``qkdseg simulate``: time-dynamic runs to files (docs/model.md section 9).
 
 - :func:`write_run`: one run (every algorithm on one trace) ->
   ``requests.parquet``, ``timeseries.parquet``, ``levels.parquet``,

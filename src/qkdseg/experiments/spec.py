@@ -4,7 +4,7 @@ A :class:`SweepSpec` names a topology source (a Waxman generator with its
 parameters, or a list of real topologies), a parameter grid per figure,
 trials per point and a master seed, and the algorithms, reconstruction
 scheme and epsilons. :func:`paper_spec` is the paper's evaluation (section
-IV; MODEL.md section 7).
+IV; docs/model.md section 7).
 
 Seeds. Trial ``t`` of a sweep with master seed ``S`` has the seed
 ``trial_seed(S, t)`` (a 32-bit integer from ``numpy.random.SeedSequence([S, t])``),
@@ -84,9 +84,9 @@ class SweepSpec:
     epsilons : tuple of float
         Levels for the key-length columns.
     reconstruction : str
-        Scheme for the key lengths (``paper`` unless stated, MODEL.md 6).
+        Scheme for the key lengths (``paper`` unless stated, docs/model.md 6).
     nodes, alpha, beta, pool_bits
-        Waxman generator parameters (MODEL.md section 7).
+        Waxman generator parameters (docs/model.md section 7).
     """
 
     figures: tuple[FigureSpec, ...]

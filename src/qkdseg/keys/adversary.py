@@ -1,4 +1,4 @@
-"""The adversary of MODEL.md section 1, emulated on real bytes.
+"""The adversary of docs/model.md section 1, emulated on real bytes.
 
 Per trial a *compromised set* is drawn: every node that can relay for the
 request (the paths' relays and the interior segment nodes; never the source
@@ -24,7 +24,7 @@ records and compares the result with the true key, byte for byte:
 
 So ``G`` stays secret iff every segment key is secret and every interior
 segment node is safe, the event whose probability is the exact security
-(MODEL.md section 2). The attacker never guesses: with no complete record it
+(docs/model.md section 2). The attacker never guesses: with no complete record it
 fails. Given the compromised set the outcome is deterministic, so counts over
 seeded draws are reproducible even though the key bytes are fresh each run.
 """

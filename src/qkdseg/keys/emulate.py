@@ -8,7 +8,7 @@ trials the fraction of keys that stayed secret is compared with the exact
 security.
 
 The top-level numbers are about the ``xor-all`` key, the route's end-to-end
-security (MODEL.md section 6). With ``epsilon`` the route's reconstruction
+security (docs/model.md section 6). With ``epsilon`` the route's reconstruction
 plan is executed as well, over the same delivered pieces and the same
 compromised set, and every one of its global keys gets its own empirical and
 exact secrecy. The two plans are alternatives measured on one delivery, not

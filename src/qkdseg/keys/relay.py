@@ -1,6 +1,6 @@
 """The relay engine: execute a route and a reconstruction plan on real bytes.
 
-:func:`relay` runs one key request end to end (MODEL.md sections 2 and 4):
+:func:`relay` runs one key request end to end (docs/model.md sections 2 and 4):
 
 1. **Pieces.** Every path ``(t_j, r1, ..., t_{j+1})`` of segment ``j``
    carries one piece of ``B`` bits, drawn at random at the segment start
@@ -70,7 +70,7 @@ class Plan:
 
     @classmethod
     def xor_all(cls, route) -> "Plan":
-        """One global key from every piece of every segment (MODEL.md section 4)."""
+        """One global key from every piece of every segment (docs/model.md section 4)."""
         parts = tuple(tuple(range(len(seg.paths))) for seg in route.segments)
         return cls("xor-all", (PlannedKey(parts, False, route.block_bits, route.security),))
 

@@ -1,4 +1,4 @@
-"""Baselines without segments (MODEL.md section 3).
+"""Baselines without segments (docs/model.md section 3).
 
 - ``single``: one ExDijkstra path, the classic trusted-relay chain.
 - ``disjoint``: successive ExDijkstra paths source -> destination, each

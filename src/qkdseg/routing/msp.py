@@ -1,4 +1,4 @@
-"""MSP: multiple stochastic paths (Wen et al., Sci. China F 52(1), 2009), MODEL.md section 3.
+"""MSP: multiple stochastic paths (Wen et al., Sci. China F 52(1), 2009), docs/model.md section 3.
 
 Only the abstract of the original is public; this is the model's **[choice]**,
 documented in docs/baselines.md. No segments: every path runs from the source

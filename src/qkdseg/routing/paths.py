@@ -1,4 +1,4 @@
-"""ExDijkstra: the most secure path (MODEL.md section 3), on the CSR form.
+"""ExDijkstra: the most secure path (docs/model.md section 3), on the CSR form.
 
 The path security ``Psec(P) = prod p(r)`` over the relays ``r`` of ``P``
 (every node but the two ends) is multiplicative and non-increasing along a

@@ -1,4 +1,4 @@
-"""Segment-based Multipath Routing, SMR (paper section III.B, MODEL.md section 3).
+"""Segment-based Multipath Routing, SMR (paper section III.B, docs/model.md section 3).
 
 Step 1 picks segment nodes among the trusted relays, greedily from the source;
 step 2 finds paths for every segment round-robin, removing after each path its

@@ -1,6 +1,6 @@
 """Time-dynamic runs: key pools that refill, requests that arrive, blocking over time.
 
-MODEL.md section 9 defines the model. :func:`simulate` runs algorithms on one
+docs/model.md section 9 defines the model. :func:`simulate` runs algorithms on one
 seeded arrival trace and returns the tables as DataFrames; :class:`Simulation`
 steps one algorithm in simulated time (``run(until=t)``), so that the pools
 can be inspected mid-run.
@@ -67,7 +67,7 @@ def simulate(
     options: dict | None = None,
     progress: Any = None,
 ) -> SimulationResult:
-    """Run every algorithm on the same seeded arrival trace (MODEL.md section 9).
+    """Run every algorithm on the same seeded arrival trace (docs/model.md section 9).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """The time-dynamic engine: pools that refill, requests that arrive, blocking over time.
 
-MODEL.md section 9 is the contract; in short:
+docs/model.md section 9 is the contract; in short:
 
 - Every link's pool holds an integer number of bits, at most its
   ``pool_bits``. Its source delivers ``floor(rate_bps * t)`` bits by time
@@ -441,7 +441,7 @@ class Simulation:
         return np.asarray([str(v) for v in ids], dtype=object)[idx]
 
     def requests_frame(self):
-        """One row per request that has arrived (MODEL.md section 9: the columns of ``requests.parquet``)."""
+        """One row per request that has arrived (docs/model.md section 9: the columns of ``requests.parquet``)."""
         import pandas as pd
 
         req = self.requests
@@ -476,7 +476,7 @@ class Simulation:
         })
 
     def timeseries_frame(self):
-        """One row per finished interval (MODEL.md section 9: the columns of ``timeseries.parquet``)."""
+        """One row per finished interval (docs/model.md section 9: the columns of ``timeseries.parquet``)."""
         import pandas as pd
 
         k = self._k

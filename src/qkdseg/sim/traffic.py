@@ -1,4 +1,4 @@
-"""Request arrivals for time-dynamic runs (MODEL.md section 9).
+"""Request arrivals for time-dynamic runs (docs/model.md section 9).
 
 A :class:`Requests` table is the arrival trace every algorithm of a run sees
 (common random numbers): arrival times (s, sorted), end nodes (indices), key
@@ -120,7 +120,7 @@ def node_weights(network: Network, pairs: str) -> np.ndarray | None:
     """The masses of the gravity model (``None`` for uniform pairs).
 
     A node's mass is its ``weight`` attribute when every node has one, else
-    its degree (MODEL.md section 9 [choice]).
+    its degree (docs/model.md section 9 [choice]).
     """
     if pairs == "uniform":
         return None
