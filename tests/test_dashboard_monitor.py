@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkdseg.keys.pools import PoolState, _next_state
-from qkdseg.kms.monitor import READY, STATES, Monitor, pool_states
+from qkdseg.keys.levels import READY, STATES, pool_states
+from qkdseg.kms.monitor import Monitor
 from qkdseg.kms.service import Caller, KmsError
 from test_kms_service import _service, _small_pools
 
@@ -26,10 +28,25 @@ def test_pool_states_follow_the_key_buffer_rules(cap, share, empty, levels):
     ref = PoolState.READY
     for lv in levels:
         lv = min(lv, cap)
-        state = pool_states(np.array([lv]), np.array([cap]), np.array([ready]), empty, state)
+        state = pool_states(np.array([lv]), np.array([ready]), empty, state)
         ref = _next_state(lv, empty - 1, ready, ref)
         # an EMPTY threshold above READY's makes EMPTY win in both
         assert STATES[int(state[0])] == ref.value, (lv, cap, ready, empty)
+
+
+@contextlib.contextmanager
+def watched(svc):
+    """A Monitor of ``svc``; both are closed on the way out, also when the test fails."""
+    try:
+        mon = Monitor(svc)
+    except BaseException:
+        svc.close()
+        raise
+    try:
+        yield mon
+    finally:
+        mon.close()
+        svc.close()
 
 
 class Clock:
@@ -43,8 +60,7 @@ class Clock:
 def test_rows_counters_and_history(tmp_path):
     clock = Clock()
     svc = _service(tmp_path / "svc", _small_pools(tmp_path, 2048), clock=clock)
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         a, b = Caller("A", "fa"), Caller("B", "fb")
 
         async def go():
@@ -93,17 +109,13 @@ def test_rows_counters_and_history(tmp_path):
         assert len(h["times"]) == 3 and h["levels"] == [2048] * 3 and h["capacity_bits"] == 2048  # refilled at 1 kb/s
         assert len(mon.link_history(0, seconds=1.5)["times"]) == 2
         assert mon.deliveries(limit=10, after=2) == [refusal]
-    finally:
-        mon.close()
-        svc.close()
     assert mon.observe not in svc.observers
 
 
 def test_states_refill_to_charging_then_ready(tmp_path):
     clock = Clock()
     svc = _service(tmp_path / "svc", _small_pools(tmp_path, 2048), clock=clock)  # default_rate_bps=1000
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         svc.levels.level[:] = 0
         assert set(mon.pools()["states"]) == {"EMPTY"}
         clock.t += 0.5  # +500 bits: between EMPTY (256) and READY (1024), refilled from EMPTY
@@ -112,15 +124,11 @@ def test_states_refill_to_charging_then_ready(tmp_path):
         assert set(mon.pools()["states"]) == {"READY"}
         svc.levels.level[:] = 600  # drained from READY
         assert set(mon.pools()["states"]) == {"WARNING"}
-    finally:
-        mon.close()
-        svc.close()
 
 
 def test_live_queue_gets_rows_and_a_slow_client_is_dropped(tmp_path):
     svc = _service(tmp_path / "svc", "example")
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         async def go():
             q = mon.subscribe()
             out = await svc.enc_keys(Caller("A", "fa"), "B", svc.parse_key_request(1, 256, None, None, None))
@@ -134,15 +142,11 @@ def test_live_queue_gets_rows_and_a_slow_client_is_dropped(tmp_path):
             assert items[-1] == ("reload", "{}")
 
         asyncio.run(go())
-    finally:
-        mon.close()
-        svc.close()
 
 
 def test_network_view_has_every_node_link_and_sae(tmp_path):
     svc = _service(tmp_path / "svc", "example")
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         view = mon.network_view()
         g = svc.network.graph
         assert sorted(n["id"] for n in view["nodes"]) == sorted(str(v) for v in g.nodes)
@@ -152,9 +156,6 @@ def test_network_view_has_every_node_link_and_sae(tmp_path):
         by_id = {n["id"]: n for n in view["nodes"]}
         assert by_id["0"]["saes"] == ["A"] and by_id["3"]["trusted"] and not by_id["1"]["trusted"]
         assert (by_id["7"]["x"], by_id["7"]["y"]) == tuple(g.nodes[7]["pos"])
-    finally:
-        mon.close()
-        svc.close()
 
 
 events_st = st.lists(st.tuples(
@@ -172,8 +173,7 @@ def test_last_minute_counts_equal_a_recount(tmp_path_factory, events, wait):
     """The incremental last-minute sums equal a recount of the events of the last 60 s (and the totals, all)."""
     clock = Clock(0.0)
     svc = _service(tmp_path_factory.mktemp("m") / "svc", "example", clock=clock)
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         seen = []
         for dt, kind, n, reason, sec in events:
             clock.t += dt
@@ -209,9 +209,6 @@ def test_last_minute_counts_equal_a_recount(tmp_path_factory, events, wait):
                 assert got["mean_security"] is None, name
             else:
                 assert got["mean_security"] == pytest.approx(want["mean_security"], abs=1e-9), name
-    finally:
-        mon.close()
-        svc.close()
 
 
 def test_json_answers_have_no_nan():
@@ -236,16 +233,12 @@ def test_network_without_positions_gets_a_layout(tmp_path):
 
     write_config(svc_dir, KmsConfig(network=str(path), saes={"A": "1", "B": "4"}, _dir=svc_dir).check())
     svc = open_service(svc_dir)
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         view = mon.network_view()
         assert view["positions"] == "layout" and len(view["nodes"]) == 6 and len(view["links"]) == 6
         xy = {(round(n["x"], 6), round(n["y"], 6)) for n in view["nodes"]}
         assert len(xy) == 6 and all(np.isfinite(list(c)).all() for c in xy)
         assert mon.network_view() is view  # computed once
-    finally:
-        mon.close()
-        svc.close()
 
 
 def test_a_restart_shows_the_audited_history_but_counts_from_zero(tmp_path):
@@ -265,8 +258,7 @@ def test_a_restart_shows_the_audited_history_but_counts_from_zero(tmp_path):
     with open(tmp_path / "svc" / "audit.jsonl", "a") as fh:
         fh.write('{"event": "issue", "cut line\n')  # a torn last line is left out
     svc = open_service(tmp_path / "svc")
-    mon = Monitor(svc)
-    try:
+    with watched(svc) as mon:
         rows = mon.deliveries()
         assert mon.restored == 3 and [r["kind"] for r in rows] == ["refusal", "fetch", "issue"]
         assert all(r["restored"] for r in rows) and [r["seq"] for r in rows] == [3, 2, 1]
@@ -280,6 +272,3 @@ def test_a_restart_shows_the_audited_history_but_counts_from_zero(tmp_path):
         asyncio.run(svc.enc_keys(Caller("A", "fa"), "B", svc.parse_key_request(1, 256, None, None, None)))
         new = mon.deliveries(limit=1)[0]
         assert new["seq"] == 4 and "restored" not in new
-    finally:
-        mon.close()
-        svc.close()

@@ -17,6 +17,31 @@ import numpy as np
 from ..network import NetworkArrays
 
 
+#: Pool states (QKDNetSim's key buffer states, :class:`~qkdseg.keys.pools.PoolState`), as array codes.
+STATES = ("READY", "WARNING", "CHARGING", "EMPTY")
+READY, WARNING, CHARGING, EMPTY = range(4)
+
+
+def pool_states(level: np.ndarray, ready_bits, empty_bits: int, previous: np.ndarray) -> np.ndarray:
+    """Each link's pool state (int8 codes into :data:`STATES`) from its level and its previous state.
+
+    READY at or above ``ready_bits``, EMPTY below ``empty_bits`` (bits); in
+    between WARNING, or CHARGING when the previous state was EMPTY or
+    CHARGING (refilling). The key buffer's rule
+    (:func:`qkdseg.keys.pools._next_state`), on arrays: shared by the
+    time-dynamic simulator and the key service's dashboard.
+
+    >>> states = pool_states(np.array([900, 300, 100, 300]), 500, 256, np.array([READY, READY, READY, EMPTY]))
+    >>> [STATES[s] for s in states]
+    ['READY', 'WARNING', 'EMPTY', 'CHARGING']
+    """
+    level = np.asarray(level)
+    state = np.where(np.isin(previous, (EMPTY, CHARGING)), CHARGING, WARNING).astype(np.int8)
+    state[level >= np.asarray(ready_bits)] = READY
+    state[level < empty_bits] = EMPTY
+    return state
+
+
 def with_levels(arrays: NetworkArrays, pool_bits: np.ndarray) -> NetworkArrays:
     """``arrays`` with ``pool_bits`` replaced by current levels (bits), for key-aware routing.
 

@@ -20,11 +20,7 @@ EMPTY      ``level < empty_bits`` (default: the service's key size): the
 Nothing here holds key bytes: the events carry none, and key ids are cut to
 their first 8 characters. Everything runs on the service's event loop.
 
->>> import numpy as np
->>> states = pool_states(np.array([900, 300, 100, 300]), np.array([1000] * 4), 500, 256,
-...                      np.array([READY, READY, READY, EMPTY]))
->>> [STATES[s] for s in states]
-['READY', 'WARNING', 'EMPTY', 'CHARGING']
+The rule is :func:`qkdseg.keys.levels.pool_states`, the simulator's too.
 """
 
 from __future__ import annotations
@@ -39,10 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from ..topology import node_positions
+from ..keys.levels import READY, STATES, pool_states
+from ..topology import file_positions, node_positions
 
-STATES = ("READY", "WARNING", "CHARGING", "EMPTY")
-READY, WARNING, CHARGING, EMPTY = range(4)
 #: A pool at or above this share of its capacity is READY ([choice]).
 DEFAULT_READY_SHARE = 0.5
 #: Rows of the deliveries table kept in memory (the audit log keeps all).
@@ -71,17 +66,6 @@ def dumps(obj: Any) -> str:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False)
     except ValueError:
         return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
-
-
-def pool_states(level: np.ndarray, capacity: np.ndarray, ready_bits, empty_bits: int,
-                previous: np.ndarray) -> np.ndarray:
-    """Each link's pool state (indices into :data:`STATES`) from its level (bits) and its previous state."""
-    level = np.asarray(level)
-    ready = np.asarray(ready_bits)
-    state = np.where(np.isin(previous, (EMPTY, CHARGING)), CHARGING, WARNING).astype(np.int8)
-    state[level >= ready] = READY
-    state[level < empty_bits] = EMPTY
-    return state
 
 
 def short_id(key_id: str) -> str:
@@ -119,7 +103,7 @@ class Monitor:
         self.ready_bits = np.ceil(self.capacity * self.ready_share).astype(np.int64)
         self.empty_bits = int(empty_bits if empty_bits is not None else service.cfg.key_size)
         self.state = np.full(a.n_links, READY, dtype=np.int8)
-        self.state = pool_states(service.levels.level, self.capacity, self.ready_bits, self.empty_bits, self.state)
+        self.state = pool_states(service.levels.level, self.ready_bits, self.empty_bits, self.state)
         self.started = self.clock()
         self.rows: deque[dict] = deque(maxlen=MAX_ROWS)
         self.seq = 0
@@ -178,7 +162,8 @@ class Monitor:
         if self._network_view is None:
             svc = self.service
             a, net = svc.arrays, svc.network
-            pos = node_positions(net)
+            from_file = file_positions(net)
+            pos = from_file if from_file is not None else node_positions(net)
             saes_at: dict[int, list[str]] = {}
             for sae, i in svc.sae_node.items():
                 saes_at.setdefault(i, []).append(sae)
@@ -202,7 +187,7 @@ class Monitor:
             self._network_view = {
                 "name": net.name, "kme_id": svc.cfg.kme_id, "algorithm": svc.algorithm,
                 "reconstruction": svc.cfg.reconstruction, "security_level": svc.cfg.security_level,
-                "key_size": svc.cfg.key_size, "positions": "file" if _positions_from_file(net) else "layout",
+                "key_size": svc.cfg.key_size, "positions": "file" if from_file is not None else "layout",
                 "nodes": nodes, "links": links, "saes": {s: str(a.node_ids[i]) for s, i in sorted(svc.sae_node.items())},
             }
         return self._network_view
@@ -213,7 +198,7 @@ class Monitor:
         now = self.clock()
         self.service.refill(now)
         lv = self.service.levels.level
-        self.state = pool_states(lv, self.capacity, self.ready_bits, self.empty_bits, self.state)
+        self.state = pool_states(lv, self.ready_bits, self.empty_bits, self.state)
         if record:
             self.history_t.append(now)
             self.history.append(lv.copy())
@@ -394,12 +379,6 @@ class Monitor:
                 q.put_nowait(("close", "{}"))
         with contextlib.suppress(ValueError):
             self.service.observers.remove(self.observe)
-
-
-def _positions_from_file(net) -> bool:
-    return all(isinstance(d.get("pos"), (list, tuple)) or (d.get("x") is not None and d.get("y") is not None)
-               or (d.get("Longitude") is not None and d.get("Latitude") is not None)
-               for _, d in net.graph.nodes(data=True))
 
 
 def _empty_counts() -> dict:

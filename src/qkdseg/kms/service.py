@@ -153,8 +153,6 @@ class KeyService:
             nid = network.resolve(str(node))
             self.sae_node[sae] = self.arrays.index[nid]
         self.committer = GroupCommit(store)
-        self.started = clock()
-        self.counters: dict[str, int] = defaultdict(int)
         #: Called with each audited event after it is committed (``event``: issue, deliver, deny, expire);
         #: an ``issue`` event also carries ``route_paths`` (node ids, per segment, per path). No key bytes.
         self.observers: list = []
@@ -225,7 +223,6 @@ class KeyService:
 
     async def deny(self, err: KmsError, caller: Caller | None, op: str, peer: str | None = None) -> None:
         """Audit a refused request (the caller answers it with ``err``)."""
-        self.counters[f"denied_{err.status}"] += 1
         who = caller or Caller("-", "-")
         extra = {"request": err.request} if err.request else {}
         rec = self._audit("deny", who, peer, op=op, status=err.status, reason=err.reason, outcome=err.message, **extra)
@@ -427,9 +424,6 @@ class KeyService:
             await self.committer.commit(batch)
         finally:
             self.pending.difference_update(ids)
-        self.counters["enc_keys"] += 1
-        self.counters["keys_issued"] += len(keys)
-        self.counters["bits_issued"] += len(keys) * req.size
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
         level_ext = {"requested": req.level, "source": req.level_source}
         if level_note:
@@ -549,8 +543,6 @@ class KeyService:
             "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
             size=rows[0].size, securities=[row.security for row in rows], outcome="ok")])
         await self.committer.commit(batch)
-        self.counters["dec_keys"] += 1
-        self.counters["keys_delivered"] += len(rows)
         self._notify(batch.audit[0])
         return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
                          for row, m in out]}
@@ -573,7 +565,6 @@ class KeyService:
         recs = [{"time": round(now, 6), "event": "expire", "key_ids": [row.key_id for row in gone],
                  "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]
         await self.committer.commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
-        self.counters["keys_expired"] += len(gone)
         self._notify(recs[0])
         return len(gone) + len(spare_gone)
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..api import route_indices
 from ..errors import InvalidRequest
-from ..keys.levels import LinkLevels, with_levels
+from ..keys.levels import EMPTY, READY, STATES, LinkLevels, pool_states, with_levels
 from ..network import Network
 from ..reconstruction import SCHEMES, reconstruct
 from ..routing import get_algorithm
@@ -47,9 +47,7 @@ from .traffic import Requests
 
 #: Default key rate of a link whose network file gives no ``rate_bps`` (bits/s; the paper's 100 kb/s).
 DEFAULT_RATE_BPS = 100_000.0
-#: Pool states (QKDNetSim's buffer states), in column order.
-STATES = ("READY", "WARNING", "CHARGING", "EMPTY")
-READY, WARNING, CHARGING, EMPTY = range(4)
+#: Pool states (QKDNetSim's buffer states, :data:`qkdseg.keys.levels.STATES`) are in that column order.
 #: A pool is READY at or above this share of its capacity.
 DEFAULT_READY_SHARE = 0.5
 
@@ -250,13 +248,11 @@ class Simulation:
 
     def _settle_states(self, links=None) -> None:
         """Apply what refills did to the pool states (of ``links``, or all): levels only rose since."""
-        lv = self.levels.level if links is None else self.levels.level[links]
-        st = self.state if links is None else self.state[links]
-        ready = (lv >= (self.ready_bits if links is None else self.ready_bits[links])) & (lv >= self.empty_bits)
-        st[(st == EMPTY) & (lv >= self.empty_bits)] = CHARGING
-        st[ready] = READY
-        if links is not None:
-            self.state[links] = st
+        if links is None:
+            self.state = pool_states(self.levels.level, self.ready_bits, self.empty_bits, self.state)
+        else:
+            self.state[links] = pool_states(self.levels.level[links], self.ready_bits[links], self.empty_bits,
+                                            self.state[links])
 
     def _debit(self, links: np.ndarray, need: np.ndarray) -> None:
         rb = self.ready_bits[links]
@@ -267,10 +263,7 @@ class Simulation:
             return
         self._settle_states(links)
         self.levels.debit(links, need)
-        st = self.state[links]
-        st[(st == READY) & (lv < rb)] = WARNING
-        st[lv < self.empty_bits] = EMPTY
-        self.state[links] = st
+        self.state[links] = pool_states(lv, rb, self.empty_bits, self.state[links])
 
     # -- one try -------------------------------------------------------------------------
     def _plan(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:

@@ -25,7 +25,7 @@ from .example import example_network
 from .files import read_network, write_network
 from .formats import FORMATS, FileFormat, register_format
 from .generate import GENERATORS, generate, generate_waxman
-from .layout import node_positions
+from .layout import file_positions, node_positions
 from .spec import BUILTIN, load
 from .topohub import load_topohub, topohub_names
 from .waxman import WAXMAN_MEAN_DEGREE, waxman, waxman_draw
@@ -42,6 +42,7 @@ __all__ = [
     "generate_waxman",
     "load",
     "load_topohub",
+    "file_positions",
     "node_positions",
     "read_network",
     "register_format",
