@@ -156,3 +156,55 @@ def test_exact_security_methods_agree(monkeypatch, kernel):
             ok = all(c in safe for c in chain) and all(any(set(path[1:-1]) <= safe for path in seg) for seg in segs)
             brute += w if ok else 0.0
         assert exact_security(p, segs, chain) == pytest.approx(brute, abs=1e-12)
+
+
+# -- the shared helpers: removing a path, and the (masked) breadth-first search -------------------------
+
+
+def _helper_cases():
+    """(network, arrays, rng) on a few seeded Waxman networks, trusted relays included."""
+    for seed in range(6):
+        net = waxman(int(30 + 5 * seed), trusted=4 + seed, p=0.8, seed=100 + seed)
+        yield net, net.arrays, np.random.default_rng(seed)
+
+
+def test_remove_path_marks_untrusted_relays_and_the_links_of_the_path():
+    """Checked against the link list (``edge_u``/``edge_v``), not the CSR search the helper does."""
+    for net, a, rng in _helper_cases():
+        n, m = a.indptr.size - 1, a.edge_u.size
+        link_of = {frozenset((int(u), int(v))): k for k, (u, v) in enumerate(zip(a.edge_u, a.edge_v))}
+        for _ in range(10):
+            s, d = (int(x) for x in rng.choice(n, 2, replace=False))
+            path = exdijkstra_indices(a, s, d, np.zeros(n, dtype=bool), np.zeros(m, dtype=bool))
+            if len(path) < 2:
+                continue
+            rn, rl = np.zeros(n, dtype=bool), np.zeros(m, dtype=bool)
+            buf = np.full(len(path) + 3, -7, dtype=np.int64)  # longer than the path: only `length` entries count
+            buf[: len(path)] = path
+            _kernels.remove_path_nb(a.indptr, a.indices, a.edge_of, a.trusted, rn, rl, buf, len(path))
+            assert set(np.flatnonzero(rn)) == {v for v in path[1:-1] if not a.trusted[v]}
+            assert set(np.flatnonzero(rl)) == {link_of[frozenset((int(x), int(y)))] for x, y in zip(path, path[1:])}
+
+
+def test_masked_bfs_equals_networkx_on_the_usable_subgraph():
+    import networkx as nx
+
+    for net, a, rng in _helper_cases():
+        n, m = a.indptr.size - 1, a.edge_u.size
+        for _ in range(5):
+            usable = rng.random(n) < 0.7
+            rl = rng.random(m) < 0.2
+            src = int(rng.integers(n))
+            g = nx.Graph()
+            g.add_nodes_from(range(n))
+            g.add_edges_from((int(u), int(v)) for k, (u, v) in enumerate(zip(a.edge_u, a.edge_v)) if not rl[k])
+            # a walk may enter only usable nodes (the source is where it starts)
+            keep = [v for v in range(n) if usable[v] or v == src]
+            want = nx.single_source_shortest_path_length(g.subgraph(keep), src)
+            dist, queue = np.full(n, np.inf), np.empty(n, dtype=np.int64)
+            _kernels.bfs_hops_into_nb(a.indptr, a.indices, a.edge_of, usable, rl, True, src, dist, queue)
+            assert {v: int(dist[v]) for v in range(n) if np.isfinite(dist[v])} == want
+            # unmasked: every node and link, as bfs_hops_nb
+            full = nx.single_source_shortest_path_length(nx.Graph(list(zip(a.edge_u.tolist(), a.edge_v.tolist()))), src)
+            hops = _kernels.bfs_hops_nb(a.indptr, a.indices, src)
+            assert {v: int(hops[v]) for v in range(n) if np.isfinite(hops[v])} == {**full, src: 0}

@@ -391,16 +391,7 @@ def round_robin_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, m
             npaths += 1
             starts[npaths] = nnodes
             # removals: untrusted relays and the links used
-            for i in range(1, length - 1):
-                if not trusted[out[i]]:
-                    rn[out[i]] = True
-            for i in range(length - 1):
-                x = out[i]
-                y = out[i + 1]
-                for k in range(indptr[x], indptr[x + 1]):
-                    if indices[k] == y:
-                        rl[edge_of[k]] = True
-                        break
+            remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, out, length)
             count[j] += 1
             if max_paths >= 0 and count[j] >= max_paths:
                 active[j] = False
@@ -414,6 +405,21 @@ def bfs_hops_nb(indptr, indices, source):
     n = indptr.size - 1
     dist = np.full(n, np.inf)
     queue = np.empty(n, dtype=np.int64)
+    no_mask = np.empty(0, dtype=np.bool_)
+    bfs_hops_into_nb(indptr, indices, indices, no_mask, no_mask, False, source, dist, queue)
+    return dist
+
+
+@_jit
+def bfs_hops_into_nb(indptr, indices, edge_of, usable, rl, masked, source, dist, queue):
+    """Breadth-first hop distances from ``source``, written into ``dist``.
+
+    ``dist`` must hold ``inf`` everywhere on entry; ``queue`` is work space
+    of at least n entries. With ``masked``, the search only enters a node
+    ``v`` with ``usable[v]`` over a link ``k`` with ``not rl[edge_of[k]]``
+    (MSP's distances to the target through usable relays); without it,
+    every node and link counts (``bfs_hops_nb``) and the masks are not read.
+    """
     dist[source] = 0.0
     queue[0] = source
     head = 0
@@ -424,11 +430,31 @@ def bfs_hops_nb(indptr, indices, source):
         du = dist[u] + 1.0
         for k in range(indptr[u], indptr[u + 1]):
             v = indices[k]
-            if dist[v] == np.inf:
+            if dist[v] == np.inf and (not masked or (usable[v] and not rl[edge_of[k]])):
                 dist[v] = du
                 queue[tail] = v
                 tail += 1
-    return dist
+
+
+@_jit
+def remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, path, length):
+    """Remove a found path from the next searches (SMR step 2, MSP, the placement trace).
+
+    Marks the untrusted relays ``path[1:length-1]`` in ``rn`` and every link
+    ``path[i] - path[i+1]`` in ``rl``, finding the link by searching the
+    row of ``path[i]`` in the CSR form (the first entry that reaches
+    ``path[i+1]``, as ``Network.edge_index`` does).
+    """
+    for i in range(1, length - 1):
+        if not trusted[path[i]]:
+            rn[path[i]] = True
+    for i in range(length - 1):
+        x = path[i]
+        y = path[i + 1]
+        for k in range(indptr[x], indptr[x + 1]):
+            if indices[k] == y:
+                rl[edge_of[k]] = True
+                break
 
 
 # -- SMR step 1 ---------------------------------------------------------------------
@@ -681,20 +707,7 @@ def msp_walks_nb(indptr, indices, edge_of, p, trusted, rn, rl, source, target, w
         usable[source] = False
         usable[target] = False
         # hop distances to the target over usable links, through usable relays
-        dist[target] = 0.0
-        queue[0] = target
-        head = 0
-        tail = 1
-        while head < tail:
-            u = queue[head]
-            head += 1
-            du = dist[u] + 1.0
-            for k in range(indptr[u], indptr[u + 1]):
-                v = indices[k]
-                if usable[v] and dist[v] == inf and not rl[edge_of[k]]:
-                    dist[v] = du
-                    queue[tail] = v
-                    tail += 1
+        bfs_hops_into_nb(indptr, indices, edge_of, usable, rl, True, target, dist, queue)
         # the walk
         visited[source] = True
         stack[0] = source
@@ -755,13 +768,5 @@ def msp_walks_nb(indptr, indices, edge_of, p, trusted, rn, rl, source, target, w
         nn += depth
         npaths += 1
         starts[npaths] = nn
-        for i in range(1, depth - 1):
-            if not trusted[stack[i]]:
-                rn[stack[i]] = True
-        for i in range(depth - 1):
-            x, y = stack[i], stack[i + 1]
-            for k in range(indptr[x], indptr[x + 1]):
-                if indices[k] == y:
-                    rl[edge_of[k]] = True
-                    break
+        remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, stack, depth)
     return nodes[:nn].copy(), starts[: npaths + 1].copy(), pos, True

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequest
-from .report import _fmt_x, _x, judge
+from .claims import _fmt_x, _x, judge
 from .runner import run_sweep
 from .spec import paper_spec
 

@@ -40,6 +40,7 @@ from .._kernels import (
     _search,
     _work,
     bfs_hops_nb,
+    remove_path_nb,
     product_security_nb,
     route_security_nb,
     select_segment_nodes_nb,
@@ -205,16 +206,7 @@ def _rr_trace(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, max_pa
             seg[npaths] = j
             npaths += 1
             starts[npaths] = nnodes
-            for i in range(1, length - 1):
-                if not trusted[out[i]]:
-                    rn[out[i]] = True
-            for i in range(length - 1):
-                x = out[i]
-                y = out[i + 1]
-                for k in range(indptr[x], indptr[x + 1]):
-                    if indices[k] == y:
-                        rl[edge_of[k]] = True
-                        break
+            remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, out, length)
             count[j] += 1
             if max_paths >= 0 and count[j] >= max_paths:
                 active[j] = False

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import InvalidRequest
+from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, audit.", no_args_is_help=True)
-
-
-def _user_errors(func):
-    """The ``qkdseg`` command's one error policy (:func:`qkdseg.cli._user_errors`), looked up when the command runs.
-
-    (``qkdseg.cli`` imports this module, so it cannot be imported from here at import time.)
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from ..cli import _user_errors as policy
-
-        return policy(func)(*args, **kwargs)
-
-    return wrapper
 
 
 def _need_server_extra() -> None:
@@ -37,7 +22,7 @@ def _need_server_extra() -> None:
 
 
 @kms_app.command("init")
-@_user_errors
+@user_errors
 def init(
     directory: Annotated[Path, typer.Argument(help="The service directory to create.", show_default=False)],
     network: Annotated[str, typer.Option("--network", help="A network: file, 'example' or 'topohub:...'.")],
@@ -52,9 +37,9 @@ def init(
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/ and the storage key."""
     from ..topology import load
-    from .config import CONFIG_NAME, KmsConfig, check_sae_id, write_config
-    from .pki import make_pki
-    from .store import load_or_make_storage_key
+    from ..kms.config import CONFIG_NAME, KmsConfig, check_sae_id, write_config
+    from ..kms.pki import make_pki
+    from ..kms.store import load_or_make_storage_key
 
     if directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"{directory}: exists and is not a directory")
@@ -90,7 +75,7 @@ def init(
     if force or not token_path.exists():
         import secrets
 
-        from .pki import write_secret
+        from ..kms.pki import write_secret
 
         write_secret(token_path, (secrets.token_urlsafe(32) + "\n").encode())
     typer.echo(f"wrote {directory / CONFIG_NAME}" + ("" if no_pki else f", {directory / 'pki'}/ (test CA, server and "
@@ -99,7 +84,7 @@ def init(
 
 
 @kms_app.command("serve")
-@_user_errors
+@user_errors
 def serve(
     directory: Annotated[Path, typer.Argument(help="The service directory (kms init).", show_default=False)],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -118,14 +103,14 @@ def serve(
     for name, val in (("--port", port), ("--dashboard-port", dashboard_port)):
         if val is not None and not 0 <= val <= 65535:
             raise InvalidRequest(f"{name} {val} must be in 0..65535")
-    from .server import serve as run
+    from ..kms.server import serve as run
 
     run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
         dashboard_public=dashboard_public)
 
 
 @kms_app.command("demo")
-@_user_errors
+@user_errors
 def demo(
     directory: Annotated[Path | None, typer.Option("--dir", help="Service directory (default: a new temporary one).",
                                                   show_default=False)] = None,
@@ -143,19 +128,19 @@ def demo(
         raise InvalidRequest(f"--rate {rate} must be in (0, 1000] requests per second")
     if directory is not None and directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"--dir {directory}: exists and is not a directory")
-    from .demo import run_demo
+    from ..kms.demo import run_demo
 
     run_demo(directory, port, dashboard_port, rate, seed)
 
 
 @kms_app.command("audit")
-@_user_errors
+@user_errors
 def audit(
     directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
     verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain (the default action).")] = True,
 ) -> None:
     """Check DIR/audit.jsonl's hash chain; exit 1 if a line was edited, removed or reordered."""
-    from .store import AUDIT_NAME, verify_audit
+    from ..kms.store import AUDIT_NAME, verify_audit
 
     if not (directory / AUDIT_NAME).exists() and not (directory / "kms.sqlite3").exists():
         raise InvalidRequest(f"{directory}: no audit log here (no {AUDIT_NAME})")

@@ -1,0 +1,33 @@
+"""The assembler: the ``qkdseg`` command from its groups, in the order ``--help`` lists them.
+
+This is the top of the CLI package. Nothing in the package imports it; a new
+command group is a module of its own (see docs/contributing.md) that this
+module registers.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import demo, emulate, experiments, place, route, simulate
+from .errors import _OneLineGroup
+from .kms import kms_app
+from .topology import topology_app
+
+app = typer.Typer(
+    cls=_OneLineGroup,
+    help="Segment-based multipath key distribution in partially-trusted relay QKD networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(topology_app, name="topology")
+app.add_typer(kms_app, name="kms")  # the key service's commands; the server itself loads lazily
+for command in (route.route, route.algorithms, demo.demo, emulate.emulate, experiments.reproduce, experiments.plot,
+                experiments.study, simulate.simulate, place.place):
+    app.command()(command)
+
+
+def main() -> None:
+    """Entry point of the ``qkdseg`` console script."""
+    app(prog_name="qkdseg")

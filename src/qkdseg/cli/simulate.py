@@ -1,0 +1,123 @@
+"""``qkdseg simulate``: the time-dynamic run and the load sweep."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InvalidRequest
+from .common import NET_HELP, Backend, Scheme, _check_out_dir, _check_seed, _console, _load, _txt
+from .errors import user_errors
+
+
+def _sim_command(params: dict) -> str:
+    """The command of a simulate run as recorded in its outputs: every option that can change them, with its
+    value (defaults included); not the output directory, workers, backend, scheduler or progress, so that
+    reruns anywhere give identical files."""
+    parts = ["qkdseg simulate", str(params["net"])]
+    for name, value in params.items():
+        if name in ("net", "out", "workers", "backend", "scheduler", "quiet") or value is None:
+            continue
+        parts.append(f"--{name.replace('_', '-')} {value.value if isinstance(value, Enum) else value}")
+    return " ".join(parts)
+
+
+@user_errors
+def simulate(
+    ctx: typer.Context,
+    net: Annotated[str, typer.Argument(help=NET_HELP)],
+    duration: Annotated[float, typer.Option("--duration", help="Arrival window, simulated seconds.")] = 3600.0,
+    rate: Annotated[Optional[float], typer.Option("--rate", help="Requests per second (one run).")] = None,
+    rates: Annotated[Optional[str], typer.Option("--rates", help="Load sweep: requests per second, comma-separated.")] = None,
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="Requests from a CSV/Parquet file (t, src, dst[, key_bits, epsilon]).")] = None,
+    algorithms: Annotated[str, typer.Option("--algorithms", help="Comma-separated algorithms.")] = "smr,msp,disjoint,single",
+    key_bits: Annotated[int, typer.Option("--key-bits", help="Key size of a request, bits.")] = 256,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="Security level of a request.")] = 0.9,
+    ttl: Annotated[float, typer.Option("--ttl", help="Longest wait of a request, seconds (0: blocked at once).")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arrivals and of MSP's walks.")] = 0,
+    replications: Annotated[int, typer.Option("--replications", help="Load sweep: runs per rate (95% CIs).")] = 1,
+    pairs: Annotated[str, typer.Option("--pairs", help="End nodes: uniform or gravity.")] = "uniform",
+    arrivals: Annotated[str, typer.Option("--arrivals", help="poisson or ppbp (Poisson Pareto bursts).")] = "poisson",
+    link_rate: Annotated[float, typer.Option("--link-rate", help="Key rate of links without rate_bps, bit/s.")] = 100_000.0,
+    interval: Annotated[Optional[float], typer.Option("--interval", help="Time-series interval, s (default: at most 200 rows).")] = None,
+    reconstruction: Annotated[Scheme, typer.Option("--reconstruction", help="Key reconstruction scheme.")] = Scheme.paper,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out-sim"),
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Load sweep on a Dask scheduler tcp://HOST:PORT.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Load sweep: local processes (default: all cores).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="Load sweep: local backend.")] = Backend.processes,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Time-dynamic run: pools that refill, requests that arrive, blocking over time (docs/model.md section 9)."""
+    from ..experiments.simulation import run_and_write, run_load_sweep, write_sweep
+
+    _check_seed(seed)
+    if sum(x is not None for x in (rate, rates, trace)) != 1:
+        raise InvalidRequest("give exactly one of --rate, --rates (a load sweep) or --trace")
+    if workers is not None and workers < 1:
+        raise InvalidRequest(f"--workers {workers}: must be at least 1")
+    if replications < 1:
+        raise InvalidRequest(f"--replications {replications}: must be at least 1")
+    if replications > 1 and rates is None:
+        raise InvalidRequest("--replications needs a load sweep: use --rates (one rate is fine)")
+    algs = tuple(a.strip() for a in algorithms.split(",") if a.strip())
+    if not algs:
+        raise InvalidRequest(f"--algorithms {algorithms!r}: name at least one algorithm")
+    from ..routing import get_algorithm
+
+    for a in algs:
+        get_algorithm(a)
+    network = _load(net, None)
+    _check_out_dir(out)
+    command = _sim_command(ctx.params)
+    common = dict(algorithms=algs, epsilon=epsilon, ttl=ttl, seed=seed, link_rate_bps=link_rate,
+                  reconstruction=reconstruction.value)
+    if rates is not None:
+        try:
+            grid = [float(x) for x in rates.split(",") if x.strip()]
+        except ValueError:
+            raise InvalidRequest(f"--rates {rates!r}: must be numbers separated by commas") from None
+        df, timings = run_load_sweep(network, grid, duration=duration, replications=replications, key_bits=key_bits,
+                                     pairs=pairs, arrivals=arrivals, backend=backend.value, workers=workers,
+                                     scheduler=scheduler, progress=not quiet, **common)
+        params = {"network": network.name, "nodes": network.n_nodes, "links": network.n_links, "rates": grid,
+                  "replications": replications, "duration": duration, "key_bits": key_bits, "pairs": pairs,
+                  "arrivals": arrivals, **common, "algorithms": list(algs)}
+        info = write_sweep(df, out, command=command, params=params)
+        s = info["summary"]
+        table = Table(title=f"load sweep on {_txt(network.name)} ({replications} replication(s), 95% CI)", title_justify="left")
+        for col in ("rate", "algorithm", "blocking", "throughput kb/s", "mean security"):
+            table.add_column(col, justify="left" if col == "algorithm" else "right")
+        for _, r in s.iterrows():
+            table.add_row(f"{r['rate']:g}", r["algorithm"], f"{r['blocking_mean']:.4f} ± {r['blocking_ci']:.4f}",
+                          f"{r['throughput_bps_mean'] / 1000:.2f} ± {r['throughput_bps_ci'] / 1000:.2f}",
+                          f"{r['mean_security_mean']:.6f}")
+        _console().print(table)
+    else:
+        from ..sim import read_trace
+
+        if trace is not None:
+            reqs = read_trace(trace, network, key_bits=key_bits, epsilon=epsilon, seed=seed)
+            kw = dict(requests=reqs)
+        else:
+            kw = dict(rate=rate, duration=duration, key_bits=key_bits, pairs=pairs, arrivals=arrivals)
+        info = run_and_write(network, out, command=command, interval=interval, progress=not quiet, **common, **kw)
+        s = info["summary"]
+        table = Table(title=f"simulate on {_txt(network.name)}", title_justify="left")
+        for col in ("algorithm", "requests", "served", "blocking", "throughput kb/s", "mean security"):
+            table.add_column(col, justify="left" if col == "algorithm" else "right")
+        for _, r in s.iterrows():
+            table.add_row(r["algorithm"], str(r["requests"]), str(r["served"]), f"{r['blocking']:.4f}",
+                          f"{r['throughput_bps'] / 1000:.2f}", f"{r['mean_security']:.6f}")
+        _console().print(table)
+        counts = dict(zip(s["algorithm"], s["requests"]))
+        timings = {a: {"seconds": st["run_seconds"], "routing_seconds": st["routing_seconds"], "requests": int(counts[a])}
+                   for a, st in info["stats"].items()}
+    for a, t in timings.items():
+        rps = t["requests"] / t["seconds"] if t["seconds"] > 0 else float("inf")
+        share = t["routing_seconds"] / t["seconds"] if t["seconds"] > 0 else 0.0
+        typer.echo(f"{a}: {t['requests']} requests in {t['seconds']:.2f} s ({rps:.0f} requests/s), routing {share:.0%}")
+    typer.echo(f"wrote {', '.join(info['files'])}")

@@ -1,0 +1,91 @@
+"""``qkdseg topology``: generate, list and inspect topologies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InvalidRequest
+from .common import NET_HELP, Fmt, _check_seed, _console, _dump, _load, _txt
+from .errors import user_errors
+
+topology_app = typer.Typer(help="Generate, list and inspect topologies.", no_args_is_help=True)
+
+
+@topology_app.command("generate")
+@user_errors
+def topology_generate(
+    kind: Annotated[str, typer.Argument(help="Generator: waxman.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.json, .graphml or .gml).")],
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of nodes (above 200: the scalable generator, which keeps the largest component).")] = 100,
+    trusted: Annotated[Optional[int], typer.Option("--trusted", "-t", help="Number of trusted relays (default: a tenth of the nodes).")] = None,
+    p: Annotated[float, typer.Option("--p", help="Security probability of untrusted relays.")] = 0.8,
+    pool_bits: Annotated[int, typer.Option("--pool-bits", help="Key pool per link, bits.")] = 100_000,
+    trusted_p: Annotated[float, typer.Option("--trusted-p", help="Security probability of trusted relays.")] = 1.0,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Waxman distance decay, networkx naming (default 0.15 * (100/n)**0.7; selects the dense generator).")] = None,
+    beta: Annotated[float, typer.Option("--beta", help="Waxman link-probability scale (networkx naming).")] = 0.5,
+    mean_degree: Annotated[Optional[float], typer.Option("--mean-degree", help="Target mean degree (default 6.6; selects the scalable generator).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded in the file).")] = 0,
+) -> None:
+    """Generate a seeded random topology and write it to a file (docs/topologies.md)."""
+    from ..topology import generate, write_network
+    from ..topology.formats import format_of
+
+    _check_seed(seed)
+    format_of(out, None)  # a bad suffix fails before the work
+    if out.is_dir():
+        raise InvalidRequest(f"--out {out}: is a directory")
+    net = generate(kind, nodes, trusted=trusted, p=p, pool_bits=pool_bits, trusted_p=trusted_p, alpha=alpha,
+                   beta=beta, mean_degree=mean_degree, seed=seed)
+    write_network(net, out)
+    s = net.summary()
+    typer.echo(f"wrote {out}: {s['nodes']} nodes, {s['links']} links, {s['trusted']} trusted, mean degree {s['mean_degree']:.2f}, seed {seed}")
+
+
+@topology_app.command("list")
+@user_errors
+def topology_list(
+    group: Annotated[Optional[str], typer.Option("--group", help="Only this topohub group (topozoo, sndlib, ...).")] = None,
+) -> None:
+    """List the built-in networks and the topohub topologies."""
+    from ..topology import BUILTIN, topohub_names
+
+    if group is None:
+        for name in BUILTIN:
+            typer.echo(name)
+    names = topohub_names(group)
+    if group is not None and not names:
+        raise InvalidRequest(f"no topohub group {group!r}")
+    for name in names:
+        typer.echo(f"topohub:{name}")
+
+
+@topology_app.command("show")
+@user_errors
+def topology_show(
+    net: Annotated[str, typer.Argument(help=NET_HELP, show_default=False)],
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
+    default_p: Annotated[Optional[float], typer.Option("--default-p", help="p for untrusted nodes the file gives none.")] = None,
+) -> None:
+    """Print a network's counts, mean degree and connectivity."""
+    network = _load(net, default_p)
+    s = network.summary()
+    if fmt is Fmt.json:
+        _dump(s)
+        return
+    table = Table(title=f"network {_txt(s['name'])}", title_justify="left", show_header=False)
+    for k, v in s.items():
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else _txt(v))
+    trusted = network.trusted_nodes
+    shown = ", ".join(_txt(v) for v in trusted[:SHOW_TRUSTED])
+    if len(trusted) > SHOW_TRUSTED:
+        shown += f", ... ({len(trusted)} in all)"
+    table.add_row("trusted nodes", shown or "-")
+    _console().print(table)
+
+
+#: ``topology show`` lists at most this many trusted nodes.
+SHOW_TRUSTED = 20

@@ -1,0 +1,81 @@
+"""The house's layers (docs/contributing.md): no import circle, and no lower layer importing a higher one.
+
+``import-linter`` checks the layers contracts in ``pyproject.toml``; the
+tests here also read ``grimp``'s import graph (every import, those inside
+functions included) for circles between any two modules, and make sure that
+a new subpackage or command group cannot escape the contracts by not being
+named in them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import grimp
+import networkx as nx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "qkdseg"
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return grimp.build_graph("qkdseg", cache_dir=None)
+
+
+def _contracts() -> dict[str, list[str]]:
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    return {c["containers"][0]: c["layers"] for c in cfg["contracts"] if c["type"] == "layers"}
+
+
+def _named(layers: list[str]) -> set[str]:
+    return {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+
+
+def test_import_linter_contracts_are_kept():
+    lint = Path(sys.executable).with_name("lint-imports")
+    run = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "0 broken" in run.stdout
+
+
+def test_no_import_circle_between_any_two_modules(graph):
+    g = nx.DiGraph()
+    for m in graph.modules:
+        g.add_node(m)
+        for imported in graph.find_modules_directly_imported_by(m):
+            g.add_edge(m, imported)
+    circles = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
+    assert circles == []
+
+
+@pytest.mark.parametrize("container", ["qkdseg", "qkdseg.cli", "qkdseg.network"])
+def test_every_module_has_its_layer(container):
+    """A new subpackage of ``qkdseg`` (or module of ``qkdseg.cli`` / ``qkdseg.network``) must be placed in a layer."""
+    folder = PACKAGE.joinpath(*container.split(".")[1:])
+    present = {p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    present |= {p.name for p in folder.iterdir() if (p / "__init__.py").exists()}
+    assert present - _named(_contracts()[container]) == set()
+
+
+def test_the_command_groups_do_not_import_the_assembler(graph):
+    importers = graph.find_modules_that_directly_import("qkdseg.cli.app")
+    assert importers <= {"qkdseg.cli"}  # only the package itself, for qkdseg.cli:main and qkdseg.cli.app
+
+
+def test_layers_contract_catches_an_upward_import(tmp_path):
+    """The contract is not vacuous: the same layers with two swapped break it."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    swapped = text.replace('  "keys",\n  "api",\n', '  "api",\n  "keys",\n')
+    assert swapped != text
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text(swapped, encoding="utf-8")
+    lint = Path(sys.executable).with_name("lint-imports")
+    run = subprocess.run([str(lint), "--config", str(cfg), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "qkdseg.keys" in run.stdout
