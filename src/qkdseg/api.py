@@ -197,7 +197,22 @@ def _check_options(name: str, known: dict, options: dict) -> dict:
     mp = out.get("max_paths")
     if mp is not None and (isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or not 1 <= mp <= MAX_PATHS):
         raise InvalidRequest(f"max_paths={mp!r} must be a positive integer, at most {MAX_PATHS} (None: no limit)")
-    return {k: v for k, v in out.items() if v is not None}
+    # None is a value, not "leave it out": it is dropped only where the function's own default is None
+    # (so the record stays as before); elsewhere (smr-exact's candidates=None: all) it is passed on.
+    defaults = _defaults(name, known)
+    return {k: v for k, v in out.items() if v is not None or defaults.get(k, _NO_DEFAULT) is not None}
+
+
+_NO_DEFAULT = object()
+_DEFAULTS: dict[str, dict] = {}
+
+
+def _defaults(name: str, known: dict) -> dict:
+    """The registered algorithm's option defaults, from its signature (cached)."""
+    if name not in _DEFAULTS:
+        params = inspect.signature(get_algorithm(name).func).parameters
+        _DEFAULTS[name] = {k: params[k].default for k in known if k in params}
+    return _DEFAULTS[name]
 
 
 def route(
