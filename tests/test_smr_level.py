@@ -136,3 +136,21 @@ def test_python_and_numba_kernels_agree():
     f = get_algorithm("smr-level").func
     for s, d in [(0, 59), (5, 40), (11, 22)]:
         assert f(a, s, d, epsilon=0.9, kernel="python") == f(a, s, d, epsilon=0.9, kernel="numba")
+
+
+def test_cli_route_reports_the_saving_and_needs_epsilon():
+    import json
+
+    from typer.testing import CliRunner
+
+    from qkdseg.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["route", "example", "--src", "0", "--dst", "7", "-a", "smr-level", "-e", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "met; saved 600000 of 1200000 bits" in res.output
+    res = runner.invoke(app, ["route", "example", "--src", "0", "--dst", "7", "-a", "smr-level", "-e", "0.5", "-f", "json"])
+    assert json.loads(res.output)["level"]["saved_bits"] == 600000
+    res = runner.invoke(app, ["route", "example", "--src", "0", "--dst", "7", "-a", "smr-level"])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "qkdseg: error: smr-level needs a security level: give epsilon (the request's level)"]
