@@ -329,7 +329,8 @@ def route_indices(
 
     No reconstruction and no id checks: the caller passes valid, distinct
     indices (``0 <= source, destination < n``). Options are checked as in
-    :func:`route`; a seeded algorithm (``msp``) needs its ``seed`` given.
+    :func:`route`; a seeded algorithm (``msp``) needs its ``seed`` given,
+    and ``smr-level`` its level as the option ``epsilon``.
     The result's ids are ``arrays.node_ids``.
 
     ``routed = (segment_nodes, paths)`` (node indices, as the registry's
