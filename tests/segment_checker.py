@@ -137,3 +137,27 @@ def detour_order(g: nx.Graph, s, d) -> list:
     order = list(g.nodes)
     rel = [v for v in trusted_relays(g, s, d) if v in hs and v in hd]
     return sorted(rel, key=lambda v: (hs[v] + hd[v], order.index(v)))
+
+
+def brute_force_cheapest(g: nx.Graph, s, d, eps: float, max_paths: int | None = None) -> tuple[int, float] | None:
+    """``smr-level``'s optimum by brute force (issue 23): over every ordered chain of
+    distinct trusted relays and every choice of a non-empty subset of each
+    segment's step-2 paths (the full route's ExDijkstra paths, :func:`round_robin`),
+    the fewest total hops whose exact security meets ``eps`` (up to 1e-12), and
+    the highest exact security at those hops; ``None`` when nothing meets it."""
+    best = None
+    relays = trusted_relays(g, s, d)
+    for k in range(len(relays) + 1):
+        for chain in itertools.permutations(relays, k):
+            segs = round_robin(g, (s, d), [s, *chain, d], max_paths)
+            if any(len(seg) == 0 for seg in segs):
+                continue
+            options = [[sub for r in range(1, len(seg) + 1) for sub in itertools.combinations(seg, r)] for seg in segs]
+            for pick in itertools.product(*options):
+                hops = sum(len(p) - 1 for sub in pick for p in sub)
+                if best is not None and hops > best[0]:
+                    continue
+                sec = exact_security(g, [list(sub) for sub in pick], list(chain))
+                if sec >= eps - 1e-12 and (best is None or (hops, -sec) < (best[0], -best[1])):
+                    best = (hops, sec)
+    return best

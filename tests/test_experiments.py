@@ -147,3 +147,41 @@ def test_study_small(tmp_path):
         run_study("zoo", min_nodes=100_000, progress=False)
     path = write_study_report(df, tmp_path)
     assert "topozoo/" in path.read_text()
+
+
+def test_reproduce_level_figure_adds_files_and_alters_none(tmp_path):
+    """Issue 23: ``reproduce`` adds level.parquet, fig_level.png/svg and level.md; the paper's own
+    files are byte-identical to a run without them. Each level row is recomputed through the public
+    API on its own topology, and level.md's numbers from the two files."""
+    import pandas as pd
+
+    import qkdseg
+    from qkdseg.experiments import reproduce
+    from qkdseg.experiments.trials import request_pair
+
+    reproduce(2, 5, tmp_path / "a", backend="serial", progress=False, sensitivity_trials=0, level_trials=0)
+    reproduce(2, 5, tmp_path / "b", backend="serial", progress=False, sensitivity_trials=0, level_trials=2)
+    for f in ("results.parquet", "report.md", "fig5.svg", "fig6.svg"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert not (tmp_path / "a" / "level.parquet").exists()
+    assert {"level.parquet", "fig_level.png", "fig_level.svg", "level.md"} <= {p.name for p in (tmp_path / "b").iterdir()}
+    lv = pd.read_parquet(tmp_path / "b" / "level.parquet")
+    assert len(lv) == 2 * 10 * 2
+    for _, row in lv.iloc[::7].iterrows():
+        net = qkdseg.waxman(100, trusted=10, p=row["p_untrusted"], seed=int(row["seed"]))
+        s, d = request_pair(int(row["seed"]), 100)
+        r = qkdseg.route(net, s, d, "smr-level", epsilon=row["epsilon"])
+        assert bool(row["met"]) == (r.reconstruction.n_keys > 0)
+        if row["met"]:
+            assert row["consumed_bits"] == r.consumed_bits and row["key_bits"] == r.block_bits
+            assert r.security >= row["epsilon"] - 1e-12
+    res = read_results(tmp_path / "b")
+    full = res[(res["figure"] == "fig5") & (res["algorithm"] == "disjoint") & (res["p_untrusted"] == 0.8)]
+    served = full[full["key_bits_e90"] > 0]
+    expect = served["key_bits_e90"].sum() / served["consumed_bits"].sum()
+    text = (tmp_path / "b" / "level.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| 0.9 | 0.80 | disjoint |"))
+    assert line.split(" | ")[4] == f"{expect:.4f}"
+    mine = lv[(lv["epsilon"] == 0.9) & (lv["p_untrusted"] == 0.8) & lv["met"]]
+    line = next(x for x in text.splitlines() if x.startswith("| 0.9 | 0.80 | smr-level |"))
+    assert line.split(" | ")[3] == f"{len(mine)} / 2"

@@ -156,3 +156,32 @@ def test_a_restart_refills_each_link_for_its_own_downtime_and_checks_the_network
     qkdseg.write_network(qkdseg.Network(g), tmp_path / "net.json")
     with pytest.raises(Exception, match="network changed"):
         reopen(d, clock=lambda: t[0])
+
+
+def test_smr_level_routes_each_request_to_its_own_level(tmp_path):
+    """``algorithm = "smr-level"`` in kms.toml: a request at the default level 0.5 and one at 0.8
+    (mandatory extension) route to their own levels; the 0.5 one pays half the full route's bits,
+    the extension reports the exact security, the consumed and the saved bits."""
+    from qkdseg.kms.config import load_config
+
+    svc = _service(tmp_path / "svc", "example", "smr-level")
+    assert load_config(tmp_path / "svc").algorithm == "smr-level"
+    assert 'algorithm = "smr-level"' in (tmp_path / "svc" / "kms.toml").read_text()
+    try:
+        async def go(ext):
+            req = svc.parse_key_request(1, 256, ext, None, None)
+            return await svc.enc_keys(Caller("A", "a"), "B", req)
+
+        c0 = int(svc.levels.consumed.sum())
+        low = asyncio.run(go(None))["key_container_extension"]["qkdseg_route"]
+        c1 = int(svc.levels.consumed.sum())
+        high_out = asyncio.run(go([{"qkdseg_security_level": 0.8}]))
+        high = high_out["key_container_extension"]["qkdseg_route"]
+        c2 = int(svc.levels.consumed.sum())
+    finally:
+        svc.close()
+    assert low["algorithm"] == "smr-level" and low["consumed_bits"] == c1 - c0 == 6 * 256
+    assert low["saved_bits"] == 6 * 256 and low["security"] == pytest.approx(0.512)
+    assert high["consumed_bits"] == c2 - c1 == 12 * 256 and high["saved_bits"] == 0
+    assert high["security"] == pytest.approx(0.884736)
+    assert all(k["key_extension"]["qkdseg_security"] >= 0.8 for k in high_out["keys"])

@@ -73,6 +73,10 @@ class Route:
     reconstruction : Reconstruction or None
         The global keys at the requested level (docs/model.md section 4), present
         only when :func:`route` was given ``epsilon``.
+    level : dict or None
+        ``smr-level`` only: what the route saved against the full route over the
+        same chain (``epsilon``, ``met``, ``full_consumed_bits``,
+        ``saved_bits``, ``full_security``; bits at the route's ``block_bits``).
 
     For ``msp`` the JSON also carries ``security_claimed``: the independence
     formula MSP's own analysis uses, next to the exact ``security``.
@@ -92,6 +96,7 @@ class Route:
     options: dict = field(default_factory=dict, compare=False)
     index_paths: tuple = field(default=(), repr=False, compare=False)
     reconstruction: Reconstruction | None = field(default=None, compare=False)
+    level: dict | None = field(default=None, compare=False)
 
     @property
     def paths(self) -> list[tuple]:
@@ -169,6 +174,7 @@ class Route:
             "block_bits": self.block_bits,
             "blocked": self.blocked,
             "options": dict(self.options),
+            **({"level": dict(self.level)} if self.level is not None else {}),
         }
 
 
@@ -197,7 +203,22 @@ def _check_options(name: str, known: dict, options: dict) -> dict:
     mp = out.get("max_paths")
     if mp is not None and (isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or not 1 <= mp <= MAX_PATHS):
         raise InvalidRequest(f"max_paths={mp!r} must be a positive integer, at most {MAX_PATHS} (None: no limit)")
-    return {k: v for k, v in out.items() if v is not None}
+    # None is a value, not "leave it out": it is dropped only where the function's own default is None
+    # (so the record stays as before); elsewhere (smr-exact's candidates=None: all) it is passed on.
+    defaults = _defaults(name, known)
+    return {k: v for k, v in out.items() if v is not None or defaults.get(k, _NO_DEFAULT) is not None}
+
+
+_NO_DEFAULT = object()
+_DEFAULTS: dict[str, dict] = {}
+
+
+def _defaults(name: str, known: dict) -> dict:
+    """The registered algorithm's option defaults, from its signature (cached)."""
+    if name not in _DEFAULTS:
+        params = inspect.signature(get_algorithm(name).func).parameters
+        _DEFAULTS[name] = {k: params[k].default for k in known if k in params}
+    return _DEFAULTS[name]
 
 
 def route(
@@ -266,6 +287,12 @@ def route(
         # A seeded algorithm records the seed it used, given or not.
         default = inspect.signature(algo.func).parameters["seed"].default
         opts["seed"] = default
+    if "epsilon" in algo.options:  # smr-level: the algorithm routes to the request's own level
+        if "epsilon" in opts:
+            raise InvalidRequest(f"{algorithm}'s epsilon is the request's epsilon; do not pass it twice")
+        if epsilon is None:
+            raise InvalidRequest(f"{algorithm} needs a security level: give epsilon (the request's level)")
+        opts["epsilon"] = epsilon
     if epsilon is None:
         if reconstruction is not None or reconstruction_options:
             raise InvalidRequest(f"reconstruction {reconstruction or ''!s} needs a security level epsilon".replace("  ", " "))
@@ -302,7 +329,8 @@ def route_indices(
 
     No reconstruction and no id checks: the caller passes valid, distinct
     indices (``0 <= source, destination < n``). Options are checked as in
-    :func:`route`; a seeded algorithm (``msp``) needs its ``seed`` given.
+    :func:`route`; a seeded algorithm (``msp``) needs its ``seed`` given,
+    and ``smr-level`` its level as the option ``epsilon``.
     The result's ids are ``arrays.node_ids``.
 
     ``routed = (segment_nodes, paths)`` (node indices, as the registry's
@@ -325,8 +353,12 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
         removed_links = arrays.pool_bits < block_bits
     else:
         removed_links = arrays.pool_bits <= 0
+    info = None
     if routed is None:
-        segment_nodes, paths = algo.func(arrays, s, d, removed_links=removed_links, **opts)
+        out = algo.func(arrays, s, d, removed_links=removed_links, **opts)
+        segment_nodes, paths = out[0], out[1]
+        if len(out) == 3:  # smr-level: (segment_nodes, paths, what the full route would have taken)
+            info = out[2]
     else:
         segment_nodes, paths = routed
     ids = arrays.node_ids
@@ -349,6 +381,11 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
         for (a, b), seg, sec in zip(zip(segment_nodes, segment_nodes[1:]), paths, per_segment)
     )
     consumed = hops * b_bits
+    level = None
+    if info is not None:
+        level = {"epsilon": float(opts["epsilon"]), "met": bool(info["met"]),
+                 "full_consumed_bits": int(info["full_hops"]) * b_bits,
+                 "saved_bits": (int(info["full_hops"]) - hops) * b_bits, "full_security": float(info["full_security"])}
     return Route(
         algorithm=algorithm,
         source=source,
@@ -363,6 +400,7 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
         blocked=False,
         options=opts,
         index_paths=tuple(tuple(tuple(p) for p in seg) for seg in paths),
+        level=level,
     )
 
 

@@ -35,6 +35,7 @@ def reproduce(
     csv: Annotated[bool, typer.Option("--csv", help="Write results.csv instead of results.parquet.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     sensitivity_trials: Annotated[Optional[int], typer.Option("--sensitivity-trials", help="Trials per point of the MSP beta sensitivity (default min(trials, 200); 0: none).")] = None,
+    level_trials: Annotated[Optional[int], typer.Option("--level-trials", help="Trials per Fig. 5 point of smr-level's fig_level (default min(trials, 200); 0: none).")] = None,
 ) -> None:
     """The paper's evaluation (Fig. 5 and 6): results, figures and a PASS/FAIL report."""
     from ..experiments import reproduce as do_reproduce
@@ -42,10 +43,12 @@ def reproduce(
     _check_range(workers, "--workers", 1, MAX_WORKERS)
     _check_range(trials, "--trials", 1, MAX_TRIALS)
     _check_range(sensitivity_trials, "--sensitivity-trials", 0, MAX_TRIALS)
+    _check_range(level_trials, "--level-trials", 0, MAX_TRIALS)
     _check_out_dir(out)  # before the sweep, not after it
     info = do_reproduce(
         trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
         fmt="csv" if csv else "parquet", progress=not quiet, sensitivity_trials=sensitivity_trials,
+        level_trials=level_trials,
     )
     _print_claims(info["claims"])
     typer.echo(f"wrote {info['results']}, {', '.join(info['figures'])}, {info['report']} in {info['seconds']:.1f} s")

@@ -98,6 +98,10 @@ def route(
     con.print(f"block bits           {r.block_bits}")
     con.print(f"consumed bits        {r.consumed_bits}  ({r.hops} hops)")
     con.print(f"key consumption rate {r.key_consumption_rate:.6f}")
+    if r.level is not None:  # smr-level: against the full route over the same segment nodes
+        met = "met" if r.level["met"] else "not met: the full route, no key"
+        con.print(f"level {r.level['epsilon']:g}            {met}; saved {r.level['saved_bits']} of "
+                  f"{r.level['full_consumed_bits']} bits (full route security {r.level['full_security']:.6f})")
     if r.reconstruction is not None:
         _print_reconstruction(con, r)
     if plot is not None:

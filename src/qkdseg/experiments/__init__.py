@@ -45,6 +45,7 @@ def reproduce(
     fmt: str = "parquet",
     progress: bool = True,
     sensitivity_trials: int | None = None,
+    level_trials: int | None = None,
 ) -> dict[str, Any]:
     """The paper's evaluation (Fig. 5 and 6) end to end: rows, figures, report.
 
@@ -55,7 +56,10 @@ def reproduce(
     Writes to ``out_dir``: ``results.parquet`` (or ``.csv``),
     ``sensitivity.parquet`` (or ``.csv``), ``fig5.png``/``.svg``,
     ``fig6.png``/``.svg``, ``report.md`` and ``run.json`` (spec, runtime,
-    machine). Returns a summary dict with the claims.
+    machine). Then ``smr-level`` on the first ``level_trials`` trials of the
+    Fig. 5 points (default ``min(trials, 200)``; 0 skips it):
+    ``level.parquet``, ``fig_level.png``/``.svg`` and ``level.md``
+    (:mod:`qkdseg.experiments.level`). Returns a summary dict with the claims.
     """
     from .sensitivity import DEFAULT_SENSITIVITY_TRIALS, SENSITIVITY_BETAS, SENSITIVITY_STEM, run_sensitivity
 
@@ -63,6 +67,11 @@ def reproduce(
     n_sens = min(trials, DEFAULT_SENSITIVITY_TRIALS if sensitivity_trials is None else sensitivity_trials)
     if n_sens < 0:
         raise InvalidRequest(f"sensitivity trials={sensitivity_trials} must be non-negative")
+    from .level import DEFAULT_LEVEL_TRIALS, run_level, write_level
+
+    n_level = min(trials, DEFAULT_LEVEL_TRIALS if level_trials is None else level_trials)
+    if n_level < 0:
+        raise InvalidRequest(f"level trials={level_trials} must be non-negative")
     kw = {"backend": backend, "workers": workers, "scheduler": scheduler, "progress": progress}
     df, seconds = _timed_sweep(spec, **kw)
     sens, sens_seconds = None, 0.0
@@ -80,6 +89,12 @@ def reproduce(
         f"Each row's topology is `qkdseg.waxman(100, trusted=n_trusted, p=p_untrusted, seed=seed)`."
     )
     info = render(df, out, header=header, sensitivity=sens)
+    level_seconds = 0.0
+    if n_level:
+        t0 = time.perf_counter()
+        lv = write_level(df, run_level(n_level, seed), out, fmt=fmt, command=f"qkdseg reproduce --trials {trials} --seed {seed}")
+        level_seconds = time.perf_counter() - t0
+        info = {**info, "figures": [*info["figures"], *(f for f in lv["files"] if f.endswith((".png", ".svg")))]}
     run = {
         "command": f"qkdseg reproduce --trials {trials} --seed {seed}",
         "spec": spec.to_dict(),
@@ -87,11 +102,12 @@ def reproduce(
         "seconds": round(seconds, 2),
         "sensitivity": {"trials": n_sens, "betas": list(SENSITIVITY_BETAS), "rows": 0 if sens is None else len(sens),
                         "seconds": round(sens_seconds, 2)},
+        **({"level": {"trials": n_level, "seconds": round(level_seconds, 2)}} if n_level else {}),
         "backend": "dask" if scheduler is not None else backend,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()},
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    return {"results": str(results), "seconds": seconds + sens_seconds, **info}
+    return {"results": str(results), "seconds": seconds + sens_seconds + level_seconds, **info}
 
 
 def _timed_sweep(spec: SweepSpec, **kwargs):

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 #: Colours per algorithm, stable across figures.
-COLOURS = {"smr": "#d62728", "smr-exact": "#9467bd", "msp": "#1f77b4", "disjoint": "#2ca02c", "single": "#7f7f7f"}
+COLOURS = {"smr": "#d62728", "smr-exact": "#9467bd", "msp": "#1f77b4", "disjoint": "#2ca02c", "single": "#7f7f7f",
+           "smr-level": "#ff7f0e"}
 X_LABEL = {"p_untrusted": "security probability p of untrusted relays", "n_trusted": "number of trusted relays"}
 EPS_STYLES = {0.5: ("-", "o"), 0.7: ("--", "s"), 0.9: (":", "^")}
 

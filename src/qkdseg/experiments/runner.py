@@ -85,11 +85,13 @@ def warm_up(algorithms: Sequence[str]) -> None:
     kernels (numba) are loaded before worker processes are forked from this
     one instead of being compiled in each of them."""
     from ..api import route
+    from ..routing import get_algorithm
     from ..topology import example_network
 
     net = example_network()
     for name in algorithms:
-        route(net, 0, 7, algorithm=name)
+        level = {"epsilon": 0.5} if "epsilon" in get_algorithm(name).options else {}  # smr-level needs one
+        route(net, 0, 7, algorithm=name, **level)
 
 
 def run_sweep(

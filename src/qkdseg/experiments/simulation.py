@@ -324,6 +324,43 @@ def sweep_summary(df):
     return summarise(df, "rate", ["blocking", "throughput_bps", "mean_security"])
 
 
+#: The metrics of :func:`paired_differences`, with their report labels and scales.
+PAIRED_METRICS = (("served", "served keys", 1.0), ("throughput_bps", "throughput (kb/s)", 1e-3),
+                  ("mean_consumed_bits", "bits per key (kb)", 1e-3), ("mean_security", "mean security", 1.0),
+                  ("blocking", "blocking", 1.0))
+
+
+def paired_differences(df, reference: str):
+    """``algorithm - reference`` per (rate, replication), on the same trace (common random numbers).
+
+    One row per rate and algorithm other than ``reference``: ``n`` pairs and, per metric of
+    :data:`PAIRED_METRICS`, ``<m>_diff`` (mean difference), ``<m>_ci`` (95% half-width, Student t
+    with ``n - 1`` degrees of freedom; NaN for one pair) and ``<m>_above`` (pairs where the
+    algorithm's value is the larger). Served-key bits per key is each run's ``mean_consumed_bits``
+    (the simulator serves one key per request).
+    """
+    import pandas as pd
+    from scipy.stats import t as student_t
+
+    metrics = [m for m, _, _ in PAIRED_METRICS]
+    ref = df[df["algorithm"] == reference].set_index(["rate", "replication"])[metrics]
+    rows = []
+    for alg in [a for a in dict.fromkeys(df["algorithm"]) if a != reference]:
+        other = df[df["algorithm"] == alg].set_index(["rate", "replication"])[metrics]
+        diff = (other - ref).dropna(how="all")
+        for rate, d in diff.groupby(level="rate", sort=True):
+            n = len(d)
+            row = {"rate": float(rate), "algorithm": alg, "reference": reference, "n": n}
+            q = float(student_t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+            for m in metrics:
+                v = d[m].astype(float).dropna()
+                row[f"{m}_diff"] = float(v.mean()) if len(v) else float("nan")
+                row[f"{m}_ci"] = q * float(v.std(ddof=1)) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+                row[f"{m}_above"] = int((v > 0).sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def plot_load(df, out_dir: str | Path, *, title: str = "", stem: str = "load") -> list[Path]:
     """Blocking probability, served key throughput and mean security of served keys against offered load."""
     import matplotlib
@@ -382,7 +419,72 @@ def write_sweep(df, out_dir: str | Path, *, command: str, params: dict) -> dict[
             f"{_fmt(float(r['mean_security_mean']), 6)} ± {_fmt(float(r['mean_security_ci']), 6)} |"
         )
     lines += ["", "Figure: `load.png`. Rows: `sweep.parquet` (one per rate, replication and algorithm).", ""]
+    algs = list(params.get("algorithms") or dict.fromkeys(df["algorithm"]))
+    if len(algs) > 1 and int(df["replication"].nunique()) > 1:
+        files += plot_load_cost(df, out)
+        lines += _paired_lines(df, algs[0])
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     (out / "run.json").write_text(json.dumps({"command": command, **params}, indent=2) + "\n", encoding="utf-8")
     return {"files": [str(p) for p in files] + [str(report), str(out / "run.json")], "summary": s}
+
+
+def _paired_lines(df, reference: str) -> list[str]:
+    s = summarise(df, "rate", ["served", "mean_consumed_bits"])
+    lines = [
+        "## Served keys and bits per key",
+        "",
+        "| rate (req/s) | algorithm | served keys | bits per served key (kb) |",
+        "|---:|---|---:|---:|",
+    ]
+    for _, r in s.iterrows():
+        lines.append(f"| {r['rate']:g} | {r['algorithm']} | {r['served_mean']:.1f} ± {r['served_ci']:.1f} | "
+                     f"{r['mean_consumed_bits_mean'] / 1000:.2f} ± {r['mean_consumed_bits_ci'] / 1000:.2f} |")
+    lines += [
+        "",
+        f"## Paired differences against `{reference}`",
+        "",
+        f"Each replication's value minus `{reference}`'s on the same trace (common random numbers); mean, 95% "
+        "half-width (Student t, n - 1 degrees of freedom) and in how many pairs the algorithm's value is the larger. "
+        "Figure: `load_cost.png` (bits per served key against load).",
+        "",
+        "| rate (req/s) | algorithm | n | " + " | ".join(label for _, label, _ in PAIRED_METRICS) + " |",
+        "|---:|---|---:|" + "---:|" * len(PAIRED_METRICS),
+    ]
+    for _, r in paired_differences(df, reference).iterrows():
+        n = int(r["n"])
+        cells = []
+        for m, _, scale in PAIRED_METRICS:
+            digits = 6 if m in ("mean_security", "blocking") else 2
+            cells.append(f"{r[m + '_diff'] * scale:+.{digits}f} ± {_fmt(float(r[m + '_ci'] * scale), digits)} "
+                         f"({int(r[m + '_above'])}/{n})")
+        lines.append(f"| {r['rate']:g} | {r['algorithm']} | {n} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def plot_load_cost(df, out_dir: str | Path, *, stem: str = "load_cost") -> list[Path]:
+    """Bits per served key and served keys against offered load (95% CIs)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    s = summarise(df, "rate", ["mean_consumed_bits", "served"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    logx = s["rate"].max() / max(s["rate"].min(), 1e-12) > 10
+    for ax, (col, label, scale) in zip(axes, [("mean_consumed_bits", "consumed bits per served key (kb)", 1e-3),
+                                              ("served", "served keys per run", 1.0)]):
+        for alg in sorted(s["algorithm"].unique(), key=_alg_rank):
+            r = s[s["algorithm"] == alg]
+            c = COLOURS.get(alg, "black")
+            mean, ci = r[f"{col}_mean"] * scale, r[f"{col}_ci"] * scale
+            ax.plot(r["rate"], mean, "-o", color=c, ms=3.5, lw=1.6, label=alg)
+            ax.fill_between(r["rate"], mean - ci, mean + ci, color=c, alpha=0.15, lw=0)
+        ax.set_xlabel("offered load (requests/s)")
+        ax.set_ylabel(label)
+        if logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"cost per key against load, {int(s['n'].min())} replication(s) per point, 95% CI", fontsize=10)
+    return save_figure(fig, out_dir, stem)

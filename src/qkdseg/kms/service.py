@@ -325,8 +325,11 @@ class KeyService:
 
     def _route_and_plan(self, s: int, d: int, size: int, level: float, pool_bits: np.ndarray):
         opts = {}
-        if "seed" in get_algorithm(self.algorithm).options:  # a seeded algorithm (msp): a fresh seed, recorded
+        algo_options = get_algorithm(self.algorithm).options
+        if "seed" in algo_options:  # a seeded algorithm (msp): a fresh seed, recorded
             opts["seed"] = secrets.randbits(32)
+        if "epsilon" in algo_options:  # smr-level: each request routes to its own level
+            opts["epsilon"] = level
         r = route_indices(with_levels(self.arrays, pool_bits), s, d, self.algorithm, block_bits=size, **opts)
         if r.blocked:
             return None, None
@@ -356,6 +359,8 @@ class KeyService:
         if relays is not None:
             out["relays"] = relays
             out["consumed_bits"] = relays * r.consumed_bits
+            if r.level is not None:  # smr-level: the bits the full route over the same chain would have taken more
+                out["saved_bits"] = relays * r.level["saved_bits"]
         return out
 
     def _plan_relays(self, s: int, d: int, req: KeyRequest, missing: int):

@@ -171,6 +171,9 @@ class Simulation:
         self._seeded = "seed" in algo.options
         if self._seeded and "seed" in opts:
             raise InvalidRequest(f"{algorithm}'s seed comes from each request's seed (the run's seed); do not pass one")
+        self._leveled = "epsilon" in algo.options  # smr-level: routes to each request's own epsilon
+        if self._leveled and "epsilon" in opts:
+            raise InvalidRequest(f"{algorithm}'s epsilon comes from each request's epsilon; do not pass one")
         for k in opts:
             if k not in algo.options:
                 raise InvalidRequest(f"algorithm {algorithm!r} has no option {k!r} (options: {', '.join(sorted(algo.options)) or 'none'})")
@@ -271,6 +274,8 @@ class Simulation:
         opts = dict(self.options)
         if seed is not None:
             opts["seed"] = seed
+        if self._leveled:
+            opts["epsilon"] = eps
         a = self.arrays
         r = route_indices(with_levels(a, level), s, d, self.algorithm, block_bits=bits, **opts)
         self.stats["route_calls"] += 1
