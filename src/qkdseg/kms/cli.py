@@ -54,7 +54,7 @@ def init(
     from ..topology import load
     from .config import CONFIG_NAME, KmsConfig, check_sae_id, write_config
     from .pki import make_pki
-    from .store import load_or_make_storage_key
+    from .store import init_keys
 
     if directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"{directory}: exists and is not a directory")
@@ -85,7 +85,7 @@ def init(
     write_config(directory, cfg)
     if not no_pki:
         make_pki(directory / "pki", list(saes), kme_id)
-    load_or_make_storage_key(cfg.path(cfg.storage_key))
+    init_keys(cfg)
     token_path = cfg.path(cfg.dashboard_token)
     if force or not token_path.exists():
         import secrets
@@ -94,7 +94,8 @@ def init(
 
         write_secret(token_path, (secrets.token_urlsafe(32) + "\n").encode())
     typer.echo(f"wrote {directory / CONFIG_NAME}" + ("" if no_pki else f", {directory / 'pki'}/ (test CA, server and "
-               f"{len(saes)} SAE certificates)") + f", {cfg.path(cfg.storage_key)}, {token_path}")
+               f"{len(saes)} SAE certificates)") + f", {cfg.path(cfg.storage_key)}, {cfg.path(cfg.audit_key)}, "
+               f"{token_path}")
     typer.echo(f"start it with: qkdseg kms serve {directory}")
 
 
@@ -108,6 +109,9 @@ def serve(
     dashboard_port: Annotated[int | None, typer.Option(
         "--dashboard-port", help="Also serve the read-only operator dashboard on this port (0: any free port).",
         show_default=False)] = None,
+    accept_broken_audit: Annotated[bool, typer.Option(
+        "--accept-broken-audit", help="Start although DIR/audit.jsonl's chain is broken (the acceptance is audited).",
+    )] = False,
     dashboard_host: Annotated[str, typer.Option("--dashboard-host", help="Address of the dashboard.")] = "127.0.0.1",
     dashboard_public: Annotated[bool, typer.Option(
         "--dashboard-public", help="Allow a non-loopback --dashboard-host: then over TLS, with DIR/dashboard.token.",
@@ -121,7 +125,7 @@ def serve(
     from .server import serve as run
 
     run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
-        dashboard_public=dashboard_public)
+        dashboard_public=dashboard_public, accept_broken_audit=accept_broken_audit)
 
 
 @kms_app.command("demo")
@@ -152,17 +156,42 @@ def demo(
 @_user_errors
 def audit(
     directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
-    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain (the default action).")] = True,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the keyed chain (the default action).")] = True,
 ) -> None:
-    """Check DIR/audit.jsonl's hash chain; exit 1 if a line was edited, removed or reordered."""
-    from .store import AUDIT_NAME, verify_audit
+    """Check DIR/audit.jsonl's keyed chain (read-only); exit 1 if a line was edited, removed or reordered."""
+    from .audit import AUDIT_NAME
+    from .store import check_audit_dir, directory_audit_key
 
     if not (directory / AUDIT_NAME).exists() and not (directory / "kms.sqlite3").exists():
         raise InvalidRequest(f"{directory}: no audit log here (no {AUDIT_NAME})")
-    n, problems = verify_audit(directory)
-    if problems:
-        for p in problems:
+    try:
+        key = directory_audit_key(directory)
+    except InvalidRequest as err:
+        key = None
+        typer.echo(f"note: MACs not checked, only the links ({err})")
+    rep = check_audit_dir(directory, key)
+    if rep.accepted:
+        typer.echo(f"{len(rep.accepted)} earlier problem(s) accepted by 'kms serve --accept-broken-audit' "
+                   f"(record seq {', '.join(map(str, rep.accepted_at))}):")
+        for p in rep.accepted:
+            typer.echo(f"  accepted: {directory / AUDIT_NAME}: {p}")
+    if rep.problems:
+        for p in rep.problems:
             typer.echo(f"{directory / AUDIT_NAME}: {p}")
-        typer.echo(f"audit chain BROKEN: {len(problems)} problem(s) in {n} records")
+        typer.echo(f"audit chain BROKEN: {len(rep.problems)} problem(s) in {rep.records} records")
         raise typer.Exit(1)
-    typer.echo(f"audit chain intact: {n} records")
+    typer.echo(f"audit chain intact: {rep.records} records" + ("" if key is not None else " (links only)"))
+
+
+@kms_app.command("rotate-storage-key")
+@_user_errors
+def rotate_storage_key(
+    directory: Annotated[Path, typer.Argument(help="The service directory (not served while rotating).",
+                                              show_default=False)],
+) -> None:
+    """Re-seal every stored key under a new storage key, in one transaction (the server must be stopped)."""
+    from .config import load_config
+    from .store import rotate_storage_key as rotate
+
+    n, path = rotate(load_config(directory))
+    typer.echo(f"re-sealed {n} stored key(s) under a new storage key in {path}")

@@ -84,6 +84,8 @@ class KmsConfig:
         and private key (PEM files, relative to DIR).
     storage_key : str
         The AES-256-GCM key file that encrypts key material at rest.
+    audit_key : str
+        The HMAC-SHA256 key file that keys the audit chain.
     dashboard_token : str
         The operator dashboard's access token file (needed when the dashboard
         listens on a non-loopback address).
@@ -107,6 +109,7 @@ class KmsConfig:
     cert: str = "pki/server.crt"
     key: str = "pki/server.key"
     storage_key: str = "storage.key"
+    audit_key: str = "audit.key"
     dashboard_token: str = "dashboard.token"
     _dir: Path = field(default=Path("."), repr=False, compare=False)
 
@@ -148,7 +151,7 @@ class KmsConfig:
             raise bad("reconstruction", "must be paper, optimal or xor-all (reuse keys are only computationally secure)")
         if isinstance(self.key_ttl_s, bool) or not isinstance(self.key_ttl_s, (int, float)) or not self.key_ttl_s > 0:
             raise bad("key_ttl_s", "must be a positive number of seconds")
-        for name in ("ca", "cert", "key", "storage_key", "dashboard_token"):
+        for name in ("ca", "cert", "key", "storage_key", "audit_key", "dashboard_token"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(name, "must be a file path (text, relative to the service directory)")
         if self.durability not in ("full", "normal"):

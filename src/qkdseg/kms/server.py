@@ -13,10 +13,17 @@ from pathlib import Path
 from ..errors import InvalidRequest
 from .config import KmsConfig, load_config
 from .service import KeyService
-from .store import Store, load_or_make_storage_key
+from .audit import load_audit_key
+from .store import Store, load_storage_key
 
 
-def open_service(directory: str | Path, **service_options) -> KeyService:
+def open_store(cfg: KmsConfig, *, accept_broken_audit: bool = False) -> Store:
+    """The store of ``cfg``'s directory: its lock taken, its storage key and audit chain checked (:class:`.store.Store`)."""
+    return Store(cfg._dir, load_storage_key(cfg.path(cfg.storage_key)), load_audit_key(cfg.path(cfg.audit_key)),
+                 durability=cfg.durability, accept_broken_audit=accept_broken_audit)
+
+
+def open_service(directory: str | Path, *, accept_broken_audit: bool = False, **service_options) -> KeyService:
     """Load ``DIR/kms.toml``, its network and its database into a :class:`KeyService`."""
     from ..topology import load
 
@@ -26,7 +33,7 @@ def open_service(directory: str | Path, **service_options) -> KeyService:
     if not (spec == "example" or spec.startswith("topohub:")):
         spec = str(cfg.path(spec))
     network = load(spec)
-    store = Store(d, load_or_make_storage_key(cfg.path(cfg.storage_key)), durability=cfg.durability)
+    store = open_store(cfg, accept_broken_audit=accept_broken_audit)
     try:
         return KeyService(cfg, network, store, **service_options)
     except BaseException:
@@ -133,7 +140,7 @@ def read_dashboard_token(cfg: KmsConfig) -> str:
 
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, access_log: bool = False,
           log_level: str = "warning", dashboard_port: int | None = None, dashboard_host: str = "127.0.0.1",
-          dashboard_public: bool = False, on_listening=None) -> None:
+          dashboard_public: bool = False, on_listening=None, accept_broken_audit: bool = False) -> None:
     """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on.
 
     With ``dashboard_port``, the operator dashboard is served too, on
@@ -156,7 +163,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     if threading.current_thread() is threading.main_thread():  # signals can only be caught there
         before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        service = open_service(directory)
+        service = open_service(directory, accept_broken_audit=accept_broken_audit)
     except BaseException:
         for sig, handler in before.items():
             signal.signal(sig, handler)

@@ -182,6 +182,17 @@ class KeyService:
                 self.spares[(row.master, row.slave)].append(row)
         self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
 
+    async def _commit(self, batch: Batch) -> None:
+        """Commit ``batch``; a failed write (a full disk) is the same 503 for this request as for every later one."""
+        try:
+            await self.committer.commit(batch)
+        except Exception as err:  # noqa: BLE001 -- the store refuses every write from now on (GroupCommit.failed)
+            if not getattr(self, "_store_failure_logged", False):
+                self._store_failure_logged = True
+                logger.error("the key store failed (%s: %s); every request is refused until a restart",
+                             type(err).__name__, err)
+            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed") from None
+
     def _notify(self, rec: dict, **extra) -> None:
         if not self.observers:
             return
@@ -226,7 +237,7 @@ class KeyService:
         who = caller or Caller("-", "-")
         extra = {"request": err.request} if err.request else {}
         rec = self._audit("deny", who, peer, op=op, status=err.status, reason=err.reason, outcome=err.message, **extra)
-        await self.committer.commit(Batch(audit=[rec]))
+        await self._commit(Batch(audit=[rec]))
         self._notify(rec)
 
     # -- ETSI 014: status -----------------------------------------------------------
@@ -421,7 +432,7 @@ class KeyService:
         ids = [row.key_id for row, _ in keys]
         self.pending.update(ids)
         try:
-            await self.committer.commit(batch)
+            await self._commit(batch)
         finally:
             self.pending.difference_update(ids)
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
@@ -542,7 +553,7 @@ class KeyService:
         batch = Batch(delete_keys=[row.key_id for row in rows], audit=[self._audit(
             "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
             size=rows[0].size, securities=[row.security for row in rows], outcome="ok")])
-        await self.committer.commit(batch)
+        await self._commit(batch)
         self._notify(batch.audit[0])
         return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
                          for row, m in out]}
@@ -564,7 +575,7 @@ class KeyService:
             del self.keys[row.key_id]
         recs = [{"time": round(now, 6), "event": "expire", "key_ids": [row.key_id for row in gone],
                  "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]
-        await self.committer.commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
+        await self._commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
         self._notify(recs[0])
         return len(gone) + len(spare_gone)
 
