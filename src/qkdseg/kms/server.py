@@ -98,6 +98,26 @@ def _server_class():
     return Server
 
 
+def service_protocol(service: KeyService) -> type:
+    """The h11 protocol of ``service``'s ETSI 014 port: peer certificates, the limits of its ``kms.toml``, refusals audited."""
+    import asyncio
+
+    from .app import PeerCertH11Protocol, limited_protocol
+    from .service import KmsError
+
+    tasks: set = set()
+
+    def audited(proto, status: int, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            service.deny(KmsError(status, message), getattr(proto, "caller", None), "http"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    cfg = service.cfg
+    return limited_protocol(PeerCertH11Protocol, header_timeout=cfg.header_timeout_s, body_timeout=cfg.body_timeout_s,
+                            max_connections=cfg.max_connections, on_refusal=audited)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address (or ``localhost``)."""
     import ipaddress
@@ -150,7 +170,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     """
     import uvicorn
 
-    from .app import PeerCertH11Protocol, create_app
+    from .app import create_app
 
     _Server = _server_class()
 
@@ -177,13 +197,13 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
         bound = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(service),
-            http=PeerCertH11Protocol,
+            http=service_protocol(service),
             ssl_context_factory=lambda _cfg, _default: ctx,
             ssl_certfile=str(service.cfg.path(service.cfg.cert)),
             access_log=access_log,
             log_level=log_level,
             lifespan="on",
-            timeout_keep_alive=30,
+            timeout_keep_alive=service.cfg.keep_alive_s,
         )
         server = _Server(config)
         server.early = early

@@ -71,7 +71,34 @@ MSG_SIZE_8 = "size shall be a multiple of 8"
 
 
 #: A refusal's reason code by HTTP status, where the raise site names none (docs/kms.md, dashboard).
-DEFAULT_REASONS = {400: "bad_request", 401: "unauthorized", 503: "unavailable"}
+DEFAULT_REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                   413: "too_large", 503: "unavailable"}
+
+#: Caller-supplied text (field names, SAE ids of the path, values) is cut to this many characters in answers
+#: and audit records; a message to MAX_MESSAGE characters, details to MAX_DETAILS entries (docs/kms.md, "Limits").
+CLIP = 64
+MAX_MESSAGE = 512
+MAX_DETAILS = 8
+
+
+def clip(value: Any, n: int = CLIP) -> str:
+    """``repr(value)``, a text cut to its first ``n`` characters (and its length), for caller-supplied text in messages.
+
+    >>> clip("x" * 1000, 8)
+    "'xxxxxxxx'... (1000 characters)"
+    >>> clip(5)
+    '5'
+    """
+    if isinstance(value, str):
+        return repr(value) if len(value) <= n else repr(value[:n]) + f"... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
+
+
+def clip_names(names: list, n: int = 5) -> str:
+    """The first ``n`` names, each clipped, and how many more."""
+    shown = ", ".join(clip(x) if not isinstance(x, str) or len(x) > CLIP else x for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 class KmsError(QkdsegError):
@@ -84,6 +111,12 @@ class KmsError(QkdsegError):
     """
 
     def __init__(self, status: int, message: str, details: list[dict] | None = None, *, reason: str | None = None):
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + f"... ({len(message)} characters)"
+        if details:
+            details = [{str(k)[:CLIP]: (v[:MAX_MESSAGE] if isinstance(v, str) else v) for k, v in d.items()}
+                       for d in details[:MAX_DETAILS]] + (
+                [{"more": f"{len(details) - MAX_DETAILS} more"}] if len(details) > MAX_DETAILS else [])
         super().__init__(message)
         self.status = status
         self.message = message
@@ -210,13 +243,13 @@ class KeyService:
     # -- helpers -----------------------------------------------------------------
     def _check_caller(self, caller: Caller) -> None:
         if caller.sae not in self.sae_node:
-            raise KmsError(401, f"SAE {caller.sae!r} is not registered with this KME")
+            raise KmsError(401, f"SAE {clip(caller.sae)} is not registered with this KME")
 
     def _check_peer(self, caller: Caller, peer: str, role: str) -> int:
         if peer not in self.sae_node:
-            raise KmsError(400, f"{role} SAE {peer!r} is not registered with this KME")
+            raise KmsError(400, f"{role} SAE {clip(peer)} is not registered with this KME")
         if peer == caller.sae:
-            raise KmsError(400, f"{role} SAE {peer!r} is the caller itself")
+            raise KmsError(400, f"{role} SAE {clip(peer)} is the caller itself")
         return self.sae_node[peer]
 
     def _link_rows(self, ks) -> dict:
@@ -226,9 +259,10 @@ class KeyService:
                 for k in ks}
 
     def _audit(self, event: str, caller: Caller, peer: str | None, **fields) -> dict:
-        rec = {"time": round(self.clock(), 6), "event": event, "sae": caller.sae, "cert_sha256": caller.fingerprint}
+        rec = {"time": round(self.clock(), 6), "event": event, "sae": caller.sae[:CLIP],
+               "cert_sha256": caller.fingerprint}
         if peer is not None:
-            rec["peer"] = peer
+            rec["peer"] = peer if len(peer) <= CLIP else clip(peer)
         rec.update(fields)
         return rec
 
@@ -236,7 +270,7 @@ class KeyService:
         """Audit a refused request (the caller answers it with ``err``)."""
         who = caller or Caller("-", "-")
         extra = {"request": err.request} if err.request else {}
-        rec = self._audit("deny", who, peer, op=op, status=err.status, reason=err.reason, outcome=err.message, **extra)
+        rec = self._audit("deny", who, peer, op=op if len(op) <= CLIP else clip(op), status=err.status, reason=err.reason, outcome=err.message, **extra)
         await self._commit(Batch(audit=[rec]))
         self._notify(rec)
 
@@ -295,11 +329,11 @@ class KeyService:
         number = 1 if number is None else number
         size = cfg.key_size if size is None else size
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise KmsError(400, f"number={number!r} must be a positive integer")
+            raise KmsError(400, f"number={clip(number)} must be a positive integer")
         if number > cfg.max_key_per_request:
             raise KmsError(400, f"number={number} exceeds max_key_per_request={cfg.max_key_per_request}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise KmsError(400, f"size={size!r} must be a positive integer (bits)")
+            raise KmsError(400, f"size={clip(size)} must be a positive integer (bits)")
         if size % 8:
             raise KmsError(400, MSG_SIZE_8)
         if not cfg.min_key_size <= size <= cfg.max_key_size:
@@ -315,16 +349,22 @@ class KeyService:
                 continue
             if not isinstance(exts, list) or not all(isinstance(e, dict) for e in exts):
                 raise KmsError(400, f"{name} must be an array of objects")
+            seen: set[str] = set()
             for ext in exts:
                 for key, val in ext.items():
+                    if key in seen:  # (duplicate keys in one object are refused by the JSON parser)
+                        raise KmsError(400, f"{name}: {clip(key) if len(key) > CLIP else key} is given twice "
+                                            "(two values for one parameter)")
+                    seen.add(key)
                     if key != EXTENSION_LEVEL:
                         if name == "extension_mandatory":
-                            unsupported.append({"extension_mandatory_unsupported": f"{key} is not supported"})
-                        else:
-                            ignored.append(key)
+                            unsupported.append({"extension_mandatory_unsupported":
+                                                f"{key if len(key) <= CLIP else clip(key)} is not supported"})
+                        elif len(ignored) < MAX_DETAILS:
+                            ignored.append(key if len(key) <= CLIP else clip(key))
                         continue
                     if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= val <= 1.0 or math.isnan(val):
-                        raise KmsError(400, f"{name}: {EXTENSION_LEVEL}={val!r} must be a probability in [0, 1]")
+                        raise KmsError(400, f"{name}: {EXTENSION_LEVEL}={clip(val)} must be a probability in [0, 1]")
                     if name == "extension_mandatory" or source != "extension_mandatory":
                         level, source, mandatory = float(val), name, name == "extension_mandatory"
         if unsupported:
@@ -525,7 +565,7 @@ class KeyService:
         """``dec_keys``: the keys named, to their slave, once; all or nothing."""
         self._check_caller(caller)
         if master not in self.sae_node:
-            raise KmsError(400, f"master SAE {master!r} is not registered with this KME")
+            raise KmsError(400, f"master SAE {clip(master)} is not registered with this KME")
         if self.committer.failed is not None:
             raise KmsError(503, "key store unavailable; restart the service", reason="store_failed")
         if not key_ids:
