@@ -134,11 +134,17 @@ class KmsConfig:
         p = Path(name)
         return p if p.is_absolute() else self._dir / p
 
-    def check(self) -> "KmsConfig":
-        """Validate every field; :class:`InvalidRequest` names the field and value."""
+    def check(self, flags: dict[str, str] | None = None) -> "KmsConfig":
+        """Validate every field; :class:`InvalidRequest` names the field and value.
+
+        ``flags`` (field -> command-line flag) names the flag instead of the
+        field, for values that come from the command line (``kms init``).
+        """
         where = f"{self._dir / CONFIG_NAME}"
 
         def bad(name: str, why: str) -> InvalidRequest:
+            if flags and name in flags:
+                return InvalidRequest(f"{flags[name]} {getattr(self, name)!r} {why} (kms.toml field '{name}')")
             return InvalidRequest(f"{where}: field '{name}'={getattr(self, name)!r} {why}")
 
         if not isinstance(self.network, str) or not self.network:
@@ -150,6 +156,8 @@ class KmsConfig:
             if not isinstance(node, (str, int)) or isinstance(node, bool):
                 raise InvalidRequest(f"{where}: SAE {sae!r}: node {node!r} must be a node id")
         check_sae_id(self.kme_id, f"{where}: kme_id")
+        if self.kme_id in self.saes:
+            raise bad("kme_id", "is also an SAE id (the KME and the SAEs need distinct ids)")
         lvl = self.security_level
         if isinstance(lvl, bool) or not isinstance(lvl, (int, float)) or not 0.0 <= lvl <= 1.0 or math.isnan(lvl):
             raise bad("security_level", "must be a probability in [0, 1]")

@@ -189,6 +189,16 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
             signal.signal(sig, handler)
         raise
     try:
+        import logging
+
+        logging.getLogger("qkdseg").setLevel(log_level.upper())
+        if not logging.getLogger().handlers and not logging.getLogger("qkdseg").handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("qkdseg kms: %(levelname)s: %(message)s"))
+            logging.getLogger("qkdseg").addHandler(handler)
+        for line in service.changes:
+            print(f"qkdseg kms: {line}", file=sys.stderr, flush=True)
+        service.warm()  # compile the routing kernels now, not on the first request
         ctx = tls_context(service.cfg)
         token = None
         if dashboard_port is not None and not is_loopback(dashboard_host):

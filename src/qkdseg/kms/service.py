@@ -199,11 +199,25 @@ class KeyService:
         level, consumed = cap.copy(), np.zeros_like(cap)
         since = np.zeros(a.n_links)  # seconds each stored level is old
         ids = a.node_ids
-        for k, (u, v, c, lv, t) in self.store.load_links().items():
-            if not 0 <= k < a.n_links or (str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]])) != (u, v):
-                raise QkdsegError(f"{self.store.db_path}: link {k} ({u}, {v}) is not link {k} of network "
-                                  f"{self.network.name!r} (the network changed since the database was made)")
+        by_ends = {frozenset((str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]]))): k for k in range(a.n_links)}
+        self.changes = self._network_changes()
+        rows, moved = {}, False
+        for k_old, (u, v, c, lv, t) in sorted(self.store.load_links().items()):
+            k = by_ends.get(frozenset((u, v)))
+            if k is None:
+                if c > 0:
+                    raise QkdsegError(f"{self.store.db_path}: link ({u}, {v}) has consumed {c} pad bits but is not in "
+                                      f"network {self.network.name!r} (the network changed since the database was "
+                                      "made: removing a used link would lose its consumed offset, so its pad bits "
+                                      "could be used twice); put the link back")
+                moved = True
+                continue
+            moved |= k != k_old
+            rows[k] = (str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]]), c, lv, t)
             consumed[k], level[k], since[k] = c, min(lv, cap[k]), max(0.0, now - t)
+        if moved:
+            self.store.renumber_links(rows)
+        self.store.set_meta("network", self._snapshot)  # remembered once the start is accepted
         self.levels = LinkLevels(cap, level, consumed, t=now)
         self.levels.refill(self.source.produced(since), t=now)  # the links kept producing while the service was down
         self.keys: dict[str, KeyRow] = {}
@@ -225,6 +239,61 @@ class KeyService:
                 logger.error("the key store failed (%s: %s); every request is refused until a restart",
                              type(err).__name__, err)
             raise KmsError(503, "key store unavailable; restart the service", reason="store_failed") from None
+
+    def warm(self) -> None:
+        """Route once between two SAEs' nodes (no debit), so numba's kernels are compiled before the first request."""
+        nodes = sorted(set(self.sae_node.values()))
+        if len(nodes) >= 2:
+            try:
+                self._route_and_plan(nodes[0], nodes[-1], self.cfg.key_size, self.cfg.security_level,
+                                     self.levels.capacity)
+            except Exception:  # noqa: BLE001 -- a warm-up only; a request reports its own error
+                logger.debug("warm-up route failed", exc_info=True)
+
+    def _network_snapshot(self) -> dict:
+        a = self.arrays
+        ids = a.node_ids
+        return {"nodes": {str(ids[i]): [bool(a.trusted[i]), float(a.p[i])] for i in range(len(ids))},
+                "links": {f"{ids[a.edge_u[k]]}|{ids[a.edge_v[k]]}": int(a.pool_bits[k]) for k in range(a.n_links)}}
+
+    def _network_changes(self) -> list[str]:
+        """What changed in the network since the last start (each a line; start-up reports them), and remember it."""
+        import json
+
+        now = self._network_snapshot()
+        raw = self.store.meta("network")
+        self._snapshot = json.dumps(now, sort_keys=True)
+        if raw is None:
+            return []
+        before = json.loads(raw)
+        out = []
+
+        def norm(links):
+            return {frozenset(k.split("|", 1)): v for k, v in links.items()}
+
+        for node in sorted(set(before["nodes"]) | set(now["nodes"])):
+            b, n = before["nodes"].get(node), now["nodes"].get(node)
+            if b is None:
+                out.append(f"network changed: node {node} added")
+            elif n is None:
+                out.append(f"network changed: node {node} removed")
+            elif b != n:
+                what = []
+                if b[0] != n[0]:
+                    what.append(f"trusted {b[0]} -> {n[0]}")
+                if b[1] != n[1]:
+                    what.append(f"p {b[1]} -> {n[1]}")
+                out.append(f"network changed: node {node}: {', '.join(what)}")
+        bl, nl = norm(before["links"]), norm(now["links"])
+        for ends in sorted(set(bl) | set(nl), key=lambda e: sorted(e)):
+            name = "(" + ", ".join(sorted(ends)) + ")"
+            if ends not in bl:
+                out.append(f"network changed: link {name} added")
+            elif ends not in nl:
+                out.append(f"network changed: link {name} removed")
+            elif bl[ends] != nl[ends]:
+                out.append(f"network changed: link {name}: pool_bits {bl[ends]} -> {nl[ends]}")
+        return out
 
     def _notify(self, rec: dict, **extra) -> None:
         if not self.observers:
@@ -420,6 +489,16 @@ class KeyService:
                                     "bits on every link now; nothing was debited", reason="no_key_material")
             if rec.n_keys == 0:
                 best = r.security
+                r_full, ever = self._route_and_plan(s, d, req.size, req.level, self.levels.capacity)
+                if ever is None or ever.n_keys == 0:  # not even with every pool full
+                    best = r_full.security if r_full is not None else best
+                    never = (f"{EXTENSION_LEVEL}={req.level} can never be met between these SAEs on this network: "
+                             f"the best route's exact security is {best:.6f} even with full pools")
+                    if req.mandatory:
+                        raise KmsError(400, MSG_EXT_UNMET, [{"extension_mandatory_unmet": never}], reason="level_unmet")
+                    raise KmsError(503, f"security level {req.level} can never be met between these SAEs on this "
+                                        f"network: the best route's exact security is {best:.6f} even with full "
+                                        "pools; nothing was debited", reason="level_unmet")
                 if req.mandatory:
                     raise KmsError(400, MSG_EXT_UNMET, [{"extension_mandatory_unmet":
                                    f"{EXTENSION_LEVEL}={req.level} cannot be met now: the best route's exact "
