@@ -24,6 +24,18 @@ def run(*args, timeout=120):
     return subprocess.run([QKDSEG, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def run_in(*args):
+    """``qkdseg ARGS`` in this process (no interpreter start): an object with returncode, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from qkdseg.cli import app
+
+    r = CliRunner().invoke(app, list(args), prog_name="qkdseg")
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
 def one_line_error(r) -> str:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, (r.returncode, r.stderr, r.stdout)
@@ -72,7 +84,7 @@ def test_a_missing_storage_key_refuses_to_start_and_is_not_replaced(tmp_path):
     d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7"))
     _with_sealed_row(d)
     (d / "storage.key").unlink()
-    line = one_line_error(run("kms", "serve", str(d), "--port", "0"))
+    line = one_line_error(run_in("kms", "serve", str(d), "--port", "0"))
     assert "storage.key" in line and "kms init" in line, line
     assert not (d / "storage.key").exists()
 
@@ -82,7 +94,7 @@ def test_a_wrong_storage_key_refuses_to_start(tmp_path):
     _with_sealed_row(d)
     (d / "storage.key").unlink()
     make_storage_key(d / "storage.key")
-    line = one_line_error(run("kms", "serve", str(d), "--port", "0"))
+    line = one_line_error(run_in("kms", "serve", str(d), "--port", "0"))
     assert "does not match" in line, line
     with pytest.raises(InvalidRequest, match="does not match"):
         _store(d)
@@ -101,7 +113,7 @@ def test_rotate_storage_key_reseals_every_row_and_keeps_the_audit_chain(tmp_path
     d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7"))
     _with_sealed_row(d)
     old = (d / "storage.key").read_bytes()
-    r = run("kms", "rotate-storage-key", str(d))
+    r = run_in("kms", "rotate-storage-key", str(d))
     assert r.returncode == 0, r.stderr
     new = (d / "storage.key").read_bytes()
     assert new != old and len(new) == 32 and stat.S_IMODE((d / "storage.key").stat().st_mode) == 0o600
@@ -166,7 +178,7 @@ def test_the_chain_is_keyed_a_recomputed_sha256_chain_is_a_forgery(tmp_path):
     db.close()
     problems = verify_audit(d)[1]
     assert any(p.startswith("line 2") for p in problems), problems
-    r = run("kms", "audit", str(d), "--verify")
+    r = run_in("kms", "audit", str(d), "--verify")
     assert r.returncode == 1 and "BROKEN" in r.stdout
 
 
@@ -176,7 +188,7 @@ def test_a_broken_chain_refuses_to_start_unless_accepted_which_is_audited(tmp_pa
     path = d / AUDIT_NAME
     lines = path.read_text().splitlines()
     _rewrite(path, lines[:1] + lines[2:])  # a removed line
-    line = one_line_error(run("kms", "serve", str(d), "--port", "0"))
+    line = one_line_error(run_in("kms", "serve", str(d), "--port", "0"))
     assert "audit" in line and "--accept-broken-audit" in line, line
     server = Server(d, ("--accept-broken-audit",)).start()
     try:
@@ -188,7 +200,7 @@ def test_a_broken_chain_refuses_to_start_unless_accepted_which_is_audited(tmp_pa
     # accepted: the next start needs no flag, and audit --verify reports the accepted problem
     server = Server(d).start()
     server.stop()
-    r = run("kms", "audit", str(d), "--verify")
+    r = run_in("kms", "audit", str(d), "--verify")
     assert r.returncode == 0 and "accepted" in r.stdout, r.stdout
 
 
@@ -240,9 +252,9 @@ def test_a_read_only_directory_gives_one_line_and_audit_still_reads_it(tmpfs):
     d = kms_init(tmpfs / "svc", "example", ("A=0", "B=7"))
     _records(d, 3)
     assert _mount("-o", "remount,ro", str(tmpfs))
-    line = one_line_error(run("kms", "serve", str(d), "--port", "0"))
+    line = one_line_error(run_in("kms", "serve", str(d), "--port", "0"))
     assert "Read-only" in line or "read-only" in line, line
-    r = run("kms", "audit", str(d))
+    r = run_in("kms", "audit", str(d))
     assert r.returncode == 0 and "intact: 3 records" in r.stdout, r.stdout + r.stderr
 
 
