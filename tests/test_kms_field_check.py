@@ -111,27 +111,46 @@ def test_two_servers_on_one_directory(kms):
     refused_in_one_line(r, f"pid {kms.proc.pid}")
 
 
-def test_missing_storage_key_init_force_and_an_edited_audit_chain(tmp_path):
-    d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7"), "--security-level", "0.5")
+@pytest.fixture(scope="module")
+def used(tmp_path_factory):
+    """A service directory that has served (sealed keys, audit records), stopped; tests work on copies."""
+    d = kms_init(tmp_path_factory.mktemp("used") / "svc", "example", ("A=0", "B=7"), "--security-level", "0.5")
     server = Server(d).start()
     try:
         assert server.client("A").post("B/enc_keys", {"number": 2}).status_code == 200  # sealed rows
     finally:
         server.stop()
-    # a missing storage key: refused, and not replaced
-    key = (d / "storage.key").read_bytes()
+    (d / "server.log").unlink()
+    return d
+
+
+def _copy(used, tmp_path):
+    import shutil
+
+    d = tmp_path / "svc"
+    shutil.copytree(used, d)
+    return d
+
+
+def test_a_missing_storage_key_refuses_to_start(used, tmp_path):
+    d = _copy(used, tmp_path)
     (d / "storage.key").unlink()
     refused_in_one_line(qkdseg("kms", "serve", str(d), "--port", "0"), "storage")
     assert not (d / "storage.key").exists()
-    (d / "storage.key").write_bytes(key)
-    (d / "storage.key").chmod(0o600)
-    # init --force keeps the deployed PKI and token
-    kept = {name: (d / name).read_bytes() for name in ("pki/ca.crt", "pki/A.crt", "pki/server.crt", "dashboard.token")}
+
+
+def test_init_force_keeps_the_deployed_pki_and_token(used, tmp_path):
+    d = _copy(used, tmp_path)
+    kept = {name: (d / name).read_bytes() for name in ("pki/ca.crt", "pki/A.crt", "pki/server.crt", "dashboard.token",
+                                                        "storage.key")}
     r = qkdseg("kms", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
                "--security-level", "0.5", "--force")
     assert r.returncode == 0, r.stderr
     assert {name: (d / name).read_bytes() for name in kept} == kept
-    # an edited audit chain: refused at start
+
+
+def test_an_edited_audit_chain_refuses_to_start(used, tmp_path):
+    d = _copy(used, tmp_path)
     path = d / "audit.jsonl"
     lines = path.read_text().splitlines()
     rec = json.loads(lines[0])
