@@ -53,7 +53,7 @@ def make_service(root: Path, n_saes: int = 32) -> Path:
     import qkdseg
     from qkdseg.kms.config import KmsConfig, write_config
     from qkdseg.kms.pki import make_pki
-    from qkdseg.kms.store import load_or_make_storage_key
+    from qkdseg.kms.store import init_keys
 
     root.mkdir(parents=True, exist_ok=True)
     net = qkdseg.waxman(100, trusted=10, p=0.9, seed=3)
@@ -68,7 +68,7 @@ def make_service(root: Path, n_saes: int = 32) -> Path:
     cfg = KmsConfig(network=str(root / "net.json"), saes=saes, security_level=0.5, _dir=root)
     write_config(root, cfg.check())
     make_pki(root / "pki", list(saes), cfg.kme_id)
-    load_or_make_storage_key(root / "storage.key")
+    init_keys(cfg)
     return root
 
 

@@ -231,7 +231,11 @@ def test_network_without_positions_gets_a_layout(tmp_path):
     from qkdseg.kms.config import KmsConfig, write_config
     from qkdseg.kms.server import open_service
 
-    write_config(svc_dir, KmsConfig(network=str(path), saes={"A": "1", "B": "4"}, _dir=svc_dir).check())
+    from qkdseg.kms.store import init_keys
+
+    cfg = KmsConfig(network=str(path), saes={"A": "1", "B": "4"}, _dir=svc_dir).check()
+    write_config(svc_dir, cfg)
+    init_keys(cfg)
     svc = open_service(svc_dir)
     with watched(svc) as mon:
         view = mon.network_view()
@@ -256,7 +260,7 @@ def test_a_restart_shows_the_audited_history_but_counts_from_zero(tmp_path):
     finally:
         svc.close()
     with open(tmp_path / "svc" / "audit.jsonl", "a") as fh:
-        fh.write('{"event": "issue", "cut line\n')  # a torn last line is left out
+        fh.write('{"event": "issue", "cut li')  # a torn last line (a write cut by a crash) is left out
     svc = open_service(tmp_path / "svc")
     with watched(svc) as mon:
         rows = mon.deliveries()

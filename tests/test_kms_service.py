@@ -15,14 +15,16 @@ import qkdseg
 from qkdseg.kms.config import KmsConfig, write_config
 from qkdseg.kms.server import open_service
 from qkdseg.kms.service import Caller, KmsError
-from qkdseg.kms.store import verify_audit
+from qkdseg.kms.store import init_keys, verify_audit
 
 
 def _service(tmp: Path, network: str, algorithm: str = "smr", level: float = 0.5, clock=lambda: 1_000_000.0):
     """A service directory without PKI (no server here) and its KeyService; the default clock is frozen: no refill."""
     tmp.mkdir(parents=True)
-    write_config(tmp, KmsConfig(network=network, saes={"A": "0", "B": "7", "C": "4"}, security_level=level,
-                                algorithm=algorithm, default_rate_bps=1000, _dir=tmp).check())
+    cfg = KmsConfig(network=network, saes={"A": "0", "B": "7", "C": "4"}, security_level=level,
+                    algorithm=algorithm, default_rate_bps=1000, _dir=tmp).check()
+    write_config(tmp, cfg)
+    init_keys(cfg)
     return open_service(tmp, clock=clock)
 
 

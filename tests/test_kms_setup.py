@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from kms_helpers import QKDSEG, kms_init, set_config
 from qkdseg.errors import InvalidRequest
 from qkdseg.kms import load_config
-from qkdseg.kms.store import AUDIT_NAME, Batch, Store, load_or_make_storage_key, verify_audit
+from qkdseg.kms.store import AUDIT_NAME, Batch, Store, load_storage_key, make_storage_key, verify_audit
 
 
 def run(*args):
@@ -115,14 +115,23 @@ def test_a_public_dashboard_needs_a_private_token(tmp_path):
 
 def test_storage_key_must_be_private(tmp_path):
     key = tmp_path / "k"
-    assert len(load_or_make_storage_key(key)) == 32
+    assert len(make_storage_key(key)) == 32 and len(load_storage_key(key)) == 32
     key.chmod(0o644)
     with pytest.raises(InvalidRequest, match="chmod 600"):
-        load_or_make_storage_key(key)
+        load_storage_key(key)
+
+
+AUDIT_KEY = bytes(range(32))
+
+
+def _open(d) -> Store:
+    if not (d / "storage.key").exists():
+        make_storage_key(d / "storage.key")
+    return Store(d, load_storage_key(d / "storage.key"), AUDIT_KEY)
 
 
 def _store_with_records(d, n):
-    store = Store(d, load_or_make_storage_key(d / "storage.key"))
+    store = _open(d)
     for i in range(n):
         store.commit(Batch(audit=[{"event": "issue", "i": i}]))
     store.close()
@@ -130,10 +139,12 @@ def _store_with_records(d, n):
 
 def test_audit_chain_detects_edit_removal_and_truncation(tmp_path):
     _store_with_records(tmp_path, 6)
-    n, problems = verify_audit(tmp_path)
+    n, problems = verify_audit(tmp_path, AUDIT_KEY)
     assert n == 6 and problems == []
+    (tmp_path / "audit.key").write_bytes(AUDIT_KEY)
+    (tmp_path / "audit.key").chmod(0o600)
     r = run("kms", "audit", str(tmp_path), "--verify")
-    assert r.returncode == 0 and "intact: 6 records" in r.stdout
+    assert r.returncode == 0 and "intact: 6 records" in r.stdout, r.stdout + r.stderr
     path = tmp_path / AUDIT_NAME
     good = path.read_text()
     lines = good.splitlines()
@@ -141,27 +152,28 @@ def test_audit_chain_detects_edit_removal_and_truncation(tmp_path):
     edited = json.loads(lines[2])
     edited["i"] = 99
     path.write_text("\n".join(lines[:2] + [json.dumps(edited, sort_keys=True, separators=(",", ":"))] + lines[3:]) + "\n")
-    assert verify_audit(tmp_path)[1]
+    assert verify_audit(tmp_path, AUDIT_KEY)[1]
     r = run("kms", "audit", str(tmp_path), "--verify")
     assert r.returncode == 1 and "BROKEN" in r.stdout
     # a removed line
     path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")
-    assert verify_audit(tmp_path)[1]
+    assert verify_audit(tmp_path, AUDIT_KEY)[1]
     # a removed last line: caught by the head kept in the database
     path.write_text("\n".join(lines[:-1]) + "\n")
-    assert any("chain head" in p for p in verify_audit(tmp_path)[1])
+    assert any("chain head" in p for p in verify_audit(tmp_path, AUDIT_KEY)[1])
     path.write_text(good)
-    assert verify_audit(tmp_path)[1] == []
+    assert verify_audit(tmp_path, AUDIT_KEY)[1] == []
 
 
 def test_committed_audit_records_missing_from_the_file_are_appended_at_start(tmp_path):
     _store_with_records(tmp_path, 3)
-    store = Store(tmp_path, load_or_make_storage_key(tmp_path / "storage.key"))
+    store = _open(tmp_path)
     store._synced_at = float("inf")  # nothing synced: the records stay in the table too
     store.commit(Batch(audit=[{"event": "deliver"}]))
     store.db.close()  # a crash: no close(), and the file loses its last line
+    store._lock.release()  # (as the crash would)
     path = tmp_path / AUDIT_NAME
     path.write_text("\n".join(path.read_text().splitlines()[:3]) + "\n")
-    Store(tmp_path, load_or_make_storage_key(tmp_path / "storage.key")).close()
-    n, problems = verify_audit(tmp_path)
+    _open(tmp_path).close()
+    n, problems = verify_audit(tmp_path, AUDIT_KEY)
     assert n == 4 and problems == []

@@ -10,7 +10,8 @@ import typer
 from ..errors import InvalidRequest
 from .errors import user_errors
 
-kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, audit.", no_args_is_help=True)
+kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, demo, audit, sae, rotate-storage-key.",
+                      no_args_is_help=True)
 
 
 def _need_server_extra() -> None:
@@ -21,6 +22,14 @@ def _need_server_extra() -> None:
         raise InvalidRequest("the key service needs the 'kms' extra: pip install 'qkdseg[kms]'") from None
 
 
+#: ``kms init`` flag of each ``kms.toml`` field, so a bad value names the flag (kms.toml is not written yet).
+INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
+              "kme_id": "--kme-id", "key_ttl_s": "--key-ttl", "min_key_size": "--min-key-size",
+              "max_key_size": "--max-key-size", "max_key_per_request": "--max-key-per-request",
+              "durability": "--durability", "default_rate_bps": "--default-rate", "saes": "--sae",
+              "network": "--network"}
+
+
 @kms_app.command("init")
 @user_errors
 def init(
@@ -29,22 +38,37 @@ def init(
     sae: Annotated[list[str], typer.Option("--sae", help="SAE_ID=NODE (repeat; at least two).")],
     security_level: Annotated[float, typer.Option("--security-level", help="Default security level of a key.")] = 0.9,
     key_size: Annotated[int, typer.Option("--key-size", help="Default key size, bits.")] = 256,
+    min_key_size: Annotated[int, typer.Option("--min-key-size", help="Smallest key size accepted, bits.")] = 64,
+    max_key_size: Annotated[int, typer.Option("--max-key-size", help="Largest key size accepted, bits.")] = 4096,
+    max_key_per_request: Annotated[int, typer.Option("--max-key-per-request",
+                                                     help="Most keys one enc_keys call may ask for.")] = 128,
     algorithm: Annotated[str, typer.Option("--algorithm", help="Routing algorithm.")] = "smr",
-    kme_id: Annotated[str, typer.Option("--kme-id", help="This KME's id.")] = "KME_qkdseg",
+    kme_id: Annotated[str, typer.Option("--kme-id", help="This KME's id (not an SAE id).")] = "KME_qkdseg",
     key_ttl: Annotated[float, typer.Option("--key-ttl", help="Seconds an issued key waits for its slave.")] = 3600.0,
+    durability: Annotated[str, typer.Option("--durability", help="full (survives power loss) or normal.")] = "full",
+    default_rate: Annotated[int, typer.Option("--default-rate",
+                                              help="Key rate (bit/s) of links whose network gives none.")] = 100_000,
     no_pki: Annotated[bool, typer.Option("--no-pki", help="Write no test PKI (bring your own CA and certificates).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing kms.toml.")] = False,
+    new_pki: Annotated[bool, typer.Option("--new-pki", help="Make a new test CA and all certificates, replacing "
+                                          "DIR/pki/ (every deployed SAE certificate stops working).")] = False,
+    ca_key_out: Annotated[Path | None, typer.Option("--ca-key-out", help="Write the test CA's private key here, "
+                                                    "not into DIR/pki/ (keep it off the server).",
+                                                    show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite an existing kms.toml (only it: the PKI, keys and "
+                                        "token are kept; see --new-pki).")] = False,
 ) -> None:
-    """Write DIR/kms.toml, a test PKI in DIR/pki/ and the storage key."""
+    """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
     from ..kms.config import CONFIG_NAME, KmsConfig, check_sae_id, write_config
     from ..kms.pki import make_pki
-    from ..kms.store import load_or_make_storage_key
+    from ..kms.store import init_keys
 
     if directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"{directory}: exists and is not a directory")
     if (directory / CONFIG_NAME).exists() and not force:
-        raise InvalidRequest(f"{directory / CONFIG_NAME}: already exists (use --force to overwrite)")
+        raise InvalidRequest(f"{directory / CONFIG_NAME}: already exists (use --force to rewrite it)")
+    if no_pki and (new_pki or ca_key_out is not None):
+        raise InvalidRequest("--no-pki makes no PKI: it cannot be combined with --new-pki or --ca-key-out")
     saes: dict[str, str] = {}
     for item in sae:
         name, sep, node = item.partition("=")
@@ -63,24 +87,66 @@ def init(
         net = load(spec)
     for name, node in saes.items():
         net.resolve(node)  # names the node when it is not in the network
-    cfg = KmsConfig(network=spec, saes=saes, security_level=security_level, key_size=key_size, algorithm=algorithm,
-                    kme_id=kme_id, key_ttl_s=key_ttl, _dir=directory)
-    cfg.check()
+    cfg = KmsConfig(network=spec, saes=saes, security_level=security_level, key_size=key_size,
+                    min_key_size=min_key_size, max_key_size=max_key_size, max_key_per_request=max_key_per_request,
+                    algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
+                    default_rate_bps=default_rate, _dir=directory)
+    cfg.check(flags=INIT_FLAGS)
+    pki_dir = directory / "pki"
+    make_new_pki = not no_pki and (new_pki or not (pki_dir / "ca.crt").exists())
+    if make_new_pki and ca_key_out is not None and ca_key_out.exists() and not new_pki:
+        raise InvalidRequest(f"--ca-key-out {ca_key_out}: exists already (add --new-pki to replace it)")
     directory.mkdir(parents=True, exist_ok=True)
     write_config(directory, cfg)
-    if not no_pki:
-        make_pki(directory / "pki", list(saes), kme_id)
-    load_or_make_storage_key(cfg.path(cfg.storage_key))
+    wrote = [str(directory / CONFIG_NAME)]
+    if make_new_pki:
+        make_pki(pki_dir, list(saes), kme_id, ca_key_path=ca_key_out)
+        wrote.append(f"{pki_dir}/ (test CA, server and {len(saes)} SAE certificates"
+                     + (f"; the CA's private key in {ca_key_out}" if ca_key_out is not None else "") + ")")
+    elif not no_pki:
+        missing = [name for name in saes if not (pki_dir / f"{name}.crt").exists()]
+        if missing:
+            typer.echo(f"note: kept {pki_dir}/; no certificate yet for {', '.join(missing)} "
+                       f"(qkdseg kms sae cert {directory} ID)")
+    for name in ("storage_key", "audit_key"):
+        if not cfg.path(getattr(cfg, name)).exists():
+            wrote.append(str(cfg.path(getattr(cfg, name))))
+    init_keys(cfg)
     token_path = cfg.path(cfg.dashboard_token)
-    if force or not token_path.exists():
+    if not token_path.exists():
         import secrets
 
         from ..kms.pki import write_secret
 
         write_secret(token_path, (secrets.token_urlsafe(32) + "\n").encode())
-    typer.echo(f"wrote {directory / CONFIG_NAME}" + ("" if no_pki else f", {directory / 'pki'}/ (test CA, server and "
-               f"{len(saes)} SAE certificates)") + f", {cfg.path(cfg.storage_key)}, {token_path}")
+        wrote.append(str(token_path))
+    typer.echo(f"wrote {', '.join(wrote)}")
+    for line in unmet_level_warnings(cfg, net):
+        typer.echo(f"warning: {line}", err=True)
     typer.echo(f"start it with: qkdseg kms serve {directory}")
+
+
+def unmet_level_warnings(cfg, net, max_pairs: int = 400) -> list[str]:
+    """One line per SAE pair whose best route, with full pools, cannot meet the default level."""
+    from ..api import route
+
+    ids = sorted(cfg.saes)
+    out = []
+    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]][:max_pairs]
+    for a, b in pairs:
+        s, d = net.resolve(str(cfg.saes[a])), net.resolve(str(cfg.saes[b]))
+        if s == d:
+            continue
+        try:
+            r = route(net, s, d, algorithm=cfg.algorithm, block_bits=cfg.key_size)
+        except Exception:  # noqa: BLE001 -- no route at all: said below
+            r = None
+        if r is None or r.blocked:
+            out.append(f"SAEs {a} and {b}: no route between nodes {s} and {d}")
+        elif r.security < cfg.security_level:
+            out.append(f"SAEs {a} and {b}: the best route's exact security is {r.security:.6f}, below the default "
+                       f"security level {cfg.security_level}: their requests at the default level will be refused")
+    return out
 
 
 @kms_app.command("serve")
@@ -93,6 +159,11 @@ def serve(
     dashboard_port: Annotated[int | None, typer.Option(
         "--dashboard-port", help="Also serve the read-only operator dashboard on this port (0: any free port).",
         show_default=False)] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="Server log level: critical, error, warning, info, "
+                                           "debug.")] = "warning",
+    accept_broken_audit: Annotated[bool, typer.Option(
+        "--accept-broken-audit", help="Start although DIR/audit.jsonl's chain is broken (the acceptance is audited).",
+    )] = False,
     dashboard_host: Annotated[str, typer.Option("--dashboard-host", help="Address of the dashboard.")] = "127.0.0.1",
     dashboard_public: Annotated[bool, typer.Option(
         "--dashboard-public", help="Allow a non-loopback --dashboard-host: then over TLS, with DIR/dashboard.token.",
@@ -103,10 +174,12 @@ def serve(
     for name, val in (("--port", port), ("--dashboard-port", dashboard_port)):
         if val is not None and not 0 <= val <= 65535:
             raise InvalidRequest(f"{name} {val} must be in 0..65535")
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise InvalidRequest(f"--log-level {log_level!r} must be critical, error, warning, info or debug")
     from ..kms.server import serve as run
 
     run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
-        dashboard_public=dashboard_public)
+        dashboard_public=dashboard_public, accept_broken_audit=accept_broken_audit, log_level=log_level)
 
 
 @kms_app.command("demo")
@@ -137,17 +210,124 @@ def demo(
 @user_errors
 def audit(
     directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
-    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain (the default action).")] = True,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the keyed chain (the default action).")] = True,
 ) -> None:
-    """Check DIR/audit.jsonl's hash chain; exit 1 if a line was edited, removed or reordered."""
-    from ..kms.store import AUDIT_NAME, verify_audit
+    """Check DIR/audit.jsonl's keyed chain (read-only); exit 1 if a line was edited, removed or reordered."""
+    from ..kms.audit import AUDIT_NAME
+    from ..kms.store import check_audit_dir, directory_audit_key
 
     if not (directory / AUDIT_NAME).exists() and not (directory / "kms.sqlite3").exists():
         raise InvalidRequest(f"{directory}: no audit log here (no {AUDIT_NAME})")
-    n, problems = verify_audit(directory)
-    if problems:
-        for p in problems:
+    try:
+        key = directory_audit_key(directory)
+    except InvalidRequest as err:
+        key = None
+        typer.echo(f"note: MACs not checked, only the links ({err})")
+    rep = check_audit_dir(directory, key)
+    if rep.accepted:
+        typer.echo(f"{len(rep.accepted)} earlier problem(s) accepted by 'kms serve --accept-broken-audit' "
+                   f"(record seq {', '.join(map(str, rep.accepted_at))}):")
+        for p in rep.accepted:
+            typer.echo(f"  accepted: {directory / AUDIT_NAME}: {p}")
+    if rep.problems:
+        for p in rep.problems:
             typer.echo(f"{directory / AUDIT_NAME}: {p}")
-        typer.echo(f"audit chain BROKEN: {len(problems)} problem(s) in {n} records")
+        typer.echo(f"audit chain BROKEN: {len(rep.problems)} problem(s) in {rep.records} records")
         raise typer.Exit(1)
-    typer.echo(f"audit chain intact: {n} records")
+    typer.echo(f"audit chain intact: {rep.records} records" + ("" if key is not None else " (links only)"))
+
+
+@kms_app.command("rotate-storage-key")
+@user_errors
+def rotate_storage_key(
+    directory: Annotated[Path, typer.Argument(help="The service directory (not served while rotating).",
+                                              show_default=False)],
+) -> None:
+    """Re-seal every stored key under a new storage key, in one transaction (the server must be stopped)."""
+    from ..kms.config import load_config
+    from ..kms.store import rotate_storage_key as rotate
+
+    n, path = rotate(load_config(directory))
+    typer.echo(f"re-sealed {n} stored key(s) under a new storage key in {path}")
+
+
+sae_app = typer.Typer(help="Manage the SAE registry and the SAEs' certificates (restart the service to apply).",
+                      no_args_is_help=True)
+kms_app.add_typer(sae_app, name="sae")
+
+CA_KEY_HELP = "The CA's private key, if it is not in DIR/pki/ca.key (kms init --ca-key-out)."
+
+
+@sae_app.command("add")
+@user_errors
+def sae_add(
+    directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
+    entry: Annotated[str, typer.Argument(help="SAE_ID=NODE", show_default=False)],
+    days: Annotated[int, typer.Option("--days", help="Days the certificate is valid.")] = 825,
+    ca_key: Annotated[Path | None, typer.Option("--ca-key", help=CA_KEY_HELP, show_default=False)] = None,
+    no_cert: Annotated[bool, typer.Option("--no-cert", help="Issue no certificate (your own CA issues it).")] = False,
+) -> None:
+    """Register an SAE at a node in kms.toml and issue its certificate from DIR/pki's CA."""
+    from ..topology import load
+    from ..kms.config import check_sae_id, load_config, write_config
+    from ..kms.pki import add_sae_cert
+
+    cfg = load_config(directory)
+    name, sep, node = entry.partition("=")
+    if not sep or not node:
+        raise InvalidRequest(f"SAE {entry!r} must be SAE_ID=NODE")
+    check_sae_id(name)
+    if name in cfg.saes:
+        raise InvalidRequest(f"SAE {name!r} is registered already (at node {cfg.saes[name]})")
+    if not 1 <= days <= 36500:
+        raise InvalidRequest(f"--days {days} must be in 1..36500")
+    spec = cfg.network if cfg.network == "example" or cfg.network.startswith("topohub:") else str(cfg.path(cfg.network))
+    load(spec).resolve(node)
+    cfg.saes[name] = node
+    cfg.check()
+    if not no_cert:
+        add_sae_cert(directory / "pki", name, ca_key_path=ca_key, days=days)
+    write_config(directory, cfg)
+    typer.echo(f"added SAE {name} at node {node} to {directory / 'kms.toml'}"
+               + ("" if no_cert else f"; its certificate: {directory / 'pki' / (name + '.crt')} and .key")
+               + " (restart the service to apply)")
+
+
+@sae_app.command("remove")
+@user_errors
+def sae_remove(
+    directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
+    name: Annotated[str, typer.Argument(help="The SAE id.", show_default=False)],
+) -> None:
+    """Remove an SAE from kms.toml (its certificate then gets 401; revoke it at your CA too)."""
+    from ..kms.config import load_config, write_config
+
+    cfg = load_config(directory)
+    if name not in cfg.saes:
+        raise InvalidRequest(f"SAE {name!r} is not registered in {directory / 'kms.toml'}")
+    del cfg.saes[name]
+    cfg.check()
+    write_config(directory, cfg)
+    typer.echo(f"removed SAE {name} from {directory / 'kms.toml'} (restart the service to apply; keys issued to it "
+               "expire after key_ttl_s)")
+
+
+@sae_app.command("cert")
+@user_errors
+def sae_cert(
+    directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
+    name: Annotated[str, typer.Argument(help="The SAE id.", show_default=False)],
+    days: Annotated[int, typer.Option("--days", help="Days the certificate is valid.")] = 825,
+    ca_key: Annotated[Path | None, typer.Option("--ca-key", help=CA_KEY_HELP, show_default=False)] = None,
+) -> None:
+    """Issue or renew an SAE's certificate (a new key pair) from DIR/pki's CA."""
+    from ..kms.config import load_config
+    from ..kms.pki import add_sae_cert
+
+    cfg = load_config(directory)
+    if name not in cfg.saes:
+        raise InvalidRequest(f"SAE {name!r} is not registered in {directory / 'kms.toml'} (kms sae add first)")
+    if not 1 <= days <= 36500:
+        raise InvalidRequest(f"--days {days} must be in 1..36500")
+    add_sae_cert(directory / "pki", name, ca_key_path=ca_key, days=days)
+    typer.echo(f"issued {directory / 'pki' / (name + '.crt')} and .key, valid {days} days")

@@ -7,11 +7,14 @@ with :mod:`qkdseg.reconstruction`; nothing in the core imports it.
 - :mod:`.config`: ``kms.toml`` (SAE registry, defaults, TLS files).
 - :mod:`.pki`: a test CA and certificates (``cryptography``).
 - :mod:`.source`: the key source interface, emulated QKD links, pool levels.
-- :mod:`.store`: SQLite (WAL, group commit), AES-GCM at rest, the audit chain.
+- :mod:`.lock`: one process per service directory (an OS file lock).
+- :mod:`.audit`: the audit log's keyed chain (HMAC-SHA256), its checks.
+- :mod:`.store`: SQLite (WAL, group commit), AES-GCM at rest with a checked
+  storage key, the audit chain checked at start.
 - :mod:`.service`: a key request -> route -> relay -> stored keys.
 - :mod:`.app`: the ETSI 014 HTTP routes (Starlette) and the error map.
 - :mod:`.server`: uvicorn over mutual TLS.
-- :mod:`.cli`: ``qkdseg kms init|serve|audit``.
+- :mod:`.cli`: ``qkdseg kms init|serve|demo|audit|sae|rotate-storage-key``.
 """
 
 from .config import KmsConfig, load_config, write_config

@@ -84,9 +84,22 @@ class KmsConfig:
         and private key (PEM files, relative to DIR).
     storage_key : str
         The AES-256-GCM key file that encrypts key material at rest.
+    audit_key : str
+        The HMAC-SHA256 key file that keys the audit chain.
     dashboard_token : str
         The operator dashboard's access token file (needed when the dashboard
         listens on a non-loopback address).
+    max_body_bytes : int
+        Largest request body accepted (bytes); a larger one gets 413.
+    header_timeout_s : float
+        Seconds a connection may take from its TLS handshake (or the end of
+        its previous response) to the end of a request's headers.
+    body_timeout_s : float
+        Seconds a request's body may take to arrive after its headers.
+    keep_alive_s : float
+        Seconds an idle keep-alive connection is kept after a response.
+    max_connections : int
+        Most open (handshaken) connections; more are closed at once.
     """
 
     network: str
@@ -107,7 +120,13 @@ class KmsConfig:
     cert: str = "pki/server.crt"
     key: str = "pki/server.key"
     storage_key: str = "storage.key"
+    audit_key: str = "audit.key"
     dashboard_token: str = "dashboard.token"
+    max_body_bytes: int = 1 << 20
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    keep_alive_s: float = 30.0
+    max_connections: int = 1024
     _dir: Path = field(default=Path("."), repr=False, compare=False)
 
     def path(self, name: str) -> Path:
@@ -115,11 +134,17 @@ class KmsConfig:
         p = Path(name)
         return p if p.is_absolute() else self._dir / p
 
-    def check(self) -> "KmsConfig":
-        """Validate every field; :class:`InvalidRequest` names the field and value."""
+    def check(self, flags: dict[str, str] | None = None) -> "KmsConfig":
+        """Validate every field; :class:`InvalidRequest` names the field and value.
+
+        ``flags`` (field -> command-line flag) names the flag instead of the
+        field, for values that come from the command line (``kms init``).
+        """
         where = f"{self._dir / CONFIG_NAME}"
 
         def bad(name: str, why: str) -> InvalidRequest:
+            if flags and name in flags:
+                return InvalidRequest(f"{flags[name]} {getattr(self, name)!r} {why} (kms.toml field '{name}')")
             return InvalidRequest(f"{where}: field '{name}'={getattr(self, name)!r} {why}")
 
         if not isinstance(self.network, str) or not self.network:
@@ -131,11 +156,13 @@ class KmsConfig:
             if not isinstance(node, (str, int)) or isinstance(node, bool):
                 raise InvalidRequest(f"{where}: SAE {sae!r}: node {node!r} must be a node id")
         check_sae_id(self.kme_id, f"{where}: kme_id")
+        if self.kme_id in self.saes:
+            raise bad("kme_id", "is also an SAE id (the KME and the SAEs need distinct ids)")
         lvl = self.security_level
         if isinstance(lvl, bool) or not isinstance(lvl, (int, float)) or not 0.0 <= lvl <= 1.0 or math.isnan(lvl):
             raise bad("security_level", "must be a probability in [0, 1]")
         for name in ("key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
-                     "default_rate_bps"):
+                     "default_rate_bps", "max_body_bytes", "max_connections"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < (0 if name.startswith("default") else 1):
                 raise bad(name, "must be a positive integer")
@@ -148,7 +175,11 @@ class KmsConfig:
             raise bad("reconstruction", "must be paper, optimal or xor-all (reuse keys are only computationally secure)")
         if isinstance(self.key_ttl_s, bool) or not isinstance(self.key_ttl_s, (int, float)) or not self.key_ttl_s > 0:
             raise bad("key_ttl_s", "must be a positive number of seconds")
-        for name in ("ca", "cert", "key", "storage_key", "dashboard_token"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 86400:
+                raise bad(name, "must be a number of seconds in (0, 86400]")
+        for name in ("ca", "cert", "key", "storage_key", "audit_key", "dashboard_token"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(name, "must be a file path (text, relative to the service directory)")
         if self.durability not in ("full", "normal"):

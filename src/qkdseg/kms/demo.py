@@ -31,7 +31,7 @@ def make_demo(directory: Path, *, pool_bits: int = 24_000, rate_bps: float = 400
     from ..network import Network
     from .config import KmsConfig, write_config
     from .pki import make_pki, write_secret
-    from .store import load_or_make_storage_key
+    from .store import init_keys
 
     directory.mkdir(parents=True, exist_ok=True)
     g = example_network().graph.copy()
@@ -45,7 +45,7 @@ def make_demo(directory: Path, *, pool_bits: int = 24_000, rate_bps: float = 400
     cfg.check()
     write_config(directory, cfg)
     make_pki(directory / "pki", list(DEMO_SAES), cfg.kme_id)
-    load_or_make_storage_key(cfg.path(cfg.storage_key))
+    init_keys(cfg)
     import secrets
 
     write_secret(cfg.path(cfg.dashboard_token), (secrets.token_urlsafe(32) + "\n").encode())

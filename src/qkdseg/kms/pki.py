@@ -138,11 +138,20 @@ def write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_pki(pki_dir: Path, saes: list[str], kme_id: str) -> None:
-    """Write a CA, the server's certificate and one client certificate per SAE into ``pki_dir``."""
+def make_pki(pki_dir: Path, saes: list[str], kme_id: str, *, ca_key_path: Path | None = None) -> None:
+    """Write a CA, the server's certificate and one client certificate per SAE into ``pki_dir``.
+
+    ``ca_key_path``: write the CA's private key there instead of
+    ``pki_dir/ca.key`` (keep it off the server: whoever reads it can mint SAE
+    certificates).
+    """
     pki_dir.mkdir(parents=True, exist_ok=True)
     ca_key, ca = make_ca(f"qkdseg test CA ({kme_id})")
-    write_key(pki_dir / "ca.key", ca_key)
+    if ca_key_path is None:
+        write_key(pki_dir / "ca.key", ca_key)
+    else:
+        write_key(Path(ca_key_path), ca_key)
+        (pki_dir / "ca.key").unlink(missing_ok=True)
     write_cert(pki_dir / "ca.crt", ca)
     key, cert = issue(ca_key, ca, kme_id, client=False)
     write_key(pki_dir / "server.key", key)
@@ -151,11 +160,30 @@ def make_pki(pki_dir: Path, saes: list[str], kme_id: str) -> None:
         add_sae_cert(pki_dir, sae, ca_key=ca_key, ca=ca)
 
 
-def add_sae_cert(pki_dir: Path, sae: str, *, ca_key=None, ca=None) -> None:
-    """Write ``SAE.crt``/``SAE.key`` signed by the CA in ``pki_dir``."""
-    if ca_key is None:
-        ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+def load_ca(pki_dir: Path, ca_key_path: Path | None = None):
+    """The CA's private key (``ca_key_path``, else ``pki_dir/ca.key``) and certificate (``pki_dir/ca.crt``)."""
+    from ..errors import InvalidRequest
+
+    key_path = Path(ca_key_path) if ca_key_path is not None else pki_dir / "ca.key"
+    try:
+        ca_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
-    key, cert = issue(ca_key, ca, sae, client=True)
+    except FileNotFoundError as err:
+        raise InvalidRequest(f"{err.filename}: no such file (the CA's private key is kept elsewhere? give it with "
+                             "--ca-key PATH)") from None
+    except (ValueError, TypeError) as err:
+        raise InvalidRequest(f"{key_path}: not a PEM private key of the CA ({err})") from None
+    if ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            ca_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise InvalidRequest(f"{key_path}: not the private key of {pki_dir / 'ca.crt'}")
+    return ca_key, ca
+
+
+def add_sae_cert(pki_dir: Path, sae: str, *, ca_key=None, ca=None, ca_key_path: Path | None = None,
+                 days: int = 825) -> None:
+    """Write ``SAE.crt``/``SAE.key`` (a new key pair) signed by the CA of ``pki_dir``, valid ``days`` days."""
+    if ca_key is None:
+        ca_key, ca = load_ca(pki_dir, ca_key_path)
+    key, cert = issue(ca_key, ca, sae, client=True, days=days)
     write_key(pki_dir / f"{sae}.key", key)
     write_cert(pki_dir / f"{sae}.crt", cert)

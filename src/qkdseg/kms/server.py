@@ -13,10 +13,17 @@ from pathlib import Path
 from ..errors import InvalidRequest
 from .config import KmsConfig, load_config
 from .service import KeyService
-from .store import Store, load_or_make_storage_key
+from .audit import load_audit_key
+from .store import Store, load_storage_key
 
 
-def open_service(directory: str | Path, **service_options) -> KeyService:
+def open_store(cfg: KmsConfig, *, accept_broken_audit: bool = False) -> Store:
+    """The store of ``cfg``'s directory: its lock taken, its storage key and audit chain checked (:class:`.store.Store`)."""
+    return Store(cfg._dir, load_storage_key(cfg.path(cfg.storage_key)), load_audit_key(cfg.path(cfg.audit_key)),
+                 durability=cfg.durability, accept_broken_audit=accept_broken_audit)
+
+
+def open_service(directory: str | Path, *, accept_broken_audit: bool = False, **service_options) -> KeyService:
     """Load ``DIR/kms.toml``, its network and its database into a :class:`KeyService`."""
     from ..topology import load
 
@@ -26,7 +33,7 @@ def open_service(directory: str | Path, **service_options) -> KeyService:
     if not (spec == "example" or spec.startswith("topohub:")):
         spec = str(cfg.path(spec))
     network = load(spec)
-    store = Store(d, load_or_make_storage_key(cfg.path(cfg.storage_key)), durability=cfg.durability)
+    store = open_store(cfg, accept_broken_audit=accept_broken_audit)
     try:
         return KeyService(cfg, network, store, **service_options)
     except BaseException:
@@ -91,6 +98,26 @@ def _server_class():
     return Server
 
 
+def service_protocol(service: KeyService) -> type:
+    """The h11 protocol of ``service``'s ETSI 014 port: peer certificates, the limits of its ``kms.toml``, refusals audited."""
+    import asyncio
+
+    from .app import PeerCertH11Protocol, limited_protocol
+    from .service import KmsError
+
+    tasks: set = set()
+
+    def audited(proto, status: int, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            service.deny(KmsError(status, message), getattr(proto, "caller", None), "http"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    cfg = service.cfg
+    return limited_protocol(PeerCertH11Protocol, header_timeout=cfg.header_timeout_s, body_timeout=cfg.body_timeout_s,
+                            max_connections=cfg.max_connections, on_refusal=audited)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address (or ``localhost``)."""
     import ipaddress
@@ -133,7 +160,7 @@ def read_dashboard_token(cfg: KmsConfig) -> str:
 
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, access_log: bool = False,
           log_level: str = "warning", dashboard_port: int | None = None, dashboard_host: str = "127.0.0.1",
-          dashboard_public: bool = False, on_listening=None) -> None:
+          dashboard_public: bool = False, on_listening=None, accept_broken_audit: bool = False) -> None:
     """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on.
 
     With ``dashboard_port``, the operator dashboard is served too, on
@@ -143,7 +170,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     """
     import uvicorn
 
-    from .app import PeerCertH11Protocol, create_app
+    from .app import create_app
 
     _Server = _server_class()
 
@@ -156,12 +183,22 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
     if threading.current_thread() is threading.main_thread():  # signals can only be caught there
         before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        service = open_service(directory)
+        service = open_service(directory, accept_broken_audit=accept_broken_audit)
     except BaseException:
         for sig, handler in before.items():
             signal.signal(sig, handler)
         raise
     try:
+        import logging
+
+        logging.getLogger("qkdseg").setLevel(log_level.upper())
+        if not logging.getLogger().handlers and not logging.getLogger("qkdseg").handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("qkdseg kms: %(levelname)s: %(message)s"))
+            logging.getLogger("qkdseg").addHandler(handler)
+        for line in service.changes:
+            print(f"qkdseg kms: {line}", file=sys.stderr, flush=True)
+        service.warm()  # compile the routing kernels now, not on the first request
         ctx = tls_context(service.cfg)
         token = None
         if dashboard_port is not None and not is_loopback(dashboard_host):
@@ -170,13 +207,13 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
         bound = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(service),
-            http=PeerCertH11Protocol,
+            http=service_protocol(service),
             ssl_context_factory=lambda _cfg, _default: ctx,
             ssl_certfile=str(service.cfg.path(service.cfg.cert)),
             access_log=access_log,
             log_level=log_level,
             lifespan="on",
-            timeout_keep_alive=30,
+            timeout_keep_alive=service.cfg.keep_alive_s,
         )
         server = _Server(config)
         server.early = early

@@ -71,7 +71,34 @@ MSG_SIZE_8 = "size shall be a multiple of 8"
 
 
 #: A refusal's reason code by HTTP status, where the raise site names none (docs/kms.md, dashboard).
-DEFAULT_REASONS = {400: "bad_request", 401: "unauthorized", 503: "unavailable"}
+DEFAULT_REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                   413: "too_large", 503: "unavailable"}
+
+#: Caller-supplied text (field names, SAE ids of the path, values) is cut to this many characters in answers
+#: and audit records; a message to MAX_MESSAGE characters, details to MAX_DETAILS entries (docs/kms.md, "Limits").
+CLIP = 64
+MAX_MESSAGE = 512
+MAX_DETAILS = 8
+
+
+def clip(value: Any, n: int = CLIP) -> str:
+    """``repr(value)``, a text cut to its first ``n`` characters (and its length), for caller-supplied text in messages.
+
+    >>> clip("x" * 1000, 8)
+    "'xxxxxxxx'... (1000 characters)"
+    >>> clip(5)
+    '5'
+    """
+    if isinstance(value, str):
+        return repr(value) if len(value) <= n else repr(value[:n]) + f"... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
+
+
+def clip_names(names: list, n: int = 5) -> str:
+    """The first ``n`` names, each clipped, and how many more."""
+    shown = ", ".join(clip(x) if not isinstance(x, str) or len(x) > CLIP else x for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 class KmsError(QkdsegError):
@@ -84,6 +111,12 @@ class KmsError(QkdsegError):
     """
 
     def __init__(self, status: int, message: str, details: list[dict] | None = None, *, reason: str | None = None):
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + f"... ({len(message)} characters)"
+        if details:
+            details = [{str(k)[:CLIP]: (v[:MAX_MESSAGE] if isinstance(v, str) else v) for k, v in d.items()}
+                       for d in details[:MAX_DETAILS]] + (
+                [{"more": f"{len(details) - MAX_DETAILS} more"}] if len(details) > MAX_DETAILS else [])
         super().__init__(message)
         self.status = status
         self.message = message
@@ -166,11 +199,25 @@ class KeyService:
         level, consumed = cap.copy(), np.zeros_like(cap)
         since = np.zeros(a.n_links)  # seconds each stored level is old
         ids = a.node_ids
-        for k, (u, v, c, lv, t) in self.store.load_links().items():
-            if not 0 <= k < a.n_links or (str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]])) != (u, v):
-                raise QkdsegError(f"{self.store.db_path}: link {k} ({u}, {v}) is not link {k} of network "
-                                  f"{self.network.name!r} (the network changed since the database was made)")
+        by_ends = {frozenset((str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]]))): k for k in range(a.n_links)}
+        self.changes = self._network_changes()
+        rows, moved = {}, False
+        for k_old, (u, v, c, lv, t) in sorted(self.store.load_links().items()):
+            k = by_ends.get(frozenset((u, v)))
+            if k is None:
+                if c > 0:
+                    raise QkdsegError(f"{self.store.db_path}: link ({u}, {v}) has consumed {c} pad bits but is not in "
+                                      f"network {self.network.name!r} (the network changed since the database was "
+                                      "made: removing a used link would lose its consumed offset, so its pad bits "
+                                      "could be used twice); put the link back")
+                moved = True
+                continue
+            moved |= k != k_old
+            rows[k] = (str(ids[a.edge_u[k]]), str(ids[a.edge_v[k]]), c, lv, t)
             consumed[k], level[k], since[k] = c, min(lv, cap[k]), max(0.0, now - t)
+        if moved:
+            self.store.renumber_links(rows)
+        self.store.set_meta("network", self._snapshot)  # remembered once the start is accepted
         self.levels = LinkLevels(cap, level, consumed, t=now)
         self.levels.refill(self.source.produced(since), t=now)  # the links kept producing while the service was down
         self.keys: dict[str, KeyRow] = {}
@@ -181,6 +228,72 @@ class KeyService:
             else:
                 self.spares[(row.master, row.slave)].append(row)
         self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
+
+    async def _commit(self, batch: Batch) -> None:
+        """Commit ``batch``; a failed write (a full disk) is the same 503 for this request as for every later one."""
+        try:
+            await self.committer.commit(batch)
+        except Exception as err:  # noqa: BLE001 -- the store refuses every write from now on (GroupCommit.failed)
+            if not getattr(self, "_store_failure_logged", False):
+                self._store_failure_logged = True
+                logger.error("the key store failed (%s: %s); every request is refused until a restart",
+                             type(err).__name__, err)
+            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed") from None
+
+    def warm(self) -> None:
+        """Route once between two SAEs' nodes (no debit), so numba's kernels are compiled before the first request."""
+        nodes = sorted(set(self.sae_node.values()))
+        if len(nodes) >= 2:
+            try:
+                self._route_and_plan(nodes[0], nodes[-1], self.cfg.key_size, self.cfg.security_level,
+                                     self.levels.capacity)
+            except Exception:  # noqa: BLE001 -- a warm-up only; a request reports its own error
+                logger.debug("warm-up route failed", exc_info=True)
+
+    def _network_snapshot(self) -> dict:
+        a = self.arrays
+        ids = a.node_ids
+        return {"nodes": {str(ids[i]): [bool(a.trusted[i]), float(a.p[i])] for i in range(len(ids))},
+                "links": {f"{ids[a.edge_u[k]]}|{ids[a.edge_v[k]]}": int(a.pool_bits[k]) for k in range(a.n_links)}}
+
+    def _network_changes(self) -> list[str]:
+        """What changed in the network since the last start (each a line; start-up reports them), and remember it."""
+        import json
+
+        now = self._network_snapshot()
+        raw = self.store.meta("network")
+        self._snapshot = json.dumps(now, sort_keys=True)
+        if raw is None:
+            return []
+        before = json.loads(raw)
+        out = []
+
+        def norm(links):
+            return {frozenset(k.split("|", 1)): v for k, v in links.items()}
+
+        for node in sorted(set(before["nodes"]) | set(now["nodes"])):
+            b, n = before["nodes"].get(node), now["nodes"].get(node)
+            if b is None:
+                out.append(f"network changed: node {node} added")
+            elif n is None:
+                out.append(f"network changed: node {node} removed")
+            elif b != n:
+                what = []
+                if b[0] != n[0]:
+                    what.append(f"trusted {b[0]} -> {n[0]}")
+                if b[1] != n[1]:
+                    what.append(f"p {b[1]} -> {n[1]}")
+                out.append(f"network changed: node {node}: {', '.join(what)}")
+        bl, nl = norm(before["links"]), norm(now["links"])
+        for ends in sorted(set(bl) | set(nl), key=lambda e: sorted(e)):
+            name = "(" + ", ".join(sorted(ends)) + ")"
+            if ends not in bl:
+                out.append(f"network changed: link {name} added")
+            elif ends not in nl:
+                out.append(f"network changed: link {name} removed")
+            elif bl[ends] != nl[ends]:
+                out.append(f"network changed: link {name}: pool_bits {bl[ends]} -> {nl[ends]}")
+        return out
 
     def _notify(self, rec: dict, **extra) -> None:
         if not self.observers:
@@ -199,13 +312,13 @@ class KeyService:
     # -- helpers -----------------------------------------------------------------
     def _check_caller(self, caller: Caller) -> None:
         if caller.sae not in self.sae_node:
-            raise KmsError(401, f"SAE {caller.sae!r} is not registered with this KME")
+            raise KmsError(401, f"SAE {clip(caller.sae)} is not registered with this KME")
 
     def _check_peer(self, caller: Caller, peer: str, role: str) -> int:
         if peer not in self.sae_node:
-            raise KmsError(400, f"{role} SAE {peer!r} is not registered with this KME")
+            raise KmsError(400, f"{role} SAE {clip(peer)} is not registered with this KME")
         if peer == caller.sae:
-            raise KmsError(400, f"{role} SAE {peer!r} is the caller itself")
+            raise KmsError(400, f"{role} SAE {clip(peer)} is the caller itself")
         return self.sae_node[peer]
 
     def _link_rows(self, ks) -> dict:
@@ -215,9 +328,10 @@ class KeyService:
                 for k in ks}
 
     def _audit(self, event: str, caller: Caller, peer: str | None, **fields) -> dict:
-        rec = {"time": round(self.clock(), 6), "event": event, "sae": caller.sae, "cert_sha256": caller.fingerprint}
+        rec = {"time": round(self.clock(), 6), "event": event, "sae": caller.sae[:CLIP],
+               "cert_sha256": caller.fingerprint}
         if peer is not None:
-            rec["peer"] = peer
+            rec["peer"] = peer if len(peer) <= CLIP else clip(peer)
         rec.update(fields)
         return rec
 
@@ -225,8 +339,8 @@ class KeyService:
         """Audit a refused request (the caller answers it with ``err``)."""
         who = caller or Caller("-", "-")
         extra = {"request": err.request} if err.request else {}
-        rec = self._audit("deny", who, peer, op=op, status=err.status, reason=err.reason, outcome=err.message, **extra)
-        await self.committer.commit(Batch(audit=[rec]))
+        rec = self._audit("deny", who, peer, op=op if len(op) <= CLIP else clip(op), status=err.status, reason=err.reason, outcome=err.message, **extra)
+        await self._commit(Batch(audit=[rec]))
         self._notify(rec)
 
     # -- ETSI 014: status -----------------------------------------------------------
@@ -284,11 +398,11 @@ class KeyService:
         number = 1 if number is None else number
         size = cfg.key_size if size is None else size
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise KmsError(400, f"number={number!r} must be a positive integer")
+            raise KmsError(400, f"number={clip(number)} must be a positive integer")
         if number > cfg.max_key_per_request:
             raise KmsError(400, f"number={number} exceeds max_key_per_request={cfg.max_key_per_request}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise KmsError(400, f"size={size!r} must be a positive integer (bits)")
+            raise KmsError(400, f"size={clip(size)} must be a positive integer (bits)")
         if size % 8:
             raise KmsError(400, MSG_SIZE_8)
         if not cfg.min_key_size <= size <= cfg.max_key_size:
@@ -304,16 +418,22 @@ class KeyService:
                 continue
             if not isinstance(exts, list) or not all(isinstance(e, dict) for e in exts):
                 raise KmsError(400, f"{name} must be an array of objects")
+            seen: set[str] = set()
             for ext in exts:
                 for key, val in ext.items():
+                    if key in seen:  # (duplicate keys in one object are refused by the JSON parser)
+                        raise KmsError(400, f"{name}: {clip(key) if len(key) > CLIP else key} is given twice "
+                                            "(two values for one parameter)")
+                    seen.add(key)
                     if key != EXTENSION_LEVEL:
                         if name == "extension_mandatory":
-                            unsupported.append({"extension_mandatory_unsupported": f"{key} is not supported"})
-                        else:
-                            ignored.append(key)
+                            unsupported.append({"extension_mandatory_unsupported":
+                                                f"{key if len(key) <= CLIP else clip(key)} is not supported"})
+                        elif len(ignored) < MAX_DETAILS:
+                            ignored.append(key if len(key) <= CLIP else clip(key))
                         continue
                     if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= val <= 1.0 or math.isnan(val):
-                        raise KmsError(400, f"{name}: {EXTENSION_LEVEL}={val!r} must be a probability in [0, 1]")
+                        raise KmsError(400, f"{name}: {EXTENSION_LEVEL}={clip(val)} must be a probability in [0, 1]")
                     if name == "extension_mandatory" or source != "extension_mandatory":
                         level, source, mandatory = float(val), name, name == "extension_mandatory"
         if unsupported:
@@ -374,6 +494,16 @@ class KeyService:
                                     "bits on every link now; nothing was debited", reason="no_key_material")
             if rec.n_keys == 0:
                 best = r.security
+                r_full, ever = self._route_and_plan(s, d, req.size, req.level, self.levels.capacity)
+                if ever is None or ever.n_keys == 0:  # not even with every pool full
+                    best = r_full.security if r_full is not None else best
+                    never = (f"{EXTENSION_LEVEL}={req.level} can never be met between these SAEs on this network: "
+                             f"the best route's exact security is {best:.6f} even with full pools")
+                    if req.mandatory:
+                        raise KmsError(400, MSG_EXT_UNMET, [{"extension_mandatory_unmet": never}], reason="level_unmet")
+                    raise KmsError(503, f"security level {req.level} can never be met between these SAEs on this "
+                                        f"network: the best route's exact security is {best:.6f} even with full "
+                                        "pools; nothing was debited", reason="level_unmet")
                 if req.mandatory:
                     raise KmsError(400, MSG_EXT_UNMET, [{"extension_mandatory_unmet":
                                    f"{EXTENSION_LEVEL}={req.level} cannot be met now: the best route's exact "
@@ -426,7 +556,7 @@ class KeyService:
         ids = [row.key_id for row, _ in keys]
         self.pending.update(ids)
         try:
-            await self.committer.commit(batch)
+            await self._commit(batch)
         finally:
             self.pending.difference_update(ids)
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
@@ -519,7 +649,7 @@ class KeyService:
         """``dec_keys``: the keys named, to their slave, once; all or nothing."""
         self._check_caller(caller)
         if master not in self.sae_node:
-            raise KmsError(400, f"master SAE {master!r} is not registered with this KME")
+            raise KmsError(400, f"master SAE {clip(master)} is not registered with this KME")
         if self.committer.failed is not None:
             raise KmsError(503, "key store unavailable; restart the service", reason="store_failed")
         if not key_ids:
@@ -547,7 +677,7 @@ class KeyService:
         batch = Batch(delete_keys=[row.key_id for row in rows], audit=[self._audit(
             "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
             size=rows[0].size, securities=[row.security for row in rows], outcome="ok")])
-        await self.committer.commit(batch)
+        await self._commit(batch)
         self._notify(batch.audit[0])
         return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
                          for row, m in out]}
@@ -569,7 +699,7 @@ class KeyService:
             del self.keys[row.key_id]
         recs = [{"time": round(now, 6), "event": "expire", "key_ids": [row.key_id for row in gone],
                  "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]
-        await self.committer.commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
+        await self._commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
         self._notify(recs[0])
         return len(gone) + len(spare_gone)
 

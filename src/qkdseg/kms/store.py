@@ -24,18 +24,24 @@ What is stored (docs/kms.md, "What is stored"):
 ``meta``
     The schema version and the audit chain's head (sequence and hash).
 
-The audit file has one JSON object per line. Each carries ``seq`` and
-``prev``, the SHA-256 of the previous line (64 zeros for the first), so a
-reader detects an edited, removed or reordered line; the head kept in the
+The audit file has one JSON object per line, chained and keyed with
+HMAC-SHA256 under the audit key (:mod:`.audit`); the head kept in the
 database detects a truncated tail (:func:`verify_audit`).
+
+What every process that writes a service directory shares (``kms serve``,
+``kms rotate-storage-key``, the network's ``node serve``), all in
+:class:`Store`: the directory's exclusive lock (:mod:`.lock`), the storage
+key's check value (a wrong or missing key refuses to start), the audit
+chain's check at start (a broken chain refuses to start unless accepted),
+and one-line errors for a directory that cannot be written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
-import json
+import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -43,15 +49,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import InvalidRequest
+from .audit import ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, read_lines
+from .lock import DirLock, lock_directory
 from .pki import write_secret
 
-SCHEMA_VERSION = 1
-GENESIS = "0" * 64
+__all__ = ["AUDIT_NAME", "GENESIS", "Batch", "GroupCommit", "KeyRow", "Store", "load_storage_key",
+           "make_storage_key", "storage_key_id", "verify_audit"]
+
+logger = logging.getLogger("qkdseg.kms")
+
+SCHEMA_VERSION = 2  # 2: keyed audit chain (HMAC), storage key check value
 DB_NAME = "kms.sqlite3"
-AUDIT_NAME = "audit.jsonl"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,16 +92,48 @@ CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
 """
 
 
-def load_or_make_storage_key(path: Path) -> bytes:
-    """The 32-byte AES-256-GCM key in ``path``, made (mode 0600) if absent."""
-    if not path.exists():
-        write_secret(path, AESGCM.generate_key(bit_length=256))
-    data = path.read_bytes()
+def make_storage_key(path: Path) -> bytes:
+    """Write a new 32-byte AES-256-GCM storage key (mode 0600). Only ``kms init`` (and a rotation) make one."""
+    if path.exists():
+        raise InvalidRequest(f"{path}: a storage key exists already (rotate it with 'qkdseg kms rotate-storage-key')")
+    key = AESGCM.generate_key(bit_length=256)
+    write_secret(path, key)
+    return key
+
+
+def load_storage_key(path: Path) -> bytes:
+    """The 32-byte storage key in ``path``; never made here (a missing key is an error, not a new key)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidRequest(f"{path}: no such file (the storage key; only 'qkdseg kms init' makes one; restore the "
+                             "directory's storage key from its backup)") from None
+    except OSError as err:
+        raise InvalidRequest(f"{path}: cannot read the storage key: {err.strerror}") from None
     if len(data) != 32:
         raise InvalidRequest(f"{path}: a storage key must be 32 bytes, found {len(data)}")
     if path.stat().st_mode & 0o077:
         raise InvalidRequest(f"{path}: storage key is readable by group or others (chmod 600 it)")
     return data
+
+
+def init_keys(cfg) -> None:
+    """Make the storage key and the audit key of a new service directory (``kms init``); an existing one is kept."""
+    from .audit import make_audit_key
+
+    for name, make in (("storage_key", make_storage_key), ("audit_key", make_audit_key)):
+        path = cfg.path(getattr(cfg, name))
+        if not path.exists():
+            make(path)
+
+
+def storage_key_id(key: bytes) -> str:
+    """The check value stored beside the data: 16 bytes of HKDF-SHA256 of the key (reveals nothing of it)."""
+    return HKDF(hashes.SHA256(), 16, salt=None, info=b"qkdseg kms storage key id").derive(key).hex()
+
+
+def _sqlite_error(path: Path, err: BaseException) -> InvalidRequest:
+    return InvalidRequest(f"{path}: {err} (is the directory writable, and the disk not full?)")
 
 
 @dataclass
@@ -136,35 +181,118 @@ class Batch:
 class Store:
     """The service's SQLite database and audit file in ``directory``.
 
+    Opening it takes the directory's lock (``lock=True``), checks the storage
+    key against the check value in the database, repairs a torn last audit
+    line and appends committed records missing from the file, then checks
+    the audit chain (refusing a broken one unless ``accept_broken_audit``,
+    which appends an ``audit_broken_accepted`` record). Every refusal is an
+    :class:`InvalidRequest` with one line.
+
     Not thread-safe by itself: :class:`GroupCommit` calls :meth:`commit`
     from one writer thread, and reads happen only at start-up.
     """
 
-    def __init__(self, directory: Path, storage_key: bytes, *, durability: str = "full") -> None:
+    def __init__(self, directory: Path, storage_key: bytes, audit_key: bytes, *, durability: str = "full",
+                 accept_broken_audit: bool = False, lock: bool = True, clock=time.time) -> None:
         self.directory = Path(directory)
         self.aead = AESGCM(storage_key)
+        self.storage_key_id = storage_key_id(storage_key)
+        self.audit_key = audit_key
         self.db_path = self.directory / DB_NAME
         self.audit_path = self.directory / AUDIT_NAME
-        self.db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
-        self.db.execute("PRAGMA secure_delete=ON")
-        self.db.executescript(_SCHEMA)
-        version = self._meta("schema_version")
-        if version is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(version) != SCHEMA_VERSION:
-            raise InvalidRequest(f"{self.db_path}: schema version {version}, this qkdseg reads {SCHEMA_VERSION}")
         self.durability = durability
-        head = self._meta("audit_head")
-        self.audit_seq, self.audit_hash = (0, GENESIS) if head is None else (int(head.split(":")[0]), head.split(":")[1])
-        self._synced_seq, self._synced_at = 0, 0.0
-        self._append_pending_audit()
+        self._lock: DirLock | None = lock_directory(self.directory) if lock else None
+        self.db: sqlite3.Connection | None = None
+        try:
+            self._open(accept_broken_audit, clock)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+        if self._lock is not None:
+            self._lock.release()
+
+    def _open(self, accept_broken_audit: bool, clock) -> None:
+        try:
+            if not self.db_path.exists():  # created private: its WAL and shm files take its mode
+                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self.db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+            self.db.execute("PRAGMA secure_delete=ON")
+            self.db.executescript(_SCHEMA)
+            version = self._meta("schema_version")
+            if version is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(version) != SCHEMA_VERSION:
+                raise InvalidRequest(f"{self.db_path}: schema version {version}, this qkdseg reads {SCHEMA_VERSION} "
+                                     "(a directory made by another qkdseg: serve it with that one, or make a new one "
+                                     "with 'qkdseg kms init')")
+            self._check_storage_key()
+            head = self._meta("audit_head")
+            self.audit_seq, self.audit_hash = (0, GENESIS) if head is None else (int(head.split(":")[0]),
+                                                                                 head.split(":")[1])
+            self._synced_seq, self._synced_at = 0, 0.0
+            self._repair_torn_tail()
+            self._append_pending_audit()
+        except sqlite3.Error as err:
+            raise _sqlite_error(self.db_path, err) from None
+        except OSError as err:
+            raise InvalidRequest(f"{self.directory}: {err.strerror}: {err.filename or ''} (is the directory "
+                                 "writable?)") from None
+        report = self.check_audit()
+        if report.problems:
+            if not accept_broken_audit:
+                raise InvalidRequest(f"{self.audit_path}: the audit chain is broken ({len(report.problems)} problem(s); "
+                                     f"first: {report.problems[0]}); check it with 'qkdseg kms audit', or start with "
+                                     "--accept-broken-audit to accept it (audited)")
+            logger.warning("starting on a broken audit chain (--accept-broken-audit): %d problem(s)",
+                           len(report.problems))
+            self.commit(Batch(audit=[{"time": round(clock(), 6), "event": ACCEPT_EVENT,
+                                      "problems": [p[:200] for p in report.problems[:20]],
+                                      "problem_count": len(report.problems),
+                                      "outcome": "started with --accept-broken-audit"}]))
 
     # -- start-up reads --------------------------------------------------------------
     def _meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else row[0]
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Set one ``meta`` value in its own transaction (start-up only)."""
+        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                        (name, value))
+
+    def meta(self, name: str) -> str | None:
+        return self._meta(name)
+
+    def _check_storage_key(self) -> None:
+        stored = self._meta("storage_key_id")
+        if stored is not None:
+            if stored != self.storage_key_id:
+                hint = ""
+                new = self.directory / "storage.key.new"
+                if new.exists():
+                    with contextlib.suppress(InvalidRequest, OSError, ValueError):
+                        if storage_key_id(load_storage_key(new)) == stored:
+                            hint = " (a rotation was cut short: storage.key.new is the right key; move it to storage.key)"
+                raise InvalidRequest(f"{self.db_path}: the storage key does not match the one its keys are sealed "
+                                     f"with{hint or ' (restore the right storage.key from the backup)'}")
+            return
+        row = self.db.execute("SELECT key_id, kind, master, slave, size, security, blob, issued_at, expires_at, route "
+                              "FROM keys LIMIT 1").fetchone()
+        if row is not None:  # a database without a check value: the key must open a sealed row
+            try:
+                self.open(KeyRow(*row))
+            except Exception:  # noqa: BLE001 -- InvalidTag: sealed under another key
+                raise InvalidRequest(f"{self.db_path}: the storage key does not match the one its keys are sealed "
+                                     "with (restore the right storage.key from the backup)") from None
+        self.set_meta("storage_key_id", self.storage_key_id)
 
     def load_keys(self) -> list[KeyRow]:
         rows = self.db.execute(
@@ -176,6 +304,20 @@ class Store:
         """``{k: (u, v, consumed, level, t)}`` of every link a request has used."""
         return {k: (u, v, c, lv, t) for k, u, v, c, lv, t in self.db.execute("SELECT k, u, v, consumed, level, t FROM links")}
 
+    def renumber_links(self, rows: dict[int, tuple[str, str, int, int, float]]) -> None:
+        """Replace the ``links`` table by ``rows`` in one transaction (links matched by their ends at start)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM links")
+            db.executemany("INSERT INTO links VALUES (?,?,?,?,?,?)",
+                           [(k, u, v, c, lv, t) for k, (u, v, c, lv, t) in rows.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     # -- key material at rest --------------------------------------------------------------
     def seal(self, row: KeyRow, material: bytes) -> None:
         nonce = os.urandom(12)
@@ -184,16 +326,68 @@ class Store:
     def open(self, row: KeyRow) -> bytes:
         return self.aead.decrypt(row.blob[:12], row.blob[12:], row.aad())
 
+    def reseal_all(self, new_key: bytes) -> int:
+        """Re-seal every stored key under ``new_key`` and store its check value, in one transaction; returns the rows."""
+        new = AESGCM(new_key)
+        rows = self.load_keys()
+        out = []
+        for row in rows:
+            material = self.open(row)
+            nonce = os.urandom(12)
+            out.append((nonce + new.encrypt(nonce, material, row.aad()), row.key_id))
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE keys SET blob=? WHERE key_id=?", out)
+            db.execute("UPDATE meta SET value=? WHERE name='storage_key_id'", (storage_key_id(new_key),))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.aead, self.storage_key_id = new, storage_key_id(new_key)
+        return len(rows)
+
     # -- the audit chain -----------------------------------------------------------------
     def chain(self, records: Iterable[dict]) -> list[tuple[int, str]]:
-        """Give each record its ``seq`` and ``prev``; returns ``(seq, line)`` and advances the head."""
+        """Give each record its ``seq``, ``prev`` and ``mac``; returns ``(seq, line)`` and advances the head."""
         out = []
         for rec in records:
             self.audit_seq += 1
-            line = json.dumps({"seq": self.audit_seq, **rec, "prev": self.audit_hash}, sort_keys=True, separators=(",", ":"))
-            self.audit_hash = hashlib.sha256(line.encode()).hexdigest()
+            line, self.audit_hash = chain_line(self.audit_key, rec, self.audit_seq, self.audit_hash)
             out.append((self.audit_seq, line))
         return out
+
+    def check_audit(self) -> AuditReport:
+        """Check the audit file's chain (MACs, links) and its end against the database's head."""
+        rep = check_lines(self.audit_key, read_lines(self.audit_path))
+        head = self._meta("audit_head")
+        check_head(rep, None if head is None else (int(head.split(":")[0]), head.split(":")[1]))
+        return rep
+
+    def _repair_torn_tail(self) -> None:
+        """Cut a last line that a crash left without its newline (its record is appended again from the table)."""
+        if not self.audit_path.exists():
+            return
+        with open(self.audit_path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            pos = size
+            while pos > 0:
+                step = min(65536, pos)
+                fh.seek(pos - step)
+                chunk = fh.read(step)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    pos = pos - step + i + 1
+                    break
+                pos -= step
+            logger.warning("%s: cut a torn last line (%d bytes, a write cut by a crash)", self.audit_path, size - pos)
+            fh.truncate(pos)
 
     def _append_pending_audit(self) -> None:
         """Append committed audit records that are not in the file yet (after a crash), then forget them."""
@@ -215,7 +409,8 @@ class Store:
         power loss loses no committed record either.
         """
         if lines:
-            with open(self.audit_path, "a", encoding="utf-8") as fh:
+            fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "a", encoding="utf-8") as fh:
                 fh.write("".join(line + "\n" for line in lines))
         now = time.monotonic()
         if self.audit_seq > self._synced_seq and (now - self._synced_at >= 1.0 or self.durability != "full"):
@@ -229,11 +424,16 @@ class Store:
 
     # -- the one write path --------------------------------------------------------------
     def commit(self, batch: Batch) -> None:
-        """Write ``batch`` in one transaction, then append its audit lines to the file."""
+        """Write ``batch`` in one transaction, then append its audit lines to the file.
+
+        On an error (a full disk) nothing of the batch is in the database and
+        the chain's head in memory is put back; the error is re-raised.
+        """
+        seq0, hash0 = self.audit_seq, self.audit_hash
         chained = self.chain(batch.audit)
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM audit WHERE seq <= ?", (self._synced_seq,))  # in the file, and synced
             if batch.put_keys:
                 db.executemany("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", batch.put_keys)
@@ -258,23 +458,33 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self.audit_seq, self.audit_hash = seq0, hash0
+            if db.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL): no second error
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
         self._write_audit([line for _, line in chained])
 
     def close(self) -> None:
+        """Sync the audit file, checkpoint the WAL, close, release the lock; a failing step is logged, not raised."""
+        if self.db is None:
+            return
         try:
             self._synced_at = 0.0
             self._write_audit([])
             self.db.execute("DELETE FROM audit WHERE seq <= ?", (self._synced_seq,))
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OSError) as err:
+            logger.warning("closing the key store: %s (committed records stay in the database)", err)
         finally:
-            self.db.close()
+            self._abandon()
 
 
 def _last_seq(path: Path) -> int:
     if not path.exists() or path.stat().st_size == 0:
         return 0
+    import json
+
     with open(path, "rb") as fh:
         fh.seek(0, os.SEEK_END)
         size = fh.tell()
@@ -343,47 +553,98 @@ class GroupCommit:
         self.store.close()
 
 
-def verify_audit(directory: Path) -> tuple[int, list[str]]:
-    """Check ``DIR/audit.jsonl``'s hash chain against itself and the database's head.
+def _open_readonly(db_path: Path) -> sqlite3.Connection:
+    """The database, read-only; on a read-only copy (no ``-shm`` can be made) opened as immutable."""
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        db.execute("SELECT 1 FROM meta LIMIT 1").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        with contextlib.suppress(Exception):
+            db.close()
+        return sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True)
 
-    Returns ``(records, problems)``: the number of records read and one
-    line per problem found (an empty list when the chain is intact).
-    """
+
+def check_audit_dir(directory: Path, audit_key: bytes | None) -> AuditReport:
+    """Check ``DIR/audit.jsonl`` (MACs when ``audit_key`` is given) against the database's chain head, read-only."""
     directory = Path(directory)
-    path = directory / AUDIT_NAME
-    problems: list[str] = []
-    prev, n, seq = GENESIS, 0, 0
-    if path.exists():
-        with open(path, encoding="utf-8") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                line = raw.rstrip("\n")
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    problems.append(f"line {lineno}: not JSON")
-                    prev = hashlib.sha256(line.encode()).hexdigest()
-                    continue
-                n += 1
-                if rec.get("prev") != prev:
-                    problems.append(f"line {lineno} (seq {rec.get('seq')}): 'prev' does not match the previous line's hash "
-                                    "(a line was edited, removed or reordered)")
-                if rec.get("seq") != seq + 1:
-                    problems.append(f"line {lineno}: seq {rec.get('seq')} follows seq {seq}")
-                seq = rec.get("seq") if isinstance(rec.get("seq"), int) else seq + 1
-                prev = hashlib.sha256(line.encode()).hexdigest()
+    rep = check_lines(audit_key, read_lines(directory / AUDIT_NAME))
     db_path = directory / DB_NAME
     if db_path.exists():
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         try:
-            row = db.execute("SELECT value FROM meta WHERE name='audit_head'").fetchone()
-            pending = db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+            db = _open_readonly(db_path)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name='audit_head'").fetchone()
+                pending = db.execute("SELECT MIN(seq), MAX(seq) FROM audit").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as err:
+            raise _sqlite_error(db_path, err) from None
+        head = None if row is None else (int(row[0].split(":")[0]), row[0].split(":")[1])
+        check_head(rep, head, None if pending[0] is None else (pending[0], pending[1]))
+    return rep
+
+
+def verify_audit(directory: Path, audit_key: bytes | None = None) -> tuple[int, list[str]]:
+    """Check ``DIR/audit.jsonl``'s keyed chain against itself and the database's head.
+
+    Returns ``(records, problems)``: the number of records read and one
+    line per open problem (an empty list when the chain is intact; problems
+    accepted by an ``audit_broken_accepted`` record are not listed). The
+    audit key is read from ``DIR`` (``kms.toml``'s ``audit_key``) unless given.
+    """
+    directory = Path(directory)
+    if audit_key is None:
+        audit_key = directory_audit_key(directory)
+    rep = check_audit_dir(directory, audit_key)
+    return rep.records, rep.problems
+
+
+def directory_audit_key(directory: Path) -> bytes:
+    """The audit key of a service directory (the path from its ``kms.toml``, else ``DIR/audit.key``)."""
+    from .audit import load_audit_key
+    from .config import load_config
+
+    try:
+        cfg = load_config(directory)
+        path = cfg.path(cfg.audit_key)
+    except InvalidRequest:
+        path = Path(directory) / "audit.key"
+    return load_audit_key(path)
+
+
+def rotate_storage_key(cfg) -> tuple[int, Path]:
+    """Re-seal every row of ``cfg``'s store under a new storage key in one transaction; returns (rows, key path).
+
+    Crash-safe order: the new key is written to ``storage.key.new`` (synced),
+    the rows and the check value are committed, then the new key replaces
+    the old one. A crash in between leaves either the old key valid, or the
+    database sealed under ``storage.key.new``, which the start's refusal
+    names. The rotation is audited.
+    """
+    from .audit import load_audit_key
+
+    path = cfg.path(cfg.storage_key)
+    store = Store(cfg._dir, load_storage_key(path), load_audit_key(cfg.path(cfg.audit_key)), durability=cfg.durability)
+    try:
+        new_path = path.with_name(path.name + ".new")
+        new_key = AESGCM.generate_key(bit_length=256)
+        write_secret(new_path, new_key)
+        fd = os.open(new_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
         finally:
-            db.close()
-        if row is not None:
-            head_seq, head_hash = row[0].split(":")
-            if int(head_seq) != seq and not pending:
-                problems.append(f"the database's chain head is seq {head_seq}, the file ends at seq {seq} "
-                                "(lines were removed from the end, or added)")
-            elif int(head_seq) == seq and head_hash != prev:
-                problems.append(f"the last line (seq {seq}) does not hash to the database's chain head")
-    return n, problems
+            os.close(fd)
+        old_id = store.storage_key_id
+        n = store.reseal_all(new_key)
+        os.replace(new_path, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        store.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "rotate_storage_key", "rows": n,
+                                   "old_key_id": old_id, "new_key_id": store.storage_key_id, "outcome": "ok"}]))
+    finally:
+        store.close()
+    return n, path
