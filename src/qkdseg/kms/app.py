@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,7 +31,10 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .pki import fingerprint
-from .service import Caller, KeyService, KmsError
+from .etsi import Caller, KmsError
+
+if TYPE_CHECKING:
+    from .service import KeyService
 
 STATE_KEY = "qkdseg_caller"
 logger = logging.getLogger("qkdseg.kms")
@@ -124,12 +128,20 @@ async def _json_body(request: Request, fields: set[str]) -> dict:
     return data
 
 
-def create_app(service: KeyService, *, expiry: bool = True) -> Starlette:
-    """The Starlette application serving ``service`` under ``/api/v1/keys/``."""
+def create_app(service: KeyService, *, expiry: bool = True, routes: list | None = None) -> Starlette:
+    """The Starlette application serving ``service`` under ``/api/v1/keys/``.
+
+    ``service`` is a :class:`.service.KeyService` or a network node's service (:mod:`qkdseg.net.node`), which
+    offers the same methods; ``routes`` are more routes served by the same application (a node's relay and
+    control APIs).
+    """
 
     async def status(request: Request) -> Response:
         caller = _caller(request)
-        return JSONResponse(service.status(caller, request.path_params["sae"]))
+        result = service.status(caller, request.path_params["sae"])
+        if inspect.isawaitable(result):  # a network node asks its controller
+            result = await result
+        return JSONResponse(result)
 
     async def enc_keys(request: Request) -> Response:
         caller = _caller(request)
@@ -203,6 +215,7 @@ def create_app(service: KeyService, *, expiry: bool = True) -> Starlette:
         Route("/api/v1/keys/{sae}/status", status, methods=["GET"]),
         Route("/api/v1/keys/{sae}/enc_keys", enc_keys, methods=["GET", "POST"]),
         Route("/api/v1/keys/{sae}/dec_keys", dec_keys, methods=["GET", "POST"]),
+        *(routes or ()),
     ]
     return Starlette(
         routes=routes,
