@@ -116,6 +116,11 @@ app.add_typer(topology_app, name="topology")
 from .kms.cli import kms_app  # noqa: E402  (the key service's commands; the server itself loads lazily)
 
 app.add_typer(kms_app, name="kms")
+from .net.cli import controller_app, net_app, node_app  # noqa: E402  (the network of key service processes)
+
+app.add_typer(net_app, name="net")
+app.add_typer(node_app, name="node")
+app.add_typer(controller_app, name="controller")
 
 NET_HELP = "A network: a .json/.graphml/.gml file, 'example', or 'topohub:GROUP/NAME[?trusted=K&p=P&seed=S]'."
 
