@@ -50,7 +50,7 @@ from .layout import link_name, unseal
 from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
 
 logger = logging.getLogger("qkdseg.net")
-REQUEST_TIMEOUT_S = 20.0
+REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "20"))  # a source's wait for its keys
 TAP_ENV = "QKDSEG_ALLOW_TAP"
 
 _SCHEMA = """
@@ -189,6 +189,7 @@ class NodeService:
         self.client = None
         self.queues: dict[str, asyncio.Queue] = {}
         self.tap = open(tap, "a", encoding="utf-8") if tap is not None else None
+        self._tapped: dict = {}
         self.stats = defaultdict(int)
 
     # -- sending ------------------------------------------------------------------
@@ -286,8 +287,10 @@ class NodeService:
     def _record_tap(self, request_id: str, relay: RelayNode) -> None:
         if self.tap is None:
             return
-        rec = {"request_id": request_id, "node": self.id,
-               "pieces": [[list(pid), _enc(k)] for pid, k in relay.pieces.items()]}
+        done = self._tapped.setdefault(request_id, set())
+        new = [(pid, k) for pid, k in relay.pieces.items() if pid not in done]
+        done.update(pid for pid, _ in new)
+        rec = {"request_id": request_id, "node": self.id, "pieces": [[list(pid), _enc(k)] for pid, k in new]}
         self.tap.write(json.dumps(rec) + "\n")
         self.tap.flush()
 
@@ -298,6 +301,7 @@ class NodeService:
         st.meta = body
         st.relay = RelayNode(NodePart.from_dict(body["part"]), self.links)
         out = st.relay.start()
+        self._record_tap(request_id, st.relay)
         self.send(out, request_id)
         for msg in st.early:
             self._process(st, msg)
@@ -586,6 +590,9 @@ def create_node_app(svc: NodeService):
             raise Problem(400, "Bad Request", f"this is node {svc.id!r}, not {w['dst']!r}")
         if kind not in ("pieces", "global", "confirm", "commit", "void"):
             raise Problem(400, "Bad Request", f"unknown message kind {kind!r}")
+        if svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone():
+            # a retry of a message stored already (idempotent by message id): accepted, not processed twice
+            return json_response({"message_id": mid, "status": "accepted", "duplicate": True}, 202)
         offsets: dict = {}
         if kind == "pieces":
             if str(src) not in svc.neighbours:
@@ -602,8 +609,6 @@ def create_node_app(svc: NodeService):
                 hwm = int(off) + len(base64.b64decode(c))
             offsets[key] = hwm
         if kind == "commit":  # stored for the slave before the 202: the source answers its master after it
-            if svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone():
-                return json_response({"message_id": mid, "status": "accepted", "duplicate": True}, 202)
             await svc.commit_keys(svc._state(rid), w)
         new = svc.relaydb.write(offsets, inbox=[(mid, rid, str(src), kind, "accepted", time.time())])[0]
         if not new:
@@ -686,6 +691,8 @@ def serve_node(directory: str | Path, *, tap: Path | None = None) -> None:
     """Serve one node until SIGINT/SIGTERM."""
     from .wire import run_uvicorn
 
+    if tap is None and os.environ.get("QKDSEG_TAP_DIR"):  # net up passes the tap to every node this way
+        tap = Path(os.environ["QKDSEG_TAP_DIR"]) / f"{Path(directory).resolve().name}.jsonl"
     if tap is not None and os.environ.get(TAP_ENV) != "1":
         raise InvalidRequest(f"--tap records plaintext pieces (the adversary's tap, for the compromise test only); "
                              f"it is refused unless {TAP_ENV}=1")
