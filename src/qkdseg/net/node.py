@@ -291,6 +291,9 @@ class NodeService:
         new = [(pid, k) for pid, k in relay.pieces.items() if pid not in done]
         done.update(pid for pid, _ in new)
         rec = {"request_id": request_id, "node": self.id, "pieces": [[list(pid), _enc(k)] for pid, k in new]}
+        if relay.part.position is not None:  # public: the plan's parts and the ciphertexts G xor S_j sent
+            rec["keys"] = [[k.plan, k.index, [list(p) for p in k.parts], k.computational] for k in relay.part.keys]
+            rec["transcript"] = [[list(kid), j, _enc(c)] for (kid, j), c in relay.transcript.items()]
         self.tap.write(json.dumps(rec) + "\n")
         self.tap.flush()
 
@@ -320,8 +323,7 @@ class NodeService:
             if w["kind"] in ("pieces", "global"):
                 out = st.relay.on_message(self._decode(w))
                 self.send(out, st.request_id)
-                if w["kind"] == "pieces":
-                    self._record_tap(st.request_id, st.relay)
+                self._record_tap(st.request_id, st.relay)
             elif w["kind"] == "confirm":
                 st.tags = {tuple(k): base64.b64decode(t) for k, t in w["tags"]}
             self.relaydb.set_status("inbox", w["message_id"], "relayed")
