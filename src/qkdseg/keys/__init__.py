@@ -17,6 +17,9 @@ reconstruction functions below; this package holds the state that changes
 docs/keys.md describes the protocol and the JSON.
 """
 
+import sys
+import types
+
 # Loaded on first use (PEP 562): a network node imports .steps and .material without the routing and
 # security code behind .emulate and .adversary (docs/network.md).
 _LAZY = {
@@ -27,6 +30,19 @@ _LAZY = {
     "PoolState": "pools", "KeyOutcome": "relay", "NodeView": "relay", "Plan": "relay", "PlannedKey": "relay",
     "PlanOutcome": "relay", "RelayResult": "relay", "relay": "relay",
 }
+
+
+class _Package(types.ModuleType):
+    """``qkdseg.keys.relay`` (and ``combine``, ``emulate``) stay the functions, as when they were imported eagerly:
+    the import system sets a submodule as its package's attribute, and here the function of that name wins."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and name in ("relay", "combine", "emulate"):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -216,6 +216,10 @@ class RelayNode:
         return self._send_pieces(items) + self._progress()
 
     def on_global(self, msg: dict) -> list[dict]:
+        pos = self.part.position
+        if not pos or msg["src"] != self.part.segment_nodes[pos - 1]:
+            raise ValueError(f"node {self.part.node!r}: a global-key message from {msg['src']!r}, "
+                             "not from the previous segment node")
         for kid, cipher in msg["items"]:
             self._incoming[tuple(kid)] = cipher
         return self._progress()

@@ -325,6 +325,8 @@ class NodeService:
                 self.send(out, st.request_id)
                 self._record_tap(st.request_id, st.relay)
             elif w["kind"] == "confirm":
+                if st.relay.part.position != 0 or w["src"] != st.relay.part.segment_nodes[-1]:
+                    raise ValueError("a confirmation not from the request's destination")
                 st.tags = {tuple(k): base64.b64decode(t) for k, t in w["tags"]}
             self.relaydb.set_status("inbox", w["message_id"], "relayed")
             asyncio.get_running_loop().create_task(self._ack(str(w["src"]), w["message_id"], "relayed"))
@@ -610,6 +612,10 @@ def create_node_app(svc: NodeService):
                                   status_020="failed")
                 hwm = int(off) + len(base64.b64decode(c))
             offsets[key] = hwm
+        st0 = svc.requests.get(rid)
+        if kind in ("commit", "void") and st0 is not None and st0.relay is not None \
+                and src != st0.relay.part.segment_nodes[0]:
+            raise Problem(403, "Forbidden", f"only the request's source may {kind} its keys")
         if kind == "commit":  # stored for the slave before the 202: the source answers its master after it
             await svc.commit_keys(svc._state(rid), w)
         new = svc.relaydb.write(offsets, inbox=[(mid, rid, str(src), kind, "accepted", time.time())])[0]
