@@ -60,9 +60,15 @@ def _load(master_url, slave_url, pki: Path, pairs: int, seconds: float) -> dict:
     errors = [0]
     lock = threading.Lock()
 
+    import socket
+
+    def client(name):
+        ctx = client_context(pki / f"{name}.crt", pki / f"{name}.key", pki / "ca.crt")
+        tr = httpx.HTTPTransport(verify=ctx, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        return httpx.Client(transport=tr, timeout=60)
+
     def worker(i):
-        m = httpx.Client(verify=client_context(pki / f"M{i}.crt", pki / f"M{i}.key", pki / "ca.crt"), timeout=60)
-        s = httpx.Client(verify=client_context(pki / f"S{i}.crt", pki / f"S{i}.key", pki / "ca.crt"), timeout=60)
+        m, s = client(f"M{i}"), client(f"S{i}")
         mine = []
         while time.monotonic() < stop:
             t = time.perf_counter()

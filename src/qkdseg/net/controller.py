@@ -52,14 +52,43 @@ class Controller:
         self.ctx_client = client_context(self.dir / "controller.crt", self.dir / "controller.key", self.dir / "ca.crt")
         self.client = None
         self.plans = 0
+        self.queues: dict[str, asyncio.Queue] = {}
 
     def _http(self):
         if self.client is None:
-            import httpx
+            from .wire import async_client
 
-            self.client = httpx.AsyncClient(verify=self.ctx_client, timeout=10.0,
-                                            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+            self.client = async_client(self.ctx_client, 256)
         return self.client
+
+    def _push(self, node: str, part: dict) -> asyncio.Future:
+        """Queue a plan part for ``node``; one POST per node carries every part queued meanwhile (of any request)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        q = self.queues.get(node)
+        if q is None:
+            q = self.queues[node] = asyncio.Queue()
+            loop.create_task(self._sender(node, q))
+        q.put_nowait((part, fut))
+        return fut
+
+    async def _sender(self, node: str, q: asyncio.Queue) -> None:
+        url = f"https://{self.addresses[node]}/control/v1/parts"
+        while True:
+            batch = [await q.get()]
+            while not q.empty() and len(batch) < 1024:
+                batch.append(q.get_nowait())
+            try:
+                r = await self._http().post(url, json={"parts": [p for p, _ in batch]})
+                err = None if r.status_code == 202 else f"node {node}: {r.status_code}"
+            except Exception as exc:  # noqa: BLE001 -- the node is unreachable: the requests fail cleanly
+                err = f"node {node}: {type(exc).__name__}"
+            for _, fut in batch:
+                if not fut.done():
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(RuntimeError(err))
 
     def _sae(self, sae: str, caller_node: str | None = None) -> int:
         s = self.svc.sae_node.get(sae)
@@ -107,13 +136,8 @@ class Controller:
         body = {"request_id": rid, "master": master, "slave": slave, "number": req.number, "securities": securities}
         nodes = list(parts)
 
-        async def push(v):
-            r_ = await self._http().post(f"https://{self.addresses[str(v)]}/control/v1/parts",
-                                         json={**body, "part": parts[v].to_dict()})
-            if r_.status_code != 202:
-                raise RuntimeError(f"node {v}: {r_.status_code}")
-
-        results = await asyncio.gather(*(push(v) for v in nodes), return_exceptions=True)
+        futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]
+        results = await asyncio.gather(*futs, return_exceptions=True)
         bad = [str(v) for v, res in zip(nodes, results) if isinstance(res, BaseException)]
         if bad:
             await asyncio.gather(*(self._http().post(f"https://{self.addresses[str(v)]}/control/v1/void",

@@ -52,6 +52,13 @@ from .wire import Problem, client_context, json_response, problem_routes, read_j
 logger = logging.getLogger("qkdseg.net")
 REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "20"))  # a source's wait for its keys
 TAP_ENV = "QKDSEG_ALLOW_TAP"
+_TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
+
+
+def _trace(request_id: str, what: str) -> None:
+    """With QKDSEG_NET_TRACE=1: one line per step on standard error (no key material), for profiling."""
+    if _TRACE:
+        print(f"trace {time.time():.4f} {request_id[:8]} {what}", file=sys.stderr, flush=True)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (link TEXT NOT NULL, dir INTEGER NOT NULL, value INTEGER NOT NULL,
@@ -135,6 +142,7 @@ class ReqState:
     confirm_sent: bool = False
     tags: dict | None = None  # the destination's confirmation tags, at the source
     finishing: bool = False
+    key_ids: list | None = None  # the destination's key ids, at the source
     created: float = field(default_factory=time.monotonic)
 
 
@@ -190,15 +198,17 @@ class NodeService:
         self.queues: dict[str, asyncio.Queue] = {}
         self.tap = open(tap, "a", encoding="utf-8") if tap is not None else None
         self._tapped: dict = {}
+        self._acks: dict[str, list] = {}
+        self.request_keys: dict[str, list[str]] = {}  # at a destination: the key ids each request stored
+        self.request_keys_source: dict[str, object] = {}
         self.stats = defaultdict(int)
 
     # -- sending ------------------------------------------------------------------
     def _http(self):
         if self.client is None:
-            import httpx
+            from .wire import async_client
 
-            self.client = httpx.AsyncClient(verify=self.ctx_client, timeout=10.0,
-                                            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+            self.client = async_client(self.ctx_client, 64)
         return self.client
 
     def _encode(self, msg: dict, request_id: str) -> dict:
@@ -236,40 +246,66 @@ class NodeService:
         return futs
 
     async def _sender(self, dst: str, q: asyncio.Queue) -> None:
-        """One destination's messages, one at a time, in order (the receiver checks offsets in order)."""
+        """One destination's messages, in order (the receiver checks offsets in order), batched.
+
+        While one POST is in flight the messages queued for the same node
+        (of any request) wait; the next POST carries all of them (at most
+        1,024, 020's array limit): one HTTPS message per link serves every
+        concurrent request on it.
+        """
         url = f"https://{self.addresses[dst]}/relay/v1/messages"
         while True:
-            w, fut = await q.get()
+            batch = [await q.get()]
+            while not q.empty() and len(batch) < 1024:
+                batch.append(q.get_nowait())
+            body = json.dumps({"messages": [w for w, _ in batch]}, separators=(",", ":"))
+            results: dict = {}
             err = None
-            for attempt in range(3):  # the same message id each time: the receiver keeps one copy
+            for attempt in range(3):  # the same message ids each time: the receiver keeps one copy of each
                 try:
-                    r = await self._http().post(url, content=json.dumps(w, separators=(",", ":")),
-                                                headers={"content-type": "application/json"})
-                except Exception as exc:  # noqa: BLE001 -- a transport error: the message may have arrived; retry
+                    r = await self._http().post(url, content=body, headers={"content-type": "application/json"})
+                except Exception as exc:  # noqa: BLE001 -- a transport error: the messages may have arrived; retry
                     err = f"{type(exc).__name__}"
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
-                if r.status_code == 202:
-                    err = None
-                    break
-                err = f"{r.status_code} {r.text[:200]}"
+                try:
+                    results = {x["message_id"]: x for x in r.json().get("results", [])}
+                except ValueError:
+                    results = {}
+                err = None if r.status_code == 202 else f"{r.status_code} {r.text[:200]}"
                 if r.status_code < 500:
                     break
                 await asyncio.sleep(0.05 * (attempt + 1))
-            self.stats["sent"] += 1
-            self.relaydb.set_status("outbox", w["message_id"], "accepted" if err is None else "failed")
-            if not fut.done():
-                if err is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(RuntimeError(f"relay message to node {dst} failed: {err}"))
-            if err is not None:
-                self._fail(w["request_id"], f"a relay message to node {dst} failed ({err})")
+            self.stats["posts"] += 1
+            outcomes = []
+            for w, fut in batch:
+                res = results.get(w["message_id"])
+                ok = res is not None and res.get("status") == 202
+                why = None if ok else (res.get("detail") if res else err or "no answer")
+                _trace(w["request_id"], f"sent {w['kind']} to {dst}: {why or 202} (batch of {len(batch)})")
+                outcomes.append((w["message_id"], "accepted" if ok else "failed"))
+                if not fut.done():
+                    if ok:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(RuntimeError(f"relay message to node {dst} failed: {why}"))
+                if not ok:
+                    self._fail(w["request_id"], f"a relay message to node {dst} failed ({why})")
+            self.relaydb.db.executemany("UPDATE outbox SET status=? WHERE message_id=?",
+                                        [(st_, mid) for mid, st_ in outcomes])
 
-    async def _ack(self, src: str, message_id: str, status: str) -> None:
-        with contextlib.suppress(Exception):
-            await self._http().post(f"https://{self.addresses[src]}/relay/v1/ack",
-                                    json={"message_id": message_id, "status": status})
+    def _ack(self, src: str, message_id: str, status: str) -> None:
+        """Queue an acknowledgement (020's statuses) to ``src``; they go in one POST per node every 0.1 s."""
+        q = self._acks.setdefault(src, [])
+        q.append({"message_id": message_id, "status": status})
+        if len(q) == 1:
+            asyncio.get_running_loop().call_later(0.1, lambda: asyncio.ensure_future(self._flush_acks(src)))
+
+    async def _flush_acks(self, src: str) -> None:
+        acks, self._acks[src] = self._acks.get(src, []), []
+        if acks:
+            with contextlib.suppress(Exception):
+                await self._http().post(f"https://{self.addresses[src]}/relay/v1/ack", json={"acks": acks})
 
     def _fail(self, request_id: str, why: str) -> None:
         st = self.requests.get(request_id)
@@ -298,6 +334,7 @@ class NodeService:
         self.tap.flush()
 
     def start_part(self, request_id: str, body: dict) -> None:
+        _trace(request_id, "part")
         st = self._state(request_id)
         if st.relay is not None:
             return
@@ -319,6 +356,7 @@ class NodeService:
                 "items": [(tuple(kid), _dec(c)) for kid, c in w["items"]]}
 
     def _process(self, st: ReqState, w: dict) -> None:
+        _trace(st.request_id, f"process {w['kind']} from {w['src']}")
         try:
             if w["kind"] in ("pieces", "global"):
                 out = st.relay.on_message(self._decode(w))
@@ -328,12 +366,13 @@ class NodeService:
                 if st.relay.part.position != 0 or w["src"] != st.relay.part.segment_nodes[-1]:
                     raise ValueError("a confirmation not from the request's destination")
                 st.tags = {tuple(k): base64.b64decode(t) for k, t in w["tags"]}
+                st.key_ids = [(tuple(k), str(i)) for k, i in w["key_ids"]]
             self.relaydb.set_status("inbox", w["message_id"], "relayed")
-            asyncio.get_running_loop().create_task(self._ack(str(w["src"]), w["message_id"], "relayed"))
+            self._ack(str(w["src"]), w["message_id"], "relayed")
         except Exception as exc:  # noqa: BLE001 -- a message that does not fit the plan fails its request
             logger.warning("request %s: message %s failed: %s", st.request_id, w["message_id"], type(exc).__name__)
             self.relaydb.set_status("inbox", w["message_id"], "failed")
-            asyncio.get_running_loop().create_task(self._ack(str(w["src"]), w["message_id"], "failed"))
+            self._ack(str(w["src"]), w["message_id"], "failed")
             self._fail(st.request_id, "a relay message did not fit the plan")
         self._check_done(st)
 
@@ -344,64 +383,78 @@ class NodeService:
         last = len(relay.part.segment_nodes) - 1
         if relay.part.position == last and not st.confirm_sent:
             st.confirm_sent = True
-            tags = [[list(kid), base64.b64encode(_tag(st.request_id, kid, k)).decode()] for kid, k in relay.keys()]
-            self.send([{"kind": "confirm", "dst": relay.part.segment_nodes[0], "tags": tags}], st.request_id)
+            asyncio.get_running_loop().create_task(self._store_and_confirm(st))
         if (relay.part.position == 0 and st.tags is not None and st.future is not None and not st.future.done()
                 and not st.finishing):
             st.finishing = True
             asyncio.get_running_loop().create_task(self._finish(st))
 
+    async def _store_and_confirm(self, st: ReqState) -> None:
+        """At the destination: store the request's keys for the slave (encrypted, durably), then confirm.
+
+        The keys get fresh UUIDv4 ids here; the slave can ask for them only
+        once the source has checked the confirmation and given the ids to the
+        master. A mismatch makes the source void them (deleted, audited).
+        """
+        relay, meta = st.relay, st.meta
+        held = relay.keys()
+        number, secs = int(meta["number"]), meta["securities"]
+        now = time.time()
+        batch = Batch()
+        rows = []
+        for i, (kid, k) in enumerate(held[:number]):
+            row = KeyRow(str(uuid.uuid4()), "issued", meta["master"], meta["slave"], relay.part.block_bits,
+                         float(secs[i]), b"", now, now + float(self.cfg.key_ttl_s),
+                         json.dumps({"request_id": st.request_id}))
+            self.store.seal(row, k.reveal())
+            rows.append((kid, row))
+            batch.put_keys.append(row.values())
+        batch.audit.append({"time": round(now, 6), "event": "store", "request_id": st.request_id,
+                            "sae": meta["master"], "peer": meta["slave"], "key_ids": [r.key_id for _, r in rows],
+                            "outcome": "stored; confirmation sent"})
+        try:
+            await self.committer.commit(batch)
+        except Exception:  # noqa: BLE001 -- not stored: no confirmation, the source times out and voids
+            logger.exception("request %s: the keys could not be stored", st.request_id)
+            return
+        for _, row in rows:
+            self.keys[row.key_id] = row
+        self.request_keys[st.request_id] = [row.key_id for _, row in rows]
+        self.request_keys_source[st.request_id] = relay.part.segment_nodes[0]
+        tags = [[list(kid), base64.b64encode(_tag(st.request_id, kid, k)).decode()] for kid, k in held]
+        self.send([{"kind": "confirm", "dst": relay.part.segment_nodes[0], "tags": tags,
+                    "key_ids": [[list(kid), row.key_id] for kid, row in rows]}], st.request_id)
+        self.requests.pop(st.request_id, None)
+
     async def _finish(self, st: ReqState) -> None:
-        """At the source: key confirmation, then the destination commits the keys for its slave."""
+        """At the source: key confirmation; the keys (stored at the destination already) go to the master."""
         relay, meta = st.relay, st.meta
         mine = relay.keys()
         ok = len(mine) == len(st.tags) and all(
             hmac.compare_digest(_tag(st.request_id, kid, k), st.tags.get(kid, b"")) for kid, k in mine)
-        dst = relay.part.segment_nodes[-1]
+        number, secs = int(meta["number"]), meta["securities"]
+        ids = dict(st.key_ids or [])
+        chosen = [(ids.get(kid), k, float(secs[i])) for i, (kid, k) in enumerate(mine[:number])]
+        ok = ok and len(chosen) == number and all(key_id for key_id, _, _ in chosen)
         if not ok:
-            self.send([{"kind": "void", "dst": dst}], st.request_id)
+            self.send([{"kind": "void", "dst": relay.part.segment_nodes[-1]}], st.request_id)
             await self.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
                                                       "request_id": st.request_id, "outcome": "confirmation failed"}]))
             self._fail(st.request_id, "key confirmation failed (the two ends' keys differ); the keys were voided")
             return
-        number = int(meta["number"])
-        secs = meta["securities"]
-        chosen = [(str(uuid.uuid4()), kid, k, float(secs[i])) for i, (kid, k) in enumerate(mine[:number])]
-        fut = self.send([{"kind": "commit", "dst": dst, "master": meta["master"], "slave": meta["slave"],
-                          "keys": [[list(kid), key_id, sec] for key_id, kid, _, sec in chosen]}], st.request_id)[0]
-        try:
-            await fut
-        except Exception as exc:  # noqa: BLE001
-            self._fail(st.request_id, f"the destination did not store the keys ({exc})")
-            return
+        _trace(st.request_id, "confirmed")
         if not st.future.done():
-            st.future.set_result([(key_id, k.reveal(), sec) for key_id, _, k, sec in chosen])
+            st.future.set_result([(key_id, k.reveal(), sec) for key_id, k, sec in chosen])
 
-    async def commit_keys(self, st: ReqState, w: dict) -> None:
-        """At the destination: store the confirmed keys for the slave (encrypted), durably, before the 202."""
-        relay = st.relay
-        if relay is None:
-            raise Problem(409, "Conflict", "no such request here", status_020="key not present")
-        held = dict((tuple(kid), k) for kid, k in relay.keys())
-        now = time.time()
-        batch = Batch()
-        rows = []
-        for kid, key_id, sec in w["keys"]:
-            k = held.get(tuple(kid))
-            if k is None:
-                raise Problem(409, "Conflict", "a committed key is not held here", status_020="key not present")
-            row = KeyRow(str(key_id), "issued", w["master"], w["slave"], relay.part.block_bits, float(sec), b"", now,
-                         now + float(self.cfg.key_ttl_s), json.dumps({"request_id": st.request_id}))
-            self.store.seal(row, k.reveal())
-            rows.append(row)
-            batch.put_keys.append(row.values())
-        batch.audit.append({"time": round(now, 6), "event": "store", "request_id": st.request_id,
-                            "sae": w["master"], "peer": w["slave"], "key_ids": [r.key_id for r in rows],
-                            "outcome": "confirmed"})
-        await self.committer.commit(batch)
-        for row in rows:
-            self.keys[row.key_id] = row
-        self.requests.pop(st.request_id, None)
+    async def void_keys(self, request_id: str) -> None:
+        """At the destination: delete a voided request's keys (never delivered), audited."""
+        self.requests.pop(request_id, None)
+        ids = [k for k in self.request_keys.pop(request_id, []) if k in self.keys]
+        for k in ids:
+            del self.keys[k]
+        await self.committer.commit(Batch(delete_keys=ids, audit=[{
+            "time": round(time.time(), 6), "event": "void", "request_id": request_id, "key_ids": ids,
+            "outcome": "voided by the source"}]))
 
     # -- ETSI 014 (the methods qkdseg.kms.app calls) ----------------------------------------
     def _check_caller(self, caller: Caller) -> None:
@@ -471,6 +524,7 @@ class NodeService:
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
                 "level_source": req.level_source, "mandatory": req.mandatory})
             rid = plan["request_id"]
+            _trace(rid, "plan returned")
             st = self._state(rid)
             if st.future is None:
                 st.future = asyncio.get_running_loop().create_future()
@@ -582,29 +636,26 @@ class NodeService:
 def create_node_app(svc: NodeService):
     from ..kms.app import create_app
 
-    @problem_routes
-    async def messages(request: Request):
-        role = require(request, "node")
-        w = await read_json(request)
+    async def accept(role, w: dict, offsets: dict, inbox: list, later: list) -> None:
+        """Check one message and plan its storage (raises Problem)."""
         kind, src, rid, mid = w["kind"], w["src"], str(w["request_id"]), str(w["message_id"])
         if role.ident != str(src):
             raise Problem(403, "Forbidden", f"the message names src {src!r}, the caller's certificate is node "
                                             f"{role.ident!r}")
         if str(w["dst"]) != str(svc.id):
             raise Problem(400, "Bad Request", f"this is node {svc.id!r}, not {w['dst']!r}")
-        if kind not in ("pieces", "global", "confirm", "commit", "void"):
+        if kind not in ("pieces", "global", "confirm", "void"):
             raise Problem(400, "Bad Request", f"unknown message kind {kind!r}")
-        if svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone():
-            # a retry of a message stored already (idempotent by message id): accepted, not processed twice
-            return json_response({"message_id": mid, "status": "accepted", "duplicate": True}, 202)
-        offsets: dict = {}
+        if svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone() \
+                or any(row[0] == mid for row in inbox):
+            return  # a retry of a message stored already (idempotent by message id): accepted, not processed twice
         if kind == "pieces":
             if str(src) not in svc.neighbours:
                 raise Problem(403, "Forbidden", f"node {src!r} is not a neighbour of node {svc.id!r}: piece "
                                                 "messages come only from neighbours")
             end = svc.links[svc.neighbours[str(src)]]
             key = (end.name, end.in_dir)
-            hwm = svc.offsets.get(key, 0)
+            hwm = offsets.get(key, svc.offsets.get(key, 0))
             for _pid, off, c in w["blocks"]:
                 if int(off) < hwm:
                     raise Problem(409, "Conflict", f"offset {off} on link {end.name} is below this end's high-water "
@@ -613,37 +664,70 @@ def create_node_app(svc: NodeService):
                 hwm = int(off) + len(base64.b64decode(c))
             offsets[key] = hwm
         st0 = svc.requests.get(rid)
-        if kind in ("commit", "void") and st0 is not None and st0.relay is not None \
-                and src != st0.relay.part.segment_nodes[0]:
-            raise Problem(403, "Forbidden", f"only the request's source may {kind} its keys")
-        if kind == "commit":  # stored for the slave before the 202: the source answers its master after it
-            await svc.commit_keys(svc._state(rid), w)
-        new = svc.relaydb.write(offsets, inbox=[(mid, rid, str(src), kind, "accepted", time.time())])[0]
-        if not new:
-            return json_response({"message_id": mid, "status": "accepted", "duplicate": True}, 202)
+        if kind == "void" and st0 is not None and st0.relay is not None and src != st0.relay.part.segment_nodes[0]:
+            raise Problem(403, "Forbidden", "only the request's source may void its keys")
+        if kind == "void" and st0 is None and rid in svc.request_keys and str(src) != str(
+                svc.request_keys_source.get(rid)):
+            raise Problem(403, "Forbidden", "only the request's source may void its keys")
+        inbox.append((mid, rid, str(src), kind, "accepted", time.time()))
+        later.append(w)
+
+    @problem_routes
+    async def messages(request: Request):
+        """One relay message, or ``{"messages": [...]}`` (a batch, in order); 202 once every one is stored."""
+        role = require(request, "node")
+        body = await read_json(request)
+        batch = body["messages"] if "messages" in body else [body]
+        if not isinstance(batch, list) or len(batch) > 1024:
+            raise Problem(400, "Bad Request", "messages must be an array of at most 1,024 relay messages")
+        offsets: dict = {}
+        inbox: list = []
+        later: list = []
+        results = []
+        first = None
+        for w in batch:
+            mid = str(w.get("message_id")) if isinstance(w, dict) else "?"
+            try:
+                if not isinstance(w, dict):
+                    raise Problem(400, "Bad Request", "a relay message must be an object")
+                await accept(role, w, offsets, inbox, later)
+                results.append({"message_id": mid, "status": 202})
+            except Problem as p:
+                first = first or p
+                results.append({"message_id": mid, "status": p.status, "detail": p.detail})
+            except (KeyError, TypeError, ValueError) as err:
+                first = first or Problem(400, "Bad Request", f"malformed message: {type(err).__name__}")
+                results.append({"message_id": mid, "status": 400, "detail": first.detail})
+        svc.relaydb.write(offsets, inbox=inbox)
         for k, v in offsets.items():
             svc.offsets[k] = max(svc.offsets.get(k, 0), v)
-        st = svc._state(rid)
-        if kind == "commit":
-            pass
-        elif kind == "void":
-            svc.requests.pop(rid, None)
-            await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
-                                                     "request_id": rid, "outcome": "voided by the source"}]))
-        elif st.relay is None:
-            st.early.append(w)
-        else:
-            asyncio.get_running_loop().call_soon(svc._process, st, w)
-        return json_response({"message_id": mid, "status": "accepted"}, 202)
+        loop = asyncio.get_running_loop()
+        for w in later:
+            rid, kind = str(w["request_id"]), w["kind"]
+            if kind == "void":
+                await svc.void_keys(rid)
+                continue
+            st = svc._state(rid)
+            if st.relay is None:
+                st.early.append(w)
+            else:
+                loop.call_soon(svc._process, st, w)
+        if first is not None:
+            first.ext["results"] = results
+            raise first
+        return json_response({"status": "accepted", "results": results}, 202)
 
     @problem_routes
     async def ack(request: Request):
         require(request, "node")
         w = await read_json(request)
-        if w.get("status") not in ("relayed", "failed", "voided", "failed to void", "key not present"):
-            raise Problem(400, "Bad Request", "status must be one of ETSI GS QKD 020's ack statuses")
-        svc.relaydb.set_status("outbox", str(w["message_id"]), w["status"])
-        return json_response({"message_id": w["message_id"]}, 200)
+        acks = w["acks"] if "acks" in w else [w]
+        for a in acks:
+            if a.get("status") not in ("relayed", "failed", "voided", "failed to void", "key not present"):
+                raise Problem(400, "Bad Request", "status must be one of ETSI GS QKD 020's ack statuses")
+        svc.relaydb.db.executemany("UPDATE outbox SET status=? WHERE message_id=?",
+                                   [(a["status"], str(a["message_id"])) for a in acks])
+        return json_response({"acknowledged": len(acks)}, 200)
 
     @problem_routes
     async def links(request: Request):
@@ -655,10 +739,14 @@ def create_node_app(svc: NodeService):
     async def parts(request: Request):
         require(request, "controller")
         w = await read_json(request)
-        rid = str(w["request_id"])
-        svc.relaydb.write({}, inbox=[(f"part:{rid}", rid, "controller", "part", "accepted", time.time())])
-        asyncio.get_running_loop().call_soon(svc.start_part, rid, w)
-        return json_response({"request_id": rid, "status": "accepted"}, 202)
+        batch = w["parts"] if "parts" in w else [w]
+        rids = [str(x["request_id"]) for x in batch]
+        svc.relaydb.write({}, inbox=[(f"part:{rid}", rid, "controller", "part", "accepted", time.time())
+                                     for rid in rids])
+        loop = asyncio.get_running_loop()
+        for rid, x in zip(rids, batch):
+            loop.call_soon(svc.start_part, rid, x)
+        return json_response({"request_ids": rids, "status": "accepted"}, 202)
 
     @problem_routes
     async def void(request: Request):
