@@ -56,7 +56,7 @@ def _load(master_url, slave_url, pki: Path, pairs: int, seconds: float) -> dict:
     from qkdseg.net.wire import client_context
 
     lat: list[float] = []
-    stop = time.monotonic() + seconds
+    stop = 0.0
     errors = [0]
     lock = threading.Lock()
 
@@ -67,15 +67,17 @@ def _load(master_url, slave_url, pki: Path, pairs: int, seconds: float) -> dict:
         tr = httpx.HTTPTransport(verify=ctx, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         return httpx.Client(transport=tr, timeout=60)
 
-    def worker(i):
+    def worker(i, once=False):
         m, s = client(f"M{i}"), client(f"S{i}")
         mine = []
-        while time.monotonic() < stop:
+        while once or time.monotonic() < stop:
             t = time.perf_counter()
             r = m.post(f"{master_url}/api/v1/keys/S{i}/enc_keys", json={"number": 1})
             if r.status_code != 200:
                 with lock:
                     errors[0] += 1
+                if once:
+                    break
                 continue
             kid = r.json()["keys"][0]["key_ID"]
             r2 = s.post(f"{slave_url}/api/v1/keys/M{i}/dec_keys", json={"key_IDs": [{"key_ID": kid}]})
@@ -84,11 +86,18 @@ def _load(master_url, slave_url, pki: Path, pairs: int, seconds: float) -> dict:
             else:
                 with lock:
                     errors[0] += 1
+            if once:
+                break
         m.close()
         s.close()
         with lock:
             lat.extend(mine)
 
+    with concurrent.futures.ThreadPoolExecutor(pairs) as ex:  # one delivery per pair first, untimed (warm-up)
+        list(ex.map(lambda i: worker(i, once=True), range(pairs)))
+    lat.clear()
+    errors[0] = 0
+    stop = time.monotonic() + seconds
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(pairs) as ex:
         list(ex.map(worker, range(pairs)))

@@ -462,3 +462,30 @@ def test_find_any_finds_what_it_should():
     blob = bytes(range(256)) * 3
     assert _find_any(blob, {bytes(range(5, 40))}) == [bytes(range(5, 40))] * 3
     assert _find_any(blob, {bytes(range(40, 5, -1))}) == []
+
+
+# -- command-line errors: one line, exit 2 ---------------------------------------------------------
+@pytest.mark.parametrize("args, needle", [
+    (["net", "init", "{d}/x", "--network", "example", "--sae", "A=0", "--sae", "B=99"], "99"),
+    (["net", "init", "{d}/x", "--network", "example", "--sae", "A=0", "--sae", "A=7"], "given twice"),
+    (["net", "init", "{d}/x", "--network", "example", "--sae", "A:B=0", "--sae", "B=7"], "SAE id"),
+    (["net", "status", "{d}/nowhere"], "not a network directory"),
+    (["net", "up", "{d}/nowhere"], "not a network directory"),
+    (["node", "serve", "{d}/nowhere"], "not a node directory"),
+    (["controller", "serve", "{d}/nowhere"], "nowhere"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, needle):
+    r = _run(*[a.format(d=tmp_path) for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qkdseg: error: ") and needle in lines[0], r.stderr
+
+
+def test_tap_is_refused_without_the_environment_variable(tmp_path):
+    d = tmp_path / "one"
+    assert _run("net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                "--port", str(_free_port())).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("QKDSEG_ALLOW_TAP", "QKDSEG_TAP_DIR")}
+    r = _run("node", "serve", str(d / "nodes" / "0"), "--tap", str(tmp_path / "tap.jsonl"), env=env)
+    assert r.returncode == 2 and "QKDSEG_ALLOW_TAP=1" in r.stderr
+    assert not (tmp_path / "tap.jsonl").exists()

@@ -201,6 +201,7 @@ class NodeService:
         self._acks: dict[str, list] = {}
         self.request_keys: dict[str, list[str]] = {}  # at a destination: the key ids each request stored
         self.request_keys_source: dict[str, object] = {}
+        self._voidable: list[str] = []
         self.stats = defaultdict(int)
 
     # -- sending ------------------------------------------------------------------
@@ -605,6 +606,11 @@ class NodeService:
             stale = [rid for rid, st in self.requests.items() if time.monotonic() - st.created > 3 * REQUEST_TIMEOUT_S]
             for rid in stale:
                 self.requests.pop(rid, None)
+            old, self._voidable = self._voidable, list(self.request_keys)
+            for rid in old:  # a source voids within its timeout; after that the stored ids are forgotten
+                self.request_keys.pop(rid, None)
+                self.request_keys_source.pop(rid, None)
+                self._tapped.pop(rid, None)
             if gone:
                 await self.committer.commit(Batch(delete_keys=gone, audit=[{
                     "time": round(now, 6), "event": "expire", "key_ids": gone, "outcome": "deleted after key_ttl_s"}]))
@@ -796,10 +802,21 @@ def serve_node(directory: str | Path, *, tap: Path | None = None) -> None:
     host, port = svc.conf["address"].rsplit(":", 1)
     d = Path(directory)
     ctx = server_context(d / "node.crt", d / "node.key", d / "ca.crt")
+    prof = None
+    if os.environ.get("QKDSEG_PROFILE_DIR"):  # profiling: cProfile of the whole process, written at its stop
+        import cProfile
+        import signal
+
+        prof = cProfile.Profile()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # uvicorn re-raises SIGTERM at its exit: exit cleanly
+        prof.enable()
     try:
         run_uvicorn(create_node_app(svc), host, int(port), ctx, d / "node.crt",
                     on_ready=lambda: print(f"qkdseg node {svc.id}: listening on https://{host}:{port} "
                                            f"({len(svc.saes)} SAEs, {len(svc.links)} links)", flush=True))
     finally:
         svc.close()
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / f"node-{d.resolve().name}.prof"))
     print(f"qkdseg node {svc.id}: stopped", file=sys.stderr, flush=True)
