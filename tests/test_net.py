@@ -489,3 +489,69 @@ def test_tap_is_refused_without_the_environment_variable(tmp_path):
     r = _run("node", "serve", str(d / "nodes" / "0"), "--tap", str(tmp_path / "tap.jsonl"), env=env)
     assert r.returncode == 2 and "QKDSEG_ALLOW_TAP=1" in r.stderr
     assert not (tmp_path / "tap.jsonl").exists()
+
+
+def test_net_up_in_the_foreground_stops_everything_on_sigterm(tmp_path):
+    topo = tmp_path / "line.json"
+    topo.write_text(json.dumps({"directed": False, "graph": {"name": "line3"},
+                                "nodes": [{"id": i, "trusted": i == 1, "p": 1.0 if i == 1 else 0.8} for i in range(3)],
+                                "links": [{"source": 0, "target": 1}, {"source": 1, "target": 2}]}))
+    d = tmp_path / "line"
+    assert _run("net", "init", str(d), "--network", str(topo), "--sae", "A=0", "--sae", "B=2",
+                "--port", str(_free_port())).returncode == 0
+    proc = subprocess.Popen([QKDSEG, "net", "up", str(d)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = b""
+        deadline = time.monotonic() + 120
+        while b"Ctrl-C stops" not in out:
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, out.decode()
+            out += line
+        rows = _status(type("N", (), {"dir": d}))
+        assert len(rows) == 4 and all(r["healthy"] for r in rows)
+        pids = [r["pid"] for r in rows]
+        code, c = Net(d, tmp_path, dict(os.environ)).client("A", "0").get_key("B")
+        assert code == 200, getattr(c, "message", c)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    assert rc == 0
+    rows = _status(type("N", (), {"dir": d}))
+    assert not any(r["healthy"] for r in rows) and all(r["pid"] is None for r in rows)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def test_a_desynchronised_link_fails_key_confirmation_and_delivers_nothing(tmp_path):
+    """Node 1's copy of link (0, 1) is replaced by another seed: the two ends' keys differ; confirmation catches it:
+    503, the keys are voided at the destination (audited) and never delivered."""
+    from qkdseg.net.layout import seal
+
+    topo = tmp_path / "line.json"
+    topo.write_text(json.dumps({"directed": False, "graph": {"name": "line3"},
+                                "nodes": [{"id": i, "trusted": i == 1, "p": 1.0 if i == 1 else 0.8} for i in range(3)],
+                                "links": [{"source": 0, "target": 1}, {"source": 1, "target": 2}]}))
+    d = tmp_path / "line"
+    assert _run("net", "init", str(d), "--network", str(topo), "--sae", "A=0", "--sae", "B=2",
+                "--port", str(_free_port())).returncode == 0
+    nd1 = d / "nodes" / "1"
+    sealed = json.loads((nd1 / "links.sealed.json").read_text())
+    sealed["[0,1]"] = seal((nd1 / "storage.key").read_bytes(), "[0,1]", os.urandom(32))
+    (nd1 / "links.sealed.json").write_text(json.dumps(sealed))
+    env = {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "6"}
+    r = _run("net", "up", str(d), "--detach", env=env)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        net = Net(d, tmp_path, env)
+        code, err = net.client("A", "0").get_key("B")
+        assert code == 503 and "confirmation failed" in err.message
+        time.sleep(0.5)
+        audit0 = (d / "nodes" / "0" / "audit.jsonl").read_text()
+        audit2 = (d / "nodes" / "2" / "audit.jsonl").read_text()
+        assert '"confirmation failed"' in audit0 and '"voided by the source"' in audit2
+        stored = [json.loads(x) for x in audit2.splitlines() if '"event":"store"' in x]
+        assert len(stored) == 1
+        for kid in stored[0]["key_ids"]:  # the destination deleted them: nobody gets them
+            assert net.client("B", "2").get_key_with_key_IDs("A", [kid])[0] == 400
+    finally:
+        _run("net", "down", str(d))
