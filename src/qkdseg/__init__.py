@@ -8,24 +8,39 @@ QKD networks (Wang et al., IEEE Communications Magazine 61(12), 2023).
 ((0, 3, 4, 7), 0.8847)
 """
 
-from .api import Route, Segment, exdijkstra, route
-from .errors import (
-    InvalidRequest,
-    KeyMaterialShort,
-    NetworkError,
-    NodeNotFound,
-    NoPath,
-    QkdsegError,
-    SecurityError,
-    TopologyFileError,
-    UnknownAlgorithm,
-)
-from .network import DEFAULT_POOL_BITS, Network, NetworkArrays
-from .placement import PlacementResult, place
-from .routing import ALGORITHMS
-from .security import SecurityEstimate, exact_security, independent_security, montecarlo_security
-from .sim import Simulation, SimulationResult, simulate
-from .topology import example_network, load, load_topohub, read_network, topohub_names, waxman, write_network
+# The public names load on first use (PEP 562), so that a process that needs only a small part of the
+# package (a network node, ``qkdseg node serve``, docs/network.md) does not import the routing kernels
+# (numba, llvmlite) or scipy.
+_LAZY = {
+    "Route": "api", "Segment": "api", "exdijkstra": "api", "route": "api",
+    "InvalidRequest": "errors", "KeyMaterialShort": "errors", "NetworkError": "errors", "NodeNotFound": "errors",
+    "NoPath": "errors", "QkdsegError": "errors", "SecurityError": "errors", "TopologyFileError": "errors",
+    "UnknownAlgorithm": "errors",
+    "DEFAULT_POOL_BITS": "network", "Network": "network", "NetworkArrays": "network",
+    "PlacementResult": "placement", "place": "placement",
+    "ALGORITHMS": "routing",
+    "SecurityEstimate": "security", "exact_security": "security", "independent_security": "security",
+    "montecarlo_security": "security",
+    "Simulation": "sim", "SimulationResult": "sim", "simulate": "sim",
+    "example_network": "topology", "load": "topology", "load_topohub": "topology", "read_network": "topology",
+    "topohub_names": "topology", "waxman": "topology", "write_network": "topology",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'qkdseg' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

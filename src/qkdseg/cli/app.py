@@ -12,6 +12,7 @@ import typer
 from . import demo, emulate, experiments, place, route, simulate
 from .errors import _OneLineGroup
 from .kms import kms_app
+from .net import controller_app, net_app, node_app
 from .topology import topology_app
 
 app = typer.Typer(
@@ -23,6 +24,9 @@ app = typer.Typer(
 )
 app.add_typer(topology_app, name="topology")
 app.add_typer(kms_app, name="kms")  # the key service's commands; the server itself loads lazily
+app.add_typer(net_app, name="net")  # the network of key service processes (docs/network.md)
+app.add_typer(node_app, name="node")
+app.add_typer(controller_app, name="controller")
 for command in (route.route, route.algorithms, demo.demo, emulate.emulate, experiments.reproduce, experiments.plot,
                 experiments.study, simulate.simulate, place.place):
     app.command()(command)

@@ -90,3 +90,12 @@ def _load(net: str, default_p: Optional[float]):
     from ..topology import load
 
     return load(net, default_p=default_p)
+
+
+def _need_server_extra() -> None:
+    """The servers' commands (kms, net, node, controller) need the 'kms' extra."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise InvalidRequest("the key service needs the 'kms' extra: pip install 'qkdseg[kms]'") from None

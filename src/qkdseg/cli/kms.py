@@ -8,18 +8,11 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
+from .common import _need_server_extra
 from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, demo, audit, sae, rotate-storage-key.",
                       no_args_is_help=True)
-
-
-def _need_server_extra() -> None:
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise InvalidRequest("the key service needs the 'kms' extra: pip install 'qkdseg[kms]'") from None
 
 
 #: ``kms init`` flag of each ``kms.toml`` field, so a bad value names the flag (kms.toml is not written yet).

@@ -42,9 +42,9 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidRequest
-from .combine import combine
 from .material import KeyMaterial, check_block_bits
-from .pools import KeyStore, Link
+from .pools import KeyStore, Link, LinkPads
+from .steps import NodePart, RelayNode, node_parts, run_local
 
 PieceId = tuple[int, int]  # (segment, path index)
 
@@ -255,94 +255,69 @@ def relay(route, store: KeyStore, plans: Sequence[Any] | Any = None) -> RelayRes
     if route.blocked:
         raise InvalidRequest(f"route {route.source!r} -> {route.destination!r} is blocked: no path to relay keys on")
     B = check_block_bits(route.block_bits)
-    nb = B // 8
     if plans is None or isinstance(plans, (Plan, Mapping)) or hasattr(plans, "to_dict"):
         plans = [plans]
     plan_objs = [Plan.from_any(p, route) for p in plans]
 
     # 1. the whole request, reserved at once
     need: dict[Link, int] = defaultdict(int)
-    hops: list[list[list[tuple[Link, Hashable, Hashable]]]] = []
     for seg in route.segments:
-        seg_hops = []
         for path in seg.paths:
-            path_hops = []
             for a, b in zip(path, path[1:]):
-                link = store.canonical((a, b))
-                need[link] += B
-                path_hops.append((link, a, b))
-            seg_hops.append(path_hops)
-        hops.append(seg_hops)
+                need[store.canonical((a, b))] += B
     level_before = store.debited_bits
     pads = store.reserve(need)
-    offset: dict[Link, int] = defaultdict(int)
 
-    pieces: dict[Hashable, dict] = defaultdict(dict)
-    seg_keys: dict[Hashable, dict] = defaultdict(dict)
-    glob_keys: dict[Hashable, dict] = defaultdict(dict)
+    # 2-4. each node's steps (qkdseg.keys.steps), wired by direct calls
+    parts = node_parts(route, plan_objs)
+    offset: dict[Link, int] = defaultdict(int)
+    nodes = {
+        v: RelayNode(part, {w: _LocalEnd(store.canonical((v, w)), v, pads, offset) for w in _neighbours(part)})
+        for v, part in parts.items()
+    }
+    run_local(nodes)
+
+    seg_nodes = route.segment_nodes
     sent: dict[PieceId, KeyMaterial] = {}
     received: dict[PieceId, KeyMaterial] = {}
     for j, seg in enumerate(route.segments):
         for i, path in enumerate(seg.paths):
-            piece = KeyMaterial.random(B)
-            sent[(j, i)] = piece
-            pieces[path[0]][(j, i)] = piece
-            cur = piece
-            for link, a, b in hops[j][i]:
-                off = offset[link]
-                offset[link] = off + nb
-                pad_a = KeyMaterial(pads[link].end(a).reveal()[off : off + nb])
-                pad_b = KeyMaterial(pads[link].end(b).reveal()[off : off + nb])
-                cipher = cur ^ pad_a  # on the classical channel a -> b
-                cur = cipher ^ pad_b  # at b
-                pieces[b][(j, i)] = cur
-            received[(j, i)] = cur
+            sent[(j, i)] = nodes[path[0]].drawn[(0, j, i)]
+            received[(j, i)] = nodes[path[-1]].received[(0, j, i)]
     pieces_identical = all(sent[pid] == received[pid] for pid in sent)
-
-    # 2-4. every plan: segment keys at both segment ends, global key relayed over them
-    nodes = route.segment_nodes
     transcript: dict[tuple[int, int, int], KeyMaterial] = {}
     outcomes = []
     for pi, plan in enumerate(plan_objs):
         keys = []
         for g, key in enumerate(plan.keys):
-            send_keys, recv_keys = [], []
-            for j, idx in enumerate(key.parts):
-                s_key = combine([sent[(j, i)] for i in idx], key.computational)
-                r_key = combine([received[(j, i)] for i in idx], key.computational)
-                seg_keys[nodes[j]][(pi, g, j)] = s_key
-                seg_keys[nodes[j + 1]][(pi, g, j)] = r_key
-                send_keys.append(s_key)
-                recv_keys.append(r_key)
-            gkey = KeyMaterial.random(B)
-            cur = gkey
+            kid = (0, pi, g)
             for j in range(len(key.parts)):
-                cipher = cur ^ send_keys[j]  # at t_j, to the public channel
-                transcript[(pi, g, j)] = cipher
-                cur = cipher ^ recv_keys[j]  # at t_{j+1}
-                if j + 1 < len(key.parts):
-                    glob_keys[nodes[j + 1]][(pi, g)] = cur
-            keys.append(
-                KeyOutcome(
-                    source_key=gkey,
-                    destination_key=cur,
-                    identical=gkey == cur,
-                    segment_keys_identical=tuple(a == b for a, b in zip(send_keys, recv_keys)),
-                )
-            )
+                transcript[(pi, g, j)] = nodes[seg_nodes[j]].transcript[(kid, j)]
+            src, dst = nodes[seg_nodes[0]].global_keys[kid], nodes[seg_nodes[-1]].global_keys[kid]
+            keys.append(KeyOutcome(
+                source_key=src,
+                destination_key=dst,
+                identical=src == dst,
+                segment_keys_identical=tuple(
+                    nodes[seg_nodes[j]].segment_keys[(kid, j)] == nodes[seg_nodes[j + 1]].segment_keys[(kid, j)]
+                    for j in range(len(key.parts))),
+            ))
         outcomes.append(PlanOutcome(plan, tuple(keys)))
 
-    views = {
-        v: NodeView(
+    # what every node held in plaintext, in the order the nodes first held key material
+    order = [v for seg in route.segments for path in seg.paths for v in path] + list(seg_nodes)
+    interior = set(seg_nodes[1:-1])
+    views = {}
+    for v in dict.fromkeys(order):
+        n = nodes[v]
+        views[v] = NodeView(
             v,
-            MappingProxyType(pieces.get(v, {})),
-            MappingProxyType(seg_keys.get(v, {})),
-            MappingProxyType(glob_keys.get(v, {})),
+            MappingProxyType({pid[1:]: k for pid, k in n.pieces.items()}),
+            MappingProxyType({(kid[1], kid[2], j): k for (kid, j), k in n.segment_keys.items()}),
+            MappingProxyType({kid[1:]: k for kid, k in n.global_keys.items()} if v in interior else {}),
         )
-        for v in dict.fromkeys([*pieces, *seg_keys, *glob_keys])
-    }
     return RelayResult(
-        segment_nodes=tuple(nodes),
+        segment_nodes=tuple(seg_nodes),
         block_bits=B,
         plans=tuple(outcomes),
         views=MappingProxyType(views),
@@ -351,3 +326,25 @@ def relay(route, store: KeyStore, plans: Sequence[Any] | Any = None) -> RelayRes
         debited=MappingProxyType(dict(need)),
         bits_consumed=store.debited_bits - level_before,
     )
+
+
+class _LocalEnd:
+    """A node's end of a link inside one process: its copy of the request's reserved pads, one offset per link."""
+
+    __slots__ = ("link", "node", "pads", "offset")
+
+    def __init__(self, link: Link, node: Hashable, pads: Mapping[Link, LinkPads], offset: dict) -> None:
+        self.link, self.node, self.pads, self.offset = link, node, pads, offset
+
+    def take(self, nbytes: int) -> tuple[int, KeyMaterial]:
+        off = self.offset[self.link]
+        self.offset[self.link] = off + nbytes
+        return off, self.at(off, nbytes)
+
+    def at(self, offset: int, nbytes: int) -> KeyMaterial:
+        return KeyMaterial(self.pads[self.link].end(self.node).reveal()[offset : offset + nbytes])
+
+
+def _neighbours(part: NodePart) -> list:
+    return list(dict.fromkeys([n for _, _, n in part.starts] + [x for _, _, p, n in part.forwards for x in (p, n)]
+                              + [p for _, _, p in part.ends]))

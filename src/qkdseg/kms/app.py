@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import re
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -33,7 +34,10 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .pki import fingerprint
-from .service import CLIP, Caller, KeyService, KmsError, clip, clip_names
+from .etsi import CLIP, Caller, KmsError, clip, clip_names
+
+if TYPE_CHECKING:
+    from .service import KeyService
 
 STATE_KEY = "qkdseg_caller"
 #: Largest request head (request line and headers, bytes) and most header lines accepted (else a JSON 400).
@@ -322,13 +326,21 @@ async def _json_body(request: Request, fields: set[str], limit: int) -> dict:
     return data
 
 
-def create_app(service: KeyService, *, expiry: bool = True) -> Starlette:
-    """The Starlette application serving ``service`` under ``/api/v1/keys/``."""
+def create_app(service: KeyService, *, expiry: bool = True, routes: list | None = None) -> Starlette:
+    """The Starlette application serving ``service`` under ``/api/v1/keys/``.
+
+    ``service`` is a :class:`.service.KeyService` or a network node's service (:mod:`qkdseg.net.node`), which
+    offers the same methods; ``routes`` are more routes served by the same application (a node's relay and
+    control APIs).
+    """
     limit = service.cfg.max_body_bytes
 
     async def status(request: Request) -> Response:
         caller = _caller(request)
-        return JSONResponse(service.status(caller, request.path_params["sae"]))
+        result = service.status(caller, request.path_params["sae"])
+        if inspect.isawaitable(result):  # a network node asks its controller
+            result = await result
+        return JSONResponse(result)
 
     async def enc_keys(request: Request) -> Response:
         caller = _caller(request)
@@ -418,6 +430,7 @@ def create_app(service: KeyService, *, expiry: bool = True) -> Starlette:
         Route("/api/v1/keys/{sae}/status", status, methods=["GET"]),
         Route("/api/v1/keys/{sae}/enc_keys", enc_keys, methods=["GET", "POST"]),
         Route("/api/v1/keys/{sae}/dec_keys", dec_keys, methods=["GET", "POST"]),
+        *(routes or ()),
     ]
     for route in routes:  # Starlette adds HEAD to every GET route: a HEAD enc_keys would issue a key unseen
         route.methods.discard("HEAD")

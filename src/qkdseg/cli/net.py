@@ -1,0 +1,137 @@
+"""``qkdseg net|node|controller``: set up, run and inspect a network of key service processes (docs/network.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import InvalidRequest
+from .common import _need_server_extra
+from .errors import user_errors
+
+net_app = typer.Typer(help="A key service network: one KME process per node and a controller.", no_args_is_help=True)
+node_app = typer.Typer(help="One node's KME (ETSI 014, relay, control).", no_args_is_help=True)
+controller_app = typer.Typer(help="The network's controller (routes and plans; no key material).",
+                             no_args_is_help=True)
+
+
+@net_app.command("init")
+@user_errors
+def init(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory to create.", show_default=False)],
+    network: Annotated[str, typer.Option("--network", help="A network: file, 'example' or 'topohub:...'.")],
+    sae: Annotated[list[str], typer.Option("--sae", help="SAE_ID=NODE (repeat; at least two).")],
+    security_level: Annotated[float, typer.Option("--security-level", help="Default security level of a key.")] = 0.9,
+    key_size: Annotated[int, typer.Option("--key-size", help="Default key size, bits.")] = 256,
+    algorithm: Annotated[str, typer.Option("--algorithm", help="Routing algorithm.")] = "smr",
+    reconstruction: Annotated[str, typer.Option("--reconstruction", help="paper, optimal or xor-all.")] = "paper",
+    port: Annotated[int, typer.Option("--port", help="The port of every listener (each node has its own address).")] = 8443,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing deployment.")] = False,
+) -> None:
+    """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
+    from ..kms.config import check_sae_id
+    from ..net.layout import init_network
+
+    saes: dict[str, str] = {}
+    for item in sae:
+        name, sep, node = item.partition("=")
+        if not sep or not node:
+            raise InvalidRequest(f"--sae {item!r} must be SAE_ID=NODE")
+        check_sae_id(name, "--sae: SAE id")
+        if name in saes:
+            raise InvalidRequest(f"--sae: SAE id {name!r} given twice")
+        saes[name] = node
+    out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
+                       algorithm=algorithm, reconstruction=reconstruction, port=port, force=force)
+    typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
+               f"controller on {out['controller']}")
+    typer.echo(f"start it with: qkdseg net up {directory}")
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("node", "role", "pid", "address", "ETSI 014 URL", "healthy")
+    for r in rows:
+        t.add_row(r["node"] or "-", r["role"], str(r["pid"] or "-"), r["address"], r["etsi014_url"] or "-",
+                  "yes" if r["healthy"] else "no")
+    Console(width=140).print(t)
+
+
+@net_app.command("up")
+@user_errors
+def up(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
+    detach: Annotated[bool, typer.Option("--detach", help="Leave the processes running ('net down' stops them).")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for every health check.")] = 120.0,
+) -> None:
+    """Start the controller and one process per node; wait until each is healthy; stop all on SIGINT/SIGTERM."""
+    _need_server_extra()
+    from ..net.procs import up as run, wait_foreground
+
+    rows = run(directory, timeout=timeout)
+    _table(rows)
+    if detach:
+        typer.echo(f"running; stop with: qkdseg net down {directory}")
+        return
+    typer.echo("running; Ctrl-C stops every process")
+    wait_foreground(directory)
+
+
+@net_app.command("down")
+@user_errors
+def down(directory: Annotated[Path, typer.Argument(help="The deployment directory.", show_default=False)]) -> None:
+    """Stop every process of a network started with 'net up --detach'."""
+    from ..net.procs import down as run
+
+    n = run(directory)
+    typer.echo(f"stopped {n} process(es)")
+
+
+@net_app.command("status")
+@user_errors
+def status(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Per process: role, node, pid, address, ETSI 014 URL, healthy (its health check)."""
+    from ..net.procs import status as run
+
+    if fmt not in ("table", "json"):
+        raise InvalidRequest(f"--format {fmt!r} must be table or json")
+    rows = run(directory)
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=1))
+    else:
+        _table(rows)
+
+
+@node_app.command("serve")
+@user_errors
+def node_serve(
+    directory: Annotated[Path, typer.Argument(help="The node's directory (DIR/nodes/<node>).", show_default=False)],
+    tap: Annotated[Path | None, typer.Option(
+        "--tap", help="TEST ONLY, the adversary's tap: record the plaintext pieces this node handles to this file "
+                      "(refused unless QKDSEG_ALLOW_TAP=1).", show_default=False)] = None,
+) -> None:
+    """Serve one node's KME: ETSI 014 to its SAEs, relay to its neighbours, control from the controller."""
+    _need_server_extra()
+    from ..net.node import serve_node
+
+    serve_node(directory, tap=tap)
+
+
+@controller_app.command("serve")
+@user_errors
+def controller_serve(
+    directory: Annotated[Path, typer.Argument(help="The controller's directory (DIR/controller).", show_default=False)],
+) -> None:
+    """Serve the controller: plans and reservations for the nodes; it never holds key material."""
+    _need_server_extra()
+    from ..net.controller import serve_controller
+
+    serve_controller(directory)

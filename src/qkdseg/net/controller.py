@@ -1,0 +1,203 @@
+"""``qkdseg controller serve CTRLDIR``: the paper's centralized key management server (docs/network.md).
+
+It keeps the topology, the SAE registry and every link's level (bits), and
+plans each request exactly as ``kms serve`` does (it *is* a
+:class:`qkdseg.kms.service.KeyService` that never relays): it routes with the
+routing registry on the current levels, chooses the reconstruction at the
+requested level, reserves the bits of every link of the route (amounts, never
+offsets: the nodes own those), and sends each node of the route its part
+(:func:`qkdseg.keys.steps.node_parts`). **It never holds key material**: no
+piece, no segment key, no global key, no link seed reaches it.
+
+API (mutual TLS 1.3; callers by certificate role):
+
+- ``POST /control/v1/plans`` (nodes): plan a request of the node's own SAE;
+- ``GET /control/v1/status`` (nodes): what ``status`` of ETSI 014 reports;
+- ``GET /health`` (any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..errors import InvalidRequest
+from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
+
+
+class Controller:
+    def __init__(self, directory: Path) -> None:
+        import numpy as np
+
+        from ..kms.server import open_service
+
+        self.np = np
+        self.dir = Path(directory)
+        try:
+            self.net = json.loads((self.dir / "net.json").read_text())
+        except FileNotFoundError:
+            raise InvalidRequest(f"{self.dir}: not a controller directory (no net.json; run 'qkdseg net init')") from None
+        self.svc = open_service(self.dir)  # the key service's planning, levels, store and audit; it never relays here
+        self.addresses = {str(n["id"]): n["address"] for n in self.net["nodes"]}
+        self.ctx_client = client_context(self.dir / "controller.crt", self.dir / "controller.key", self.dir / "ca.crt")
+        self.client = None
+        self.plans = 0
+        self.queues: dict[str, asyncio.Queue] = {}
+
+    def _http(self):
+        if self.client is None:
+            from .wire import async_client
+
+            self.client = async_client(self.ctx_client, 256)
+        return self.client
+
+    def _push(self, node: str, part: dict) -> asyncio.Future:
+        """Queue a plan part for ``node``; one POST per node carries every part queued meanwhile (of any request)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        q = self.queues.get(node)
+        if q is None:
+            q = self.queues[node] = asyncio.Queue()
+            loop.create_task(self._sender(node, q))
+        q.put_nowait((part, fut))
+        return fut
+
+    async def _sender(self, node: str, q: asyncio.Queue) -> None:
+        url = f"https://{self.addresses[node]}/control/v1/parts"
+        while True:
+            batch = [await q.get()]
+            while not q.empty() and len(batch) < 1024:
+                batch.append(q.get_nowait())
+            try:
+                r = await self._http().post(url, json={"parts": [p for p, _ in batch]})
+                err = None if r.status_code == 202 else f"node {node}: {r.status_code}"
+            except Exception as exc:  # noqa: BLE001 -- the node is unreachable: the requests fail cleanly
+                err = f"node {node}: {type(exc).__name__}"
+            for _, fut in batch:
+                if not fut.done():
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(RuntimeError(err))
+
+    def _sae(self, sae: str, caller_node: str | None = None) -> int:
+        s = self.svc.sae_node.get(sae)
+        if s is None:
+            raise Problem(400, "Bad Request", f"SAE {sae!r} is not registered", message=f"SAE {sae!r} is not registered")
+        if caller_node is not None and str(self.svc.arrays.node_ids[s]) != caller_node:
+            raise Problem(403, "Forbidden", f"SAE {sae!r} is not attached to node {caller_node!r}")
+        return s
+
+    async def plan(self, caller_node: str, w: dict) -> dict:
+        from ..keys.relay import Plan
+        from ..keys.steps import node_parts
+        from ..kms.etsi import KeyRequest, KmsError
+        from ..kms.store import Batch
+
+        np, svc = self.np, self.svc
+        master, slave = str(w["master"]), str(w["slave"])
+        s, d = self._sae(master, caller_node), self._sae(slave)
+        req = KeyRequest(int(w["number"]), int(w["size"]), float(w["level"]), str(w["level_source"]),
+                         bool(w["mandatory"]))
+        if svc.committer.failed is not None:
+            raise Problem(503, "Service Unavailable", "the controller's store failed", message="controller unavailable")
+        svc.refill(time.time())
+        try:
+            try:
+                r, rec, relays, bits = svc._plan_relays(s, d, req, req.number)
+            except KmsError:
+                if req.level_source != "extension_optional":
+                    raise
+                req = KeyRequest(req.number, req.size, svc.cfg.security_level, "default", False)
+                r, rec, relays, bits = svc._plan_relays(s, d, req, req.number)
+        except KmsError as err:
+            raise Problem(err.status, "Bad Request" if err.status == 400 else "Service Unavailable", err.message,
+                          message=err.message, details=err.details, reason=err.reason) from None
+        links = np.flatnonzero(bits)
+        svc.levels.debit(links, bits[links])  # reserved: amounts, on every link of the route, before any node acts
+        rid = str(uuid.uuid4())
+        plan = Plan.from_any(rec, r)
+        parts = node_parts(r, [plan], copies=relays)
+        summary = svc._summary(r, rec, relays)
+        securities = [float(gk.security) for _ in range(relays) for gk in rec.global_keys]
+        await svc.committer.commit(Batch(links=svc._link_rows(links), audit=[{
+            "time": round(time.time(), 6), "event": "plan", "request_id": rid, "sae": master, "peer": slave,
+            "number": req.number, "size": req.size, "level": req.level, "route": summary, "outcome": "reserved"}]))
+        body = {"request_id": rid, "master": master, "slave": slave, "number": req.number, "securities": securities}
+        nodes = list(parts)
+
+        futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        bad = [str(v) for v, res in zip(nodes, results) if isinstance(res, BaseException)]
+        if bad:
+            await asyncio.gather(*(self._http().post(f"https://{self.addresses[str(v)]}/control/v1/void",
+                                                     json={"request_id": rid}) for v in nodes),
+                                 return_exceptions=True)
+            await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
+                                                     "request_id": rid, "outcome": f"nodes unreachable: {bad}"}]))
+            msg = f"node(s) {', '.join(bad)} on the route are unreachable; nothing was issued (try again)"
+            raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
+        self.plans += 1
+        return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number]}
+
+    def status(self, caller_node: str, master: str, slave: str) -> dict:
+        svc = self.svc
+        s, d = self._sae(master, caller_node), self._sae(slave)
+        svc.refill(time.time())
+        per_relay, relays, summary = svc._capacity(s, d, svc.cfg.key_size, svc.cfg.security_level)
+        return {"stored_key_count": int(per_relay * relays), "route": summary,
+                "target_KME_ID": f"node {svc.arrays.node_ids[d]}"}
+
+
+def create_controller_app(ctl: Controller) -> Starlette:
+    @problem_routes
+    async def plans(request: Request):
+        role = require(request, "node")
+        return json_response(await ctl.plan(role.ident, await read_json(request)))
+
+    @problem_routes
+    async def status(request: Request):
+        role = require(request, "node")
+        q = request.query_params
+        return json_response(ctl.status(role.ident, q.get("master", ""), q.get("slave", "")))
+
+    async def health(request: Request):
+        return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            if ctl.client is not None:
+                await ctl.client.aclose()
+
+    return Starlette(routes=[Route("/control/v1/plans", plans, methods=["POST"]),
+                             Route("/control/v1/status", status, methods=["GET"]),
+                             Route("/health", health, methods=["GET"])], lifespan=lifespan)
+
+
+def serve_controller(directory: str | Path) -> None:
+    from .wire import run_uvicorn
+
+    d = Path(directory)
+    ctl = Controller(d)
+    host, port = ctl.net["address"].rsplit(":", 1)
+    ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
+    try:
+        run_uvicorn(create_controller_app(ctl), host, int(port), ctx, d / "controller.crt",
+                    on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
+                                           f"({len(ctl.addresses)} nodes)", flush=True))
+    finally:
+        ctl.svc.close()
+    print("qkdseg controller: stopped", file=sys.stderr, flush=True)

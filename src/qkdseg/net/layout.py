@@ -1,0 +1,224 @@
+"""``qkdseg net init``: a whole deployment in one directory (docs/network.md).
+
+``DIR/``
+
+- ``pki/``: the CA (``ca.crt``, ``ca.key``) and one certificate per SAE
+  (``SAE.crt``/``SAE.key``, CN = SAE id, SAN ``urn:qkdseg:sae:SAE``);
+- ``controller/``: ``kms.toml`` (network, SAE registry, defaults), ``net.json``
+  (every node's address), its certificate (SAN ``urn:qkdseg:controller``),
+  its store and audit once it runs;
+- ``nodes/<dir>/``: ``node.json``, the node's certificate (SAN
+  ``urn:qkdseg:node:<id>``, IP = its address), key, ``storage.key`` and
+  ``links.sealed.json``: the seeds of its own adjacent links only,
+  AES-256-GCM under its storage key;
+- ``nodes.json``: node id -> directory name (ids that are not a safe file
+  name are mapped to ``n<index>``).
+
+Private keys and storage keys are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ..errors import InvalidRequest
+from ..kms.pki import DAY, _name, make_ca, write_cert, write_key, write_secret
+
+DEFAULT_PORT = 8443
+CONTROLLER_HOST = "127.0.0.1"
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def role_uri(role: str, ident: str | None = None) -> str:
+    """``urn:qkdseg:node:<id>``, ``urn:qkdseg:controller`` or ``urn:qkdseg:sae:<id>`` (the id percent-encoded)."""
+    return "urn:qkdseg:controller" if role == "controller" else f"urn:qkdseg:{role}:{quote(str(ident), safe='')}"
+
+
+def issue_role(ca_key, ca_cert, cn: str, uri: str, *, hosts: tuple[str, ...] = (), days: int = 825):
+    """A leaf certificate with its role as a SAN URI; ``hosts`` (IPs) make it a server certificate too."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.timezone.utc) - DAY
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if hosts:
+        sans += [x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(h)) for h in hosts]
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + days * DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def node_address(index: int, port: int) -> str:
+    """Node ``index`` (network order) listens on 127.0.0.(2 + index) (the loopback range: 127.0.0.0/8)."""
+    return f"{ipaddress.IPv4Address(0x7F000002 + index)}:{port}"
+
+
+def dir_names(node_ids: list) -> dict[str, str]:
+    """Node id (as text) -> directory name: the id where it is a safe file name, else ``n<index>``."""
+    out: dict[str, str] = {}
+    used = set()
+    for i, v in enumerate(node_ids):
+        name = str(v)
+        if not _SAFE.fullmatch(name) or name.lower() in used:
+            name = f"n{i}"
+        used.add(name.lower())
+        out[str(v)] = name
+    return out
+
+
+def seal(storage_key: bytes, name: str, data: bytes) -> str:
+    nonce = os.urandom(12)
+    return base64.b64encode(nonce + AESGCM(storage_key).encrypt(nonce, data, name.encode())).decode()
+
+
+def unseal(storage_key: bytes, name: str, blob: str) -> bytes:
+    raw = base64.b64decode(blob)
+    return AESGCM(storage_key).decrypt(raw[:12], raw[12:], name.encode())
+
+
+def link_name(u, v) -> str:
+    return json.dumps([u, v], separators=(",", ":"))
+
+
+#: What a node's or the controller's directory keeps between runs: replaced by ``net init --force``.
+_STATE_FILES = ("storage.key", "audit.key", "kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm", "audit.jsonl",
+                "relay.sqlite3", "relay.sqlite3-wal", "relay.sqlite3-shm")
+
+
+def _remove_state(d: Path) -> None:
+    for name in _STATE_FILES:
+        (d / name).unlink(missing_ok=True)
+
+
+def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
+                 key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
+                 port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False) -> dict:
+    """Write the deployment (see the module docstring); returns a summary."""
+    from ..kms.config import KmsConfig, write_config
+    from ..kms.audit import make_audit_key
+    from ..kms.store import init_keys, make_storage_key
+    from ..topology import load
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidRequest(f"{directory}: exists and is not a directory")
+    if (directory / "nodes.json").exists() and not force:
+        raise InvalidRequest(f"{directory / 'nodes.json'}: a deployment exists already (use --force to overwrite)")
+    if not 1 <= port <= 65535:
+        raise InvalidRequest(f"--port {port} must be in 1..65535")
+    if not (spec == "example" or spec.startswith("topohub:")):
+        path = Path(spec)
+        net = load(path)
+        spec = str(path.resolve())
+    else:
+        net = load(spec)
+    registry = {sae: net.resolve(node) for sae, node in saes.items()}
+    cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
+                    key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
+                    cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
+                    _dir=directory / "controller")
+    cfg.check()
+    ids = list(net.graph.nodes)
+    if len(ids) > 200_000:
+        raise InvalidRequest("at most 200,000 nodes fit the loopback range")
+    names = dir_names(ids)
+    addr = {str(v): node_address(i, port) for i, v in enumerate(ids)}
+    ctrl_addr = f"{CONTROLLER_HOST}:{controller_port or port}"
+    at_node: dict[str, list[str]] = {}
+    for sae, v in registry.items():
+        at_node.setdefault(str(v), []).append(sae)
+
+    pki = directory / "pki"
+    for d in (pki, directory / "controller", directory / "nodes"):
+        d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = make_ca("qkdseg network CA")
+    write_key(pki / "ca.key", ca_key)
+    write_cert(pki / "ca.crt", ca)
+    for sae in registry:
+        key, cert = issue_role(ca_key, ca, sae, role_uri("sae", sae))
+        write_key(pki / f"{sae}.key", key)
+        write_cert(pki / f"{sae}.crt", cert)
+
+    ctrl = directory / "controller"
+    write_config(ctrl, cfg)
+    key, cert = issue_role(ca_key, ca, "controller", role_uri("controller"), hosts=(CONTROLLER_HOST,))
+    write_key(ctrl / "controller.key", key)
+    write_cert(ctrl / "controller.crt", cert)
+    write_cert(ctrl / "ca.crt", ca)
+    if force:  # a new deployment: the old keys and stores would no longer match it
+        _remove_state(ctrl)
+    init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
+    write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
+    net_json = {"network": spec, "address": ctrl_addr, "nodes": [{"id": v, "dir": names[str(v)], "address": addr[str(v)],
+                                                                  "saes": at_node.get(str(v), [])} for v in ids]}
+    (ctrl / "net.json").write_text(json.dumps(net_json, indent=1) + "\n")
+
+    seeds = {}
+    for u, v, data in net.graph.edges(data=True):
+        seeds[(u, v)] = (secrets.token_bytes(32), data)
+    adj: dict = {v: [] for v in ids}
+    for (u, v), (seed, data) in seeds.items():
+        adj[u].append((u, v, seed, data))
+        adj[v].append((u, v, seed, data))
+    for v in ids:
+        nd = directory / "nodes" / names[str(v)]
+        nd.mkdir(parents=True, exist_ok=True)
+        if force:
+            _remove_state(nd)
+        skey = make_storage_key(nd / "storage.key")
+        make_audit_key(nd / "audit.key")
+        host = addr[str(v)].rsplit(":", 1)[0]
+        key, cert = issue_role(ca_key, ca, f"node {v}", role_uri("node", v), hosts=(host,))
+        write_key(nd / "node.key", key)
+        write_cert(nd / "node.crt", cert)
+        write_cert(nd / "ca.crt", ca)
+        links, sealed = [], {}
+        for a, b, seed, data in adj[v]:
+            other = b if a == v else a
+            name = link_name(a, b)
+            links.append({"link": [a, b], "neighbour": other, "address": addr[str(other)],
+                          "pool_bits": int(data.get("pool_bits", 100_000)), "rate_bps": data.get("rate_bps")})
+            sealed[name] = seal(skey, name, seed)
+        (nd / "links.sealed.json").write_text(json.dumps(sealed, indent=1) + "\n")
+        os.chmod(nd / "links.sealed.json", 0o600)
+        conf = {
+            "id": v, "address": addr[str(v)], "controller": ctrl_addr, "network": net.name,
+            "saes": at_node.get(str(v), []), "registry": {s: n for s, n in cfg.saes.items()},
+            "links": links, "addresses": addr,
+            "etsi": {"kme_id": f"KME_{names[str(v)]}", "key_size": key_size, "min_key_size": cfg.min_key_size,
+                     "max_key_size": cfg.max_key_size, "max_key_per_request": cfg.max_key_per_request,
+                     "max_key_count": cfg.max_key_count, "security_level": security_level,
+                     "key_ttl_s": cfg.key_ttl_s, "max_body_bytes": cfg.max_body_bytes,
+                     "header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s,
+                     "keep_alive_s": cfg.keep_alive_s, "max_connections": cfg.max_connections},
+        }
+        (nd / "node.json").write_text(json.dumps(conf, indent=1) + "\n")
+    (directory / "nodes.json").write_text(json.dumps(names, indent=1) + "\n")
+    return {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}

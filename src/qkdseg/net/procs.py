@@ -1,0 +1,182 @@
+"""``qkdseg net up|down|status``: a whole network as local processes (docs/network.md).
+
+``net up DIR`` starts the controller and one ``qkdseg node serve`` per node
+(each its own OS process, its output in ``DIR/logs/``), writes their pids to
+``DIR/run/pids.json``, waits until each answers its health check, and prints
+a table. In the foreground it stops every process on SIGINT/SIGTERM (exit
+0); with ``--detach`` it leaves them running and ``net down DIR`` stops them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InvalidRequest
+
+
+def _net(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "controller" / "net.json").read_text())
+    except FileNotFoundError:
+        raise InvalidRequest(f"{directory}: not a network directory (run 'qkdseg net init {directory} ...' first)") from None
+
+
+def processes(directory: Path) -> list[dict]:
+    """One entry per process: role, node, address, etsi014_url, and its directory."""
+    net = _net(directory)
+    out = [{"role": "controller", "node": None, "address": net["address"], "etsi014_url": None,
+            "dir": str(directory / "controller"), "name": "controller"}]
+    for n in net["nodes"]:
+        out.append({"role": "node", "node": str(n["id"]), "address": n["address"],
+                    "etsi014_url": f"https://{n['address']}" if n["saes"] else None,
+                    "dir": str(directory / "nodes" / n["dir"]), "name": f"node-{n['dir']}", "saes": n["saes"]})
+    return out
+
+
+def _pids(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "run" / "pids.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie child of this process is not running
+        with open(f"/proc/{int(pid)}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str, bool]:
+    """Each process's health check over mutual TLS (the controller's certificate), by name."""
+    import httpx
+
+    from .wire import client_context
+
+    c = directory / "controller"
+    ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+
+    def one(p):
+        try:
+            with httpx.Client(verify=ctx, timeout=timeout) as cl:
+                r = cl.get(f"https://{p['address']}/health")
+            return r.status_code == 200 and r.json().get("status") == "ok"
+        except Exception:  # noqa: BLE001 -- not answering is unhealthy
+            return False
+
+    with concurrent.futures.ThreadPoolExecutor(min(32, len(procs))) as ex:
+        return dict(zip([p["name"] for p in procs], ex.map(one, procs)))
+
+
+def status(directory: Path) -> list[dict]:
+    procs = processes(directory)
+    pids = _pids(directory)
+    ok = health(directory, procs)
+    return [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
+             "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]])} for p in procs]
+
+
+def start_one(directory: Path, p: dict, extra: tuple[str, ...] = (), env: dict | None = None) -> subprocess.Popen:
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "qkdseg", p["role"], "serve", p["dir"], *extra]
+    with open(logs / f"{p['name']}.log", "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+
+
+def up(directory: Path, *, timeout: float = 120.0) -> list[dict]:
+    """Start every process and wait until each is healthy; returns the status rows."""
+    procs = processes(directory)
+    pids = _pids(directory)
+    running = [p["name"] for p in procs if _alive(pids.get(p["name"]))]
+    if running:
+        raise InvalidRequest(f"{directory}: already up ({len(running)} processes running; 'qkdseg net down' first)")
+    (directory / "run").mkdir(exist_ok=True)
+    started = {}
+    try:
+        for p in procs:
+            started[p["name"]] = start_one(directory, p)
+        (directory / "run" / "pids.json").write_text(json.dumps({k: v.pid for k, v in started.items()}) + "\n")
+        deadline = time.monotonic() + timeout
+        waiting = list(procs)
+        while waiting:
+            dead = [p["name"] for p in waiting if started[p["name"]].poll() is not None]
+            if dead:
+                raise InvalidRequest(f"process(es) exited at start: {', '.join(dead[:5])} (see {directory / 'logs'}/)")
+            ok = health(directory, waiting, timeout=1.0)
+            waiting = [p for p in waiting if not ok[p["name"]]]
+            if waiting and time.monotonic() > deadline:
+                raise InvalidRequest(f"{len(waiting)} process(es) not healthy after {timeout:.0f} s "
+                                     f"(first: {waiting[0]['name']}; see {directory / 'logs'}/)")
+            if waiting:
+                time.sleep(0.2)
+    except BaseException:
+        _stop({k: v.pid for k, v in started.items()})
+        (directory / "run" / "pids.json").unlink(missing_ok=True)
+        raise
+    return status(directory)
+
+
+def _stop(pids: dict, wait: float = 20.0) -> None:
+    for pid in pids.values():
+        if _alive(pid):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        for pid in pids.values():  # reap our own children
+            try:
+                os.waitpid(int(pid), os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)
+    for pid in pids.values():
+        if _alive(pid):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def down(directory: Path) -> int:
+    """Stop every process of ``DIR`` (SIGTERM, then SIGKILL after 20 s); returns how many were running."""
+    _net(directory)
+    pids = _pids(directory)
+    n = sum(1 for p in pids.values() if _alive(p))
+    _stop(pids)
+    (directory / "run" / "pids.json").unlink(missing_ok=True)
+    return n
+
+
+def wait_foreground(directory: Path) -> None:
+    """Block until SIGINT/SIGTERM, then stop every process."""
+    stop = []
+
+    def handler(sig, frame):
+        stop.append(sig)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        down(directory)

@@ -1,0 +1,185 @@
+"""What the node and controller processes share: mutual TLS 1.3, certificate roles, problem details.
+
+- Every process listens with TLS 1.3, a client certificate required from the
+  deployment's CA, and calls the others with its own certificate.
+- The caller's role is the SAN URI of its certificate (``urn:qkdseg:node:ID``,
+  ``urn:qkdseg:controller``, ``urn:qkdseg:sae:ID``), read once per connection
+  by :class:`RolePeerProtocol`. For the ETSI 014 routes the caller's SAE id is
+  the CN only when the certificate's role is that SAE; a node's or the
+  controller's certificate is never taken for an SAE.
+- Errors of the relay and control APIs are RFC 9457 problem details
+  (``application/problem+json``).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.responses import Response
+
+from ..kms.app import STATE_KEY, PeerCertH11Protocol
+from ..kms.etsi import Caller
+
+ROLE_KEY = "qkdseg_role"
+
+
+@dataclass(frozen=True)
+class Role:
+    """A caller's role from its certificate: ``kind`` (node, controller, sae) and ``ident`` (text)."""
+
+    kind: str
+    ident: str | None
+
+
+def role_of(cert) -> Role | None:
+    from cryptography import x509
+
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri == "urn:qkdseg:controller":
+            return Role("controller", None)
+        for kind in ("node", "sae"):
+            prefix = f"urn:qkdseg:{kind}:"
+            if uri.startswith(prefix):
+                return Role(kind, unquote(uri[len(prefix):]))
+    return None
+
+
+class RolePeerProtocol(PeerCertH11Protocol):
+    """uvicorn's h11 protocol with the peer's role in each request's state, and the SAE id only for SAEs."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        role = None
+        if der:
+            from cryptography import x509
+
+            from ..kms.pki import common_name
+
+            cert = x509.load_der_x509_certificate(der)
+            role = role_of(cert)
+            caller = self.app_state.get(STATE_KEY)
+            if caller is not None and not (role and role.kind == "sae" and role.ident == common_name(cert)):
+                # not an SAE certificate: an id no SAE can have (':' is not allowed in SAE ids)
+                who = f"urn:qkdseg:{role.kind}:{role.ident}" if role else "urn:qkdseg:unknown"
+                self.app_state = {**self.app_state, STATE_KEY: Caller(who, caller.fingerprint)}
+        self.app_state = {**self.app_state, ROLE_KEY: role}
+
+
+def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(cafile=str(ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class Problem(Exception):
+    """An RFC 9457 problem: ``status``, ``title``, ``detail`` and extension members."""
+
+    def __init__(self, status: int, title: str, detail: str = "", **ext: Any) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.ext = status, title, detail, ext
+
+    def response(self) -> Response:
+        body = {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail, **self.ext}
+        return Response(json.dumps(body, separators=(",", ":")), status_code=self.status,
+                        media_type="application/problem+json")
+
+
+def async_client(ctx: ssl.SSLContext, max_connections: int = 64):
+    """An httpx client over ``ctx`` with TCP_NODELAY (without it each small request waits ~40 ms for a delayed ACK)."""
+    import socket
+
+    import httpx
+
+    transport = httpx.AsyncHTTPTransport(verify=ctx, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                                         limits=httpx.Limits(max_connections=max_connections,
+                                                             max_keepalive_connections=max_connections))
+    return httpx.AsyncClient(transport=transport, timeout=10.0)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def role(request) -> Role | None:
+    return request.scope.get("state", {}).get(ROLE_KEY)
+
+
+def require(request, kind: str) -> Role:
+    r = role(request)
+    if r is None or r.kind != kind:
+        raise Problem(403, "Forbidden", f"this API is for the {kind} role; the caller's certificate has role "
+                                        f"{r.kind if r else 'none'}")
+    return r
+
+
+def problem_routes(handler):
+    """A route handler whose :class:`Problem` becomes its problem+json response (and bad JSON a 400)."""
+    import functools
+
+    @functools.wraps(handler)
+    async def wrapped(request):
+        try:
+            return await handler(request)
+        except Problem as p:
+            return p.response()
+        except (ValueError, KeyError, TypeError) as err:
+            return Problem(400, "Bad Request", f"malformed message: {type(err).__name__}").response()
+
+    return wrapped
+
+
+async def read_json(request) -> dict:
+    try:
+        data = json.loads(await request.body())
+    except ValueError:
+        raise Problem(400, "Bad Request", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise Problem(400, "Bad Request", "the body must be a JSON object")
+    return data
+
+
+def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, on_ready=None, *,
+                http: type | None = None, keep_alive_s: float = 30.0) -> None:
+    """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores)."""
+    import socket
+
+    import uvicorn
+
+    from ..errors import InvalidRequest
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise InvalidRequest(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(1024)
+    config = uvicorn.Config(app, http=http or RolePeerProtocol, ssl_context_factory=lambda _c, _d: ctx,
+                            ssl_certfile=str(certfile), access_log=False, log_level="warning", lifespan="on",
+                            timeout_keep_alive=keep_alive_s)
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        on_ready()
+    server.run(sockets=[sock])
