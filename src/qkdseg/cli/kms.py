@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
+from .common import out_path
 from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, audit.", no_args_is_help=True)
@@ -24,7 +25,7 @@ def _need_server_extra() -> None:
 @kms_app.command("init")
 @user_errors
 def init(
-    directory: Annotated[Path, typer.Argument(help="The service directory to create.", show_default=False)],
+    directory: Annotated[Path, typer.Argument(help="The service directory to create.", show_default=False, parser=out_path)],
     network: Annotated[str, typer.Option("--network", help="A network: file, 'example' or 'topohub:...'.")],
     sae: Annotated[list[str], typer.Option("--sae", help="SAE_ID=NODE (repeat; at least two).")],
     security_level: Annotated[float, typer.Option("--security-level", help="Default security level of a key.")] = 0.9,

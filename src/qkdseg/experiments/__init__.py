@@ -55,7 +55,8 @@ def reproduce(
     Writes to ``out_dir``: ``results.parquet`` (or ``.csv``),
     ``sensitivity.parquet`` (or ``.csv``), ``fig5.png``/``.svg``,
     ``fig6.png``/``.svg``, ``report.md`` and ``run.json`` (spec, runtime,
-    machine). Returns a summary dict with the claims.
+    machine). Returns a summary dict with the claims and ``files``, every
+    file written, in the order written.
     """
     from .sensitivity import DEFAULT_SENSITIVITY_TRIALS, SENSITIVITY_BETAS, SENSITIVITY_STEM, run_sensitivity
 
@@ -72,8 +73,9 @@ def reproduce(
         sens_seconds = time.perf_counter() - t0
     out = Path(out_dir)
     results = write_results(df, out, fmt=fmt)
+    files = [results]
     if sens is not None:
-        write_results(sens, out, fmt=fmt, stem=SENSITIVITY_STEM)
+        files.append(write_results(sens, out, fmt=fmt, stem=SENSITIVITY_STEM))
     header = (
         f"Spec: `qkdseg reproduce --trials {trials} --seed {seed}`; {len(df)} rows "
         f"({spec.n_units} trial-points x {len(spec.algorithms)} algorithms), reconstruction `{spec.reconstruction}`. "
@@ -91,7 +93,8 @@ def reproduce(
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()},
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    return {"results": str(results), "seconds": seconds + sens_seconds, **info}
+    files = [str(p) for p in files] + info["figures"] + [info["report"], str(out / "run.json")]
+    return {"results": str(results), "seconds": seconds + sens_seconds, "files": files, **info}
 
 
 def _timed_sweep(spec: SweepSpec, **kwargs):
