@@ -83,7 +83,7 @@ def topology_show(
     network = _load(net, default_p)
     s = network.summary()
     if fmt is Fmt.json:
-        _dump(s)
+        _dump({**s, "trusted_nodes": list(network.trusted_nodes)})
         return
     table = Table(title=f"network {_txt(s['name'])}", title_justify="left", show_header=False)
     for k, v in s.items():

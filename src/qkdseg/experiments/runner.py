@@ -162,7 +162,8 @@ def run_sweep(
     if backend == "processes":
         warm_up(spec.algorithms)
     rows: list[dict] = []
-    with _progress(spec.trials, desc, progress) as bar:
+    points = spec.n_units // spec.trials if spec.trials else 0
+    with _progress(spec.trials, f"{desc} ({points} points x {len(spec.algorithms)} algorithms per trial)", progress) as bar:
         if backend == "serial" or (backend == "processes" and workers == 1):
             it: Iterator = ((len(p), run_chunk(spec_dict, p)) for p in parts)
         elif backend == "processes":

@@ -66,6 +66,17 @@ class SimulationResult(NamedTuple):
     levels: Any
     info: dict
 
+    def __repr__(self) -> str:
+        """A summary (the DataFrames are the attributes): per algorithm, requests served and blocking."""
+        req = self.requests
+        parts = []
+        for alg in self.info.get("algorithms", []):
+            d = req[req["algorithm"] == alg]
+            served = int(d["served"].sum()) if len(d) else 0
+            parts.append(f"{alg}: {served}/{len(d)} served")
+        return (f"<SimulationResult {self.info.get('network')!s}, {self.info.get('requests')} requests over "
+                f"{self.info.get('duration', 0):g} s; {'; '.join(parts)}>")
+
 
 def simulate(
     network: Network,
