@@ -43,3 +43,17 @@ def test_a_string_id_on_integer_ids_gets_the_hint():
 def test_version():
     res = subprocess.run([sys.executable, "-m", "qkdseg", "--version"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == f"qkdseg {qkdseg.__version__}" and not res.stderr
+
+
+def test_route_paths_frame_matches_the_route():
+    net = qkdseg.example_network()
+    r = qkdseg.route(net, 0, 7)
+    df = r.paths_frame(net)
+    assert [tuple(n) for n in df["nodes"]] == [tuple(p) for p in r.paths]
+    assert df["hops"].sum() == r.hops and (df["relays"] == df["hops"] - 1).all()
+    for row in df.itertuples():
+        expected = 1.0
+        for v in row.nodes[1:-1]:
+            expected *= net.p(v)
+        assert row.psec == pytest.approx(expected)
+    assert "psec" not in r.paths_frame().columns
