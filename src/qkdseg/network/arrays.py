@@ -95,7 +95,7 @@ class NetworkArrays:
         """
         from scipy.sparse import csr_matrix
 
-        from .errors import InvalidRequest
+        from ..errors import InvalidRequest
 
         missing = np.flatnonzero(np.isnan(self.length_km))
         if missing.size:
