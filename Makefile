@@ -21,7 +21,7 @@ browser:
 	elif command -v apt-get >/dev/null 2>&1; then \
 	  echo "make: installing Debian's chromium (apt) for the dashboard's browser tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends --no-upgrade chromium >/dev/null; \
 	else \
 	  echo "make: no chromium and no apt-get: install Chromium and set QKDSEG_CHROMIUM=/path/to/it" \
 	       "(or QKDSEG_SKIP_BROWSER=1 to skip the browser tests)"; exit 1; \

@@ -1,7 +1,7 @@
 """How far is the paper's greedy reconstruction from the optimum?
 
 Over N random requests (default 1000), each on a freshly drawn seeded Waxman
-network (MODEL.md section 7: 100 nodes, 10 trusted relays, untrusted p=0.8,
+network (docs/model.md section 7: 100 nodes, 10 trusted relays, untrusted p=0.8,
 random source/destination), route with an algorithm (default SMR) and
 reconstruct the pieces with ``paper`` and ``optimal`` at each level epsilon
 in {0.5, 0.7, 0.9}. Prints, per epsilon: how often optimal delivers more

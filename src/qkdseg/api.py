@@ -103,6 +103,36 @@ class Route:
         """All paths, segment after segment."""
         return [p for seg in self.segments for p in seg.paths]
 
+    def paths_frame(self, network: Network | None = None):
+        """The paths as a pandas DataFrame, one row per path: ``segment`` and
+        ``path`` (numbered from 1, as ``qkdseg route`` prints them), the
+        segment's ``source`` and ``target``, ``nodes`` (ends included),
+        ``relays`` (every relay, trusted ones included), ``hops`` and
+        ``segment_security``; with ``network`` also ``psec``, the product of
+        the relays' ``p``.
+
+        >>> import qkdseg
+        >>> net = qkdseg.example_network()
+        >>> df = qkdseg.route(net, 0, 7).paths_frame(net)
+        >>> list(df.columns), len(df) == len(qkdseg.route(net, 0, 7).paths)
+        (['segment', 'path', 'source', 'target', 'nodes', 'relays', 'hops', 'segment_security', 'psec'], True)
+        """
+        import pandas as pd
+
+        rows = []
+        for j, seg in enumerate(self.segments, 1):
+            for k, path in enumerate(seg.paths, 1):
+                row = {"segment": j, "path": k, "source": seg.source, "target": seg.target, "nodes": tuple(path),
+                       "relays": len(path) - 2, "hops": len(path) - 1, "segment_security": seg.security}
+                if network is not None:
+                    psec = 1.0
+                    for v in path[1:-1]:
+                        psec *= network.p(v)
+                    row["psec"] = psec
+                rows.append(row)
+        cols = ["segment", "path", "source", "target", "nodes", "relays", "hops", "segment_security"]
+        return pd.DataFrame(rows, columns=cols + (["psec"] if network is not None else []))
+
     @property
     def hops(self) -> int:
         """Total hops over all paths."""

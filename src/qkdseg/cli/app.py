@@ -7,6 +7,8 @@ module registers.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from . import demo, emulate, experiments, place, route, simulate
@@ -22,6 +24,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"qkdseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
 app.add_typer(topology_app, name="topology")
 app.add_typer(kms_app, name="kms")  # the key service's commands; the server itself loads lazily
 app.add_typer(net_app, name="net")  # the network of key service processes (docs/network.md)

@@ -6,8 +6,15 @@ Text output escapes control characters in ids and names read from files.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -40,25 +47,116 @@ def _check_range(value: Optional[int], option: str, lo: int, hi: int) -> None:
         raise InvalidRequest(f"{option} {value}: must lie in [{lo}, {hi}]")
 
 
+def _check_number(value: Optional[float], option: str, *, lo: float = 0.0, hi: float = math.inf,
+                  lo_open: bool = False, what: str = "") -> None:
+    """A finite number in [lo, hi] (or (lo, hi] with ``lo_open``), named as the user typed it."""
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        bounds = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else (f"> {lo:g}" if lo_open else f">= {lo:g}")
+        raise InvalidRequest(f"{option} {value:g}: must be a finite number {bounds}{what}")
+
+
 def _check_seed(seed: Optional[int], option: str = "--seed") -> None:
     if seed is not None and not 0 <= seed < 2**63:
         raise InvalidRequest(f"{option} {seed}: must be a whole number in [0, 2**63)")
 
 
+def out_path(text: str) -> Path:
+    """The parser of every output path option: an empty one is refused (it
+    would silently mean the current directory)."""
+    if not str(text).strip():
+        raise typer.BadParameter("an empty path: name a directory or file (use . for the current directory)")
+    return Path(text)
+
+
+#: Keyword arguments of an output path option (``typer.Option("--out", **OUT_PATH)``).
+OUT_PATH = {"parser": out_path, "metavar": "PATH"}
+
+
+def _existing_anchor(path: Path) -> Path:
+    """``path`` itself when it exists, else its nearest existing ancestor."""
+    anchor = path.absolute()
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    return anchor
+
+
 def _check_out_dir(out: Path, option: str = "--out") -> None:
-    """Fail before any work when ``out`` cannot be a writable directory."""
+    """Fail before any work when ``out`` cannot become a writable directory.
+    Creates nothing: the outputs are written by :func:`staged_output`."""
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"{option} {out}: exists and is not a directory")
+    anchor = _existing_anchor(out)
+    if not anchor.is_dir():
+        raise InvalidRequest(f"{option} {out}: cannot create the directory: {anchor} is not a directory")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise InvalidRequest(f"{option} {out}: cannot write there: permission denied on {anchor}")
+
+
+class Staged:
+    """A run's outputs on their way to ``out``: written into :attr:`dir`, a
+    hidden folder inside ``out`` (or beside it, in its nearest existing
+    ancestor, when ``out`` does not exist yet), and moved into place by
+    :meth:`commit`."""
+
+    def __init__(self, out: Path, last: tuple[str, ...]) -> None:
+        self.out = out
+        self.last = last
+        anchor = _existing_anchor(out)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".qkdseg-partial-{out.name or 'out'}-", dir=anchor))
+
+    def final(self, path) -> Path:
+        """Where a file written into the staging folder ends up."""
+        return self.out / Path(path).relative_to(self.dir)
+
+    def commit(self) -> None:
+        """Move every file into ``out``, the completion markers (``last``) last; an old
+        marker goes first, so that a half-moved set never looks complete. Ctrl-C waits."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            names = sorted(p.name for p in self.dir.iterdir())
+            markers = [n for n in self.last if n in names]
+            for name in markers:
+                (self.out / name).unlink(missing_ok=True)
+            for name in [n for n in names if n not in markers] + markers:
+                os.replace(self.dir / name, self.out / name)
+            self.dir.rmdir()
+        finally:
+            if main:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def staged_output(out: Path, *, last: tuple[str, ...] = ("report.md", "run.json")) -> Iterator[Staged]:
+    """Write a command's outputs into a staging folder and move them into
+    ``out`` only when the body succeeds: an interrupted or failed run leaves
+    the previous output (or nothing), never a half-written folder. Files in
+    ``out`` that the run does not write stay as they are."""
+    stage = Staged(out, last)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InvalidRequest(f"{option} {out}: cannot create the directory: {err.strerror or err}") from None
-    probe = out / f".qkdseg-write-test-{os.getpid()}"
+        yield stage
+        stage.commit()
+    finally:
+        stage.discard()
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed onto it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.absolute().parent)
+    os.close(fd)
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise InvalidRequest(f"{option} {out}: cannot write there: {err.strerror or err}") from None
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 class Fmt(str, Enum):

@@ -4,6 +4,13 @@ User errors (a bad file, an unknown node, a bad value, a bad or missing
 option, an output location that cannot be written) print one line,
 ``qkdseg: error: ...``, on standard error and exit with status 2; no
 traceback. A closed standard output (``qkdseg ... | head``) stops quietly.
+Ctrl-C (SIGINT) stops a batch command with one line, ``qkdseg: error:
+interrupted``, and exit status 130, wherever it lands: in Python, inside a
+compiled kernel (numba may then surface it as another exception, which is
+reported the same way) or while process-pool workers run (they ignore
+SIGINT and are stopped by the parent). A second Ctrl-C during the clean-up
+stops at once, with the same one line. The servers install their own
+handlers while they serve and stop cleanly with exit 0.
 Every command group imports :func:`user_errors` from here; nothing here
 imports a command group or the assembler (:mod:`qkdseg.cli.app`).
 """
@@ -15,7 +22,9 @@ import functools
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 
 import typer
 from typer.core import TyperGroup
@@ -54,6 +63,88 @@ def _fail(message: str) -> None:
     typer.echo(f"qkdseg: error: {_one_line(message)}", err=True)
 
 
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+_INTERRUPTED_LINE = "interrupted"
+
+
+class _Interrupts:
+    """The SIGINT handler of one ``qkdseg`` invocation.
+
+    Where qkdseg's own code (which calls compiled kernels) or numba's runs,
+    the handler does not raise by itself: Python may run it from inside a C
+    function (numba's dispatcher calls ``PyErr_CheckSignals``), which then
+    returns with an exception set (a ``SystemError``) or crashes. Instead it
+    turns on a trace function, which raises :class:`KeyboardInterrupt` at the
+    next line of Python code outside numba: a point where raising is always
+    safe, at once in Python code and as soon as a compiled kernel (or
+    numba's compiler) returns. Anywhere else (a wait for workers in the
+    standard library, pandas, matplotlib) it raises at once, as Python's
+    default handler does. A second Ctrl-C, while the first one's
+    clean-up runs, writes the line and exits at once. In a forked child (a
+    worker process before its initializer ran) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.hit = False
+        self.reported = False
+
+    def __call__(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            return
+        if self.hit:
+            self.report(now=True)
+            os._exit(EXIT_INTERRUPTED)
+        self.hit = True
+        if frame is not None and not _may_call_numba(frame):
+            raise KeyboardInterrupt  # a wait in the standard library, a library's Python code: Python's own behaviour
+        sys.settrace(self._trace)
+        while frame is not None:
+            frame.f_trace = self._trace
+            frame = frame.f_back
+
+    def _trace(self, frame, event, arg):
+        if "numba" in frame.f_code.co_filename:  # numba's own Python code (its compiler, its dispatcher)
+            return None
+        if event in ("line", "return", "exception"):
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return self._trace
+
+    def report(self, now: bool = False) -> None:
+        """The one line, once. ``now``: from the handler itself, straight to
+        the descriptor (what sys.stderr holds may be half written)."""
+        if self.reported:
+            return
+        self.reported = True
+        if not now:
+            _fail(_INTERRUPTED_LINE)
+            return
+        try:
+            os.write(2, f"qkdseg: error: {_INTERRUPTED_LINE}\n".encode())
+        except OSError:  # pragma: no cover - stderr closed
+            pass
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _may_call_numba(frame) -> bool:
+    """Whether ``frame`` runs qkdseg's own code or numba's (the code that calls compiled kernels)."""
+    name = frame.f_code.co_filename
+    return name.startswith(_PACKAGE) or "numba" in name
+
+
+#: The handler of the invocation running now (None outside ``main``).
+_ACTIVE: "_Interrupts | None" = None
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C stopped the command now running."""
+    return _ACTIVE is not None and _ACTIVE.hit
+
+
 def _quiet_broken_pipe() -> None:
     """The reader closed our stdout (``qkdseg ... | head``): stop quietly."""
     try:
@@ -69,6 +160,40 @@ class _OneLineGroup(TyperGroup):
     one ``qkdseg: error: ...`` line with status 2, instead of Click's panel."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        global _ACTIVE
+        handler = _Interrupts()
+        previous, outer = None, _ACTIVE
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, handler)
+        _ACTIVE = handler
+        try:
+            rv = self._main(args, prog_name, complete_var, handler, **extra)
+        finally:
+            _ACTIVE = outer
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def _main(self, args, prog_name, complete_var, handler: _Interrupts, **extra):
+        try:
+            try:
+                rv = self._run(args, prog_name, complete_var, **extra)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                if handler.hit:  # the interrupt, surfaced as another exception (numba: SystemError)
+                    raise KeyboardInterrupt from None
+                raise
+            if not handler.hit:  # typer turns KeyboardInterrupt into exit status 130, silently
+                return rv
+        except KeyboardInterrupt:
+            handler.hit = True
+        handler.report()
+        return EXIT_INTERRUPTED
+
+    def _run(self, args, prog_name, complete_var, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NO_ARGS as err:  # the help was printed
@@ -79,9 +204,8 @@ class _OneLineGroup(TyperGroup):
             hint = f" (see '{ctx.command_path} --help')" if isinstance(err, _USAGE_ERROR) and ctx is not None else ""
             _fail(f"{where}{err.format_message().replace('Value error, ', '')}{hint}")
             rv = 2
-        except _ABORT:
-            _fail("aborted")
-            rv = 1
+        except _ABORT:  # click's form of KeyboardInterrupt (and of end of input at a prompt)
+            raise KeyboardInterrupt from None
         except QkdsegError as err:  # raised by a command without its own handler
             _fail(str(err))
             rv = 2
@@ -93,15 +217,26 @@ class _OneLineGroup(TyperGroup):
                 raise
             _quiet_broken_pipe()
             rv = 0
-        if not standalone_mode:
-            return rv
-        sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
 
 def user_errors(func):
     """Turn a :class:`QkdsegError`, or an operating-system error on a file the
     user named, into one line on stderr and exit status 2."""
 
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            if interrupted():  # not a user error: the interrupt on its way out
+                raise KeyboardInterrupt from None
+            raise
+
+    return _report(wrapper)
+
+
+def _report(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:

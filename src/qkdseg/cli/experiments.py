@@ -9,7 +9,9 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import MAX_REQUESTS, MAX_TRIALS, MAX_WORKERS, Backend, _check_out_dir, _check_range, _check_seed, _console
+from .common import (MAX_REQUESTS, MAX_TRIALS, MAX_WORKERS, OUT_PATH, Backend, _check_number, _check_out_dir, _check_range,
+                     _check_seed,
+                     _console, staged_output)
 from .errors import user_errors
 
 
@@ -28,7 +30,7 @@ def _print_claims(claims: list[dict]) -> None:
 def reproduce(
     trials: Annotated[int, typer.Option("--trials", help="Trials per point.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Master seed (recorded in every row).")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.", **OUT_PATH)] = Path("out"),
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler tcp://HOST:PORT (default: local processes).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Local processes (default: all cores).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="Local backend.")] = Backend.processes,
@@ -45,19 +47,21 @@ def reproduce(
     _check_range(sensitivity_trials, "--sensitivity-trials", 0, MAX_TRIALS)
     _check_range(level_trials, "--level-trials", 0, MAX_TRIALS)
     _check_out_dir(out)  # before the sweep, not after it
-    info = do_reproduce(
-        trials, seed, out, backend=backend.value, workers=workers, scheduler=scheduler,
-        fmt="csv" if csv else "parquet", progress=not quiet, sensitivity_trials=sensitivity_trials,
-        level_trials=level_trials,
-    )
+    with staged_output(out) as stage:
+        info = do_reproduce(
+            trials, seed, stage.dir, backend=backend.value, workers=workers, scheduler=scheduler,
+            fmt="csv" if csv else "parquet", progress=not quiet, sensitivity_trials=sensitivity_trials,
+            level_trials=level_trials,
+        )
+        files = [stage.final(p) for p in info["files"]]
     _print_claims(info["claims"])
-    typer.echo(f"wrote {info['results']}, {', '.join(info['figures'])}, {info['report']} in {info['seconds']:.1f} s")
+    typer.echo(f"wrote {', '.join(map(str, files))} in {info['seconds']:.1f} s")
 
 
 @user_errors
 def plot(
     results: Annotated[Path, typer.Argument(help="results.parquet / results.csv, or the directory holding it.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: a new folder 'redrawn' beside the results, so their own report stays).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: a new folder 'redrawn' beside the results, so their own report stays).", **OUT_PATH)] = None,
 ) -> None:
     """Redraw the figures and the report from saved results, without recomputing."""
     from ..experiments import read_results, render
@@ -67,23 +71,39 @@ def plot(
     target = out or (results if results.is_dir() else results.parent) / "redrawn"
     _check_out_dir(target, "--out" if out is not None else "output directory")
     if "network" in df.columns:
-        figs = [str(p) for p in plot_study(df, target)]
-        report = write_study_report(df, target)
-        typer.echo(f"wrote {', '.join(figs)}, {report}")
+        with staged_output(target, last=("report.md",)) as stage:
+            figs = [stage.final(p) for p in plot_study(df, stage.dir)]
+            report = stage.final(write_study_report(df, stage.dir))
+        typer.echo(f"wrote {', '.join(map(str, figs))}, {report}")
         return
     from ..experiments.sensitivity import sensitivity_path
 
     sens = sensitivity_path(results if results.is_dir() else results.parent)
-    info = render(df, target, header=f"Redrawn by `qkdseg plot {results}` from saved results.",
-                  sensitivity=read_results(sens) if sens is not None else None)
+    sens_df = read_results(sens) if sens is not None else None
+    with staged_output(target, last=("report.md",)) as stage:
+        info = render(df, stage.dir, header=f"Redrawn by `qkdseg plot {results}` from saved results.", sensitivity=sens_df)
+        files = [stage.final(p) for p in [*info["figures"], info["report"]]]
     _print_claims(info["claims"])
-    typer.echo(f"wrote {', '.join(info['figures'])}, {info['report']}")
+    typer.echo(f"wrote {', '.join(map(str, files))}")
+
+
+def _whole_numbers(text: str, option: str) -> list[int]:
+    """``"5,10,20"`` -> ``[5, 10, 20]`` (sorted, distinct), naming the option and the bad item."""
+    values = set()
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.add(int(item))
+        except ValueError:
+            raise InvalidRequest(f"{option} {text!r}: {item!r} is not a whole number (use whole numbers separated by commas)") from None
+    return sorted(values)
 
 
 @user_errors
 def study(
     topologies: Annotated[str, typer.Option("--topologies", help="Topology group: zoo (Topology Zoo) or sndlib.")] = "zoo",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out-study"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.", **OUT_PATH)] = Path("out-study"),
     requests: Annotated[int, typer.Option("--requests", help="Random requests per network.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Master seed.")] = 0,
     trusted: Annotated[float, typer.Option("--trusted", help="Trusted relays: a fraction (< 1) or a count.")] = 0.1,
@@ -107,11 +127,7 @@ def study(
     if placement:
         from ..experiments.placement import plot_placement_study, run_placement_study, write_placement_report
 
-        try:
-            ks = sorted({int(x) for x in budgets.split(",") if x.strip()})
-            eks = sorted({int(x) for x in exact_budgets.split(",") if x.strip()})
-        except ValueError:
-            raise InvalidRequest(f"--budgets {budgets!r} / --exact-budgets {exact_budgets!r}: use whole numbers separated by commas") from None
+        ks, eks = _whole_numbers(budgets, "--budgets"), _whole_numbers(exact_budgets, "--exact-budgets")
         if not ks or ks[0] < 0:
             raise InvalidRequest(f"--budgets {budgets!r}: need at least one budget >= 0")
         if waxman_seeds < 0:
@@ -121,23 +137,28 @@ def study(
         df = run_placement_study(waxman_seeds=waxman_seeds, zoo=not no_zoo, min_nodes=min_nodes, budgets=ks, seed=seed,
                                  p=p, waxman_demands=demands, zoo_demands=demands, swap_max_k=swap_max_k,
                                  exact_budgets=eks, max_placements=max_placements, workers=workers, progress=not quiet)
-        path = write_results(df, out, stem="placement")
-        figs = plot_placement_study(df, out)
         header = (f"`qkdseg study --placement --waxman-seeds {waxman_seeds} --budgets {budgets} --seed {seed} --p {p}"
                   f"{' --no-zoo' if no_zoo else ''} --min-nodes {min_nodes} --demands {demands} --swap-max-k {swap_max_k} "
                   f"--exact-budgets {exact_budgets} --max-placements {max_placements}`: {df['network'].nunique()} networks, {len(df)} rows.")
-        report = write_placement_report(df, out, header=header)
-        typer.echo(f"wrote {path}, {', '.join(map(str, figs))}, {report}")
+        with staged_output(out, last=("placement.md",)) as stage:
+            files = [write_results(df, stage.dir, stem="placement"), *plot_placement_study(df, stage.dir),
+                     write_placement_report(df, stage.dir, header=header)]
+            files = [stage.final(f) for f in files]
+        typer.echo(f"wrote {', '.join(map(str, files))}")
         return
     _check_seed(seed)
     _check_range(requests, "--requests", 1, MAX_REQUESTS)
     _check_range(workers, "--workers", 1, MAX_WORKERS)
+    _check_number(p, "--p", hi=1.0)
+    _check_number(trusted, "--trusted", what=" (a fraction below 1 or a whole count)")
+    if trusted >= 1 and trusted != int(trusted):
+        raise InvalidRequest(f"--trusted {trusted:g}: a count of trusted relays must be a whole number (or a fraction below 1)")
     _check_out_dir(out)  # before the study, not after it
     df = run_study(topologies, requests=requests, seed=seed, trusted=trusted if trusted < 1 else int(trusted), p=p,
                    min_nodes=min_nodes, workers=workers, progress=not quiet)
-    path = write_results(df, out)
-    figs = plot_study(df, out)
     header = (f"`qkdseg study --topologies {topologies} --requests {requests} --seed {seed} --trusted {trusted} --p {p}`: "
               f"{df['network'].nunique()} networks, {len(df)} rows.")
-    report = write_study_report(df, out, header=header)
-    typer.echo(f"wrote {path}, {', '.join(map(str, figs))}, {report}")
+    with staged_output(out, last=("report.md",)) as stage:
+        files = [write_results(df, stage.dir), *plot_study(df, stage.dir), write_study_report(df, stage.dir, header=header)]
+        files = [stage.final(f) for f in files]
+    typer.echo(f"wrote {', '.join(map(str, files))}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra
+from .common import _need_server_extra, out_path
 from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, demo, audit, sae, rotate-storage-key.",
@@ -26,7 +26,7 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
 @kms_app.command("init")
 @user_errors
 def init(
-    directory: Annotated[Path, typer.Argument(help="The service directory to create.", show_default=False)],
+    directory: Annotated[Path, typer.Argument(help="The service directory to create.", show_default=False, parser=out_path)],
     network: Annotated[str, typer.Option("--network", help="A network: file, 'example' or 'topohub:...'.")],
     sae: Annotated[list[str], typer.Option("--sae", help="SAE_ID=NODE (repeat; at least two).")],
     security_level: Annotated[float, typer.Option("--security-level", help="Default security level of a key.")] = 0.9,

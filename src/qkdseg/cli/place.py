@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import NET_HELP, Fmt, _check_out_dir, _check_seed, _console, _dump, _load, _txt
+from .common import NET_HELP, OUT_PATH, Fmt, _check_out_dir, _check_seed, _console, _dump, _load, _txt, staged_output
 from .errors import user_errors
 
 
@@ -50,7 +50,7 @@ def place(
     lazy: Annotated[Lazy, typer.Option("--lazy", help="Greedy's lazy evaluation: celf, bound (always plain greedy's choice) or none.")] = Lazy.celf,
     max_passes: Annotated[int, typer.Option("--max-passes", help="Swap: passes at most.")] = 5,
     max_placements: Annotated[int, typer.Option("--max-placements", help="Exact: refuse more subsets than this.")] = 200_000,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write placement.json and network.json (the network with the nodes trusted) here.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write placement.json and network.json (the network with the nodes trusted) here.", **OUT_PATH)] = None,
     curve: Annotated[Optional[str], typer.Option("--curve", help="A..B: also draw the objective against k for every method (needs --out).")] = None,
     curve_methods: Annotated[str, typer.Option("--curve-methods", help="Comma-separated methods of --curve (swap and exact run once per k).")] = "greedy,random,degree,betweenness,closeness,k-center",
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
@@ -76,6 +76,13 @@ def place(
     if out is not None:
         _check_out_dir(out)
     network = _load(net, default_p)
+    n_cand = network.n_nodes - len(network.trusted_nodes)
+    if n_cand == 0 and budget > 0:
+        raise InvalidRequest(f"--budget {budget}: every node of {network.name} is trusted already (no node is left to harden)")
+    if not 0 <= budget <= n_cand:
+        raise InvalidRequest(f"--budget {budget}: must lie in [0, {n_cand}] (the untrusted nodes of {network.name})")
+    if ks is not None and ks[-1] > n_cand:
+        raise InvalidRequest(f"--curve {curve}: k={ks[-1]} exceeds the {n_cand} untrusted nodes of {network.name}")
     r = do_place(network, budget, objective=objective.value, method=method.value, demands=demands, seed=seed,
                  epsilon=epsilon, lazy=lazy.value, max_passes=max_passes, max_placements=max_placements, progress=not quiet)
     doc = {"network": network.name, **r.to_dict()}
@@ -83,20 +90,22 @@ def place(
     if out is not None:
         from ..topology import write_network
 
-        written.append(write_network(r.apply(network), out / "network.json"))
-        if ks is not None:
-            from ..experiments.placement import plot_curve
+        with staged_output(out, last=("placement.json",)) as stage:
+            written.append(write_network(r.apply(network), stage.dir / "network.json"))
+            if ks is not None:
+                from ..experiments.placement import plot_curve
 
-            kw = {"objective": objective.value, "demands": demands, "seed": seed, "epsilon": epsilon, "lazy": lazy.value,
-                  "max_passes": max_passes, "max_placements": max_placements}
-            values = place_curve(network, ks, methods, progress=not quiet, **kw)
-            doc["curve"] = {"k": ks, "values": values}
-            unit = "mean key bits" if objective is PlaceObjective.keys else ("worst security" if objective is PlaceObjective.worst else "mean security")
-            written += plot_curve(values, ks, out, ylabel=f"{unit} over the demands",
-                                  title=f"{network.name}: {objective.value} against k, demands {demands}, seed {seed}")
-        path = out / "placement.json"
-        path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        written.insert(0, path)
+                kw = {"objective": objective.value, "demands": demands, "seed": seed, "epsilon": epsilon, "lazy": lazy.value,
+                      "max_passes": max_passes, "max_placements": max_placements}
+                values = place_curve(network, ks, methods, progress=not quiet, **kw)
+                doc["curve"] = {"k": ks, "values": values}
+                unit = "mean key bits" if objective is PlaceObjective.keys else ("worst security" if objective is PlaceObjective.worst else "mean security")
+                written += plot_curve(values, ks, stage.dir, ylabel=f"{unit} over the demands",
+                                      title=f"{network.name}: {objective.value} against k, demands {demands}, seed {seed}")
+            path = stage.dir / "placement.json"
+            path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            written.insert(0, path)
+            written = [stage.final(p) for p in written]
     if fmt is Fmt.json:
         _dump(doc)
         return

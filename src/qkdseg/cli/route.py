@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import NET_HELP, Fmt, Scheme, _console, _dump, _load, _txt
+from .common import NET_HELP, OUT_PATH, Fmt, Scheme, _console, _dump, _load, _txt, _write_atomic
 from .errors import user_errors
 
 
@@ -29,7 +29,7 @@ def route(
     epsilon: Annotated[Optional[float], typer.Option("--epsilon", "-e", help="Security level: reconstruct global keys that each meet it.")] = None,
     reconstruction: Annotated[Optional[Scheme], typer.Option("--reconstruction", "-r", help="Reconstruction scheme (needs --epsilon; default paper).")] = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the route to this image file (.png, .svg, .pdf).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the route to this image file (.png, .svg, .pdf).", **OUT_PATH)] = None,
     default_p: Annotated[Optional[float], typer.Option("--default-p", help="p for untrusted nodes the file gives none.")] = None,
 ) -> None:
     """Route one key request and print its paths, security and consumption."""
@@ -57,7 +57,7 @@ def route(
         if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise InvalidRequest(f"--plot {plot}: use a .png, .svg or .pdf file name")
         try:
-            plot_route(network, r, plot)
+            _write_atomic(plot, lambda tmp: plot_route(network, r, tmp))
         except OSError as err:
             raise InvalidRequest(f"--plot {plot}: cannot write: {err}") from None
     if fmt is Fmt.json:

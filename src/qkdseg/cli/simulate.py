@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import NET_HELP, Backend, Scheme, _check_out_dir, _check_seed, _console, _load, _txt
+from .common import NET_HELP, OUT_PATH, Backend, Scheme, _check_number, _check_out_dir, _check_seed, _console, _load, _txt, staged_output
 from .errors import user_errors
 
 
@@ -45,7 +45,7 @@ def simulate(
     link_rate: Annotated[float, typer.Option("--link-rate", help="Key rate of links without rate_bps, bit/s.")] = 100_000.0,
     interval: Annotated[Optional[float], typer.Option("--interval", help="Time-series interval, s (default: at most 200 rows).")] = None,
     reconstruction: Annotated[Scheme, typer.Option("--reconstruction", help="Key reconstruction scheme.")] = Scheme.paper,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out-sim"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.", **OUT_PATH)] = Path("out-sim"),
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Load sweep on a Dask scheduler tcp://HOST:PORT.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Load sweep: local processes (default: all cores).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="Load sweep: local backend.")] = Backend.processes,
@@ -63,9 +63,18 @@ def simulate(
         raise InvalidRequest(f"--replications {replications}: must be at least 1")
     if replications > 1 and rates is None:
         raise InvalidRequest("--replications needs a load sweep: use --rates (one rate is fine)")
+    _check_number(duration, "--duration", lo_open=True, what=" (simulated seconds)")
+    _check_number(rate, "--rate", lo_open=True, what=" (requests per second)")
+    _check_number(ttl, "--ttl", what=" (seconds; 0: blocked at once)")
+    _check_number(epsilon, "--epsilon", hi=1.0)
+    _check_number(link_rate, "--link-rate", what=" (bit/s; 0: links without rate_bps never refill)")
+    _check_number(interval, "--interval", lo_open=True, what=" (seconds)")
     algs = tuple(a.strip() for a in algorithms.split(",") if a.strip())
     if not algs:
         raise InvalidRequest(f"--algorithms {algorithms!r}: name at least one algorithm")
+    twice = sorted({a for a in algs if algs.count(a) > 1})
+    if twice:
+        raise InvalidRequest(f"--algorithms {algorithms}: {', '.join(twice)} given more than once")
     from ..routing import get_algorithm
 
     for a in algs:
@@ -86,7 +95,9 @@ def simulate(
         params = {"network": network.name, "nodes": network.n_nodes, "links": network.n_links, "rates": grid,
                   "replications": replications, "duration": duration, "key_bits": key_bits, "pairs": pairs,
                   "arrivals": arrivals, **common, "algorithms": list(algs)}
-        info = write_sweep(df, out, command=command, params=params)
+        with staged_output(out) as stage:
+            info = write_sweep(df, stage.dir, command=command, params=params)
+            info["files"] = [str(stage.final(p)) for p in info["files"]]
         s = info["summary"]
         table = Table(title=f"load sweep on {_txt(network.name)} ({replications} replication(s), 95% CI)", title_justify="left")
         for col in ("rate", "algorithm", "blocking", "throughput kb/s", "mean security"):
@@ -104,7 +115,9 @@ def simulate(
             kw = dict(requests=reqs)
         else:
             kw = dict(rate=rate, duration=duration, key_bits=key_bits, pairs=pairs, arrivals=arrivals)
-        info = run_and_write(network, out, command=command, interval=interval, progress=not quiet, **common, **kw)
+        with staged_output(out) as stage:
+            info = run_and_write(network, stage.dir, command=command, interval=interval, progress=not quiet, **common, **kw)
+            info["files"] = [str(stage.final(p)) for p in info["files"]]
         s = info["summary"]
         table = Table(title=f"simulate on {_txt(network.name)}", title_justify="left")
         for col in ("algorithm", "requests", "served", "blocking", "throughput kb/s", "mean security"):

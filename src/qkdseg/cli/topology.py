@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import NET_HELP, Fmt, _check_seed, _console, _dump, _load, _txt
+from .common import NET_HELP, OUT_PATH, Fmt, _check_seed, _console, _dump, _load, _txt, _write_atomic
 from .errors import user_errors
 
 topology_app = typer.Typer(help="Generate, list and inspect topologies.", no_args_is_help=True)
@@ -19,7 +19,7 @@ topology_app = typer.Typer(help="Generate, list and inspect topologies.", no_arg
 @user_errors
 def topology_generate(
     kind: Annotated[str, typer.Argument(help="Generator: waxman.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.json, .graphml or .gml).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.json, .graphml or .gml).", **OUT_PATH)],
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of nodes (above 200: the scalable generator, which keeps the largest component).")] = 100,
     trusted: Annotated[Optional[int], typer.Option("--trusted", "-t", help="Number of trusted relays (default: a tenth of the nodes).")] = None,
     p: Annotated[float, typer.Option("--p", help="Security probability of untrusted relays.")] = 0.8,
@@ -34,15 +34,24 @@ def topology_generate(
     from ..topology import generate, write_network
     from ..topology.formats import format_of
 
+    from ..topology.waxman import WAXMAN_MAX_NODES
+
     _check_seed(seed)
+    if nodes < 2:
+        raise InvalidRequest(f"--nodes {nodes}: a network needs at least 2 nodes")
+    if alpha is not None and nodes > WAXMAN_MAX_NODES:
+        raise InvalidRequest(f"--nodes {nodes} --alpha {alpha:g}: --alpha selects the dense generator, which takes at most "
+                             f"{WAXMAN_MAX_NODES} nodes; leave --alpha out (or use --mean-degree) for the scalable one")
     format_of(out, None)  # a bad suffix fails before the work
     if out.is_dir():
         raise InvalidRequest(f"--out {out}: is a directory")
     net = generate(kind, nodes, trusted=trusted, p=p, pool_bits=pool_bits, trusted_p=trusted_p, alpha=alpha,
                    beta=beta, mean_degree=mean_degree, seed=seed)
-    write_network(net, out)
+    _write_atomic(out, lambda tmp: write_network(net, tmp))
     s = net.summary()
-    typer.echo(f"wrote {out}: {s['nodes']} nodes, {s['links']} links, {s['trusted']} trusted, mean degree {s['mean_degree']:.2f}, seed {seed}")
+    kept = "" if s["nodes"] == nodes else f" (of the {nodes} asked: the scalable generator keeps the largest connected component)"
+    typer.echo(f"wrote {out}: {s['nodes']} nodes{kept}, {s['links']} links, {s['trusted']} trusted, "
+               f"mean degree {s['mean_degree']:.2f}, seed {seed}")
 
 
 @topology_app.command("list")
@@ -74,7 +83,7 @@ def topology_show(
     network = _load(net, default_p)
     s = network.summary()
     if fmt is Fmt.json:
-        _dump(s)
+        _dump({**s, "trusted_nodes": list(network.trusted_nodes)})
         return
     table = Table(title=f"network {_txt(s['name'])}", title_justify="left", show_header=False)
     for k, v in s.items():

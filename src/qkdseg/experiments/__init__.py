@@ -59,7 +59,8 @@ def reproduce(
     machine). Then ``smr-level`` on the first ``level_trials`` trials of the
     Fig. 5 points (default ``min(trials, 200)``; 0 skips it):
     ``level.parquet``, ``fig_level.png``/``.svg`` and ``level.md``
-    (:mod:`qkdseg.experiments.level`). Returns a summary dict with the claims.
+    (:mod:`qkdseg.experiments.level`). Returns a summary dict with the claims and
+    ``files``, every file written.
     """
     from .sensitivity import DEFAULT_SENSITIVITY_TRIALS, SENSITIVITY_BETAS, SENSITIVITY_STEM, run_sensitivity
 
@@ -81,8 +82,9 @@ def reproduce(
         sens_seconds = time.perf_counter() - t0
     out = Path(out_dir)
     results = write_results(df, out, fmt=fmt)
+    files = [results]
     if sens is not None:
-        write_results(sens, out, fmt=fmt, stem=SENSITIVITY_STEM)
+        files.append(write_results(sens, out, fmt=fmt, stem=SENSITIVITY_STEM))
     header = (
         f"Spec: `qkdseg reproduce --trials {trials} --seed {seed}`; {len(df)} rows "
         f"({spec.n_units} trial-points x {len(spec.algorithms)} algorithms), reconstruction `{spec.reconstruction}`. "
@@ -95,6 +97,7 @@ def reproduce(
         lv = write_level(df, run_level(n_level, seed), out, fmt=fmt, command=f"qkdseg reproduce --trials {trials} --seed {seed}")
         level_seconds = time.perf_counter() - t0
         info = {**info, "figures": [*info["figures"], *(f for f in lv["files"] if f.endswith((".png", ".svg")))]}
+        files += [f for f in lv["files"] if not f.endswith((".png", ".svg"))]
     run = {
         "command": f"qkdseg reproduce --trials {trials} --seed {seed}",
         "spec": spec.to_dict(),
@@ -107,7 +110,8 @@ def reproduce(
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()},
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    return {"results": str(results), "seconds": seconds + sens_seconds + level_seconds, **info}
+    files = [str(p) for p in files] + info["figures"] + [info["report"], str(out / "run.json")]
+    return {"results": str(results), "seconds": seconds + sens_seconds + level_seconds, "files": files, **info}
 
 
 def _timed_sweep(spec: SweepSpec, **kwargs):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
+from .runner import process_pool
 from .spec import trial_seed
 
 #: Line style per placement method.
@@ -156,7 +157,6 @@ def run_placement_study(
 ):
     """Rows (DataFrame) of every network, method and budget."""
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
     import pandas as pd
     from tqdm.auto import tqdm
@@ -180,7 +180,7 @@ def run_placement_study(
                 rows += study_unit(name, make, i, opts)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 futs = [pool.submit(study_unit, name, make, i, opts) for i, (name, make) in enumerate(nets)]
                 for fut in futs:
                     rows += fut.result()

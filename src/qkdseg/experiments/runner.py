@@ -15,8 +15,10 @@ byte of the output.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,37 @@ def _sort_rows(rows: list[dict], spec: SweepSpec) -> list[dict]:
     return sorted(rows, key=lambda r: (fig_order[r["figure"]], r["point"], r["trial"], alg_order[r["algorithm"]]))
 
 
+def _ignore_sigint() -> None:
+    """A worker's initializer: Ctrl-C is the parent's to handle (it stops the
+    workers), so a worker never prints a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A local process pool whose workers ignore SIGINT. When the body raises
+    (Ctrl-C, an error in a task), the queued tasks are cancelled and the
+    workers stopped at once instead of being waited for."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+    try:
+        yield pool
+    except BaseException:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            try:
+                proc.terminate()
+            except (OSError, AttributeError):  # pragma: no cover - already gone
+                pass
+        for proc in procs:
+            proc.join(timeout=5)
+        raise
+    pool.shutdown(wait=True)
+
+
 def _iter_processes(spec_dict: dict, parts: list[list], workers: int, func=run_chunk) -> Iterator[tuple[int, list[dict]]]:
     """``func(spec_dict, part)`` for every part in a local process pool, as they finish."""
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         futures = {pool.submit(func, spec_dict, part): len(part) for part in parts}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
@@ -134,7 +164,8 @@ def run_sweep(
     if backend == "processes":
         warm_up(spec.algorithms)
     rows: list[dict] = []
-    with _progress(spec.trials, desc, progress) as bar:
+    points = spec.n_units // spec.trials if spec.trials else 0
+    with _progress(spec.trials, f"{desc} ({points} points x {len(spec.algorithms)} algorithms per trial)", progress) as bar:
         if backend == "serial" or (backend == "processes" and workers == 1):
             it: Iterator = ((len(p), run_chunk(spec_dict, p)) for p in parts)
         elif backend == "processes":
@@ -190,7 +221,14 @@ def read_results(path: str | Path):
     missing = [c for c in (kind, "algorithm", "security", "consumed_bits") if c not in df.columns]
     if missing:
         raise InvalidRequest(f"{p}: not a qkdseg results file (missing columns {', '.join(missing)})")
+    if len(df) == 0:
+        raise InvalidRequest(f"{p}: no rows (nothing to draw)")
+    for col in ("security", "consumed_bits"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        empty = sorted(str(a) for a, v in values.groupby(df["algorithm"]) if v.isna().all())
+        if empty:
+            raise InvalidRequest(f"{p}: column {col} holds no number (all NaN) for {', '.join(empty)}")
     return df
 
 
-__all__: Sequence[str] = ("COLUMNS", "chunks", "read_results", "run_sweep", "warm_up", "write_results")
+__all__: Sequence[str] = ("COLUMNS", "chunks", "process_pool", "read_results", "run_sweep", "warm_up", "write_results")

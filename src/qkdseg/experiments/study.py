@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..topology import load_topohub, topohub_names
+from .runner import process_pool
 from .spec import PAPER_EPSILONS, REPRODUCE_ALGORITHMS, SweepSpec, eps_column, paper_spec, trial_seed
 from .trials import evaluate
 
@@ -76,7 +77,6 @@ def run_study(
 ):
     """Rows for every network of the group (DataFrame, canonical order)."""
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
     import pandas as pd
     from tqdm.auto import tqdm
@@ -98,7 +98,7 @@ def run_study(
                 rows += study_network(key, k, opts)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 futs = [pool.submit(study_network, key, k, opts) for k, key in enumerate(keys)]
                 for fut in futs:
                     rows += fut.result()

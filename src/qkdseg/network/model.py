@@ -251,7 +251,9 @@ class Network:
         """Return ``node`` if present, else raise :class:`NodeNotFound`."""
         if node in self:
             return node
-        raise NodeNotFound(f"node {node!r} is not in network {self.name!r}")
+        like = [v for v in self.nodes if str(v) == str(node)]
+        hint = f" (its ids are {type(like[0]).__name__}: did you mean {like[0]!r}?)" if len(like) == 1 else ""
+        raise NodeNotFound(f"node {node!r} is not in network {self.name!r}{hint}")
 
     def resolve(self, text: str) -> Hashable:
         """Match a node id typed on a command line against ids of either type.

@@ -103,6 +103,8 @@ def _check(network: Network, budget: Any, objective: str, method: str, epsilon: 
         raise InvalidRequest(f"lazy={lazy!r}: use {', '.join(LAZY_MODES)}")
     check_probability(epsilon, "epsilon", InvalidRequest)
     n_cand = network.n_nodes - len(network.trusted_nodes)
+    if n_cand == 0 and not isinstance(budget, bool) and isinstance(budget, int) and budget > 0:
+        raise InvalidRequest(f"budget={budget}: every node of {network.name} is trusted already (no node is left to harden)")
     return check_count(budget, "budget", minimum=0, maximum=n_cand, error=InvalidRequest)
 
 

@@ -20,11 +20,30 @@ from typing import Any, NamedTuple
 
 from ..errors import InvalidRequest
 from ..network import Network
-from .engine import DEFAULT_RATE_BPS, STATES, Simulation, link_rates, nice_interval, run_algorithms
+from .engine import DEFAULT_RATE_BPS, STATES, Simulation, as_network, link_rates, nice_interval, run_algorithms
 from .traffic import DEFAULT_EPSILON, DEFAULT_KEY_BITS, Requests, poisson_requests, read_trace
 
 #: The algorithms a run compares by default (the paper's four).
 DEFAULT_ALGORITHMS = ("smr", "msp", "disjoint", "single")
+
+
+def algorithm_names(algorithms: Any) -> tuple[str, ...]:
+    """A tuple of distinct algorithm names from one name (``"smr"``) or a sequence of them."""
+    if isinstance(algorithms, str):
+        algorithms = (algorithms,)
+    try:
+        names = tuple(algorithms)
+    except TypeError:
+        raise InvalidRequest(f"algorithms must be a name or a sequence of names, got {type(algorithms).__name__}") from None
+    if not names:
+        raise InvalidRequest("no algorithm to simulate")
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidRequest(f"algorithms: {name!r} is not an algorithm name")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidRequest(f"algorithms: {', '.join(twice)} given more than once")
+    return names
 
 
 class SimulationResult(NamedTuple):
@@ -46,6 +65,17 @@ class SimulationResult(NamedTuple):
     timeseries: Any
     levels: Any
     info: dict
+
+    def __repr__(self) -> str:
+        """A summary (the DataFrames are the attributes): per algorithm, requests served and blocking."""
+        req = self.requests
+        parts = []
+        for alg in self.info.get("algorithms", []):
+            d = req[req["algorithm"] == alg]
+            served = int(d["served"].sum()) if len(d) else 0
+            parts.append(f"{alg}: {served}/{len(d)} served")
+        return (f"<SimulationResult {self.info.get('network')!s}, {self.info.get('requests')} requests over "
+                f"{self.info.get('duration', 0):g} s; {'; '.join(parts)}>")
 
 
 def simulate(
@@ -108,6 +138,7 @@ def simulate(
     """
     import pandas as pd
 
+    network = as_network(network)
     if requests is None:
         if rate is None:
             raise InvalidRequest("simulate needs a rate (requests per second) or a requests trace")
@@ -115,10 +146,11 @@ def simulate(
                                     pairs=pairs, arrivals=arrivals)
     elif rate is not None:
         raise InvalidRequest("give a rate or a requests trace, not both")
-    algorithms = tuple(algorithms)
-    if not algorithms:
-        raise InvalidRequest("no algorithm to simulate")
+    algorithms = algorithm_names(algorithms)
     options = options or {}
+    # every simulation is built (and so every option checked) before the first one runs or a bar is drawn
+    built = [Simulation(network, requests, name, ttl=ttl, reconstruction=reconstruction, link_rate_bps=link_rate_bps,
+                        interval=interval, options=options.get(name)) for name in algorithms]
     bar = None
     callback = progress if callable(progress) else None
     sims = []
@@ -126,7 +158,7 @@ def simulate(
         if progress is True:
             from tqdm.auto import tqdm
 
-            horizon = float(requests.duration) + float(ttl)
+            horizon = built[0].horizon
             total = horizon * len(algorithms)
             bar = tqdm(total=total, desc="simulate", unit="s", dynamic_ncols=True, smoothing=0.1,
                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} simulated s [{elapsed}<{remaining}]")
@@ -138,12 +170,11 @@ def simulate(
                 if step > 0:
                     bar.update(step)
 
-        for name in algorithms:
+        for name, sim in zip(algorithms, built):
             if progress is True:
                 done[1] = 0.0
                 bar.set_postfix_str(name)
-            sim = Simulation(network, requests, name, ttl=ttl, reconstruction=reconstruction, link_rate_bps=link_rate_bps,
-                             interval=interval, options=options.get(name), on_sample=callback)
+            sim.on_sample = callback
             sims.append(sim.run())
     finally:
         if bar is not None:

@@ -93,6 +93,18 @@ def nice_interval(horizon: float, samples: int = 200) -> float:
     return 10.0 ** (k + 1)  # pragma: no cover
 
 
+def as_network(network: Any) -> Network:
+    """``network`` itself, or a networkx graph as a :class:`Network` (as :func:`qkdseg.route` takes it)."""
+    import networkx as nx
+
+    if isinstance(network, Network):
+        return network
+    if isinstance(network, nx.Graph):
+        return Network(network)
+    hint = f"; load it first, e.g. qkdseg.load({network!r})" if isinstance(network, str) else ""
+    raise InvalidRequest(f"network must be a qkdseg.Network or a networkx graph, got {type(network).__name__}{hint}")
+
+
 class Simulation:
     """One algorithm on one arrival trace, stepped in simulated time.
 
@@ -159,6 +171,9 @@ class Simulation:
         cache: bool = True,
         on_sample: Callable[[float], None] | None = None,
     ) -> None:
+        network = as_network(network)
+        if not isinstance(requests, Requests):
+            raise InvalidRequest(f"requests must be a Requests trace (qkdseg.sim.poisson_requests, read_trace), got {type(requests).__name__}")
         algo = get_algorithm(algorithm)
         if reconstruction not in SCHEMES:
             raise InvalidRequest(f"unknown reconstruction {reconstruction!r} (known: {', '.join(SCHEMES)})")
