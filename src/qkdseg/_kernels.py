@@ -437,6 +437,43 @@ def bfs_hops_into_nb(indptr, indices, edge_of, usable, rl, masked, source, dist,
 
 
 @_jit
+def relay_costs_nb(indptr, indices, cost, target):
+    """Least total cost of the relays strictly between each node and ``target``
+    on the whole network (no masks; a node of infinite cost never relays), inf
+    where none: ``exp(-hc[v])`` bounds the ``Psec`` of every ``v``-``target``
+    path from above, whatever is removed later (``smr-level``'s chain bound).
+    """
+    n = indptr.size - 1
+    inf = np.inf
+    hc = np.full(n, inf)
+    settled = np.zeros(n, dtype=np.bool_)
+    cap = indices.size + 2
+    hd = np.empty(cap)
+    hh = np.zeros(cap, dtype=np.int64)
+    hv = np.empty(cap, dtype=np.int64)
+    hc[target] = 0.0
+    size = _heap_push(hd, hh, hv, 0, 0.0, 0, target)
+    while size > 0:
+        x = hv[0]
+        size = _heap_pop(hd, hh, hv, size)
+        if settled[x]:
+            continue
+        settled[x] = True
+        wx = 0.0
+        if x != target:
+            wx = cost[x]
+            if wx == inf:
+                continue
+        hx = hc[x] + wx
+        for k in range(indptr[x], indptr[x + 1]):
+            y = indices[k]
+            if not settled[y] and hx < hc[y]:
+                hc[y] = hx
+                size = _heap_push(hd, hh, hv, size, hx, 0, y)
+    return hc
+
+
+@_jit
 def remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, path, length):
     """Remove a found path from the next searches (SMR step 2, MSP, the placement trace).
 

@@ -57,7 +57,7 @@ from ..reconstruction.result import TOLERANCE
 from ..security import exact_security, route_security
 from .registry import register
 from .smr import _distances, request_masks, round_robin_paths, select_segment_nodes
-from .smr_exact import _beats, _greedy, candidate_relays, ordered_chains
+from .smr_exact import _beats, candidate_relays, ordered_chains
 
 #: Default cap on the candidate segment nodes (closest by detour first).
 DEFAULT_CANDIDATES = 4
@@ -163,11 +163,58 @@ class _LevelEvaluator:
         self.bound = math.inf  # fewest hops of a chain met so far
         self.memo: dict[tuple, tuple] = {}
         self.routes: dict[tuple, tuple] = {}
+        self.hc: dict[int, np.ndarray] = {}  # node -> least relay cost to it (relay_costs_nb)
 
-    def __call__(self, chain: tuple) -> tuple:
+    def __call__(self, chain: tuple, within: float | None = None) -> tuple:
+        """The chain's value; with ``within`` (the hops of a met value the caller already
+        holds), a chain that :meth:`fewest_hops` proves cannot meet ``eps`` in that many
+        hops is not routed and gets the same value as a chain cut by :attr:`bound`: its
+        true value is below the caller's either way, so no decision changes."""
         if chain not in self.memo:
-            self.memo[chain] = self._value(chain)
+            if within is not None and self.fewest_hops(chain) > within:
+                self.routes[chain] = (None, None)
+                self.memo[chain] = (0, 0, -1.0)
+            else:
+                self.memo[chain] = self._value(chain)
         return self.memo[chain]
+
+    def fewest_hops(self, chain: tuple) -> float:
+        """A lower bound on the hops of every subset of the chain's route that meets
+        ``eps`` (inf: none can), before routing it.
+
+        Segment ``(a, b)`` with ``k`` paths has at least ``k x hops(a, b)`` hops and a
+        security at most ``1 - (1 - P)^k``, ``P = exp(-least relay cost a..b)`` bounding
+        every path's ``Psec`` from above (shared relays only lower it: Harris), so
+        meeting ``eps`` needs ``chain's p x (1 - (1 - P)^k) >= eps`` on each segment
+        alone. The slacks cover the costs' rounding and float error.
+        """
+        a = self.a
+        need = self.eps - TOLERANCE - 1e-9
+        chain_sec = math.prod(float(a.p[v]) for v in chain)
+        if need > 0.0 and chain_sec <= need:
+            return math.inf
+        x = need / chain_sec if need > 0.0 else 0.0
+        slack = a.n_nodes * 2.0 ** -32 + 1e-9  # a path has < n relays, each cost rounded by <= 2^-33
+        nodes = (self.s, *chain, self.t)
+        total = 0.0
+        for u, v in zip(nodes, nodes[1:]):
+            if u not in self.dist:
+                self.dist[u] = _distances(a, u, "hops", self.kernel)
+            d = float(self.dist[u][v])
+            if not math.isfinite(d):
+                return math.inf
+            k = 1
+            if x > 0.0:
+                if v not in self.hc:
+                    self.hc[v] = _kernels.relay_costs_nb(a.indptr, a.indices, a.cost, int(v))
+                h = float(self.hc[v][u])
+                if h == math.inf:
+                    return math.inf
+                ps = min(1.0, math.exp(-h + slack))
+                if ps < 1.0:
+                    k = max(1, math.ceil(math.log1p(-x) / math.log1p(-ps) - 1e-9))
+            total += k * d
+        return total
 
     def _value(self, chain: tuple) -> tuple:
         a = self.a
@@ -189,6 +236,38 @@ class _LevelEvaluator:
             return (0, 0, full)
         self.bound = min(self.bound, best[0])
         return (1, -best[0], best[1])
+
+
+def _met_hops(*values) -> float | None:
+    """The fewest hops among the met values given (None: none met)."""
+    hops = [-v[1] for v in values if v is not None and v[0] == 1]
+    return min(hops) if hops else None
+
+
+def _greedy(ev: _LevelEvaluator, cands: list[int], dist: dict, arrays: NetworkArrays, kernel: str):
+    """``smr-exact``'s greedy insertion (:func:`qkdseg.routing.smr_exact._greedy`), a trial
+    bounded by the met value it must beat (the current chain's or the round's best so far)."""
+    s, t = ev.s, ev.t
+    chain: tuple = ()
+    value = ev(chain)
+    while True:
+        ends = [s, *chain, t]
+        for v in ends:
+            if v not in dist:
+                dist[v] = _distances(arrays, v, "hops", kernel)
+        best_chain, best_value = None, None
+        for r in cands:
+            if r in chain:
+                continue
+            detours = [dist[a][r] + dist[b][r] - dist[a][b] for a, b in zip(ends, ends[1:])]
+            pos = int(np.argmin(detours))
+            trial = chain[:pos] + (r,) + chain[pos:]
+            v = ev(trial, within=_met_hops(value, best_value))
+            if best_value is None or _beats(v, best_value):
+                best_chain, best_value = trial, v
+        if best_chain is None or not _beats(best_value, value):
+            return chain, value
+        chain, value = best_chain, best_value
 
 
 def _check(epsilon, candidates, exhaustive) -> float:
@@ -251,7 +330,7 @@ def smr_level(
     best_chain: tuple = ()
     best = ev(best_chain)
     paper = tuple(select_segment_nodes(arrays, source, target, removed_nodes=rn, removed_links=rl, kernel=kernel)[1:-1])
-    if paper and _beats(ev(paper), best):
+    if paper and _beats(ev(paper, within=_met_hops(best)), best):
         best_chain, best = paper, ev(paper)
     if ordered_chains(len(cands)) <= exhaustive:
         # every ordered chain, fewest hops of the chain's own legs first: once one meets the level,
@@ -262,7 +341,7 @@ def smr_level(
                 dist[v] = _distances(arrays, v, "hops", kernel)
         legs = [sum(dist[x][y] for x, y in zip((source, *c), (*c, target))) for c in chains]
         for i in sorted(range(len(chains)), key=lambda i: (legs[i], i)):
-            if _beats(ev(chains[i]), best):
+            if _beats(ev(chains[i], within=_met_hops(best)), best):
                 best_chain, best = chains[i], ev(chains[i])
     else:
         chain, value = _greedy(ev, cands, dist, arrays, kernel)
