@@ -11,7 +11,10 @@ per path per hop), so the consumed bits per ``epsilon``-key are least:
    chain), SMR's step-1 chain, and the trusted relays closest by detour
    (``candidates``), every ordered chain when there are at most
    ``exhaustive``, else greedy insertion; a chain's value is its cost at the
-   level instead of its security.
+   level instead of its security. A chain is not routed when a lower bound on
+   its hops at the level (:meth:`_LevelEvaluator.fewest_hops`) exceeds a met
+   value it would have to beat; that changes no comparison, so the routes are
+   those of the first version (``tests/smr_level_reference.py``).
 2. **Paths** of a chain are SMR's step 2 over it (round-robin ExDijkstra,
    :func:`~qkdseg.routing.smr.round_robin_paths`): the full route. Its
    *subsets* are searched, not only its prefixes: per segment the least-hop
