@@ -10,7 +10,9 @@ What ``smr-level`` (issue 23) costs against ``smr``, in one process:
    p=0.8, seed=1)``. Target of the issue: at most 3x ``smr`` at 100 nodes.
    Also the median CPU time (``time.process_time``) and its ratio: on a
    shared machine a longer call is descheduled more often, which inflates
-   the wall-time ratio.
+   the wall-time ratio. The first ``smr-level`` (before its chains were
+   bounded; ``tests/smr_level_reference.py``, same routes) is timed in the
+   same loop, for the before/after ratio.
 2. **The simulator's benchmark** (:mod:`benchmarks.sim`: 50 requests/s,
    256-bit keys at 0.9, pools 100 kb, links 100 kb/s, seed 0) for ``smr``
    and ``smr-level`` on the same trace over ``--sim-duration`` simulated
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import os
 import statistics
 import sys
@@ -40,8 +43,23 @@ EPSILON = 0.9
 TIMED = [("smr", {}), ("smr-level", {"epsilon": EPSILON})]
 
 
+def _reference():
+    """The first smr-level (tests/smr_level_reference.py, what the equality test compares
+    against), timed beside the current one for the before/after ratio; None without tests/."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "smr_level_reference.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("smr_level_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.smr_level
+
+
 def timing(arrays, pairs, budget: float) -> list[dict]:
     funcs = [(name, get_algorithm(name).func, opts) for name, opts in TIMED]
+    ref = _reference()
+    if ref is not None:
+        funcs.append(("smr-level (first version)", ref, {"epsilon": EPSILON}))
     removed = arrays.pool_bits <= 0
     for _, f, o in funcs:  # warm-up (numba cache load)
         f(arrays, *pairs[0], removed_links=removed, **o)

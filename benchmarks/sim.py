@@ -4,7 +4,8 @@ The time-dynamic engine (:mod:`qkdseg.sim`) on its issue's workload: one
 hour of simulated time at 50 requests/s (about 180,000 requests) on a
 100-node Waxman network (``qkdseg.waxman(100, trusted=10, p=0.8, seed=1)``,
 pools 100 kb, links 100 kb/s, 256-bit keys at epsilon 0.9, ttl 0), for
-smr, msp, disjoint and single, all on the same arrival trace (seed 0).
+smr, msp, disjoint, single and smr-level (issue 23; its level is the
+keys' 0.9), all on the same arrival trace (seed 0).
 
 For each algorithm: wall time, requests per second, and the share of the
 time spent routing (``route_indices`` + reconstruction, on cache misses)
@@ -39,7 +40,7 @@ import qkdseg
 from qkdseg.experiments.runner import warm_up
 from qkdseg.sim import Simulation, poisson_requests
 
-ALGORITHMS = ("smr", "msp", "disjoint", "single")
+ALGORITHMS = ("smr", "msp", "disjoint", "single", "smr-level")
 
 
 def _network():

@@ -154,3 +154,30 @@ def test_cli_route_reports_the_saving_and_needs_epsilon():
     res = runner.invoke(app, ["route", "example", "--src", "0", "--dst", "7", "-a", "smr-level"])
     assert res.exit_code == 2 and res.output.strip().splitlines() == [
         "qkdseg: error: smr-level needs a security level: give epsilon (the request's level)"]
+
+
+@pytest.mark.parametrize("n, trusted, trusted_p, seed", [(40, 6, 1.0, 11), (100, 10, 1.0, 1), (100, 10, 1.0, 7),
+                                                         (80, 12, 0.9, 5), (150, 15, 0.97, 2)])
+def test_same_routes_as_the_reference(n, trusted, trusted_p, seed):
+    """The chain bound only skips routing chains: on seeded Waxman networks the routes (chain, paths
+    and so the consumed bits) and the saving are exactly those of the first smr-level
+    (``tests/smr_level_reference.py``), at several levels, with the greedy and the exhaustive search."""
+    import numpy as np
+
+    import smr_level_reference as ref
+    from qkdseg.routing import get_algorithm
+
+    a = waxman(n, trusted=trusted, p=0.8, trusted_p=trusted_p, seed=seed).arrays
+    f = get_algorithm("smr-level").func
+    rng = np.random.default_rng(seed)
+    removed = np.zeros(a.n_links, dtype=bool)
+    removed[rng.choice(a.n_links, size=a.n_links // 10, replace=False)] = True
+    cases = 0
+    for i in range(40):
+        s, d = (int(x) for x in rng.choice(n, size=2, replace=False))
+        eps = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999][i % 7]
+        opts = [{}, {"candidates": 3}, {"candidates": None}, {"max_paths": 2}, {"candidates": 6, "exhaustive": 100}][i % 5]
+        rl = removed if i % 3 == 0 else None
+        assert f(a, s, d, removed_links=rl, epsilon=eps, **opts) == ref.smr_level(a, s, d, removed_links=rl, epsilon=eps, **opts)
+        cases += 1
+    assert cases == 40

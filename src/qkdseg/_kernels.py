@@ -171,7 +171,7 @@ def _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, mark, que
 # -- A* lower bounds ---------------------------------------------------------------
 @_jit
 def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
-    """Fill ``lb`` with ``min(hc(v), R)``: ``hc(v)`` the least cost of the
+    """Fill ``lb`` with ``min(hc(v), R)`` and return ``R`` (inf: ``source`` not reached): ``hc(v)`` the least cost of the
     relays strictly between ``v`` and ``target`` on the full network (masks
     ignored, so it bounds every masked search from below), ``R = hc(source)``.
 
@@ -213,10 +213,11 @@ def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
     if radius == inf:  # source not reached: fall back to plain Dijkstra
         for i in range(n):
             lb[i] = 0.0
-        return
+        return inf
     for i in range(n):
         if not settled[i]:
             lb[i] = radius
+    return radius
 
 
 # -- ExDijkstra --------------------------------------------------------------------
@@ -341,6 +342,17 @@ def round_robin_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, m
     unlimited. Returns ``(nodes, starts, seg)``: path ``i`` is
     ``nodes[starts[i]:starts[i+1]]`` and belongs to segment ``seg[i]``.
     """
+    nseg = seg_nodes.size - 1
+    lbs = np.zeros((max(nseg, 0), indptr.size - 1))
+    lb_ready = np.zeros(max(nseg, 0), dtype=np.bool_)
+    return round_robin_lb_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, max_paths, lbs, lb_ready)
+
+
+@_jit
+def round_robin_lb_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, max_paths, lbs, lb_ready):
+    """:func:`round_robin_nb` with the A* bounds given: row ``j`` of ``lbs`` is
+    segment ``j``'s where ``lb_ready[j]``, else it is computed there (and
+    ``lb_ready[j]`` set). Any consistent bound gives the same paths."""
     n = indptr.size - 1
     dist, hops, pred, done, touched, hd, hh, hv, out = _work(n, indices.size)
     nseg = seg_nodes.size - 1
@@ -354,8 +366,6 @@ def round_robin_nb(indptr, indices, edge_of, cost, trusted, rn, rl, seg_nodes, m
     npaths = 0
     nnodes = 0
     n_active = nseg
-    lbs = np.zeros((max(nseg, 0), n))
-    lb_ready = np.zeros(max(nseg, 0), dtype=np.bool_)
     while n_active > 0:
         for j in range(nseg):
             if not active[j]:
@@ -434,6 +444,24 @@ def bfs_hops_into_nb(indptr, indices, edge_of, usable, rl, masked, source, dist,
                 dist[v] = du
                 queue[tail] = v
                 tail += 1
+
+
+@_jit
+def segment_bound_nb(indptr, indices, cost, source, target):
+    """The A* bound of segment ``source -> target`` that :func:`round_robin_nb`
+    computes (:func:`_lower_bounds`), and the least total cost of the relays
+    strictly between them on the whole network (inf where no path has finite
+    cost): ``exp(-radius)`` bounds the ``Psec`` of every path of the segment
+    from above, whatever is removed later (``smr-level``'s chain bound).
+    """
+    n = indptr.size - 1
+    cap = indices.size + 2
+    hd = np.empty(cap)
+    hh = np.empty(cap, dtype=np.int64)
+    hv = np.empty(cap, dtype=np.int64)
+    lb = np.empty(n)
+    radius = _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv)
+    return lb, radius
 
 
 @_jit

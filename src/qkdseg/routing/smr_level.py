@@ -11,7 +11,10 @@ per path per hop), so the consumed bits per ``epsilon``-key are least:
    chain), SMR's step-1 chain, and the trusted relays closest by detour
    (``candidates``), every ordered chain when there are at most
    ``exhaustive``, else greedy insertion; a chain's value is its cost at the
-   level instead of its security.
+   level instead of its security. A chain is not routed when a lower bound on
+   its hops at the level (:meth:`_LevelEvaluator.fewest_hops`) exceeds a met
+   value it would have to beat; that changes no comparison, so the routes are
+   those of the first version (``tests/smr_level_reference.py``).
 2. **Paths** of a chain are SMR's step 2 over it (round-robin ExDijkstra,
    :func:`~qkdseg.routing.smr.round_robin_paths`): the full route. Its
    *subsets* are searched, not only its prefixes: per segment the least-hop
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 
 import numpy as np
 
@@ -57,7 +61,7 @@ from ..reconstruction.result import TOLERANCE
 from ..security import exact_security, route_security
 from .registry import register
 from .smr import _distances, request_masks, round_robin_paths, select_segment_nodes
-from .smr_exact import _beats, _greedy, candidate_relays, ordered_chains
+from .smr_exact import _beats, candidate_relays, ordered_chains
 
 #: Default cap on the candidate segment nodes (closest by detour first).
 DEFAULT_CANDIDATES = 4
@@ -65,6 +69,9 @@ DEFAULT_CANDIDATES = 4
 DEFAULT_EXHAUSTIVE = 16
 #: With risky relays shared inside a segment, every subset is evaluated up to this many paths (else prefixes).
 MAX_ENUMERATED = 12
+
+
+_HOPS_THEN_F = operator.itemgetter(0, 1)
 
 
 def _meets(sec: float, eps: float) -> bool:
@@ -97,12 +104,12 @@ def segment_frontier(p: np.ndarray, trusted: np.ndarray, paths: list[list[int]])
         states: list[tuple[int, float, tuple]] = [(0, 1.0, ())]
         for i in range(n):
             grown = [(h + hops[i], f * (1.0 - psec[i]), sub + (i,)) for h, f, sub in states]
-            merged = sorted(states + grown, key=lambda x: (x[0], x[1]))
+            merged = sorted(states + grown, key=_HOPS_THEN_F)
             states = []
             for st in merged:
                 if not states or st[1] < states[-1][1]:
                     states.append(st)
-        cands = [(h, 1.0 - f, sub) for h, f, sub in states if sub]
+        cands = [(h, 1.0 - f, sub) for h, f, sub in states if sub]  # hops strictly increasing: sorted
     else:
         if n <= MAX_ENUMERATED:
             subsets = (sub for k in range(1, n + 1) for sub in itertools.combinations(range(n), k))
@@ -111,7 +118,7 @@ def segment_frontier(p: np.ndarray, trusted: np.ndarray, paths: list[list[int]])
         for sub in subsets:
             sec = exact_security(p, [[paths[i] for i in sub]])
             cands.append((sum(hops[i] for i in sub), sec, sub))
-    cands.sort(key=lambda c: (c[0], -c[1]))
+        cands.sort(key=lambda c: (c[0], -c[1]))
     out: list[tuple[int, float, tuple]] = []
     for c in cands:
         if not out or c[1] > out[-1][1]:
@@ -163,11 +170,95 @@ class _LevelEvaluator:
         self.bound = math.inf  # fewest hops of a chain met so far
         self.memo: dict[tuple, tuple] = {}
         self.routes: dict[tuple, tuple] = {}
+        self.segs: dict[tuple, tuple] = {}  # segment -> (A* bound, least relay cost): segment_bound_nb
+        self.lower: dict[tuple, float] = {}  # chain -> fewest_hops
+        self.seg_hops: dict[tuple, float] = {}  # (u, v, level needed) -> fewest hops of that segment
+        self.limit = -1 if max_paths is None else int(max_paths)
 
-    def __call__(self, chain: tuple) -> tuple:
+    def __call__(self, chain: tuple, within: float | None = None) -> tuple:
+        """The chain's value; with ``within`` (the hops of a met value the caller already
+        holds), a chain that :meth:`fewest_hops` proves cannot meet ``eps`` in that many
+        hops is not routed and gets the same value as a chain cut by :attr:`bound`: its
+        true value is below the caller's either way, so no decision changes."""
         if chain not in self.memo:
-            self.memo[chain] = self._value(chain)
+            if within is not None and self.fewest_hops(chain) > within:
+                self.routes[chain] = (None, None)
+                self.memo[chain] = (0, 0, -1.0)
+            else:
+                self.memo[chain] = self._value(chain)
         return self.memo[chain]
+
+    def _segment(self, u: int, v: int) -> tuple[np.ndarray, float]:
+        """Segment ``(u, v)``'s A* bound and least relay cost (``segment_bound_nb``), once per request."""
+        key = (u, v)
+        if key not in self.segs:
+            self.segs[key] = _kernels.segment_bound_nb(self.a.indptr, self.a.indices, self.a.cost, int(u), int(v))
+        return self.segs[key]
+
+    def _round_robin(self, nodes: list[int]) -> list[list[list[int]]]:
+        """:func:`~qkdseg.routing.smr.round_robin_paths` with numba, its A* bounds taken from
+        the relay costs this request already has (a segment shared by several chains is
+        bounded once, by the same ``_kernels._lower_bounds``); the paths are the same."""
+        a = self.a
+        n = a.n_nodes
+        lbs = np.empty((len(nodes) - 1, n))
+        for j, (u, v) in enumerate(zip(nodes, nodes[1:])):
+            lbs[j] = self._segment(u, v)[0]
+        flat, starts, seg = _kernels.round_robin_lb_nb(
+            a.indptr, a.indices, a.edge_of, a.cost, a.trusted, self.rn.copy(), self.rl.copy(),
+            np.asarray(nodes, dtype=np.int64), self.limit, lbs, np.ones(len(nodes) - 1, dtype=np.bool_))
+        paths: list[list[list[int]]] = [[] for _ in range(len(nodes) - 1)]
+        flat, bounds = flat.tolist(), starts.tolist()
+        for i, j in enumerate(seg.tolist()):
+            paths[j].append(flat[bounds[i]:bounds[i + 1]])
+        return paths
+
+    def fewest_hops(self, chain: tuple) -> float:
+        if chain not in self.lower:
+            self.lower[chain] = self._fewest_hops(chain)
+        return self.lower[chain]
+
+    def _fewest_hops(self, chain: tuple) -> float:
+        """A lower bound on the hops of every subset of the chain's route that meets
+        ``eps`` (inf: none can), before routing it.
+
+        Segment ``(a, b)`` with ``k`` paths has at least ``k x hops(a, b)`` hops and a
+        security at most ``1 - (1 - P)^k``, ``P = exp(-least relay cost a..b)`` bounding
+        every path's ``Psec`` from above (shared relays only lower it: Harris), so
+        meeting ``eps`` needs ``chain's p x (1 - (1 - P)^k) >= eps`` on each segment
+        alone. The slacks cover the costs' rounding and float error.
+        """
+        a = self.a
+        need = self.eps - TOLERANCE - 1e-9
+        chain_sec = math.prod(float(a.p[v]) for v in chain)
+        if need > 0.0 and chain_sec <= need:
+            return math.inf
+        x = need / chain_sec if need > 0.0 else 0.0
+        slack = a.n_nodes * 2.0 ** -32 + 1e-9  # a path has < n relays, each cost rounded by <= 2^-33
+        nodes = (self.s, *chain, self.t)
+        total = 0.0
+        for u, v in zip(nodes, nodes[1:]):
+            key = (u, v, x)
+            if key not in self.seg_hops:
+                self.seg_hops[key] = self._segment_hops(u, v, x, slack)
+            total += self.seg_hops[key]
+        return total
+
+    def _segment_hops(self, u: int, v: int, x: float, slack: float) -> float:
+        if u not in self.dist:
+            self.dist[u] = _distances(self.a, u, "hops", self.kernel)
+        d = float(self.dist[u][v])
+        if not math.isfinite(d):
+            return math.inf
+        k = 1
+        if x > 0.0:
+            h = float(self._segment(u, v)[1])
+            if h == math.inf:
+                return math.inf
+            ps = min(1.0, math.exp(-h + slack))
+            if ps < 1.0:
+                k = max(1, math.ceil(math.log1p(-x) / math.log1p(-ps) - 1e-9))
+        return k * d
 
     def _value(self, chain: tuple) -> tuple:
         a = self.a
@@ -181,14 +272,58 @@ class _LevelEvaluator:
             if sum(self.dist[x][y] for x, y in zip(nodes, nodes[1:])) > self.bound:
                 self.routes[chain] = (None, None)
                 return (0, 0, -1.0)
-        paths = round_robin_paths(a, nodes, max_paths=self.max_paths, removed_nodes=self.rn, removed_links=self.rl,
-                                  kernel=self.kernel)
+        if self.kernel == "numba":
+            paths = self._round_robin(nodes)
+        else:
+            paths = round_robin_paths(a, nodes, max_paths=self.max_paths, removed_nodes=self.rn,
+                                      removed_links=self.rl, kernel=self.kernel)
         best, full = cheapest_subsets(a.p, a.trusted, paths, list(chain), self.eps)
         self.routes[chain] = (paths, best)
         if best is None:  # unmet: judged by the full route's security (a lower bound with shared risky relays)
             return (0, 0, full)
         self.bound = min(self.bound, best[0])
         return (1, -best[0], best[1])
+
+
+def _met_hops(*values) -> float | None:
+    """The fewest hops among the met values given (None: none met)."""
+    hops = [-v[1] for v in values if v is not None and v[0] == 1]
+    return min(hops) if hops else None
+
+
+def _greedy(ev: _LevelEvaluator, cands: list[int], dist: dict, arrays: NetworkArrays, kernel: str):
+    """``smr-exact``'s greedy insertion (:func:`qkdseg.routing.smr_exact._greedy`), a trial
+    bounded by the met value it must beat (the current chain's or the round's best so far)."""
+    s, t = ev.s, ev.t
+    chain: tuple = ()
+    value = ev(chain)
+    while True:
+        ends = [s, *chain, t]
+        for v in ends:
+            if v not in dist:
+                dist[v] = _distances(arrays, v, "hops", kernel)
+        trials = []
+        for r in cands:
+            if r in chain:
+                continue
+            detours = [dist[a][r] + dist[b][r] - dist[a][b] for a, b in zip(ends, ends[1:])]
+            pos = int(np.argmin(detours))
+            trials.append(chain[:pos] + (r,) + chain[pos:])
+        # routed most promising first (fewest hops bound), each bounded by the best met so far (the
+        # current chain's or a trial's of this round); the choice is then made in candidate order
+        met = _met_hops(value)
+        for i in sorted(range(len(trials)), key=lambda i: (ev.fewest_hops(trials[i]), i)):
+            h = _met_hops(ev(trials[i], within=met))
+            if h is not None and (met is None or h < met):
+                met = h
+        best_chain, best_value = None, None
+        for trial in trials:
+            v = ev(trial)
+            if best_value is None or _beats(v, best_value):
+                best_chain, best_value = trial, v
+        if best_chain is None or not _beats(best_value, value):
+            return chain, value
+        chain, value = best_chain, best_value
 
 
 def _check(epsilon, candidates, exhaustive) -> float:
@@ -251,7 +386,7 @@ def smr_level(
     best_chain: tuple = ()
     best = ev(best_chain)
     paper = tuple(select_segment_nodes(arrays, source, target, removed_nodes=rn, removed_links=rl, kernel=kernel)[1:-1])
-    if paper and _beats(ev(paper), best):
+    if paper and _beats(ev(paper, within=_met_hops(best)), best):
         best_chain, best = paper, ev(paper)
     if ordered_chains(len(cands)) <= exhaustive:
         # every ordered chain, fewest hops of the chain's own legs first: once one meets the level,
@@ -262,7 +397,7 @@ def smr_level(
                 dist[v] = _distances(arrays, v, "hops", kernel)
         legs = [sum(dist[x][y] for x, y in zip((source, *c), (*c, target))) for c in chains]
         for i in sorted(range(len(chains)), key=lambda i: (legs[i], i)):
-            if _beats(ev(chains[i]), best):
+            if _beats(ev(chains[i], within=_met_hops(best)), best):
                 best_chain, best = chains[i], ev(chains[i])
     else:
         chain, value = _greedy(ev, cands, dist, arrays, kernel)
