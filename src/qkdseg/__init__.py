@@ -1,6 +1,24 @@
 """qkdseg: segment-based multipath key distribution in partially-trusted relay
 QKD networks (Wang et al., IEEE Communications Magazine 61(12), 2023).
 
+Entry points (each has its own help):
+
+- networks: ``example_network()``, ``waxman(n, trusted=, p=, seed=)``,
+  ``load(spec)`` / ``read_network(path)`` / ``write_network(net, path)``,
+  ``load_topohub(key)``, ``Network`` (``route`` and ``simulate`` also take a
+  networkx graph);
+- one request: ``route(net, src, dst, algorithm="smr", epsilon=...,
+  reconstruction=...)`` -> ``Route`` (``.paths_frame()``, ``.to_dict()``);
+  ``ALGORITHMS`` lists the routing algorithms;
+- security: ``exact_security``, ``independent_security``,
+  ``montecarlo_security``;
+- time-dynamic runs: ``simulate(net, rate=..., duration=..., algorithms=...)``
+  -> ``SimulationResult``; ``Simulation`` for step-by-step control;
+- trusted-relay placement: ``place(net, budget)`` -> ``PlacementResult``;
+- the key service and the network of nodes: the ``qkdseg kms``, ``qkdseg
+  net``, ``qkdseg node`` and ``qkdseg controller`` commands (docs/kms.md,
+  docs/network.md); the command line: ``qkdseg --help``.
+
 >>> import qkdseg
 >>> net = qkdseg.example_network()
 >>> r = qkdseg.route(net, 0, 7, algorithm="smr")
