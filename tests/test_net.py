@@ -3,8 +3,9 @@
 One network (the example network: a controller and ten node processes) is
 started by a module fixture with ``net up --detach`` and stopped with ``net
 down``, also when a test fails. Every node taps the plaintext pieces it
-handles (the adversary's tap, allowed by ``QKDSEG_ALLOW_TAP=1``), so that the
-tests can look for every piece where none may be.
+handles (the adversary's tap, allowed by ``QKDSEG_ALLOW_TAP=1``), and the
+controller captures every body it receives (``QKDSEG_ALLOW_CAPTURE=1``), so
+that the tests can look for every piece where none may be.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def net(tmp_path_factory):
     r = _run("net", "init", str(d), "--network", "example", *[a for s in SAES for a in ("--sae", s)],
              "--security-level", "0.5", "--port", str(port))
     assert r.returncode == 0, r.stderr
-    env = {**os.environ, "QKDSEG_ALLOW_TAP": "1", "QKDSEG_TAP_DIR": str(taps), "QKDSEG_RELAY_TIMEOUT_S": "6"}
+    env = {**os.environ, "QKDSEG_ALLOW_TAP": "1", "QKDSEG_TAP_DIR": str(taps), "QKDSEG_RELAY_TIMEOUT_S": "6",
+           "QKDSEG_ALLOW_CAPTURE": "1", "QKDSEG_CAPTURE_FILE": str(base / "controller-capture.bin")}
     r = _run("net", "up", str(d), "--detach", env=env, timeout=180)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
@@ -495,10 +497,29 @@ def test_no_key_material_at_the_controller_nor_in_clear_at_the_nodes(net):
     needles = set()
     for k in secrets_:
         needles.update((k, base64.b64encode(k), k.hex().encode()))
-    ctrl_files = [p for p in (net.dir / "controller").rglob("*") if p.is_file()] + [net.dir / "logs" / "controller.log"]
+    capture = Path(net.env["QKDSEG_CAPTURE_FILE"])
+    received = _read_capture(capture)  # every request body the controller received, every node answer it got
+    plans = [body for head, body in received if head["dir"] == "request" and head["path"] == "/control/v1/plans"]
+    assert len(plans) >= 60 and all(json.loads(b)["master"] for b in plans)
+    assert any(head["dir"] == "response" and head["path"] == "/control/v1/parts" for head, _ in received)
+    ctrl_files = [p for p in (net.dir / "controller").rglob("*") if p.is_file()] + [net.dir / "logs" / "controller.log",
+                                                                                    capture]
     node_files = [p for p in (net.dir / "nodes").rglob("*") if p.is_file()] + list((net.dir / "logs").glob("node-*"))
     for path in ctrl_files + node_files:
         assert not _find_any(path.read_bytes(), needles), f"key material in {path}"
+
+
+def _read_capture(path: Path) -> list[tuple[dict, bytes]]:
+    """The controller's capture: records of a JSON header line, ``length`` bytes of body and a newline."""
+    data, out, at = path.read_bytes(), [], 0
+    while at < len(data):
+        nl = data.index(b"\n", at)
+        head = json.loads(data[at:nl])
+        body = data[nl + 1:nl + 1 + head["length"]]
+        assert data[nl + 1 + head["length"]:nl + 2 + head["length"]] == b"\n"
+        out.append((head, body))
+        at = nl + 2 + head["length"]
+    return out
 
 
 def _find_any(data: bytes, needles) -> list[bytes]:
@@ -554,6 +575,19 @@ def test_tap_is_refused_without_the_environment_variable(tmp_path):
     r = _run("node", "serve", str(d / "nodes" / "0"), "--tap", str(tmp_path / "tap.jsonl"), env=env)
     assert r.returncode == 2 and "QKDSEG_ALLOW_TAP=1" in r.stderr
     assert not (tmp_path / "tap.jsonl").exists()
+
+
+def test_controller_capture_is_refused_without_the_environment_variable(tmp_path):
+    d = tmp_path / "one"
+    assert _run("net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                "--port", str(_free_port())).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("QKDSEG_ALLOW_CAPTURE", "QKDSEG_CAPTURE_FILE")}
+    for args, e in ((["--capture", str(tmp_path / "cap.bin")], env),
+                    ([], {**env, "QKDSEG_CAPTURE_FILE": str(tmp_path / "cap.bin")})):
+        r = _run("controller", "serve", str(d / "controller"), *args, env=e)
+        assert r.returncode == 2 and "QKDSEG_ALLOW_CAPTURE=1" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cap.bin").exists()
 
 
 def test_net_up_in_the_foreground_stops_everything_on_sigterm(tmp_path):

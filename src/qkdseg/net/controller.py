@@ -14,6 +14,12 @@ API (mutual TLS 1.3; callers by certificate role):
 - ``POST /control/v1/plans`` (nodes): plan a request of the node's own SAE;
 - ``GET /control/v1/status`` (nodes): what ``status`` of ETSI 014 reports;
 - ``GET /health`` (any).
+
+Test only: ``--capture FILE`` (or ``QKDSEG_CAPTURE_FILE``, which ``net up``
+passes on) records every request body the controller receives and every
+response body it gets back from the nodes, as received, so that a test can
+look for key material in them. It is refused unless
+``QKDSEG_ALLOW_CAPTURE=1`` (docs/network.md).
 """
 
 from __future__ import annotations
@@ -35,8 +41,62 @@ from ..errors import InvalidRequest
 from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
 
 
+CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
+
+
+class Capture:
+    """TEST ONLY: append what the controller receives to a file, each record a JSON header line (direction,
+    method, path, query, length) followed by the body's bytes as received and a newline."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "ab")
+
+    def write(self, head: dict, body: bytes) -> None:
+        self.fh.write(json.dumps({**head, "length": len(body)}).encode() + b"\n" + body + b"\n")
+        self.fh.flush()
+
+    def middleware(self, app):
+        """A pure ASGI wrapper: it reads each request's whole body first, records it with the query, then replays
+        it to the app (so that a request the app refuses unread is recorded too)."""
+
+        async def wrapped(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            chunks: list[bytes] = []
+            while True:
+                msg = await receive()
+                if msg["type"] != "http.request":  # the client left before sending everything
+                    break
+                chunks.append(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    break
+            body = b"".join(chunks)
+            self.write({"dir": "request", "method": scope["method"], "path": scope["path"],
+                        "query": scope.get("query_string", b"").decode("latin-1")}, body)
+            replayed = False
+
+            async def recv():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await app(scope, recv, send)
+
+        return wrapped
+
+    async def on_response(self, response) -> None:
+        await response.aread()
+        self.write({"dir": "response", "method": response.request.method, "path": response.request.url.path,
+                    "status": response.status_code}, response.content)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 class Controller:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, capture: Path | None = None) -> None:
         import numpy as np
 
         from ..kms.server import open_service
@@ -53,12 +113,15 @@ class Controller:
         self.client = None
         self.plans = 0
         self.queues: dict[str, asyncio.Queue] = {}
+        self.capture = Capture(capture) if capture is not None else None
 
     def _http(self):
         if self.client is None:
             from .wire import async_client
 
             self.client = async_client(self.ctx_client, 256)
+            if self.capture is not None:
+                self.client.event_hooks = {"response": [self.capture.on_response]}
         return self.client
 
     def _push(self, node: str, part: dict) -> asyncio.Future:
@@ -187,17 +250,25 @@ def create_controller_app(ctl: Controller) -> Starlette:
                              Route("/health", health, methods=["GET"])], lifespan=lifespan)
 
 
-def serve_controller(directory: str | Path) -> None:
+def serve_controller(directory: str | Path, *, capture: Path | None = None) -> None:
     from .wire import run_uvicorn
 
     d = Path(directory)
-    ctl = Controller(d)
+    if capture is None and os.environ.get("QKDSEG_CAPTURE_FILE"):  # net up passes the capture on this way
+        capture = Path(os.environ["QKDSEG_CAPTURE_FILE"])
+    if capture is not None and os.environ.get(CAPTURE_ENV) != "1":
+        raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
+                             f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
+    ctl = Controller(d, capture=capture)
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
     try:
-        run_uvicorn(create_controller_app(ctl), host, int(port), ctx, d / "controller.crt",
+        app = create_controller_app(ctl)
+        run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
                     on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
                                            f"({len(ctl.addresses)} nodes)", flush=True))
     finally:
         ctl.svc.close()
+        if ctl.capture is not None:
+            ctl.capture.close()
     print("qkdseg controller: stopped", file=sys.stderr, flush=True)
