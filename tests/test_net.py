@@ -621,6 +621,96 @@ def test_net_up_in_the_foreground_stops_everything_on_sigterm(tmp_path):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
 
 
+def _controller_links(d: Path) -> dict:
+    db = sqlite3.connect(f"file:{d / 'controller' / 'kms.sqlite3'}?mode=ro", uri=True)
+    try:
+        return {f"[{u},{v}]": (consumed, level) for u, v, consumed, level in
+                db.execute("SELECT u, v, consumed, level FROM links")}
+    finally:
+        db.close()
+
+
+def test_nodes_report_their_links_and_the_controller_takes_the_lower_levels(tmp_path):
+    """Nodes report their links (a subset of ETSI GS QKD 015's qkd_node) after their start and periodically; when a
+    node's offsets ran past the controller's reservations (bits skipped after a crash), the model takes the lower
+    level, audited; reports about links a node does not end are refused."""
+    import httpx
+
+    from qkdseg.net.wire import client_context
+
+    topo = tmp_path / "line.json"
+    topo.write_text(json.dumps({"directed": False, "graph": {"name": "line3"},
+                                "nodes": [{"id": i, "trusted": i == 1, "p": 1.0 if i == 1 else 0.8} for i in range(3)],
+                                "links": [{"source": 0, "target": 1}, {"source": 1, "target": 2}]}))
+    d = tmp_path / "line"
+    assert _run("net", "init", str(d), "--network", str(topo), "--sae", "A=0", "--sae", "B=2",
+                "--port", str(_free_port())).returncode == 0
+    env = {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "6", "QKDSEG_REPORT_S": "0.3"}
+    r = _run("net", "up", str(d), "--detach", env=env)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        net = Net(d, tmp_path, env)
+        net.deliver("A", "0", "B", "2")
+        pk = d / "pki"
+        ctl_url = f"https://{net.net['address']}"
+        nd = {n: d / "nodes" / n for n in "012"}
+        as_node = {n: client_context(nd[n] / "node.crt", nd[n] / "node.key", nd[n] / "ca.crt") for n in "012"}
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{ctl_url}/health", verify=as_node["0"]).json()["reported"] != ["0", "1", "2"]:
+            assert time.monotonic() < deadline, "not every node reported"
+            time.sleep(0.2)
+        before = _controller_links(d)
+        off1 = net.offsets("1")
+        assert before["[1,2]"][0] == 8 * (off1[("[1,2]", 0)] + off1.get(("[1,2]", 1), 0))
+        # node 1 stops; its outgoing counter on (1, 2) is found 1000 bytes further on (taken before a crash)
+        os.kill(net.pid("node-1"), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{net.pid('node-1')}").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        db = sqlite3.connect(d / "nodes" / "1" / "relay.sqlite3")
+        db.execute("UPDATE offsets SET value = value + 1000 WHERE link = '[1,2]' AND dir = 0")
+        db.commit()
+        db.close()
+        net.restart("node-1", "node", nd["1"])
+        deadline = time.monotonic() + 30
+        while _controller_links(d)["[1,2]"] == before["[1,2]"]:
+            assert time.monotonic() < deadline, "the controller never took node 1's report"
+            time.sleep(0.2)
+        after = _controller_links(d)
+        assert after["[1,2]"][0] == before["[1,2]"][0] + 8000 and after["[0,1]"][0] == before["[0,1]"][0]
+        audit = [json.loads(x) for x in (d / "controller" / "audit.jsonl").read_text().splitlines()]
+        rep = [a for a in audit if a["event"] == "levels reported"]
+        assert len(rep) == 1 and rep[0]["node"] == "1" and set(rep[0]["links"]) == {"[1,2]"}
+        ch = rep[0]["links"]["[1,2]"]  # the level at that moment (the model refills meanwhile) fell by those bits
+        assert ch["consumed"] == [before["[1,2]"][0], before["[1,2]"][0] + 8000]
+        assert ch["level"][1] == max(0, ch["level"][0] - 8000)
+        # a level reported lower than the model's (a real device's report) is taken as it is
+        low = {"qkd_node": {"qkdn_id": "0", "qkd_links": {"qkd_link": [
+            {"link_id": "[0,1]", "link_status": "ACTIVE", "qkdl_local": {"qkdn_id": "0"},
+             "qkdl_remote": {"qkdn_id": "1"}, "qkdseg_consumed_bits": 0, "qkdseg_level_bits": 300}]}}}
+        r = httpx.post(f"{ctl_url}/control/v1/links", json=low, verify=as_node["0"])
+        assert r.status_code == 200 and r.json()["lowered"] == ["[0,1]"], r.text
+        assert _controller_links(d)["[0,1]"] == (after["[0,1]"][0], 300)
+        net.deliver("A", "0", "B", "2")  # deliveries go on; the model and the nodes agree again
+        off1 = net.offsets("1")
+        assert _controller_links(d)["[1,2]"][0] == 8 * (off1[("[1,2]", 0)] + off1.get(("[1,2]", 1), 0))
+        # refusals: a link the caller does not end, another node's report, an SAE, a malformed body
+        report = {"qkd_node": {"qkdn_id": "0", "qkd_links": {"qkd_link": [
+            {"link_id": "[1,2]", "link_status": "ACTIVE", "qkdl_local": {"qkdn_id": "0"},
+             "qkdl_remote": {"qkdn_id": "2"}, "qkdseg_consumed_bits": 10 ** 6, "qkdseg_level_bits": 0}]}}}
+        url = f"{ctl_url}/control/v1/links"
+        r = httpx.post(url, json=report, verify=as_node["0"])
+        assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
+        assert httpx.post(url, json=report, verify=as_node["1"]).status_code == 403
+        sae = client_context(pk / "A.crt", pk / "A.key", pk / "ca.crt")
+        assert httpx.post(url, json=report, verify=sae).status_code == 403
+        assert httpx.post(url, json={"qkd_node": {}}, verify=as_node["0"]).status_code == 400
+        assert _controller_links(d)["[1,2]"][1] > 0
+    finally:
+        _run("net", "down", str(d))
+
+
 def test_a_desynchronised_link_fails_key_confirmation_and_delivers_nothing(tmp_path):
     """Node 1's copy of link (0, 1) is replaced by another seed: the two ends' keys differ; confirmation catches it:
     503, the keys are voided at the destination (audited) and never delivered."""

@@ -13,6 +13,9 @@ API (mutual TLS 1.3; callers by certificate role):
 
 - ``POST /control/v1/plans`` (nodes): plan a request of the node's own SAE;
 - ``GET /control/v1/status`` (nodes): what ``status`` of ETSI 014 reports;
+- ``POST /control/v1/links`` (nodes): a node's report of its links (ETSI GS
+  QKD 015's ``qkd_node``, a subset); where it shows more bits consumed (or a
+  lower level) than the controller's model, the model takes the report's;
 - ``GET /health`` (any).
 
 Test only: ``--capture FILE`` (or ``QKDSEG_CAPTURE_FILE``, which ``net up``
@@ -114,6 +117,10 @@ class Controller:
         self.plans = 0
         self.queues: dict[str, asyncio.Queue] = {}
         self.capture = Capture(capture) if capture is not None else None
+        a = self.svc.arrays
+        self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
+                           for k in range(len(a.edge_u))}
+        self.reported: dict[str, float] = {}  # node -> time of its last report
 
     def _http(self):
         if self.client is None:
@@ -213,6 +220,51 @@ class Controller:
         self.plans += 1
         return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number]}
 
+    async def report(self, caller_node: str, w: dict) -> dict:
+        """A node's link report: the model's level of each link becomes the lower of its own and the report's
+        (its consumed bits the higher), audited when it changes anything."""
+        from ..kms.store import Batch
+
+        try:
+            qn = w["qkd_node"]
+            links = qn["qkd_links"]["qkd_link"]
+            if str(qn["qkdn_id"]) != caller_node:
+                raise Problem(403, "Forbidden", f"a report of node {qn['qkdn_id']!r} from node {caller_node!r}")
+            rows = []
+            for lk in links:
+                if str(lk["qkdl_local"]["qkdn_id"]) != caller_node:
+                    raise Problem(403, "Forbidden", f"link {lk['link_id']!r}: node {caller_node!r} is not its end")
+                k = self.link_index.get(frozenset((caller_node, str(lk["qkdl_remote"]["qkdn_id"]))))
+                if k is None:
+                    raise Problem(403, "Forbidden", f"link {lk['link_id']!r} is not a link of node {caller_node!r}")
+                level = lk.get("qkdseg_level_bits")
+                rows.append((k, str(lk["link_id"]), int(lk["qkdseg_consumed_bits"]),
+                             None if level is None else int(level)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise Problem(400, "Bad Request", "a link report is ETSI GS QKD 015's qkd_node with qkdn_id and "
+                                              "qkd_links.qkd_link (link_id, qkdl_local, qkdl_remote, "
+                                              "qkdseg_consumed_bits, qkdseg_level_bits)") from None
+        svc = self.svc
+        svc.refill(time.time())
+        lv, changed = svc.levels, {}
+        for k, name, consumed, level in rows:
+            before = (int(lv.level[k]), int(lv.consumed[k]))
+            extra = consumed - int(lv.consumed[k])
+            if extra > 0:  # bits the nodes used that the model never reserved (offsets skipped after a crash)
+                lv.consumed[k] = consumed
+                lv.level[k] = max(0, int(lv.level[k]) - extra)
+            if level is not None and level < lv.level[k]:
+                lv.level[k] = max(0, level)
+            if (int(lv.level[k]), int(lv.consumed[k])) != before:
+                changed[name] = {"level": [before[0], int(lv.level[k])], "consumed": [before[1], int(lv.consumed[k])]}
+        self.reported[caller_node] = time.time()
+        if changed:
+            ks = [k for k, name, _, _ in rows if name in changed]
+            await svc.committer.commit(Batch(links=svc._link_rows(ks), audit=[{
+                "time": round(time.time(), 6), "event": "levels reported", "node": caller_node, "links": changed,
+                "outcome": "model lowered to the node's report"}]))
+        return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
+
     def status(self, caller_node: str, master: str, slave: str) -> dict:
         svc = self.svc
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -234,8 +286,14 @@ def create_controller_app(ctl: Controller) -> Starlette:
         q = request.query_params
         return json_response(ctl.status(role.ident, q.get("master", ""), q.get("slave", "")))
 
+    @problem_routes
+    async def links(request: Request):
+        role = require(request, "node")
+        return json_response(await ctl.report(role.ident, await read_json(request)))
+
     async def health(request: Request):
-        return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans})
+        return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
+                              "reported": sorted(ctl.reported)})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -247,6 +305,7 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     return Starlette(routes=[Route("/control/v1/plans", plans, methods=["POST"]),
                              Route("/control/v1/status", status, methods=["GET"]),
+                             Route("/control/v1/links", links, methods=["POST"]),
                              Route("/health", health, methods=["GET"])], lifespan=lifespan)
 
 
