@@ -129,9 +129,12 @@ def node_serve(
 @user_errors
 def controller_serve(
     directory: Annotated[Path, typer.Argument(help="The controller's directory (DIR/controller).", show_default=False)],
+    capture: Annotated[Path | None, typer.Option(
+        "--capture", help="TEST ONLY: record every request body the controller receives (and the nodes' answers) "
+                          "to this file (refused unless QKDSEG_ALLOW_CAPTURE=1).", show_default=False)] = None,
 ) -> None:
     """Serve the controller: plans and reservations for the nodes; it never holds key material."""
     _need_server_extra()
     from ..net.controller import serve_controller
 
-    serve_controller(directory)
+    serve_controller(directory, capture=capture)

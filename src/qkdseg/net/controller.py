@@ -13,7 +13,16 @@ API (mutual TLS 1.3; callers by certificate role):
 
 - ``POST /control/v1/plans`` (nodes): plan a request of the node's own SAE;
 - ``GET /control/v1/status`` (nodes): what ``status`` of ETSI 014 reports;
+- ``POST /control/v1/links`` (nodes): a node's report of its links (ETSI GS
+  QKD 015's ``qkd_node``, a subset); where it shows more bits consumed (or a
+  lower level) than the controller's model, the model takes the report's;
 - ``GET /health`` (any).
+
+Test only: ``--capture FILE`` (or ``QKDSEG_CAPTURE_FILE``, which ``net up``
+passes on) records every request body the controller receives and every
+response body it gets back from the nodes, as received, so that a test can
+look for key material in them. It is refused unless
+``QKDSEG_ALLOW_CAPTURE=1`` (docs/network.md).
 """
 
 from __future__ import annotations
@@ -35,8 +44,62 @@ from ..errors import InvalidRequest
 from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
 
 
+CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
+
+
+class Capture:
+    """TEST ONLY: append what the controller receives to a file, each record a JSON header line (direction,
+    method, path, query, length) followed by the body's bytes as received and a newline."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "ab")
+
+    def write(self, head: dict, body: bytes) -> None:
+        self.fh.write(json.dumps({**head, "length": len(body)}).encode() + b"\n" + body + b"\n")
+        self.fh.flush()
+
+    def middleware(self, app):
+        """A pure ASGI wrapper: it reads each request's whole body first, records it with the query, then replays
+        it to the app (so that a request the app refuses unread is recorded too)."""
+
+        async def wrapped(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            chunks: list[bytes] = []
+            while True:
+                msg = await receive()
+                if msg["type"] != "http.request":  # the client left before sending everything
+                    break
+                chunks.append(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    break
+            body = b"".join(chunks)
+            self.write({"dir": "request", "method": scope["method"], "path": scope["path"],
+                        "query": scope.get("query_string", b"").decode("latin-1")}, body)
+            replayed = False
+
+            async def recv():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await app(scope, recv, send)
+
+        return wrapped
+
+    async def on_response(self, response) -> None:
+        await response.aread()
+        self.write({"dir": "response", "method": response.request.method, "path": response.request.url.path,
+                    "status": response.status_code}, response.content)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 class Controller:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, capture: Path | None = None) -> None:
         import numpy as np
 
         from ..kms.server import open_service
@@ -53,12 +116,19 @@ class Controller:
         self.client = None
         self.plans = 0
         self.queues: dict[str, asyncio.Queue] = {}
+        self.capture = Capture(capture) if capture is not None else None
+        a = self.svc.arrays
+        self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
+                           for k in range(len(a.edge_u))}
+        self.reported: dict[str, float] = {}  # node -> time of its last report
 
     def _http(self):
         if self.client is None:
             from .wire import async_client
 
             self.client = async_client(self.ctx_client, 256)
+            if self.capture is not None:
+                self.client.event_hooks = {"response": [self.capture.on_response]}
         return self.client
 
     def _push(self, node: str, part: dict) -> asyncio.Future:
@@ -150,6 +220,51 @@ class Controller:
         self.plans += 1
         return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number]}
 
+    async def report(self, caller_node: str, w: dict) -> dict:
+        """A node's link report: the model's level of each link becomes the lower of its own and the report's
+        (its consumed bits the higher), audited when it changes anything."""
+        from ..kms.store import Batch
+
+        try:
+            qn = w["qkd_node"]
+            links = qn["qkd_links"]["qkd_link"]
+            if str(qn["qkdn_id"]) != caller_node:
+                raise Problem(403, "Forbidden", f"a report of node {qn['qkdn_id']!r} from node {caller_node!r}")
+            rows = []
+            for lk in links:
+                if str(lk["qkdl_local"]["qkdn_id"]) != caller_node:
+                    raise Problem(403, "Forbidden", f"link {lk['link_id']!r}: node {caller_node!r} is not its end")
+                k = self.link_index.get(frozenset((caller_node, str(lk["qkdl_remote"]["qkdn_id"]))))
+                if k is None:
+                    raise Problem(403, "Forbidden", f"link {lk['link_id']!r} is not a link of node {caller_node!r}")
+                level = lk.get("qkdseg_level_bits")
+                rows.append((k, str(lk["link_id"]), int(lk["qkdseg_consumed_bits"]),
+                             None if level is None else int(level)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise Problem(400, "Bad Request", "a link report is ETSI GS QKD 015's qkd_node with qkdn_id and "
+                                              "qkd_links.qkd_link (link_id, qkdl_local, qkdl_remote, "
+                                              "qkdseg_consumed_bits, qkdseg_level_bits)") from None
+        svc = self.svc
+        svc.refill(time.time())
+        lv, changed = svc.levels, {}
+        for k, name, consumed, level in rows:
+            before = (int(lv.level[k]), int(lv.consumed[k]))
+            extra = consumed - int(lv.consumed[k])
+            if extra > 0:  # bits the nodes used that the model never reserved (offsets skipped after a crash)
+                lv.consumed[k] = consumed
+                lv.level[k] = max(0, int(lv.level[k]) - extra)
+            if level is not None and level < lv.level[k]:
+                lv.level[k] = max(0, level)
+            if (int(lv.level[k]), int(lv.consumed[k])) != before:
+                changed[name] = {"level": [before[0], int(lv.level[k])], "consumed": [before[1], int(lv.consumed[k])]}
+        self.reported[caller_node] = time.time()
+        if changed:
+            ks = [k for k, name, _, _ in rows if name in changed]
+            await svc.committer.commit(Batch(links=svc._link_rows(ks), audit=[{
+                "time": round(time.time(), 6), "event": "levels reported", "node": caller_node, "links": changed,
+                "outcome": "model lowered to the node's report"}]))
+        return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
+
     def status(self, caller_node: str, master: str, slave: str) -> dict:
         svc = self.svc
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -171,8 +286,14 @@ def create_controller_app(ctl: Controller) -> Starlette:
         q = request.query_params
         return json_response(ctl.status(role.ident, q.get("master", ""), q.get("slave", "")))
 
+    @problem_routes
+    async def links(request: Request):
+        role = require(request, "node")
+        return json_response(await ctl.report(role.ident, await read_json(request)))
+
     async def health(request: Request):
-        return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans})
+        return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
+                              "reported": sorted(ctl.reported)})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -184,20 +305,29 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     return Starlette(routes=[Route("/control/v1/plans", plans, methods=["POST"]),
                              Route("/control/v1/status", status, methods=["GET"]),
+                             Route("/control/v1/links", links, methods=["POST"]),
                              Route("/health", health, methods=["GET"])], lifespan=lifespan)
 
 
-def serve_controller(directory: str | Path) -> None:
+def serve_controller(directory: str | Path, *, capture: Path | None = None) -> None:
     from .wire import run_uvicorn
 
     d = Path(directory)
-    ctl = Controller(d)
+    if capture is None and os.environ.get("QKDSEG_CAPTURE_FILE"):  # net up passes the capture on this way
+        capture = Path(os.environ["QKDSEG_CAPTURE_FILE"])
+    if capture is not None and os.environ.get(CAPTURE_ENV) != "1":
+        raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
+                             f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
+    ctl = Controller(d, capture=capture)
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
     try:
-        run_uvicorn(create_controller_app(ctl), host, int(port), ctx, d / "controller.crt",
+        app = create_controller_app(ctl)
+        run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
                     on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
                                            f"({len(ctl.addresses)} nodes)", flush=True))
     finally:
         ctl.svc.close()
+        if ctl.capture is not None:
+            ctl.capture.close()
     print("qkdseg controller: stopped", file=sys.stderr, flush=True)

@@ -10,6 +10,9 @@ One TLS 1.3 listener, told apart by path and by the caller's certificate role:
 - ``/relay/v1/links``: this node's offsets (after a crash a neighbour skips
   forward to the larger);
 - ``/control/v1/parts``, ``/control/v1/void``: the controller's plan parts;
+- it reports its links (ETSI GS QKD 015's ``qkd_node``, a subset) to the
+  controller's ``/control/v1/links`` after its start and every
+  ``QKDSEG_REPORT_S`` seconds (default 5);
 - ``/health``.
 
 A node never routes: this module imports no routing kernel, no numba and
@@ -53,6 +56,7 @@ from .wire import Problem, client_context, json_response, problem_routes, read_j
 logger = logging.getLogger("qkdseg.net")
 REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "20"))  # a source's wait for its keys
 TAP_ENV = "QKDSEG_ALLOW_TAP"
+REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
 
 
@@ -634,6 +638,32 @@ class NodeService:
             self.relaydb.write(dict(self._dirty))
             self._dirty.clear()
 
+    def link_report(self) -> dict:
+        """This node's links as a JSON subset of ETSI GS QKD 015's model (``qkd_node``: ``qkdn_id``, ``qkd_links``,
+        each ``qkd_link`` with ``link_id``, ``link_status``, both ends' ``qkdn_id``) plus qkdseg's fields: the pool's
+        size, the bits consumed in both directions (this end's durable offsets) and its level, ``null`` here: an
+        emulated link's refill is the controller's model (a node on a real QKD device would report the device's)."""
+        out = []
+        for lk in self.conf["links"]:
+            name = link_name(*lk["link"])
+            consumed = 8 * (self.offsets.get((name, 0), 0) + self.offsets.get((name, 1), 0))
+            out.append({"link_id": name, "link_status": "ACTIVE",
+                        "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
+                        "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
+                        "qkdseg_level_bits": None})
+        return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}}}
+
+    async def report_links(self) -> None:
+        """After the start's offset sync, and every ``QKDSEG_REPORT_S`` seconds: the links' report to the controller."""
+        while True:
+            with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back
+                await self._http().post(f"https://{self.conf['controller']}/control/v1/links", json=self.link_report())
+            await asyncio.sleep(REPORT_S)
+
+    async def start_tasks(self) -> None:
+        await self.sync_offsets()
+        await self.report_links()
+
     def close(self) -> None:
         self.committer.close()
         self.relaydb.close()
@@ -781,10 +811,11 @@ def create_node_app(svc: NodeService):
     @contextlib.asynccontextmanager
     async def lifespan(a):
         async with inner(a):
-            asyncio.get_running_loop().create_task(svc.sync_offsets())
+            task = asyncio.get_running_loop().create_task(svc.start_tasks())
             try:
                 yield
             finally:
+                task.cancel()
                 if svc.client is not None:
                     await svc.client.aclose()
     app.router.lifespan_context = lifespan
