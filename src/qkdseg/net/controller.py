@@ -319,6 +319,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None) -> N
         raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
                              f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
     ctl = Controller(d, capture=capture)
+    ctl.svc.warm()  # compile the routing kernels before listening: the first plan must not wait for numba
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
     try:
