@@ -24,7 +24,7 @@ PACKAGE = ROOT / "src" / "qkdseg"
 
 @pytest.fixture(scope="module")
 def graph():
-    return grimp.build_graph("qkdseg", cache_dir=None)
+    return grimp.build_graph("qkdseg", cache_dir=None, exclude_type_checking_imports=True)  # as pyproject.toml
 
 
 def _contracts() -> dict[str, list[str]]:

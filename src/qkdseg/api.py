@@ -133,6 +133,20 @@ class Route:
         cols = ["segment", "path", "source", "target", "nodes", "relays", "hops", "segment_security"]
         return pd.DataFrame(rows, columns=cols + (["psec"] if network is not None else []))
 
+    def plot(self, network: Network, path, *, seed: int = 0, title: str | None = None):
+        """Draw this route on ``network`` to an image file (``.png``, ``.svg`` or ``.pdf``), as ``qkdseg route
+        --plot`` does: segment nodes marked, each segment's paths in one colour. Returns the file's path.
+
+        >>> import qkdseg, tempfile, pathlib
+        >>> net = qkdseg.example_network()
+        >>> out = qkdseg.route(net, 0, 7).plot(net, pathlib.Path(tempfile.mkdtemp()) / "route.png")
+        >>> out.suffix, out.stat().st_size > 0
+        ('.png', True)
+        """
+        from .plot import plot_route
+
+        return plot_route(network, self, path, seed=seed, title=title)
+
     @property
     def hops(self) -> int:
         """Total hops over all paths."""

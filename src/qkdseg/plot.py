@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .api import Route
 from .network import Network
 from .topology import node_positions
+
+if TYPE_CHECKING:  # the route type only: Route.plot (api) calls plot_route
+    from .api import Route
 
 
 def plot_route(network: Network, route: Route, path: str | Path, *, seed: int = 0, title: str | None = None) -> Path:
