@@ -133,10 +133,13 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"{directory / 'nodes.json'}: a deployment exists already (use --force to overwrite)")
     if not 1 <= port <= 65535:
         raise InvalidRequest(f"--port {port} must be in 1..65535")
+    source = None
     if not (spec == "example" or spec.startswith("topohub:")):
-        path = Path(spec)
-        net = load(path)
-        spec = str(path.resolve())
+        source = Path(spec)
+        net = load(source)
+        # the deployment keeps its own copy (DIR/controller/network.<suffix>), so DIR can be moved or copied to
+        # another host without the file it was made from
+        spec = f"network{source.suffix.lower()}"
     else:
         net = load(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
@@ -167,6 +170,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         write_cert(pki / f"{sae}.crt", cert)
 
     ctrl = directory / "controller"
+    if source is not None:
+        (ctrl / spec).write_bytes(source.read_bytes())
     write_config(ctrl, cfg)
     key, cert = issue_role(ca_key, ca, "controller", role_uri("controller"), hosts=(CONTROLLER_HOST,))
     write_key(ctrl / "controller.key", key)
