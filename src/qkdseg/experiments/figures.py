@@ -60,31 +60,46 @@ def plot_figure(df, figure: str, out_dir: str | Path, epsilons=(0.5, 0.7, 0.9)) 
     cols = ["security", "key_consumption_rate"] + [eps_column(e) for e in epsilons if eps_column(e) in sub]
     s = summarise(sub, x, cols)
     algs = sorted(s["algorithm"].unique(), key=_alg_rank)
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    from matplotlib.lines import Line2D
+
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(12, 5.4), dpi=110)
     ax_r = ax_a.twinx()
     for a in algs:
         r = s[s["algorithm"] == a]
         c = COLOURS.get(a, "black")
-        _band(ax_a, r[x], r["security_mean"], r["security_ci"], c, "-", "o", label=f"{a} security")
-        _band(ax_r, r[x], r["key_consumption_rate_mean"], r["key_consumption_rate_ci"], c, "--", "x", label=f"{a} consumption")
+        _band(ax_a, r[x], r["security_mean"], r["security_ci"], c, "-", "o")
+        # consumption: dashed, hollow squares, thinner, so it never reads as a security curve of the same colour
+        ax_r.plot(r[x], r["key_consumption_rate_mean"], "--", color=c, marker="s", ms=4, mfc="white", lw=1.1)
+        ax_r.fill_between(r[x], r["key_consumption_rate_mean"] - r["key_consumption_rate_ci"],
+                          r["key_consumption_rate_mean"] + r["key_consumption_rate_ci"], color=c, alpha=0.08, lw=0)
         for e in epsilons:
             col = eps_column(e)
             if col not in sub:
                 continue
             style, marker = EPS_STYLES.get(e, ("-.", "d"))
-            _band(ax_b, r[x], r[f"{col}_mean"] / 1000.0, r[f"{col}_ci"] / 1000.0, c, style, marker, label=f"{a}, \u03b5={e:g}")
+            _band(ax_b, r[x], r[f"{col}_mean"] / 1000.0, r[f"{col}_ci"] / 1000.0, c, style, marker)
     n = int(s["n"].min())
     ax_a.set_xlabel(X_LABEL[x])
-    ax_a.set_ylabel("end-to-end security probability (solid)")
-    ax_r.set_ylabel("key consumption rate (dashed)")
+    ax_a.set_ylabel("end-to-end security probability (solid, ●)")
+    ax_r.set_ylabel("key consumption rate (dashed, □)", color="#444444", style="italic")
+    ax_r.tick_params(axis="y", colors="#444444")
+    ax_r.spines["right"].set_linestyle("--")
     ax_a.set_title(f"({figure[-1]}a) security and key consumption, {n} trials per point", fontsize=10)
-    h1, l1 = ax_a.get_legend_handles_labels()
-    h2, l2 = ax_r.get_legend_handles_labels()
-    ax_a.legend(h1 + h2, l1 + l2, fontsize=7, ncol=2, loc="best", framealpha=0.85)
     ax_b.set_xlabel(X_LABEL[x])
-    ax_b.set_ylabel("key length at \u03b5 (kb)")
+    ax_b.set_ylabel("key length at ε (kb)")
     ax_b.set_title(f"({figure[-1]}b) length of the global key", fontsize=10)
-    ax_b.legend(fontsize=6.5, ncol=len(algs), loc="best", framealpha=0.85)
+    # legends below the axes, never on a curve or a tick: colour = algorithm, line style = quantity (a) or epsilon (b)
+    alg_handles = [Line2D([], [], color=COLOURS.get(a, "black"), lw=2.5, label=a) for a in algs]
+    style_a = [Line2D([], [], color="black", ls="-", marker="o", ms=4, lw=1.6, label="security (left axis)"),
+               Line2D([], [], color="black", ls="--", marker="s", ms=4, mfc="white", lw=1.1,
+                      label="consumption (right axis)")]
+    style_b = [Line2D([], [], color="black", ls=EPS_STYLES.get(e, ("-.", "d"))[0], marker=EPS_STYLES.get(e, ("-.", "d"))[1],
+                      ms=3.5, lw=1.6, label=f"ε = {e:g}") for e in epsilons if eps_column(e) in sub]
+    for ax, extra in ((ax_a, style_a), (ax_b, style_b)):
+        ax.add_artist(ax.legend(handles=alg_handles, fontsize=7.5, ncol=len(alg_handles), loc="upper center",
+                                bbox_to_anchor=(0.5, -0.12), frameon=False, handlelength=1.5, columnspacing=1.2))
+        ax.legend(handles=extra, fontsize=7.5, ncol=len(extra), loc="upper center", bbox_to_anchor=(0.5, -0.19),
+                  frameon=False, handlelength=2.8)
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
     return save_figure(fig, out_dir, figure)

@@ -250,6 +250,8 @@ def plot_placement_study(df, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     from .figures import save_figure
 
     t = placement_table(df)["table"]
@@ -262,6 +264,7 @@ def plot_placement_study(df, out_dir: str | Path) -> list[Path]:
             s = sub[m].dropna()
             ax.plot(s.index, s.values, style, color=colour, marker=marker, ms=4, lw=1.5, label=m)
         ax.set_title(fam, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trusted relays added (budget k)")
         ax.set_ylabel("mean security over the demands")
         ax.grid(alpha=0.3)
