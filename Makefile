@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser test reproduce dashboard mutate screenshot clean
+.PHONY: install browser test check-careless reproduce dashboard mutate screenshot clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ browser:
 
 test: install browser
 	$(PY) -m pytest
+
+# The independent check of issue 26 (careless inputs and Ctrl-C on every batch command, written from the
+# docs alone): about 3 minutes on 2 cores, so not part of `make test`. checks/ is not in pytest's testpaths.
+check-careless: install
+	$(PY) -m pytest -p no:cacheprovider checks/test_careless_independent.py
 
 # Rewrites docs/img/dashboard.png from the browser test of `qkdseg kms demo`.
 screenshot: install browser

@@ -64,6 +64,10 @@ CASES = [
      "--mean-degree"),
     ("study budgets a,b", ["study", "--placement", "--budgets", "a,b", "--out", "o"], "--budgets 'a,b': 'a' is not"),
     ("study exact budgets", ["study", "--placement", "--exact-budgets", "2,x", "--out", "o"], "--exact-budgets '2,x': 'x'"),
+    # found by the independent check of issue 26: an empty item was dropped without a word
+    ("study budgets empty item", ["study", "--placement", "--budgets", "2,,3", "--out", "o"], "--budgets '2,,3': an empty item"),
+    ("simulate rates empty item", ["simulate", "example", "--rates", "1,,2", "--duration", "5", "-q", "--out", "o"],
+     "--rates '1,,2': an empty item"),
     ("reproduce out below a file", ["reproduce", "--trials", "1", "--quiet", "--out", "afile/sub"], "not a directory"),
 ]
 

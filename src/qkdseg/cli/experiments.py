@@ -92,7 +92,7 @@ def _whole_numbers(text: str, option: str) -> list[int]:
     values = set()
     for item in (x.strip() for x in text.split(",")):
         if not item:
-            continue
+            raise InvalidRequest(f"{option} {text!r}: an empty item (use whole numbers separated by commas)")
         try:
             values.add(int(item))
         except ValueError:

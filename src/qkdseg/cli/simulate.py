@@ -85,8 +85,10 @@ def simulate(
     common = dict(algorithms=algs, epsilon=epsilon, ttl=ttl, seed=seed, link_rate_bps=link_rate,
                   reconstruction=reconstruction.value)
     if rates is not None:
+        if any(not x.strip() for x in rates.split(",")):
+            raise InvalidRequest(f"--rates {rates!r}: an empty item (use numbers separated by commas)")
         try:
-            grid = [float(x) for x in rates.split(",") if x.strip()]
+            grid = [float(x) for x in rates.split(",")]
         except ValueError:
             raise InvalidRequest(f"--rates {rates!r}: must be numbers separated by commas") from None
         df, timings = run_load_sweep(network, grid, duration=duration, replications=replications, key_bits=key_bits,
