@@ -197,3 +197,19 @@ def _need_server_extra() -> None:
         import uvicorn  # noqa: F401
     except ImportError:
         raise InvalidRequest("the key service needs the 'kms' extra: pip install 'qkdseg[kms]'") from None
+
+
+def _parse_saes(items: list[str]) -> dict[str, str]:
+    """``--sae SAE_ID=NODE`` (repeated) of ``kms init`` and ``net init``: SAE id -> node, each id checked once."""
+    from ..kms.config import check_sae_id
+
+    saes: dict[str, str] = {}
+    for item in items:
+        name, sep, node = item.partition("=")
+        if not sep or not node:
+            raise InvalidRequest(f"--sae {item!r} must be SAE_ID=NODE")
+        check_sae_id(name, "--sae: SAE id")
+        if name in saes:
+            raise InvalidRequest(f"--sae: SAE id {name!r} given twice")
+        saes[name] = node
+    return saes

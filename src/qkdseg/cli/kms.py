@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra, out_path
+from .common import _need_server_extra, _parse_saes, out_path
 from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, demo, audit, sae, rotate-storage-key.",
@@ -52,7 +52,7 @@ def init(
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
-    from ..kms.config import CONFIG_NAME, KmsConfig, check_sae_id, write_config
+    from ..kms.config import CONFIG_NAME, KmsConfig, write_config
     from ..kms.pki import make_pki
     from ..kms.store import init_keys
 
@@ -62,15 +62,7 @@ def init(
         raise InvalidRequest(f"{directory / CONFIG_NAME}: already exists (use --force to rewrite it)")
     if no_pki and (new_pki or ca_key_out is not None):
         raise InvalidRequest("--no-pki makes no PKI: it cannot be combined with --new-pki or --ca-key-out")
-    saes: dict[str, str] = {}
-    for item in sae:
-        name, sep, node = item.partition("=")
-        if not sep or not node:
-            raise InvalidRequest(f"--sae {item!r} must be SAE_ID=NODE")
-        check_sae_id(name, "--sae: SAE id")
-        if name in saes:
-            raise InvalidRequest(f"--sae: SAE id {name!r} given twice")
-        saes[name] = node
+    saes = _parse_saes(sae)
     spec = network
     if not (spec == "example" or spec.startswith("topohub:")):
         path = Path(spec)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra
+from .common import _need_server_extra, _parse_saes
 from .errors import user_errors
 
 net_app = typer.Typer(help="A key service network: one KME process per node and a controller.", no_args_is_help=True)
@@ -32,18 +32,9 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing deployment.")] = False,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
-    from ..kms.config import check_sae_id
     from ..net.layout import init_network
 
-    saes: dict[str, str] = {}
-    for item in sae:
-        name, sep, node = item.partition("=")
-        if not sep or not node:
-            raise InvalidRequest(f"--sae {item!r} must be SAE_ID=NODE")
-        check_sae_id(name, "--sae: SAE id")
-        if name in saes:
-            raise InvalidRequest(f"--sae: SAE id {name!r} given twice")
-        saes[name] = node
+    saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force)
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
