@@ -118,10 +118,13 @@ def net(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "QKDSEG_ALLOW_TAP": "1", "QKDSEG_TAP_DIR": str(taps), "QKDSEG_RELAY_TIMEOUT_S": "6",
            "QKDSEG_ALLOW_CAPTURE": "1", "QKDSEG_CAPTURE_FILE": str(base / "controller-capture.bin")}
-    r = _run("net", "up", str(d), "--detach", env=env, timeout=180)
+    dash = _free_port()
+    r = _run("net", "up", str(d), "--detach", "--dashboard-port", str(dash), env=env, timeout=180)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
-        yield Net(d, taps, env)
+        n = Net(d, taps, env)
+        n.dashboard = f"http://127.0.0.1:{dash}/dashboard"
+        yield n
     finally:
         _run("net", "down", str(d), timeout=120)
 
@@ -187,6 +190,45 @@ def test_node_process_imports_no_routing_kernels(tmp_path):
     assert heavy == []
 
 
+# -- the controller's dashboard ------------------------------------------------------------------------
+def test_controller_dashboard_is_fed_by_the_nodes_reports(net):
+    """The controller serves the operator dashboard; its rows and counters come from the nodes' reports (the master's
+    node reports the issue, the slave's the fetch and a refusal), its pools from the controller's levels."""
+    import httpx
+
+    def counters():
+        return httpx.get(f"{net.dashboard}/api/counters", timeout=10).json()["since_start"]
+
+    before = counters()
+    for _ in range(3):
+        net.deliver("A", "0", "B", "7", number=2, size=128)
+    code, _ = net.client("B", "7").get_key_with_key_IDs("A", ["00000000-0000-4000-8000-000000000000"])
+    assert code == 400
+    deadline = time.monotonic() + 10
+    while True:
+        now = counters()
+        if (now["deliveries"] - before["deliveries"] >= 3 and now["fetches"] - before["fetches"] >= 3
+                and now["refusals_by_reason"].get("key_not_found", 0) > before["refusals_by_reason"].get(
+                    "key_not_found", 0)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert now["deliveries"] - before["deliveries"] == 3 and now["fetches"] - before["fetches"] == 3, (before, now)
+    assert now["keys_served"] - before["keys_served"] == 6 and now["key_bits_served"] - before["key_bits_served"] == 768
+    assert now["refusals_by_reason"]["key_not_found"] == before["refusals_by_reason"].get("key_not_found", 0) + 1
+    rows = httpx.get(f"{net.dashboard}/api/deliveries", params={"limit": 50}, timeout=10).json()["rows"]
+    issue = next(r for r in rows if r["kind"] == "issue" and r["master"] == "A" and r["size"] == 128)
+    assert issue["slave"] == "B" and issue["segment_nodes"] == ["0", "3", "4", "7"] and issue["keys"] == 2
+    assert all(len(k) == 8 for r in rows for k in r["key_ids"])  # ids cut; no key bytes in any row
+    fetch = next(r for r in rows if r["kind"] == "fetch")
+    assert fetch["slave"] == "B" and fetch["bits"] == 256
+    pools = httpx.get(f"{net.dashboard}/api/pools", timeout=10).json()
+    assert len(pools["levels"]) == 12 and set(pools["states"]) <= {"READY", "WARNING", "CHARGING", "EMPTY"}
+    page = httpx.get(f"{net.dashboard}/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    ctl = next(r for r in _status(net) if r["role"] == "controller")
+    assert ctl["dashboard_url"] == f"{net.dashboard}/"
+
+
 # -- ETSI 014 at each node -----------------------------------------------------------------------
 def test_deliveries_master_and_slave_at_their_own_nodes(net):
     c = net.deliver("A", "0", "B", "7", number=2)
@@ -241,7 +283,7 @@ def test_relay_api_checks_roles_and_offsets(net):
 def test_status_json_lists_every_live_process(net):
     rows = _status(net)
     assert len(rows) == 11 and [r["role"] for r in rows].count("controller") == 1
-    assert all(set(r) == {"role", "node", "pid", "address", "etsi014_url", "healthy"} for r in rows)
+    assert all(set(r) == {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url"} for r in rows)
     assert all(r["healthy"] and isinstance(r["pid"], int) for r in rows)
     assert len({r["pid"] for r in rows}) == 11
     ctrl = next(r for r in rows if r["role"] == "controller")

@@ -59,13 +59,18 @@ def up(
     directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
     detach: Annotated[bool, typer.Option("--detach", help="Leave the processes running ('net down' stops them).")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for every health check.")] = 120.0,
+    dashboard_port: Annotated[int | None, typer.Option(
+        "--dashboard-port", min=1, max=65535, show_default=False,
+        help="The controller serves the operator dashboard on 127.0.0.1 at this port.")] = None,
 ) -> None:
     """Start the controller and one process per node; wait until each is healthy; stop all on SIGINT/SIGTERM."""
     _need_server_extra()
     from ..net.procs import up as run, wait_foreground
 
-    rows = run(directory, timeout=timeout)
+    rows = run(directory, timeout=timeout, dashboard_port=dashboard_port)
     _table(rows)
+    if dashboard_port is not None:
+        typer.echo(f"dashboard: http://127.0.0.1:{dashboard_port}/dashboard/")
     if detach:
         typer.echo(f"running; stop with: qkdseg net down {directory}")
         return
@@ -123,9 +128,17 @@ def controller_serve(
     capture: Annotated[Path | None, typer.Option(
         "--capture", help="TEST ONLY: record every request body the controller receives (and the nodes' answers) "
                           "to this file (refused unless QKDSEG_ALLOW_CAPTURE=1).", show_default=False)] = None,
+    dashboard_port: Annotated[int | None, typer.Option(
+        "--dashboard-port", min=0, max=65535, show_default=False,
+        help="Serve the operator dashboard on this port (0: any free port), fed by the nodes' reports.")] = None,
+    dashboard_host: Annotated[str, typer.Option("--dashboard-host", help="The dashboard's address.")] = "127.0.0.1",
+    dashboard_public: Annotated[bool, typer.Option(
+        "--dashboard-public", help="Allow a non-loopback --dashboard-host (then TLS and the access token of "
+                                   "DIR/dashboard.token).")] = False,
 ) -> None:
     """Serve the controller: plans and reservations for the nodes; it never holds key material."""
     _need_server_extra()
     from ..net.controller import serve_controller
 
-    serve_controller(directory, capture=capture)
+    serve_controller(directory, capture=capture, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
+                     dashboard_public=dashboard_public)

@@ -235,7 +235,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
 
 
 def _serve_with_dashboard(service, server, sock, token: str | None, host: str, port: int, *, log_level: str,
-                          on_listening, bound: int) -> None:
+                          on_listening, bound: int, label: str = "kms") -> None:
     """Run the ETSI 014 ``server`` and the dashboard on one event loop until a signal stops both.
 
     The dashboard keeps no access log: a first request's ``?token=`` would be written there.
@@ -263,7 +263,7 @@ def _serve_with_dashboard(service, server, sock, token: str | None, host: str, p
     server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if token is not None else "http"
-    print(f"qkdseg kms: dashboard on {scheme}://{shown}:{dbound}/dashboard/"
+    print(f"qkdseg {label}: dashboard on {scheme}://{shown}:{dbound}/dashboard/"
           + (" (access token: DIR/dashboard.token)" if token is not None else ""), flush=True)
     if on_listening is not None:
         on_listening(bound, dbound)

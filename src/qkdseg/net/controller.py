@@ -121,6 +121,7 @@ class Controller:
         self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
                            for k in range(len(a.edge_u))}
         self.reported: dict[str, float] = {}  # node -> time of its last report
+        self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
 
     def _http(self):
         if self.client is None:
@@ -244,6 +245,7 @@ class Controller:
             raise Problem(400, "Bad Request", "a link report is ETSI GS QKD 015's qkd_node with qkdn_id and "
                                               "qkd_links.qkd_link (link_id, qkdl_local, qkdl_remote, "
                                               "qkdseg_consumed_bits, qkdseg_level_bits)") from None
+        self._events(caller_node, w.get("qkdseg_events"))
         svc = self.svc
         svc.refill(time.time())
         lv, changed = svc.levels, {}
@@ -264,6 +266,25 @@ class Controller:
                 "time": round(time.time(), 6), "event": "levels reported", "node": caller_node, "links": changed,
                 "outcome": "model lowered to the node's report"}]))
         return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
+
+    def _events(self, caller_node: str, body) -> None:
+        """A report's ETSI 014 events (issue, deliver, deny, expire; no key, ids cut to 8 characters) feed the
+        dashboard's observers, each once: a node numbers them per start (``boot``, ``seq``)."""
+        if body is None:
+            return
+        try:
+            boot, events = str(body["boot"]), list(body["events"])
+            seqs = [int(e["seq"]) for e in events]
+        except (KeyError, TypeError, ValueError):
+            raise Problem(400, "Bad Request", "qkdseg_events is {boot, events: [{seq, event, ...}]}") from None
+        last_boot, last = self.event_seq.get(caller_node, (None, 0))
+        if boot != last_boot:
+            last = 0
+        for seq, e in zip(seqs, events):
+            if seq > last and isinstance(e, dict) and e.get("event") in ("issue", "deliver", "deny", "expire"):
+                self.svc._notify({**e, "node": caller_node})
+            last = max(last, seq)
+        self.event_seq[caller_node] = (boot, last)
 
     def status(self, caller_node: str, master: str, slave: str) -> dict:
         svc = self.svc
@@ -309,8 +330,16 @@ def create_controller_app(ctl: Controller) -> Starlette:
                              Route("/health", health, methods=["GET"])], lifespan=lifespan)
 
 
-def serve_controller(directory: str | Path, *, capture: Path | None = None) -> None:
+def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,
+                     dashboard_host: str = "127.0.0.1", dashboard_public: bool = False) -> None:
+    """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
+    nodes' reports (their links' levels and their ETSI 014 events)."""
+    from ..kms.server import is_loopback
     from .wire import run_uvicorn
+
+    if dashboard_port is not None and not is_loopback(dashboard_host) and not dashboard_public:
+        raise InvalidRequest(f"--dashboard-host {dashboard_host} is not a loopback address: add --dashboard-public "
+                             "(the dashboard then needs the access token in DIR/controller/dashboard.token)")
 
     d = Path(directory)
     if capture is None and os.environ.get("QKDSEG_CAPTURE_FILE"):  # net up passes the capture on this way
@@ -324,9 +353,11 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None) -> N
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
     try:
         app = create_controller_app(ctl)
+        dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host, "port": dashboard_port,
+                                                    "label": "controller"}
         run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
                     on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
-                                           f"({len(ctl.addresses)} nodes)", flush=True))
+                                           f"({len(ctl.addresses)} nodes)", flush=True), dashboard=dash)
     finally:
         ctl.svc.close()
         if ctl.capture is not None:

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,6 +59,13 @@ REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "20"))  # a s
 TAP_ENV = "QKDSEG_ALLOW_TAP"
 REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
+#: Dashboard events a node keeps for its next report (the oldest go first when the controller is away).
+MAX_EVENTS = 2000
+#: After an event, the next report goes at most this many seconds later (the dashboard's delay).
+EVENTS_REPORT_S = 0.5
+_DASHBOARD_EVENTS = ("issue", "deliver", "deny", "expire")
+_EVENT_FIELDS = ("time", "event", "sae", "peer", "op", "size", "level", "securities", "route", "outcome", "status",
+                 "reason")
 
 
 def _trace(request_id: str, what: str) -> None:
@@ -209,6 +217,11 @@ class NodeService:
         self.request_keys_source: dict[str, object] = {}
         self._voidable: list[str] = []
         self.stats = defaultdict(int)
+        # the dashboard's rows, sent to the controller with the next link report (key ids cut to 8 characters)
+        self.events: deque[dict] = deque(maxlen=MAX_EVENTS)
+        self.event_seq = 0
+        self.boot = str(uuid.uuid4())
+        self._report_now: asyncio.Event | None = None
 
     # -- sending ------------------------------------------------------------------
     def _http(self):
@@ -552,7 +565,7 @@ class NodeService:
         batch.audit.append({"time": round(now, 6), "event": "issue", "sae": caller.sae, "cert_sha256": caller.fingerprint,
                             "peer": slave, "op": "enc_keys", "key_ids": [k for k, _, _ in keys], "size": req.size,
                             "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok"})
-        await self.committer.commit(batch)
+        await self._commit(batch)
         return {"keys": [{"key_ID": key_id, "key": _b64(m), "key_extension": {"qkdseg_security": sec}}
                          for key_id, m, sec in keys],
                 "key_container_extension": {"qkdseg_security_level": {"requested": req.level,
@@ -588,11 +601,24 @@ class NodeService:
         out = [(row, self.store.open(row)) for row in rows]
         for row in rows:
             del self.keys[row.key_id]
-        await self.committer.commit(Batch(delete_keys=[r.key_id for r in rows], audit=[{
+        await self._commit(Batch(delete_keys=[r.key_id for r in rows], audit=[{
             "time": round(now, 6), "event": "deliver", "sae": caller.sae, "cert_sha256": caller.fingerprint,
-            "peer": master, "op": "dec_keys", "key_ids": [r.key_id for r in rows], "outcome": "ok"}]))
+            "peer": master, "op": "dec_keys", "key_ids": [r.key_id for r in rows], "size": rows[0].size,
+            "securities": [r.security for r in rows], "outcome": "ok"}]))
         return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
                          for row, m in out]}
+
+    async def _commit(self, batch: Batch) -> None:
+        """Commit, then keep the batch's ETSI 014 events for the controller's dashboard (no key, ids cut)."""
+        await self.committer.commit(batch)
+        for rec in batch.audit:
+            if rec.get("event") in _DASHBOARD_EVENTS:
+                self.event_seq += 1
+                ev = {k: rec[k] for k in _EVENT_FIELDS if k in rec}
+                ev.update(seq=self.event_seq, node=str(self.id), key_ids=[k[:8] for k in rec.get("key_ids", [])])
+                self.events.append(ev)
+        if self._report_now is not None and self.events:
+            self._report_now.set()
 
     async def deny(self, err: KmsError, caller: Caller | None, op: str, peer: str | None = None) -> None:
         who = caller or Caller("-", "-")
@@ -600,7 +626,7 @@ class NodeService:
                "op": op, "status": err.status, "reason": err.reason, "outcome": err.message}
         if peer is not None:
             rec["peer"] = peer
-        await self.committer.commit(Batch(audit=[rec]))
+        await self._commit(Batch(audit=[rec]))
 
     async def expiry_loop(self) -> None:
         while True:
@@ -618,7 +644,7 @@ class NodeService:
                 self.request_keys_source.pop(rid, None)
                 self._tapped.pop(rid, None)
             if gone:
-                await self.committer.commit(Batch(delete_keys=gone, audit=[{
+                await self._commit(Batch(delete_keys=gone, audit=[{
                     "time": round(now, 6), "event": "expire", "key_ids": gone, "outcome": "deleted after key_ttl_s"}]))
 
     async def sync_offsets(self) -> None:
@@ -651,14 +677,32 @@ class NodeService:
                         "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
                         "qkdseg_level_bits": None})
-        return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}}}
+        return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
+                "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))}}
 
     async def report_links(self) -> None:
-        """After the start's offset sync, and every ``QKDSEG_REPORT_S`` seconds: the links' report to the controller."""
+        """After the start's offset sync, every ``QKDSEG_REPORT_S`` seconds, and within ``EVENTS_REPORT_S`` of an
+        ETSI 014 event: the links' report to the controller, with the events since the last acknowledged report."""
+        self._report_now = asyncio.Event()
         while True:
+            body = self.link_report()
+            sent = body["qkdseg_events"]["events"]
+            ok = False
             with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back
-                await self._http().post(f"https://{self.conf['controller']}/control/v1/links", json=self.link_report())
-            await asyncio.sleep(REPORT_S)
+                r = await self._http().post(f"https://{self.conf['controller']}/control/v1/links", json=body)
+                ok = r.status_code == 200
+            if ok and sent:  # acknowledged: those events are the controller's now
+                while self.events and self.events[0]["seq"] <= sent[-1]["seq"]:
+                    self.events.popleft()
+            self._report_now.clear()
+            if ok and self.events:  # events came meanwhile: soon, not in REPORT_S
+                await asyncio.sleep(EVENTS_REPORT_S)
+                continue
+            try:
+                await asyncio.wait_for(self._report_now.wait(), REPORT_S)
+            except asyncio.TimeoutError:
+                continue
+            await asyncio.sleep(EVENTS_REPORT_S)  # gather the events of the next half second into one report
 
     async def start_tasks(self) -> None:
         await self.sync_offsets()

@@ -86,8 +86,13 @@ def status(directory: Path) -> list[dict]:
     procs = processes(directory)
     pids = _pids(directory)
     ok = health(directory, procs)
+    try:
+        dash = json.loads((directory / "run" / "dashboard.json").read_text())["url"]
+    except (FileNotFoundError, ValueError, KeyError):
+        dash = None
     return [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
-             "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]])} for p in procs]
+             "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
+             "dashboard_url": dash if p["role"] == "controller" and pids else None} for p in procs]
 
 
 def start_one(directory: Path, p: dict, extra: tuple[str, ...] = (), env: dict | None = None) -> subprocess.Popen:
@@ -99,18 +104,27 @@ def start_one(directory: Path, p: dict, extra: tuple[str, ...] = (), env: dict |
                                 start_new_session=True, env=env)
 
 
-def up(directory: Path, *, timeout: float = 120.0) -> list[dict]:
-    """Start every process and wait until each is healthy; returns the status rows."""
+def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = None) -> list[dict]:
+    """Start every process and wait until each is healthy; returns the status rows.
+
+    With ``dashboard_port`` the controller serves the operator dashboard on
+    127.0.0.1 at that port (``net status`` gives its URL).
+    """
     procs = processes(directory)
     pids = _pids(directory)
     running = [p["name"] for p in procs if _alive(pids.get(p["name"]))]
     if running:
         raise InvalidRequest(f"{directory}: already up ({len(running)} processes running; 'qkdseg net down' first)")
     (directory / "run").mkdir(exist_ok=True)
+    dash = directory / "run" / "dashboard.json"
+    dash.unlink(missing_ok=True)
     started = {}
     try:
         for p in procs:
-            started[p["name"]] = start_one(directory, p)
+            extra = ("--dashboard-port", str(dashboard_port)) if p["role"] == "controller" and dashboard_port else ()
+            started[p["name"]] = start_one(directory, p, extra)
+        if dashboard_port:
+            dash.write_text(json.dumps({"url": f"http://127.0.0.1:{dashboard_port}/dashboard/"}) + "\n")
         (directory / "run" / "pids.json").write_text(json.dumps({k: v.pid for k, v in started.items()}) + "\n")
         deadline = time.monotonic() + timeout
         waiting = list(procs)
@@ -162,6 +176,7 @@ def down(directory: Path) -> int:
     n = sum(1 for p in pids.values() if _alive(p))
     _stop(pids)
     (directory / "run" / "pids.json").unlink(missing_ok=True)
+    (directory / "run" / "dashboard.json").unlink(missing_ok=True)
     return n
 
 

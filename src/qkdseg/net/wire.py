@@ -160,8 +160,13 @@ async def read_json(request) -> dict:
 
 
 def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, on_ready=None, *,
-                http: type | None = None, keep_alive_s: float = 30.0) -> None:
-    """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores)."""
+                http: type | None = None, keep_alive_s: float = 30.0, dashboard: dict | None = None) -> None:
+    """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores).
+
+    ``dashboard`` (``service``, ``host``, ``port``, ``label``): the operator
+    dashboard of that key service on the same event loop, as ``kms serve
+    --dashboard-port`` runs it (over TLS with the access token off loopback).
+    """
     import socket
 
     import uvicorn
@@ -179,7 +184,18 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
     config = uvicorn.Config(app, http=http or RolePeerProtocol, ssl_context_factory=lambda _c, _d: ctx,
                             ssl_certfile=str(certfile), access_log=False, log_level="warning", lifespan="on",
                             timeout_keep_alive=keep_alive_s)
-    server = uvicorn.Server(config)
+    if dashboard is None:
+        server = uvicorn.Server(config)
+        if on_ready is not None:
+            on_ready()
+        server.run(sockets=[sock])
+        return
+    from ..kms.server import _serve_with_dashboard, _server_class, is_loopback, read_dashboard_token
+
+    svc = dashboard["service"]
+    token = None if is_loopback(dashboard["host"]) else read_dashboard_token(svc.cfg)
+    server = _server_class()(config)
     if on_ready is not None:
         on_ready()
-    server.run(sockets=[sock])
+    _serve_with_dashboard(svc, server, sock, token, dashboard["host"], int(dashboard["port"]), log_level="warning",
+                          on_listening=None, bound=port, label=dashboard.get("label", "kms"))
