@@ -243,3 +243,50 @@ def test_ctrl_c_exits_130_with_one_line_and_the_previous_output(big, name, args,
     assert _own_lines(stderr, bar) == ["qkdseg: error: interrupted"], stderr[-2000:]
     assert {p.name: p.read_text() for p in out.iterdir()} == files
     assert _leftovers(big) == []
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.25])
+def test_ctrl_c_while_the_package_is_imported_gives_the_one_line(delay):
+    """The console script catches Ctrl-C before qkdseg.cli has installed its handler (while numpy, networkx,
+    pandas are imported)."""
+    script = Path(sys.executable).parent / "qkdseg"
+    if not script.exists():
+        pytest.skip(f"no console script at {script}")
+    proc = subprocess.Popen([str(script), "route", "example", "--src", "0", "--dst", "7"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # finished before the signal (a fast machine): nothing to check
+        pytest.skip("the command ended before the signal")
+    assert proc.returncode == 130 and err.decode().strip() == "qkdseg: error: interrupted", err.decode()
+
+
+def test_an_interrupt_raised_inside_a_c_callback_is_not_printed_and_is_raised_again():
+    """llvmlite runs Python callbacks from C (ctypes), where the trace's KeyboardInterrupt cannot propagate and
+    Python would print it as "Exception ignored"; the hook swallows it and arms the trace again."""
+    import types
+
+    from qkdseg.cli.errors import _Interrupts, _unraisable
+
+    seen = []
+    handler = _Interrupts()
+    hook = _unraisable(handler, seen.append)
+    other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError("x"), exc_traceback=None, object=None)
+    hook(other)
+    assert seen == [other]  # anything else goes to the default hook
+    ki = types.SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(), exc_traceback=None,
+                               object=None)
+    hook(ki)
+    assert seen == [other, ki]  # not ours: Ctrl-C was not pressed
+    handler.hit = True
+    before = sys.gettrace()
+    raised = False
+    try:
+        hook(ki)  # armed: the trace raises at the next line of Python code
+        raised = None  # not reached
+    except KeyboardInterrupt:
+        raised = True
+    finally:
+        sys.settrace(before)
+    assert raised is True and seen == [other, ki]

@@ -54,7 +54,7 @@ def test_msp_is_seeded():
 
 def test_msp_options_and_errors():
     net = example_network()
-    assert set(ALGORITHMS["msp"].options) == {"max_paths", "seed", "beta", "max_steps"}
+    assert set(ALGORITHMS["msp"].options) == {"max_paths", "seed", "beta", "max_steps", "shared_relays"}
     assert len(route(net, 0, 7, algorithm="msp", max_paths=1).paths) == 1
     assert route(net, 0, 7, algorithm="msp", max_steps=1).blocked  # a walk needs 6 steps here
     for bad in ({"seed": -1}, {"seed": 1.5}, {"beta": -1.0}, {"beta": float("nan")}, {"max_steps": 0}):

@@ -30,8 +30,33 @@ def test_numba_walks_equal_the_reference(i, seed, beta, max_paths, max_steps, re
     a = NETS[i].arrays
     s, d = data.draw(st.lists(st.integers(0, a.n_nodes - 1), min_size=2, max_size=2, unique=True))
     rl = np.random.default_rng(seed).random(a.n_links) < removed_share
-    kw = dict(seed=seed, beta=beta, max_paths=max_paths, max_steps=max_steps, removed_links=rl)
+    kw = dict(seed=seed, beta=beta, max_paths=max_paths, max_steps=max_steps, removed_links=rl,
+              shared_relays=data.draw(st.booleans()))
     assert msp(a, s, d, kernel="numba", **kw) == msp(a, s, d, kernel="python", **kw)
+
+
+def test_shared_relays_gives_link_disjoint_paths_that_share_untrusted_relays():
+    """With shared_relays only links are removed: over the seeds, paths are link-disjoint, some share an untrusted
+    relay, and then the exact security is below the independence claim; without it no untrusted relay is shared."""
+    from qkdseg import exact_security, independent_security
+
+    net = NETS[0]
+    a = net.arrays
+    shared_seen = 0
+    for seed in range(30):
+        for flag in (False, True):
+            _, (paths,) = msp(a, 0, 59, seed=seed, shared_relays=flag)
+            links = [a.edge_index(x, y) for p in paths for x, y in zip(p, p[1:])]
+            assert len(links) == len(set(links))
+            relays = [v for p in paths for v in p[1:-1] if not a.trusted[v]]
+            shared = len(relays) != len(set(relays))
+            assert flag or not shared
+            if shared:
+                shared_seen += 1
+                p = a.p.copy()
+                p[[0, 59]] = 1.0
+                assert exact_security(p, [paths]) < independent_security(p, [paths]) - 1e-12
+    assert shared_seen >= 5
 
 
 def test_more_uniforms_are_drawn_when_the_first_block_runs_out():

@@ -213,3 +213,26 @@ def _parse_saes(items: list[str]) -> dict[str, str]:
             raise InvalidRequest(f"--sae: SAE id {name!r} given twice")
         saes[name] = node
     return saes
+
+
+def _parse_algorithm_options(items: list[str]) -> dict:
+    """``--algorithm-option NAME=VALUE`` (repeated): ``true``/``false``, an integer, a number, else text."""
+    out: dict = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name or not raw:
+            raise InvalidRequest(f"--algorithm-option {item!r} must be NAME=VALUE")
+        if name in out:
+            raise InvalidRequest(f"--algorithm-option: {name!r} given twice")
+        if raw.lower() in ("true", "false"):
+            out[name] = raw.lower() == "true"
+            continue
+        for kind in (int, float):
+            try:
+                out[name] = kind(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name] = raw
+    return out

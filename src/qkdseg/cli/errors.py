@@ -99,18 +99,21 @@ class _Interrupts:
         self.hit = True
         if frame is not None and not _may_call_numba(frame):
             raise KeyboardInterrupt  # a wait in the standard library, a library's Python code: Python's own behaviour
-        sys.settrace(self._trace)
-        while frame is not None:
-            frame.f_trace = self._trace
-            frame = frame.f_back
+        self.rearm(frame)
 
     def _trace(self, frame, event, arg):
-        if "numba" in frame.f_code.co_filename:  # numba's own Python code (its compiler, its dispatcher)
+        if _COMPILER.search(frame.f_code.co_filename):  # numba's and llvmlite's own Python code (compiler, callbacks)
             return None
         if event in ("line", "return", "exception"):
             sys.settrace(None)
             raise KeyboardInterrupt
         return self._trace
+
+    def rearm(self, frame) -> None:
+        sys.settrace(self._trace)
+        while frame is not None:
+            frame.f_trace = self._trace
+            frame = frame.f_back
 
     def report(self, now: bool = False) -> None:
         """The one line, once. ``now``: from the handler itself, straight to
@@ -133,7 +136,25 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _may_call_numba(frame) -> bool:
     """Whether ``frame`` runs qkdseg's own code or numba's (the code that calls compiled kernels)."""
     name = frame.f_code.co_filename
-    return name.startswith(_PACKAGE) or "numba" in name
+    return name.startswith(_PACKAGE) or _COMPILER.search(name) is not None
+
+
+#: numba's and llvmlite's Python code: llvmlite runs some of it as ctypes callbacks from C, where an exception
+#: cannot propagate (ctypes prints it as "Exception ignored" with a traceback).
+_COMPILER = re.compile(r"[/\\](numba|llvmlite)[/\\]")
+
+
+def _unraisable(handler: "_Interrupts", default):
+    """``sys.unraisablehook`` while a command runs: the interrupt raised where it could not propagate (a callback
+    from C) is not printed; the trace is armed again, so it is raised at the next line where it can."""
+
+    def hook(unraisable) -> None:
+        if handler.hit and unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            handler.rearm(sys._getframe(1))
+            return
+        default(unraisable)
+
+    return hook
 
 
 #: The handler of the invocation running now (None outside ``main``).
@@ -166,10 +187,13 @@ class _OneLineGroup(TyperGroup):
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, handler)
         _ACTIVE = handler
+        unraisable = sys.unraisablehook
+        sys.unraisablehook = _unraisable(handler, unraisable)
         try:
             rv = self._main(args, prog_name, complete_var, handler, **extra)
         finally:
             _ACTIVE = outer
+            sys.unraisablehook = unraisable
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         if not standalone_mode:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra, _parse_saes
+from .common import _need_server_extra, _parse_algorithm_options, _parse_saes
 from .errors import user_errors
 
 net_app = typer.Typer(help="A key service network: one KME process per node and a controller.", no_args_is_help=True)
@@ -28,6 +28,9 @@ def init(
     key_size: Annotated[int, typer.Option("--key-size", help="Default key size, bits.")] = 256,
     algorithm: Annotated[str, typer.Option("--algorithm", help="Routing algorithm.")] = "smr",
     reconstruction: Annotated[str, typer.Option("--reconstruction", help="paper, optimal or xor-all.")] = "paper",
+    algorithm_option: Annotated[list[str], typer.Option(
+        "--algorithm-option", help="NAME=VALUE: an option of the routing algorithm (repeat; 'qkdseg algorithms' "
+                                   "lists them), e.g. shared_relays=true for msp.", show_default=False)] = [],
     port: Annotated[int, typer.Option("--port", help="The port of every listener (each node has its own address).")] = 8443,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing deployment.")] = False,
 ) -> None:
@@ -36,7 +39,8 @@ def init(
 
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
-                       algorithm=algorithm, reconstruction=reconstruction, port=port, force=force)
+                       algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
+                       algorithm_options=_parse_algorithm_options(algorithm_option))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     typer.echo(f"start it with: qkdseg net up {directory}")

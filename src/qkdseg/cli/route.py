@@ -26,6 +26,7 @@ def route(
     seed: Annotated[Optional[int], typer.Option("--seed", help="MSP: seed of the random walks (default 0).")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="MSP: bias towards the destination (default 1).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="MSP: steps per walk before it gives up.")] = None,
+    shared_relays: Annotated[bool, typer.Option("--shared-relays", help="MSP: remove only the links of each path, so paths may share untrusted relays.")] = False,
     epsilon: Annotated[Optional[float], typer.Option("--epsilon", "-e", help="Security level: reconstruct global keys that each meet it.")] = None,
     reconstruction: Annotated[Optional[Scheme], typer.Option("--reconstruction", "-r", help="Reconstruction scheme (needs --epsilon; default paper).")] = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
@@ -39,6 +40,8 @@ def route(
     s, d = network.resolve(src), network.resolve(dst)
     pairs = (("max_paths", max_paths), ("metric", metric), ("seed", seed), ("beta", beta), ("max_steps", max_steps))
     options = {k: v for k, v in pairs if v is not None}
+    if shared_relays:
+        options["shared_relays"] = True
     if reconstruction is not None and epsilon is None:
         raise InvalidRequest("--reconstruction needs --epsilon (the security level every global key must meet)")
     r = do_route(

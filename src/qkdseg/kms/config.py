@@ -68,6 +68,11 @@ class KmsConfig:
         Most keys held for delivery at once, over all SAE pairs.
     algorithm : str
         Routing algorithm (a name from ``qkdseg.ALGORITHMS``).
+    algorithm_options : dict
+        The algorithm's options (table ``[algorithm_options]``; ``qkdseg
+        algorithms`` lists them), e.g. ``shared_relays = true`` for ``msp``.
+        ``seed`` and ``epsilon`` are the service's: a fresh seed per request,
+        the request's level.
     reconstruction : str
         Reconstruction scheme (``paper``, ``optimal`` or ``xor-all``).
     key_ttl_s : float
@@ -127,6 +132,7 @@ class KmsConfig:
     body_timeout_s: float = 10.0
     keep_alive_s: float = 30.0
     max_connections: int = 1024
+    algorithm_options: dict = field(default_factory=dict)
     _dir: Path = field(default=Path("."), repr=False, compare=False)
 
     def path(self, name: str) -> Path:
@@ -188,10 +194,19 @@ class KmsConfig:
 
         if self.algorithm not in ALGORITHMS:
             raise bad("algorithm", f"is not a routing algorithm (known: {', '.join(sorted(ALGORITHMS))})")
+        if not isinstance(self.algorithm_options, dict):
+            raise bad("algorithm_options", "must be a table of option = value")
+        known = set(ALGORITHMS[self.algorithm].options) - {"seed", "epsilon"}
+        for name, val in self.algorithm_options.items():
+            if name not in known:
+                raise InvalidRequest(f"{where}: [algorithm_options] {name!r} is not an option of {self.algorithm!r} "
+                                     f"that the service takes (known: {', '.join(sorted(known)) or 'none'})")
+            if not isinstance(val, (bool, int, float, str)):
+                raise InvalidRequest(f"{where}: [algorithm_options] {name} = {val!r} must be a boolean, number or text")
         return self
 
 
-_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("saes", "_dir")]
+_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("saes", "_dir", "algorithm_options")]
 
 
 def _toml_value(v: Any) -> str:
@@ -209,6 +224,9 @@ def write_config(directory: str | Path, cfg: KmsConfig) -> Path:
     lines += [f"{name} = {_toml_value(getattr(cfg, name))}" for name in _TOP]
     lines += ["", "# SAE id = node id of the QKD node the SAE is attached to", "[saes]"]
     lines += [f"{json.dumps(sae)} = {json.dumps(str(node))}" for sae, node in cfg.saes.items()]
+    if cfg.algorithm_options:
+        lines += ["", "# options of the routing algorithm ('qkdseg algorithms' lists them)", "[algorithm_options]"]
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in cfg.algorithm_options.items()]
     path = d / CONFIG_NAME
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -235,7 +253,7 @@ def load_config(directory: str | Path) -> KmsConfig:
         raise InvalidRequest(f"{path}: cannot read: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise InvalidRequest(f"{path}: not valid TOML: {err}") from None
-    known = set(_TOP) | {"saes"}
+    known = set(_TOP) | {"saes", "algorithm_options"}
     for name in raw:
         if name not in known:
             raise InvalidRequest(f"{path}: unknown field {name!r} (known: {', '.join(sorted(known))})")

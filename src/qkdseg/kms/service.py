@@ -308,7 +308,7 @@ class KeyService:
         return (a, b) if a <= b else (b, a)
 
     def _route_and_plan(self, s: int, d: int, size: int, level: float, pool_bits: np.ndarray):
-        opts = {}
+        opts = dict(self.cfg.algorithm_options)
         algo_options = get_algorithm(self.algorithm).options
         if "seed" in algo_options:  # a seeded algorithm (msp): a fresh seed, recorded
             opts["seed"] = secrets.randbits(32)

@@ -119,7 +119,8 @@ def _remove_state(d: Path) -> None:
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
                  key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
-                 port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False) -> dict:
+                 port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
+                 algorithm_options: dict | None = None) -> dict:
     """Write the deployment (see the module docstring); returns a summary."""
     from ..kms.config import KmsConfig, write_config
     from ..kms.audit import make_audit_key
@@ -146,7 +147,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
-                    _dir=directory / "controller")
+                    algorithm_options=dict(algorithm_options or {}), _dir=directory / "controller")
     cfg.check()
     ids = list(net.graph.nodes)
     if len(ids) > 200_000:

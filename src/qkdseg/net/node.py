@@ -204,7 +204,16 @@ class NodeService:
             self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), LinkStream(seed), self.offsets, self._dirty)
             self.neighbours[str(lk["neighbour"])] = lk["neighbour"]
         self.addresses: dict[str, str] = self.conf["addresses"]
-        self.keys: dict[str, KeyRow] = {row.key_id: row for row in self.store.load_keys() if row.kind == "issued"}
+        self.keys: dict[str, KeyRow] = {}  # issued keys waiting for this node's slave SAEs
+        self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)  # at a source: (master, slave) -> spare keys
+        self.held_spares: dict[str, KeyRow] = {}  # at a destination: spare keys not yet issued by their source
+        for row in self.store.load_keys():
+            if row.kind == "issued":
+                self.keys[row.key_id] = row
+            elif row.kind == "spare" and row.master in self.saes:
+                self.spares[(row.master, row.slave)].append(row)
+            elif row.kind == "spare":
+                self.held_spares[row.key_id] = row
         self.pending: set[str] = set()
         self.requests: dict[str, ReqState] = {}
         self.ctx_client = client_context(d / "node.crt", d / "node.key", d / "ca.crt")
@@ -422,9 +431,9 @@ class NodeService:
         now = time.time()
         batch = Batch()
         rows = []
-        for i, (kid, k) in enumerate(held[:number]):
-            row = KeyRow(str(uuid.uuid4()), "issued", meta["master"], meta["slave"], relay.part.block_bits,
-                         float(secs[i]), b"", now, now + float(self.cfg.key_ttl_s),
+        for i, (kid, k) in enumerate(held):  # the first `number` for the slave; the others spare keys of the pair
+            row = KeyRow(str(uuid.uuid4()), "issued" if i < number else "spare", meta["master"], meta["slave"],
+                         relay.part.block_bits, float(secs[i]), b"", now, now + float(self.cfg.key_ttl_s),
                          json.dumps({"request_id": st.request_id}))
             self.store.seal(row, k.reveal())
             rows.append((kid, row))
@@ -438,7 +447,7 @@ class NodeService:
             logger.exception("request %s: the keys could not be stored", st.request_id)
             return
         for _, row in rows:
-            self.keys[row.key_id] = row
+            (self.keys if row.kind == "issued" else self.held_spares)[row.key_id] = row
         self.request_keys[st.request_id] = [row.key_id for _, row in rows]
         self.request_keys_source[st.request_id] = relay.part.segment_nodes[0]
         tags = [[list(kid), base64.b64encode(_tag(st.request_id, kid, k)).decode()] for kid, k in held]
@@ -454,8 +463,8 @@ class NodeService:
             hmac.compare_digest(_tag(st.request_id, kid, k), st.tags.get(kid, b"")) for kid, k in mine)
         number, secs = int(meta["number"]), meta["securities"]
         ids = dict(st.key_ids or [])
-        chosen = [(ids.get(kid), k, float(secs[i])) for i, (kid, k) in enumerate(mine[:number])]
-        ok = ok and len(chosen) == number and all(key_id for key_id, _, _ in chosen)
+        chosen = [(ids.get(kid), k, float(secs[i])) for i, (kid, k) in enumerate(mine)]
+        ok = ok and len(chosen) >= number and all(key_id for key_id, _, _ in chosen)
         if not ok:
             self.send([{"kind": "void", "dst": relay.part.segment_nodes[-1]}], st.request_id)
             await self.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
@@ -463,15 +472,17 @@ class NodeService:
             self._fail(st.request_id, "key confirmation failed (the two ends' keys differ); the keys were voided")
             return
         _trace(st.request_id, "confirmed")
-        if not st.future.done():
-            st.future.set_result([(key_id, k.reveal(), sec) for key_id, k, sec in chosen])
+        if not st.future.done():  # the master's keys, then the spare keys (kept here and at the destination)
+            st.future.set_result(([(key_id, k.reveal(), sec) for key_id, k, sec in chosen[:number]],
+                                  [(key_id, k.reveal(), sec) for key_id, k, sec in chosen[number:]]))
 
     async def void_keys(self, request_id: str) -> None:
         """At the destination: delete a voided request's keys (never delivered), audited."""
         self.requests.pop(request_id, None)
-        ids = [k for k in self.request_keys.pop(request_id, []) if k in self.keys]
+        ids = [k for k in self.request_keys.pop(request_id, []) if k in self.keys or k in self.held_spares]
         for k in ids:
-            del self.keys[k]
+            self.keys.pop(k, None)
+            self.held_spares.pop(k, None)
         await self.committer.commit(Batch(delete_keys=ids, audit=[{
             "time": round(time.time(), 6), "event": "void", "request_id": request_id, "key_ids": ids,
             "outcome": "voided by the source"}]))
@@ -516,7 +527,9 @@ class NodeService:
         return {
             "source_KME_ID": c.kme_id, "target_KME_ID": cap.get("target_KME_ID", c.kme_id),
             "master_SAE_ID": caller.sae, "slave_SAE_ID": slave, "key_size": c.key_size,
-            "stored_key_count": int(min(cap["stored_key_count"], c.max_key_count)), "max_key_count": c.max_key_count,
+            "stored_key_count": int(min(cap["stored_key_count"] + sum(
+                1 for row in self.spares.get((caller.sae, slave), ()) if row.size == c.key_size), c.max_key_count)),
+            "max_key_count": c.max_key_count,
             "max_key_per_request": c.max_key_per_request, "max_key_size": c.max_key_size,
             "min_key_size": c.min_key_size, "max_SAE_ID_count": 0,
             "status_extension": {"qkdseg_security_level": c.security_level, "qkdseg_node": str(self.id),
@@ -529,6 +542,7 @@ class NodeService:
         if self.committer.failed is not None:
             raise KmsError(503, "key store unavailable; restart the node", reason="store_failed")
         now = time.time()
+        new_spares: list[KeyRow] = []
         if str(self.registry[slave]) == str(self.id):  # both SAEs here: no relay
             keys = [(str(uuid.uuid4()), secrets.token_bytes(req.size // 8), 1.0) for _ in range(req.number)]
             summary = {"local": True, "security": 1.0}
@@ -539,6 +553,8 @@ class NodeService:
                 self.store.seal(row, material)
                 batch.put_keys.append(row.values())
                 self.keys[key_id] = row
+        elif (spare := await self._use_spares(caller.sae, slave, req, now)) is not None:
+            keys, summary, batch = spare
         else:
             plan = await self._controller("POST", "/control/v1/plans", json={
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
@@ -550,7 +566,7 @@ class NodeService:
                 st.future = asyncio.get_running_loop().create_future()
             self._check_done(st)
             try:
-                keys = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
+                keys, extra = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
             except asyncio.TimeoutError:
                 self._void(rid)
                 raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
@@ -562,15 +578,78 @@ class NodeService:
                 self.requests.pop(rid, None)
             summary = plan.get("route")
             batch = Batch()
+            for key_id, m, sec in extra:  # the relay's other keys: spare keys of this pair, at both ends
+                row = KeyRow(key_id, "spare", caller.sae, slave, 8 * len(m), sec, b"", now, now + self.cfg.key_ttl_s,
+                             json.dumps({"request_id": rid}))
+                self.store.seal(row, m)
+                batch.put_keys.append(row.values())
+                new_spares.append(row)
         batch.audit.append({"time": round(now, 6), "event": "issue", "sae": caller.sae, "cert_sha256": caller.fingerprint,
                             "peer": slave, "op": "enc_keys", "key_ids": [k for k, _, _ in keys], "size": req.size,
                             "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok"})
         await self._commit(batch)
+        self.spares[(caller.sae, slave)].extend(new_spares)
         return {"keys": [{"key_ID": key_id, "key": _b64(m), "key_extension": {"qkdseg_security": sec}}
                          for key_id, m, sec in keys],
                 "key_container_extension": {"qkdseg_security_level": {"requested": req.level,
                                                                       "source": req.level_source},
                                             "qkdseg_route": summary}}
+
+    async def _use_spares(self, master: str, slave: str, req, now: float):
+        """Spare keys of the pair for the whole request (size, level, not expired), or ``None``.
+
+        The slave's node issues them first (``issue`` message, applied before
+        its 202); a message that fails leaves their state there uncertain, so
+        they are dropped here (deleted, audited), never offered again.
+        """
+        pool = self.spares.get((master, slave))
+        if not pool:
+            return None
+        take = [row for row in pool if row.size == req.size and row.security >= req.level and row.expires_at > now]
+        if len(take) < req.number:
+            return None
+        take = take[: req.number]
+        for row in take:
+            pool.remove(row)
+        rid = str(uuid.uuid4())
+        dst = str(self.registry[slave])
+        futs = self.send([{"kind": "issue", "dst": dst, "master": master, "slave": slave,
+                           "key_ids": [row.key_id for row in take]}], rid)
+        try:
+            await asyncio.wait_for(asyncio.gather(*futs), REQUEST_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 -- not issued there, or not known: never offered again
+            await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
+                "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
+                "key_ids": [row.key_id for row in take],
+                "outcome": f"spare keys dropped: node {dst} did not issue them ({type(exc).__name__})"}]))
+            return None
+        keys = [(row.key_id, self.store.open(row), row.security) for row in take]
+        summary = {"spare": True, "request_id": rid, "security": min(row.security for row in take)}
+        return keys, summary, Batch(delete_keys=[row.key_id for row in take])
+
+    async def issue_spares(self, w: dict) -> None:
+        """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202)."""
+        rows = []
+        for key_id in [str(k) for k in w["key_ids"]]:
+            row = self.held_spares.get(key_id)
+            if row is None:
+                if key_id in self.keys:  # issued by a retry of this message already
+                    continue
+                raise Problem(409, "Conflict", f"no spare key {key_id[:8]}... is held here", status_020="failed")
+            if str(self.registry.get(row.master)) != str(w["src"]) or (row.master, row.slave) != (
+                    str(w["master"]), str(w["slave"])):
+                raise Problem(403, "Forbidden", "only the node of a spare key's master SAE may issue it")
+            rows.append(row)
+        if rows:
+            await self.committer.commit(Batch(
+                issue_keys=[(row.key_id, row.master, row.slave, row.expires_at) for row in rows],
+                audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
+                        "sae": rows[0].master, "peer": rows[0].slave, "key_ids": [row.key_id for row in rows],
+                        "outcome": "spare keys issued by their source"}]))
+        for row in rows:
+            row.kind = "issued"
+            del self.held_spares[row.key_id]
+            self.keys[row.key_id] = row
 
     def _void(self, request_id: str) -> None:
         st = self.requests.get(request_id)
@@ -635,6 +714,14 @@ class NodeService:
             gone = [r.key_id for r in self.keys.values() if r.expires_at <= now]
             for k in gone:
                 del self.keys[k]
+            spare_gone = [r.key_id for r in self.held_spares.values() if r.expires_at <= now]
+            for k in spare_gone:
+                del self.held_spares[k]
+            for pool in self.spares.values():
+                old = [r for r in pool if r.expires_at <= now]
+                for r in old:
+                    pool.remove(r)
+                spare_gone += [r.key_id for r in old]
             stale = [rid for rid, st in self.requests.items() if time.monotonic() - st.created > 3 * REQUEST_TIMEOUT_S]
             for rid in stale:
                 self.requests.pop(rid, None)
@@ -643,9 +730,10 @@ class NodeService:
                 self.request_keys.pop(rid, None)
                 self.request_keys_source.pop(rid, None)
                 self._tapped.pop(rid, None)
-            if gone:
-                await self._commit(Batch(delete_keys=gone, audit=[{
-                    "time": round(now, 6), "event": "expire", "key_ids": gone, "outcome": "deleted after key_ttl_s"}]))
+            if gone or spare_gone:
+                await self._commit(Batch(delete_keys=gone + spare_gone, audit=[{
+                    "time": round(now, 6), "event": "expire", "key_ids": gone, "spare_keys": len(spare_gone),
+                    "outcome": "deleted after key_ttl_s"}]))
 
     async def sync_offsets(self) -> None:
         """After a start: each outgoing counter skips forward to the neighbour's high-water mark if that is larger."""
@@ -726,10 +814,10 @@ def create_node_app(svc: NodeService):
                                             f"{role.ident!r}")
         if str(w["dst"]) != str(svc.id):
             raise Problem(400, "Bad Request", f"this is node {svc.id!r}, not {w['dst']!r}")
-        if kind not in ("pieces", "global", "confirm", "void"):
+        if kind not in ("pieces", "global", "confirm", "void", "issue"):
             raise Problem(400, "Bad Request", f"unknown message kind {kind!r}")
-        if svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone() \
-                or any(row[0] == mid for row in inbox):
+        if kind != "issue" and (svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone()
+                                or any(row[0] == mid for row in inbox)):
             return  # a retry of a message stored already (idempotent by message id): accepted, not processed twice
         if kind == "pieces":
             if str(src) not in svc.neighbours:
@@ -784,10 +872,21 @@ def create_node_app(svc: NodeService):
         for k, v in offsets.items():
             svc.offsets[k] = max(svc.offsets.get(k, 0), v)
         loop = asyncio.get_running_loop()
+        by_id = {r["message_id"]: r for r in results}
         for w in later:
             rid, kind = str(w["request_id"]), w["kind"]
             if kind == "void":
                 await svc.void_keys(rid)
+                continue
+            if kind == "issue":  # applied before the answer: a 202 means the slave can fetch them now
+                try:
+                    await svc.issue_spares(w)
+                except Problem as p:
+                    first = first or p
+                    by_id[str(w["message_id"])].update(status=p.status, detail=p.detail)
+                except (KeyError, TypeError, ValueError) as err:
+                    first = first or Problem(400, "Bad Request", f"malformed issue message: {type(err).__name__}")
+                    by_id[str(w["message_id"])].update(status=400, detail=first.detail)
                 continue
             st = svc._state(rid)
             if st.relay is None:

@@ -27,7 +27,10 @@ depth-first search) on the residual network:
 
 After each path its untrusted relays and its links are removed (trusted
 relays stay usable, as in SMR); walks repeat until one finds no path or
-``max_paths`` paths exist. Every draw comes from one
+``max_paths`` paths exist. With ``shared_relays`` only the links are
+removed: the paths are link-disjoint and may share untrusted relays (the
+"traditional multipath" whose independence formula over-claims; the exact
+security counts the sharing). Every draw comes from one
 ``numpy.random.default_rng(seed)``: the same seed gives the same paths.
 """
 
@@ -130,7 +133,8 @@ def random_walk_path(
     return None
 
 
-def _msp_numba(arrays, source, target, rn, rl, rng, max_paths, beta, max_steps, first_block=None) -> list[list[int]]:
+def _msp_numba(arrays, source, target, rn, rl, rng, max_paths, beta, max_steps, first_block=None,
+               keep=None) -> list[list[int]]:
     """The walks compiled (:func:`qkdseg._kernels.msp_walks_nb`), on the same ``rng.random()`` stream.
 
     The uniforms are drawn ahead in one block (``rng.random(k)`` yields the
@@ -144,7 +148,8 @@ def _msp_numba(arrays, source, target, rn, rl, rng, max_paths, beta, max_steps, 
     ms = -1 if max_steps is None else int(max_steps)
     while True:
         nodes, starts, _, ok = _kernels.msp_walks_nb(
-            arrays.indptr, arrays.indices, arrays.edge_of, arrays.p, arrays.trusted, rn.copy(), rl.copy(),
+            arrays.indptr, arrays.indices, arrays.edge_of, arrays.p, arrays.trusted if keep is None else keep,
+            rn.copy(), rl.copy(),
             int(source), int(target), wtab, uniforms, mp, ms,
         )
         if ok:
@@ -162,6 +167,8 @@ def _msp_numba(arrays, source, target, rn, rl, rng, max_paths, beta, max_steps, 
         "seed": "seed of numpy default_rng (default 0)",
         "beta": f"bias to the destination: next hop drawn with weight exp(-beta * hops to destination) (default {DEFAULT_BETA:g})",
         "max_steps": "steps (moves + backtracks) per walk before it gives up (default: unlimited, at most 2n)",
+        "shared_relays": "keep untrusted relays usable after each path (only its links are removed), so paths may "
+                         "share relays; their exact security counts it (default False)",
     },
 )
 def msp(
@@ -174,6 +181,7 @@ def msp(
     seed: int = 0,
     beta: float = DEFAULT_BETA,
     max_steps: int | None = None,
+    shared_relays: bool = False,
     kernel: str | None = None,
 ):
     """MSP on node indices; returns ``(segment_nodes, paths)`` with one segment.
@@ -188,12 +196,17 @@ def msp(
         raise InvalidRequest(f"beta={beta!r} must be a finite number >= 0")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1):
         raise InvalidRequest(f"max_steps={max_steps!r} must be a positive integer or None")
+    if not isinstance(shared_relays, (bool, np.bool_)):
+        raise InvalidRequest(f"shared_relays={shared_relays!r} must be true or false")
+    # which relays stay usable after a path: the trusted ones, or (shared_relays) every one
+    keep = np.ones_like(arrays.trusted) if shared_relays else arrays.trusted
     rn, rl = request_masks(arrays, source, target, removed_links)
     rn = rn.copy()
     rl = rl.copy()
     rng = np.random.default_rng(seed)
     if _kernels.resolve_kernel(kernel) == "numba":
-        return [source, target], [_msp_numba(arrays, source, target, rn, rl, rng, max_paths, float(beta), max_steps)]
+        return [source, target], [_msp_numba(arrays, source, target, rn, rl, rng, max_paths, float(beta), max_steps,
+                                             keep=keep)]
     limit = max_paths if max_paths is not None else math.inf
     paths: list[list[int]] = []
     while len(paths) < limit:
@@ -202,7 +215,7 @@ def msp(
             break
         paths.append(path)
         for v in path[1:-1]:
-            if not arrays.trusted[v]:
+            if not keep[v]:
                 rn[v] = True
         for x, y in zip(path, path[1:]):
             rl[arrays.edge_index(x, y)] = True
