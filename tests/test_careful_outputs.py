@@ -290,3 +290,30 @@ def test_an_interrupt_raised_inside_a_c_callback_is_not_printed_and_is_raised_ag
     finally:
         sys.settrace(before)
     assert raised is True and seen == [other, ki]
+
+
+def test_kms_init_that_fails_midway_leaves_no_kms_toml_and_runs_again(tmp_path, monkeypatch):
+    """kms.toml is written last and the PKI is renamed into place whole: a failure while the PKI is made leaves
+    neither, and the same command then succeeds (before, it refused: 'kms.toml already exists')."""
+    from typer.testing import CliRunner
+
+    import qkdseg.kms.pki as pki
+    from qkdseg.cli import app
+
+    real = pki.make_pki
+
+    def full_disk(folder, *args, **kw):
+        real(folder, *args, **kw)  # some files written, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    d = tmp_path / "svc"
+    args = ["kms", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7"]
+    monkeypatch.setattr(pki, "make_pki", full_disk)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "No space left on device" in r.output, r.output
+    assert not (d / "kms.toml").exists() and not (d / "pki").exists()
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".pki")]
+    monkeypatch.setattr(pki, "make_pki", real)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (d / "kms.toml").exists() and (d / "pki" / "ca.crt").exists() and (d / "pki" / "A.crt").exists()

@@ -82,10 +82,11 @@ def init(
     if make_new_pki and ca_key_out is not None and ca_key_out.exists() and not new_pki:
         raise InvalidRequest(f"--ca-key-out {ca_key_out}: exists already (add --new-pki to replace it)")
     directory.mkdir(parents=True, exist_ok=True)
-    write_config(directory, cfg)
+    # kms.toml is written last (atomically): an interrupted init leaves no kms.toml, and running it again
+    # finishes the job; the PKI is made in a folder beside DIR/pki/ and renamed into place whole
     wrote = [str(directory / CONFIG_NAME)]
     if make_new_pki:
-        make_pki(pki_dir, list(saes), kme_id, ca_key_path=ca_key_out)
+        _make_pki_whole(pki_dir, lambda d: make_pki(d, list(saes), kme_id, ca_key_path=ca_key_out))
         wrote.append(f"{pki_dir}/ (test CA, server and {len(saes)} SAE certificates"
                      + (f"; the CA's private key in {ca_key_out}" if ca_key_out is not None else "") + ")")
     elif not no_pki:
@@ -105,10 +106,32 @@ def init(
 
         write_secret(token_path, (secrets.token_urlsafe(32) + "\n").encode())
         wrote.append(str(token_path))
+    write_config(directory, cfg)
     typer.echo(f"wrote {', '.join(wrote)}")
     for line in unmet_level_warnings(cfg, net):
         typer.echo(f"warning: {line}", err=True)
     typer.echo(f"start it with: qkdseg kms serve {directory}")
+
+
+def _make_pki_whole(pki_dir: Path, make) -> None:
+    """``make(folder)`` in a staging folder beside ``pki_dir``, then renamed onto it (the old one removed last)."""
+    import os
+    import shutil
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix=".pki.", dir=pki_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # as mkdir would make it (mkdtemp's is 0700)
+    old = pki_dir.parent / f".pki.old.{os.getpid()}"
+    try:
+        make(stage)
+        if pki_dir.exists():
+            os.replace(pki_dir, old)
+        os.replace(stage, pki_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def unmet_level_warnings(cfg, net, max_pairs: int = 400) -> list[str]:

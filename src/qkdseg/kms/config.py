@@ -228,7 +228,9 @@ def write_config(directory: str | Path, cfg: KmsConfig) -> Path:
         lines += ["", "# options of the routing algorithm ('qkdseg algorithms' lists them)", "[algorithm_options]"]
         lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in cfg.algorithm_options.items()]
     path = d / CONFIG_NAME
-    path.write_text("\n".join(lines) + "\n")
+    tmp = d / f".{CONFIG_NAME}.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)  # whole or not at all
     return path
 
 
