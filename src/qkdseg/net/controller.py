@@ -348,6 +348,14 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
         raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
                              f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
     ctl = Controller(d, capture=capture)
+    prof = None
+    if os.environ.get("QKDSEG_PROFILE_DIR"):  # profiling: cProfile of the whole process, written at its stop
+        import cProfile
+        import signal
+
+        prof = cProfile.Profile()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        prof.enable()
     ctl.svc.warm()  # compile the routing kernels before listening: the first plan must not wait for numba
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
@@ -362,4 +370,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
         ctl.svc.close()
         if ctl.capture is not None:
             ctl.capture.close()
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / "controller.prof"))
     print("qkdseg controller: stopped", file=sys.stderr, flush=True)

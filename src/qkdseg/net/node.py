@@ -59,6 +59,8 @@ REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "20"))  # a s
 TAP_ENV = "QKDSEG_ALLOW_TAP"
 REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
+#: Seconds a node gathers acknowledgements (and inbox statuses) before it sends (writes) them together.
+ACK_S = float(os.environ.get("QKDSEG_ACK_S", "1.0"))
 #: Dashboard events a node keeps for its next report (the oldest go first when the controller is away).
 MAX_EVENTS = 2000
 #: After an event, the next report goes at most this many seconds later (the dashboard's delay).
@@ -121,6 +123,16 @@ class RelayDB:
 
     def set_status(self, table: str, message_id: str, status: str) -> None:
         self.db.execute(f"UPDATE {table} SET status=? WHERE message_id=?", (status, message_id))
+
+    def statuses(self, table: str, rows: list[tuple[str, str]]) -> None:
+        """``(status, message_id)`` rows in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany(f"UPDATE {table} SET status=? WHERE message_id=?", rows)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -320,19 +332,21 @@ class NodeService:
                         fut.set_exception(RuntimeError(f"relay message to node {dst} failed: {why}"))
                 if not ok:
                     self._fail(w["request_id"], f"a relay message to node {dst} failed ({why})")
-            self.relaydb.db.executemany("UPDATE outbox SET status=? WHERE message_id=?",
-                                        [(st_, mid) for mid, st_ in outcomes])
+            self.relaydb.statuses("outbox", [(st_, mid) for mid, st_ in outcomes])
 
     def _ack(self, src: str, message_id: str, status: str) -> None:
-        """Queue an acknowledgement (020's statuses) to ``src``; they go in one POST per node every 0.1 s."""
+        """Record a processed message's status (020's statuses) in the inbox and queue its acknowledgement to
+        ``src``: both go in batches, the inbox rows in one transaction and the acks in one POST per node every
+        ``ACK_S`` seconds (they are off a request's critical path: the 202 already told the sender it is stored)."""
         q = self._acks.setdefault(src, [])
         q.append({"message_id": message_id, "status": status})
         if len(q) == 1:
-            asyncio.get_running_loop().call_later(0.1, lambda: asyncio.ensure_future(self._flush_acks(src)))
+            asyncio.get_running_loop().call_later(ACK_S, lambda: asyncio.ensure_future(self._flush_acks(src)))
 
     async def _flush_acks(self, src: str) -> None:
         acks, self._acks[src] = self._acks.get(src, []), []
         if acks:
+            self.relaydb.statuses("inbox", [(a["status"], a["message_id"]) for a in acks])
             with contextlib.suppress(Exception):
                 await self._http().post(f"https://{self.addresses[src]}/relay/v1/ack", json={"acks": acks})
 
@@ -396,11 +410,9 @@ class NodeService:
                     raise ValueError("a confirmation not from the request's destination")
                 st.tags = {tuple(k): base64.b64decode(t) for k, t in w["tags"]}
                 st.key_ids = [(tuple(k), str(i)) for k, i in w["key_ids"]]
-            self.relaydb.set_status("inbox", w["message_id"], "relayed")
             self._ack(str(w["src"]), w["message_id"], "relayed")
         except Exception as exc:  # noqa: BLE001 -- a message that does not fit the plan fails its request
             logger.warning("request %s: message %s failed: %s", st.request_id, w["message_id"], type(exc).__name__)
-            self.relaydb.set_status("inbox", w["message_id"], "failed")
             self._ack(str(w["src"]), w["message_id"], "failed")
             self._fail(st.request_id, "a relay message did not fit the plan")
         self._check_done(st)
@@ -906,8 +918,7 @@ def create_node_app(svc: NodeService):
         for a in acks:
             if a.get("status") not in ("relayed", "failed", "voided", "failed to void", "key not present"):
                 raise Problem(400, "Bad Request", "status must be one of ETSI GS QKD 020's ack statuses")
-        svc.relaydb.db.executemany("UPDATE outbox SET status=? WHERE message_id=?",
-                                   [(a["status"], str(a["message_id"])) for a in acks])
+        svc.relaydb.statuses("outbox", [(a["status"], str(a["message_id"])) for a in acks])
         return json_response({"acknowledged": len(acks)}, 200)
 
     @problem_routes
