@@ -278,6 +278,13 @@ def test_relay_api_checks_roles_and_offsets(net):
     assert r.status_code == 409 and r.json()["status"] == 409
     r = httpx.post(f"https://{net.addr['1']}/control/v1/parts", json={"request_id": "x"}, verify=node0)
     assert r.status_code == 403  # control messages only from the controller
+    # a link's offsets: only for its two ends
+    r = httpx.get(f"https://{net.addr['1']}/relay/v1/links", params={"link": "[0,1]"}, verify=node0)
+    assert r.status_code == 200 and set(r.json()) <= {"0", "1"}
+    r = httpx.get(f"https://{net.addr['3']}/relay/v1/links", params={"link": "[1,3]"}, verify=node0)
+    assert r.status_code == 403
+    r = httpx.get(f"https://{net.addr['1']}/relay/v1/links", params={"link": "[0,7]"}, verify=node0)
+    assert r.status_code == 404
 
 
 def test_status_json_lists_every_live_process(net):

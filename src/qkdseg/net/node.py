@@ -55,7 +55,9 @@ from .layout import link_name, unseal
 from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
 
 logger = logging.getLogger("qkdseg.net")
-REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "20"))  # a source's wait for its keys
+#: A source's wait for its keys; below the 10 s that SAE clients such as etsi-qkd-014-client wait, so that a
+#: request caught by a relay's death gets the JSON 503 rather than the client's own timeout.
+REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "8"))
 TAP_ENV = "QKDSEG_ALLOW_TAP"
 REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
@@ -923,8 +925,13 @@ def create_node_app(svc: NodeService):
 
     @problem_routes
     async def links(request: Request):
-        require(request, "node")
+        role = require(request, "node")
         name = request.query_params.get("link", "")
+        ends = {str(end.name): str(nb) for nb, end in svc.links.items()}
+        if name not in ends:
+            raise Problem(404, "Not Found", f"node {svc.id!r} has no link {name!r}")
+        if role.ident not in (ends[name], str(svc.id)):
+            raise Problem(403, "Forbidden", f"only the nodes at the ends of link {name} may read its offsets here")
         return json_response({str(d): v for (lk, d), v in svc.offsets.items() if lk == name})
 
     @problem_routes
