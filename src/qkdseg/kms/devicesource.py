@@ -304,7 +304,7 @@ class Etsi014KeySource:
         self.device_bits[k] = stored * size
         if size != dl.key_size:
             raise DeviceError("refused", f"status: the device's key_size is {size}, kms.toml asks for {dl.key_size}")
-        room = int(self.capacity[k] - self.held_bits[k] - self._new[k]) // size
+        room = int(self.capacity[k] - self.held_bits[k]) // size
         number = min(stored, room, max(1, most))
         if number <= 0:
             return False
