@@ -40,7 +40,7 @@ def pair(tmp_path_factory):
                  "--link-source", "device")
     set_config(d, device_timeout_s=1.0, device_backoff_max_s=1.0, device_poll_s=0.1)
     device = Device(d / "devices").start()
-    server = Server(d)
+    server = Server(d, ("--dashboard-port", "0"))
     try:
         server.start()
         yield device, server
@@ -180,6 +180,8 @@ def test_a_failing_device_leaves_the_held_key_then_503_and_the_service_recovers(
     since = len(_audit(server))
     device.fault(mode, delay_s=3.0)
     _wait(lambda: _device_state(server, state, since), what=f"the device state {state}")
+    pools = requests.get(f"{server.dashboard_url}api/pools", timeout=30).json()
+    assert state in pools["devices"]["states"]  # the dashboard shows the link's device state
     assert _drain(server) >= 1  # the keys held still serve, then the service's own 503 (no path has key)
     r = requests.get(f"{server.url}/B/status", cert=(str(server.directory / "pki/A.crt"),
                                                       str(server.directory / "pki/A.key")),
