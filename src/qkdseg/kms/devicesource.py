@@ -295,7 +295,12 @@ class Etsi014KeySource:
                 backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
 
     async def _fetch_once(self, k: int, dl: DeviceLink, a: _Client, b: _Client) -> bool:
-        """One status / enc_keys / dec_keys round; True when the device holds more keys than this round took."""
+        """One status / enc_keys / dec_keys round; True when the device holds more keys than this round took.
+
+        A link whose pool has no room for one key is not polled (no call until a relay uses some of its key).
+        """
+        if int(self.capacity[k] - self.held_bits[k]) < dl.key_size and self.state[k] != "starting":
+            return False
         st = await a.call("GET", f"{dl.b_sae}/status")
         try:
             stored, size, most = int(st["stored_key_count"]), int(st["key_size"]), int(st["max_key_per_request"])
