@@ -293,3 +293,21 @@ def _link_names(directory: Path) -> list[str]:
     net = load(str(directory.parent / "net.json"))
     a = net.arrays
     return [f"{a.node_ids[a.edge_u[k]]}|{a.node_ids[a.edge_v[k]]}" for k in range(a.n_links)]
+
+
+def test_device_keys_are_sealed_at_rest_and_resealed_with_a_new_storage_key(tmp_path):
+    from qkdseg.kms.store import Batch, Store
+
+    store = Store(tmp_path, bytes(range(32)), b"a" * 32)
+    try:
+        material = bytes(range(32, 64))
+        blob = store.seal_device(0, 1, "id-1", material)
+        store.commit(Batch(device_put=[(0, 1, "id-1", 32, 0, "held", blob, 0.0)]))
+        assert material not in (tmp_path / "kms.sqlite3").read_bytes() + blob
+        assert store.reseal_all(bytes(range(1, 33))) == 1
+        (k, seq, kid, _n, _used, new_blob), = store.load_device_keys()
+        assert new_blob != blob and store.open_device(k, seq, kid, new_blob) == material
+        store.commit(Batch(device_used={(0, 1): 32}))
+        assert store.load_device_keys() == []  # used up: no longer held, its bytes erased
+    finally:
+        store.close()

@@ -341,9 +341,11 @@ class Etsi014KeySource:
         now = self.clock()
         seq = self._seq.get(k, 0)
         rows, held, skipped = [], [], []
+        known = {item[1] for item in self._held[k]}  # a device that repeats a held key's id: skip the repeat
         for kid, material in enc:
             seq += 1
-            if got.get(kid) == material and material:
+            if got.get(kid) == material and material and kid not in known:
+                known.add(kid)
                 rows.append((k, seq, kid, len(material), 0, "held", self.store.seal_device(k, seq, kid, material), now))
                 held.append([seq, kid, bytearray(material), 0, len(material)])
             else:

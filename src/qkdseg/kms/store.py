@@ -490,7 +490,9 @@ class Store:
             if batch.delete_keys:
                 db.executemany("DELETE FROM keys WHERE key_id = ?", [(k,) for k in batch.delete_keys])
             if batch.device_put:
-                db.executemany("INSERT INTO device_keys VALUES (?,?,?,?,?,?,?,?)", batch.device_put)
+                # OR IGNORE: a device that repeats an old key id must not fail the service's store (the repeat
+                # is then held in memory only, and gone at the next start)
+                db.executemany("INSERT OR IGNORE INTO device_keys VALUES (?,?,?,?,?,?,?,?)", batch.device_put)
             if batch.device_used:
                 db.executemany(
                     "UPDATE device_keys SET used=?1, state=CASE WHEN ?1 >= nbytes THEN 'used' ELSE state END, "
