@@ -268,6 +268,9 @@ class Etsi014KeySource:
         while True:
             try:
                 more = await self._fetch_once(k, dl, a, b)
+                if more is None:  # the pool is full: no call was made, the state stays as it was
+                    await asyncio.sleep(self.poll_s)
+                    continue
                 await self._set_state(k, "ok")
                 backoff = self.poll_s
                 if more:
@@ -294,13 +297,13 @@ class Etsi014KeySource:
                 await asyncio.sleep(backoff)
                 backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
 
-    async def _fetch_once(self, k: int, dl: DeviceLink, a: _Client, b: _Client) -> bool:
+    async def _fetch_once(self, k: int, dl: DeviceLink, a: _Client, b: _Client) -> bool | None:
         """One status / enc_keys / dec_keys round; True when the device holds more keys than this round took.
 
-        A link whose pool has no room for one key is not polled (no call until a relay uses some of its key).
+        A link whose pool has no room for one key is not polled (None: no call until a relay uses some of its key).
         """
         if int(self.capacity[k] - self.held_bits[k]) < dl.key_size and self.state[k] != "starting":
-            return False
+            return None
         st = await a.call("GET", f"{dl.b_sae}/status")
         try:
             stored, size, most = int(st["stored_key_count"]), int(st["key_size"]), int(st["max_key_per_request"])
