@@ -147,3 +147,70 @@ def consumed_offsets(directory: Path) -> dict[int, int]:
         return dict(db.execute("SELECT k, consumed FROM links").fetchall())
     finally:
         db.close()
+
+
+class Device:
+    """``qkdseg device serve DIR`` (the QKD device emulator) as a child process; output to ``DIR/device.log``."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.log_path = self.directory / "device.log"
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    def start(self, timeout: float = 60.0) -> "Device":
+        start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([QKDSEG, "device", "serve", str(self.directory)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[start:].decode(errors="replace")
+            for line in text.splitlines():
+                if "ETSI GS QKD 014 on https://127.0.0.1:" in line:
+                    self.port = int(line.split("127.0.0.1:")[1].split("/")[0])
+            if self.port is not None and self.proc.poll() is None and _listening(self.port):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"device emulator exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("device emulator did not start in time")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(timeout=10)
+        self.log.close()
+        return rc
+
+    def _operator(self) -> dict:
+        pki = self.directory / "pki"
+        return {"cert": (str(pki / "device-operator.crt"), str(pki / "device-operator.key")),
+                "verify": str(pki / "ca.crt"), "timeout": 30}
+
+    def counters(self) -> dict:
+        r = requests.get(f"https://127.0.0.1:{self.port}/qkdseg/v1/counters", **self._operator())
+        r.raise_for_status()
+        return r.json()
+
+    def fault(self, mode: str, **fields) -> dict:
+        r = requests.post(f"https://127.0.0.1:{self.port}/qkdseg/v1/faults", json={"mode": mode, **fields},
+                          **self._operator())
+        r.raise_for_status()
+        return r.json()
+
+    def log_records(self) -> list[dict]:
+        """The emulator's own record, DIR/keys.jsonl: one object per call that moved keys."""
+        return [json.loads(line) for line in (self.directory / "keys.jsonl").read_text().splitlines() if line]

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from . import demo, emulate, experiments, place, route, simulate
+from .device import device_app
 from .errors import _OneLineGroup
 from .kms import kms_app
 from .net import controller_app, net_app, node_app
@@ -44,6 +45,7 @@ def _root(
 
 app.add_typer(topology_app, name="topology")
 app.add_typer(kms_app, name="kms")  # the key service's commands; the server itself loads lazily
+app.add_typer(device_app, name="device")  # the QKD device emulator (ETSI 014 devices of the links)
 app.add_typer(net_app, name="net")  # the network of key service processes (docs/network.md)
 app.add_typer(node_app, name="node")
 app.add_typer(controller_app, name="controller")

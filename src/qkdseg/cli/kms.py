@@ -49,6 +49,9 @@ def init(
                                                     show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite an existing kms.toml (only it: the PKI, keys and "
                                         "token are kept; see --new-pki).")] = False,
+    link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (at each "
+                                             "link's rate) or 'device' (QKD devices over ETSI 014: writes the "
+                                             "device emulator's directory DIR/devices/).")] = "emulated",
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
@@ -62,6 +65,8 @@ def init(
         raise InvalidRequest(f"{directory / CONFIG_NAME}: already exists (use --force to rewrite it)")
     if no_pki and (new_pki or ca_key_out is not None):
         raise InvalidRequest("--no-pki makes no PKI: it cannot be combined with --new-pki or --ca-key-out")
+    if link_source not in ("emulated", "device"):
+        raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
     saes = _parse_saes(sae)
     spec = network
     if not (spec == "example" or spec.startswith("topohub:")):
@@ -77,6 +82,9 @@ def init(
                     algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
                     default_rate_bps=default_rate, _dir=directory)
     cfg.check(flags=INIT_FLAGS)
+    devices = directory / "devices"
+    if link_source == "device" and (devices / "device.toml").exists() and not force:
+        raise InvalidRequest(f"{devices / 'device.toml'}: already exists (use --force to rewrite it)")
     pki_dir = directory / "pki"
     make_new_pki = not no_pki and (new_pki or not (pki_dir / "ca.crt").exists())
     if make_new_pki and ca_key_out is not None and ca_key_out.exists() and not new_pki:
@@ -85,6 +93,14 @@ def init(
     # kms.toml is written last (atomically): an interrupted init leaves no kms.toml, and running it again
     # finishes the job; the PKI is made in a folder beside DIR/pki/ and renamed into place whole
     wrote = [str(directory / CONFIG_NAME)]
+    if link_source == "device":
+        from ..kms.device import init_devices
+
+        dev_cfg, cfg.device_links = init_devices(devices, net, spec, key_size=key_size, default_rate_bps=default_rate)
+        cfg.link_source = "device"
+        cfg.check(flags=INIT_FLAGS)
+        wrote.append(f"{devices}/ (the QKD device emulator of {len(dev_cfg.links)} links on "
+                     f"https://{dev_cfg.host}:{dev_cfg.port})")
     if make_new_pki:
         _make_pki_whole(pki_dir, lambda d: make_pki(d, list(saes), kme_id, ca_key_path=ca_key_out))
         wrote.append(f"{pki_dir}/ (test CA, server and {len(saes)} SAE certificates"
@@ -110,6 +126,8 @@ def init(
     typer.echo(f"wrote {', '.join(wrote)}")
     for line in unmet_level_warnings(cfg, net):
         typer.echo(f"warning: {line}", err=True)
+    if link_source == "device":
+        typer.echo(f"start the devices with: qkdseg device serve {devices}")
     typer.echo(f"start it with: qkdseg kms serve {directory}")
 
 

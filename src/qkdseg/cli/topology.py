@@ -29,6 +29,8 @@ def topology_generate(
     beta: Annotated[float, typer.Option("--beta", help="Waxman link-probability scale (networkx naming).")] = 0.5,
     mean_degree: Annotated[Optional[float], typer.Option("--mean-degree", help="Target mean degree (default 6.6; selects the scalable generator).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded in the file).")] = 0,
+    rates: Annotated[str, typer.Option("--rates", help="Link key rates: 'none' (the key service's default rate) or "
+                                       "'physics' (decoy-state BB84 from each link's length; docs/model.md).")] = "none",
 ) -> None:
     """Generate a seeded random topology and write it to a file (docs/topologies.md)."""
     from ..topology import generate, write_network
@@ -37,6 +39,8 @@ def topology_generate(
     from ..topology.waxman import WAXMAN_MAX_NODES
 
     _check_seed(seed)
+    if rates not in ("none", "physics"):
+        raise InvalidRequest(f"--rates {rates!r} must be 'none' or 'physics'")
     if nodes < 2:
         raise InvalidRequest(f"--nodes {nodes}: a network needs at least 2 nodes")
     if alpha is not None and nodes > WAXMAN_MAX_NODES:
@@ -47,11 +51,17 @@ def topology_generate(
         raise InvalidRequest(f"--out {out}: is a directory")
     net = generate(kind, nodes, trusted=trusted, p=p, pool_bits=pool_bits, trusted_p=trusted_p, alpha=alpha,
                    beta=beta, mean_degree=mean_degree, seed=seed)
+    rate_note = ""
+    if rates == "physics":
+        from ..topology.physics import apply_physics_rates
+
+        span = apply_physics_rates(net)
+        rate_note = f", link rates {span['min']:.4g}..{span['max']:.4g} bit/s (decoy-state BB84)"
     _write_atomic(out, lambda tmp: write_network(net, tmp))
     s = net.summary()
     kept = "" if s["nodes"] == nodes else f" (of the {nodes} asked: the scalable generator keeps the largest connected component)"
     typer.echo(f"wrote {out}: {s['nodes']} nodes{kept}, {s['links']} links, {s['trusted']} trusted, "
-               f"mean degree {s['mean_degree']:.2f}, seed {seed}")
+               f"mean degree {s['mean_degree']:.2f}, seed {seed}{rate_note}")
 
 
 @topology_app.command("list")
@@ -82,12 +92,23 @@ def topology_show(
     """Print a network's counts, mean degree and connectivity."""
     network = _load(net, default_p)
     s = network.summary()
+    g = network.graph
+    rates = [d["rate_bps"] for *_, d in g.edges(data=True) if d.get("rate_bps") is not None]
+    model = g.graph.get("rate_model")
+    extra = {"rate_bps_min": min(rates) if rates else None, "rate_bps_max": max(rates) if rates else None,
+             "links_with_rate": len(rates), "rate_model": model}
     if fmt is Fmt.json:
-        _dump({**s, "trusted_nodes": list(network.trusted_nodes)})
+        _dump({**s, **extra, "trusted_nodes": list(network.trusted_nodes)})
         return
     table = Table(title=f"network {_txt(s['name'])}", title_justify="left", show_header=False)
     for k, v in s.items():
         table.add_row(k, f"{v:.3f}" if isinstance(v, float) else _txt(v))
+    if rates:
+        table.add_row("link rate_bps", f"{min(rates):.4g} .. {max(rates):.4g} ({len(rates)} of {s['links']} links)")
+    else:
+        table.add_row("link rate_bps", "- (none given: the key service's default_rate_bps)")
+    if model:
+        table.add_row("rate model", _txt(model))
     trusted = network.trusted_nodes
     shown = ", ".join(_txt(v) for v in trusted[:SHOW_TRUSTED])
     if len(trusted) > SHOW_TRUSTED:

@@ -419,12 +419,18 @@ def create_app(service: KeyService, *, expiry: bool = True, routes: list | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        task = asyncio.get_running_loop().create_task(service.expiry_loop()) if expiry else None
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(service.expiry_loop())] if expiry else []
+        if getattr(service, "source_loop", None) is not None:  # a device feed fetches link keys meanwhile
+            tasks.append(loop.create_task(service.source_loop()))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
 
     routes = [
         Route("/api/v1/keys/{sae}/status", status, methods=["GET"]),

@@ -105,6 +105,18 @@ class KmsConfig:
         Seconds an idle keep-alive connection is kept after a response.
     max_connections : int
         Most open (handshaken) connections; more are closed at once.
+    link_source : str
+        Where link keys come from: ``emulated`` (generated at each link's
+        ``rate_bps``) or ``device`` (QKD devices over ETSI 014, one
+        ``[device_links."U|V"]`` table per link; docs/kms.md, "Link keys
+        from devices").
+    device_poll_s, device_timeout_s, device_backoff_max_s : float
+        With ``device``: seconds between status polls of a link's device,
+        the time limit of one device call, and the longest wait between
+        retries after a device error (the wait doubles from
+        ``device_poll_s``).
+    device_links : dict
+        ``"U|V"`` -> the link's device endpoints (:class:`.devicesource.DeviceLink`).
     """
 
     network: str
@@ -133,6 +145,11 @@ class KmsConfig:
     keep_alive_s: float = 30.0
     max_connections: int = 1024
     algorithm_options: dict = field(default_factory=dict)
+    link_source: str = "emulated"
+    device_poll_s: float = 0.2
+    device_timeout_s: float = 5.0
+    device_backoff_max_s: float = 5.0
+    device_links: dict[str, dict] = field(default_factory=dict)
     _dir: Path = field(default=Path("."), repr=False, compare=False)
 
     def path(self, name: str) -> Path:
@@ -188,6 +205,19 @@ class KmsConfig:
         for name in ("ca", "cert", "key", "storage_key", "audit_key", "dashboard_token"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(name, "must be a file path (text, relative to the service directory)")
+        if self.link_source not in ("emulated", "device"):
+            raise bad("link_source", "must be 'emulated' or 'device'")
+        for name in ("device_poll_s", "device_timeout_s", "device_backoff_max_s"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 3600:
+                raise bad(name, "must be a number of seconds in (0, 3600]")
+        if not isinstance(self.device_links, dict):
+            raise bad("device_links", "must be a table of \"U|V\" = link tables")
+        if self.link_source == "device":
+            if not self.device_links:
+                raise bad("link_source", "is 'device' but no [device_links.\"U|V\"] table is given")
+            for name, table in self.device_links.items():
+                DeviceLink.from_table(name, table, where)
         if self.durability not in ("full", "normal"):
             raise bad("durability", "must be 'full' or 'normal'")
         from ..routing.registry import ALGORITHMS
@@ -206,7 +236,53 @@ class KmsConfig:
         return self
 
 
-_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("saes", "_dir", "algorithm_options")]
+DEVICE_FIELDS = ("a_sae", "b_sae", "a_url", "b_url", "ca", "a_cert", "a_key", "b_cert", "b_key", "key_size")
+
+
+@dataclass(frozen=True)
+class DeviceLink:
+    """The ETSI 014 endpoints of one link's QKD devices (a ``[device_links."U|V"]`` table of ``kms.toml``).
+
+    End *a* is the link's node ``U`` (it calls ``enc_keys``), end *b* is ``V``
+    (it calls ``dec_keys``). Paths are relative to the service directory.
+    """
+
+    a_sae: str
+    b_sae: str
+    a_url: str
+    b_url: str
+    ca: str
+    a_cert: str
+    a_key: str
+    b_cert: str
+    b_key: str
+    key_size: int = 256
+
+    @classmethod
+    def from_table(cls, name: str, table, where: str) -> "DeviceLink":
+        if not isinstance(table, dict):
+            raise InvalidRequest(f"{where}: [device_links.{name!r}] must be a table")
+        unknown = sorted(set(table) - set(DEVICE_FIELDS))
+        if unknown:
+            raise InvalidRequest(f"{where}: [device_links.{name!r}]: unknown field(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(DEVICE_FIELDS)})")
+        missing = [f for f in DEVICE_FIELDS[:-1] if f not in table]
+        if missing:
+            raise InvalidRequest(f"{where}: [device_links.{name!r}]: missing field(s) {', '.join(missing)}")
+        for f in DEVICE_FIELDS[:-1]:
+            if not isinstance(table[f], str) or not table[f]:
+                raise InvalidRequest(f"{where}: [device_links.{name!r}]: {f} must be text")
+        for f in ("a_url", "b_url"):
+            if not table[f].startswith("https://"):
+                raise InvalidRequest(f"{where}: [device_links.{name!r}]: {f}={table[f]!r} must be an https:// URL "
+                                     "(the KME's base, without /api/v1/keys)")
+        size = table.get("key_size", 256)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8:
+            raise InvalidRequest(f"{where}: [device_links.{name!r}]: key_size={size!r} must be a positive multiple of 8")
+        return cls(**{**table, "key_size": size})
+
+
+_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("saes", "_dir", "device_links", "algorithm_options")]
 
 
 def _toml_value(v: Any) -> str:
@@ -227,6 +303,12 @@ def write_config(directory: str | Path, cfg: KmsConfig) -> Path:
     if cfg.algorithm_options:
         lines += ["", "# options of the routing algorithm ('qkdseg algorithms' lists them)", "[algorithm_options]"]
         lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in cfg.algorithm_options.items()]
+    if cfg.device_links:
+        lines += ["", "# each link's QKD devices (ETSI 014): end a = the link's node U calls enc_keys, "
+                  "end b = V calls dec_keys"]
+        for name, table in cfg.device_links.items():
+            lines += ["", f"[device_links.{json.dumps(name)}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     path = d / CONFIG_NAME
     tmp = d / f".{CONFIG_NAME}.tmp"
     tmp.write_text("\n".join(lines) + "\n")
@@ -255,7 +337,7 @@ def load_config(directory: str | Path) -> KmsConfig:
         raise InvalidRequest(f"{path}: cannot read: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise InvalidRequest(f"{path}: not valid TOML: {err}") from None
-    known = set(_TOP) | {"saes", "algorithm_options"}
+    known = set(_TOP) | {"saes", "device_links", "algorithm_options"}
     for name in raw:
         if name not in known:
             raise InvalidRequest(f"{path}: unknown field {name!r} (known: {', '.join(sorted(known))})")

@@ -207,11 +207,15 @@ class Monitor:
     def pools(self) -> dict:
         """Every link's level (bits) and state now, network link order."""
         now = self.sample()
-        return {
+        out = {
             "time": now, "levels": self.service.levels.level.tolist(), "capacity": self.capacity.tolist(),
             "states": [STATES[s] for s in self.state.tolist()],
             "ready_share": self.ready_share, "empty_bits": self.empty_bits,
         }
+        view = getattr(self.service.source, "view", None)
+        if view is not None:  # link keys from QKD devices: each link's device state beside its pool
+            out["devices"] = view()
+        return out
 
     def link_history(self, k: int, seconds: float | None = None) -> dict:
         """Link ``k``'s sampled levels (bits) over time, oldest first (the last ``seconds`` if given)."""

@@ -85,6 +85,10 @@ class KeyService:
         self.arrays = network.arrays
         self.store = store
         self.clock = clock
+        if source is None and cfg.link_source == "device":
+            from .devicesource import device_source
+
+            source = device_source(cfg, network, store, self.arrays.pool_bits)
         self.source = source or EmulatedKeySource(network, cfg.default_rate_bps)
         self.keystore = KeyStore(network, source=self.source.read)
         self.algorithm = cfg.algorithm
@@ -126,6 +130,9 @@ class KeyService:
         if moved:
             self.store.renumber_links(rows)
         self.store.set_meta("network", self._snapshot)  # remembered once the start is accepted
+        if hasattr(self.source, "initial_levels"):  # a device feed: the level is the key held, whatever was stored
+            level = self.source.initial_levels()
+            since[:] = 0.0
         self.levels = LinkLevels(cap, level, consumed, t=now)
         self.levels.refill(self.source.produced(since), t=now)  # the links kept producing while the service was down
         self.keys: dict[str, KeyRow] = {}
@@ -216,6 +223,9 @@ class KeyService:
     def refill(self, now: float) -> None:
         if now > self.levels.t:
             self.levels.refill(self.source.produced(now - self.levels.t), t=now)
+        held = getattr(self.source, "held_bits", None)
+        if held is not None:  # a device feed: never route on more than the bytes held
+            np.minimum(self.levels.level, held, out=self.levels.level)
 
     # -- helpers -----------------------------------------------------------------
     def _check_caller(self, caller: Caller) -> None:
@@ -499,6 +509,8 @@ class KeyService:
         if debit is not None:
             self.levels.debit(*debit)
             batch.links = self._link_rows(debit[0])
+        if hasattr(self.source, "changes"):  # the device key bytes used, committed with this request
+            self.source.changes(batch)
         for row, _ in issued:
             self.keys[row.key_id] = row
         batch.audit.append(self._audit(
@@ -575,6 +587,12 @@ class KeyService:
                 await self.expire()
             except Exception:  # noqa: BLE001 -- logged; the store refuses further writes if it failed
                 logger.exception("expiry pass failed")
+
+    async def source_loop(self) -> None:
+        """Run the key source's own loop (a device feed's fetch loops); nothing for the emulated source."""
+        run = getattr(self.source, "run", None)
+        if run is not None:
+            await run(self)
 
     def close(self) -> None:
         self.committer.close()

@@ -17,6 +17,14 @@ What is stored (docs/kms.md, "What is stored"):
     Per link: ``consumed`` (the pool's consumed offset, bits; it only
     grows), ``level`` (bits now in the pool) and ``t`` (the time of the
     level, Unix seconds).
+``device_keys``
+    Only with ``link_source = "device"``: every key fetched from a link's
+    QKD devices (ETSI 014 ``enc_keys`` at one end, ``dec_keys`` at the
+    other), in fetch order per link (``seq``): its device key id (unique: a
+    device key is taken once), its size, how many of its bytes the relays
+    have used, its state (``held``, ``used``, or ``skipped`` when the two
+    ends did not get the same bytes) and its bytes, sealed like ``keys``
+    (associated data: link, seq, key id); a used key's bytes are erased.
 ``audit``
     Audit records not yet synced to ``audit.jsonl`` (the file is written
     after the commit and synced at most once a second; a record committed
@@ -89,6 +97,17 @@ CREATE TABLE IF NOT EXISTS links (
     t REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS device_keys (
+    k INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    key_id TEXT NOT NULL UNIQUE,
+    nbytes INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('held', 'used', 'skipped')),
+    blob BLOB NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (k, seq)
+);
 """
 
 
@@ -169,8 +188,12 @@ class Batch:
     delete_keys: list[str] = field(default_factory=list)
     links: dict[int, tuple[str, str, int, int, float]] = field(default_factory=dict)
     audit: list[dict] = field(default_factory=list)
+    device_put: list[tuple] = field(default_factory=list)  # device_keys rows (k, seq, key_id, nbytes, used, state, blob, t)
+    device_used: dict[tuple[int, int], int] = field(default_factory=dict)  # (k, seq) -> bytes used (all: 'used', erased)
 
     def merge(self, other: "Batch") -> None:
+        self.device_put += other.device_put
+        self.device_used.update(other.device_used)
         self.put_keys += other.put_keys
         self.issue_keys += other.issue_keys
         self.delete_keys += other.delete_keys
@@ -304,6 +327,22 @@ class Store:
         """``{k: (u, v, consumed, level, t)}`` of every link a request has used."""
         return {k: (u, v, c, lv, t) for k, u, v, c, lv, t in self.db.execute("SELECT k, u, v, consumed, level, t FROM links")}
 
+    def load_device_keys(self) -> list[tuple]:
+        """``(k, seq, key_id, nbytes, used, blob)`` of every held device key, in fetch order per link."""
+        return self.db.execute("SELECT k, seq, key_id, nbytes, used, blob FROM device_keys WHERE state='held' "
+                               "ORDER BY k, seq").fetchall()
+
+    def device_seq(self) -> dict[int, int]:
+        """The last ``seq`` of each link's device keys (a new key gets the next)."""
+        return dict(self.db.execute("SELECT k, MAX(seq) FROM device_keys GROUP BY k").fetchall())
+
+    def seal_device(self, k: int, seq: int, key_id: str, material: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self.aead.encrypt(nonce, material, f"device|{k}|{seq}|{key_id}".encode())
+
+    def open_device(self, k: int, seq: int, key_id: str, blob: bytes) -> bytes:
+        return self.aead.decrypt(blob[:12], blob[12:], f"device|{k}|{seq}|{key_id}".encode())
+
     def renumber_links(self, rows: dict[int, tuple[str, str, int, int, float]]) -> None:
         """Replace the ``links`` table by ``rows`` in one transaction (links matched by their ends at start)."""
         db = self.db
@@ -335,10 +374,16 @@ class Store:
             material = self.open(row)
             nonce = os.urandom(12)
             out.append((nonce + new.encrypt(nonce, material, row.aad()), row.key_id))
+        dev = []
+        for k, seq, key_id, _n, _used, blob in self.load_device_keys():
+            aad = f"device|{k}|{seq}|{key_id}".encode()
+            nonce = os.urandom(12)
+            dev.append((nonce + new.encrypt(nonce, self.open_device(k, seq, key_id, blob), aad), k, seq))
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("UPDATE keys SET blob=? WHERE key_id=?", out)
+            db.executemany("UPDATE device_keys SET blob=? WHERE k=? AND seq=?", dev)
             db.execute("UPDATE meta SET value=? WHERE name='storage_key_id'", (storage_key_id(new_key),))
             db.execute("COMMIT")
         except BaseException:
@@ -346,7 +391,7 @@ class Store:
                 db.execute("ROLLBACK")
             raise
         self.aead, self.storage_key_id = new, storage_key_id(new_key)
-        return len(rows)
+        return len(rows) + len(dev)
 
     # -- the audit chain -----------------------------------------------------------------
     def chain(self, records: Iterable[dict]) -> list[tuple[int, str]]:
@@ -444,6 +489,15 @@ class Store:
                 )
             if batch.delete_keys:
                 db.executemany("DELETE FROM keys WHERE key_id = ?", [(k,) for k in batch.delete_keys])
+            if batch.device_put:
+                # OR IGNORE: a device that repeats an old key id must not fail the service's store (the repeat
+                # is then held in memory only, and gone at the next start)
+                db.executemany("INSERT OR IGNORE INTO device_keys VALUES (?,?,?,?,?,?,?,?)", batch.device_put)
+            if batch.device_used:
+                db.executemany(
+                    "UPDATE device_keys SET used=?1, state=CASE WHEN ?1 >= nbytes THEN 'used' ELSE state END, "
+                    "blob=CASE WHEN ?1 >= nbytes THEN X'' ELSE blob END WHERE k=?2 AND seq=?3",
+                    [(used, k, seq) for (k, seq), used in batch.device_used.items()])
             if batch.links:
                 db.executemany(
                     "INSERT INTO links VALUES (?,?,?,?,?,?) ON CONFLICT(k) DO UPDATE SET "

@@ -122,7 +122,9 @@ function applyPools(p) {
     const share = p.capacity[k] > 0 ? Math.min(1, p.levels[k] / p.capacity[k]) : 0;
     line.setAttribute("stroke-opacity", (0.35 + 0.65 * share).toFixed(3));
     const l = state.net.links[k];
-    line.firstChild.textContent = `link ${l.u}-${l.v}: ${fmt(p.levels[k])} / ${fmt(p.capacity[k])} bits, ${st}`;
+    const dev = p.devices ? `, device ${p.devices.states[k]}` : "";
+    line.setAttribute("data-device", p.devices ? p.devices.states[k] : "");
+    line.firstChild.textContent = `link ${l.u}-${l.v}: ${fmt(p.levels[k])} / ${fmt(p.capacity[k])} bits, ${st}${dev}`;
   });
   document.getElementById("map").setAttribute("data-states", JSON.stringify(counts));
   if (state.chosenLink !== null) refreshChart();
