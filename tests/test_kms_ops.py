@@ -262,3 +262,69 @@ def test_bad_log_and_metrics_options_are_one_line_errors(tmp_path, args, message
     out = subprocess.run([QKDSEG, "kms", "serve", str(tmp_path), *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.startswith("qkdseg: error: ") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _sample_names(families) -> set[str]:
+    """The sample names a scrape can hold for these metric families (counter: _total; histogram: _bucket ...)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
+    out = set()
+    for fam in families:
+        out.add(fam.name)
+        out.update(fam.name + s for s in suffixes.get(fam.type, ()))
+    return out
+
+
+def test_every_metric_the_grafana_dashboard_names_is_exported(kms):
+    from pathlib import Path
+
+    from qkdseg.kms.metrics import Metrics
+
+    dash = json.loads((Path(__file__).parents[1] / "docs" / "grafana" / "qkdseg.json").read_text())
+    exprs = []
+
+    def walk(panels):
+        for p in panels:
+            exprs.extend(t["expr"] for t in p.get("targets", []))
+            walk(p.get("panels", []))
+
+    walk(dash["panels"])
+    exprs += [v["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    named = set(re.findall(r"\bqkdseg_[a-z_]+\b", " ".join(exprs)))
+    assert len(named) >= 20 and len(exprs) >= 25
+    text = requests.get(f"{kms.metrics_url}/metrics", timeout=30).text
+    exported = {"kms": _sample_names(text_string_to_metric_families(text))}
+    for kind in ("node", "controller"):  # what a node's and the controller's /metrics hold (test_net.py scrapes them)
+        from qkdseg.net.ops import metrics_for
+
+        exported[kind] = _sample_names(metrics_for(kind).registry.collect())
+    missing = named - set().union(*exported.values())
+    assert not missing, missing
+    # the network's panels name what the network's servers export
+    for expr in exprs:
+        if "relay_messages" in expr:
+            assert set(re.findall(r"\bqkdseg_[a-z_]+\b", expr)) <= exported["node"]
+
+
+def test_systemd_units_verify(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed here: the unit files are not verified")
+    src = Path(__file__).parents[1] / "deploy" / "systemd"
+    units = sorted(src.glob("*.service"))
+    assert {u.name for u in units} == {"qkdseg-kms.service", "qkdseg-node@.service", "qkdseg-controller.service"}
+    paths = []
+    for unit in units:
+        text = unit.read_text()
+        for need in ("Restart=on-failure", "User=qkdseg", "StateDirectory=", "ProtectSystem=strict",
+                     "NoNewPrivileges=yes", "ExecStart=/usr/local/bin/qkdseg "):
+            assert need in text, (unit.name, need)
+        # verify checks that ExecStart's program exists: point it at this environment's qkdseg
+        name = unit.name.replace("@.service", "@n0.service")
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/qkdseg", QKDSEG))
+        paths.append(str(tmp_path / name))
+    out = subprocess.run([tool, "verify", *paths], capture_output=True, text=True, timeout=120)
+    ours = [line for line in (out.stdout + out.stderr).splitlines() if "qkdseg" in line]
+    assert out.returncode == 0 and not ours, out.stdout + out.stderr

@@ -17,6 +17,7 @@ imports it; it must stay light).
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -76,12 +77,15 @@ class _Scraped(Collector):
                                    "(the consumed offset; it only grows, across restarts too).", labels=["link"])
         state = GaugeMetricFamily("qkdseg_link_state", "1 for the link's pool state now, 0 for the others.",
                                   labels=["link", "state"])
-        for name, lv, capacity, consumed, st in self.links():
-            level.add_metric([name], float(lv))
-            cap.add_metric([name], float(capacity))
+        for name, lv, capacity, consumed, st in self.links():  # None: not known here (a node knows no level)
+            if lv is not None:
+                level.add_metric([name], float(lv))
+            if capacity is not None:
+                cap.add_metric([name], float(capacity))
             used.add_metric([name], float(consumed))
-            for s in POOL_STATES:
-                state.add_metric([name, s], 1.0 if s == st else 0.0)
+            if st is not None:
+                for s in POOL_STATES:
+                    state.add_metric([name, s], 1.0 if s == st else 0.0)
         yield from (level, cap, used, state)
 
 
@@ -137,7 +141,7 @@ class Metrics:
 
     # -- the key service's audited events ---------------------------------------------
     def observe(self, event: dict) -> None:
-        """A :class:`~.service.KeyService` observer: count one committed audit record."""
+        """Count one committed audit record (:meth:`observe_commit` calls it)."""
         kind = event.get("event")
         if kind == "issue":
             n = len(event.get("key_ids", ()))
@@ -156,12 +160,18 @@ class Metrics:
             self.keys_expired.labels(kind="issued").inc(len(event.get("key_ids", ())))
             self.keys_expired.labels(kind="spare").inc(int(event.get("spare_keys", 0)))
 
-    def observe_commit(self, seconds: float, batches: int, records: int) -> None:
-        """:class:`~.store.GroupCommit`'s hook: one transaction of ``batches`` change sets and ``records`` audit records."""
+    def observe_commit(self, seconds: float, batches: int, records: list[dict]) -> None:
+        """:class:`~.store.GroupCommit`'s hook: one transaction of ``batches`` change sets with these audit records.
+
+        Every counter of deliveries, fetches, refusals and expiries is counted here, from the records just
+        committed to the audit chain: the metrics count what the audit log holds.
+        """
         self.commit_seconds.observe(seconds)
         self.batch_size.observe(batches)
         if records:
-            self.audit_records.inc(records)
+            self.audit_records.inc(len(records))
+            for rec in records:
+                self.observe(rec)
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -234,6 +244,8 @@ def ops_routes(metrics: Metrics, health: Callable[[], dict], ready: Callable[[],
 
     async def readyz(request):
         body = ready()
+        if inspect.isawaitable(body):  # a node asks its controller
+            body = await body
         return _json(body, 200 if body.get("ready") else 503)
 
     return [Route("/metrics", metrics_page, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),

@@ -160,8 +160,8 @@ def read_dashboard_token(cfg: KmsConfig) -> str:
     return token
 
 
-def service_metrics(service: KeyService):
-    """The :class:`.metrics.Metrics` of ``service``, hooked to its audited events and its group commit."""
+def service_metrics(service: KeyService, kind: str = "kms"):
+    """The :class:`.metrics.Metrics` of ``service`` (``kind``: kms, or the network's controller), hooked to its group commit."""
     from .. import __version__
     from ..keys.levels import READY, STATES, pool_states
     from .metrics import Metrics
@@ -197,13 +197,12 @@ def service_metrics(service: KeyService):
                               lambda: sum(len(q) for q in service.spares.values())),
         "qkdseg_ready": ("1 when /readyz answers ready, else 0.", lambda: 1.0 if kms_ready(service)["ready"] else 0.0),
     }
-    m = Metrics("kms", __version__, links=links, gauges=gauges)
-    service.observers.append(m.observe)
+    m = Metrics(kind, __version__, links=links, gauges=gauges)
     service.committer.on_commit = m.observe_commit
     return m
 
 
-def kms_ready(service: KeyService) -> dict:
+def kms_ready(service: KeyService, kind: str = "kms") -> dict:
     """``/readyz``: the store open and writable, the audit chain checked at start, a link holding a key's worth."""
     from .metrics import ready_body
 
@@ -221,7 +220,7 @@ def kms_ready(service: KeyService) -> dict:
     service.refill(service.clock())
     size = service.cfg.key_size
     n = int((service.levels.level >= size).sum())
-    return ready_body("kms", {
+    return ready_body(kind, {
         "store": (store_ok, "open" if store_ok else f"failed ({type(failed).__name__}); restart the service"
                   if failed is not None else "closed"),
         "audit_chain": audit,

@@ -514,7 +514,7 @@ class GroupCommit:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qkdseg-kms-writer")
         self.transactions = 0
         self.failed: BaseException | None = None
-        #: Called with (seconds, change sets merged, audit records) after each transaction (the metrics).
+        #: Called with (seconds, change sets merged, the audit records committed) after each transaction (the metrics).
         self.on_commit = None
 
     async def commit(self, batch: Batch) -> None:
@@ -540,7 +540,7 @@ class GroupCommit:
                 self.transactions += 1
                 if self.on_commit is not None:
                     with contextlib.suppress(Exception):
-                        self.on_commit(time.perf_counter() - t0, len(work), len(merged.audit))
+                        self.on_commit(time.perf_counter() - t0, len(work), merged.audit)
             except BaseException as err:  # the store is no longer in step with memory: refuse from now on
                 self.failed = err
                 for _, fut in work:

@@ -309,8 +309,13 @@ def create_controller_app(ctl: Controller) -> Starlette:
                              Route("/health", health, methods=["GET"])], lifespan=lifespan)
 
 
-def serve_controller(directory: str | Path, *, capture: Path | None = None) -> None:
+def serve_controller(directory: str | Path, *, capture: Path | None = None, metrics_port: int | None = None,
+                     log_level: str = "warning", log_format: str = "text") -> None:
+    from ..kms import logs
+    from .ops import attach_controller
     from .wire import run_uvicorn
+
+    logs.configure(log_level, log_format, prefix="qkdseg controller")
 
     d = Path(directory)
     if capture is None and os.environ.get("QKDSEG_CAPTURE_FILE"):  # net up passes the capture on this way
@@ -323,12 +328,13 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None) -> N
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
     try:
+        ops = attach_controller(ctl)
         app = create_controller_app(ctl)
         run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
-                    on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
-                                           f"({len(ctl.addresses)} nodes)", flush=True))
+                    ops=ops, metrics_port=metrics_port, log_level=log_level,
+                    on_ready=lambda: logs.say(f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)"))
     finally:
         ctl.svc.close()
         if ctl.capture is not None:
             ctl.capture.close()
-    print("qkdseg controller: stopped", file=sys.stderr, flush=True)
+    logs.say("stopped", err=True)

@@ -160,26 +160,76 @@ async def read_json(request) -> dict:
 
 
 def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, on_ready=None, *,
-                http: type | None = None, keep_alive_s: float = 30.0) -> None:
-    """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores)."""
+                http: type | None = None, keep_alive_s: float = 30.0, ops=None, metrics_port: int | None = None,
+                log_level: str = "warning") -> None:
+    """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores).
+
+    ``ops`` (``(metrics, health, ready)``, :mod:`.ops`) times every request into the metrics and gives it a
+    request id; with ``metrics_port``, ``/metrics``, ``/healthz`` and ``/readyz`` are served over plain HTTP on
+    127.0.0.1 at that port, on the same event loop.
+    """
+    import asyncio
     import socket
 
     import uvicorn
 
     from ..errors import InvalidRequest
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise InvalidRequest(f"cannot listen on {host}:{port}: {err.strerror}") from None
-    sock.listen(1024)
+    def listen(h: str, p: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((h, p))
+        except OSError as err:
+            sock.close()
+            raise InvalidRequest(f"cannot listen on {h}:{p}: {err.strerror}") from None
+        sock.listen(1024)
+        return sock
+
+    sock = listen(host, port)
+    if ops is not None:
+        from ..kms.metrics import instrument
+
+        app = instrument(app, ops[0])
     config = uvicorn.Config(app, http=http or RolePeerProtocol, ssl_context_factory=lambda _c, _d: ctx,
-                            ssl_certfile=str(certfile), access_log=False, log_level="warning", lifespan="on",
-                            timeout_keep_alive=keep_alive_s)
-    server = uvicorn.Server(config)
+                            ssl_certfile=str(certfile), access_log=False, log_level=log_level, log_config=None,
+                            lifespan="on", timeout_keep_alive=keep_alive_s)
+    if ops is None or metrics_port is None:
+        server = uvicorn.Server(config)
+        if on_ready is not None:
+            on_ready()
+        server.run(sockets=[sock])
+        return
+    from ..kms.app import QuickCloseH11Protocol
+    from ..kms.logs import say
+    from ..kms.metrics import ops_app
+
+    msock = listen("127.0.0.1", metrics_port)
+    side = uvicorn.Server(uvicorn.Config(ops_app(*ops), http=QuickCloseH11Protocol, access_log=False,
+                                         log_level=log_level, log_config=None, lifespan="off",
+                                         timeout_graceful_shutdown=5))
+
+    class Main(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # one signal stops both
+            super().handle_exit(sig, frame)
+            side.handle_exit(sig, frame)
+
+    side.capture_signals = lambda: _no_capture()  # the main server takes the signals
+    server = Main(config)
     if on_ready is not None:
         on_ready()
-    server.run(sockets=[sock])
+    say(f"metrics on http://127.0.0.1:{msock.getsockname()[1]}/metrics (and /healthz, /readyz)")
+
+    async def both() -> None:
+        tasks = [asyncio.ensure_future(server.serve(sockets=[sock])), asyncio.ensure_future(side.serve(sockets=[msock]))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = side.should_exit = True
+        await asyncio.gather(*tasks)
+
+    asyncio.run(both())
+
+
+def _no_capture():
+    import contextlib
+
+    return contextlib.nullcontext()
