@@ -328,3 +328,39 @@ def test_systemd_units_verify(tmp_path):
     out = subprocess.run([tool, "verify", *paths], capture_output=True, text=True, timeout=120)
     ours = [line for line in (out.stdout + out.stderr).splitlines() if "qkdseg" in line]
     assert out.returncode == 0 and not ours, out.stdout + out.stderr
+
+
+def test_online_backup_in_the_documented_order_restores_and_starts(kms, tmp_path):
+    """docs/deploy.md, "Backup and restore": SQLite's online backup first, then audit.jsonl cut at the head."""
+    import shutil
+    import sqlite3
+
+    from qkdseg.kms.server import open_service
+
+    src, dst = kms.directory, tmp_path / "restored"
+    dst.mkdir()
+    for name in ("kms.toml", "storage.key", "audit.key", "dashboard.token"):
+        shutil.copy2(src / name, dst / name)
+    shutil.copytree(src / "pki", dst / "pki")
+    live = sqlite3.connect(f"file:{src / 'kms.sqlite3'}?mode=ro", uri=True)
+    copy = sqlite3.connect(dst / "kms.sqlite3")
+    live.backup(copy)
+    live.close()
+    head = int(copy.execute("SELECT value FROM meta WHERE name='audit_head'").fetchone()[0].split(":")[0])
+    copy.close()
+    assert kms.client("A").post("B/enc_keys", {"number": 1, "size": 100}).status_code == 400  # one more record
+    lines = (src / "audit.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["seq"] > head
+    (dst / "audit.jsonl").write_text("".join(line + "\n" for line in lines))  # not cut: refused
+    out = subprocess.run([QKDSEG, "kms", "status", str(dst), "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and json.loads(out.stdout)["checks"]["audit_chain"]["ok"] is False
+    kept = [line for line in lines if json.loads(line)["seq"] <= head]
+    (dst / "audit.jsonl").write_text("".join(line + "\n" for line in kept))
+    out = subprocess.run([QKDSEG, "kms", "status", str(dst), "--json"], capture_output=True, text=True, timeout=60)
+    st = json.loads(out.stdout)
+    assert out.returncode == 0 and st["ready"] and st["serving"] is False, out.stdout + out.stderr
+    svc = open_service(dst)
+    try:
+        assert {int(k): int(c) for k, c in enumerate(svc.levels.consumed) if c} == consumed_offsets(src)
+    finally:
+        svc.close()

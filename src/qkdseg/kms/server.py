@@ -133,15 +133,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _listen(host: str, port: int, what: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise InvalidRequest(f"cannot listen on {host}:{port} ({what}): {err.strerror}") from None
-    sock.listen(1024)
-    return sock
+    from .app import listen_socket
+
+    return listen_socket(host, port, what)
 
 
 def read_dashboard_token(cfg: KmsConfig) -> str:

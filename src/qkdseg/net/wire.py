@@ -169,22 +169,10 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
     127.0.0.1 at that port, on the same event loop.
     """
     import asyncio
-    import socket
 
     import uvicorn
 
-    from ..errors import InvalidRequest
-
-    def listen(h: str, p: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((h, p))
-        except OSError as err:
-            sock.close()
-            raise InvalidRequest(f"cannot listen on {h}:{p}: {err.strerror}") from None
-        sock.listen(1024)
-        return sock
+    from ..kms.app import listen_socket as listen
 
     sock = listen(host, port)
     if ops is not None:
