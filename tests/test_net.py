@@ -301,6 +301,7 @@ def test_node_and_controller_metrics_and_readiness(net):
     import requests
 
     ports = {"controller": _free_port(), "0": _free_port()}
+    starts = {}
     for name, role, directory in (("controller", "controller", net.dir / "controller"),
                                   (f"node-{net.names['0']}", "node", net.dir / "nodes" / net.names["0"])):
         pid = net.pid(name)
@@ -308,7 +309,11 @@ def test_node_and_controller_metrics_and_readiness(net):
         deadline = time.monotonic() + 30
         while net_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        net.restart(name, role, directory, ("--metrics-port", str(ports["controller" if role == "controller" else "0"])))
+        log = net.dir / "logs" / f"{name}.log"
+        starts[log] = log.stat().st_size
+        # JSON logs at debug level from here on: the module's secrecy test reads these logs too
+        net.restart(name, role, directory, ("--metrics-port", str(ports["controller" if role == "controller" else "0"]),
+                                            "--log-format", "json", "--log-level", "debug"))
     for _ in range(2):
         net.deliver("A", "0", "B", "7", number=2)
     node, ctl = _scrape(ports["0"]), _scrape(ports["controller"])
@@ -329,6 +334,11 @@ def test_node_and_controller_metrics_and_readiness(net):
     assert r.status_code == 200 and r.json()["ready"] and r.json()["checks"]["controller"]["ok"], r.text
     assert requests.get(f"http://127.0.0.1:{ports['controller']}/readyz", timeout=10).json()["ready"] is True
     assert requests.get(f"http://127.0.0.1:{ports['0']}/healthz", timeout=10).json()["service"] == "node"
+    for log, start in starts.items():
+        lines = log.read_bytes()[start:].decode().splitlines()
+        recs = [json.loads(line) for line in lines]  # every line since the restart is one JSON object
+        assert any("metrics on http://127.0.0.1:" in r["message"] for r in recs), lines
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in recs)
 
 
 def net_alive(pid: int) -> bool:
