@@ -92,12 +92,12 @@ class Net:
     def pid(self, name: str) -> int:
         return json.loads((self.dir / "run" / "pids.json").read_text())[name]
 
-    def restart(self, name: str, role: str, directory: Path) -> None:
+    def restart(self, name: str, role: str, directory: Path, extra: tuple[str, ...] = ()) -> None:
         from qkdseg.net.procs import health, start_one
 
         p = {"role": role, "dir": str(directory), "name": name,
              "address": self.net["address"] if role == "controller" else self.addr[directory.name]}
-        proc = start_one(self.dir, p, env=self.env)
+        proc = start_one(self.dir, p, extra, env=self.env)
         pids = json.loads((self.dir / "run" / "pids.json").read_text())
         pids[name] = proc.pid
         (self.dir / "run" / "pids.json").write_text(json.dumps(pids))
@@ -175,11 +175,17 @@ def test_node_process_imports_no_routing_kernels(tmp_path):
                 "--port", str(port)).returncode == 0
     err = tmp_path / "importtime.txt"
     with open(err, "wb") as fh:
+        mport = _free_port()
         proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "qkdseg", "node", "serve",
-                                 str(d / "nodes" / "0")], stdout=subprocess.PIPE, stderr=fh)
+                                 str(d / "nodes" / "0"), "--metrics-port", str(mport)], stdout=subprocess.PIPE, stderr=fh)
     try:
         line = proc.stdout.readline().decode()
         assert "listening on https://127.0.0.2" in line, line
+        import requests
+
+        assert _scrape(mport)[("qkdseg_ready", ())] == 1  # its store and audit chain
+        r = requests.get(f"http://127.0.0.1:{mport}/readyz", timeout=10)  # but its controller is not running
+        assert r.status_code == 503 and r.json()["checks"]["controller"]["ok"] is False, r.text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -322,6 +328,80 @@ def test_parallel_requests_distinct_ids_and_balanced_links(net):
     ids = [k.key_id for c in containers for k in c.keys]
     assert len(ids) == 50 and len(set(ids)) == 50
     _links_balanced(net)
+
+
+def _scrape(port: int) -> dict:
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_node_and_controller_metrics_and_readiness(net):
+    import requests
+
+    ports = {"controller": _free_port(), "0": _free_port()}
+    starts = {}
+    for name, role, directory in (("controller", "controller", net.dir / "controller"),
+                                  (f"node-{net.names['0']}", "node", net.dir / "nodes" / net.names["0"])):
+        pid = net.pid(name)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while net_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = net.dir / "logs" / f"{name}.log"
+        starts[log] = log.stat().st_size
+        # JSON logs at debug level from here on: the module's secrecy test reads these logs too
+        net.restart(name, role, directory, ("--metrics-port", str(ports["controller" if role == "controller" else "0"]),
+                                            "--log-format", "json", "--log-level", "debug"))
+    for _ in range(2):
+        net.deliver("A", "0", "B", "7", number=2)
+    node, ctl = _scrape(ports["0"]), _scrape(ports["controller"])
+    assert node[("qkdseg_deliveries_total", ())] == 2 and node[("qkdseg_keys_issued_total", ())] == 4
+    assert node[("qkdseg_build_info", (("service", "node"), ("version", qkdseg_version())))] == 1
+    sent = {dict(k[1])["neighbour"]: v for k, v in node.items() if k[0] == "qkdseg_relay_messages_total"
+            and dict(k[1])["outcome"] == "sent"}
+    acked = {dict(k[1])["neighbour"]: v for k, v in node.items() if k[0] == "qkdseg_relay_messages_total"
+             and dict(k[1])["outcome"] == "acknowledged"}
+    assert sent and sent == acked and all(v > 0 for v in sent.values())
+    assert not any(v for k, v in node.items() if k[0] == "qkdseg_relay_messages_total" and dict(k[1])["outcome"] == "failed")
+    offsets = net.offsets("0")
+    consumed = {dict(k[1])["link"]: v for k, v in node.items() if k[0] == "qkdseg_link_consumed_bits_total"}
+    assert sum(consumed.values()) == 8 * sum(offsets.values()) > 0
+    assert ctl[("qkdseg_plans_total", (("outcome", "ok"),))] == 2 and ctl[("qkdseg_controller_leader", ())] == 1
+    assert len([k for k in ctl if k[0] == "qkdseg_link_level_bits"]) == 12
+    r = requests.get(f"http://127.0.0.1:{ports['0']}/readyz", timeout=10)
+    assert r.status_code == 200 and r.json()["ready"] and r.json()["checks"]["controller"]["ok"], r.text
+    assert requests.get(f"http://127.0.0.1:{ports['controller']}/readyz", timeout=10).json()["ready"] is True
+    assert requests.get(f"http://127.0.0.1:{ports['0']}/healthz", timeout=10).json()["service"] == "node"
+    for log, start in starts.items():
+        lines = log.read_bytes()[start:].decode().splitlines()
+        recs = [json.loads(line) for line in lines]  # every line since the restart is one JSON object
+        assert any("metrics on http://127.0.0.1:" in r["message"] for r in recs), lines
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in recs)
+
+
+def net_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def qkdseg_version() -> str:
+    import qkdseg
+
+    return qkdseg.__version__
 
 
 def test_kill9_controller(net):

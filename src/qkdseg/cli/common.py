@@ -194,9 +194,19 @@ def _need_server_extra() -> None:
     """The servers' commands (kms, net, node, controller) need the 'kms' extra."""
     try:
         import starlette  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise InvalidRequest("the key service needs the 'kms' extra: pip install 'qkdseg[kms]'") from None
+
+
+def check_log_options(log_level: str, log_format: str) -> None:
+    """``--log-level`` and ``--log-format`` of every server command."""
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level not in levels:
+        raise InvalidRequest(f"--log-level {log_level!r} must be critical, error, warning, info or debug")
+    if log_format not in ("text", "json"):
+        raise InvalidRequest(f"--log-format {log_format!r} must be text or json")
 
 
 def _parse_saes(items: list[str]) -> dict[str, str]:

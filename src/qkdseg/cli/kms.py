@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra, _parse_saes, out_path
+from .common import _need_server_extra, _parse_saes, check_log_options, out_path
 from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, demo, audit, sae, rotate-storage-key.",
@@ -194,18 +194,46 @@ def serve(
     dashboard_public: Annotated[bool, typer.Option(
         "--dashboard-public", help="Allow a non-loopback --dashboard-host: then over TLS, with DIR/dashboard.token.",
     )] = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics, /healthz and /readyz over plain HTTP on 127.0.0.1 at this port "
+        "(0: any free port); the dashboard's port serves them too.", show_default=False)] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="text, or json: one JSON object per line "
+                                            "(docs/deploy.md).")] = "text",
 ) -> None:
     """Serve ETSI GS QKD 014 over HTTPS with required client certificates, until SIGINT/SIGTERM."""
     _need_server_extra()
-    for name, val in (("--port", port), ("--dashboard-port", dashboard_port)):
+    for name, val in (("--port", port), ("--dashboard-port", dashboard_port), ("--metrics-port", metrics_port)):
         if val is not None and not 0 <= val <= 65535:
             raise InvalidRequest(f"{name} {val} must be in 0..65535")
-    if log_level not in ("critical", "error", "warning", "info", "debug"):
-        raise InvalidRequest(f"--log-level {log_level!r} must be critical, error, warning, info or debug")
+    check_log_options(log_level, log_format)
     from ..kms.server import serve as run
 
     run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
-        dashboard_public=dashboard_public, accept_broken_audit=accept_broken_audit, log_level=log_level)
+        dashboard_public=dashboard_public, accept_broken_audit=accept_broken_audit, log_level=log_level,
+        log_format=log_format, metrics_port=metrics_port)
+
+
+@kms_app.command("status")
+@user_errors
+def status(
+    directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print /readyz's JSON body instead of lines.")] = False,
+) -> None:
+    """Print /readyz's checks computed from DIR (read-only; the service may be running); exit 1 if not ready."""
+    from ..kms.status import directory_status
+
+    body = directory_status(directory)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(body, indent=2, sort_keys=True))
+    else:
+        typer.echo(f"{directory}: {'ready' if body['ready'] else 'NOT READY'} "
+                   f"({'served now' if body['serving'] else 'not served now'})")
+        for name, check in body["checks"].items():
+            typer.echo(f"  {name}: {'ok' if check['ok'] else 'FAILED'}: {check['detail']}")
+    if not body["ready"]:
+        raise typer.Exit(1)
 
 
 @kms_app.command("demo")

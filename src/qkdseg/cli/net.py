@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra, _parse_algorithm_options, _parse_saes
+from .common import _need_server_extra, _parse_algorithm_options, _parse_saes, check_log_options
 from .errors import user_errors
 
 net_app = typer.Typer(help="A key service network: one KME process per node and a controller.", no_args_is_help=True)
@@ -117,12 +117,18 @@ def node_serve(
     tap: Annotated[Path | None, typer.Option(
         "--tap", help="TEST ONLY, the adversary's tap: record the plaintext pieces this node handles to this file "
                       "(refused unless QKDSEG_ALLOW_TAP=1).", show_default=False)] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics, /healthz and /readyz over plain HTTP on 127.0.0.1 at this port "
+        "(0: any free port; docs/deploy.md).", show_default=False)] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "warning",
+    log_format: Annotated[str, typer.Option("--log-format", help="text, or json: one JSON object per line.")] = "text",
 ) -> None:
     """Serve one node's KME: ETSI 014 to its SAEs, relay to its neighbours, control from the controller."""
     _need_server_extra()
+    _check_ops(metrics_port, log_level, log_format)
     from ..net.node import serve_node
 
-    serve_node(directory, tap=tap)
+    serve_node(directory, tap=tap, metrics_port=metrics_port, log_level=log_level, log_format=log_format)
 
 
 @controller_app.command("serve")
@@ -139,10 +145,23 @@ def controller_serve(
     dashboard_public: Annotated[bool, typer.Option(
         "--dashboard-public", help="Allow a non-loopback --dashboard-host (then TLS and the access token of "
                                    "DIR/dashboard.token).")] = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics, /healthz and /readyz over plain HTTP on 127.0.0.1 at this port "
+        "(0: any free port; docs/deploy.md).", show_default=False)] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "warning",
+    log_format: Annotated[str, typer.Option("--log-format", help="text, or json: one JSON object per line.")] = "text",
 ) -> None:
     """Serve the controller: plans and reservations for the nodes; it never holds key material."""
     _need_server_extra()
+    _check_ops(metrics_port, log_level, log_format)
     from ..net.controller import serve_controller
 
     serve_controller(directory, capture=capture, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
-                     dashboard_public=dashboard_public)
+                     dashboard_public=dashboard_public, metrics_port=metrics_port, log_level=log_level,
+                     log_format=log_format)
+
+
+def _check_ops(metrics_port: int | None, log_level: str, log_format: str) -> None:
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise InvalidRequest(f"--metrics-port {metrics_port} must be in 0..65535")
+    check_log_options(log_level, log_format)

@@ -56,6 +56,22 @@ class JSONResponse(Response):
         return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
 
 
+def listen_socket(host: str, port: int, what: str | None = None) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (IPv6 when ``host`` has a colon); a one-line error when it cannot."""
+    from ..errors import InvalidRequest
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise InvalidRequest(f"cannot listen on {host}:{port}" + (f" ({what})" if what else "")
+                             + f": {err.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
 def _caller_from_der(der: bytes | None) -> Caller | None:
     if not der:
         return None

@@ -80,8 +80,13 @@ def _int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int
 
 
 def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cookie: bool = False,
-                     run_monitor: bool = True):
-    """The dashboard application over ``monitor``; with ``token``, every request must carry it."""
+                     run_monitor: bool = True, routes: list | None = None, open_paths: tuple[str, ...] = ()):
+    """The dashboard application over ``monitor``; with ``token``, every request must carry it.
+
+    ``routes`` are served too (``/metrics``, ``/healthz``, ``/readyz``: :func:`.metrics.ops_routes`), under the same
+    token; a path in ``open_paths`` (``/healthz``: it tells only that the process answers) needs none.
+    """
+    extra_routes = list(routes or ())
 
     def authorized(request: Request) -> bool:
         if token is None:
@@ -200,6 +205,7 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
         Route("/dashboard/api/counters", counters, methods=["GET"]),
         Route("/dashboard/api/links/{k}", link, methods=["GET"]),
         Route("/dashboard/api/events", events, methods=["GET"]),
+        *extra_routes,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error}, lifespan=lifespan)
     extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
@@ -217,7 +223,7 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
                                                   *((k, v) for k, v in extra if k not in have)]}
             await send(message)
 
-        if not authorized(Request(scope)):
+        if scope.get("path") not in open_paths and not authorized(Request(scope)):
             deny = JSONResponse({"message": "the dashboard needs its access token (DIR/dashboard.token): "
                                             "Authorization: Bearer TOKEN, or ?token=TOKEN"},
                                 status_code=401, headers={"www-authenticate": "Bearer"})

@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InvalidRequest
 from .config import KmsConfig, load_config
 from .service import KeyService
@@ -131,15 +133,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _listen(host: str, port: int, what: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise InvalidRequest(f"cannot listen on {host}:{port} ({what}): {err.strerror}") from None
-    sock.listen(1024)
-    return sock
+    from .app import listen_socket
+
+    return listen_socket(host, port, what)
 
 
 def read_dashboard_token(cfg: KmsConfig) -> str:
@@ -158,25 +154,107 @@ def read_dashboard_token(cfg: KmsConfig) -> str:
     return token
 
 
+def service_metrics(service: KeyService, kind: str = "kms"):
+    """The :class:`.metrics.Metrics` of ``service`` (``kind``: kms, or the network's controller), hooked to its group commit."""
+    from .. import __version__
+    from ..keys.levels import READY, STATES, pool_states
+    from .metrics import Metrics
+
+    a = service.arrays
+    names = [f"{a.node_ids[a.edge_u[k]]}-{a.node_ids[a.edge_v[k]]}" for k in range(a.n_links)]
+    cap = service.levels.capacity
+    ready_bits = np.ceil(cap * 0.5).astype(np.int64)  # the dashboard's thresholds (monitor.DEFAULT_READY_SHARE)
+    empty_bits = service.cfg.key_size
+    state = [np.full(a.n_links, READY, dtype=np.int8)]
+
+    def links():
+        service.refill(service.clock())
+        lv = service.levels.level
+        state[0] = pool_states(lv, ready_bits, empty_bits, state[0])
+        consumed = service.levels.consumed
+        return [(names[k], int(lv[k]), int(cap[k]), int(consumed[k]), STATES[int(state[0][k])])
+                for k in range(a.n_links)]
+
+    def db_bytes():
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(str(service.store.db_path) + suffix).stat().st_size
+        return total
+
+    gauges = {
+        "qkdseg_store_database_bytes": ("Size of the SQLite database and its WAL file, bytes.", db_bytes),
+        "qkdseg_audit_head_seq": ("Sequence number of the last audit record in the chain.",
+                                  lambda: service.store.audit_seq),
+        "qkdseg_keys_waiting": ("Issued keys waiting for their slave's dec_keys.", lambda: len(service.keys)),
+        "qkdseg_spare_keys": ("Relayed keys kept for later requests (not issued yet).",
+                              lambda: sum(len(q) for q in service.spares.values())),
+        "qkdseg_ready": ("1 when /readyz answers ready, else 0.", lambda: 1.0 if kms_ready(service)["ready"] else 0.0),
+    }
+    m = Metrics(kind, __version__, links=links, gauges=gauges)
+    service.committer.on_commit = m.observe_commit
+    return m
+
+
+def kms_ready(service: KeyService, kind: str = "kms") -> dict:
+    """``/readyz``: the store open and writable, the audit chain checked at start, a link holding a key's worth."""
+    from .metrics import ready_body
+
+    store = service.store
+    failed = service.committer.failed
+    store_ok = store.db is not None and failed is None
+    rep = getattr(store, "audit_at_start", None)
+    if rep is None:
+        audit = (False, "not checked")
+    elif rep.problems:
+        audit = (True, f"checked at start: {rep.records} records, {len(rep.problems)} problem(s) accepted "
+                       "(--accept-broken-audit, audited)")
+    else:
+        audit = (True, f"checked at start: {rep.records} records intact; head seq {store.audit_seq} now")
+    service.refill(service.clock())
+    size = service.cfg.key_size
+    n = int((service.levels.level >= size).sum())
+    return ready_body(kind, {
+        "store": (store_ok, "open" if store_ok else f"failed ({type(failed).__name__}); restart the service"
+                  if failed is not None else "closed"),
+        "audit_chain": audit,
+        "key_material": (n > 0, f"{n} of {service.arrays.n_links} links hold at least key_size={size} bits"),
+    })
+
+
+def kms_health(service: KeyService, metrics) -> dict:
+    import os
+
+    from .metrics import health_body
+
+    return health_body("kms", metrics, kme_id=service.cfg.kme_id, pid=os.getpid())
+
+
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, access_log: bool = False,
-          log_level: str = "warning", dashboard_port: int | None = None, dashboard_host: str = "127.0.0.1",
-          dashboard_public: bool = False, on_listening=None, accept_broken_audit: bool = False) -> None:
+          log_level: str = "warning", log_format: str = "text", dashboard_port: int | None = None,
+          dashboard_host: str = "127.0.0.1", dashboard_public: bool = False, metrics_port: int | None = None,
+          on_listening=None, accept_broken_audit: bool = False) -> None:
     """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on.
 
     With ``dashboard_port``, the operator dashboard is served too, on
     ``dashboard_host`` (loopback unless ``dashboard_public``, and then with
-    the access token, over TLS); its URL is printed as well.
-    ``on_listening(port, dashboard_port)`` is called once both listen.
+    the access token, over TLS), with ``/metrics``, ``/healthz`` and
+    ``/readyz``; its URL is printed as well. With ``metrics_port``, those
+    three are also served alone over plain HTTP on 127.0.0.1.
+    ``on_listening(port, dashboard_port)`` is called once all listen.
     """
     import uvicorn
 
+    from . import logs
     from .app import create_app
+    from .metrics import instrument
 
     _Server = _server_class()
 
     if dashboard_port is not None and not is_loopback(dashboard_host) and not dashboard_public:
         raise InvalidRequest(f"--dashboard-host {dashboard_host} is not a loopback address: add --dashboard-public "
                              "(the dashboard then needs the access token in DIR/dashboard.token)")
+    logs.configure(log_level, log_format, prefix="qkdseg kms")
     # from here a SIGTERM/SIGINT is remembered until the server captures them (a stop during start-up is a clean stop)
     early: list = []
     before = {}
@@ -189,15 +267,9 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
             signal.signal(sig, handler)
         raise
     try:
-        import logging
-
-        logging.getLogger("qkdseg").setLevel(log_level.upper())
-        if not logging.getLogger().handlers and not logging.getLogger("qkdseg").handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("qkdseg kms: %(levelname)s: %(message)s"))
-            logging.getLogger("qkdseg").addHandler(handler)
         for line in service.changes:
-            print(f"qkdseg kms: {line}", file=sys.stderr, flush=True)
+            logs.say(line, err=True)
+        metrics = service_metrics(service)
         service.warm()  # compile the routing kernels now, not on the first request
         ctx = tls_context(service.cfg)
         token = None
@@ -206,37 +278,33 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
         sock = _listen(host, port, "ETSI 014")
         bound = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(service),
+            instrument(create_app(service), metrics, "qkdseg.kms.request"),
             http=service_protocol(service),
             ssl_context_factory=lambda _cfg, _default: ctx,
             ssl_certfile=str(service.cfg.path(service.cfg.cert)),
             access_log=access_log,
             log_level=log_level,
+            log_config=None,
             lifespan="on",
             timeout_keep_alive=service.cfg.keep_alive_s,
         )
         server = _Server(config)
         server.early = early
         shown = f"[{host}]" if ":" in host else host
-        print(f"qkdseg kms: ETSI GS QKD 014 on https://{shown}:{bound}/api/v1/keys/ "
-              f"(KME {service.cfg.kme_id}, {len(service.sae_node)} SAEs, network {service.network.name!r})", flush=True)
-        if dashboard_port is None:
-            if on_listening is not None:
-                on_listening(bound, None)
-            server.run(sockets=[sock])
-        else:
-            _serve_with_dashboard(service, server, sock, token, dashboard_host, dashboard_port, log_level=log_level,
-                                  on_listening=on_listening, bound=bound)
+        logs.say(f"ETSI GS QKD 014 on https://{shown}:{bound}/api/v1/keys/ "
+                 f"(KME {service.cfg.kme_id}, {len(service.sae_node)} SAEs, network {service.network.name!r})")
+        _serve_all(service, server, sock, metrics, token, dashboard_host, dashboard_port, metrics_port,
+                   log_level=log_level, on_listening=on_listening, bound=bound)
     finally:
         service.close()
         for sig, handler in before.items():
             signal.signal(sig, handler)
-    print("qkdseg kms: stopped", file=sys.stderr, flush=True)
+    logs.say("stopped", err=True)
 
 
-def _serve_with_dashboard(service, server, sock, token: str | None, host: str, port: int, *, log_level: str,
-                          on_listening, bound: int, label: str = "kms") -> None:
-    """Run the ETSI 014 ``server`` and the dashboard on one event loop until a signal stops both.
+def _serve_all(service, server, sock, metrics, token: str | None, host: str, port: int | None,
+               metrics_port: int | None, *, log_level: str, on_listening, bound: int) -> None:
+    """Run the ETSI 014 ``server``, the dashboard and the metrics port on one event loop until a signal stops all.
 
     The dashboard keeps no access log: a first request's ``?token=`` would be written there.
     """
@@ -244,36 +312,64 @@ def _serve_with_dashboard(service, server, sock, token: str | None, host: str, p
 
     import uvicorn
 
-    from .dashboard import create_dashboard
-    from .monitor import Monitor
-
-    monitor = Monitor(service)
-    dsock = _listen(host, port, "dashboard")
-    dbound = dsock.getsockname()[1]
-    tls = {"ssl_certfile": str(service.cfg.path(service.cfg.cert)),
-           "ssl_keyfile": str(service.cfg.path(service.cfg.key))} if token is not None else {}
+    from . import logs
     from .app import QuickCloseH11Protocol
+    from .metrics import ops_app, ops_routes
 
-    dconfig = uvicorn.Config(create_dashboard(monitor, token=token, secure_cookie=token is not None),
-                             http=QuickCloseH11Protocol, access_log=False, log_level=log_level, lifespan="on",
-                             timeout_graceful_shutdown=10, **tls)
-    dash = type(server)(dconfig)
-    dash.captures = False
-    server.companions = [dash]
-    server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
-    shown = f"[{host}]" if ":" in host else host
-    scheme = "https" if token is not None else "http"
-    print(f"qkdseg {label}: dashboard on {scheme}://{shown}:{dbound}/dashboard/"
-          + (" (access token: DIR/dashboard.token)" if token is not None else ""), flush=True)
+    def health():
+        return kms_health(service, metrics)
+
+    def ready():
+        return kms_ready(service)
+
+    companions = []
+    dbound = None
+    monitor = None
+    if port is not None:
+        from .dashboard import create_dashboard
+        from .monitor import Monitor
+
+        monitor = Monitor(service)
+        dsock = _listen(host, port, "dashboard")
+        dbound = dsock.getsockname()[1]
+        tls = {"ssl_certfile": str(service.cfg.path(service.cfg.cert)),
+               "ssl_keyfile": str(service.cfg.path(service.cfg.key))} if token is not None else {}
+        dconfig = uvicorn.Config(create_dashboard(monitor, token=token, secure_cookie=token is not None,
+                                                  routes=ops_routes(metrics, health, ready), open_paths=("/healthz",)),
+                                 http=QuickCloseH11Protocol, access_log=False, log_level=log_level, log_config=None,
+                                 lifespan="on", timeout_graceful_shutdown=10, **tls)
+        companions.append((type(server)(dconfig), dsock))
+        shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if token is not None else "http"
+        logs.say(f"dashboard on {scheme}://{shown}:{dbound}/dashboard/"
+                 + (" (access token: DIR/dashboard.token)" if token is not None else "")
+                 + " (and /metrics, /healthz, /readyz)")
+    if metrics_port is not None:
+        msock = _listen("127.0.0.1", metrics_port, "metrics")
+        mconfig = uvicorn.Config(ops_app(metrics, health, ready), http=QuickCloseH11Protocol, access_log=False,
+                                 log_level=log_level, log_config=None, lifespan="off", timeout_graceful_shutdown=5)
+        companions.append((type(server)(mconfig), msock))
+        logs.say(f"metrics on http://127.0.0.1:{msock.getsockname()[1]}/metrics (and /healthz, /readyz)")
+    for other, _ in companions:
+        other.captures = False
+    server.companions = [other for other, _ in companions]
+    if monitor is not None:
+        server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
     if on_listening is not None:
         on_listening(bound, dbound)
+    if not companions:
+        server.run(sockets=[sock])
+        return
 
-    async def both() -> None:
-        tasks = [asyncio.ensure_future(server.serve(sockets=[sock])),
-                 asyncio.ensure_future(dash.serve(sockets=[dsock]))]
+    async def run_all() -> None:
+        tasks = [asyncio.ensure_future(server.serve(sockets=[sock]))]
+        tasks += [asyncio.ensure_future(other.serve(sockets=[s])) for other, s in companions]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = dash.should_exit = True
-        monitor.close()
+        server.should_exit = True
+        for other, _ in companions:
+            other.should_exit = True
+        if monitor is not None:
+            monitor.close()
         await asyncio.gather(*tasks)
 
-    asyncio.run(both())
+    asyncio.run(run_all())

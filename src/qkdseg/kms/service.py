@@ -53,6 +53,7 @@ from ..network import Network
 from ..reconstruction import reconstruct
 from ..routing.registry import get_algorithm
 from .config import KmsConfig
+from .logs import REQUEST_ID
 from .source import EmulatedKeySource, KeySource, LinkLevels
 from .store import Batch, GroupCommit, KeyRow, Store
 
@@ -248,6 +249,9 @@ class KeyService:
     def _audit(self, event: str, caller: Caller, peer: str | None, **fields) -> dict:
         rec = {"time": round(self.clock(), 6), "event": event, "sae": caller.sae[:CLIP],
                "cert_sha256": caller.fingerprint}
+        rid = REQUEST_ID.get()
+        if rid is not None:  # the id of the HTTP request, as in its X-Request-ID header and the JSON logs
+            rec["http_request_id"] = rid
         if peer is not None:
             rec["peer"] = peer if len(peer) <= CLIP else clip(peer)
         rec.update(fields)

@@ -269,6 +269,7 @@ class Store:
             raise InvalidRequest(f"{self.directory}: {err.strerror}: {err.filename or ''} (is the directory "
                                  "writable?)") from None
         report = self.check_audit()
+        self.audit_at_start = report  # for /readyz: the chain was checked at start
         if report.problems:
             if not accept_broken_audit:
                 raise InvalidRequest(f"{self.audit_path}: the audit chain is broken ({len(report.problems)} problem(s); "
@@ -567,6 +568,8 @@ class GroupCommit:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qkdseg-kms-writer")
         self.transactions = 0
         self.failed: BaseException | None = None
+        #: Called with (seconds, change sets merged, the audit records committed) after each transaction (the metrics).
+        self.on_commit = None
 
     async def commit(self, batch: Batch) -> None:
         if self.failed is not None:
@@ -586,8 +589,12 @@ class GroupCommit:
             for b, _ in work:
                 merged.merge(b)
             try:
+                t0 = time.perf_counter()
                 await loop.run_in_executor(self._executor, self.store.commit, merged)
                 self.transactions += 1
+                if self.on_commit is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_commit(time.perf_counter() - t0, len(work), merged.audit)
             except BaseException as err:  # the store is no longer in step with memory: refuse from now on
                 self.failed = err
                 for _, fut in work:

@@ -331,12 +331,16 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
 
 def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,
-                     dashboard_host: str = "127.0.0.1", dashboard_public: bool = False) -> None:
+                     dashboard_host: str = "127.0.0.1", dashboard_public: bool = False, metrics_port: int | None = None,
+                     log_level: str = "warning", log_format: str = "text") -> None:
     """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
-    nodes' reports (their links' levels and their ETSI 014 events)."""
+    nodes' reports (their links' levels and their ETSI 014 events); ``metrics_port``, logs: :mod:`.ops`."""
+    from ..kms import logs
     from ..kms.server import is_loopback
+    from .ops import attach_controller
     from .wire import run_uvicorn
 
+    logs.configure(log_level, log_format, prefix="qkdseg controller")
     if dashboard_port is not None and not is_loopback(dashboard_host) and not dashboard_public:
         raise InvalidRequest(f"--dashboard-host {dashboard_host} is not a loopback address: add --dashboard-public "
                              "(the dashboard then needs the access token in DIR/controller/dashboard.token)")
@@ -360,12 +364,13 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
     try:
+        ops = attach_controller(ctl)
         app = create_controller_app(ctl)
         dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host, "port": dashboard_port,
                                                     "label": "controller"}
         run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
-                    on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
-                                           f"({len(ctl.addresses)} nodes)", flush=True), dashboard=dash)
+                    ops=ops, metrics_port=metrics_port, log_level=log_level, dashboard=dash,
+                    on_ready=lambda: logs.say(f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)"))
     finally:
         ctl.svc.close()
         if ctl.capture is not None:
@@ -373,4 +378,4 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
         if prof is not None:
             prof.disable()
             prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / "controller.prof"))
-    print("qkdseg controller: stopped", file=sys.stderr, flush=True)
+    logs.say("stopped", err=True)

@@ -245,6 +245,7 @@ class NodeService:
         self.event_seq = 0
         self.boot = str(uuid.uuid4())
         self._report_now: asyncio.Event | None = None
+        self.on_relay = None  # (destination, [(kind, accepted)]) after each POST of relay messages (.ops: metrics)
 
     # -- sending ------------------------------------------------------------------
     def _http(self):
@@ -335,6 +336,8 @@ class NodeService:
                 if not ok:
                     self._fail(w["request_id"], f"a relay message to node {dst} failed ({why})")
             self.relaydb.statuses("outbox", [(st_, mid) for mid, st_ in outcomes])
+            if self.on_relay is not None:
+                self.on_relay(dst, [(w["kind"], st_ == "accepted") for (w, _), (_, st_) in zip(batch, outcomes)])
 
     def _ack(self, src: str, message_id: str, status: str) -> None:
         """Record a processed message's status (020's statuses) in the inbox and queue its acknowledgement to
@@ -983,9 +986,12 @@ def create_node_app(svc: NodeService):
     return app
 
 
-def serve_node(directory: str | Path, *, tap: Path | None = None) -> None:
-    """Serve one node until SIGINT/SIGTERM."""
+def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: int | None = None,
+               log_level: str = "warning", log_format: str = "text") -> None:
+    """Serve one node until SIGINT/SIGTERM (``metrics_port``, logs: :mod:`.ops`, :mod:`qkdseg.kms.logs`)."""
+    from ..kms import logs
     from ..kms.app import limited_protocol
+    from .ops import attach_node
     from .wire import RolePeerProtocol, run_uvicorn
 
     if tap is None and os.environ.get("QKDSEG_TAP_DIR"):  # net up passes the tap to every node this way
@@ -993,7 +999,9 @@ def serve_node(directory: str | Path, *, tap: Path | None = None) -> None:
     if tap is not None and os.environ.get(TAP_ENV) != "1":
         raise InvalidRequest(f"--tap records plaintext pieces (the adversary's tap, for the compromise test only); "
                              f"it is refused unless {TAP_ENV}=1")
+    logs.configure(log_level, log_format, prefix="qkdseg node")
     svc = NodeService(Path(directory), tap=tap)
+    logs.configure(log_level, log_format, prefix=f"qkdseg node {svc.id}")
     host, port = svc.conf["address"].rsplit(":", 1)
     d = Path(directory)
     ctx = server_context(d / "node.crt", d / "node.key", d / "ca.crt")
@@ -1010,12 +1018,12 @@ def serve_node(directory: str | Path, *, tap: Path | None = None) -> None:
         http = limited_protocol(RolePeerProtocol, header_timeout=c.header_timeout_s, body_timeout=c.body_timeout_s,
                                 max_connections=c.max_connections)
         run_uvicorn(create_node_app(svc), host, int(port), ctx, d / "node.crt", http=http,
-                    keep_alive_s=c.keep_alive_s,
-                    on_ready=lambda: print(f"qkdseg node {svc.id}: listening on https://{host}:{port} "
-                                           f"({len(svc.saes)} SAEs, {len(svc.links)} links)", flush=True))
+                    keep_alive_s=c.keep_alive_s, ops=attach_node(svc), metrics_port=metrics_port, log_level=log_level,
+                    on_ready=lambda: logs.say(f"listening on https://{host}:{port} "
+                                              f"({len(svc.saes)} SAEs, {len(svc.links)} links)"))
     finally:
         svc.close()
         if prof is not None:
             prof.disable()
             prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / f"node-{d.resolve().name}.prof"))
-    print(f"qkdseg node {svc.id}: stopped", file=sys.stderr, flush=True)
+    logs.say("stopped", err=True)

@@ -160,42 +160,98 @@ async def read_json(request) -> dict:
 
 
 def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, on_ready=None, *,
-                http: type | None = None, keep_alive_s: float = 30.0, dashboard: dict | None = None) -> None:
+                http: type | None = None, keep_alive_s: float = 30.0, ops=None, metrics_port: int | None = None,
+                log_level: str = "warning", dashboard: dict | None = None) -> None:
     """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores).
 
-    ``dashboard`` (``service``, ``host``, ``port``, ``label``): the operator
-    dashboard of that key service on the same event loop, as ``kms serve
-    --dashboard-port`` runs it (over TLS with the access token off loopback).
+    ``ops`` (``(metrics, health, ready)``, :mod:`.ops`) times every request into the metrics and gives it a
+    request id; with ``metrics_port``, ``/metrics``, ``/healthz`` and ``/readyz`` are served over plain HTTP on
+    127.0.0.1 at that port, on the same event loop. ``dashboard`` (``service``, ``host``, ``port``): the operator
+    dashboard of that key service on the same loop, as ``kms serve --dashboard-port`` runs it (over TLS with the
+    access token off loopback).
     """
-    import socket
+    import asyncio
 
     import uvicorn
 
-    from ..errors import InvalidRequest
+    from ..kms.app import QuickCloseH11Protocol, listen_socket as listen
+    from ..kms.logs import say
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise InvalidRequest(f"cannot listen on {host}:{port}: {err.strerror}") from None
-    sock.listen(1024)
+    sock = listen(host, port)
+    if ops is not None:
+        from ..kms.metrics import instrument
+
+        app = instrument(app, ops[0])
     config = uvicorn.Config(app, http=http or RolePeerProtocol, ssl_context_factory=lambda _c, _d: ctx,
-                            ssl_certfile=str(certfile), access_log=False, log_level="warning", lifespan="on",
-                            timeout_keep_alive=keep_alive_s)
-    if dashboard is None:
+                            ssl_certfile=str(certfile), access_log=False, log_level=log_level, log_config=None,
+                            lifespan="on", timeout_keep_alive=keep_alive_s)
+    sides: list = []  # (server, socket, monitor or None, the line that announces it)
+    if ops is not None and metrics_port is not None:
+        from ..kms.metrics import ops_app
+
+        msock = listen("127.0.0.1", metrics_port)
+        side = uvicorn.Server(uvicorn.Config(ops_app(*ops), http=QuickCloseH11Protocol, access_log=False,
+                                             log_level=log_level, log_config=None, lifespan="off",
+                                             timeout_graceful_shutdown=5))
+        sides.append((side, msock, None,
+                      f"metrics on http://127.0.0.1:{msock.getsockname()[1]}/metrics (and /healthz, /readyz)"))
+    if dashboard is not None:
+        from ..kms.dashboard import create_dashboard
+        from ..kms.monitor import Monitor
+        from ..kms.server import is_loopback, read_dashboard_token
+
+        svc, dhost = dashboard["service"], dashboard["host"]
+        token = None if is_loopback(dhost) else read_dashboard_token(svc.cfg)
+        monitor = Monitor(svc)
+        dsock = listen(dhost, int(dashboard["port"]), "dashboard")
+        tls = {"ssl_certfile": str(svc.cfg.path(svc.cfg.cert)),
+               "ssl_keyfile": str(svc.cfg.path(svc.cfg.key))} if token is not None else {}
+        dserver = uvicorn.Server(uvicorn.Config(
+            create_dashboard(monitor, token=token, secure_cookie=token is not None), http=QuickCloseH11Protocol,
+            access_log=False, log_level=log_level, log_config=None, lifespan="on", timeout_graceful_shutdown=10,
+            **tls))
+        shown = f"[{dhost}]" if ":" in dhost else dhost
+        sides.append((dserver, dsock, monitor,
+                      f"dashboard on {'https' if token else 'http'}://{shown}:{dsock.getsockname()[1]}/dashboard/"
+                      + (" (access token: DIR/dashboard.token)" if token else "")))
+    if not sides:
         server = uvicorn.Server(config)
         if on_ready is not None:
             on_ready()
         server.run(sockets=[sock])
         return
-    from ..kms.server import _serve_with_dashboard, _server_class, is_loopback, read_dashboard_token
 
-    svc = dashboard["service"]
-    token = None if is_loopback(dashboard["host"]) else read_dashboard_token(svc.cfg)
-    server = _server_class()(config)
+    class Main(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # one signal stops them all
+            super().handle_exit(sig, frame)
+            for other, _, monitor, _ in sides:
+                other.handle_exit(sig, frame)
+                if monitor is not None:
+                    monitor.stop()  # a flag only: a signal handler must not touch the loop
+
+    for other, *_ in sides:
+        other.capture_signals = lambda: _no_capture()  # the main server takes the signals
+    server = Main(config)
     if on_ready is not None:
         on_ready()
-    _serve_with_dashboard(svc, server, sock, token, dashboard["host"], int(dashboard["port"]), log_level="warning",
-                          on_listening=None, bound=port, label=dashboard.get("label", "kms"))
+    for *_, line in sides:
+        say(line)
+
+    async def run_all() -> None:
+        tasks = [asyncio.ensure_future(server.serve(sockets=[sock]))]
+        tasks += [asyncio.ensure_future(other.serve(sockets=[s])) for other, s, _, _ in sides]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        for other, _, monitor, _ in sides:
+            other.should_exit = True
+            if monitor is not None:
+                monitor.close()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run_all())
+
+
+def _no_capture():
+    import contextlib
+
+    return contextlib.nullcontext()
