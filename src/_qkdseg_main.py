@@ -1,7 +1,8 @@
 """The ``qkdseg`` console script: Ctrl-C while the package is still being imported gives the CLI's one line.
 
-Importing :mod:`qkdseg` (numpy, networkx, pandas, ...) takes about a second,
-before :mod:`qkdseg.cli` can install its SIGINT handler; a Ctrl-C in that
+Importing :mod:`qkdseg` (numpy, networkx, pandas, ...) and building the
+commands take about a second before :mod:`qkdseg.cli` installs its SIGINT
+handler; a Ctrl-C in that
 second would print Python's traceback. This module is outside the package
 so that the console script imports nothing else first.
 """
@@ -13,7 +14,8 @@ import sys
 def main() -> None:
     try:
         from qkdseg.cli import main as cli_main
-    except KeyboardInterrupt:
+
+        cli_main()  # from its group's main on, the CLI handles Ctrl-C itself (and exits with SystemExit)
+    except KeyboardInterrupt:  # while importing, or while typer builds the commands
         os.write(2, b"qkdseg: error: interrupted\n")
         sys.exit(130)
-    cli_main()
