@@ -27,8 +27,11 @@ browser:
 	       "(or QKDSEG_SKIP_BROWSER=1 to skip the browser tests)"; exit 1; \
 	fi
 
+# Two workers, one test file each at a time (module-scoped servers and networks stay in one process); most
+# of the suite waits on server processes, so two workers shorten it on 2 cores (README, "Tests"). `pytest` alone
+# runs it serially.
 test: install browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The independent check of issue 26 (careless inputs and Ctrl-C on every batch command, written from the
 # docs alone): about 3 minutes on 2 cores, so not part of `make test`. checks/ is not in pytest's testpaths.
