@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser test check-careless reproduce dashboard mutate screenshot clean
+.PHONY: install browser etcd chaos test check-careless reproduce dashboard mutate screenshot clean
 
 install: $(STAMP)
 
@@ -27,7 +27,21 @@ browser:
 	       "(or QKDSEG_SKIP_BROWSER=1 to skip the browser tests)"; exit 1; \
 	fi
 
-test: install browser
+# Debian's etcd server for the replicated controller's tests (tests/test_net_replica.py) and `net up --etcd N`:
+# the tests and net up run their own members on their own loopback ports; the package's own service stays
+# stopped and disabled. QKDSEG_SKIP_ETCD=1 skips it (those tests then skip, saying why).
+etcd:
+	@if command -v etcd >/dev/null 2>&1 || [ "$$QKDSEG_SKIP_ETCD" = 1 ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing Debian's etcd-server (apt) for the replicated controller's tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends --no-upgrade etcd-server >/dev/null; \
+	  if command -v systemctl >/dev/null 2>&1; then $$SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi; \
+	else \
+	  echo "make: no etcd and no apt-get: install etcd 3.4 or later (or QKDSEG_SKIP_ETCD=1 to skip its tests)"; exit 1; \
+	fi
+
+test: install browser etcd
 	$(PY) -m pytest
 
 # The independent check of issue 26 (careless inputs and Ctrl-C on every batch command, written from the

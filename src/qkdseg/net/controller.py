@@ -99,7 +99,8 @@ class Capture:
 
 
 class Controller:
-    def __init__(self, directory: Path, *, capture: Path | None = None) -> None:
+    def __init__(self, directory: Path, *, capture: Path | None = None, store: str | None = None,
+                 address: str | None = None) -> None:
         import numpy as np
 
         from ..kms.server import open_service
@@ -110,7 +111,15 @@ class Controller:
             self.net = json.loads((self.dir / "net.json").read_text())
         except FileNotFoundError:
             raise InvalidRequest(f"{self.dir}: not a controller directory (no net.json; run 'qkdseg net init')") from None
-        self.svc = open_service(self.dir)  # the key service's planning, levels, store and audit; it never relays here
+        if address is not None:  # one of several controllers (net up --controllers N)
+            self.net["address"] = address
+        self.replica = None  # replicated mode (--store etcd://...): net/replica.py
+        if store is None:
+            self.svc = open_service(self.dir)  # the key service's planning, levels, store and audit; it never relays
+        else:
+            from .replica import attach
+
+            self.svc, self.replica = attach(self.dir, store, self.net["address"])
         self.addresses = {str(n["id"]): n["address"] for n in self.net["nodes"]}
         self.ctx_client = client_context(self.dir / "controller.crt", self.dir / "controller.key", self.dir / "ca.crt")
         self.client = None
@@ -175,6 +184,8 @@ class Controller:
         from ..kms.etsi import KeyRequest, KmsError
         from ..kms.store import Batch
 
+        if self.replica is not None:
+            self.replica.check()  # 503 not_leader on a standby
         np, svc = self.np, self.svc
         master, slave = str(w["master"]), str(w["slave"])
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -245,6 +256,8 @@ class Controller:
             raise Problem(400, "Bad Request", "a link report is ETSI GS QKD 015's qkd_node with qkdn_id and "
                                               "qkd_links.qkd_link (link_id, qkdl_local, qkdl_remote, "
                                               "qkdseg_consumed_bits, qkdseg_level_bits)") from None
+        if self.replica is not None:
+            self.replica.check()
         self._events(caller_node, w.get("qkdseg_events"))
         svc = self.svc
         svc.refill(time.time())
@@ -287,6 +300,8 @@ class Controller:
         self.event_seq[caller_node] = (boot, last)
 
     def status(self, caller_node: str, master: str, slave: str) -> dict:
+        if self.replica is not None:
+            self.replica.check()
         svc = self.svc
         s, d = self._sae(master, caller_node), self._sae(slave)
         svc.refill(time.time())
@@ -314,7 +329,7 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     async def health(request: Request):
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
-                              "reported": sorted(ctl.reported)})
+                              "reported": sorted(ctl.reported), **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -331,7 +346,8 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
 
 def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,
-                     dashboard_host: str = "127.0.0.1", dashboard_public: bool = False) -> None:
+                     dashboard_host: str = "127.0.0.1", dashboard_public: bool = False, store: str | None = None,
+                     address: str | None = None) -> None:
     """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
     nodes' reports (their links' levels and their ETSI 014 events)."""
     from ..kms.server import is_loopback
@@ -347,7 +363,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
     if capture is not None and os.environ.get(CAPTURE_ENV) != "1":
         raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
                              f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
-    ctl = Controller(d, capture=capture)
+    ctl = Controller(d, capture=capture, store=store, address=address)
     ctl.svc.warm()  # compile the routing kernels before listening: the first plan must not wait for numba
     host, port = ctl.net["address"].rsplit(":", 1)
     ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
@@ -359,6 +375,8 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
                     on_ready=lambda: print(f"qkdseg controller: listening on https://{host}:{port} "
                                            f"({len(ctl.addresses)} nodes)", flush=True), dashboard=dash)
     finally:
+        if ctl.replica is not None:
+            ctl.replica.close()
         ctl.svc.close()
         if ctl.capture is not None:
             ctl.capture.close()

@@ -204,6 +204,10 @@ class NodeService:
             self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), LinkStream(seed), self.offsets, self._dirty)
             self.neighbours[str(lk["neighbour"])] = lk["neighbour"]
         self.addresses: dict[str, str] = self.conf["addresses"]
+        from .leader import Controllers, peer_addresses
+
+        self.addresses = {**self.addresses, **peer_addresses(self.neighbours)}  # net up --faults: via the link's proxy
+        self.controllers = Controllers(self.conf)  # every controller's address; the leader is the one that plans
         self.keys: dict[str, KeyRow] = {}  # issued keys waiting for this node's slave SAEs
         self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)  # at a source: (master, slave) -> spare keys
         self.held_spares: dict[str, KeyRow] = {}  # at a destination: spare keys not yet issued by their source
@@ -505,7 +509,7 @@ class NodeService:
         import httpx
 
         try:
-            r = await self._http().request(method, f"https://{self.conf['controller']}{path}", **kw)
+            r = await self.controllers.request(self._http(), method, path, **kw)  # the leader (net/leader.py)
         except httpx.HTTPError:
             raise KmsError(503, "the network's controller is unreachable; try again later",
                            reason="controller_unavailable") from None
@@ -777,7 +781,7 @@ class NodeService:
             sent = body["qkdseg_events"]["events"]
             ok = False
             with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back
-                r = await self._http().post(f"https://{self.conf['controller']}/control/v1/links", json=body)
+                r = await self.controllers.request(self._http(), "POST", "/control/v1/links", json=body)
                 ok = r.status_code == 200
             if ok and sent:  # acknowledged: those events are the controller's now
                 while self.events and self.events[0]["seq"] <= sent[-1]["seq"]:
