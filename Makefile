@@ -1,4 +1,4 @@
-# qkdseg: make install | make test | make reproduce | make dashboard | make mutate | make screenshot
+# qkdseg: make install | make test | make chaos | make reproduce | make dashboard | make mutate | make screenshot
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -48,6 +48,23 @@ test: install browser etcd
 # docs alone): about 3 minutes on 2 cores, so not part of `make test`. checks/ is not in pytest's testpaths.
 check-careless: install
 	$(PY) -m pytest -p no:cacheprovider checks/test_careless_independent.py
+
+# Two minutes of faults on the example network with 3 controllers over 3 etcd members and a fault proxy per link
+# (docs/network.md, "Chaos"): prints the report, keeps it in $(CHAOS_DIR)/chaos.json; exit 1 on a mismatched key,
+# a link bit used twice or an unfetchable key. Not part of `make test` (about 2.5 minutes).
+CHAOS_DIR  ?= out-chaos
+CHAOS_SEED ?= 0
+CHAOS_PORT ?= 18643
+chaos: install etcd
+	rm -rf $(CHAOS_DIR)
+	$(VENV)/bin/qkdseg net init $(CHAOS_DIR) --network example --sae A=0 --sae B=7 --sae C=4 --security-level 0.5 \
+	  --port $(CHAOS_PORT) >/dev/null
+	@export QKDSEG_RELAY_TIMEOUT_S=6; \
+	$(VENV)/bin/qkdseg net up $(CHAOS_DIR) --detach --controllers 3 --etcd 3 --faults >/dev/null || exit 1; \
+	$(VENV)/bin/qkdseg net chaos $(CHAOS_DIR) --duration 120 --seed $(CHAOS_SEED) --format json > $(CHAOS_DIR)/chaos.json; \
+	rc=$$?; $(VENV)/bin/qkdseg net down $(CHAOS_DIR) >/dev/null; \
+	$(PY) -c "import json, sys; from qkdseg.net.chaos import format_report; print(format_report(json.load(open(sys.argv[1]))))" \
+	  $(CHAOS_DIR)/chaos.json; exit $$rc
 
 # Rewrites docs/img/dashboard.png from the browser test of `qkdseg kms demo`.
 screenshot: install browser

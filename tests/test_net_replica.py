@@ -11,7 +11,7 @@ why, only where etcd is not installed (``make test`` installs Debian's
 from __future__ import annotations
 
 import base64
-import concurrent.futures
+import itertools
 import json
 import os
 import shutil
@@ -28,6 +28,9 @@ pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
                                 reason="etcd is not installed ('make etcd' installs Debian's etcd-server)")
 
 SAES = ("A=0", "B=7", "C=4")
+# each request another key size, so that no spare key of an earlier relay serves it: a plan (the controller)
+# and a relay every time
+_SIZES = itertools.cycle(range(264, 4096, 8))
 TTL = 3  # QKDSEG_LEASE_TTL_S
 
 
@@ -135,14 +138,16 @@ def cluster(tmp_path_factory):
 
 
 def _load(cluster, stop: threading.Event, out: list, workers: int = 3) -> list:
-    """``workers`` threads delivering A -> B until ``stop``: (start, end, code) per request; keys checked."""
+    """``workers`` threads delivering A -> B until ``stop``: (start, end, code) per request; keys checked; every
+    request a relay (no spare keys), so that a delivery after a kill shows the controller planning again."""
 
     def one():
         m, s = cluster.client("A", "0"), cluster.client("B", "7")
         while not stop.is_set():
             t0 = time.monotonic()
+            size = next(_SIZES)
             try:
-                code, c = m.get_key("B")
+                code, c = m.get_key("B", size=size)
             except Exception:  # noqa: BLE001 -- the SAE's own timeout
                 code = -1
             if code == 200:
@@ -247,9 +252,8 @@ def test_kill9_leader_controller_a_standby_takes_over_and_deliveries_resume(clus
     plans = [x["time"] for x in cluster.audit() if x["event"] == "plan" and x["time"] > wall_kill]
     refused = sum(1 for t0, _, c in out if t0 > t_kill and c != 200)
     print(f"\nkill -9 of the leader controller: standby {new} led after {t_lead - t_kill:.2f} s; its first plan "
-          f"{min(plans) - wall_kill:.2f} s after the kill; first delivery after the kill at "
-          f"{None if first is None else round(first - t_kill, 2)} s (spare keys need no controller); "
-          f"{refused} requests refused meanwhile")
+          f"{min(plans) - wall_kill:.2f} s after the kill; first delivery of a request sent after the kill at "
+          f"{None if first is None else round(first - t_kill, 2)} s; {refused} requests refused meanwhile")
     assert t_lead - t_kill <= TTL + 2
     assert first is not None and sum(1 for t0, _, c in out if t0 > t_lead and c == 200) >= 5
     assert plans and min(plans) - wall_kill <= TTL + 2 + 3  # the new leader plans (a few s of slack under load)
@@ -356,3 +360,145 @@ def test_election_and_revision_compared_commits_without_processes(cluster):
     lines = audit_lines(etcd, prefix)
     assert [json.loads(x)["request_id"] for x in lines] == ["r1", "r3"]
     assert not check_lines(key, lines).problems
+
+
+# -- link faults through the proxies ----------------------------------------------------------------------
+def _fault(cluster, *args) -> str:
+    r = _run("net", "fault", str(cluster.dir), *args, env=cluster.env)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _enc(cluster, number: int = 1):
+    """enc_keys of A for B at node 0 with httpx (the route summary is in the answer) and the slave's fetch; each
+    call another key size, so that no spare key of an earlier relay serves it (a relay every time)."""
+    import httpx
+
+    from qkdseg.net.wire import client_context
+
+    pk = cluster.dir / "pki"
+    ctx_a = client_context(pk / "A.crt", pk / "A.key", pk / "ca.crt")
+    ctx_b = client_context(pk / "B.crt", pk / "B.key", pk / "ca.crt")
+    with httpx.Client(verify=ctx_a, timeout=30) as a:
+        r = a.get(f"https://{cluster.addr['0']}/api/v1/keys/B/enc_keys", params={"number": number,
+                                                                                 "size": next(_SIZES)})
+    if r.status_code != 200:
+        assert r.status_code == 503 and r.json()["message"], r.text
+        return r.status_code, r.json(), None
+    body = r.json()
+    ids = [{"key_ID": k["key_ID"]} for k in body["keys"]]
+    with httpx.Client(verify=ctx_b, timeout=30) as b:
+        back = b.post(f"https://{cluster.addr['7']}/api/v1/keys/A/dec_keys", json={"key_IDs": ids})
+    assert back.status_code == 200
+    assert [k["key"] for k in back.json()["keys"]] == [k["key"] for k in body["keys"]]  # never a wrong key
+    return 200, body, body["key_container_extension"]["qkdseg_route"]
+
+
+def _links_down(cluster) -> list[str]:
+    """The leading controller's ``links_down`` (asked of each controller's /health: faster than net status)."""
+    for name, p in cluster.procs().items():
+        if p["role"] == "controller":
+            h = cluster.health(name)
+            if h and h.get("leader"):
+                return h["links_down"]
+    raise AssertionError("no controller leads")
+
+
+def _until(fn, limit: float = 15.0):
+    deadline = time.monotonic() + limit
+    while True:
+        out = fn()
+        if out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.3)
+
+
+def test_net_fault_cli_checks_its_input(cluster):
+    for args, needle in ((("--link", "0-7", "--cut"), "not a link"), (("--link", "0-1", "--loss", "150%"), "--loss"),
+                         (("--link", "0-1", "--cut", "--heal"), "--heal")):
+        r = _run("net", "fault", str(cluster.dir), *args, env=cluster.env)
+        assert r.returncode == 2 and r.stderr.startswith("qkdseg: error: ") and needle in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert "delay 50 ms, loss 5%, up" in _fault(cluster, "--link", "1-0", "--delay", "50ms", "--loss", "5%")
+    assert "delay 0 ms, loss 0%, up" in _fault(cluster, "--link", "0-1", "--heal")
+
+
+def test_delay_and_loss_on_a_route_link_keys_still_delivered(cluster):
+    _fault(cluster, "--link", "0-1", "--delay", "200ms", "--loss", "10%")
+    try:
+        got = [_enc(cluster)[0] for _ in range(6)]
+    finally:
+        _fault(cluster, "--link", "0-1", "--heal")
+    assert got.count(200) >= 4, got  # correct whenever delivered (checked in _enc)
+
+
+def test_a_cut_route_link_is_reported_down_and_routed_around_then_503_when_no_route_is_left(cluster):
+    assert _until(lambda: not _links_down(cluster))
+    code, _, route = _enc(cluster)
+    assert code == 200 and route["paths"] == 6  # both of node 0's links
+    before = cluster.offsets("0")
+    _fault(cluster, "--link", "0-1", "--cut")
+    try:
+        _enc(cluster)  # may fail on the cut link: node 0 reports it DOWN
+        assert _until(lambda: _links_down(cluster) == ["0-1"]), _links_down(cluster)
+        code, _, route = _enc(cluster)
+        assert code == 200 and route["paths"] == 5, route  # around the cut link
+        mid = cluster.offsets("0")
+        code, _, route = _enc(cluster)
+        assert code == 200 and cluster.offsets("0").get(("[0,1]", 0)) == mid.get(("[0,1]", 0))  # nothing over 0-1
+        _fault(cluster, "--link", "0-2", "--cut")
+        _enc(cluster)
+        assert _until(lambda: _links_down(cluster) == ["0-1", "0-2"]), _links_down(cluster)
+        code, err, _ = _enc(cluster)
+        assert code == 503 and "no route" in err["message"], err
+    finally:
+        _fault(cluster, "--link", "0-1", "--heal")
+        _fault(cluster, "--link", "0-2", "--heal")
+    assert _until(lambda: not _links_down(cluster)), _links_down(cluster)  # probed, answered: up again
+    code, _, route = _enc(cluster)
+    assert code == 200 and route["paths"] == 6
+    after = {n: cluster.offsets(n) for n in ("0", "1")}
+    assert after["0"][("[0,1]", 0)] >= before[("[0,1]", 0)]
+    assert after["1"].get(("[0,1]", 0), 0) <= after["0"][("[0,1]", 0)]  # the receiver's mark never past the sender
+
+
+# -- chaos --------------------------------------------------------------------------------------------------
+def test_chaos_20s_seeded_no_mismatch_no_bit_reused_no_unfetchable_key(cluster):
+    from qkdseg.net.chaos import make_schedule
+
+    r = _run("net", "chaos", str(cluster.dir), "--duration", "20", "--seed", "3", "--format", "json", env=cluster.env,
+             timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    print("\nchaos 20 s:", {k: v for k, v in rep.items() if k not in ("schedule", "faults")})
+    for field in ("requests", "delivered", "refused", "refused_by_reason", "latency_mean_s", "latency_p99_s",
+                  "mismatched_keys", "bits_reused", "unfetchable_keys", "failovers", "longest_leaderless_s"):
+        assert field in rep
+    assert rep["mismatched_keys"] == 0 and rep["bits_reused"] == 0 and rep["unfetchable_keys"] == 0
+    assert rep["requests"] == rep["delivered"] + rep["refused"] == sum(rep["refused_by_reason"].values()) + \
+        rep["delivered"]
+    assert rep["delivered"] > 0 and rep["faults"]
+    relays = [str(n["id"]) for n in cluster.net["nodes"] if not n["saes"]]
+    from qkdseg.net.cluster import load
+
+    links = [p["link"] for p in load(cluster.dir)["proxies"]]
+    kinds = ["kill_relay", "kill_controller_leader", "kill_etcd_leader", "link_delay", "link_loss", "link_cut"]
+    assert rep["schedule"] == make_schedule(3, 20.0, kinds, relays, links)  # the seed alone makes the schedule
+    assert json.dumps(make_schedule(3, 20.0, kinds, relays, links)) == json.dumps(make_schedule(3, 20.0, kinds,
+                                                                                               relays, links))
+    assert all(r["healthy"] for r in cluster.rows())  # every killed process was restarted
+
+
+def test_fault_and_store_arguments_parse_or_refuse_in_one_line():
+    from qkdseg.errors import InvalidRequest
+    from qkdseg.net.faults import parse_delay, parse_loss
+    from qkdseg.net.replica import parse_store
+
+    assert parse_delay("50ms") == 50 and parse_delay("0.2s") == 200 and parse_delay("7") == 7
+    assert parse_loss("5%") == 0.05 and parse_loss("0.1") == 0.1
+    assert parse_store("etcd://127.0.0.1:2379,10.0.0.2:2381") == [("127.0.0.1", 2379), ("10.0.0.2", 2381)]
+    for fn, bad in ((parse_delay, "fast"), (parse_delay, "2min"), (parse_loss, "150%"), (parse_loss, "-1"),
+                    (parse_store, "sqlite://x"), (parse_store, "etcd://host"), (parse_store, "etcd://h:0")):
+        with pytest.raises(InvalidRequest) as e:
+            fn(bad)
+        assert "\n" not in str(e.value)

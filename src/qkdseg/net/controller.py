@@ -130,6 +130,9 @@ class Controller:
         self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
                            for k in range(len(a.edge_u))}
         self.reported: dict[str, float] = {}  # node -> time of its last report
+        from .linkhealth import DownLinks
+
+        self.down = DownLinks()  # links an end reported DOWN: planned around (net/linkhealth.py)
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
 
     def _http(self):
@@ -194,6 +197,7 @@ class Controller:
         if svc.committer.failed is not None:
             raise Problem(503, "Service Unavailable", "the controller's store failed", message="controller unavailable")
         svc.refill(time.time())
+        unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
             try:
                 r, rec, relays, bits = svc._plan_relays(s, d, req, req.number)
@@ -205,6 +209,8 @@ class Controller:
         except KmsError as err:
             raise Problem(err.status, "Bad Request" if err.status == 400 else "Service Unavailable", err.message,
                           message=err.message, details=err.details, reason=err.reason) from None
+        finally:
+            unmask()
         links = np.flatnonzero(bits)
         svc.levels.debit(links, bits[links])  # reserved: amounts, on every link of the route, before any node acts
         rid = str(uuid.uuid4())
@@ -249,6 +255,7 @@ class Controller:
                 k = self.link_index.get(frozenset((caller_node, str(lk["qkdl_remote"]["qkdn_id"]))))
                 if k is None:
                     raise Problem(403, "Forbidden", f"link {lk['link_id']!r} is not a link of node {caller_node!r}")
+                self.down.note(caller_node, k, lk.get("link_status"))
                 level = lk.get("qkdseg_level_bits")
                 rows.append((k, str(lk["link_id"]), int(lk["qkdseg_consumed_bits"]),
                              None if level is None else int(level)))
@@ -329,7 +336,8 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     async def health(request: Request):
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
-                              "reported": sorted(ctl.reported), **(ctl.replica.health() if ctl.replica else {})})
+                              "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
+                              **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

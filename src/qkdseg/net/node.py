@@ -208,6 +208,9 @@ class NodeService:
 
         self.addresses = {**self.addresses, **peer_addresses(self.neighbours)}  # net up --faults: via the link's proxy
         self.controllers = Controllers(self.conf)  # every controller's address; the leader is the one that plans
+        from .linkhealth import LinkHealth
+
+        self.linkhealth = LinkHealth()  # links whose messages got no answer: reported DOWN until they answer
         self.keys: dict[str, KeyRow] = {}  # issued keys waiting for this node's slave SAEs
         self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)  # at a source: (master, slave) -> spare keys
         self.held_spares: dict[str, KeyRow] = {}  # at a destination: spare keys not yet issued by their source
@@ -293,7 +296,7 @@ class NodeService:
                 batch.append(q.get_nowait())
             body = json.dumps({"messages": [w for w, _ in batch]}, separators=(",", ":"))
             results: dict = {}
-            err = None
+            err, answered = None, False
             for attempt in range(3):  # the same message ids each time: the receiver keeps one copy of each
                 try:
                     r = await self._http().post(url, content=body, headers={"content-type": "application/json"})
@@ -301,6 +304,7 @@ class NodeService:
                     err = f"{type(exc).__name__}"
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
+                answered = True
                 try:
                     results = {x["message_id"]: x for x in r.json().get("results", [])}
                 except ValueError:
@@ -310,6 +314,7 @@ class NodeService:
                     break
                 await asyncio.sleep(0.05 * (attempt + 1))
             self.stats["posts"] += 1
+            self.linkhealth.record(self, dst, answered)  # no answer at all: the link is reported down
             outcomes = []
             for w, fut in batch:
                 res = results.get(w["message_id"])
@@ -765,7 +770,7 @@ class NodeService:
         for lk in self.conf["links"]:
             name = link_name(*lk["link"])
             consumed = 8 * (self.offsets.get((name, 0), 0) + self.offsets.get((name, 1), 0))
-            out.append({"link_id": name, "link_status": "ACTIVE",
+            out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]),
                         "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
                         "qkdseg_level_bits": None})
@@ -916,7 +921,7 @@ def create_node_app(svc: NodeService):
 
     @problem_routes
     async def links(request: Request):
-        require(request, "node")
+        svc.linkhealth.heard(svc, require(request, "node").ident)  # a neighbour syncing: our link to it is up
         name = request.query_params.get("link", "")
         return json_response({str(d): v for (lk, d), v in svc.offsets.items() if lk == name})
 
