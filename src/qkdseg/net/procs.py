@@ -101,7 +101,7 @@ def status(directory: Path) -> list[dict]:
         dash = None
     rows = [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
-             "dashboard_url": dash if p["role"] == "controller" and pids else None} for p in procs]
+             "dashboard_url": dash if p["name"] == "controller" and pids else None} for p in procs]
     if any(p["role"] == "etcd" for p in procs) or sum(p["role"] == "controller" for p in procs) > 1:
         from .cluster import leaders
 
