@@ -50,10 +50,12 @@ def _table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("node", "role", "pid", "address", "ETSI 014 URL", "healthy")
+    replicated = any("leader" in r for r in rows)
+    t = Table("node", "role", "pid", "address", "ETSI 014 URL", "healthy", *(("name", "leader") if replicated else ()))
     for r in rows:
+        more = (r["name"], {True: "yes", False: "no"}.get(r["leader"], "-")) if replicated else ()
         t.add_row(r["node"] or "-", r["role"], str(r["pid"] or "-"), r["address"], r["etsi014_url"] or "-",
-                  "yes" if r["healthy"] else "no")
+                  "yes" if r["healthy"] else "no", *more)
     Console(width=140).print(t)
 
 
@@ -66,12 +68,22 @@ def up(
     dashboard_port: Annotated[int | None, typer.Option(
         "--dashboard-port", min=1, max=65535, show_default=False,
         help="The controller serves the operator dashboard on 127.0.0.1 at this port.")] = None,
+    controllers: Annotated[int | None, typer.Option(
+        "--controllers", min=1, max=9, show_default=False,
+        help="Run this many controllers over etcd (one leads; default 1, or as DIR/cluster.json says).")] = None,
+    etcd: Annotated[int | None, typer.Option(
+        "--etcd", min=0, max=9, show_default=False,
+        help="Start an etcd cluster of this many members on loopback ports (Debian's etcd-server).")] = None,
+    faults: Annotated[bool | None, typer.Option(
+        "--faults", show_default=False,
+        help="Put a fault proxy on every link ('qkdseg net fault' sets delay, loss and cuts).")] = None,
 ) -> None:
     """Start the controller and one process per node; wait until each is healthy; stop all on SIGINT/SIGTERM."""
     _need_server_extra()
     from ..net.procs import up as run, wait_foreground
 
-    rows = run(directory, timeout=timeout, dashboard_port=dashboard_port)
+    rows = run(directory, timeout=timeout, dashboard_port=dashboard_port, controllers=controllers, etcd=etcd,
+               faults=faults)
     _table(rows)
     if dashboard_port is not None:
         typer.echo(f"dashboard: http://127.0.0.1:{dashboard_port}/dashboard/")
@@ -90,6 +102,53 @@ def down(directory: Annotated[Path, typer.Argument(help="The deployment director
 
     n = run(directory)
     typer.echo(f"stopped {n} process(es)")
+
+
+@net_app.command("fault")
+@user_errors
+def fault(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (net up --faults).", show_default=False)],
+    link: Annotated[str, typer.Option("--link", help="The link, U-V (node ids).", show_default=False)],
+    delay: Annotated[str | None, typer.Option("--delay", help="Hold each chunk this long each way: 50ms, 0.2s.",
+                                              show_default=False)] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Lose (reset the connection at) this share of chunks: "
+                                                            "5%, 0.05.", show_default=False)] = None,
+    cut: Annotated[bool, typer.Option("--cut", help="Close the link's connections and refuse new ones.")] = False,
+    heal: Annotated[bool, typer.Option("--heal", help="Clear every fault of the link.")] = False,
+) -> None:
+    """Delay, lose or cut the traffic of one link (through its fault proxy), or heal it."""
+    from ..net.faults import parse_delay, parse_loss, set_fault
+
+    out = set_fault(directory, link, delay_ms=None if delay is None else parse_delay(delay),
+                    loss=None if loss is None else parse_loss(loss), cut=cut, heal=heal)
+    typer.echo(f"link {out['link']}: delay {out['delay_ms']:g} ms, loss {out['loss'] * 100:g}%, "
+               f"{'cut' if out['cut'] else 'up'}")
+
+
+@net_app.command("chaos")
+@user_errors
+def chaos(
+    directory: Annotated[Path, typer.Argument(help="A network started by 'net up' (best: --controllers 3 --etcd 3 "
+                                                   "--faults).", show_default=False)],
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of faults and traffic.")] = 120.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fault schedule.")] = 0,
+    rate: Annotated[float, typer.Option("--rate", help="Key requests per second per SAE pair.")] = 2.0,
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Kill relays and leaders, delay, lose and cut links, while SAEs request keys; report what survived
+    (exit 1 when a key mismatched, a link bit was used twice or a key could not be fetched)."""
+    from ..net.chaos import chaos as run, format_report
+
+    if fmt not in ("text", "json"):
+        raise InvalidRequest(f"--format {fmt!r} must be text or json")
+    if not 0 < duration <= 3600:
+        raise InvalidRequest(f"--duration {duration:g}: between 0 and 3600 s")
+    if not 0 < rate <= 50:
+        raise InvalidRequest(f"--rate {rate:g}: between 0 and 50 requests/s")
+    rep = run(directory, duration, seed, rate)
+    typer.echo(json.dumps(rep, indent=1) if fmt == "json" else format_report(rep))
+    if rep["mismatched_keys"] or rep["bits_reused"] or rep["unfetchable_keys"]:
+        raise typer.Exit(1)
 
 
 @net_app.command("status")
@@ -150,15 +209,28 @@ def controller_serve(
         "(0: any free port; docs/deploy.md).", show_default=False)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "warning",
     log_format: Annotated[str, typer.Option("--log-format", help="text, or json: one JSON object per line.")] = "text",
+    store: Annotated[str | None, typer.Option(
+        "--store", help="etcd://HOST:PORT[,HOST:PORT...]: keep the state in etcd and lead by an etcd lease (several "
+                        "controllers; default: the embedded SQLite store).", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="HOST:PORT to listen on (default: the address in net.json).", show_default=False)] = None,
 ) -> None:
     """Serve the controller: plans and reservations for the nodes; it never holds key material."""
     _need_server_extra()
     _check_ops(metrics_port, log_level, log_format)
     from ..net.controller import serve_controller
 
+    if store is not None:
+        from ..net.replica import parse_store
+
+        parse_store(store)
+    if address is not None:
+        from ..net.replica import parse_address
+
+        parse_address(address, "--address")
     serve_controller(directory, capture=capture, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
                      dashboard_public=dashboard_public, metrics_port=metrics_port, log_level=log_level,
-                     log_format=log_format)
+                     log_format=log_format, store=store, address=address)
 
 
 def _check_ops(metrics_port: int | None, log_level: str, log_format: str) -> None:

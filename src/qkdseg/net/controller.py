@@ -99,7 +99,8 @@ class Capture:
 
 
 class Controller:
-    def __init__(self, directory: Path, *, capture: Path | None = None) -> None:
+    def __init__(self, directory: Path, *, capture: Path | None = None, store: str | None = None,
+                 address: str | None = None) -> None:
         import numpy as np
 
         from ..kms.server import open_service
@@ -110,7 +111,15 @@ class Controller:
             self.net = json.loads((self.dir / "net.json").read_text())
         except FileNotFoundError:
             raise InvalidRequest(f"{self.dir}: not a controller directory (no net.json; run 'qkdseg net init')") from None
-        self.svc = open_service(self.dir)  # the key service's planning, levels, store and audit; it never relays here
+        if address is not None:  # one of several controllers (net up --controllers N)
+            self.net["address"] = address
+        self.replica = None  # replicated mode (--store etcd://...): net/replica.py
+        if store is None:
+            self.svc = open_service(self.dir)  # the key service's planning, levels, store and audit; it never relays
+        else:
+            from .replica import attach
+
+            self.svc, self.replica = attach(self.dir, store, self.net["address"])
         self.addresses = {str(n["id"]): n["address"] for n in self.net["nodes"]}
         self.ctx_client = client_context(self.dir / "controller.crt", self.dir / "controller.key", self.dir / "ca.crt")
         self.client = None
@@ -121,6 +130,9 @@ class Controller:
         self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
                            for k in range(len(a.edge_u))}
         self.reported: dict[str, float] = {}  # node -> time of its last report
+        from .linkhealth import DownLinks
+
+        self.down = DownLinks()  # links an end reported DOWN: planned around (net/linkhealth.py)
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
 
     def _http(self):
@@ -175,6 +187,8 @@ class Controller:
         from ..kms.etsi import KeyRequest, KmsError
         from ..kms.store import Batch
 
+        if self.replica is not None:
+            self.replica.check()  # 503 not_leader on a standby
         np, svc = self.np, self.svc
         master, slave = str(w["master"]), str(w["slave"])
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -183,6 +197,7 @@ class Controller:
         if svc.committer.failed is not None:
             raise Problem(503, "Service Unavailable", "the controller's store failed", message="controller unavailable")
         svc.refill(time.time())
+        unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
             try:
                 r, rec, relays, bits = svc._plan_relays(s, d, req, req.number)
@@ -194,6 +209,8 @@ class Controller:
         except KmsError as err:
             raise Problem(err.status, "Bad Request" if err.status == 400 else "Service Unavailable", err.message,
                           message=err.message, details=err.details, reason=err.reason) from None
+        finally:
+            unmask()
         links = np.flatnonzero(bits)
         svc.levels.debit(links, bits[links])  # reserved: amounts, on every link of the route, before any node acts
         rid = str(uuid.uuid4())
@@ -238,6 +255,7 @@ class Controller:
                 k = self.link_index.get(frozenset((caller_node, str(lk["qkdl_remote"]["qkdn_id"]))))
                 if k is None:
                     raise Problem(403, "Forbidden", f"link {lk['link_id']!r} is not a link of node {caller_node!r}")
+                self.down.note(caller_node, k, lk.get("link_status"))
                 level = lk.get("qkdseg_level_bits")
                 rows.append((k, str(lk["link_id"]), int(lk["qkdseg_consumed_bits"]),
                              None if level is None else int(level)))
@@ -245,6 +263,8 @@ class Controller:
             raise Problem(400, "Bad Request", "a link report is ETSI GS QKD 015's qkd_node with qkdn_id and "
                                               "qkd_links.qkd_link (link_id, qkdl_local, qkdl_remote, "
                                               "qkdseg_consumed_bits, qkdseg_level_bits)") from None
+        if self.replica is not None:
+            self.replica.check()
         self._events(caller_node, w.get("qkdseg_events"))
         svc = self.svc
         svc.refill(time.time())
@@ -287,6 +307,8 @@ class Controller:
         self.event_seq[caller_node] = (boot, last)
 
     def status(self, caller_node: str, master: str, slave: str) -> dict:
+        if self.replica is not None:
+            self.replica.check()
         svc = self.svc
         s, d = self._sae(master, caller_node), self._sae(slave)
         svc.refill(time.time())
@@ -314,7 +336,8 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     async def health(request: Request):
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
-                              "reported": sorted(ctl.reported)})
+                              "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
+                              **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -332,7 +355,8 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
 def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,
                      dashboard_host: str = "127.0.0.1", dashboard_public: bool = False, metrics_port: int | None = None,
-                     log_level: str = "warning", log_format: str = "text") -> None:
+                     log_level: str = "warning", log_format: str = "text", store: str | None = None,
+                     address: str | None = None) -> None:
     """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
     nodes' reports (their links' levels and their ETSI 014 events); ``metrics_port``, logs: :mod:`.ops`."""
     from ..kms import logs
@@ -351,7 +375,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
     if capture is not None and os.environ.get(CAPTURE_ENV) != "1":
         raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
                              f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
-    ctl = Controller(d, capture=capture)
+    ctl = Controller(d, capture=capture, store=store, address=address)
     prof = None
     if os.environ.get("QKDSEG_PROFILE_DIR"):  # profiling: cProfile of the whole process, written at its stop
         import cProfile
@@ -372,6 +396,8 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
                     ops=ops, metrics_port=metrics_port, log_level=log_level, dashboard=dash,
                     on_ready=lambda: logs.say(f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)"))
     finally:
+        if ctl.replica is not None:
+            ctl.replica.close()
         ctl.svc.close()
         if ctl.capture is not None:
             ctl.capture.close()

@@ -218,6 +218,13 @@ class NodeService:
             self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), LinkStream(seed), self.offsets, self._dirty)
             self.neighbours[str(lk["neighbour"])] = lk["neighbour"]
         self.addresses: dict[str, str] = self.conf["addresses"]
+        from .leader import Controllers, peer_addresses
+
+        self.addresses = {**self.addresses, **peer_addresses(self.neighbours)}  # net up --faults: via the link's proxy
+        self.controllers = Controllers(self.conf)  # every controller's address; the leader is the one that plans
+        from .linkhealth import LinkHealth
+
+        self.linkhealth = LinkHealth()  # links whose messages got no answer: reported DOWN until they answer
         self.keys: dict[str, KeyRow] = {}  # issued keys waiting for this node's slave SAEs
         self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)  # at a source: (master, slave) -> spare keys
         self.held_spares: dict[str, KeyRow] = {}  # at a destination: spare keys not yet issued by their source
@@ -304,7 +311,7 @@ class NodeService:
                 batch.append(q.get_nowait())
             body = json.dumps({"messages": [w for w, _ in batch]}, separators=(",", ":"))
             results: dict = {}
-            err = None
+            err, answered = None, False
             for attempt in range(3):  # the same message ids each time: the receiver keeps one copy of each
                 try:
                     r = await self._http().post(url, content=body, headers={"content-type": "application/json"})
@@ -312,6 +319,7 @@ class NodeService:
                     err = f"{type(exc).__name__}"
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
+                answered = True
                 try:
                     results = {x["message_id"]: x for x in r.json().get("results", [])}
                 except ValueError:
@@ -321,6 +329,7 @@ class NodeService:
                     break
                 await asyncio.sleep(0.05 * (attempt + 1))
             self.stats["posts"] += 1
+            self.linkhealth.record(self, dst, answered)  # no answer at all: the link is reported down
             outcomes = []
             for w, fut in batch:
                 res = results.get(w["message_id"])
@@ -522,7 +531,7 @@ class NodeService:
         import httpx
 
         try:
-            r = await self._http().request(method, f"https://{self.conf['controller']}{path}", **kw)
+            r = await self.controllers.request(self._http(), method, path, **kw)  # the leader (net/leader.py)
         except httpx.HTTPError:
             raise KmsError(503, "the network's controller is unreachable; try again later",
                            reason="controller_unavailable") from None
@@ -778,7 +787,7 @@ class NodeService:
         for lk in self.conf["links"]:
             name = link_name(*lk["link"])
             consumed = 8 * (self.offsets.get((name, 0), 0) + self.offsets.get((name, 1), 0))
-            out.append({"link_id": name, "link_status": "ACTIVE",
+            out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]),
                         "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
                         "qkdseg_level_bits": None})
@@ -794,7 +803,7 @@ class NodeService:
             sent = body["qkdseg_events"]["events"]
             ok = False
             with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back
-                r = await self._http().post(f"https://{self.conf['controller']}/control/v1/links", json=body)
+                r = await self.controllers.request(self._http(), "POST", "/control/v1/links", json=body)
                 ok = r.status_code == 200
             if ok and sent:  # acknowledged: those events are the controller's now
                 while self.events and self.events[0]["seq"] <= sent[-1]["seq"]:
@@ -929,6 +938,7 @@ def create_node_app(svc: NodeService):
     @problem_routes
     async def links(request: Request):
         role = require(request, "node")
+        svc.linkhealth.heard(svc, role.ident)  # a neighbour syncing: our link to it is up
         name = request.query_params.get("link", "")
         ends = {str(end.name): str(nb) for nb, end in svc.links.items()}
         if name not in ends:

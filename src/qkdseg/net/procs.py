@@ -29,7 +29,8 @@ def _net(directory: Path) -> dict:
 
 
 def processes(directory: Path) -> list[dict]:
-    """One entry per process: role, node, address, etsi014_url, and its directory."""
+    """One entry per process: role, node, address, etsi014_url, and its directory (with ``DIR/cluster.json``:
+    the etcd members, every controller and the fault proxy too, net/cluster.py)."""
     net = _net(directory)
     out = [{"role": "controller", "node": None, "address": net["address"], "etsi014_url": None,
             "dir": str(directory / "controller"), "name": "controller"}]
@@ -37,7 +38,11 @@ def processes(directory: Path) -> list[dict]:
         out.append({"role": "node", "node": str(n["id"]), "address": n["address"],
                     "etsi014_url": f"https://{n['address']}" if n["saes"] else None,
                     "dir": str(directory / "nodes" / n["dir"]), "name": f"node-{n['dir']}", "saes": n["saes"]})
-    return out
+    from .cluster import load as load_cluster
+    from .cluster import replicated_processes
+
+    layout = load_cluster(directory)
+    return out if layout is None else replicated_processes(directory, layout, out)
 
 
 def _pids(directory: Path) -> dict:
@@ -71,6 +76,10 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str
     ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
 
     def one(p):
+        if p["role"] in ("etcd", "proxy"):
+            from .cluster import other_health
+
+            return other_health(directory, p)
         try:
             with httpx.Client(verify=ctx, timeout=timeout) as cl:
                 r = cl.get(f"https://{p['address']}/health")
@@ -90,26 +99,43 @@ def status(directory: Path) -> list[dict]:
         dash = json.loads((directory / "run" / "dashboard.json").read_text())["url"]
     except (FileNotFoundError, ValueError, KeyError):
         dash = None
-    return [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
+    rows = [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
-             "dashboard_url": dash if p["role"] == "controller" and pids else None} for p in procs]
+             "dashboard_url": dash if p["name"] == "controller" and pids else None} for p in procs]
+    if any(p["role"] == "etcd" for p in procs) or sum(p["role"] == "controller" for p in procs) > 1:
+        from .cluster import leaders
+
+        for row, (name, flag) in zip(rows, leaders(directory, procs)):
+            row["name"], row["leader"] = name, flag
+    return rows
 
 
 def start_one(directory: Path, p: dict, extra: tuple[str, ...] = (), env: dict | None = None) -> subprocess.Popen:
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "qkdseg", p["role"], "serve", p["dir"], *extra]
+    cmd = p.get("cmd") or [sys.executable, "-m", "qkdseg", p["role"], "serve", p["dir"], *p.get("args", ()), *extra]
+    if p.get("env"):
+        env = {**(os.environ if env is None else env), **p["env"]}
     with open(logs / f"{p['name']}.log", "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
 
 
-def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = None) -> list[dict]:
+def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = None, controllers: int | None = None,
+       etcd: int | None = None, faults: bool | None = None) -> list[dict]:
     """Start every process and wait until each is healthy; returns the status rows.
 
     With ``dashboard_port`` the controller serves the operator dashboard on
-    127.0.0.1 at that port (``net status`` gives its URL).
+    127.0.0.1 at that port (``net status`` gives its URL). With
+    ``controllers``/``etcd``/``faults`` (net/cluster.py): an etcd cluster of
+    ``etcd`` members, ``controllers`` controllers over it, and a fault proxy
+    on every link; the etcd members start first. ``None``: as ``DIR/cluster.json`` says, else one controller
+    on SQLite, no etcd, no proxies.
     """
+    if (controllers or 1) != 1 or etcd or faults or (directory / "cluster.json").exists():
+        from .cluster import plan
+
+        plan(directory, _net(directory), controllers, etcd, faults)
     procs = processes(directory)
     pids = _pids(directory)
     running = [p["name"] for p in procs if _alive(pids.get(p["name"]))]
@@ -119,31 +145,41 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
     dash = directory / "run" / "dashboard.json"
     dash.unlink(missing_ok=True)
     started = {}
+    deadline = time.monotonic() + timeout
     try:
-        for p in procs:
-            extra = ("--dashboard-port", str(dashboard_port)) if p["role"] == "controller" and dashboard_port else ()
-            started[p["name"]] = start_one(directory, p, extra)
-        if dashboard_port:
-            dash.write_text(json.dumps({"url": f"http://127.0.0.1:{dashboard_port}/dashboard/"}) + "\n")
-        (directory / "run" / "pids.json").write_text(json.dumps({k: v.pid for k, v in started.items()}) + "\n")
-        deadline = time.monotonic() + timeout
-        waiting = list(procs)
-        while waiting:
-            dead = [p["name"] for p in waiting if started[p["name"]].poll() is not None]
-            if dead:
-                raise InvalidRequest(f"process(es) exited at start: {', '.join(dead[:5])} (see {directory / 'logs'}/)")
-            ok = health(directory, waiting, timeout=1.0)
-            waiting = [p for p in waiting if not ok[p["name"]]]
-            if waiting and time.monotonic() > deadline:
-                raise InvalidRequest(f"{len(waiting)} process(es) not healthy after {timeout:.0f} s "
-                                     f"(first: {waiting[0]['name']}; see {directory / 'logs'}/)")
-            if waiting:
-                time.sleep(0.2)
+        # the etcd members and the fault proxy first (the controllers and nodes need them), then the others
+        for phase in ([p for p in procs if p["role"] in ("etcd", "proxy")],
+                      [p for p in procs if p["role"] not in ("etcd", "proxy")]):
+            if phase:
+                _start_phase(directory, phase, started, dashboard_port, deadline, timeout)
     except BaseException:
         _stop({k: v.pid for k, v in started.items()})
         (directory / "run" / "pids.json").unlink(missing_ok=True)
         raise
     return status(directory)
+
+
+def _start_phase(directory: Path, procs: list[dict], started: dict, dashboard_port, deadline: float,
+                 timeout: float) -> None:
+    dash = directory / "run" / "dashboard.json"
+    for p in procs:
+        extra = ("--dashboard-port", str(dashboard_port)) if p["name"] == "controller" and dashboard_port else ()
+        started[p["name"]] = start_one(directory, p, extra)
+    if dashboard_port and any(p["name"] == "controller" for p in procs):
+        dash.write_text(json.dumps({"url": f"http://127.0.0.1:{dashboard_port}/dashboard/"}) + "\n")
+    (directory / "run" / "pids.json").write_text(json.dumps({k: v.pid for k, v in started.items()}) + "\n")
+    waiting = list(procs)
+    while waiting:
+        dead = [p["name"] for p in waiting if started[p["name"]].poll() is not None]
+        if dead:
+            raise InvalidRequest(f"process(es) exited at start: {', '.join(dead[:5])} (see {directory / 'logs'}/)")
+        ok = health(directory, waiting, timeout=1.0)
+        waiting = [p for p in waiting if not ok[p["name"]]]
+        if waiting and time.monotonic() > deadline:
+            raise InvalidRequest(f"{len(waiting)} process(es) not healthy after {timeout:.0f} s "
+                                 f"(first: {waiting[0]['name']}; see {directory / 'logs'}/)")
+        if waiting:
+            time.sleep(0.2)
 
 
 def _stop(pids: dict, wait: float = 20.0) -> None:
