@@ -121,6 +121,12 @@ class Controller:
         self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
                            for k in range(len(a.edge_u))}
         self.reported: dict[str, float] = {}  # node -> time of its last report
+        # net init --link-source device: the model never refills a link; its level is what both ends report they
+        # hold (the lower of their latest reports), so a request never routes on device keys not yet fetched
+        self.device_fed = self.net.get("link_source") == "device"
+        self.device_reports: dict[int, dict[str, int]] = {}
+        if self.device_fed:
+            self.svc.source.rate_bps[:] = 0.0
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
 
     def _http(self):
@@ -223,7 +229,8 @@ class Controller:
 
     async def report(self, caller_node: str, w: dict) -> dict:
         """A node's link report: the model's level of each link becomes the lower of its own and the report's
-        (its consumed bits the higher), audited when it changes anything."""
+        (its consumed bits the higher), audited when it changes anything. On device-fed links the level is the
+        lower of both ends' latest reports (up or down; the model does not refill them)."""
         from ..kms.store import Batch
 
         try:
@@ -255,7 +262,11 @@ class Controller:
             if extra > 0:  # bits the nodes used that the model never reserved (offsets skipped after a crash)
                 lv.consumed[k] = consumed
                 lv.level[k] = max(0, int(lv.level[k]) - extra)
-            if level is not None and level < lv.level[k]:
+            if level is not None and self.device_fed:
+                ends = self.device_reports.setdefault(k, {})
+                ends[caller_node] = level
+                lv.level[k] = max(0, min(ends.values())) if len(ends) == 2 else min(int(lv.level[k]), max(0, level))
+            elif level is not None and level < lv.level[k]:
                 lv.level[k] = max(0, level)
             if (int(lv.level[k]), int(lv.consumed[k])) != before:
                 changed[name] = {"level": [before[0], int(lv.level[k])], "consumed": [before[1], int(lv.consumed[k])]}
