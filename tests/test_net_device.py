@@ -85,6 +85,28 @@ def _wait_delivery(net, deadline_s: float = 30.0):
         time.sleep(0.5)
 
 
+def test_bad_link_source_is_one_line(tmp_path):
+    r = _run("net", "init", str(tmp_path / "x"), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+             "--link-source", "fibre")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "qkdseg: error: --link-source 'fibre' must be 'emulated' or 'device'"], r.stderr
+
+
+def test_device_links_load_no_routing_kernel():
+    """A node on devices imports qkdseg.net.devicelinks: still no numba, llvmlite, scipy, routing or kms.service."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import qkdseg.net.node, qkdseg.net.devicelinks"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mods = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert "qkdseg.net.devicelinks" in mods
+    heavy = [m for m in mods if m.split(".")[0] in ("numba", "llvmlite", "scipy")
+             or m.startswith(("qkdseg.routing", "qkdseg.kms.service", "qkdseg._kernels"))]
+    assert heavy == []
+
+
 def test_init_writes_device_credentials_per_link_end(dnet):
     rows = json.loads(_run("net", "status", str(dnet.dir), "--format", "json").stdout)
     assert rows[0]["role"] == "device" and rows[0]["healthy"] and rows[0]["pid"]

@@ -222,6 +222,10 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         nd.mkdir(parents=True, exist_ok=True)
         if force:
             _remove_state(nd)
+            if link_source != "device" and (nd / "device").is_dir():  # the device credentials of an earlier init
+                import shutil
+
+                shutil.rmtree(nd / "device")
         skey = make_storage_key(nd / "storage.key")
         make_audit_key(nd / "audit.key")
         host = addr[str(v)].rsplit(":", 1)[0]
