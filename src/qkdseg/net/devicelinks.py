@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
 import time
@@ -122,8 +123,8 @@ class _End:
         self.pool_bits = int(lk["pool_bits"])
         dev = lk["device"]
         self.url, self.sae, self.peer_sae, self.key_size = dev["url"], dev["sae"], dev["peer_sae"], int(dev["key_size"])
-        p = lambda s: Path(s) if Path(s).is_absolute() else directory / s  # noqa: E731
-        self.ca, self.cert, self.key = p(dev["ca"]), p(dev["cert"]), p(dev["key"])
+        self.ca, self.cert, self.key = (Path(dev[f]) if Path(dev[f]).is_absolute() else directory / dev[f]
+                                        for f in ("ca", "cert", "key"))
         self.stream = DeviceStream(self.name)
         self.state, self.message = "starting", ""
         self.fetched = self.skipped = 0
@@ -219,10 +220,8 @@ class DeviceLinks:
         finally:
             for end in self.ends.values():
                 if end.client is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         await end.client.close()
-                    except Exception:  # noqa: BLE001
-                        pass
 
     async def _loop(self, end: _End) -> None:
         backoff = self.poll_s
@@ -241,12 +240,10 @@ class DeviceLinks:
                 await self._set_state(end, err.state, str(err))
                 await asyncio.sleep(backoff)
                 backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
-            except Exception as err:  # noqa: BLE001 -- never let one link's loop die silently
+            except Exception as err:  # never let one link's loop die silently
                 logger.exception("device loop of link %s", end.name)
-                try:
+                with contextlib.suppress(Exception):  # the store failed: the node refuses requests anyway
                     await self._set_state(end, "error", type(err).__name__)
-                except Exception:  # noqa: BLE001 -- the store failed: the node refuses requests anyway
-                    pass
                 await asyncio.sleep(backoff)
                 backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
 
