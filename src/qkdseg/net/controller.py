@@ -268,7 +268,8 @@ class Controller:
                 lv.level[k] = max(0, min(ends.values())) if len(ends) == 2 else min(int(lv.level[k]), max(0, level))
             elif level is not None and level < lv.level[k]:
                 lv.level[k] = max(0, level)
-            if (int(lv.level[k]), int(lv.consumed[k])) != before:
+            raised = int(lv.level[k]) > before[0] and int(lv.consumed[k]) == before[1]
+            if (int(lv.level[k]), int(lv.consumed[k])) != before and not raised:  # a device feed's refill: no record
                 changed[name] = {"level": [before[0], int(lv.level[k])], "consumed": [before[1], int(lv.consumed[k])]}
         self.reported[caller_node] = time.time()
         if changed:
