@@ -17,8 +17,11 @@ import signal
 import sqlite3
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_net import Net, _free_port, _run
 
 SAES = ("A=0", "B=7")
@@ -208,3 +211,56 @@ def test_device_killed_fails_cleanly_and_recovers(dnet):
     for _ in range(3):
         dnet.deliver("A", "0", "B", "7", number=2)
     _check_records(dnet)
+
+
+def test_device_keys_only_from_the_links_other_end(dnet):
+    """``/relay/v1/device_keys``: 403 from a node that is not the link's sending end, 409 at a wrong offset
+    (with the receiver's end), 403 from an SAE's certificate."""
+    import httpx
+
+    from qkdseg.net.wire import client_context
+
+    conf = json.loads((dnet.dir / "nodes" / dnet.names["0"] / "node.json").read_text())
+    lk = conf["links"][0]
+    name = json.dumps(lk["link"], separators=(",", ":"))
+    nb = str(lk["neighbour"])
+    d_from_nb = 0 if str(lk["link"][0]) == nb else 1
+    stranger = next(n for n in dnet.names if n not in ("0", nb) and n not in {str(x["neighbour"]) for x in conf["links"]})
+
+    def post(node_dir: Path, body: dict):
+        ctx = client_context(node_dir / "node.crt", node_dir / "node.key", node_dir / "ca.crt")
+        with httpx.Client(verify=ctx, timeout=10) as cl:
+            return cl.post(f"https://{dnet.addr['0']}/relay/v1/device_keys", json=body)
+
+    body = {"link": name, "direction": d_from_nb, "offset": 10**9, "key_ids": ["00000000-0000-4000-8000-000000000000"]}
+    r = post(dnet.dir / "nodes" / dnet.names[stranger], body)
+    assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json", r.text
+    r = post(dnet.dir / "nodes" / dnet.names[nb], {**body, "direction": 1 - d_from_nb})  # node 0 sends that one
+    assert r.status_code == 403, r.text
+    r = post(dnet.dir / "nodes" / dnet.names[nb], body)
+    assert r.status_code == 409 and 0 <= r.json()["end"] < 10**9, r.text
+    sae = dnet.dir / "pki"
+    ctx = client_context(sae / "A.crt", sae / "A.key", sae / "ca.crt")
+    with httpx.Client(verify=ctx, timeout=10) as cl:
+        assert cl.post(f"https://{dnet.addr['0']}/relay/v1/device_keys", json=body).status_code == 403
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.integers(0, 260), st.integers(0, 80))
+def test_device_stream_reads_its_chunks_in_order_or_raises(sizes, offset, n):
+    """DeviceStream.read is the concatenation of the chunks at their offsets; beyond them it raises (503)."""
+    from qkdseg.net.devicelinks import DeviceShort, DeviceStream
+
+    s = DeviceStream("[0,1]")
+    seq, pos = b"", 0
+    for i, size in enumerate(sizes):
+        data = bytes((i * 37 + j) % 256 for j in range(size))
+        s.add(1, pos, data)
+        seq, pos = seq + data, pos + size
+    assert s.ends[1] == len(seq) and s.ends[0] == 0
+    if n == 0 or offset + n <= len(seq):  # nothing to read is no shortage
+        assert s.read(1, offset, n) == seq[offset: offset + n]
+    else:
+        with pytest.raises(DeviceShort):
+            s.read(1, offset, n)
+    assert s.held(1, offset) == max(0, len(seq) - offset)
