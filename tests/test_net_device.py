@@ -190,6 +190,56 @@ def _restart_device(net) -> None:
         time.sleep(0.2)
 
 
+def test_receiver_ahead_of_its_sender_is_skipped_at_both_ends(dnet):
+    """The sender dies between the receiver's 202 and its own write (played here: node 0's device end fetches keys
+    and names them to its neighbour, as node 0): node 0's next round gets 409 and moves past them; they are used by
+    no one, and deliveries go on."""
+    import ssl
+
+    import httpx
+
+    from qkdseg.net.wire import client_context
+
+    nd0 = dnet.dir / "nodes" / dnet.names["0"]
+    conf = json.loads((nd0 / "node.json").read_text())
+    offs = dnet.offsets("0")
+
+    def used(x):  # node 0's outgoing counter on that link: the link the relays use most
+        return offs.get((json.dumps(x["link"], separators=(",", ":")), 0 if str(x["link"][0]) == "0" else 1), 0)
+
+    lk = max(conf["links"], key=used)
+    assert used(lk) > 0
+    nb = str(lk["neighbour"])
+    name, dev = json.dumps(lk["link"], separators=(",", ":")), lk["device"]
+    d = 0 if str(lk["link"][0]) == "0" else 1
+    dctx = ssl.create_default_context(cafile=str(nd0 / dev["ca"]))
+    dctx.load_cert_chain(str(nd0 / dev["cert"]), str(nd0 / dev["key"]))
+    with httpx.Client(verify=dctx, timeout=10) as cl:
+        r = cl.post(f"{dev['url']}/api/v1/keys/{dev['peer_sae']}/enc_keys", json={"number": 2})
+    assert r.status_code == 200, r.text
+    ids = [k["key_ID"] for k in r.json()["keys"]]
+    ctx = client_context(nd0 / "node.crt", nd0 / "node.key", nd0 / "ca.crt")
+    with httpx.Client(verify=ctx, timeout=10) as cl:
+        for _ in range(20):  # node 0's own loop may write first: then start at the end node 3 gives
+            end = _chunks(dnet, nb).get((name, d), [(0, 0, [])])
+            at = max(o + n for o, n, _ in end)
+            r = cl.post(f"https://{dnet.addr[nb]}/relay/v1/device_keys",
+                        json={"link": name, "direction": d, "offset": at, "key_ids": ids})
+            if r.status_code == 202:
+                break
+            assert r.status_code == 409, r.text
+        assert r.status_code == 202 and r.json()["key_ids"] == ids, r.text
+    ahead = r.json()["end"]
+    deadline = time.monotonic() + 40
+    while not any(o >= ahead for o, _, _ in _chunks(dnet, "0").get((name, d), [])):
+        assert time.monotonic() < deadline, "node 0 never moved past the keys only its neighbour holds"
+        dnet.deliver("A", "0", "B", "7", number=8, size=1024)
+    held0 = {k for _, _, i in _chunks(dnet, "0").get((name, d), []) for k in i}
+    assert not held0 & set(ids)  # the keys the neighbour alone holds are not node 0's: no piece names them
+    dnet.deliver("A", "0", "B", "7", number=2)
+    _check_records(dnet)
+
+
 def test_device_killed_fails_cleanly_and_recovers(dnet):
     """kill -9 of the emulator: the keys held still serve (identical at both ends), then the controller refuses
     with its JSON 503 (the nodes report what they hold); after its restart deliveries resume."""

@@ -23,8 +23,9 @@ sender writes:
 
 A receiver whose sequence already goes further than ``offset`` (the sender
 crashed between the receiver's 202 and its own write) answers 409 with its
-end; the sender then moves its end forward to it: the bytes in between are
-held by the receiver only and never named by any piece, so never used. A
+end; the sender then moves its end (and its counter, if below) forward to
+it: the bytes in between are held by the receiver only and never named by
+any piece, so never used. A
 retry of the same message (same offset, same ids) gets the same 202.
 
 :class:`DeviceStream` reads the sequences with :class:`.keystream.LinkStream`'s
@@ -291,7 +292,12 @@ class DeviceLinks:
             except ValueError:
                 answer = {}
         if r is not None and r.status_code == 409 and isinstance(answer.get("end"), int) and answer["end"] > offset:
-            self._write(end, d, int(answer["end"]), b"", [])  # the receiver's end: move this end forward to it
+            new_end = int(answer["end"])
+            self._write(end, d, new_end, b"", [])  # the receiver's end: move this end forward to it
+            key = (end.name, d)
+            if self.svc.offsets.get(key, 0) < new_end:  # and the counter past the gap (a read never spans it)
+                self.svc.offsets[key] = new_end
+                self.svc.relaydb.write({key: new_end})
             await self._skipped(end, ids, f"node {end.neighbour} holds this direction up to {answer['end']}")
             return True
         if r is None or r.status_code != 202:
