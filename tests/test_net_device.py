@@ -113,6 +113,20 @@ def test_init_writes_device_credentials_per_link_end(dnet):
     rows = json.loads(_run("net", "status", str(dnet.dir), "--format", "json").stdout)
     assert rows[0]["role"] == "device" and rows[0]["healthy"] and rows[0]["pid"]
     assert all(r["healthy"] for r in rows)
+    import httpx
+
+    from qkdseg.net.wire import client_context
+
+    c = dnet.dir / "controller"
+    deadline = time.monotonic() + 20
+    with httpx.Client(verify=client_context(c / "controller.crt", c / "controller.key", c / "ca.crt"), timeout=10) as cl:
+        while True:  # the first round of each link's loop: then "ok", with keys fetched
+            h = cl.get(f"https://{dnet.addr['0']}/health").json()
+            if {v["state"] for v in h["device_links"].values()} == {"ok"}:
+                break
+            assert time.monotonic() < deadline, h
+            time.sleep(0.2)
+    assert len(h["device_links"]) == 2 and all(v["fetched_keys"] > 0 for v in h["device_links"].values()), h
     for name in dnet.names.values():
         nd = dnet.dir / "nodes" / name
         conf = json.loads((nd / "node.json").read_text())
@@ -231,9 +245,16 @@ def test_receiver_ahead_of_its_sender_is_skipped_at_both_ends(dnet):
         assert r.status_code == 202 and r.json()["key_ids"] == ids, r.text
     ahead = r.json()["end"]
     deadline = time.monotonic() + 40
+    m, sl = dnet.client("A", "0"), dnet.client("B", "7")
     while not any(o >= ahead for o, _, _ in _chunks(dnet, "0").get((name, d), [])):
         assert time.monotonic() < deadline, "node 0 never moved past the keys only its neighbour holds"
-        dnet.deliver("A", "0", "B", "7", number=8, size=1024)
+        code, c = m.get_key("B", number=4, size=1024)  # use the link's keys, so that node 0 fetches more
+        if code == 200:
+            code2, back = sl.get_key_with_key_IDs("A", [k.key_id for k in c.keys])
+            assert code2 == 200 and {k.key_id: k.key for k in back.keys} == {k.key_id: k.key for k in c.keys}
+        else:
+            assert code == 503 and c.message, (code, c)
+            time.sleep(0.2)
     held0 = {k for _, _, i in _chunks(dnet, "0").get((name, d), []) for k in i}
     assert not held0 & set(ids)  # the keys the neighbour alone holds are not node 0's: no piece names them
     dnet.deliver("A", "0", "B", "7", number=2)
@@ -243,10 +264,14 @@ def test_receiver_ahead_of_its_sender_is_skipped_at_both_ends(dnet):
 def test_device_killed_fails_cleanly_and_recovers(dnet):
     """kill -9 of the emulator: the keys held still serve (identical at both ends), then the controller refuses
     with its JSON 503 (the nodes report what they hold); after its restart deliveries resume."""
+    deadline = time.monotonic() + 30
+    while dnet.client("A", "0").get_status("B")[1].stored_key_count < 64:  # the links topped up again
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
     os.kill(dnet.pid("device"), signal.SIGKILL)
     codes = []
-    for _ in range(20):
-        code, c = dnet.client("A", "0").get_key("B", number=16, size=1024)
+    for i in range(20):
+        code, c = dnet.client("A", "0").get_key("B", number=4 if i == 0 else 16, size=1024)
         if code == 200:  # device keys held from before: still identical at both ends
             code2, back = dnet.client("B", "7").get_key_with_key_IDs("A", [k.key_id for k in c.keys])
             assert code2 == 200 and {k.key_id: k.key for k in back.keys} == {k.key_id: k.key for k in c.keys}

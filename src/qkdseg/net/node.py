@@ -13,7 +13,8 @@ One TLS 1.3 listener, told apart by path and by the caller's certificate role:
 - it reports its links (ETSI GS QKD 015's ``qkd_node``, a subset) to the
   controller's ``/control/v1/links`` after its start and every
   ``QKDSEG_REPORT_S`` seconds (default 5);
-- ``/health``.
+- ``/health`` (with ``device_links`` on a device-fed node: each link's device state, keys fetched
+  and skipped, bits held).
 
 A node never routes: this module imports no routing kernel, no numba and
 no scipy. It runs its part of each request with the node-local relay steps
@@ -972,8 +973,11 @@ def create_node_app(svc: NodeService):
         return json_response({"request_id": w["request_id"], "status": "voided"}, 200)
 
     async def health(request: Request):
-        return json_response({"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
-                              "keys_waiting": len(svc.keys), "requests": len(svc.requests)})
+        body = {"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
+                "keys_waiting": len(svc.keys), "requests": len(svc.requests)}
+        if svc.device is not None:  # per device-fed link: its device state, keys fetched and skipped, bits held
+            body["device_links"] = svc.device.view()
+        return json_response(body)
 
     routes = [
         Route("/relay/v1/messages", messages, methods=["POST"]),
