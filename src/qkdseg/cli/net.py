@@ -33,6 +33,9 @@ def init(
                                    "lists them), e.g. shared_relays=true for msp.", show_default=False)] = [],
     port: Annotated[int, typer.Option("--port", help="The port of every listener (each node has its own address).")] = 8443,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing deployment.")] = False,
+    link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (a seeded "
+                                             "keystream per link) or 'device' (QKD devices over ETSI 014: writes "
+                                             "the device emulator's directory DIR/devices/).")] = "emulated",
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -40,9 +43,11 @@ def init(
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
-                       algorithm_options=_parse_algorithm_options(algorithm_option))
+                       algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source)
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
+    if "devices" in out:
+        typer.echo(f"wrote {directory}/devices/: the QKD device emulator on {out['devices']} (net up starts it)")
     typer.echo(f"start it with: qkdseg net up {directory}")
 
 

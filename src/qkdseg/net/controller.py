@@ -34,6 +34,7 @@ import os
 import sys
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -45,6 +46,9 @@ from .wire import Problem, client_context, json_response, problem_routes, read_j
 
 
 CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
+#: Device-fed links: a plan's reservation counts against a link's reported level this long (twice the nodes' relay
+#: timeout); by then its bits were used (and the nodes' counters show it) or its request failed.
+RESERVED_S = 2 * float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "8"))
 
 
 class Capture:
@@ -133,6 +137,13 @@ class Controller:
         from .linkhealth import DownLinks
 
         self.down = DownLinks()  # links an end reported DOWN: planned around (net/linkhealth.py)
+        # net init --link-source device: the model never refills a link; its level is what both ends report they
+        # hold (the lower of their latest reports), so a request never routes on device keys not yet fetched
+        self.device_fed = self.net.get("link_source") == "device"
+        self.device_reports: dict[int, dict[str, tuple[int, int]]] = {}  # link -> node -> (level, consumed)
+        self.device_consumed: dict[int, deque] = {}  # link -> (time, the model's consumed bits) at recent reports
+        if self.device_fed:
+            self.svc.source.rate_bps[:] = 0.0
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
 
     def _http(self):
@@ -240,7 +251,8 @@ class Controller:
 
     async def report(self, caller_node: str, w: dict) -> dict:
         """A node's link report: the model's level of each link becomes the lower of its own and the report's
-        (its consumed bits the higher), audited when it changes anything."""
+        (its consumed bits the higher), audited when it changes anything. On device-fed links the level is the
+        lower of both ends' latest reports (up or down; the model does not refill them)."""
         from ..kms.store import Batch
 
         try:
@@ -275,9 +287,23 @@ class Controller:
             if extra > 0:  # bits the nodes used that the model never reserved (offsets skipped after a crash)
                 lv.consumed[k] = consumed
                 lv.level[k] = max(0, int(lv.level[k]) - extra)
-            if level is not None and level < lv.level[k]:
+            if level is not None and self.device_fed:
+                # each end's latest report, less what plans reserved that its counters had not used yet (only the
+                # last RESERVED_S seconds' reservations: an older one was used, or its request failed and never will)
+                ends = self.device_reports.setdefault(k, {})
+                ends[caller_node] = (level, consumed)
+                hist = self.device_consumed.setdefault(k, deque())
+                t_now = time.monotonic()
+                hist.append((t_now, int(lv.consumed[k])))
+                while len(hist) > 1 and hist[1][0] <= t_now - RESERVED_S:
+                    hist.popleft()
+                old = hist[0][1] if hist[0][0] <= t_now - RESERVED_S else 0
+                now_level = min(lv_ - max(0, int(lv.consumed[k]) - max(c, old)) for lv_, c in ends.values())
+                lv.level[k] = max(0, now_level if len(ends) == 2 else min(int(lv.level[k]), now_level))
+            elif level is not None and level < lv.level[k]:
                 lv.level[k] = max(0, level)
-            if (int(lv.level[k]), int(lv.consumed[k])) != before:
+            raised = int(lv.level[k]) > before[0] and int(lv.consumed[k]) == before[1]
+            if (int(lv.level[k]), int(lv.consumed[k])) != before and not raised:  # a device feed's refill: no record
                 changed[name] = {"level": [before[0], int(lv.level[k])], "consumed": [before[1], int(lv.consumed[k])]}
         self.reported[caller_node] = time.time()
         if changed:

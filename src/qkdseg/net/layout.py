@@ -120,8 +120,14 @@ def _remove_state(d: Path) -> None:
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
                  key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
-                 algorithm_options: dict | None = None) -> dict:
-    """Write the deployment (see the module docstring); returns a summary."""
+                 algorithm_options: dict | None = None, link_source: str = "emulated") -> dict:
+    """Write the deployment (see the module docstring); returns a summary.
+
+    ``link_source="device"``: the links' keys come from QKD devices over ETSI
+    014 (:mod:`.devicelinks`); ``DIR/devices/`` is the device emulator's
+    directory (:func:`qkdseg.kms.device.init_devices`), and each node gets its
+    own links' device credentials in ``nodes/<dir>/device/`` instead of seeds.
+    """
     from ..kms.config import KmsConfig, write_config
     from ..kms.audit import make_audit_key
     from ..kms.store import init_keys, make_storage_key
@@ -134,6 +140,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"{directory / 'nodes.json'}: a deployment exists already (use --force to overwrite)")
     if not 1 <= port <= 65535:
         raise InvalidRequest(f"--port {port} must be in 1..65535")
+    if link_source not in ("emulated", "device"):
+        raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
     source = None
     if not (spec == "example" or spec.startswith("topohub:")):
         source = Path(spec)
@@ -182,10 +190,26 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         _remove_state(ctrl)
     init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
     write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
-    net_json = {"network": spec, "address": ctrl_addr, "nodes": [{"id": v, "dir": names[str(v)], "address": addr[str(v)],
+    net_json = {"network": spec, "address": ctrl_addr, "link_source": link_source, "nodes": [{"id": v, "dir": names[str(v)], "address": addr[str(v)],
                                                                   "saes": at_node.get(str(v), [])} for v in ids]}
     (ctrl / "net.json").write_text(json.dumps(net_json, indent=1) + "\n")
 
+    devices: dict[frozenset, tuple[str, dict]] = {}  # {u, v} -> ("U|V", the link's device endpoints)
+    dev_dir = directory / "devices"
+    if link_source == "device":
+        from ..kms.device import init_devices
+
+        if force:
+            (dev_dir / "keys.jsonl").unlink(missing_ok=True)
+        _dev_cfg, tables = init_devices(dev_dir, net, spec, key_size=key_size, default_rate_bps=cfg.default_rate_bps)
+        for name, table in tables.items():
+            u, _, v = name.partition("|")
+            devices[frozenset((u, v))] = (name, table)
+    else:
+        import shutil
+
+        if force and (dev_dir / "device.toml").exists():  # an emulated network now: net up must not start it
+            shutil.rmtree(dev_dir)
     seeds = {}
     for u, v, data in net.graph.edges(data=True):
         seeds[(u, v)] = (secrets.token_bytes(32), data)
@@ -198,6 +222,10 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         nd.mkdir(parents=True, exist_ok=True)
         if force:
             _remove_state(nd)
+            if link_source != "device" and (nd / "device").is_dir():  # the device credentials of an earlier init
+                import shutil
+
+                shutil.rmtree(nd / "device")
         skey = make_storage_key(nd / "storage.key")
         make_audit_key(nd / "audit.key")
         host = addr[str(v)].rsplit(":", 1)[0]
@@ -211,6 +239,18 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
             name = link_name(a, b)
             links.append({"link": [a, b], "neighbour": other, "address": addr[str(other)],
                           "pool_bits": int(data.get("pool_bits", 100_000)), "rate_bps": data.get("rate_bps")})
+            if link_source == "device":  # this end's device credentials only; no seed
+                dname, t = devices[frozenset((str(a), str(b)))]
+                mine = "a" if dname.partition("|")[0] == str(v) else "b"
+                sae, peer = t[f"{mine}_sae"], t["b_sae" if mine == "a" else "a_sae"]
+                (nd / "device").mkdir(exist_ok=True)
+                (nd / "device" / "ca.crt").write_bytes((dev_dir / "pki" / "ca.crt").read_bytes())
+                (nd / "device" / f"{sae}.crt").write_bytes((dev_dir / "pki" / f"{sae}.crt").read_bytes())
+                write_secret(nd / "device" / f"{sae}.key", (dev_dir / "pki" / f"{sae}.key").read_bytes())
+                links[-1]["device"] = {"url": t[f"{mine}_url"], "ca": "device/ca.crt", "cert": f"device/{sae}.crt",
+                                       "key": f"device/{sae}.key", "sae": sae, "peer_sae": peer,
+                                       "key_size": int(t["key_size"])}
+                continue
             sealed[name] = seal(skey, name, seed)
         (nd / "links.sealed.json").write_text(json.dumps(sealed, indent=1) + "\n")
         os.chmod(nd / "links.sealed.json", 0o600)
@@ -227,4 +267,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         }
         (nd / "node.json").write_text(json.dumps(conf, indent=1) + "\n")
     (directory / "nodes.json").write_text(json.dumps(names, indent=1) + "\n")
-    return {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}
+    out = {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}
+    if link_source == "device":
+        out["devices"] = f"https://{_dev_cfg.host}:{_dev_cfg.port}"
+    return out

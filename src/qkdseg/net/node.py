@@ -13,7 +13,8 @@ One TLS 1.3 listener, told apart by path and by the caller's certificate role:
 - it reports its links (ETSI GS QKD 015's ``qkd_node``, a subset) to the
   controller's ``/control/v1/links`` after its start and every
   ``QKDSEG_REPORT_S`` seconds (default 5);
-- ``/health``.
+- ``/health`` (with ``device_links`` on a device-fed node: each link's device state, keys fetched
+  and skipped, bits held).
 
 A node never routes: this module imports no routing kernel, no numba and
 no scipy. It runs its part of each request with the node-local relay steps
@@ -152,8 +153,9 @@ class NetLinkEnd:
     def take(self, nbytes: int) -> tuple[int, KeyMaterial]:
         key = (self.name, self.out_dir)
         off = self.offsets.get(key, 0)
+        km = KeyMaterial(self.stream.read(self.out_dir, off, nbytes))  # a device-fed link may not hold them: raises
         self.offsets[key] = self.dirty[key] = off + nbytes
-        return off, KeyMaterial(self.stream.read(self.out_dir, off, nbytes))
+        return off, km
 
     def at(self, offset: int, nbytes: int) -> KeyMaterial:
         return KeyMaterial(self.stream.read(self.in_dir, offset, nbytes))
@@ -211,11 +213,16 @@ class NodeService:
         self._dirty: dict = {}
         self.links: dict = {}  # neighbour id -> NetLinkEnd
         self.neighbours: dict[str, object] = {}
+        self.device = None  # the device-fed links (net init --link-source device): .devicelinks
+        if any("device" in lk for lk in self.conf["links"]):
+            from .devicelinks import DeviceLinks
+
+            self.device = DeviceLinks(self)
         for lk in self.conf["links"]:
             u, v = lk["link"]
             name = link_name(u, v)
-            seed = unseal(skey, name, sealed[name])
-            self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), LinkStream(seed), self.offsets, self._dirty)
+            stream = self.device.stream(name) if "device" in lk else LinkStream(unseal(skey, name, sealed[name]))
+            self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), stream, self.offsets, self._dirty)
             self.neighbours[str(lk["neighbour"])] = lk["neighbour"]
         self.addresses: dict[str, str] = self.conf["addresses"]
         from .leader import Controllers, peer_addresses
@@ -397,7 +404,12 @@ class NodeService:
             return
         st.meta = body
         st.relay = RelayNode(NodePart.from_dict(body["part"]), self.links)
-        out = st.relay.start()
+        try:
+            out = st.relay.start()
+        except KmsError as err:  # a device-fed link holds fewer key bytes than the plan takes: nothing is sent
+            logger.warning("request %s: %s", request_id, err.message)
+            self._fail(request_id, err.message)
+            return
         self._record_tap(request_id, st.relay)
         self.send(out, request_id)
         for msg in st.early:
@@ -781,8 +793,9 @@ class NodeService:
     def link_report(self) -> dict:
         """This node's links as a JSON subset of ETSI GS QKD 015's model (``qkd_node``: ``qkdn_id``, ``qkd_links``,
         each ``qkd_link`` with ``link_id``, ``link_status``, both ends' ``qkdn_id``) plus qkdseg's fields: the pool's
-        size, the bits consumed in both directions (this end's durable offsets) and its level, ``null`` here: an
-        emulated link's refill is the controller's model (a node on a real QKD device would report the device's)."""
+        size, the bits consumed in both directions (this end's durable offsets) and its level: ``null`` for an
+        emulated link (its refill is the controller's model), the device key bits held in the direction with fewer
+        for a device-fed link (:mod:`.devicelinks`)."""
         out = []
         for lk in self.conf["links"]:
             name = link_name(*lk["link"])
@@ -790,7 +803,7 @@ class NodeService:
             out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]),
                         "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
-                        "qkdseg_level_bits": None})
+                        "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
                 "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))}}
 
@@ -820,6 +833,8 @@ class NodeService:
 
     async def start_tasks(self) -> None:
         await self.sync_offsets()
+        if self.device is not None:  # and keep each device-fed link's outgoing direction topped up
+            await asyncio.gather(self.report_links(), self.device.run())
         await self.report_links()
 
     def close(self) -> None:
@@ -968,8 +983,11 @@ def create_node_app(svc: NodeService):
         return json_response({"request_id": w["request_id"], "status": "voided"}, 200)
 
     async def health(request: Request):
-        return json_response({"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
-                              "keys_waiting": len(svc.keys), "requests": len(svc.requests)})
+        body = {"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
+                "keys_waiting": len(svc.keys), "requests": len(svc.requests)}
+        if svc.device is not None:  # per device-fed link: its device state, keys fetched and skipped, bits held
+            body["device_links"] = svc.device.view()
+        return json_response(body)
 
     routes = [
         Route("/relay/v1/messages", messages, methods=["POST"]),
@@ -978,7 +996,7 @@ def create_node_app(svc: NodeService):
         Route("/control/v1/parts", parts, methods=["POST"]),
         Route("/control/v1/void", void, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
-    ]
+    ] + (svc.device.routes() if svc.device is not None else [])
     app = create_app(svc, routes=routes)
     inner = app.router.lifespan_context
 

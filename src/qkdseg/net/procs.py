@@ -1,7 +1,8 @@
 """``qkdseg net up|down|status``: a whole network as local processes (docs/network.md).
 
 ``net up DIR`` starts the controller and one ``qkdseg node serve`` per node
-(each its own OS process, its output in ``DIR/logs/``), writes their pids to
+(and first ``qkdseg device serve DIR/devices``, the QKD device emulator, for a
+network made with ``net init --link-source device``; each its own OS process, its output in ``DIR/logs/``), writes their pids to
 ``DIR/run/pids.json``, waits until each answers its health check, and prints
 a table. In the foreground it stops every process on SIGINT/SIGTERM (exit
 0); with ``--detach`` it leaves them running and ``net down DIR`` stops them.
@@ -32,8 +33,16 @@ def processes(directory: Path) -> list[dict]:
     """One entry per process: role, node, address, etsi014_url, and its directory (with ``DIR/cluster.json``:
     the etcd members, every controller and the fault proxy too, net/cluster.py)."""
     net = _net(directory)
-    out = [{"role": "controller", "node": None, "address": net["address"], "etsi014_url": None,
-            "dir": str(directory / "controller"), "name": "controller"}]
+    out = []
+    devices = directory / "devices"
+    if (devices / "device.toml").exists():  # net init --link-source device: the QKD device emulator, first
+        from ..kms.device import load_device_config
+
+        dc = load_device_config(devices)
+        out.append({"role": "device", "node": None, "address": f"{dc.host}:{dc.port}",
+                    "etsi014_url": f"https://{dc.host}:{dc.port}", "dir": str(devices), "name": "device"})
+    out.append({"role": "controller", "node": None, "address": net["address"], "etsi014_url": None,
+                "dir": str(directory / "controller"), "name": "controller"})
     for n in net["nodes"]:
         out.append({"role": "node", "node": str(n["id"]), "address": n["address"],
                     "etsi014_url": f"https://{n['address']}" if n["saes"] else None,
@@ -74,6 +83,7 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str
 
     c = directory / "controller"
     ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    dev_ctx = None
 
     def one(p):
         if p["role"] in ("etcd", "proxy"):
@@ -81,11 +91,24 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str
 
             return other_health(directory, p)
         try:
+            if p["role"] == "device":  # the emulator's own PKI: its operator certificate reads its counters
+                with httpx.Client(verify=dev_ctx, timeout=timeout) as cl:
+                    r = cl.get(f"https://{p['address']}/qkdseg/v1/counters")
+                return r.status_code == 200 and "links" in r.json()
             with httpx.Client(verify=ctx, timeout=timeout) as cl:
                 r = cl.get(f"https://{p['address']}/health")
             return r.status_code == 200 and r.json().get("status") == "ok"
         except Exception:  # noqa: BLE001 -- not answering is unhealthy
             return False
+
+    if any(p["role"] == "device" for p in procs):
+        import ssl
+
+        from ..kms.device import ADMIN
+
+        pk = directory / "devices" / "pki"
+        dev_ctx = ssl.create_default_context(cafile=str(pk / "ca.crt"))
+        dev_ctx.load_cert_chain(str(pk / f"{ADMIN}.crt"), str(pk / f"{ADMIN}.key"))
 
     with concurrent.futures.ThreadPoolExecutor(min(32, len(procs))) as ex:
         return dict(zip([p["name"] for p in procs], ex.map(one, procs)))
