@@ -252,8 +252,10 @@ def test_ctrl_c_while_the_package_is_imported_gives_the_one_line(delay):
     script = Path(sys.executable).parent / "qkdseg"
     if not script.exists():
         pytest.skip(f"no console script at {script}")
+    # SIGINT at its default in the child: a pytest-xdist worker ignores SIGINT, and an ignored signal is inherited
     proc = subprocess.Popen([str(script), "route", "example", "--src", "0", "--dst", "7"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+                            stderr=subprocess.PIPE, env=_env(), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
