@@ -110,6 +110,31 @@ class _Client:
         await self.http.aclose()
 
 
+async def enc_round(client: "_Client", peer_sae: str, key_size: int, room_bits: int, config: str, seen=None):
+    """One sending end's device round: ``status``, then ``enc_keys`` for as many keys as fit in ``room_bits`` (at most
+    the device's ``max_key_per_request``). Returns ``(stored, size, room, keys)``, ``keys`` empty when none fit;
+    ``seen(bits)`` gets the device's count from ``status`` first. :class:`DeviceError` for an answer that does not fit
+    (``config`` names the file whose key size it contradicts). Used by the centralized service's
+    :class:`Etsi014KeySource` and by the nodes' device-fed links (:mod:`qkdseg.net.devicelinks`)."""
+    st = await client.call("GET", f"{peer_sae}/status")
+    try:
+        stored, size, most = int(st["stored_key_count"]), int(st["key_size"]), int(st["max_key_per_request"])
+    except (KeyError, TypeError, ValueError):
+        raise DeviceError("error", "status: missing stored_key_count, key_size or max_key_per_request") from None
+    if seen is not None:
+        seen(stored * size)
+    if size != key_size:
+        raise DeviceError("refused", f"status: the device's key_size is {size}, {config} asks for {key_size}")
+    room = room_bits // size
+    number = min(stored, room, max(1, most))
+    if number <= 0:
+        return stored, size, room, []
+    enc = _keys(await client.call("POST", f"{peer_sae}/enc_keys", {"number": number, "size": size}), "enc_keys")
+    if len({kid for kid, _ in enc}) != len(enc):
+        raise DeviceError("error", "enc_keys: a key id given twice")
+    return stored, size, room, enc
+
+
 def _keys(data: dict, where: str) -> list[tuple[str, bytes]]:
     out = []
     items = data.get("keys")
@@ -304,22 +329,14 @@ class Etsi014KeySource:
         """
         if int(self.capacity[k] - self.held_bits[k]) < dl.key_size and self.state[k] != "starting":
             return None
-        st = await a.call("GET", f"{dl.b_sae}/status")
-        try:
-            stored, size, most = int(st["stored_key_count"]), int(st["key_size"]), int(st["max_key_per_request"])
-        except (KeyError, TypeError, ValueError):
-            raise DeviceError("error", "status: missing stored_key_count, key_size or max_key_per_request") from None
-        self.device_bits[k] = stored * size
-        if size != dl.key_size:
-            raise DeviceError("refused", f"status: the device's key_size is {size}, kms.toml asks for {dl.key_size}")
-        room = int(self.capacity[k] - self.held_bits[k]) // size
-        number = min(stored, room, max(1, most))
-        if number <= 0:
+        def seen(bits: int) -> None:
+            self.device_bits[k] = bits
+
+        stored, size, room, enc = await enc_round(a, dl.b_sae, dl.key_size,
+                                                  int(self.capacity[k] - self.held_bits[k]), "kms.toml", seen)
+        if not enc:
             return False
-        enc = _keys(await a.call("POST", f"{dl.b_sae}/enc_keys", {"number": number, "size": size}), "enc_keys")
         ids = [kid for kid, _ in enc]
-        if len(set(ids)) != len(ids):
-            raise DeviceError("error", "enc_keys: a key id given twice")
         try:
             got = dict(_keys(await b.call("POST", f"{dl.a_sae}/dec_keys",
                                           {"key_IDs": [{"key_ID": kid} for kid in ids]}), "dec_keys"))

@@ -50,7 +50,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..kms.devicesource import DeviceError, _Client, _keys
+from ..kms.devicesource import DeviceError, _Client, _keys, enc_round
 from ..kms.etsi import KmsError
 from ..kms.store import Batch, load_storage_key
 from .layout import link_name, seal, unseal
@@ -257,22 +257,11 @@ class DeviceLinks:
         held = 8 * end.stream.held(d, self._consumed(end, d))
         if held > share // 2 and end.state == "ok":
             return None
-        dev = end.dev(self.timeout_s)
-        st = await dev.call("GET", f"{end.peer_sae}/status")
-        try:
-            stored, size, most = int(st["stored_key_count"]), int(st["key_size"]), int(st["max_key_per_request"])
-        except (KeyError, TypeError, ValueError):
-            raise DeviceError("error", "status: missing stored_key_count, key_size or max_key_per_request") from None
-        if size != end.key_size:
-            raise DeviceError("refused", f"status: the device's key_size is {size}, node.json asks for {end.key_size}")
-        room = (share - held) // size
-        number = min(stored, room, max(1, most))
-        if number <= 0:
+        stored, size, room, enc = await enc_round(end.dev(self.timeout_s), end.peer_sae, end.key_size, share - held,
+                                                  "node.json")
+        if not enc:
             return False
-        enc = _keys(await dev.call("POST", f"{end.peer_sae}/enc_keys", {"number": number, "size": size}), "enc_keys")
         ids = [kid for kid, _ in enc]
-        if len(set(ids)) != len(ids):
-            raise DeviceError("error", "enc_keys: a key id given twice")
         offset = end.stream.ends[d]
         body = {"link": end.name, "direction": d, "offset": offset, "key_ids": ids}
         url = f"https://{self.svc.addresses[str(end.neighbour)]}/relay/v1/device_keys"
