@@ -416,8 +416,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
     try:
         ops = attach_controller(ctl)
         app = create_controller_app(ctl)
-        dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host, "port": dashboard_port,
-                                                    "label": "controller"}
+        dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host, "port": dashboard_port}
         run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
                     ops=ops, metrics_port=metrics_port, log_level=log_level, dashboard=dash,
                     on_ready=lambda: logs.say(f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)"))

@@ -124,9 +124,6 @@ class RelayDB:
             raise
         return new
 
-    def set_status(self, table: str, message_id: str, status: str) -> None:
-        self.db.execute(f"UPDATE {table} SET status=? WHERE message_id=?", (status, message_id))
-
     def statuses(self, table: str, rows: list[tuple[str, str]]) -> None:
         """``(status, message_id)`` rows in one transaction."""
         self.db.execute("BEGIN")
