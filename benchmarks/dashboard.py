@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qkdseg.kms.monitor import Monitor
+from qkdseg.server.monitor import Monitor
 from qkdseg.kms.server import open_service
 
 from .kms import make_service

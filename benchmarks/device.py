@@ -32,10 +32,10 @@ POOL = 16384
 
 def make(root: Path, link_source: str, n_saes: int = 32) -> Path:
     import qkdseg
-    from qkdseg.kms.config import KmsConfig, write_config
-    from qkdseg.kms.device import init_devices
-    from qkdseg.kms.pki import make_pki
-    from qkdseg.kms.store import init_keys
+    from qkdseg.server.config import KmsConfig, write_config
+    from qkdseg.devices.emulator import init_devices
+    from qkdseg.server.pki import make_pki
+    from qkdseg.server.storagekey import init_keys
     from qkdseg.topology import load
 
     root.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,9 @@ HERE = Path(__file__).resolve().parent
 def make_service(root: Path, n_saes: int = 32) -> Path:
     """A service directory on the benchmark network (see the module docstring)."""
     import qkdseg
-    from qkdseg.kms.config import KmsConfig, write_config
-    from qkdseg.kms.pki import make_pki
-    from qkdseg.kms.store import init_keys
+    from qkdseg.server.config import KmsConfig, write_config
+    from qkdseg.server.pki import make_pki
+    from qkdseg.server.storagekey import init_keys
 
     root.mkdir(parents=True, exist_ok=True)
     net = qkdseg.waxman(100, trusted=10, p=0.9, seed=3)
@@ -80,7 +80,8 @@ def floor_app():
     from starlette.requests import Request
     from starlette.routing import Route
 
-    from qkdseg.kms.app import JSONResponse, _caller
+    from qkdseg.server.http import JSONResponse
+    from qkdseg.server.frontend import _caller
 
     async def status(request: Request):
         _caller(request)
@@ -110,9 +111,10 @@ def serve_floor(directory: str) -> None:
 
     import uvicorn
 
-    from qkdseg.kms.app import PeerCertH11Protocol
-    from qkdseg.kms.config import load_config
-    from qkdseg.kms.server import _server_class, tls_context
+    from qkdseg.server.http import PeerCertH11Protocol
+    from qkdseg.server.config import load_config
+    from qkdseg.kms.server import _server_class
+    from qkdseg.server.tls import tls_context
 
     cfg = load_config(directory)
     ctx = tls_context(cfg)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from qkdseg.kms.server import open_service
-from qkdseg.kms.service import Caller
+from qkdseg.server.etsi import Caller
 
 from .kms import make_service
 

@@ -21,7 +21,7 @@ def _restore_logging():
     """A server run in-process (qkdseg.kms.logs.configure) sets handlers, levels and propagate on the package's and
     uvicorn's loggers; put them back after each test, so that caplog in a later test (of any order, any worker)
     still sees the package's records."""
-    from qkdseg.kms.logs import LOGGERS
+    from qkdseg.server.logs import LOGGERS
 
     saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate)
              for n in LOGGERS}

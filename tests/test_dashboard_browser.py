@@ -310,7 +310,7 @@ def test_demo_command_and_the_readme_screenshot(browser, tmp_path):
 
 def test_live_viewers_are_capped(service):
     """At most MAX_VIEWERS event streams at once: the next gets a JSON 503; a closed stream frees its place."""
-    from qkdseg.kms.dashboard import MAX_VIEWERS
+    from qkdseg.server.dashboard import MAX_VIEWERS
 
     server, _ = service
     url = server.dashboard_url + "api/events"

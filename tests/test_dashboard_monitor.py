@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from qkdseg.keys.pools import PoolState, _next_state
 from qkdseg.keys.levels import READY, STATES, pool_states
-from qkdseg.kms.monitor import Monitor
-from qkdseg.kms.service import Caller, KmsError
+from qkdseg.server.monitor import Monitor
+from qkdseg.server.etsi import Caller, KmsError
 from test_kms_service import _service, _small_pools
 
 
@@ -212,7 +212,7 @@ def test_last_minute_counts_equal_a_recount(tmp_path_factory, events, wait):
 
 
 def test_json_answers_have_no_nan():
-    from qkdseg.kms.monitor import dumps
+    from qkdseg.server.monitor import dumps
 
     assert dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": 0.5}) == '{"a":null,"b":[1.0,null],"c":0.5}'
 
@@ -228,10 +228,10 @@ def test_network_without_positions_gets_a_layout(tmp_path):
     qkdseg.write_network(qkdseg.Network(g, default_p=0.7, name="ring"), path)
     svc_dir = tmp_path / "svc"
     svc_dir.mkdir()
-    from qkdseg.kms.config import KmsConfig, write_config
+    from qkdseg.server.config import KmsConfig, write_config
     from qkdseg.kms.server import open_service
 
-    from qkdseg.kms.store import init_keys
+    from qkdseg.server.storagekey import init_keys
 
     cfg = KmsConfig(network=str(path), saes={"A": "1", "B": "4"}, _dir=svc_dir).check()
     write_config(svc_dir, cfg)

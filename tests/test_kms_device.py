@@ -296,7 +296,7 @@ def _link_names(directory: Path) -> list[str]:
 
 
 def test_device_keys_are_sealed_at_rest_and_resealed_with_a_new_storage_key(tmp_path):
-    from qkdseg.kms.store import Batch, Store
+    from qkdseg.server.store import Batch, Store
 
     store = Store(tmp_path, bytes(range(32)), b"a" * 32)
     try:

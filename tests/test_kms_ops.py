@@ -209,10 +209,11 @@ def test_dashboard_token_guards_metrics_and_readyz_not_healthz(offline):
 
     import httpx
 
-    from qkdseg.kms.dashboard import create_dashboard
-    from qkdseg.kms.metrics import ops_routes
-    from qkdseg.kms.monitor import Monitor
-    from qkdseg.kms.server import kms_health, kms_ready, open_service, service_metrics
+    from qkdseg.server.dashboard import create_dashboard
+    from qkdseg.server.metrics import ops_routes
+    from qkdseg.server.monitor import Monitor
+    from qkdseg.server.health import kms_health, kms_ready, service_metrics
+    from qkdseg.kms.server import open_service
 
     svc = open_service(offline)
     try:
@@ -277,7 +278,7 @@ def _sample_names(families) -> set[str]:
 def test_every_metric_the_grafana_dashboard_names_is_exported(kms):
     from pathlib import Path
 
-    from qkdseg.kms.metrics import Metrics
+    from qkdseg.server.metrics import Metrics
 
     dash = json.loads((Path(__file__).parents[1] / "docs" / "grafana" / "qkdseg.json").read_text())
     exprs = []

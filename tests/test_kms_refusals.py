@@ -130,7 +130,7 @@ def test_malformed_http_gets_a_json_400(kms, raw):
 
 def test_an_internal_error_is_audited(tmp_path):
     """An unexpected exception in a route: 503 "key data access error" (JSON), and a deny record in the audit log."""
-    from qkdseg.kms.app import create_app
+    from qkdseg.server.frontend import create_app
     from qkdseg.kms.server import open_service
 
     d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7"))
@@ -141,8 +141,8 @@ def test_an_internal_error_is_audited(tmp_path):
 
         svc.status = boom
         app = create_app(svc, expiry=False)
-        from qkdseg.kms.app import STATE_KEY
-        from qkdseg.kms.service import Caller
+        from qkdseg.server.http import STATE_KEY
+        from qkdseg.server.etsi import Caller
 
         sent = []
 

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 import qkdseg
 from kms_helpers import Server, consumed_offsets, kms_init
-from qkdseg.kms import pki
-from qkdseg.kms.service import MSG_EXT_UNMET, MSG_EXT_UNSUPPORTED, MSG_NOT_FOUND
+from qkdseg.server import pki
+from qkdseg.server.etsi import MSG_EXT_UNMET, MSG_EXT_UNSUPPORTED, MSG_NOT_FOUND
 
 LEVEL = 0.5  # the example network's SMR route (security 0.884736) meets it with 2 keys per relay
 
@@ -328,7 +328,7 @@ def test_keys_survive_kill_9_and_nothing_comes_back(tmp_path):
         for form in (raw, base64.b64encode(raw), raw.hex().encode(), raw.hex().upper().encode()):
             for name, blob in blobs.items():
                 assert form not in blob, name
-    from qkdseg.kms.store import verify_audit
+    from qkdseg.server.directory import verify_audit
 
     n, problems = verify_audit(d)
     assert n >= 4 and not problems

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkdseg
-from qkdseg.kms.config import KmsConfig, write_config
+from qkdseg.server.config import KmsConfig, write_config
 from qkdseg.kms.server import open_service
-from qkdseg.kms.service import Caller, KmsError
-from qkdseg.kms.store import init_keys, verify_audit
+from qkdseg.server.etsi import Caller, KmsError
+from qkdseg.server.storagekey import init_keys
+from qkdseg.server.directory import verify_audit
 
 
 def _service(tmp: Path, network: str, algorithm: str = "smr", level: float = 0.5, clock=lambda: 1_000_000.0):
@@ -164,7 +165,7 @@ def test_smr_level_routes_each_request_to_its_own_level(tmp_path):
     """``algorithm = "smr-level"`` in kms.toml: a request at the default level 0.5 and one at 0.8
     (mandatory extension) route to their own levels; the 0.5 one pays half the full route's bits,
     the extension reports the exact security, the consumed and the saved bits."""
-    from qkdseg.kms.config import load_config
+    from qkdseg.server.config import load_config
 
     svc = _service(tmp_path / "svc", "example", "smr-level")
     assert load_config(tmp_path / "svc").algorithm == "smr-level"

@@ -12,8 +12,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from kms_helpers import QKDSEG, kms_init, set_config
 from qkdseg.errors import InvalidRequest
-from qkdseg.kms import load_config
-from qkdseg.kms.store import AUDIT_NAME, Batch, Store, load_storage_key, make_storage_key, verify_audit
+from qkdseg.server.config import load_config
+from qkdseg.server.audit import AUDIT_NAME
+from qkdseg.server.store import Batch, Store
+from qkdseg.server.storagekey import load_storage_key, make_storage_key
+from qkdseg.server.directory import verify_audit
 
 
 def run(*args):
@@ -95,7 +98,7 @@ def test_serve_refuses_a_bad_dashboard_in_one_line(tmp_path, args, needle):
 
 
 def test_a_public_dashboard_needs_a_private_token(tmp_path):
-    from qkdseg.kms.server import read_dashboard_token
+    from qkdseg.server.tls import read_dashboard_token
 
     d = kms_init(tmp_path / "svc")
     cfg = load_config(d)

@@ -16,8 +16,11 @@ import pytest
 
 from kms_helpers import QKDSEG, Server, kms_init
 from qkdseg.errors import InvalidRequest
-from qkdseg.kms.audit import load_audit_key
-from qkdseg.kms.store import AUDIT_NAME, Batch, KeyRow, Store, load_storage_key, make_storage_key, verify_audit
+from qkdseg.server.audit import load_audit_key
+from qkdseg.server.audit import AUDIT_NAME
+from qkdseg.server.store import Batch, KeyRow, Store
+from qkdseg.server.storagekey import load_storage_key, make_storage_key
+from qkdseg.server.directory import verify_audit
 
 
 def run(*args, timeout=120):
@@ -307,7 +310,7 @@ def test_init_force_rewrites_kms_toml_only_and_new_pki_is_explicit(tmp_path):
     code, out, err = init(d, "--force", "--security-level", "0.5")
     assert code == 0, err
     assert all(p.read_bytes() == v for p, v in kept.items())
-    from qkdseg.kms import load_config
+    from qkdseg.server.config import load_config
 
     assert load_config(d).security_level == 0.5
     code, out, err = init(d, "--force", "--new-pki")
@@ -321,7 +324,7 @@ def test_init_force_rewrites_kms_toml_only_and_new_pki_is_explicit(tmp_path):
 def test_sae_add_remove_cert_and_a_ca_key_kept_off_the_server(tmp_path):
     from cryptography import x509
 
-    from qkdseg.kms import load_config
+    from qkdseg.server.config import load_config
 
     d, off = tmp_path / "svc", tmp_path / "offline" / "ca.key"
     off.parent.mkdir()
@@ -357,10 +360,10 @@ def test_links_are_matched_by_their_ends_and_every_change_is_reported(tmp_path):
     import networkx as nx
 
     import qkdseg
-    from qkdseg.kms.config import KmsConfig, write_config
+    from qkdseg.server.config import KmsConfig, write_config
     from qkdseg.kms.server import open_service
-    from qkdseg.kms.service import Caller
-    from qkdseg.kms.store import init_keys
+    from qkdseg.server.etsi import Caller
+    from qkdseg.server.storagekey import init_keys
 
     g = nx.Graph(qkdseg.example_network().graph)
     net = tmp_path / "net.json"
@@ -407,7 +410,7 @@ def test_init_small_things(tmp_path):
     code, out, err = init(tmp_path / "d", "--max-key-per-request", "4", "--default-rate", "500",
                           "--max-key-size", "1024", "--durability", "normal")
     assert code == 0, err
-    from qkdseg.kms import load_config
+    from qkdseg.server.config import load_config
 
     cfg = load_config(tmp_path / "d")
     assert (cfg.max_key_per_request, cfg.default_rate_bps, cfg.max_key_size, cfg.durability) == (4, 500, 1024, "normal")
@@ -423,7 +426,7 @@ def test_a_level_that_can_never_be_met_says_so(tmp_path):
     import asyncio
 
     from qkdseg.kms.server import open_service
-    from qkdseg.kms.service import Caller, KmsError
+    from qkdseg.server.etsi import Caller, KmsError
 
     d = tmp_path / "svc"
     assert init(d)[0] == 0  # default level 0.9

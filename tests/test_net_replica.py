@@ -111,7 +111,7 @@ class Cluster(Net):
         return read_state(self.etcd(), deployment_prefix(self.dir / "controller"))
 
     def audit(self) -> list[dict]:
-        from qkdseg.kms.audit import check_lines
+        from qkdseg.server.audit import check_lines
         from qkdseg.net.replica import audit_lines, deployment_prefix
 
         lines = audit_lines(self.etcd(), deployment_prefix(self.dir / "controller"))
@@ -331,8 +331,8 @@ def test_a_deposed_leader_paused_past_its_lease_cannot_commit_a_plan(cluster):
 def test_election_and_revision_compared_commits_without_processes(cluster):
     """Two elections on the module's etcd: A leads and commits; A's lease ends (as when paused past it); B takes
     over; A's next commit is refused by etcd (the leader key's revision), B's goes on with A's audit head."""
-    from qkdseg.kms.audit import check_lines
-    from qkdseg.kms.store import Batch
+    from qkdseg.server.audit import check_lines
+    from qkdseg.server.store import Batch
     from qkdseg.net.replica import Election, EtcdStore, audit_lines
     from qkdseg.net.wire import Problem
 

@@ -211,7 +211,7 @@ def check_log_options(log_level: str, log_format: str) -> None:
 
 def _parse_saes(items: list[str]) -> dict[str, str]:
     """``--sae SAE_ID=NODE`` (repeated) of ``kms init`` and ``net init``: SAE id -> node, each id checked once."""
-    from ..kms.config import check_sae_id
+    from ..server.config import check_sae_id
 
     saes: dict[str, str] = {}
     for item in items:

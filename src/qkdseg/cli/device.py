@@ -32,6 +32,6 @@ def serve(
         raise InvalidRequest(f"--port {port} must be in 0..65535")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise InvalidRequest(f"--log-level {log_level!r} must be critical, error, warning, info or debug")
-    from ..kms.device import serve as run
+    from ..devices.emulator import serve as run
 
     run(directory, host=host, port=port, log_level=log_level)

@@ -55,9 +55,9 @@ def init(
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
-    from ..kms.config import CONFIG_NAME, KmsConfig, write_config
-    from ..kms.pki import make_pki
-    from ..kms.store import init_keys
+    from ..server.config import CONFIG_NAME, KmsConfig, write_config
+    from ..server.pki import make_pki
+    from ..server.storagekey import init_keys
 
     if directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"{directory}: exists and is not a directory")
@@ -94,7 +94,7 @@ def init(
     # finishes the job; the PKI is made in a folder beside DIR/pki/ and renamed into place whole
     wrote = [str(directory / CONFIG_NAME)]
     if link_source == "device":
-        from ..kms.device import init_devices
+        from ..devices.emulator import init_devices
 
         dev_cfg, cfg.device_links = init_devices(devices, net, spec, key_size=key_size, default_rate_bps=default_rate)
         cfg.link_source = "device"
@@ -118,7 +118,7 @@ def init(
     if not token_path.exists():
         import secrets
 
-        from ..kms.pki import write_secret
+        from ..server.pki import write_secret
 
         write_secret(token_path, (secrets.token_urlsafe(32) + "\n").encode())
         wrote.append(str(token_path))
@@ -267,8 +267,8 @@ def audit(
     verify: Annotated[bool, typer.Option("--verify", help="Check the keyed chain (the default action).")] = True,
 ) -> None:
     """Check DIR/audit.jsonl's keyed chain (read-only); exit 1 if a line was edited, removed or reordered."""
-    from ..kms.audit import AUDIT_NAME
-    from ..kms.store import check_audit_dir, directory_audit_key
+    from ..server.audit import AUDIT_NAME
+    from ..server.directory import check_audit_dir, directory_audit_key
 
     if not (directory / AUDIT_NAME).exists() and not (directory / "kms.sqlite3").exists():
         raise InvalidRequest(f"{directory}: no audit log here (no {AUDIT_NAME})")
@@ -298,8 +298,8 @@ def rotate_storage_key(
                                               show_default=False)],
 ) -> None:
     """Re-seal every stored key under a new storage key, in one transaction (the server must be stopped)."""
-    from ..kms.config import load_config
-    from ..kms.store import rotate_storage_key as rotate
+    from ..server.config import load_config
+    from ..server.directory import rotate_storage_key as rotate
 
     n, path = rotate(load_config(directory))
     typer.echo(f"re-sealed {n} stored key(s) under a new storage key in {path}")
@@ -323,8 +323,8 @@ def sae_add(
 ) -> None:
     """Register an SAE at a node in kms.toml and issue its certificate from DIR/pki's CA."""
     from ..topology import load
-    from ..kms.config import check_sae_id, load_config, write_config
-    from ..kms.pki import add_sae_cert
+    from ..server.config import check_sae_id, load_config, write_config
+    from ..server.pki import add_sae_cert
 
     cfg = load_config(directory)
     name, sep, node = entry.partition("=")
@@ -354,7 +354,7 @@ def sae_remove(
     name: Annotated[str, typer.Argument(help="The SAE id.", show_default=False)],
 ) -> None:
     """Remove an SAE from kms.toml (its certificate then gets 401; revoke it at your CA too)."""
-    from ..kms.config import load_config, write_config
+    from ..server.config import load_config, write_config
 
     cfg = load_config(directory)
     if name not in cfg.saes:
@@ -375,8 +375,8 @@ def sae_cert(
     ca_key: Annotated[Path | None, typer.Option("--ca-key", help=CA_KEY_HELP, show_default=False)] = None,
 ) -> None:
     """Issue or renew an SAE's certificate (a new key pair) from DIR/pki's CA."""
-    from ..kms.config import load_config
-    from ..kms.pki import add_sae_cert
+    from ..server.config import load_config
+    from ..server.pki import add_sae_cert
 
     cfg = load_config(directory)
     if name not in cfg.saes:

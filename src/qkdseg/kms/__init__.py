@@ -1,29 +1,25 @@
-"""The key service: ETSI GS QKD 014 key delivery over the paper's method (docs/kms.md).
+"""The centralized key service: ``kms serve``, ETSI GS QKD 014 key delivery over the paper's method (docs/kms.md).
 
-An adapter over the core (STYLE.md layering): it routes with the routing
-registry, relays real key bytes with :mod:`qkdseg.keys` and reconstructs
-with :mod:`qkdseg.reconstruction`; nothing in the core imports it.
+One process plans, relays and delivers every key (the system of the paper's
+Fig. 2 in one place). It runs on the shared server core (:mod:`qkdseg.server`:
+the ETSI 014 front end, the store, the audit chain, the PKI, the listener,
+logs, metrics, the planner) and never imports the network of nodes
+(:mod:`qkdseg.net`).
 
-- :mod:`.config`: ``kms.toml`` (SAE registry, defaults, TLS files).
-- :mod:`.pki`: a test CA and certificates (``cryptography``).
-- :mod:`.source`: the key source interface, emulated QKD links, pool levels.
-- :mod:`.lock`: one process per service directory (an OS file lock).
-- :mod:`.audit`: the audit log's keyed chain (HMAC-SHA256), its checks.
-- :mod:`.store`: SQLite (WAL, group commit), AES-GCM at rest with a checked
-  storage key, the audit chain checked at start.
-- :mod:`.etsi`: the ETSI 014 vocabulary (caller, key request, errors), shared by the services.
-- :mod:`.service`: a key request -> route -> relay -> stored keys.
-- :mod:`.app`: the ETSI 014 HTTP routes (Starlette) and the error map.
-- :mod:`.server`: uvicorn over mutual TLS.
+- :mod:`.service`: a key request -> plan -> relay -> stored keys (:class:`.service.KeyService`).
+- :mod:`.server`: ``kms serve``: uvicorn over mutual TLS, the dashboard and the metrics beside it.
+- :mod:`.status`: ``kms status``, read-only from the directory.
+- :mod:`.demo`: ``kms demo``.
 
-Its commands, ``qkdseg kms init|serve|demo|audit|sae|rotate-storage-key``, are
+Its commands, ``qkdseg kms init|serve|status|demo|audit|sae|rotate-storage-key``, are
 :mod:`qkdseg.cli.kms`.
 """
 
-# Loaded on first use (PEP 562): a network node imports .app, .etsi, .store and .pki without .service,
-# which routes (numba, scipy; docs/network.md).
-_LAZY = {"KmsConfig": "config", "load_config": "config", "write_config": "config", "Caller": "etsi",
-         "KeyRequest": "etsi", "KmsError": "etsi", "KeyService": "service"}
+# Loaded on first use (PEP 562): importing the package loads neither the service (routing: numba, scipy) nor the
+# server core.
+_LAZY = {"KmsConfig": "qkdseg.server.config", "load_config": "qkdseg.server.config",
+         "write_config": "qkdseg.server.config", "Caller": "qkdseg.server.etsi", "KeyRequest": "qkdseg.server.etsi",
+         "KmsError": "qkdseg.server.etsi", "KeyService": "qkdseg.kms.service"}
 
 
 def __getattr__(name: str):
@@ -32,7 +28,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'qkdseg.kms' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    value = getattr(importlib.import_module(mod), name)
     globals()[name] = value
     return value
 

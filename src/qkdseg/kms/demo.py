@@ -29,9 +29,9 @@ def make_demo(directory: Path, *, pool_bits: int = 24_000, rate_bps: float = 400
     """Write the demo's network (the example, pools of ``pool_bits`` refilled at ``rate_bps``) and ``kms init`` it."""
     from ..topology import example_network, write_network
     from ..network import Network
-    from .config import KmsConfig, write_config
-    from .pki import make_pki, write_secret
-    from .store import init_keys
+    from ..server.config import KmsConfig, write_config
+    from ..server.pki import make_pki, write_secret
+    from ..server.storagekey import init_keys
 
     directory.mkdir(parents=True, exist_ok=True)
     g = example_network().graph.copy()
@@ -121,7 +121,7 @@ def run_demo(directory: Path | None, port: int, dashboard_port: int, rate: float
     d = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="qkdseg-kms-demo-"))
     if (d / "kms.toml").exists():
         from ..errors import InvalidRequest
-        from .config import load_config
+        from ..server.config import load_config
 
         if set(load_config(d).saes) != set(DEMO_SAES):
             raise InvalidRequest(f"--dir {d}: holds a key service that is not the demo's (SAEs "

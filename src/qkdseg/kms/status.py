@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QkdsegError
-from .lock import LOCK_NAME
-from .metrics import ready_body
+from ..server.lock import LOCK_NAME
+from ..server.metrics import ready_body
 
 
 def _held(directory: Path) -> bool:
@@ -56,9 +56,11 @@ def _held(directory: Path) -> bool:
 
 def directory_status(directory: str | Path) -> dict:
     """``/readyz``'s body for ``DIR`` (module docstring), with ``serving``."""
-    from .audit import load_audit_key
-    from .config import load_config
-    from .store import DB_NAME, SCHEMA_VERSION, _open_readonly, check_audit_dir, load_storage_key, storage_key_id
+    from ..server.audit import load_audit_key
+    from ..server.config import load_config
+    from ..server.schema import DB_NAME, SCHEMA_VERSION
+    from ..server.directory import _open_readonly, check_audit_dir
+    from ..server.storagekey import load_storage_key, storage_key_id
 
     d = Path(directory)
     cfg = load_config(d)  # a missing or broken kms.toml is the one-line error of every kms command
@@ -105,7 +107,7 @@ def directory_status(directory: str | Path) -> dict:
 
 def _key_material(cfg, links: dict) -> tuple[bool, str]:
     from ..topology import load
-    from .source import EmulatedKeySource
+    from ..server.source import EmulatedKeySource
 
     spec = cfg.network
     if not (spec == "example" or spec.startswith("topohub:")):

@@ -1,10 +1,10 @@
 """``qkdseg controller serve CTRLDIR``: the paper's centralized key management server (docs/network.md).
 
 It keeps the topology, the SAE registry and every link's level (bits), and
-plans each request exactly as ``kms serve`` does (it *is* a
-:class:`qkdseg.kms.service.KeyService` that never relays): it routes with the
-routing registry on the current levels, chooses the reconstruction at the
-requested level, reserves the bits of every link of the route (amounts, never
+plans each request exactly as ``kms serve`` does, with the same planner
+(:class:`qkdseg.server.planner.Planner` on a :class:`qkdseg.server.core.ServiceState`,
+which holds no key): it routes with the routing registry on the current
+levels, chooses the reconstruction at the requested level, reserves the bits of every link of the route (amounts, never
 offsets: the nodes own those), and sends each node of the route its part
 (:func:`qkdseg.keys.steps.node_parts`). **It never holds key material**: no
 piece, no segment key, no global key, no link seed reaches it.
@@ -105,11 +105,8 @@ class Capture:
 class Controller:
     def __init__(self, directory: Path, *, capture: Path | None = None, store: str | None = None,
                  address: str | None = None) -> None:
-        import numpy as np
+        from ..server.core import open_state
 
-        from ..kms.server import open_service
-
-        self.np = np
         self.dir = Path(directory)
         try:
             self.net = json.loads((self.dir / "net.json").read_text())
@@ -119,7 +116,7 @@ class Controller:
             self.net["address"] = address
         self.replica = None  # replicated mode (--store etcd://...): net/replica.py
         if store is None:
-            self.svc = open_service(self.dir)  # the key service's planning, levels, store and audit; it never relays
+            self.svc = open_state(self.dir)  # the planner and its levels, the store and the audit; it never relays
         else:
             from .replica import attach
 
@@ -195,12 +192,12 @@ class Controller:
     async def plan(self, caller_node: str, w: dict) -> dict:
         from ..keys.relay import Plan
         from ..keys.steps import node_parts
-        from ..kms.etsi import KeyRequest, KmsError
-        from ..kms.store import Batch
+        from ..server.etsi import KeyRequest, KmsError
+        from ..server.store import Batch
 
         if self.replica is not None:
             self.replica.check()  # 503 not_leader on a standby
-        np, svc = self.np, self.svc
+        svc = self.svc
         master, slave = str(w["master"]), str(w["slave"])
         s, d = self._sae(master, caller_node), self._sae(slave)
         req = KeyRequest(int(w["number"]), int(w["size"]), float(w["level"]), str(w["level_source"]),
@@ -211,25 +208,24 @@ class Controller:
         unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
             try:
-                r, rec, relays, bits = svc._plan_relays(s, d, req, req.number)
+                r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
             except KmsError:
                 if req.level_source != "extension_optional":
                     raise
                 req = KeyRequest(req.number, req.size, svc.cfg.security_level, "default", False)
-                r, rec, relays, bits = svc._plan_relays(s, d, req, req.number)
+                r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
         except KmsError as err:
             raise Problem(err.status, "Bad Request" if err.status == 400 else "Service Unavailable", err.message,
                           message=err.message, details=err.details, reason=err.reason) from None
         finally:
             unmask()
-        links = np.flatnonzero(bits)
-        svc.levels.debit(links, bits[links])  # reserved: amounts, on every link of the route, before any node acts
+        links = svc.planner.reserve(bits)  # reserved: amounts, on every link of the route, before any node acts
         rid = str(uuid.uuid4())
         plan = Plan.from_any(rec, r)
         parts = node_parts(r, [plan], copies=relays)
-        summary = svc._summary(r, rec, relays)
+        summary = svc.planner.summary(r, rec, relays)
         securities = [float(gk.security) for _ in range(relays) for gk in rec.global_keys]
-        await svc.committer.commit(Batch(links=svc._link_rows(links), audit=[{
+        await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
             "time": round(time.time(), 6), "event": "plan", "request_id": rid, "sae": master, "peer": slave,
             "number": req.number, "size": req.size, "level": req.level, "route": summary, "outcome": "reserved"}]))
         body = {"request_id": rid, "master": master, "slave": slave, "number": req.number, "securities": securities}
@@ -253,7 +249,7 @@ class Controller:
         """A node's link report: the model's level of each link becomes the lower of its own and the report's
         (its consumed bits the higher), audited when it changes anything. On device-fed links the level is the
         lower of both ends' latest reports (up or down; the model does not refill them)."""
-        from ..kms.store import Batch
+        from ..server.store import Batch
 
         try:
             qn = w["qkd_node"]
@@ -308,7 +304,7 @@ class Controller:
         self.reported[caller_node] = time.time()
         if changed:
             ks = [k for k, name, _, _ in rows if name in changed]
-            await svc.committer.commit(Batch(links=svc._link_rows(ks), audit=[{
+            await svc.committer.commit(Batch(links=svc.planner.link_rows(ks), audit=[{
                 "time": round(time.time(), 6), "event": "levels reported", "node": caller_node, "links": changed,
                 "outcome": "model lowered to the node's report"}]))
         return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
@@ -338,7 +334,7 @@ class Controller:
         svc = self.svc
         s, d = self._sae(master, caller_node), self._sae(slave)
         svc.refill(time.time())
-        per_relay, relays, summary = svc._capacity(s, d, svc.cfg.key_size, svc.cfg.security_level)
+        per_relay, relays, summary = svc.planner.capacity(s, d, svc.cfg.key_size, svc.cfg.security_level)
         return {"stored_key_count": int(per_relay * relays), "route": summary,
                 "target_KME_ID": f"node {svc.arrays.node_ids[d]}"}
 
@@ -385,8 +381,8 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
                      address: str | None = None) -> None:
     """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
     nodes' reports (their links' levels and their ETSI 014 events); ``metrics_port``, logs: :mod:`.ops`."""
-    from ..kms import logs
-    from ..kms.server import is_loopback
+    from ..server import logs
+    from ..server.tls import is_loopback
     from .ops import attach_controller
     from .wire import run_uvicorn
 

@@ -50,9 +50,10 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..kms.devicesource import DeviceError, _Client, _keys, enc_round
-from ..kms.etsi import KmsError
-from ..kms.store import Batch, load_storage_key
+from ..devices.source import DeviceError, _Client, _keys, enc_round
+from ..server.etsi import KmsError
+from ..server.store import Batch
+from ..server.storagekey import load_storage_key
 from .layout import link_name, seal, unseal
 from .wire import Problem, json_response, problem_routes, read_json, require
 

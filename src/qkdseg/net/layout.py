@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..errors import InvalidRequest
-from ..kms.pki import DAY, _name, make_ca, write_cert, write_key, write_secret
+from ..server.pki import DAY, _name, make_ca, write_cert, write_key, write_secret
 
 DEFAULT_PORT = 8443
 CONTROLLER_HOST = "127.0.0.1"
@@ -128,9 +128,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     directory (:func:`qkdseg.kms.device.init_devices`), and each node gets its
     own links' device credentials in ``nodes/<dir>/device/`` instead of seeds.
     """
-    from ..kms.config import KmsConfig, write_config
-    from ..kms.audit import make_audit_key
-    from ..kms.store import init_keys, make_storage_key
+    from ..server.config import KmsConfig, write_config
+    from ..server.audit import make_audit_key
+    from ..server.storagekey import init_keys, make_storage_key
     from ..topology import load
 
     directory = Path(directory)
@@ -197,7 +197,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     devices: dict[frozenset, tuple[str, dict]] = {}  # {u, v} -> ("U|V", the link's device endpoints)
     dev_dir = directory / "devices"
     if link_source == "device":
-        from ..kms.device import init_devices
+        from ..devices.emulator import init_devices
 
         if force:
             (dev_dir / "keys.jsonl").unlink(missing_ok=True)

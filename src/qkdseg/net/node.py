@@ -48,9 +48,11 @@ from starlette.routing import Route
 from ..errors import InvalidRequest
 from ..keys.material import KeyMaterial
 from ..keys.steps import NodePart, RelayNode
-from ..kms.etsi import MSG_NOT_FOUND, Caller, KmsError, _b64, parse_key_request
-from ..kms.audit import load_audit_key
-from ..kms.store import Batch, GroupCommit, KeyRow, Store, load_storage_key
+from ..server.etsi import MSG_NOT_FOUND, Caller, KmsError, _b64, parse_key_request
+from ..server.audit import load_audit_key
+from ..server.store import Batch, KeyRow, Store
+from ..server.groupcommit import GroupCommit
+from ..server.storagekey import load_storage_key
 from .keystream import LinkStream
 from .layout import link_name, unseal
 from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
@@ -842,7 +844,7 @@ class NodeService:
 
 
 def create_node_app(svc: NodeService):
-    from ..kms.app import create_app
+    from ..server.frontend import create_app
 
     async def accept(role, w: dict, offsets: dict, inbox: list, later: list) -> None:
         """Check one message and plan its storage (raises Problem)."""
@@ -1014,8 +1016,8 @@ def create_node_app(svc: NodeService):
 def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: int | None = None,
                log_level: str = "warning", log_format: str = "text") -> None:
     """Serve one node until SIGINT/SIGTERM (``metrics_port``, logs: :mod:`.ops`, :mod:`qkdseg.kms.logs`)."""
-    from ..kms import logs
-    from ..kms.app import limited_protocol
+    from ..server import logs
+    from ..server.http import limited_protocol
     from .ops import attach_node
     from .wire import RolePeerProtocol, run_uvicorn
 

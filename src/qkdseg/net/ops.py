@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from ..kms.metrics import Metrics, health_body, ready_body
+from ..server.metrics import Metrics, health_body, ready_body
 
 #: The gauges a node exports beyond :class:`~qkdseg.kms.metrics.Metrics`' own (name: help).
 NODE_GAUGES = {
@@ -106,7 +106,7 @@ def attach_node(svc) -> tuple[Metrics, object, object]:
 
 def attach_controller(ctl) -> tuple[Metrics, object, object]:
     """Hook metrics to a :class:`~.controller.Controller`; returns ``(metrics, health, ready)``."""
-    from ..kms.server import kms_ready, service_metrics
+    from ..server.health import kms_ready, service_metrics
 
     m = service_metrics(ctl.svc, "controller")
     m.leader.set(1)  # one controller per network: it is the leader while it runs (docs/deploy.md)

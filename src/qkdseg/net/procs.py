@@ -36,7 +36,7 @@ def processes(directory: Path) -> list[dict]:
     out = []
     devices = directory / "devices"
     if (devices / "device.toml").exists():  # net init --link-source device: the QKD device emulator, first
-        from ..kms.device import load_device_config
+        from ..devices.emulator import load_device_config
 
         dc = load_device_config(devices)
         out.append({"role": "device", "node": None, "address": f"{dc.host}:{dc.port}",
@@ -104,7 +104,7 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str
     if any(p["role"] == "device" for p in procs):
         import ssl
 
-        from ..kms.device import ADMIN
+        from ..devices.emulator import ADMIN
 
         pk = directory / "devices" / "pki"
         dev_ctx = ssl.create_default_context(cafile=str(pk / "ca.crt"))

@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..kms.audit import GENESIS, chain_line
-from ..kms.store import Batch
+from ..server.audit import GENESIS, chain_line
+from ..server.store import Batch
 
 logger = logging.getLogger("qkdseg.net.replica")
 
@@ -228,8 +228,8 @@ class Election:
 class EtcdStore:
     """What a controller keeps (links' rows, audit chain, meta), in etcd, written only while it leads.
 
-    The methods :class:`qkdseg.kms.service.KeyService` calls on its store:
-    ``load_links``, ``load_keys`` (none: no key material), ``meta``,
+    The methods the controller's :class:`qkdseg.server.core.ServiceState` calls on its store:
+    ``load_links``, ``meta``,
     ``set_meta``, ``renumber_links``, ``commit`` and ``close``.
     """
 
@@ -255,12 +255,9 @@ class EtcdStore:
         self.state_rev = int(kv["mod_revision"])
         self.audit_seq, self.audit_hash = int(st["audit_seq"]), st["audit_hash"]
 
-    # -- the KeyService's store interface -------------------------------------------------
+    # -- the ServiceState's store interface -------------------------------------------------
     def load_links(self) -> dict[int, tuple]:
         return dict(self.rows)
-
-    def load_keys(self) -> list:
-        return []
 
     def meta(self, name: str) -> str | None:
         kv = self.etcd.get(self.prefix + "meta/" + name)
@@ -334,7 +331,7 @@ def read_state(etcd: Etcd, prefix: str) -> dict:
 
 
 def audit_lines(etcd: Etcd, prefix: str) -> list[str]:
-    """Every audit line in etcd, in order (``qkdseg.kms.audit.check_lines`` checks the chain)."""
+    """Every audit line in etcd, in order (``qkdseg.server.audit.check_lines`` checks the chain)."""
     out = []
     for kv in sorted(etcd.get_prefix(prefix + "audit/"), key=lambda kv: _unb64(kv["key"])):
         out += _unb64(kv["value"]).decode().split("\n")
@@ -343,9 +340,9 @@ def audit_lines(etcd: Etcd, prefix: str) -> list[str]:
 
 def open_replicated_service(directory: Path, store_spec: str, address: str):
     """The key service of a controller over etcd, and its election (started by the caller)."""
-    from ..kms.audit import load_audit_key
-    from ..kms.config import load_config
-    from ..kms.service import KeyService
+    from ..server.audit import load_audit_key
+    from ..server.config import load_config
+    from ..server.core import ServiceState
     from ..topology import load
 
     d = Path(directory)
@@ -357,13 +354,13 @@ def open_replicated_service(directory: Path, store_spec: str, address: str):
     prefix = deployment_prefix(d)
     ident = f"{address}|{os.getpid()}"
     election = Election(etcd, prefix, ident, address, lambda leading: None)
-    from ..kms.lock import lock_directory
+    from ..server.lock import lock_directory
 
     lock = lock_directory(d)  # one process per controller directory, as with SQLite
     try:
         store = EtcdStore(etcd, prefix, load_audit_key(cfg.path(cfg.audit_key)), election)
         store.lock = lock
-        svc = KeyService(cfg, load(spec), store)
+        svc = ServiceState(cfg, load(spec), store)
     except EtcdUnavailable as err:
         lock.release()
         raise InvalidRequest(f"--store {store_spec}: {err}") from None
@@ -390,7 +387,7 @@ class ReplicaHook:
             self.failovers += 1
 
     def check(self) -> None:
-        from ..kms.store import GroupCommit
+        from ..server.groupcommit import GroupCommit
 
         el, svc = self.election, self.svc
         if not el.leading or el.leader_rev is None:
@@ -398,7 +395,7 @@ class ReplicaHook:
         if self.dirty or svc.committer.failed is not None:
             old = svc.committer
             svc.store.reload()
-            svc._load()  # the levels (reservations) and the audit head as etcd holds them
+            svc.load()  # the levels (reservations) and the audit head as etcd holds them
             svc.committer = GroupCommit(svc.store)
             old._executor.shutdown(wait=False)
             self.dirty = False

@@ -22,8 +22,8 @@ from urllib.parse import unquote
 
 from starlette.responses import Response
 
-from ..kms.app import STATE_KEY, PeerCertH11Protocol
-from ..kms.etsi import Caller
+from ..server.http import STATE_KEY, PeerCertH11Protocol
+from ..server.etsi import Caller
 
 ROLE_KEY = "qkdseg_role"
 
@@ -64,7 +64,7 @@ class RolePeerProtocol(PeerCertH11Protocol):
         if der:
             from cryptography import x509
 
-            from ..kms.pki import common_name
+            from ..server.pki import common_name
 
             cert = x509.load_der_x509_certificate(der)
             role = role_of(cert)
@@ -174,12 +174,12 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
 
     import uvicorn
 
-    from ..kms.app import QuickCloseH11Protocol, listen_socket as listen
-    from ..kms.logs import say
+    from ..server.http import QuickCloseH11Protocol, listen_socket as listen
+    from ..server.logs import say
 
     sock = listen(host, port)
     if ops is not None:
-        from ..kms.metrics import instrument
+        from ..server.metrics import instrument
 
         app = instrument(app, ops[0])
     config = uvicorn.Config(app, http=http or RolePeerProtocol, ssl_context_factory=lambda _c, _d: ctx,
@@ -187,7 +187,7 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
                             lifespan="on", timeout_keep_alive=keep_alive_s)
     sides: list = []  # (server, socket, monitor or None, the line that announces it)
     if ops is not None and metrics_port is not None:
-        from ..kms.metrics import ops_app
+        from ..server.metrics import ops_app
 
         msock = listen("127.0.0.1", metrics_port)
         side = uvicorn.Server(uvicorn.Config(ops_app(*ops), http=QuickCloseH11Protocol, access_log=False,
@@ -196,9 +196,9 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
         sides.append((side, msock, None,
                       f"metrics on http://127.0.0.1:{msock.getsockname()[1]}/metrics (and /healthz, /readyz)"))
     if dashboard is not None:
-        from ..kms.dashboard import create_dashboard
-        from ..kms.monitor import Monitor
-        from ..kms.server import is_loopback, read_dashboard_token
+        from ..server.dashboard import create_dashboard
+        from ..server.monitor import Monitor
+        from ..server.tls import is_loopback, read_dashboard_token
 
         svc, dhost = dashboard["service"], dashboard["host"]
         token = None if is_loopback(dhost) else read_dashboard_token(svc.cfg)

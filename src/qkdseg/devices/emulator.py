@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from .config import check_sae_id
-from .etsi import MSG_EXT_UNSUPPORTED, MSG_NOT_FOUND, Caller, KmsError, _b64, clip
+from ..server.config import check_sae_id
+from ..server.etsi import MSG_EXT_UNSUPPORTED, MSG_NOT_FOUND, Caller, KmsError, _b64, clip
 
 CONFIG_NAME = "device.toml"
 LOG_NAME = "keys.jsonl"
@@ -157,7 +157,7 @@ def init_devices(directory: Path, network, spec: str, *, key_size: int = 256, de
     Returns its config and, for ``kms.toml``, each link's ``[device_links]``
     table with paths relative to ``directory``'s parent (the service directory).
     """
-    from .pki import add_sae_cert, make_pki
+    from ..server.pki import add_sae_cert, make_pki
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -381,7 +381,8 @@ def _control_routes(service: DeviceService) -> list:
     from starlette.requests import Request
     from starlette.routing import Route
 
-    from .app import JSONResponse, _caller, _json_body
+    from ..server.http import JSONResponse
+    from ..server.frontend import _caller, _json_body
 
     def admin(request: Request) -> None:
         if _caller(request).sae != ADMIN:
@@ -405,22 +406,23 @@ def serve(directory: str | Path, *, host: str | None = None, port: int | None = 
     """Serve the emulated devices of ``DIR/device.toml`` until SIGINT/SIGTERM; prints the URL."""
     import uvicorn
 
-    from .app import create_app
-    from .server import _listen, _server_class, service_protocol, tls_context
+    from ..server.frontend import create_app, service_protocol
+    from ..server.http import graceful_server, listen_socket
+    from ..server.tls import tls_context
 
     cfg = load_device_config(Path(directory))
     service = DeviceService(cfg)
     try:
         ctx = tls_context(cfg)  # type: ignore[arg-type]  (the same fields: ca, cert, key, path())
         h = cfg.host if host is None else host
-        sock = _listen(h, cfg.port if port is None else port, "device emulator")
+        sock = listen_socket(h, cfg.port if port is None else port, "device emulator")
         bound = sock.getsockname()[1]
         config = uvicorn.Config(create_app(service, routes=_control_routes(service)),  # type: ignore[arg-type]
                                 http=service_protocol(service),  # type: ignore[arg-type]
                                 ssl_context_factory=lambda _c, _d: ctx, ssl_certfile=str(cfg.path(cfg.cert)),
                                 access_log=False, log_level=log_level, lifespan="on",
                                 timeout_keep_alive=cfg.keep_alive_s)
-        server = _server_class()(config)
+        server = graceful_server()(config)
         print(f"qkdseg device: ETSI GS QKD 014 on https://{h}:{bound}/api/v1/keys/ "
               f"({len(cfg.links)} links, {2 * len(cfg.links)} SAEs, KME {cfg.kme_id})", flush=True)
         server.run(sockets=[sock])

@@ -63,7 +63,7 @@ class JSONResponse(Response):
 
 
 def _static(name: str) -> bytes:
-    return resources.files("qkdseg.kms").joinpath("static", name).read_bytes()
+    return resources.files("qkdseg.server").joinpath("static", name).read_bytes()
 
 
 def _int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -47,9 +47,9 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..network import Network
-from .config import DeviceLink
-from .etsi import KmsError
-from .store import Batch
+from ..server.config import DeviceLink
+from ..server.etsi import KmsError
+from ..server.store import Batch
 
 logger = logging.getLogger("qkdseg.kms")
 

@@ -1,53 +1,23 @@
-"""Durable state of the key service: SQLite (WAL) plus a hash-chained audit file.
+"""Durable state of a key service directory: SQLite (WAL) plus a hash-chained audit file.
 
-One module owns the schema (STYLE.md, "SQLite done well"). Every change is
-one transaction, committed before the server answers; :class:`GroupCommit`
-batches the changes of concurrent requests into one transaction (group
-commit), so one ``fsync`` serves many requests.
-
-What is stored (docs/kms.md, "What is stored"):
-
-``keys``
-    Keys issued to a master and not yet fetched by their slave, and spare
-    keys (relayed, not yet issued), each encrypted with AES-256-GCM under
-    the key file ``storage.key`` (mode 0600), with the key id and the
-    size as associated data. A delivered key's row is deleted
-    (``secure_delete`` is on, so SQLite overwrites the freed page).
-``links``
-    Per link: ``consumed`` (the pool's consumed offset, bits; it only
-    grows), ``level`` (bits now in the pool) and ``t`` (the time of the
-    level, Unix seconds).
-``device_keys``
-    Only with ``link_source = "device"``: every key fetched from a link's
-    QKD devices (ETSI 014 ``enc_keys`` at one end, ``dec_keys`` at the
-    other), in fetch order per link (``seq``): its device key id (unique: a
-    device key is taken once), its size, how many of its bytes the relays
-    have used, its state (``held``, ``used``, or ``skipped`` when the two
-    ends did not get the same bytes) and its bytes, sealed like ``keys``
-    (associated data: link, seq, key id); a used key's bytes are erased.
-``audit``
-    Audit records not yet synced to ``audit.jsonl`` (the file is written
-    after the commit and synced at most once a second; a record committed
-    but missing from the file is appended at the next start).
-``meta``
-    The schema version and the audit chain's head (sequence and hash).
-
-The audit file has one JSON object per line, chained and keyed with
-HMAC-SHA256 under the audit key (:mod:`.audit`); the head kept in the
-database detects a truncated tail (:func:`verify_audit`).
+Every change is one transaction (a :class:`Batch`), committed before the
+server answers (:mod:`.groupcommit` merges concurrent requests' batches).
+The tables are :mod:`.schema`'s. The audit file has one JSON object per
+line, chained and keyed with HMAC-SHA256 under the audit key (:mod:`.audit`);
+the head kept in the database detects a truncated tail
+(:func:`.directory.verify_audit`).
 
 What every process that writes a service directory shares (``kms serve``,
 ``kms rotate-storage-key``, the network's ``node serve``), all in
 :class:`Store`: the directory's exclusive lock (:mod:`.lock`), the storage
-key's check value (a wrong or missing key refuses to start), the audit
-chain's check at start (a broken chain refuses to start unless accepted),
-and one-line errors for a directory that cannot be written.
+key's check value (a wrong or missing key refuses to start,
+:mod:`.storagekey`), the audit chain's check at start (a broken chain refuses
+to start unless accepted), and one-line errors for a directory that cannot
+be written.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -57,98 +27,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import InvalidRequest
 from .audit import ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, read_lines
 from .lock import DirLock, lock_directory
-from .pki import write_secret
-
-__all__ = ["AUDIT_NAME", "GENESIS", "Batch", "GroupCommit", "KeyRow", "Store", "load_storage_key",
-           "make_storage_key", "storage_key_id", "verify_audit"]
+from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION
+from .storagekey import load_storage_key, storage_key_id
 
 logger = logging.getLogger("qkdseg.kms")
-
-SCHEMA_VERSION = 2  # 2: keyed audit chain (HMAC), storage key check value
-DB_NAME = "kms.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS keys (
-    key_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('issued', 'spare')),
-    master TEXT NOT NULL,
-    slave TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    security REAL NOT NULL,
-    blob BLOB NOT NULL,
-    issued_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    route TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS links (
-    k INTEGER PRIMARY KEY,
-    u TEXT NOT NULL,
-    v TEXT NOT NULL,
-    consumed INTEGER NOT NULL,
-    level INTEGER NOT NULL,
-    t REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS device_keys (
-    k INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    key_id TEXT NOT NULL UNIQUE,
-    nbytes INTEGER NOT NULL,
-    used INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('held', 'used', 'skipped')),
-    blob BLOB NOT NULL,
-    fetched_at REAL NOT NULL,
-    PRIMARY KEY (k, seq)
-);
-"""
-
-
-def make_storage_key(path: Path) -> bytes:
-    """Write a new 32-byte AES-256-GCM storage key (mode 0600). Only ``kms init`` (and a rotation) make one."""
-    if path.exists():
-        raise InvalidRequest(f"{path}: a storage key exists already (rotate it with 'qkdseg kms rotate-storage-key')")
-    key = AESGCM.generate_key(bit_length=256)
-    write_secret(path, key)
-    return key
-
-
-def load_storage_key(path: Path) -> bytes:
-    """The 32-byte storage key in ``path``; never made here (a missing key is an error, not a new key)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidRequest(f"{path}: no such file (the storage key; only 'qkdseg kms init' makes one; restore the "
-                             "directory's storage key from its backup)") from None
-    except OSError as err:
-        raise InvalidRequest(f"{path}: cannot read the storage key: {err.strerror}") from None
-    if len(data) != 32:
-        raise InvalidRequest(f"{path}: a storage key must be 32 bytes, found {len(data)}")
-    if path.stat().st_mode & 0o077:
-        raise InvalidRequest(f"{path}: storage key is readable by group or others (chmod 600 it)")
-    return data
-
-
-def init_keys(cfg) -> None:
-    """Make the storage key and the audit key of a new service directory (``kms init``); an existing one is kept."""
-    from .audit import make_audit_key
-
-    for name, make in (("storage_key", make_storage_key), ("audit_key", make_audit_key)):
-        path = cfg.path(getattr(cfg, name))
-        if not path.exists():
-            make(path)
-
-
-def storage_key_id(key: bytes) -> str:
-    """The check value stored beside the data: 16 bytes of HKDF-SHA256 of the key (reveals nothing of it)."""
-    return HKDF(hashes.SHA256(), 16, salt=None, info=b"qkdseg kms storage key id").derive(key).hex()
 
 
 def _sqlite_error(path: Path, err: BaseException) -> InvalidRequest:
@@ -248,7 +135,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
             self.db.execute("PRAGMA secure_delete=ON")
-            self.db.executescript(_SCHEMA)
+            self.db.executescript(SCHEMA)
             version = self._meta("schema_version")
             if version is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -553,159 +440,9 @@ def _last_seq(path: Path) -> int:
     return 0
 
 
-class GroupCommit:
-    """Commit the batches of concurrent requests together, in their order, from one writer thread.
-
-    ``await commit(batch)`` returns once ``batch`` is durable. While one
-    transaction is being written, the batches that arrive are merged into
-    the next one.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._pending: list[tuple[Batch, asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qkdseg-kms-writer")
-        self.transactions = 0
-        self.failed: BaseException | None = None
-        #: Called with (seconds, change sets merged, the audit records committed) after each transaction (the metrics).
-        self.on_commit = None
-
-    async def commit(self, batch: Batch) -> None:
-        if self.failed is not None:
-            raise self.failed
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending.append((batch, fut))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run())
-        await fut
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            work, self._pending = self._pending, []
-            merged = Batch()
-            for b, _ in work:
-                merged.merge(b)
-            try:
-                t0 = time.perf_counter()
-                await loop.run_in_executor(self._executor, self.store.commit, merged)
-                self.transactions += 1
-                if self.on_commit is not None:
-                    with contextlib.suppress(Exception):
-                        self.on_commit(time.perf_counter() - t0, len(work), merged.audit)
-            except BaseException as err:  # the store is no longer in step with memory: refuse from now on
-                self.failed = err
-                for _, fut in work:
-                    if not fut.done():
-                        fut.set_exception(err)
-                for _, fut in self._pending:
-                    if not fut.done():
-                        fut.set_exception(err)
-                self._pending = []
-                return
-            for _, fut in work:
-                if not fut.done():
-                    fut.set_result(None)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.store.close()
-
-
-def _open_readonly(db_path: Path) -> sqlite3.Connection:
-    """The database, read-only; on a read-only copy (no ``-shm`` can be made) opened as immutable."""
-    try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        db.execute("SELECT 1 FROM meta LIMIT 1").fetchone()
-        return db
-    except sqlite3.OperationalError:
-        with contextlib.suppress(Exception):
-            db.close()
-        return sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True)
-
-
-def check_audit_dir(directory: Path, audit_key: bytes | None) -> AuditReport:
-    """Check ``DIR/audit.jsonl`` (MACs when ``audit_key`` is given) against the database's chain head, read-only."""
-    directory = Path(directory)
-    rep = check_lines(audit_key, read_lines(directory / AUDIT_NAME))
-    db_path = directory / DB_NAME
-    if db_path.exists():
-        try:
-            db = _open_readonly(db_path)
-            try:
-                row = db.execute("SELECT value FROM meta WHERE name='audit_head'").fetchone()
-                pending = db.execute("SELECT MIN(seq), MAX(seq) FROM audit").fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error as err:
-            raise _sqlite_error(db_path, err) from None
-        head = None if row is None else (int(row[0].split(":")[0]), row[0].split(":")[1])
-        check_head(rep, head, None if pending[0] is None else (pending[0], pending[1]))
-    return rep
-
-
-def verify_audit(directory: Path, audit_key: bytes | None = None) -> tuple[int, list[str]]:
-    """Check ``DIR/audit.jsonl``'s keyed chain against itself and the database's head.
-
-    Returns ``(records, problems)``: the number of records read and one
-    line per open problem (an empty list when the chain is intact; problems
-    accepted by an ``audit_broken_accepted`` record are not listed). The
-    audit key is read from ``DIR`` (``kms.toml``'s ``audit_key``) unless given.
-    """
-    directory = Path(directory)
-    if audit_key is None:
-        audit_key = directory_audit_key(directory)
-    rep = check_audit_dir(directory, audit_key)
-    return rep.records, rep.problems
-
-
-def directory_audit_key(directory: Path) -> bytes:
-    """The audit key of a service directory (the path from its ``kms.toml``, else ``DIR/audit.key``)."""
-    from .audit import load_audit_key
-    from .config import load_config
-
-    try:
-        cfg = load_config(directory)
-        path = cfg.path(cfg.audit_key)
-    except InvalidRequest:
-        path = Path(directory) / "audit.key"
-    return load_audit_key(path)
-
-
-def rotate_storage_key(cfg) -> tuple[int, Path]:
-    """Re-seal every row of ``cfg``'s store under a new storage key in one transaction; returns (rows, key path).
-
-    Crash-safe order: the new key is written to ``storage.key.new`` (synced),
-    the rows and the check value are committed, then the new key replaces
-    the old one. A crash in between leaves either the old key valid, or the
-    database sealed under ``storage.key.new``, which the start's refusal
-    names. The rotation is audited.
-    """
+def open_store(cfg, *, accept_broken_audit: bool = False) -> Store:
+    """The store of ``cfg``'s directory: its lock taken, its storage key and audit chain checked (:class:`Store`)."""
     from .audit import load_audit_key
 
-    path = cfg.path(cfg.storage_key)
-    store = Store(cfg._dir, load_storage_key(path), load_audit_key(cfg.path(cfg.audit_key)), durability=cfg.durability)
-    try:
-        new_path = path.with_name(path.name + ".new")
-        new_key = AESGCM.generate_key(bit_length=256)
-        write_secret(new_path, new_key)
-        fd = os.open(new_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        old_id = store.storage_key_id
-        n = store.reseal_all(new_key)
-        os.replace(new_path, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        store.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "rotate_storage_key", "rows": n,
-                                   "old_key_id": old_id, "new_key_id": store.storage_key_id, "outcome": "ok"}]))
-    finally:
-        store.close()
-    return n, path
+    return Store(cfg._dir, load_storage_key(cfg.path(cfg.storage_key)), load_audit_key(cfg.path(cfg.audit_key)),
+                 durability=cfg.durability, accept_broken_audit=accept_broken_audit)

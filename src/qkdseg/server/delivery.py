@@ -1,0 +1,53 @@
+"""``dec_keys`` at a KME: the keys a slave SAE names, once, all or nothing (ETSI GS QKD 014 section 5.4).
+
+Both deployments deliver through :func:`take_keys`: ``kms serve``
+(:class:`qkdseg.kms.service.KeyService`) and a network node (the node's ETSI
+014 service, :mod:`qkdseg.net`). Each checks first that the caller and the
+master are SAEs it knows (their registries differ), then lets
+:func:`take_keys` check the ids, the keys' owners and their state, and
+commits the batch it is given before it answers with :func:`keys_body`.
+"""
+
+from __future__ import annotations
+
+from .etsi import MSG_NOT_FOUND, Caller, KmsError, _b64
+from .store import Batch, KeyRow
+
+
+def take_keys(keys: dict[str, KeyRow], pending: set[str], store, caller: Caller, master: str, key_ids: list[str],
+              now: float) -> tuple[list[tuple[KeyRow, bytes]], Batch]:
+    """The keys ``key_ids`` that ``master`` issued to ``caller`` (unsealed), taken out of ``keys``, and the batch
+    that deletes their rows (the caller adds its audit record and commits it before answering).
+
+    Refused with :class:`.etsi.KmsError` and nothing taken: 400 for no id or an id named twice, 401 if the caller
+    is not the slave of a key it names (or the path names another master), 400 ``key_not_found`` for an id
+    that is unknown, expired, or issued but not committed yet (in ``pending``).
+    """
+    if not key_ids:
+        raise KmsError(400, "key_IDs must name at least one key")
+    if len(set(key_ids)) != len(key_ids):
+        raise KmsError(400, "key_IDs names a key twice")
+    rows = []
+    missing = False
+    for kid in key_ids:
+        row = keys.get(kid)
+        if row is None or kid in pending or row.expires_at <= now:
+            missing = True
+            continue
+        rows.append(row)
+    # section 5.4: 401 if the caller was not the slave of a key it names (or the path names another master)
+    if any(row.slave != caller.sae or row.master != master for row in rows):
+        raise KmsError(401, "the caller is not the slave SAE of one or more keys requested "
+                            "(or the path does not name their master SAE)")
+    if missing:
+        raise KmsError(400, MSG_NOT_FOUND, reason="key_not_found")
+    out = [(row, store.open(row)) for row in rows]
+    for row in rows:
+        del keys[row.key_id]
+    return out, Batch(delete_keys=[row.key_id for row in rows])
+
+
+def keys_body(keys: list[tuple[KeyRow, bytes]]) -> dict:
+    """The standard's Key container of ``(row, key bytes)`` pairs, each key's exact security in its extension."""
+    return {"keys": [{"key_ID": row.key_id, "key": _b64(m), "key_extension": {"qkdseg_security": row.security}}
+                     for row, m in keys]}
