@@ -54,7 +54,7 @@ def test_no_import_circle_between_any_two_modules(graph):
     assert circles == []
 
 
-@pytest.mark.parametrize("container", ["qkdseg", "qkdseg.cli", "qkdseg.network"])
+@pytest.mark.parametrize("container", ["qkdseg", "qkdseg.cli", "qkdseg.network", "qkdseg.server", "qkdseg.devices"])
 def test_every_module_has_its_layer(container):
     """A new subpackage of ``qkdseg`` (or module of ``qkdseg.cli`` / ``qkdseg.network``) must be placed in a layer."""
     folder = PACKAGE.joinpath(*container.split(".")[1:])
@@ -68,16 +68,21 @@ def test_the_command_groups_do_not_import_the_assembler(graph):
     assert importers <= {"qkdseg.cli"}  # only the package itself, for qkdseg.cli:main and qkdseg.cli.app
 
 
-def test_layers_contract_catches_an_upward_import(tmp_path):
-    """The contract is not vacuous: the same layers with two swapped break it."""
+def _lint_swapped(tmp_path, pair: str, swapped_pair: str) -> subprocess.CompletedProcess:
+    """``lint-imports`` on pyproject.toml with the two layers of ``pair`` swapped."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    swapped = text.replace('  "keys",\n  "api",\n', '  "api",\n  "keys",\n')
+    swapped = text.replace(pair, swapped_pair)
     assert swapped != text
     cfg = tmp_path / "pyproject.toml"
     cfg.write_text(swapped, encoding="utf-8")
     lint = Path(sys.executable).with_name("lint-imports")
-    run = subprocess.run([str(lint), "--config", str(cfg), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    return subprocess.run([str(lint), "--config", str(cfg), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_layers_contract_catches_an_upward_import(tmp_path):
+    """The contract is not vacuous: the same layers with two swapped break it."""
+    run = _lint_swapped(tmp_path, '  "keys",\n  "api",\n', '  "api",\n  "keys",\n')
     assert run.returncode != 0 and "qkdseg.keys" in run.stdout
 
 
@@ -119,3 +124,53 @@ def test_every_import_of_the_package_resolves():
                     if not found and not hasattr(importlib.import_module(target), alias.name):
                         missing.append(f"{path.relative_to(PACKAGE)}:{node.lineno} from {target} import {alias.name}")
     assert missing == []
+
+
+def test_the_two_deployments_do_not_import_each_other(graph):
+    """``kms`` (centralized) and ``net`` (network of nodes) are siblings on the shared core: no chain of imports
+    leads from one to the other, and the core and the devices reach neither."""
+    for a, b in (("qkdseg.kms", "qkdseg.net"), ("qkdseg.net", "qkdseg.kms"), ("qkdseg.server", "qkdseg.kms"),
+                 ("qkdseg.server", "qkdseg.net"), ("qkdseg.server", "qkdseg.devices"),
+                 ("qkdseg.devices", "qkdseg.kms"), ("qkdseg.devices", "qkdseg.net")):
+        assert not graph.chain_exists(importer=a, imported=b, as_packages=True), f"{a} reaches {b}"
+
+
+def test_layers_contract_catches_a_swapped_core_and_devices(tmp_path):
+    """The shared core below the devices: with the two swapped, the devices' imports of the core break the contract."""
+    run = _lint_swapped(tmp_path, '  "devices",\n  "server",\n', '  "server",\n  "devices",\n')
+    assert run.returncode != 0 and "qkdseg.devices" in run.stdout
+
+
+def test_controller_process_loads_no_kms_module(tmp_path):
+    """`qkdseg controller serve` plans with the shared planner: like `node serve`, it loads no `qkdseg.kms` module
+    (`python -X importtime` of the real process, up to its listening line and a SIGTERM)."""
+    import random
+    import signal
+    import socket
+
+    qkdseg = str(Path(sys.executable).with_name("qkdseg"))
+    for _ in range(50):
+        port = random.randint(20000, 60000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    d = tmp_path / "net"
+    init = subprocess.run([qkdseg, "net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                           "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
+    err = tmp_path / "importtime.txt"
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "qkdseg", "controller", "serve",
+                                 str(d / "controller")], stdout=subprocess.PIPE, stderr=fh)
+        try:
+            line = proc.stdout.readline().decode()
+            assert "listening on https://" in line, line + err.read_text()[-2000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    mods = [ln.rsplit("|", 1)[-1].strip() for ln in err.read_text().splitlines() if ln.startswith("import time:")]
+    assert "qkdseg.net.controller" in mods and "qkdseg.server.planner" in mods
+    assert [m for m in mods if m == "qkdseg.kms" or m.startswith("qkdseg.kms.")] == []

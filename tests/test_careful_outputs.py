@@ -299,7 +299,7 @@ def test_kms_init_that_fails_midway_leaves_no_kms_toml_and_runs_again(tmp_path, 
     neither, and the same command then succeeds (before, it refused: 'kms.toml already exists')."""
     from typer.testing import CliRunner
 
-    import qkdseg.kms.pki as pki
+    import qkdseg.server.pki as pki
     from qkdseg.cli import app
 
     real = pki.make_pki
