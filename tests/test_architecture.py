@@ -54,9 +54,11 @@ def test_no_import_circle_between_any_two_modules(graph):
     assert circles == []
 
 
-@pytest.mark.parametrize("container", ["qkdseg", "qkdseg.cli", "qkdseg.network", "qkdseg.server", "qkdseg.devices"])
+@pytest.mark.parametrize("container", ["qkdseg", "qkdseg.cli", "qkdseg.network", "qkdseg.net", "qkdseg.server",
+                                       "qkdseg.devices"])
 def test_every_module_has_its_layer(container):
-    """A new subpackage of ``qkdseg`` (or module of ``qkdseg.cli`` / ``qkdseg.network``) must be placed in a layer."""
+    """A new subpackage of ``qkdseg`` (or module of ``qkdseg.cli``, ``qkdseg.network``, ``qkdseg.net``,
+    ``qkdseg.server`` or ``qkdseg.devices``) must be placed in a layer."""
     folder = PACKAGE.joinpath(*container.split(".")[1:])
     present = {p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")}
     present |= {p.name for p in folder.iterdir() if (p / "__init__.py").exists()}

@@ -117,6 +117,144 @@ def _remove_state(d: Path) -> None:
         (d / name).unlink(missing_ok=True)
 
 
+def _load_network(spec: str):
+    """The network of ``spec`` (``example``, ``topohub:...`` or a file) and the name the deployment keeps it under;
+    the file, if any, is copied into the controller's directory by :func:`_write_controller`."""
+    from ..topology import load
+
+    if not (spec == "example" or spec.startswith("topohub:")):
+        source = Path(spec)
+        net = load(source)
+        # the deployment keeps its own copy (DIR/controller/network.<suffix>), so DIR can be moved or copied to
+        # another host without the file it was made from
+        return net, f"network{source.suffix.lower()}", source
+    return load(spec), spec, None
+
+
+def _write_pki(pki: Path, registry: dict) -> tuple:
+    """``DIR/pki/``: the network's CA and one certificate per SAE; returns the CA's key and certificate."""
+    ca_key, ca = make_ca("qkdseg network CA")
+    write_key(pki / "ca.key", ca_key)
+    write_cert(pki / "ca.crt", ca)
+    for sae in registry:
+        key, cert = issue_role(ca_key, ca, sae, role_uri("sae", sae))
+        write_key(pki / f"{sae}.key", key)
+        write_cert(pki / f"{sae}.crt", cert)
+    return ca_key, ca
+
+
+def _write_controller(ctrl: Path, cfg, ca_key, ca, *, spec: str, source: Path | None, nodes: list[dict],
+                      ctrl_addr: str, link_source: str, force: bool) -> None:
+    """``DIR/controller/``: its copy of the network, ``kms.toml``, certificate, storage and audit keys, the
+    dashboard's token and ``net.json`` (``nodes``: each node's id, directory, address and SAEs)."""
+    from ..server.config import write_config
+    from ..server.storagekey import init_keys
+
+    if source is not None:
+        (ctrl / spec).write_bytes(source.read_bytes())
+    write_config(ctrl, cfg)
+    key, cert = issue_role(ca_key, ca, "controller", role_uri("controller"), hosts=(CONTROLLER_HOST,))
+    write_key(ctrl / "controller.key", key)
+    write_cert(ctrl / "controller.crt", cert)
+    write_cert(ctrl / "ca.crt", ca)
+    if force:  # a new deployment: the old keys and stores would no longer match it
+        _remove_state(ctrl)
+    init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
+    write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
+    net_json = {"network": spec, "address": ctrl_addr, "link_source": link_source, "nodes": nodes}
+    (ctrl / "net.json").write_text(json.dumps(net_json, indent=1) + "\n")
+
+
+def _init_devices(dev_dir: Path, net, spec: str, cfg, *, key_size: int, link_source: str, force: bool):
+    """``DIR/devices/`` for device-fed links (the emulator's directory): ``({u, v} -> ("U|V", the link's device
+    endpoints), the emulator's config)``; for emulated links an earlier init's devices are removed."""
+    devices: dict[frozenset, tuple[str, dict]] = {}  # {u, v} -> ("U|V", the link's device endpoints)
+    dev_cfg = None
+    if link_source == "device":
+        from ..devices.emulator import init_devices
+
+        if force:
+            (dev_dir / "keys.jsonl").unlink(missing_ok=True)
+        dev_cfg, tables = init_devices(dev_dir, net, spec, key_size=key_size, default_rate_bps=cfg.default_rate_bps)
+        for name, table in tables.items():
+            u, _, v = name.partition("|")
+            devices[frozenset((u, v))] = (name, table)
+    else:
+        import shutil
+
+        if force and (dev_dir / "device.toml").exists():  # an emulated network now: net up must not start it
+            shutil.rmtree(dev_dir)
+    return devices, dev_cfg
+
+
+def _node_link(nd: Path, v, a, b, data: dict, addr: dict, device: tuple | None, dev_dir: Path) -> dict:
+    """Node ``v``'s entry for its link ``(a, b)``; on a device-fed link (``device``: the link's name and device
+    endpoints) with this end's device credentials, copied into ``nd/device/``."""
+    other = b if a == v else a
+    link = {"link": [a, b], "neighbour": other, "address": addr[str(other)],
+            "pool_bits": int(data.get("pool_bits", 100_000)), "rate_bps": data.get("rate_bps")}
+    if device is not None:  # this end's device credentials only; no seed
+        dname, t = device
+        mine = "a" if dname.partition("|")[0] == str(v) else "b"
+        sae, peer = t[f"{mine}_sae"], t["b_sae" if mine == "a" else "a_sae"]
+        (nd / "device").mkdir(exist_ok=True)
+        (nd / "device" / "ca.crt").write_bytes((dev_dir / "pki" / "ca.crt").read_bytes())
+        (nd / "device" / f"{sae}.crt").write_bytes((dev_dir / "pki" / f"{sae}.crt").read_bytes())
+        write_secret(nd / "device" / f"{sae}.key", (dev_dir / "pki" / f"{sae}.key").read_bytes())
+        link["device"] = {"url": t[f"{mine}_url"], "ca": "device/ca.crt", "cert": f"device/{sae}.crt",
+                          "key": f"device/{sae}.key", "sae": sae, "peer_sae": peer, "key_size": int(t["key_size"])}
+    return link
+
+
+def _node_conf(v, name: str, cfg, *, addr: dict, ctrl_addr: str, network: str, saes: list, links: list,
+               key_size: int, security_level: float) -> dict:
+    """``node.json`` of node ``v`` (directory ``name``)."""
+    return {
+        "id": v, "address": addr[str(v)], "controller": ctrl_addr, "network": network,
+        "saes": saes, "registry": {s: n for s, n in cfg.saes.items()},
+        "links": links, "addresses": addr,
+        "etsi": {"kme_id": f"KME_{name}", "key_size": key_size, "min_key_size": cfg.min_key_size,
+                 "max_key_size": cfg.max_key_size, "max_key_per_request": cfg.max_key_per_request,
+                 "max_key_count": cfg.max_key_count, "security_level": security_level,
+                 "key_ttl_s": cfg.key_ttl_s, "max_body_bytes": cfg.max_body_bytes,
+                 "header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s,
+                 "keep_alive_s": cfg.keep_alive_s, "max_connections": cfg.max_connections},
+    }
+
+
+def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices: dict, dev_dir: Path,
+                link_source: str, force: bool) -> dict:
+    """``DIR/nodes/<dir>/`` but ``node.json``: its storage and audit keys, its certificate, and its adjacent links'
+    seeds sealed under its storage key (or its device credentials); returns its links' entries for ``node.json``."""
+    from ..server.audit import make_audit_key
+    from ..server.storagekey import make_storage_key
+
+    nd.mkdir(parents=True, exist_ok=True)
+    if force:
+        _remove_state(nd)
+        if link_source != "device" and (nd / "device").is_dir():  # the device credentials of an earlier init
+            import shutil
+
+            shutil.rmtree(nd / "device")
+    skey = make_storage_key(nd / "storage.key")
+    make_audit_key(nd / "audit.key")
+    host = addr[str(v)].rsplit(":", 1)[0]
+    key, cert = issue_role(ca_key, ca, f"node {v}", role_uri("node", v), hosts=(host,))
+    write_key(nd / "node.key", key)
+    write_cert(nd / "node.crt", cert)
+    write_cert(nd / "ca.crt", ca)
+    links, sealed = [], {}
+    for a, b, seed, data in adjacent:
+        device = devices[frozenset((str(a), str(b)))] if link_source == "device" else None
+        links.append(_node_link(nd, v, a, b, data, addr, device, dev_dir))
+        if device is None:
+            name = link_name(a, b)
+            sealed[name] = seal(skey, name, seed)
+    (nd / "links.sealed.json").write_text(json.dumps(sealed, indent=1) + "\n")
+    os.chmod(nd / "links.sealed.json", 0o600)
+    return links
+
+
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
                  key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
@@ -125,13 +263,10 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
     014 (:mod:`.devicelinks`); ``DIR/devices/`` is the device emulator's
-    directory (:func:`qkdseg.kms.device.init_devices`), and each node gets its
+    directory (:func:`qkdseg.devices.emulator.init_devices`), and each node gets its
     own links' device credentials in ``nodes/<dir>/device/`` instead of seeds.
     """
-    from ..server.config import KmsConfig, write_config
-    from ..server.audit import make_audit_key
-    from ..server.storagekey import init_keys, make_storage_key
-    from ..topology import load
+    from ..server.config import KmsConfig
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -142,15 +277,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"--port {port} must be in 1..65535")
     if link_source not in ("emulated", "device"):
         raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
-    source = None
-    if not (spec == "example" or spec.startswith("topohub:")):
-        source = Path(spec)
-        net = load(source)
-        # the deployment keeps its own copy (DIR/controller/network.<suffix>), so DIR can be moved or copied to
-        # another host without the file it was made from
-        spec = f"network{source.suffix.lower()}"
-    else:
-        net = load(spec)
+    net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
@@ -170,46 +297,13 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     pki = directory / "pki"
     for d in (pki, directory / "controller", directory / "nodes"):
         d.mkdir(parents=True, exist_ok=True)
-    ca_key, ca = make_ca("qkdseg network CA")
-    write_key(pki / "ca.key", ca_key)
-    write_cert(pki / "ca.crt", ca)
-    for sae in registry:
-        key, cert = issue_role(ca_key, ca, sae, role_uri("sae", sae))
-        write_key(pki / f"{sae}.key", key)
-        write_cert(pki / f"{sae}.crt", cert)
-
-    ctrl = directory / "controller"
-    if source is not None:
-        (ctrl / spec).write_bytes(source.read_bytes())
-    write_config(ctrl, cfg)
-    key, cert = issue_role(ca_key, ca, "controller", role_uri("controller"), hosts=(CONTROLLER_HOST,))
-    write_key(ctrl / "controller.key", key)
-    write_cert(ctrl / "controller.crt", cert)
-    write_cert(ctrl / "ca.crt", ca)
-    if force:  # a new deployment: the old keys and stores would no longer match it
-        _remove_state(ctrl)
-    init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
-    write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
-    net_json = {"network": spec, "address": ctrl_addr, "link_source": link_source, "nodes": [{"id": v, "dir": names[str(v)], "address": addr[str(v)],
-                                                                  "saes": at_node.get(str(v), [])} for v in ids]}
-    (ctrl / "net.json").write_text(json.dumps(net_json, indent=1) + "\n")
-
-    devices: dict[frozenset, tuple[str, dict]] = {}  # {u, v} -> ("U|V", the link's device endpoints)
+    ca_key, ca = _write_pki(pki, registry)
+    nodes = [{"id": v, "dir": names[str(v)], "address": addr[str(v)], "saes": at_node.get(str(v), [])} for v in ids]
+    _write_controller(directory / "controller", cfg, ca_key, ca, spec=spec, source=source, nodes=nodes,
+                      ctrl_addr=ctrl_addr, link_source=link_source, force=force)
     dev_dir = directory / "devices"
-    if link_source == "device":
-        from ..devices.emulator import init_devices
-
-        if force:
-            (dev_dir / "keys.jsonl").unlink(missing_ok=True)
-        _dev_cfg, tables = init_devices(dev_dir, net, spec, key_size=key_size, default_rate_bps=cfg.default_rate_bps)
-        for name, table in tables.items():
-            u, _, v = name.partition("|")
-            devices[frozenset((u, v))] = (name, table)
-    else:
-        import shutil
-
-        if force and (dev_dir / "device.toml").exists():  # an emulated network now: net up must not start it
-            shutil.rmtree(dev_dir)
+    devices, dev_cfg = _init_devices(dev_dir, net, spec, cfg, key_size=key_size, link_source=link_source,
+                                     force=force)
     seeds = {}
     for u, v, data in net.graph.edges(data=True):
         seeds[(u, v)] = (secrets.token_bytes(32), data)
@@ -219,55 +313,14 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         adj[v].append((u, v, seed, data))
     for v in ids:
         nd = directory / "nodes" / names[str(v)]
-        nd.mkdir(parents=True, exist_ok=True)
-        if force:
-            _remove_state(nd)
-            if link_source != "device" and (nd / "device").is_dir():  # the device credentials of an earlier init
-                import shutil
-
-                shutil.rmtree(nd / "device")
-        skey = make_storage_key(nd / "storage.key")
-        make_audit_key(nd / "audit.key")
-        host = addr[str(v)].rsplit(":", 1)[0]
-        key, cert = issue_role(ca_key, ca, f"node {v}", role_uri("node", v), hosts=(host,))
-        write_key(nd / "node.key", key)
-        write_cert(nd / "node.crt", cert)
-        write_cert(nd / "ca.crt", ca)
-        links, sealed = [], {}
-        for a, b, seed, data in adj[v]:
-            other = b if a == v else a
-            name = link_name(a, b)
-            links.append({"link": [a, b], "neighbour": other, "address": addr[str(other)],
-                          "pool_bits": int(data.get("pool_bits", 100_000)), "rate_bps": data.get("rate_bps")})
-            if link_source == "device":  # this end's device credentials only; no seed
-                dname, t = devices[frozenset((str(a), str(b)))]
-                mine = "a" if dname.partition("|")[0] == str(v) else "b"
-                sae, peer = t[f"{mine}_sae"], t["b_sae" if mine == "a" else "a_sae"]
-                (nd / "device").mkdir(exist_ok=True)
-                (nd / "device" / "ca.crt").write_bytes((dev_dir / "pki" / "ca.crt").read_bytes())
-                (nd / "device" / f"{sae}.crt").write_bytes((dev_dir / "pki" / f"{sae}.crt").read_bytes())
-                write_secret(nd / "device" / f"{sae}.key", (dev_dir / "pki" / f"{sae}.key").read_bytes())
-                links[-1]["device"] = {"url": t[f"{mine}_url"], "ca": "device/ca.crt", "cert": f"device/{sae}.crt",
-                                       "key": f"device/{sae}.key", "sae": sae, "peer_sae": peer,
-                                       "key_size": int(t["key_size"])}
-                continue
-            sealed[name] = seal(skey, name, seed)
-        (nd / "links.sealed.json").write_text(json.dumps(sealed, indent=1) + "\n")
-        os.chmod(nd / "links.sealed.json", 0o600)
-        conf = {
-            "id": v, "address": addr[str(v)], "controller": ctrl_addr, "network": net.name,
-            "saes": at_node.get(str(v), []), "registry": {s: n for s, n in cfg.saes.items()},
-            "links": links, "addresses": addr,
-            "etsi": {"kme_id": f"KME_{names[str(v)]}", "key_size": key_size, "min_key_size": cfg.min_key_size,
-                     "max_key_size": cfg.max_key_size, "max_key_per_request": cfg.max_key_per_request,
-                     "max_key_count": cfg.max_key_count, "security_level": security_level,
-                     "key_ttl_s": cfg.key_ttl_s, "max_body_bytes": cfg.max_body_bytes,
-                     "header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s,
-                     "keep_alive_s": cfg.keep_alive_s, "max_connections": cfg.max_connections},
-        }
+        links = _write_node(nd, v, adj[v], ca_key, ca, addr=addr, devices=devices, dev_dir=dev_dir,
+                            link_source=link_source, force=force)
+        conf = _node_conf(v, names[str(v)], cfg, addr=addr, ctrl_addr=ctrl_addr, network=net.name,
+                          saes=at_node.get(str(v), []), links=links, key_size=key_size,
+                          security_level=security_level)
         (nd / "node.json").write_text(json.dumps(conf, indent=1) + "\n")
     (directory / "nodes.json").write_text(json.dumps(names, indent=1) + "\n")
     out = {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}
     if link_source == "device":
-        out["devices"] = f"https://{_dev_cfg.host}:{_dev_cfg.port}"
+        out["devices"] = f"https://{dev_cfg.host}:{dev_cfg.port}"
     return out

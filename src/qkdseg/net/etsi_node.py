@@ -1,0 +1,156 @@
+"""A node's ETSI GS QKD 014 service to the SAEs attached to it.
+
+:class:`EtsiNode` (a mixin of :class:`qkdseg.net.node.NodeService`) holds
+the methods the shared front end (:func:`qkdseg.server.frontend.create_app`)
+calls: ``status``, ``enc_keys`` (local keys, spare keys, or a plan from the
+controller and its relay), ``dec_keys`` (through
+:func:`qkdseg.server.delivery.take_keys`, as ``kms serve``) and ``deny``;
+with the caller's checks and the calls to the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+
+from ..server.delivery import keys_body, take_keys
+from ..server.etsi import Caller, KmsError, _b64, parse_key_request
+from ..server.store import Batch, KeyRow
+from .messaging import _trace
+from .relayrequests import REQUEST_TIMEOUT_S
+
+
+class EtsiNode:
+    """ETSI 014 at a node (a mixin of :class:`qkdseg.net.node.NodeService`)."""
+
+    def _check_caller(self, caller: Caller) -> None:
+        if caller.sae not in self.saes:
+            raise KmsError(401, f"SAE {caller.sae!r} is not attached to this KME")
+
+    def _check_peer(self, caller: Caller, peer: str, role: str) -> None:
+        if peer not in self.registry:
+            raise KmsError(400, f"{role} SAE {peer!r} is not registered in this network")
+        if peer == caller.sae:
+            raise KmsError(400, f"{role} SAE {peer!r} is the caller itself")
+
+    def parse_key_request(self, number, size, ext_mandatory, ext_optional, additional):
+        return parse_key_request(self.cfg, number, size, ext_mandatory, ext_optional, additional)
+
+    async def _controller(self, method: str, path: str, **kw):
+        import httpx
+
+        try:
+            r = await self.controllers.request(self._http(), method, path, **kw)  # the leader (net/leader.py)
+        except httpx.HTTPError:
+            raise KmsError(503, "the network's controller is unreachable; try again later",
+                           reason="controller_unavailable") from None
+        if r.status_code != 200:
+            try:
+                p = r.json()
+            except ValueError:
+                p = {}
+            status = r.status_code if r.status_code in (400, 503) else 503
+            raise KmsError(status, p.get("message") or p.get("detail") or "the controller refused the request",
+                           p.get("details"), reason=p.get("reason"))
+        return r.json()
+
+    async def status(self, caller: Caller, slave: str) -> dict:
+        self._check_caller(caller)
+        self._check_peer(caller, slave, "slave")
+        cap = await self._controller("GET", "/control/v1/status", params={"master": caller.sae, "slave": slave})
+        c = self.cfg
+        return {
+            "source_KME_ID": c.kme_id, "target_KME_ID": cap.get("target_KME_ID", c.kme_id),
+            "master_SAE_ID": caller.sae, "slave_SAE_ID": slave, "key_size": c.key_size,
+            "stored_key_count": int(min(cap["stored_key_count"] + sum(
+                1 for row in self.spares.get((caller.sae, slave), ()) if row.size == c.key_size), c.max_key_count)),
+            "max_key_count": c.max_key_count,
+            "max_key_per_request": c.max_key_per_request, "max_key_size": c.max_key_size,
+            "min_key_size": c.min_key_size, "max_SAE_ID_count": 0,
+            "status_extension": {"qkdseg_security_level": c.security_level, "qkdseg_node": str(self.id),
+                                 "qkdseg_route": cap.get("route")},
+        }
+
+    async def enc_keys(self, caller: Caller, slave: str, req) -> dict:
+        self._check_caller(caller)
+        self._check_peer(caller, slave, "slave")
+        if self.committer.failed is not None:
+            raise KmsError(503, "key store unavailable; restart the node", reason="store_failed")
+        now = time.time()
+        new_spares: list[KeyRow] = []
+        if str(self.registry[slave]) == str(self.id):  # both SAEs here: no relay
+            keys = [(str(uuid.uuid4()), secrets.token_bytes(req.size // 8), 1.0) for _ in range(req.number)]
+            summary = {"local": True, "security": 1.0}
+            batch = Batch()
+            for key_id, material, sec in keys:
+                row = KeyRow(key_id, "issued", caller.sae, slave, req.size, sec, b"", now, now + self.cfg.key_ttl_s,
+                             '{"local":true}')
+                self.store.seal(row, material)
+                batch.put_keys.append(row.values())
+                self.keys[key_id] = row
+        elif (spare := await self._use_spares(caller.sae, slave, req, now)) is not None:
+            keys, summary, batch = spare
+        else:
+            plan = await self._controller("POST", "/control/v1/plans", json={
+                "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
+                "level_source": req.level_source, "mandatory": req.mandatory})
+            rid = plan["request_id"]
+            _trace(rid, "plan returned")
+            st = self._state(rid)
+            if st.future is None:
+                st.future = asyncio.get_running_loop().create_future()
+            self._check_done(st)
+            try:
+                keys, extra = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self._void(rid)
+                raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
+                               reason="relay_failed") from None
+            except KmsError:
+                self._void(rid)
+                raise
+            finally:
+                self.requests.pop(rid, None)
+            summary = plan.get("route")
+            batch = Batch()
+            for key_id, m, sec in extra:  # the relay's other keys: spare keys of this pair, at both ends
+                row = KeyRow(key_id, "spare", caller.sae, slave, 8 * len(m), sec, b"", now, now + self.cfg.key_ttl_s,
+                             json.dumps({"request_id": rid}))
+                self.store.seal(row, m)
+                batch.put_keys.append(row.values())
+                new_spares.append(row)
+        batch.audit.append({"time": round(now, 6), "event": "issue", "sae": caller.sae, "cert_sha256": caller.fingerprint,
+                            "peer": slave, "op": "enc_keys", "key_ids": [k for k, _, _ in keys], "size": req.size,
+                            "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok"})
+        await self._commit(batch)
+        self.spares[(caller.sae, slave)].extend(new_spares)
+        return {"keys": [{"key_ID": key_id, "key": _b64(m), "key_extension": {"qkdseg_security": sec}}
+                         for key_id, m, sec in keys],
+                "key_container_extension": {"qkdseg_security_level": {"requested": req.level,
+                                                                      "source": req.level_source},
+                                            "qkdseg_route": summary}}
+
+    async def dec_keys(self, caller: Caller, master: str, key_ids: list[str]) -> dict:
+        self._check_caller(caller)
+        if master not in self.registry:
+            raise KmsError(400, f"master SAE {master!r} is not registered in this network")
+        now = time.time()
+        out, batch = take_keys(self.keys, self.pending, self.store, caller, master, key_ids, now)
+        rows = [row for row, _ in out]
+        batch.audit.append({
+            "time": round(now, 6), "event": "deliver", "sae": caller.sae, "cert_sha256": caller.fingerprint,
+            "peer": master, "op": "dec_keys", "key_ids": [r.key_id for r in rows], "size": rows[0].size,
+            "securities": [r.security for r in rows], "outcome": "ok"})
+        await self._commit(batch)
+        return keys_body(out)
+
+    async def deny(self, err: KmsError, caller: Caller | None, op: str, peer: str | None = None) -> None:
+        who = caller or Caller("-", "-")
+        rec = {"time": round(time.time(), 6), "event": "deny", "sae": who.sae, "cert_sha256": who.fingerprint,
+               "op": op, "status": err.status, "reason": err.reason, "outcome": err.message}
+        if peer is not None:
+            rec["peer"] = peer
+        await self._commit(Batch(audit=[rec]))

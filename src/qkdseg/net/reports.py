@@ -1,0 +1,101 @@
+"""A node's reports to the controller: its links, their health, and the dashboard's events.
+
+:class:`Reports` (a mixin of :class:`qkdseg.net.node.NodeService`) commits
+batches and keeps their ETSI 014 events for the controller's dashboard,
+syncs the link offsets with the neighbours after a start, and reports the
+links (ETSI GS QKD 015's ``qkd_node``, a subset) with those events every
+``QKDSEG_REPORT_S`` seconds (default 5) or soon after an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+
+from ..server.store import Batch
+from .layout import link_name
+
+REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
+#: Dashboard events a node keeps for its next report (the oldest go first when the controller is away).
+MAX_EVENTS = 2000
+#: After an event, the next report goes at most this many seconds later (the dashboard's delay).
+EVENTS_REPORT_S = 0.5
+_DASHBOARD_EVENTS = ("issue", "deliver", "deny", "expire")
+_EVENT_FIELDS = ("time", "event", "sae", "peer", "op", "size", "level", "securities", "route", "outcome", "status",
+                 "reason")
+
+
+class Reports:
+    """Events, offset sync and link reports (a mixin of :class:`qkdseg.net.node.NodeService`)."""
+
+    async def _commit(self, batch: Batch) -> None:
+        """Commit, then keep the batch's ETSI 014 events for the controller's dashboard (no key, ids cut)."""
+        await self.committer.commit(batch)
+        for rec in batch.audit:
+            if rec.get("event") in _DASHBOARD_EVENTS:
+                self.event_seq += 1
+                ev = {k: rec[k] for k in _EVENT_FIELDS if k in rec}
+                ev.update(seq=self.event_seq, node=str(self.id), key_ids=[k[:8] for k in rec.get("key_ids", [])])
+                self.events.append(ev)
+        if self._report_now is not None and self.events:
+            self._report_now.set()
+
+    async def sync_offsets(self) -> None:
+        """After a start: each outgoing counter skips forward to the neighbour's high-water mark if that is larger."""
+        for nb, end in self.links.items():
+            try:
+                r = await self._http().get(f"https://{self.addresses[str(nb)]}/relay/v1/links",
+                                           params={"link": end.name})
+                theirs = r.json()
+            except Exception:  # noqa: BLE001 -- the neighbour is down: it syncs with us when it starts
+                continue
+            key = (end.name, end.out_dir)
+            hwm = int(theirs.get(str(end.out_dir), 0))
+            if hwm > self.offsets.get(key, 0):
+                self.offsets[key] = self._dirty[key] = hwm
+        if self._dirty:
+            self.relaydb.write(dict(self._dirty))
+            self._dirty.clear()
+
+    def link_report(self) -> dict:
+        """This node's links as a JSON subset of ETSI GS QKD 015's model (``qkd_node``: ``qkdn_id``, ``qkd_links``,
+        each ``qkd_link`` with ``link_id``, ``link_status``, both ends' ``qkdn_id``) plus qkdseg's fields: the pool's
+        size, the bits consumed in both directions (this end's durable offsets) and its level: ``null`` for an
+        emulated link (its refill is the controller's model), the device key bits held in the direction with fewer
+        for a device-fed link (:mod:`.devicelinks`)."""
+        out = []
+        for lk in self.conf["links"]:
+            name = link_name(*lk["link"])
+            consumed = 8 * (self.offsets.get((name, 0), 0) + self.offsets.get((name, 1), 0))
+            out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]),
+                        "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
+                        "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
+                        "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
+        return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
+                "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))}}
+
+    async def report_links(self) -> None:
+        """After the start's offset sync, every ``QKDSEG_REPORT_S`` seconds, and within ``EVENTS_REPORT_S`` of an
+        ETSI 014 event: the links' report to the controller, with the events since the last acknowledged report."""
+        self._report_now = asyncio.Event()
+        while True:
+            body = self.link_report()
+            sent = body["qkdseg_events"]["events"]
+            ok = False
+            with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back
+                r = await self.controllers.request(self._http(), "POST", "/control/v1/links", json=body)
+                ok = r.status_code == 200
+            if ok and sent:  # acknowledged: those events are the controller's now
+                while self.events and self.events[0]["seq"] <= sent[-1]["seq"]:
+                    self.events.popleft()
+            self._report_now.clear()
+            if ok and self.events:  # events came meanwhile: soon, not in REPORT_S
+                await asyncio.sleep(EVENTS_REPORT_S)
+                continue
+            try:
+                await asyncio.wait_for(self._report_now.wait(), REPORT_S)
+            except asyncio.TimeoutError:
+                continue
+            await asyncio.sleep(EVENTS_REPORT_S)  # gather the events of the next half second into one report
