@@ -176,3 +176,11 @@ def test_controller_process_loads_no_kms_module(tmp_path):
     mods = [ln.rsplit("|", 1)[-1].strip() for ln in err.read_text().splitlines() if ln.startswith("import time:")]
     assert "qkdseg.net.controller" in mods and "qkdseg.server.planner" in mods
     assert [m for m in mods if m == "qkdseg.kms" or m.startswith("qkdseg.kms.")] == []
+
+
+def test_no_module_over_500_lines():
+    """Every room of the house stays under 500 lines (``_kernels.py``, numba's compiled kernels kept together for
+    their shared helpers, excepted): a module that grows past it is split along a seam (docs/contributing.md)."""
+    long = {str(p.relative_to(PACKAGE)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if p.name != "_kernels.py" and (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert long == {}
