@@ -42,7 +42,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_routing.py", "tests/test_msp.py", "tests/test_smr_oracle.py"],
     ),
     "security": (
-        ["src/qkdseg/security.py"],
+        ["src/qkdseg/security.py", "src/qkdseg/security/*"],
         ["tests/test_security.py", "tests/test_routing.py", "tests/test_security_oracle.py"],
     ),
     "reconstruction": (

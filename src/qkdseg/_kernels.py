@@ -633,7 +633,7 @@ def select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, 
 # -- exact security: distribution over intact paths ------------------------------
 @_jit
 def path_state_security_nb(m, masks, probs, q, cmasks):
-    """See :func:`qkdseg.security._path_state_security` (same arithmetic)."""
+    """See :func:`qkdseg.security.components._path_state_security` (same arithmetic)."""
     size = 1 << m
     dist = np.zeros(size)
     dist[size - 1] = 1.0

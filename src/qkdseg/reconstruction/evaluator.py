@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..security import _exact_security as exact_security  # routes here are valid: no argument checks
+from ..security.exact import _exact_security as exact_security  # routes here are valid: no argument checks
 from .result import GlobalKey, KeyPart
 
 Path = Sequence[int]

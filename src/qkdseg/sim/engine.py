@@ -24,6 +24,10 @@ The only events are arrivals, retries, expiries and the samples of the time
 series. A route is a pure function of the request and the set of usable
 links, so routes and reconstructions are cached on ``(source, destination,
 B, epsilon, seed, usable links)``: a hit is exactly what a new call would give.
+
+This module holds :class:`Simulation`'s arguments, its events and the run
+loop; the pools and one try of a request are in :mod:`qkdseg.sim.serving`,
+what a run records and its tables in :mod:`qkdseg.sim.records`.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from ..api import route_indices
 from ..errors import InvalidRequest
-from ..keys.levels import EMPTY, READY, STATES, LinkLevels, pool_states, with_levels
+from ..keys.levels import STATES, LinkLevels
 from ..network import Network
-from ..reconstruction import SCHEMES, reconstruct
+from ..reconstruction import SCHEMES
 from ..routing import get_algorithm
+from .records import BLOCKED, SERVED, WAITING, Records
+from .serving import Serving
 from .traffic import Requests
 
 #: Default key rate of a link whose network file gives no ``rate_bps`` (bits/s; the paper's 100 kb/s).
@@ -50,15 +55,6 @@ DEFAULT_RATE_BPS = 100_000.0
 #: Pool states (QKDNetSim's buffer states, :data:`qkdseg.keys.levels.STATES`) are in that column order.
 #: A pool is READY at or above this share of its capacity.
 DEFAULT_READY_SHARE = 0.5
-
-#: Outcome codes of :attr:`Simulation.outcome`.
-PENDING, WAITING, BLOCKED, SERVED = -2, -1, 0, 1
-OUTCOMES = {PENDING: "pending", WAITING: "waiting", BLOCKED: "blocked", SERVED: "served"}
-#: Why a request was not served (its last try).
-REASONS = ("", "no_route", "epsilon", "short")
-NO_ROUTE, EPSILON, SHORT = 1, 2, 3
-
-_CACHE_LIMIT = 200_000
 
 
 def link_rates(network: Network, default_bps: float = DEFAULT_RATE_BPS) -> np.ndarray:
@@ -105,7 +101,43 @@ def as_network(network: Any) -> Network:
     raise InvalidRequest(f"network must be a qkdseg.Network or a networkx graph, got {type(network).__name__}{hint}")
 
 
-class Simulation:
+def _checked_options(algorithm: str, known: dict, options: dict | None, reconstruction: str, ttl: float,
+                     ready_share: float) -> dict:
+    """The checks of a :class:`Simulation`'s arguments that do not need its network; returns the algorithm's
+    options (a seeded algorithm's seed and ``smr-level``'s epsilon come from each request, not from here)."""
+    if reconstruction not in SCHEMES:
+        raise InvalidRequest(f"unknown reconstruction {reconstruction!r} (known: {', '.join(SCHEMES)})")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float, np.integer, np.floating)) or not math.isfinite(ttl) \
+            or ttl < 0:
+        raise InvalidRequest(f"ttl={ttl!r} must be a number of seconds >= 0")
+    if not 0.0 < ready_share <= 1.0:
+        raise InvalidRequest(f"ready_share={ready_share!r} must lie in (0, 1]")
+    opts = dict(options or {})
+    if "seed" in known and "seed" in opts:
+        raise InvalidRequest(f"{algorithm}'s seed comes from each request's seed (the run's seed); do not pass one")
+    if "epsilon" in known and "epsilon" in opts:
+        raise InvalidRequest(f"{algorithm}'s epsilon comes from each request's epsilon; do not pass one")
+    for k in opts:
+        if k not in known:
+            raise InvalidRequest(f"algorithm {algorithm!r} has no option {k!r} (options: {', '.join(sorted(known)) or 'none'})")
+    return opts
+
+
+def _sample_times(horizon: float, interval: float | None) -> tuple[float, np.ndarray]:
+    """The time-series interval (checked; default :func:`nice_interval`) and the sample times over ``horizon``."""
+    if interval is None:
+        interval = nice_interval(horizon)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(interval) or interval <= 0:
+        raise InvalidRequest(f"interval={interval!r} must be a positive number of seconds")
+    step = float(interval)
+    if horizon / step > MAX_INTERVALS:
+        raise InvalidRequest(f"interval={interval!r} gives more than {MAX_INTERVALS} time-series intervals over {horizon:g} s")
+    k = max(1, math.ceil(horizon / step - 1e-9))
+    return step, np.minimum(np.arange(1, k + 1) * step, horizon)
+
+
+class Simulation(Serving, Records):
     """One algorithm on one arrival trace, stepped in simulated time.
 
     Parameters
@@ -175,23 +207,9 @@ class Simulation:
         if not isinstance(requests, Requests):
             raise InvalidRequest(f"requests must be a Requests trace (qkdseg.sim.poisson_requests, read_trace), got {type(requests).__name__}")
         algo = get_algorithm(algorithm)
-        if reconstruction not in SCHEMES:
-            raise InvalidRequest(f"unknown reconstruction {reconstruction!r} (known: {', '.join(SCHEMES)})")
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float, np.integer, np.floating)) or not math.isfinite(ttl) \
-                or ttl < 0:
-            raise InvalidRequest(f"ttl={ttl!r} must be a number of seconds >= 0")
-        if not 0.0 < ready_share <= 1.0:
-            raise InvalidRequest(f"ready_share={ready_share!r} must lie in (0, 1]")
-        opts = dict(options or {})
+        opts = _checked_options(algorithm, algo.options, options, reconstruction, ttl, ready_share)
         self._seeded = "seed" in algo.options
-        if self._seeded and "seed" in opts:
-            raise InvalidRequest(f"{algorithm}'s seed comes from each request's seed (the run's seed); do not pass one")
         self._leveled = "epsilon" in algo.options  # smr-level: routes to each request's own epsilon
-        if self._leveled and "epsilon" in opts:
-            raise InvalidRequest(f"{algorithm}'s epsilon comes from each request's epsilon; do not pass one")
-        for k in opts:
-            if k not in algo.options:
-                raise InvalidRequest(f"algorithm {algorithm!r} has no option {k!r} (options: {', '.join(sorted(algo.options)) or 'none'})")
         self.network = network
         self.arrays = network.arrays
         self.requests = requests
@@ -204,22 +222,8 @@ class Simulation:
         self.levels = LinkLevels(self.arrays.pool_bits, t=0.0)
         self._floor = np.zeros(self.arrays.n_links)  # floor(rate * t) at levels.t
         self.horizon = float(requests.duration) + self.ttl
-        if interval is None:
-            interval = nice_interval(self.horizon)
-        if isinstance(interval, bool) or not isinstance(interval, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(interval) or interval <= 0:
-            raise InvalidRequest(f"interval={interval!r} must be a positive number of seconds")
-        self.interval = float(interval)
-        if self.horizon / self.interval > MAX_INTERVALS:
-            raise InvalidRequest(f"interval={interval!r} gives more than {MAX_INTERVALS} time-series intervals over {self.horizon:g} s")
-        k = max(1, math.ceil(self.horizon / self.interval - 1e-9))
-        self.sample_times = np.minimum(np.arange(1, k + 1) * self.interval, self.horizon)
-        cap = self.levels.capacity
-        self.ready_bits = np.ceil(cap * float(ready_share)).astype(np.int64)
-        kb = requests.key_bits
-        self.empty_bits = int(empty_bits if empty_bits is not None else (kb.max() if len(kb) else 1))
-        self.state = np.where(cap < self.empty_bits, EMPTY, READY).astype(np.int8)
-        self._ready_at_least_empty = bool((self.ready_bits >= self.empty_bits).all())
+        self.interval, self.sample_times = _sample_times(self.horizon, interval)
+        self._start_states(ready_share, empty_bits)
         self.cache: dict | None = {} if cache else None
         self.on_sample = on_sample
         n = len(requests)
@@ -228,17 +232,7 @@ class Simulation:
         self._rq = list(zip(requests.src.tolist(), requests.dst.tolist(), requests.key_bits.tolist(),
                             requests.epsilon.tolist(), seeds))
         self._times = requests.t.tolist()
-        self.outcome = np.full(n, PENDING, dtype=np.int8)
-        self.end_time = np.full(n, np.nan)
-        self.security = np.full(n, np.nan)
-        self.route_security = np.full(n, np.nan)
-        self.consumed = np.zeros(n, dtype=np.int64)
-        self.keys = np.zeros(n, dtype=np.int32)
-        self.segments = np.zeros(n, dtype=np.int32)
-        self.paths = np.zeros(n, dtype=np.int32)
-        self.hops = np.zeros(n, dtype=np.int32)
-        self.tries = np.zeros(n, dtype=np.int32)
-        self.reason = np.zeros(n, dtype=np.int8)
+        self._start_records(n)
         self.t = 0.0
         self._next = 0  # next arrival
         self._k = 0  # next sample
@@ -246,100 +240,12 @@ class Simulation:
         self._queue_bits: Counter = Counter()
         self._expiry: list[tuple[float, int]] = []
         self._t_retry = math.inf
-        self.snap_queued: list[int] = []
-        self.snap_level: list[np.ndarray] = []
-        self.snap_states: list[np.ndarray] = []
         self.stats = {"routing_seconds": 0.0, "run_seconds": 0.0, "route_calls": 0, "attempts": 0, "retries": 0}
 
     def __repr__(self) -> str:
         c = Counter(self.outcome.tolist())
         return (f"<Simulation {self.algorithm} t={self.t:g} served={c[SERVED]} blocked={c[BLOCKED]} "
                 f"waiting={c[WAITING]}>")
-
-    # -- levels ------------------------------------------------------------------------
-    def _refill(self, t: float) -> None:
-        if t > self.levels.t:
-            f = np.floor(self.rate * t)
-            produced = f - self._floor
-            self._floor = f
-            self.levels.refill(produced, t=t)
-
-    def _settle_states(self, links=None) -> None:
-        """Apply what refills did to the pool states (of ``links``, or all): levels only rose since."""
-        if links is None:
-            self.state = pool_states(self.levels.level, self.ready_bits, self.empty_bits, self.state)
-        else:
-            self.state[links] = pool_states(self.levels.level[links], self.ready_bits[links], self.empty_bits,
-                                            self.state[links])
-
-    def _debit(self, links: np.ndarray, need: np.ndarray) -> None:
-        rb = self.ready_bits[links]
-        lv = self.levels.level[links] - need
-        if self._ready_at_least_empty and (lv >= rb).all():
-            self.levels.debit(links, need)
-            self.state[links] = READY  # at or above READY after the debit, whatever came before
-            return
-        self._settle_states(links)
-        self.levels.debit(links, need)
-        self.state[links] = pool_states(lv, rb, self.empty_bits, self.state[links])
-
-    # -- one try -------------------------------------------------------------------------
-    def _plan(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:
-        t0 = time.perf_counter()
-        opts = dict(self.options)
-        if seed is not None:
-            opts["seed"] = seed
-        if self._leveled:
-            opts["epsilon"] = eps
-        a = self.arrays
-        r = route_indices(with_levels(a, level), s, d, self.algorithm, block_bits=bits, **opts)
-        self.stats["route_calls"] += 1
-        if r.blocked:
-            plan: tuple = (NO_ROUTE, None, None, 0, math.nan, math.nan, 0, 0, 0, 0)
-        else:
-            segs = [[list(p) for p in seg] for seg in r.index_paths]
-            chain = [seg[0][0] for seg in r.index_paths[1:]]
-            rec = reconstruct(self.reconstruction, a.p, segs, chain, eps, bits, **self.reconstruction_options)
-            n_paths = sum(len(seg) for seg in segs)
-            if rec.n_keys == 0:
-                plan = (EPSILON, None, None, 0, math.nan, r.security, len(segs), n_paths, r.hops, 0)
-            else:
-                edges = [a.edge_index(x, y) for seg in segs for p in seg for x, y in zip(p, p[1:])]
-                links, counts = np.unique(np.array(edges, dtype=np.int64), return_counts=True)
-                plan = (0, links, counts.astype(np.int64) * bits, r.hops * bits, rec.global_keys[0].security,
-                        r.security, len(segs), n_paths, r.hops, rec.n_keys)
-        self.stats["routing_seconds"] += time.perf_counter() - t0
-        return plan
-
-    def _attempt(self, j: int, t: float) -> bool:
-        """Try request ``j`` now (levels are at ``t``); serve it and debit, or record why not."""
-        s, d, bits, eps, seed = self._rq[j]
-        level = self.levels.level
-        self.tries[j] += 1
-        self.stats["attempts"] += 1
-        if self.cache is not None:
-            key = (s, d, bits, eps, seed, np.packbits(level >= bits).tobytes())
-            plan = self.cache.get(key)
-            if plan is None:
-                if len(self.cache) >= _CACHE_LIMIT:
-                    self.cache.clear()
-                plan = self.cache[key] = self._plan(s, d, bits, eps, seed, level)
-        else:
-            plan = self._plan(s, d, bits, eps, seed, level)
-        why, links, need = plan[0], plan[1], plan[2]
-        if why == 0 and bool((level[links] < need).any()):
-            why = SHORT
-        if why:
-            self.reason[j] = why
-            self.route_security[j] = plan[5]
-            return False
-        self._debit(links, need)
-        (_, _, _, self.consumed[j], self.security[j], self.route_security[j], self.segments[j], self.paths[j],
-         self.hops[j], self.keys[j]) = plan
-        self.reason[j] = 0
-        self.outcome[j] = SERVED
-        self.end_time[j] = t
-        return True
 
     # -- events ----------------------------------------------------------------------------
     def _arrive(self, j: int, t: float) -> None:
@@ -380,28 +286,6 @@ class Simulation:
         self._k += 1
         if self.on_sample is not None:
             self.on_sample(t)
-
-    def _next_retry(self) -> float:
-        """The next instant a link's level reaches the key size of a waiting request (inf if none)."""
-        if not self._queue:
-            return math.inf
-        lv, cap, rate = self.levels.level, self.levels.capacity, self.rate
-        best = math.inf
-        for bits, count in self._queue_bits.items():
-            if count <= 0:
-                continue
-            short = np.flatnonzero((lv < bits) & (cap >= bits) & (rate > 0))
-            if not short.size:
-                continue
-            target = bits - lv[short] + self._floor[short]  # floor(rate * t) must reach this
-            r = rate[short]
-            tc = target / r
-            low = np.floor(r * tc) < target
-            while low.any():
-                tc[low] = np.nextafter(tc[low], math.inf)
-                low = np.floor(r * tc) < target
-            best = min(best, float(tc.min()))
-        return best
 
     def run(self, until: float | None = None) -> "Simulation":
         """Process every event up to ``until`` seconds (default: the end), then bring the pools to ``until``.
@@ -445,120 +329,6 @@ class Simulation:
         self.t = max(self.t, end)
         self.stats["run_seconds"] += time.perf_counter() - wall
         return self
-
-    # -- tables ----------------------------------------------------------------------------
-    def _node_ids(self, idx: np.ndarray):
-        ids = self.arrays.node_ids
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids):
-            return np.asarray(ids, dtype=np.int64)[idx]
-        return np.asarray([str(v) for v in ids], dtype=object)[idx]
-
-    def requests_frame(self):
-        """One row per request that has arrived (docs/model.md section 9: the columns of ``requests.parquet``)."""
-        import pandas as pd
-
-        req = self.requests
-        n = self._next
-        sl = slice(0, n)
-        served = self.outcome[sl] == SERVED
-        end = self.end_time[sl]
-        return pd.DataFrame({
-            "algorithm": pd.Series([self.algorithm] * n, dtype=object),
-            "request": np.arange(n, dtype=np.int64),
-            "arrival": req.t[sl],
-            "source": self._node_ids(req.src[sl]),
-            "destination": self._node_ids(req.dst[sl]),
-            "key_bits": req.key_bits[sl],
-            "epsilon": req.epsilon[sl],
-            "seed": req.seed[sl],
-            "outcome": pd.Series([OUTCOMES[int(o)] for o in self.outcome[sl]], dtype=object),
-            "served": served,
-            "service_time": np.where(served, end, np.nan),
-            "end_time": end,
-            "wait": np.where(served, end - req.t[sl], np.nan),
-            "security": self.security[sl],
-            "route_security": self.route_security[sl],
-            "consumed_bits": self.consumed[sl],
-            "keys": self.keys[sl],
-            "segments": self.segments[sl],
-            "paths": self.paths[sl],
-            "hops": self.hops[sl],
-            "tries": self.tries[sl],
-            "reason": pd.Series([REASONS[int(r)] if o != SERVED else "" for r, o in zip(self.reason[sl], self.outcome[sl])],
-                                dtype=object),
-        })
-
-    def timeseries_frame(self):
-        """One row per finished interval (docs/model.md section 9: the columns of ``timeseries.parquet``)."""
-        import pandas as pd
-
-        k = self._k
-        ends = self.sample_times[:k]
-        starts = np.concatenate([[0.0], self.sample_times[: max(k - 1, 0)]])[:k]
-        req = self.requests
-        n = self._next
-
-        def binned(times, weights=None):
-            b = np.searchsorted(self.sample_times, times, side="right")
-            b = np.minimum(b, len(self.sample_times) - 1)
-            keep = b < k
-            return np.bincount(b[keep], weights=None if weights is None else weights[keep], minlength=k)[:k]
-
-        out = self.outcome[:n]
-        end = self.end_time[:n]
-        served = out == SERVED
-        blocked = out == BLOCKED
-        levels = np.array(self.snap_level[:k], dtype=np.float64).reshape(k, -1)
-        states = np.array(self.snap_states[:k], dtype=np.int64).reshape(k, len(STATES))
-        m = max(self.arrays.n_links, 1)
-        served_bits = binned(end[served], req.key_bits[:n][served].astype(np.float64)).astype(np.int64)
-        df = pd.DataFrame({
-            "algorithm": pd.Series([self.algorithm] * k, dtype=object),
-            "interval": np.arange(k, dtype=np.int64),
-            "t_start": starts,
-            "t_end": ends,
-            "offered": binned(req.t[:n]).astype(np.int64),
-            "served": binned(end[served]).astype(np.int64),
-            "blocked": binned(end[blocked]).astype(np.int64),
-            "queued": np.array(self.snap_queued[:k], dtype=np.int64),
-            "served_key_bits": served_bits,
-            "served_key_bps": served_bits / np.maximum(ends - starts, 1e-300),
-            "mean_level_bits": levels.mean(axis=1) if levels.size else np.zeros(k),
-        })
-        for i, name in enumerate(STATES):
-            df[f"share_{name.lower()}"] = states[:, i] / m
-        return df
-
-    def levels_frame(self):
-        """Every link's level at every sample (long form: ``algorithm, t, link, level_bits``), for the heat map."""
-        import pandas as pd
-
-        k = self._k
-        m = self.arrays.n_links
-        lv = np.array(self.snap_level[:k], dtype=np.int64).reshape(k, m)
-        return pd.DataFrame({
-            "algorithm": pd.Series([self.algorithm] * (k * m), dtype=object),
-            "t": np.repeat(self.sample_times[:k], m),
-            "link": np.tile(np.arange(m, dtype=np.int64), k),
-            "level_bits": lv.reshape(-1),
-        })
-
-    def pools(self):
-        """The pools now: ``link, u, v, level_bits, capacity_bits, rate_bps, consumed_bits, state``."""
-        import pandas as pd
-
-        self._settle_states()
-        a = self.arrays
-        return pd.DataFrame({
-            "link": np.arange(a.n_links, dtype=np.int64),
-            "u": self._node_ids(a.edge_u),
-            "v": self._node_ids(a.edge_v),
-            "level_bits": self.levels.level.copy(),
-            "capacity_bits": self.levels.capacity.copy(),
-            "rate_bps": self.rate.copy(),
-            "consumed_bits": self.levels.consumed.copy(),
-            "state": pd.Series([STATES[s] for s in self.state], dtype=object),
-        })
 
 
 def run_algorithms(

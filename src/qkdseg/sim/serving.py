@@ -1,0 +1,143 @@
+"""The pools of a run and one try of a request on them (docs/model.md section 9).
+
+Levels rise analytically with each link's rate (``floor(rate * t)`` bits by
+time ``t``, capped at the pool) and fall by what a served request's route
+takes. A try routes the request on the links that hold its key size, reconstructs its
+global keys at its level, and serves it if every link holds what the route
+takes from it. Plans are cached on the request and the set of usable links:
+a hit is exactly what a new call would give.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..api import route_indices
+from ..keys.levels import EMPTY, READY, pool_states, with_levels
+from ..reconstruction import reconstruct
+from .records import EPSILON, NO_ROUTE, SERVED, SHORT
+
+_CACHE_LIMIT = 200_000
+
+
+class Serving:
+    """Pool levels and states, and serving one request (a mixin of ``Simulation``)."""
+
+    # -- levels ------------------------------------------------------------------------
+    def _start_states(self, ready_share: float, empty_bits: int | None) -> None:
+        """The READY and EMPTY thresholds of every pool, and the pools' first states (pools start full)."""
+        cap = self.levels.capacity
+        self.ready_bits = np.ceil(cap * float(ready_share)).astype(np.int64)
+        kb = self.requests.key_bits
+        self.empty_bits = int(empty_bits if empty_bits is not None else (kb.max() if len(kb) else 1))
+        self.state = np.where(cap < self.empty_bits, EMPTY, READY).astype(np.int8)
+        self._ready_at_least_empty = bool((self.ready_bits >= self.empty_bits).all())
+
+    def _refill(self, t: float) -> None:
+        if t > self.levels.t:
+            f = np.floor(self.rate * t)
+            produced = f - self._floor
+            self._floor = f
+            self.levels.refill(produced, t=t)
+
+    def _settle_states(self, links=None) -> None:
+        """Apply what refills did to the pool states (of ``links``, or all): levels only rose since."""
+        if links is None:
+            self.state = pool_states(self.levels.level, self.ready_bits, self.empty_bits, self.state)
+        else:
+            self.state[links] = pool_states(self.levels.level[links], self.ready_bits[links], self.empty_bits,
+                                            self.state[links])
+
+    def _debit(self, links: np.ndarray, need: np.ndarray) -> None:
+        rb = self.ready_bits[links]
+        lv = self.levels.level[links] - need
+        if self._ready_at_least_empty and (lv >= rb).all():
+            self.levels.debit(links, need)
+            self.state[links] = READY  # at or above READY after the debit, whatever came before
+            return
+        self._settle_states(links)
+        self.levels.debit(links, need)
+        self.state[links] = pool_states(lv, rb, self.empty_bits, self.state[links])
+
+    def _next_retry(self) -> float:
+        """The next instant a link's level reaches the key size of a waiting request (inf if none)."""
+        if not self._queue:
+            return math.inf
+        lv, cap, rate = self.levels.level, self.levels.capacity, self.rate
+        best = math.inf
+        for bits, count in self._queue_bits.items():
+            if count <= 0:
+                continue
+            short = np.flatnonzero((lv < bits) & (cap >= bits) & (rate > 0))
+            if not short.size:
+                continue
+            target = bits - lv[short] + self._floor[short]  # floor(rate * t) must reach this
+            r = rate[short]
+            tc = target / r
+            low = np.floor(r * tc) < target
+            while low.any():
+                tc[low] = np.nextafter(tc[low], math.inf)
+                low = np.floor(r * tc) < target
+            best = min(best, float(tc.min()))
+        return best
+
+    # -- one try -------------------------------------------------------------------------
+    def _plan(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:
+        t0 = time.perf_counter()
+        opts = dict(self.options)
+        if seed is not None:
+            opts["seed"] = seed
+        if self._leveled:
+            opts["epsilon"] = eps
+        a = self.arrays
+        r = route_indices(with_levels(a, level), s, d, self.algorithm, block_bits=bits, **opts)
+        self.stats["route_calls"] += 1
+        if r.blocked:
+            plan: tuple = (NO_ROUTE, None, None, 0, math.nan, math.nan, 0, 0, 0, 0)
+        else:
+            segs = [[list(p) for p in seg] for seg in r.index_paths]
+            chain = [seg[0][0] for seg in r.index_paths[1:]]
+            rec = reconstruct(self.reconstruction, a.p, segs, chain, eps, bits, **self.reconstruction_options)
+            n_paths = sum(len(seg) for seg in segs)
+            if rec.n_keys == 0:
+                plan = (EPSILON, None, None, 0, math.nan, r.security, len(segs), n_paths, r.hops, 0)
+            else:
+                edges = [a.edge_index(x, y) for seg in segs for p in seg for x, y in zip(p, p[1:])]
+                links, counts = np.unique(np.array(edges, dtype=np.int64), return_counts=True)
+                plan = (0, links, counts.astype(np.int64) * bits, r.hops * bits, rec.global_keys[0].security,
+                        r.security, len(segs), n_paths, r.hops, rec.n_keys)
+        self.stats["routing_seconds"] += time.perf_counter() - t0
+        return plan
+
+    def _attempt(self, j: int, t: float) -> bool:
+        """Try request ``j`` now (levels are at ``t``); serve it and debit, or record why not."""
+        s, d, bits, eps, seed = self._rq[j]
+        level = self.levels.level
+        self.tries[j] += 1
+        self.stats["attempts"] += 1
+        if self.cache is not None:
+            key = (s, d, bits, eps, seed, np.packbits(level >= bits).tobytes())
+            plan = self.cache.get(key)
+            if plan is None:
+                if len(self.cache) >= _CACHE_LIMIT:
+                    self.cache.clear()
+                plan = self.cache[key] = self._plan(s, d, bits, eps, seed, level)
+        else:
+            plan = self._plan(s, d, bits, eps, seed, level)
+        why, links, need = plan[0], plan[1], plan[2]
+        if why == 0 and bool((level[links] < need).any()):
+            why = SHORT
+        if why:
+            self.reason[j] = why
+            self.route_security[j] = plan[5]
+            return False
+        self._debit(links, need)
+        (_, _, _, self.consumed[j], self.security[j], self.route_security[j], self.segments[j], self.paths[j],
+         self.hops[j], self.keys[j]) = plan
+        self.reason[j] = 0
+        self.outcome[j] = SERVED
+        self.end_time[j] = t
+        return True
