@@ -34,11 +34,13 @@ SMR = "src/qkdseg/routing/smr.py"
 KERNELS = "src/qkdseg/_kernels.py"
 RESULT = "src/qkdseg/reconstruction/result.py"
 TRIALS = "src/qkdseg/experiments/trials.py"
-MONITOR = "src/qkdseg/kms/monitor.py"
-DASH = "src/qkdseg/kms/dashboard.py"
+MONITOR = "src/qkdseg/server/monitor.py"
+LEVELS = "src/qkdseg/keys/levels.py"
+DASH = "src/qkdseg/server/dashboard.py"
 SERVICE = "src/qkdseg/kms/service.py"
-SERVER = "src/qkdseg/kms/server.py"
-APP = "src/qkdseg/kms/app.py"
+PLANNER = "src/qkdseg/server/planner.py"
+TLS = "src/qkdseg/server/tls.py"
+APP = "src/qkdseg/server/http.py"
 
 SMR_TESTS = ["tests/test_smr_oracle.py", "tests/test_routing.py"]
 EPS_TESTS = ["tests/test_epsilon_edge.py", "tests/test_reconstruction.py", "tests/test_paper_counts.py"]
@@ -90,7 +92,7 @@ BUGS = {
     "D1": ("dashboard", "full key ids shown", [(MONITOR, "return str(key_id)[:ID_CHARS]", "return str(key_id)")],
            DASH_TESTS),
     "D2": ("dashboard", "WARNING and CHARGING swapped",
-           [(MONITOR, "np.isin(previous, (EMPTY, CHARGING)), CHARGING, WARNING)",
+           [(LEVELS, "np.isin(previous, (EMPTY, CHARGING)), CHARGING, WARNING)",
              "np.isin(previous, (EMPTY, CHARGING)), WARNING, CHARGING)")], DASH_TESTS),
     "D3": ("dashboard", "the last minute keeps items a second too long",
            [(MONITOR, "while self._recent and self._recent[0][0] < cut:",
@@ -104,10 +106,10 @@ BUGS = {
            [(MONITOR, '"achieved_security": min(secs) if secs else None', '"achieved_security": max(secs) if secs else None')],
            DASH_TESTS),
     "D7": ("dashboard", "a drained route's refusal loses its reason code",
-           [(SERVICE, 'bits on every link now; nothing was debited", reason="no_key_material")',
+           [(PLANNER, 'bits on every link now; nothing was debited", reason="no_key_material")',
              'bits on every link now; nothing was debited")')], DASH_TESTS),
     "D8": ("dashboard", "every host counts as loopback (no --dashboard-public, no token)",
-           [(SERVER, '    if host == "localhost":\n        return True', "    return True")],
+           [(TLS, '    if host == "localhost":\n        return True', "    return True")],
            ["tests/test_kms_setup.py", "tests/test_dashboard_api.py"]),
     "D9": ("dashboard", "security headers on 200 answers only",
            [(DASH, 'if message["type"] == "http.response.start":',
