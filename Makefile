@@ -77,8 +77,11 @@ reproduce: install
 	$(VENV)/bin/qkdseg reproduce --trials 1000 --seed 0 --out out
 
 # The key service on the example network with live traffic; its dashboard on http://127.0.0.1:8080/dashboard/
+# (make dashboard KMS_PORT=9443 DASHBOARD_PORT=9080 for other ports; 0 picks free ones, printed at the start)
+KMS_PORT       ?= 8443
+DASHBOARD_PORT ?= 8080
 dashboard: install
-	$(VENV)/bin/qkdseg kms demo
+	$(VENV)/bin/qkdseg kms demo --port $(KMS_PORT) --dashboard-port $(DASHBOARD_PORT)
 
 # Mutation testing of the core modules (not part of `make test`; CPU heavy, about
 # 20-40 min on 2 cores). mutmut is installed here only. Results: out-mutate/.
