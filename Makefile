@@ -1,10 +1,10 @@
-# qkdseg: make install | make test | make chaos | make reproduce | make dashboard | make mutate | make screenshot
+# qkdseg: make install | make test | make check-field | make chaos | make reproduce | make dashboard | make mutate | make screenshot
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser etcd chaos test check-careless reproduce dashboard mutate screenshot clean
+.PHONY: install browser etcd chaos test check-field check-careless reproduce dashboard mutate screenshot clean
 
 install: $(STAMP)
 
@@ -45,7 +45,12 @@ etcd:
 # of the suite waits on server processes, so two workers shorten it on 2 cores (README, "Tests"). `pytest` alone
 # runs it serially.
 test: install browser etcd
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --ignore-glob='*_field_check*.py'
+
+# The independent field checks (tests/test_*field_check*.py: each written from the docs alone by someone who had not
+# read the code, against real processes): not part of `make test`, to keep it within 15 minutes on 2 cores.
+check-field: install browser etcd
+	$(PY) -m pytest -n 2 --dist loadfile -p no:cacheprovider $(wildcard tests/test_*field_check*.py)
 
 # The independent check of issue 26 (careless inputs and Ctrl-C on every batch command, written from the
 # docs alone): about 3 minutes on 2 cores, so not part of `make test`. checks/ is not in pytest's testpaths.
