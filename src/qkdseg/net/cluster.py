@@ -25,6 +25,7 @@ import socket
 from pathlib import Path
 
 from ..errors import InvalidRequest
+from ..server.files import load_json
 
 RESERVED_PORTS = {2379, 2380}
 COPY_SKIP = {"kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm", "audit.jsonl", "lock"}
@@ -51,10 +52,11 @@ def path(directory: Path) -> Path:
 
 
 def load(directory: Path) -> dict | None:
-    try:
-        return json.loads(path(directory).read_text())
-    except FileNotFoundError:
+    """``DIR/cluster.json`` (net up's etcd members, controllers and fault proxies), or ``None`` without one."""
+    if not path(directory).exists():
         return None
+    return load_json(path(directory), "net up's process layout",
+                     advice="stop the network's processes by hand and delete the file; net up writes it again")
 
 
 def _link_key(u, v) -> str:
@@ -94,7 +96,9 @@ def plan(directory: Path, net: dict, controllers: int, etcd: int, faults: bool) 
         addr = {str(n["id"]): n["address"] for n in net["nodes"]}
         for n in net["nodes"]:
             node_dir = directory / "nodes" / n["dir"]
-            conf = json.loads((node_dir / "node.json").read_text())
+            from .node import load_node_conf
+
+            conf = load_node_conf(node_dir)
             for lk in conf["links"]:
                 u, v = (str(x) for x in lk["link"])
                 if str(n["id"]) != u:

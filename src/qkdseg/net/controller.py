@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import InvalidRequest
+from ..server.files import damaged, load_json
 from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
 
 
@@ -102,16 +103,28 @@ class Capture:
         self.fh.close()
 
 
+def load_net_conf(d: Path) -> dict:
+    """``CTRLDIR/net.json`` (the nodes' addresses, the controller's), checked (a damaged file is one line)."""
+    path = d / "net.json"
+    conf = load_json(path, "the network's layout",
+                     missing=f"{d}: not a controller directory (no net.json; run 'qkdseg net init')")
+    try:
+        host, port = str(conf["address"]).rsplit(":", 1)
+        int(port)
+        for n in conf["nodes"]:
+            str(n["id"]), str(n["address"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise damaged(path, "the network's layout", err) from None
+    return conf
+
+
 class Controller:
     def __init__(self, directory: Path, *, capture: Path | None = None, store: str | None = None,
                  address: str | None = None) -> None:
         from ..server.core import open_state
 
         self.dir = Path(directory)
-        try:
-            self.net = json.loads((self.dir / "net.json").read_text())
-        except FileNotFoundError:
-            raise InvalidRequest(f"{self.dir}: not a controller directory (no net.json; run 'qkdseg net init')") from None
+        self.net = load_net_conf(self.dir)
         if address is not None:  # one of several controllers (net up --controllers N)
             self.net["address"] = address
         self.replica = None  # replicated mode (--store etcd://...): net/replica.py

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
+from ..server.files import load_json
 
 STATE = "faults.json"
 READY = "faults.ready"
@@ -74,10 +75,11 @@ def parse_loss(text: str) -> float:
 
 
 def _layout(directory: Path) -> dict | None:
-    try:  # DIR/cluster.json, written by net up (net/cluster.py)
-        return json.loads((Path(directory) / "cluster.json").read_text())
-    except FileNotFoundError:
+    path = Path(directory) / "cluster.json"  # written by net up (net/cluster.py)
+    if not path.exists():
         return None
+    return load_json(path, "net up's process layout",
+                     advice="stop the network's processes by hand and delete the file; net up writes it again")
 
 
 def _links(directory: Path) -> dict[frozenset, str]:

@@ -255,6 +255,12 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
     return links
 
 
+#: The flags of ``net init`` that set a field of the controller's ``kms.toml`` (its refusals name the flag).
+INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
+              "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
+              "algorithm_options": "--algorithm-option"}
+
+
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
                  key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
@@ -283,7 +289,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
                     algorithm_options=dict(algorithm_options or {}), _dir=directory / "controller")
-    cfg.check()
+    cfg.check(flags=INIT_FLAGS)
     ids = list(net.graph.nodes)
     if len(ids) > 200_000:
         raise InvalidRequest("at most 200,000 nodes fit the loopback range")

@@ -31,7 +31,6 @@ and :func:`serve_node`; the listener's routes are :mod:`.nodeapp`.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
@@ -42,6 +41,7 @@ from types import SimpleNamespace
 
 from ..errors import InvalidRequest
 from ..server.audit import load_audit_key
+from ..server.files import damaged, load_json
 from ..server.groupcommit import GroupCommit
 from ..server.storagekey import load_storage_key
 from ..server.store import Batch, KeyRow, Store
@@ -58,15 +58,52 @@ from .wire import client_context, server_context
 TAP_ENV = "QKDSEG_ALLOW_TAP"
 
 
+def load_node_conf(d: Path) -> dict:
+    """``DIR/node.json``, checked field by field (a damaged file is one line naming it and the field)."""
+    path = d / "node.json"
+    conf = load_json(path, "the node's configuration",
+                     missing=f"{d}: not a node directory (no node.json; run 'qkdseg net init' first)")
+    try:
+        str(conf["id"])
+        SimpleNamespace(**conf["etsi"])
+        for name in ("key_ttl_s", "key_size", "max_key_count", "max_body_bytes", "header_timeout_s", "body_timeout_s",
+                     "max_connections", "keep_alive_s", "security_level"):
+            float(conf["etsi"][name])
+        if not isinstance(conf["saes"], list) or not isinstance(conf["registry"], dict):
+            raise TypeError("saes, registry")
+        if not isinstance(conf["addresses"], dict):
+            raise TypeError("addresses")
+        for lk in conf["links"]:
+            u, v = lk["link"]
+            lk["neighbour"], int(lk["pool_bits"])
+        host, port = str(conf["address"]).rsplit(":", 1)
+        int(port)
+        str(conf["controller"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise damaged(path, "the node's configuration", err) from None
+    return conf
+
+
+def _unseal_link(d: Path, skey: bytes, name: str, sealed: dict) -> bytes:
+    """The seed of link ``name`` from ``links.sealed.json``; one line when it is missing or does not open."""
+    path = d / "links.sealed.json"
+    if name not in sealed:
+        raise InvalidRequest(f"{path}: the node's file of sealed link seeds is damaged: link {name} is missing; "
+                             "restore it from a backup or run 'qkdseg net init' again")
+    try:
+        return unseal(skey, name, sealed[name])
+    except Exception:  # noqa: BLE001 -- bad base64, a cut blob, or another storage key: the file cannot be used
+        raise InvalidRequest(f"{path}: link {name}'s seed does not open with {d / 'storage.key'} (the file is "
+                             "damaged, or the storage key is another directory's); restore both from one backup"
+                             ) from None
+
+
 class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
     """One node: its link ends, its SAEs' keys (AES-GCM at rest, audited), its part of each request."""
 
     def __init__(self, directory: Path, *, tap: Path | None = None) -> None:
         d = Path(directory)
-        try:
-            self.conf = json.loads((d / "node.json").read_text())
-        except FileNotFoundError:
-            raise InvalidRequest(f"{d}: not a node directory (no node.json; run 'qkdseg net init' first)") from None
+        self.conf = load_node_conf(d)
         self.dir = d
         self.id = self.conf["id"]
         e = self.conf["etsi"]
@@ -74,7 +111,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         self.saes = set(self.conf["saes"])
         self.registry: dict[str, str] = self.conf["registry"]
         skey = load_storage_key(d / "storage.key")  # never made here: a missing key refuses to start
-        sealed = json.loads((d / "links.sealed.json").read_text())
+        sealed = load_json(d / "links.sealed.json", "the node's file of sealed link seeds")
         # the directory's lock (one process per node), the storage key's check value, the keyed audit chain
         self.store = Store(d, skey, load_audit_key(d / "audit.key"), durability="normal")
         self.committer = GroupCommit(self.store)
@@ -91,7 +128,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         for lk in self.conf["links"]:
             u, v = lk["link"]
             name = link_name(u, v)
-            stream = self.device.stream(name) if "device" in lk else LinkStream(unseal(skey, name, sealed[name]))
+            stream = self.device.stream(name) if "device" in lk else LinkStream(_unseal_link(d, skey, name, sealed))
             self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), stream, self.offsets, self._dirty)
             self.neighbours[str(lk["neighbour"])] = lk["neighbour"]
         self.addresses: dict[str, str] = self.conf["addresses"]

@@ -23,10 +23,11 @@ from ..errors import InvalidRequest
 
 
 def _net(directory: Path) -> dict:
-    try:
-        return json.loads((directory / "controller" / "net.json").read_text())
-    except FileNotFoundError:
-        raise InvalidRequest(f"{directory}: not a network directory (run 'qkdseg net init {directory} ...' first)") from None
+    from .controller import load_net_conf
+
+    if not (directory / "controller" / "net.json").exists():
+        raise InvalidRequest(f"{directory}: not a network directory (run 'qkdseg net init {directory} ...' first)")
+    return load_net_conf(directory / "controller")
 
 
 def processes(directory: Path) -> list[dict]:

@@ -167,7 +167,9 @@ class KmsConfig:
 
         def bad(name: str, why: str) -> InvalidRequest:
             if flags and name in flags:
-                return InvalidRequest(f"{flags[name]} {getattr(self, name)!r} {why} (kms.toml field '{name}')")
+                value = getattr(self, name)
+                shown = " ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else repr(value)
+                return InvalidRequest(f"{flags[name]} {shown} {why} (kms.toml field '{name}')")
             return InvalidRequest(f"{where}: field '{name}'={getattr(self, name)!r} {why}")
 
         if not isinstance(self.network, str) or not self.network:
@@ -228,11 +230,13 @@ class KmsConfig:
             raise bad("algorithm_options", "must be a table of option = value")
         known = set(ALGORITHMS[self.algorithm].options) - {"seed", "epsilon"}
         for name, val in self.algorithm_options.items():
+            at = f"{flags['algorithm_options']} {name}={val}:" if flags and "algorithm_options" in flags else \
+                f"{where}: [algorithm_options] {name!r}"
             if name not in known:
-                raise InvalidRequest(f"{where}: [algorithm_options] {name!r} is not an option of {self.algorithm!r} "
-                                     f"that the service takes (known: {', '.join(sorted(known)) or 'none'})")
+                raise InvalidRequest(f"{at} is not an option of {self.algorithm!r} that the service takes "
+                                     f"(known: {', '.join(sorted(known)) or 'none'})")
             if not isinstance(val, (bool, int, float, str)):
-                raise InvalidRequest(f"{where}: [algorithm_options] {name} = {val!r} must be a boolean, number or text")
+                raise InvalidRequest(f"{at} {val!r} must be a boolean, number or text")
         return self
 
 
