@@ -75,3 +75,49 @@ def test_a_damaged_file_is_one_line_naming_it(pristine, tmp_path, rel, damage, c
     assert "Traceback" not in r.stderr and says in lines[0], lines[0]
     if damage is not None:
         assert str(target.relative_to(tmp_path)) in lines[0] or str(target) in lines[0], lines[0]
+
+
+def _rm(p: Path) -> None:
+    p.unlink()
+
+
+def _garbage(p: Path) -> None:
+    p.write_text("garbage\n")
+
+
+def _other_key(p: Path) -> None:
+    shutil.copy(p.parent.parent / "1" / "node.key", p)
+
+
+# (file to damage or None, damage, command, text the one line must contain)
+CAUSES = [
+    ("nodes/0/node.key", _rm, ["node", "serve", "DIR/nodes/0"], "node.key: no such file (the private key)"),
+    ("nodes/0/node.crt", _garbage, ["node", "serve", "DIR/nodes/0"], "node.crt: not a PEM certificate"),
+    ("nodes/0/node.key", _other_key, ["node", "serve", "DIR/nodes/0"], "node.key: not the private key of"),
+    ("controller/ca.crt", _garbage, ["controller", "serve", "DIR/controller"], "ca.crt: not a PEM CA certificate"),
+    (None, None, ["controller", "serve", "DIR/controller", "--address", "127.0.0.1:99999"],
+     "port 99999 is not in 1..65535"),
+    (None, None, ["kms", "status", "DIR/nodes/0"], "a node's directory of a network of nodes"),
+    (None, None, ["net", "chaos", "DIR", "--duration", "0"], "--duration 0: must be more than 0"),
+    (None, None, ["route", "example", "--algorithm", "smr-level", "--src", "0", "--dst", "7"],
+     "--algorithm smr-level needs --epsilon"),
+    (None, None, ["net", "init", "DIR/x", "--network", "example", "--sae", "A=0", "--sae", "B=7", "--security-level",
+                  "1.5"], "--security-level 1.5 must be a probability"),
+    (None, None, ["net", "init", "DIR/x", "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                  "--algorithm-option", "nosuch=1"], "--algorithm-option nosuch=1: is not an option"),
+    (None, None, ["net", "init", "DIR/x", "--network", "example", "--sae", "A=0"], "--sae A=0 must name at least two"),
+]
+
+
+@pytest.mark.parametrize("rel, damage, cmd, says", CAUSES, ids=[f"{' '.join(c[2][:2])}-{i}" for i, c in enumerate(CAUSES)])
+def test_an_error_names_its_real_cause(pristine, tmp_path, rel, damage, cmd, says):
+    d = tmp_path / "net"
+    shutil.copytree(pristine, d, symlinks=True)
+    if rel is not None:
+        damage(d / rel)
+    r = subprocess.run([QKDSEG, *[a.replace("DIR", str(d)) for a in cmd]], capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert says in lines[0], lines[0]
+    assert not (d / "x").exists()  # a refused net init leaves nothing behind

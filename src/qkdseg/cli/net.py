@@ -147,9 +147,9 @@ def chaos(
     if fmt not in ("text", "json"):
         raise InvalidRequest(f"--format {fmt!r} must be text or json")
     if not 0 < duration <= 3600:
-        raise InvalidRequest(f"--duration {duration:g}: between 0 and 3600 s")
+        raise InvalidRequest(f"--duration {duration:g}: must be more than 0 and at most 3600 s")
     if not 0 < rate <= 50:
-        raise InvalidRequest(f"--rate {rate:g}: between 0 and 50 requests/s")
+        raise InvalidRequest(f"--rate {rate:g}: must be more than 0 and at most 50 requests/s")
     rep = run(directory, duration, seed, rate)
     typer.echo(json.dumps(rep, indent=1) if fmt == "json" else format_report(rep))
     if rep["mismatched_keys"] or rep["bits_reused"] or rep["unfetchable_keys"]:

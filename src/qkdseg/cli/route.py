@@ -35,6 +35,7 @@ def route(
 ) -> None:
     """Route one key request and print its paths, security and consumption."""
     from ..api import route as do_route
+    from ..routing.registry import ALGORITHMS
 
     network = _load(net, default_p)
     s, d = network.resolve(src), network.resolve(dst)
@@ -44,6 +45,8 @@ def route(
         options["shared_relays"] = True
     if reconstruction is not None and epsilon is None:
         raise InvalidRequest("--reconstruction needs --epsilon (the security level every global key must meet)")
+    if epsilon is None and algorithm in ALGORITHMS and "epsilon" in ALGORITHMS[algorithm].options:
+        raise InvalidRequest(f"--algorithm {algorithm} needs --epsilon (the request's security level it routes to)")
     r = do_route(
         network,
         s,

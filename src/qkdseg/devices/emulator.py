@@ -413,7 +413,7 @@ def serve(directory: str | Path, *, host: str | None = None, port: int | None = 
     cfg = load_device_config(Path(directory))
     service = DeviceService(cfg)
     try:
-        ctx = tls_context(cfg)  # type: ignore[arg-type]  (the same fields: ca, cert, key, path())
+        ctx = tls_context(cfg, "device.toml")  # type: ignore[arg-type]  (the same fields: ca, cert, key, path())
         h = cfg.host if host is None else host
         sock = listen_socket(h, cfg.port if port is None else port, "device emulator")
         bound = sock.getsockname()[1]

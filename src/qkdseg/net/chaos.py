@@ -120,7 +120,7 @@ class Chaos:
     def _reason(status: int, body) -> str:
         msg = (body.get("message") if isinstance(body, dict) else "") or ""
         m = msg.lower()
-        for word, reason in (("standby", "not_leader"), ("no longer leads", "not_leader"),
+        for word, reason in (("failing over", "not_leader"), ("standby", "not_leader"), ("no longer leads", "not_leader"),
                              ("etcd", "store_unavailable"), ("controller", "controller_unavailable"),
                              ("no route", "no_route"), ("relay", "relay_failed"), ("unreachable", "node_unavailable"),
                              ("time", "timeout"), ("not enough", "no_key_material"),

@@ -23,6 +23,10 @@ from .messaging import _trace
 from .relayrequests import REQUEST_TIMEOUT_S
 
 
+#: What an SAE is told while the replicated controllers elect a new leader (the standard's 503; no internals).
+FAILING_OVER = "the network's controller is failing over; try again in a few seconds"
+
+
 class EtsiNode:
     """ETSI 014 at a node (a mixin of :class:`qkdseg.net.node.NodeService`)."""
 
@@ -53,6 +57,8 @@ class EtsiNode:
             except ValueError:
                 p = {}
             status = r.status_code if r.status_code in (400, 503) else 503
+            if isinstance(p, dict) and p.get("reason") == "not_leader":  # no controller leads yet: no internals
+                raise KmsError(503, FAILING_OVER, reason="not_leader")
             raise KmsError(status, p.get("message") or p.get("detail") or "the controller refused the request",
                            p.get("details"), reason=p.get("reason"))
         return r.json()

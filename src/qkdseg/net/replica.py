@@ -71,8 +71,10 @@ def parse_store(spec: str) -> list[tuple[str, int]]:
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
     host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit():
         raise InvalidRequest(f"{what} {text!r}: expected HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise InvalidRequest(f"{what} {text!r}: port {port} is not in 1..65535")
     return host, int(port)
 
 

@@ -77,18 +77,21 @@ class RolePeerProtocol(PeerCertH11Protocol):
 
 
 def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    from ..server.tls import load_tls_files
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(cert, key)
-    ctx.load_verify_locations(cafile=str(ca))
+    load_tls_files(ctx, cert, key, ca)  # one line naming a missing or damaged file
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
 def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca))
+    from ..server.tls import load_tls_files
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # as ssl.create_default_context: hostnames checked, CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(cert, key)
+    load_tls_files(ctx, cert, key, ca)
     return ctx
 
 

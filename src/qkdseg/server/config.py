@@ -336,6 +336,12 @@ def load_config(directory: str | Path) -> KmsConfig:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
+        if (d / "node.json").exists():
+            raise InvalidRequest(f"{d}: a node's directory of a network of nodes (node.json), not a kms serve "
+                                 "directory: 'qkdseg net status NETDIR' shows the network's processes") from None
+        if (d / "nodes.json").exists():
+            raise InvalidRequest(f"{d}: a network of nodes (nodes.json), not a kms serve directory: "
+                                 f"'qkdseg net status {d}' shows its processes") from None
         raise InvalidRequest(f"{path}: no such file (run 'qkdseg kms init {d} ...' first)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidRequest(f"{path}: cannot read: {err}") from None

@@ -3,23 +3,63 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 from ..errors import InvalidRequest
 from .config import KmsConfig
 
 
-def tls_context(cfg: KmsConfig) -> ssl.SSLContext:
-    """Server TLS: TLS 1.2 or later, the server's certificate, and a client certificate required from ``cfg.ca``."""
-    for name in ("cert", "key", "ca"):
-        if not cfg.path(getattr(cfg, name)).is_file():
-            raise InvalidRequest(f"{cfg.path(getattr(cfg, name))}: no such file (kms.toml field '{name}')")
+def load_tls_files(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path, source: str = "") -> None:
+    """Load ``cert`` and ``key`` into ``ctx`` and trust ``ca``; one line naming the file at fault otherwise (a missing
+    or unreadable file, a file that is not a PEM certificate or key, a key that is not the certificate's).
+    ``source`` (e.g. ``"kms.toml field 'cert'"``) is said after each file, per file name: a dict or a text."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def named(path: Path, what: str) -> str:
+        where = source.get(what, "") if isinstance(source, dict) else source
+        return f"{path}" + (f" ({where})" if where else "")
+
+    files = {"cert": (Path(cert), "certificate"), "key": (Path(key), "private key"), "ca": (Path(ca), "CA certificate")}
+    data = {}
+    for what, (path, kind) in files.items():
+        try:
+            data[what] = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidRequest(f"{named(path, what)}: no such file (the {kind})") from None
+        except IsADirectoryError:
+            raise InvalidRequest(f"{named(path, what)}: is a directory, not the {kind}") from None
+        except OSError as err:
+            raise InvalidRequest(f"{named(path, what)}: cannot read the {kind}: {err.strerror or err}") from None
+    for what in ("cert", "ca"):
+        try:
+            x509.load_pem_x509_certificate(data[what])
+        except ValueError:
+            path, kind = files[what]
+            raise InvalidRequest(f"{named(path, what)}: not a PEM {kind} (damaged, or another file)") from None
+    try:
+        serialization.load_pem_private_key(data["key"], password=None)
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"{named(files['key'][0], 'key')}: not an unencrypted PEM private key (damaged, or "
+                             "another file)") from None
+    try:
+        ctx.load_cert_chain(files["cert"][0], files["key"][0])
+    except ssl.SSLError as err:
+        raise InvalidRequest(f"{named(files['key'][0], 'key')}: not the private key of {files['cert'][0]} "
+                             f"({err.reason or err})") from None
+    try:
+        ctx.load_verify_locations(cafile=str(files["ca"][0]))
+    except ssl.SSLError as err:
+        raise InvalidRequest(f"{named(files['ca'][0], 'ca')}: cannot be trusted as a CA ({err.reason or err})") from None
+
+
+def tls_context(cfg: KmsConfig, source: str = "kms.toml") -> ssl.SSLContext:
+    """Server TLS: TLS 1.2 or later, the server's certificate, and a client certificate required from ``cfg.ca``
+    (``source``: the configuration file that names the three files, for the errors)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cfg.path(cfg.cert), cfg.path(cfg.key))
-        ctx.load_verify_locations(cafile=str(cfg.path(cfg.ca)))
-    except (ssl.SSLError, OSError) as err:
-        raise InvalidRequest(f"TLS set-up failed ({cfg.path(cfg.cert)}, {cfg.path(cfg.key)}, {cfg.path(cfg.ca)}): {err}") from None
+    load_tls_files(ctx, cfg.path(cfg.cert), cfg.path(cfg.key), cfg.path(cfg.ca),
+                   {name: f"{source} field '{name}'" for name in ("cert", "key", "ca")})
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
