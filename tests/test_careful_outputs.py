@@ -319,3 +319,22 @@ def test_kms_init_that_fails_midway_leaves_no_kms_toml_and_runs_again(tmp_path, 
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert (d / "kms.toml").exists() and (d / "pki" / "ca.crt").exists() and (d / "pki" / "A.crt").exists()
+
+
+def test_files_a_user_asks_for_respect_the_umask(tmp_path):
+    """`route --plot` and `topology generate -o` (written atomically through a temporary file) get the mode any tool's
+    output gets under the umask (0644 under 022, 0640 under 027), as `place --out` always did (issue 32)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("qkdseg"))
+    for mask, want in ((0o022, 0o644), (0o027, 0o640)):
+        net, plot = tmp_path / f"w{mask:o}.json", tmp_path / f"r{mask:o}.svg"
+        for cmd in ([exe, "topology", "generate", "waxman", "--nodes", "10", "-o", str(net)],
+                    [exe, "route", "example", "--src", "0", "--dst", "7", "--plot", str(plot)]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=lambda m=mask: os.umask(m))
+            assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(net.stat().st_mode) == want and stat.S_IMODE(plot.stat().st_mode) == want

@@ -148,12 +148,20 @@ def staged_output(out: Path, *, last: tuple[str, ...] = ("report.md", "run.json"
         stage.discard()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then renamed onto it."""
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed onto it, with the mode a new file gets under
+    the umask (as every other tool's output: ``mkstemp`` makes its file 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.absolute().parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
