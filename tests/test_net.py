@@ -475,6 +475,9 @@ def test_kill9_untrusted_relay_mid_traffic(net):
                 assert after[n].get((lk, d), 0) >= before[n].get((lk, d), 0)
         assert after[str(v)][(lk, 0)] <= after[str(u)][(lk, 0)]
         assert after[str(v)][(lk, 0)] > before[str(v)].get((lk, 0), 0)
+    for n in ("0", "3"):  # the relay's neighbours saw their messages fail: no unretrieved futures in their logs
+        log = (net.dir / "logs" / f"node-{net.names[n]}.log").read_text(errors="replace")
+        assert "never retrieved" not in log, log[-3000:]
 
 
 def _compromise_share(net, graph, master: str, mnode: str, slave: str, snode: str, n_req: int, seed: int):

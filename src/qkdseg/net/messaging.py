@@ -41,6 +41,11 @@ def _dec(s: str) -> KeyMaterial:
     return KeyMaterial(base64.b64decode(s))
 
 
+def _retrieved(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Messaging:
     """Sending relay messages and acknowledging received ones (a mixin of :class:`qkdseg.net.node.NodeService`)."""
 
@@ -76,6 +81,9 @@ class Messaging:
         futs = []
         for w in wire:
             fut = loop.create_future()
+            # most callers never await their messages (a failure fails the request through _fail): retrieve the
+            # outcome here so that asyncio does not log "Future exception was never retrieved"
+            fut.add_done_callback(_retrieved)
             dst = str(w["dst"])
             q = self.queues.get(dst)
             if q is None:
