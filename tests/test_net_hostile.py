@@ -237,6 +237,11 @@ def test_stray_void_and_confirm_409_unknown_ack_404(hnet):
     assert [a["event"] for a in audit] == ["relay refused"] and audit[0]["src"] == "1"
     assert not any(a.get("outcome") == "voided by the source" and a.get("request_id") == rid
                    for n in ("0", "4") for a in _audit(hnet, n))
+    # a request whose keys node 4 holds: only its source (node 0) may void it, not segment node 3
+    assert _deliver(hnet, 336) == 200
+    held = [a["request_id"] for a in _audit(hnet, "4") if a["event"] == "store"][-1]
+    p = _problem(_post(hnet, "3", "4", "/relay/v1/messages", _msg("void", 3, 4, held)), 403)
+    assert "source" in p["detail"]
     p = _problem(_post(hnet, "1", "0", "/relay/v1/ack", {"acks": [{"message_id": str(uuid.uuid4()),
                                                                    "status": "relayed"}]}), 404)
     assert p["unknown"]
@@ -329,7 +334,8 @@ def test_forged_reports_are_refused_audited_and_every_row_names_its_node(hnet):
 
 def test_segment_messages_only_from_the_node_the_plan_names(hnet):
     """While a request waits at node 3 for pieces that hostile node 1 drops, a `global` for it from node 1 or 2
-    (node 3's previous segment node is 0): 403, audited; the request fails cleanly (503)."""
+    (node 3's previous segment node is 0), or pieces from node 4 (no previous hop of node 3 in the plan): 403,
+    audited; the request fails cleanly (503)."""
     _hostile(hnet)
     _lie(hnet, drop=["pieces"])
     codes = []
@@ -348,12 +354,32 @@ def test_segment_messages_only_from_the_node_the_plan_names(hnet):
         for who in ("1", "2"):
             g = _msg("global", int(who), 3, rid, segment=0, items=[[[0, 0, 0], base64.b64encode(bytes(32)).decode()]])
             assert "previous segment node" in _problem(_post(hnet, who, "3", "/relay/v1/messages", g), 403)["detail"]
+        # pieces from node 4, a neighbour of node 3 but no previous hop of any of its paths in this plan
+        blocks = [[[0, 1, 0], 10 ** 6, base64.b64encode(bytes(32)).decode()]]
+        p = _problem(_post(hnet, "4", "3", "/relay/v1/messages", _msg("pieces", 4, 3, rid, blocks=blocks)), 403)
+        assert "sends no pieces" in p["detail"]
     finally:
         th.join(30)
         _lie(hnet)
     assert codes == [503]
     assert {a["src"] for a in _audit(hnet, "3") if a.get("request_id") == rid and a["event"] == "relay refused"} \
-        == {"1", "2"}
+        == {"1", "2", "4"}
+
+
+def test_a_segment_node_that_substitutes_a_global_key_delivers_nothing(hnet):
+    """Segment node 3 run as the hostile-node harness flips a bit of every `global` it sends: key confirmation
+    fails, the source voids (the destination deletes the keys, audited), the SAE gets 503, never a wrong key."""
+    _restart(hnet, "3", hostile=True)
+    try:
+        _lie(hnet, corrupt=["global"])
+        t0 = time.time()
+        code, err = hnet.client("A", "0").get_key("B", size=344)
+        assert code == 503 and "confirmation failed" in err.message
+        _wait(lambda: [a for a in _audit(hnet, "4") if a.get("outcome") == "voided by the source"
+                       and a["time"] >= t0 and a["key_ids"]], 10, "the destination did not void the keys")
+    finally:
+        _lie(hnet)
+        _restart(hnet, "3")
 
 
 # -- 1. offsets from a neighbour are bounded and never fatal --------------------------------------------------
