@@ -35,7 +35,7 @@ class Hostile:
         self.path = Path(path)
 
     @classmethod
-    def from_env(cls) -> "Hostile | None":
+    def from_env(cls) -> Hostile | None:
         path = os.environ.get(FILE_ENV)
         if not path:
             return None

@@ -20,8 +20,8 @@ import os
 from ..server.frontend import too_deep
 from .wire import Problem
 
-RELAY_MAX_BODY = int(os.environ.get("QKDSEG_RELAY_MAX_BODY", 16 << 20))
-CONTROL_MAX_BODY = int(os.environ.get("QKDSEG_CONTROL_MAX_BODY", 4 << 20))
+RELAY_MAX_BODY = int(os.environ.get("QKDSEG_RELAY_MAX_BODY", str(16 << 20)))
+CONTROL_MAX_BODY = int(os.environ.get("QKDSEG_CONTROL_MAX_BODY", str(4 << 20)))
 MAX_BATCH = 1024
 MAX_DEPTH = 32
 EARLY_S = float(os.environ.get("QKDSEG_EARLY_S", "5"))

@@ -156,14 +156,15 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
     def _drop_early(self, rid: str, st: ReqState) -> None:
         """``EARLY_S`` after the first message of a request this node had no part of: if it still has none (and
         no SAE waits on it), drop the messages held (their memory goes back) and the request's state."""
-        if self.requests.get(rid) is not st or st.relay is not None or st.future is not None:
+        if st.relay is not None:  # its part came: take_early released them
             return
-        del self.requests[rid]
-        for w in st.early:
+        for w in st.early:  # the sender's backlog is freed whatever happened to the state meanwhile
             if w.pop("_early", False):
                 self.early.release(str(w["src"]), w)
-        self.stats["early_dropped"] += len(st.early)
-        st.early.clear()
+        if self.requests.get(rid) is st and st.future is None:
+            del self.requests[rid]
+            self.stats["early_dropped"] += len(st.early)
+            st.early.clear()
 
     def take_early(self, st: ReqState) -> list[dict]:
         """The messages held for ``st`` now that its part came: their backlog released; those the plan does not

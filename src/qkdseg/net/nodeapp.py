@@ -148,9 +148,10 @@ async def _accept_batch(svc, role, batch: list):
         except Problem as p:
             first = first or p
             results.append({"message_id": mid, "status": p.status, "detail": p.detail})
-        except (KeyError, TypeError, ValueError) as err:
-            first = first or Problem(400, "Bad Request", f"malformed message: {type(err).__name__}")
-            results.append({"message_id": mid, "status": 400, "detail": first.detail})
+        except (KeyError, TypeError, ValueError, OverflowError) as err:  # OverflowError: an offset of 1e400
+            bad = Problem(400, "Bad Request", f"malformed message: {type(err).__name__}")
+            first = first or bad
+            results.append({"message_id": mid, "status": 400, "detail": bad.detail})
     return offsets, inbox, later, results, first, refusals
 
 
