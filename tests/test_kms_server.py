@@ -70,8 +70,11 @@ def test_etsi_qkd_014_client_gets_identical_keys_at_both_ends(kms):
     code, container = master.get_key("B")
     assert code == 200 and len(container.keys) == 1
     # an error body is JSON even for 401 (this client calls response.json() on every non-200)
-    code, err = slave.get_key_with_key_IDs("C", [container.keys[0].key_id])  # not the key's master
+    third = QKD014Client(kms.host, str(pk / "C.crt"), str(pk / "C.key"), str(pk / "ca.crt"))
+    code, err = third.get_key_with_key_IDs("A", [container.keys[0].key_id])  # not the key's slave
     assert code == 401 and err.message
+    code, err = slave.get_key_with_key_IDs("C", [container.keys[0].key_id])  # not the key's master: as if unknown
+    assert code == 400 and err.message == MSG_NOT_FOUND
     code, err = slave.get_key_with_key_IDs("A", [keys[0].key_id])  # consumed already
     assert code == 400 and err.message == MSG_NOT_FOUND
 
@@ -161,9 +164,10 @@ def test_dec_keys_rules_401_400_and_all_or_nothing(kms):
     # a third SAE: 401, with a JSON body
     r = c.post("A/dec_keys", {"key_IDs": [{"key_ID": k1}]})
     assert r.status_code == 401 and r.json()["message"]
-    # the slave with the wrong master in the path: 401
+    # the slave with the wrong master in the path: exactly the answer of an unknown key (issue 33: a 401 told the
+    # caller the key exists)
     r = b.post("C/dec_keys", {"key_IDs": [{"key_ID": k1}]})
-    assert r.status_code == 401
+    assert r.status_code == 400 and r.json() == {"message": MSG_NOT_FOUND}
     # one good id and one unknown: 400, and the good one is not consumed
     r = b.post("A/dec_keys", {"key_IDs": [{"key_ID": k1}, {"key_ID": "00000000-0000-4000-8000-000000000000"}]})
     assert r.status_code == 400 and r.json() == {"message": MSG_NOT_FOUND}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -135,6 +136,14 @@ def net(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "QKDSEG_ALLOW_TAP": "1", "QKDSEG_TAP_DIR": str(taps), "QKDSEG_RELAY_TIMEOUT_S": "6",
            "QKDSEG_ALLOW_CAPTURE": "1", "QKDSEG_CAPTURE_FILE": str(base / "controller-capture.bin")}
+    with net_up(d, taps, env) as n:
+        yield n
+
+
+@contextlib.contextmanager
+def net_up(d: Path, taps: Path, env: dict):
+    """``net up --detach`` of ``d`` with the dashboard on a free port: the :class:`Net`; ``net down`` at the end,
+    also when a test fails (shared with tests/test_net_hostile.py)."""
     dash = _free_port()
     r = _run("net", "up", str(d), "--detach", "--dashboard-port", str(dash), env=env, timeout=180)
     try:

@@ -36,6 +36,10 @@ def init(
     link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (a seeded "
                                              "keystream per link) or 'device' (QKD devices over ETSI 014: writes "
                                              "the device emulator's directory DIR/devices/).")] = "emulated",
+    max_skip_bits: Annotated[int | None, typer.Option(
+        "--max-skip-bits", help="How far (bits) a neighbour may move a node's link counter or mark in one claim "
+                                "(further on: refused, audited, the link reported suspect); default: each link's "
+                                "pool size.", show_default=False)] = None,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -43,7 +47,8 @@ def init(
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
-                       algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source)
+                       algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
+                       max_skip_bits=max_skip_bits)
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:

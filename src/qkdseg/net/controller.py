@@ -43,7 +43,9 @@ from starlette.routing import Route
 
 from ..errors import InvalidRequest
 from ..server.files import damaged, load_json
-from .wire import Problem, client_context, json_response, problem_routes, read_json, require, server_context
+from .limits import CONTROL_MAX_BODY, read_json
+from .wire import Problem, client_context, json_response, problem_routes, require, server_context
+from .wire import role as role_of
 
 
 CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
@@ -143,6 +145,11 @@ class Controller:
         a = self.svc.arrays
         self.link_index = {frozenset((str(a.node_ids[a.edge_u[k]]), str(a.node_ids[a.edge_v[k]]))): k
                            for k in range(len(a.edge_u))}
+        from .layout import link_name
+
+        self.link_names = {k: link_name(a.node_ids[a.edge_u[k]], a.node_ids[a.edge_v[k]]) for k in range(len(a.edge_u))}
+        self.link_names_back = {k: link_name(a.node_ids[a.edge_v[k]], a.node_ids[a.edge_u[k]])
+                                for k in range(len(a.edge_u))}
         self.reported: dict[str, float] = {}  # node -> time of its last report
         from .linkhealth import DownLinks
 
@@ -263,30 +270,24 @@ class Controller:
         (its consumed bits the higher), audited when it changes anything. On device-fed links the level is the
         lower of both ends' latest reports (up or down; the model does not refill them)."""
         from ..server.store import Batch
+        from .reportcheck import check_events, check_links
 
-        try:
-            qn = w["qkd_node"]
-            links = qn["qkd_links"]["qkd_link"]
-            if str(qn["qkdn_id"]) != caller_node:
-                raise Problem(403, "Forbidden", f"a report of node {qn['qkdn_id']!r} from node {caller_node!r}")
-            rows = []
-            for lk in links:
-                if str(lk["qkdl_local"]["qkdn_id"]) != caller_node:
-                    raise Problem(403, "Forbidden", f"link {lk['link_id']!r}: node {caller_node!r} is not its end")
-                k = self.link_index.get(frozenset((caller_node, str(lk["qkdl_remote"]["qkdn_id"]))))
-                if k is None:
-                    raise Problem(403, "Forbidden", f"link {lk['link_id']!r} is not a link of node {caller_node!r}")
-                self.down.note(caller_node, k, lk.get("link_status"))
-                level = lk.get("qkdseg_level_bits")
-                rows.append((k, str(lk["link_id"]), int(lk["qkdseg_consumed_bits"]),
-                             None if level is None else int(level)))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise Problem(400, "Bad Request", "a link report is ETSI GS QKD 015's qkd_node with qkdn_id and "
-                                              "qkd_links.qkd_link (link_id, qkdl_local, qkdl_remote, "
-                                              "qkdseg_consumed_bits, qkdseg_level_bits)") from None
+        try:  # every number, link and event checked before anything is applied (net/reportcheck.py)
+            links = check_links(self, caller_node, w)
+            events = check_events(self, caller_node, w.get("qkdseg_events"))
+        except Problem as p:
+            with contextlib.suppress(Exception):  # a standby replica does not write: the refusal stands anyway
+                await self.svc.committer.commit(Batch(audit=[{
+                    "time": round(time.time(), 6), "event": "report refused", "node": caller_node,
+                    "status": p.status, "outcome": p.detail}]))
+            raise
+        rows = []
+        for k, name, consumed, level, status in links:
+            self.down.note(caller_node, k, status)
+            rows.append((k, name, consumed, level))
         if self.replica is not None:
             self.replica.check()
-        self._events(caller_node, w.get("qkdseg_events"))
+        self._events(caller_node, events)
         svc = self.svc
         svc.refill(time.time())
         lv, changed = svc.levels, {}
@@ -322,23 +323,20 @@ class Controller:
                 "outcome": "model lowered to the node's report"}]))
         return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
 
-    def _events(self, caller_node: str, body) -> None:
-        """A report's ETSI 014 events (issue, deliver, deny, expire; no key, ids cut to 8 characters) feed the
-        dashboard's observers, each once: a node numbers them per start (``boot``, ``seq``)."""
-        if body is None:
+    def _events(self, caller_node: str, checked) -> None:
+        """A report's ETSI 014 events (issue, deliver, deny, expire; no key, ids cut to 8 characters; checked by
+        :func:`.reportcheck.check_events`) feed the dashboard's observers, each once, each row naming the node that
+        reported it: a node numbers them per start (``boot``, ``seq``)."""
+        if checked is None:
             return
-        try:
-            boot, events = str(body["boot"]), list(body["events"])
-            seqs = [int(e["seq"]) for e in events]
-        except (KeyError, TypeError, ValueError):
-            raise Problem(400, "Bad Request", "qkdseg_events is {boot, events: [{seq, event, ...}]}") from None
+        boot, events = checked
         last_boot, last = self.event_seq.get(caller_node, (None, 0))
         if boot != last_boot:
             last = 0
-        for seq, e in zip(seqs, events):
-            if seq > last and isinstance(e, dict) and e.get("event") in ("issue", "deliver", "deny", "expire"):
+        for e in events:
+            if e["seq"] > last:
                 self.svc._notify({**e, "node": caller_node})
-            last = max(last, seq)
+            last = max(last, e["seq"])
         self.event_seq[caller_node] = (boot, last)
 
     def status(self, caller_node: str, master: str, slave: str) -> dict:
@@ -356,7 +354,7 @@ def create_controller_app(ctl: Controller) -> Starlette:
     @problem_routes
     async def plans(request: Request):
         role = require(request, "node")
-        return json_response(await ctl.plan(role.ident, await read_json(request)))
+        return json_response(await ctl.plan(role.ident, await read_json(request, CONTROL_MAX_BODY)))
 
     @problem_routes
     async def status(request: Request):
@@ -367,11 +365,15 @@ def create_controller_app(ctl: Controller) -> Starlette:
     @problem_routes
     async def links(request: Request):
         role = require(request, "node")
-        return json_response(await ctl.report(role.ident, await read_json(request)))
+        return json_response(await ctl.report(role.ident, await read_json(request, CONTROL_MAX_BODY)))
 
     async def health(request: Request):
+        r = role_of(request)
+        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33)
+            return json_response({"status": "ok"})
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
                               "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
+                              "links_suspect": ctl.down.names(ctl.link_index, suspect=True),
                               **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager

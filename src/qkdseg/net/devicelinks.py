@@ -55,7 +55,8 @@ from ..server.etsi import KmsError
 from ..server.store import Batch
 from ..server.storagekey import load_storage_key
 from .layout import link_name, seal, unseal
-from .wire import Problem, json_response, problem_routes, read_json, require
+from .limits import read_json
+from .wire import Problem, json_response, problem_routes, require
 
 logger = logging.getLogger("qkdseg.net")
 

@@ -264,7 +264,8 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
                  key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
-                 algorithm_options: dict | None = None, link_source: str = "emulated") -> dict:
+                 algorithm_options: dict | None = None, link_source: str = "emulated",
+                 max_skip_bits: int | None = None) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -283,6 +284,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"--port {port} must be in 1..65535")
     if link_source not in ("emulated", "device"):
         raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
+    if max_skip_bits is not None and not 8 <= max_skip_bits <= 1 << 40:
+        raise InvalidRequest(f"--max-skip-bits {max_skip_bits} must be in 8..{1 << 40}")
     net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
@@ -324,6 +327,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         conf = _node_conf(v, names[str(v)], cfg, addr=addr, ctrl_addr=ctrl_addr, network=net.name,
                           saes=at_node.get(str(v), []), links=links, key_size=key_size,
                           security_level=security_level)
+        conf["max_skip_bits"] = max_skip_bits  # None: each link's pool_bits (net/linkhealth.py)
         (nd / "node.json").write_text(json.dumps(conf, indent=1) + "\n")
     (directory / "nodes.json").write_text(json.dumps(names, indent=1) + "\n")
     out = {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}

@@ -21,6 +21,7 @@ import uuid
 
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
+from .limits import MAX_BATCH, RELAY_MAX_BODY
 
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
 #: Seconds a node gathers acknowledgements (and inbox statuses) before it sends (writes) them together.
@@ -31,6 +32,11 @@ def _trace(request_id: str, what: str) -> None:
     """With QKDSEG_NET_TRACE=1: one line per step on standard error (no key material), for profiling."""
     if _TRACE:
         print(f"trace {time.time():.4f} {request_id[:8]} {what}", file=sys.stderr, flush=True)
+
+
+def _json(item: tuple) -> tuple:
+    w, fut = item
+    return w, fut, json.dumps(w, separators=(",", ":"))
 
 
 def _enc(km: KeyMaterial) -> str:
@@ -98,15 +104,28 @@ class Messaging:
 
         While one POST is in flight the messages queued for the same node
         (of any request) wait; the next POST carries all of them (at most
-        1,024, 020's array limit): one HTTPS message per link serves every
-        concurrent request on it.
+        1,024, 020's array limit, and at most the receiver's body limit,
+        :data:`.limits.RELAY_MAX_BODY`: the rest go in the next POST): one
+        HTTPS message per link serves every concurrent request on it.
         """
         url = f"https://{self.addresses[dst]}/relay/v1/messages"
+        carry: list = []  # (message, future, its JSON) queued for the next POST
         while True:
-            batch = [await q.get()]
-            while not q.empty() and len(batch) < 1024:
-                batch.append(q.get_nowait())
-            body = json.dumps({"messages": [w for w, _ in batch]}, separators=(",", ":"))
+            if not carry:
+                carry.append(_json(await q.get()))
+            while not q.empty() and len(carry) < MAX_BATCH:
+                carry.append(_json(q.get_nowait()))
+            n, size = 1, len(carry[0][2]) + 20
+            while n < len(carry) and size + len(carry[n][2]) + 1 <= RELAY_MAX_BODY:  # no POST over the body limit
+                size += len(carry[n][2]) + 1
+                n += 1
+            chosen, carry = carry[:n], carry[n:]
+            if self.hostile is not None:  # TEST ONLY: the hostile-node harness drops or corrupts (net/hostile.py)
+                chosen = [_json(x) for x in self.hostile.outgoing([(w, fut) for w, fut, _ in chosen])]
+                if not chosen:
+                    continue
+            batch = [(w, fut) for w, fut, _ in chosen]
+            body = '{"messages":[' + ",".join(j for _, _, j in chosen) + "]}"
             results: dict = {}
             err, answered = None, False
             for attempt in range(3):  # the same message ids each time: the receiver keeps one copy of each

@@ -31,6 +31,7 @@ and :func:`serve_node`; the listener's routes are :mod:`.nodeapp`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,7 @@ from ..server.store import Batch, KeyRow, Store
 from .etsi_node import EtsiNode
 from .keystream import LinkStream
 from .layout import link_name, unseal
+from .limits import EARLY_S, Early
 from .messaging import Messaging
 from .relayrequests import REQUEST_TIMEOUT_S, RelayRequests, ReqState
 from .relaystore import NetLinkEnd, RelayDB
@@ -56,6 +58,7 @@ from .spares import Spares
 from .wire import client_context, server_context
 
 TAP_ENV = "QKDSEG_ALLOW_TAP"
+logger = logging.getLogger("qkdseg.net")
 
 
 def load_node_conf(d: Path) -> dict:
@@ -167,6 +170,57 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         self.boot = str(uuid.uuid4())
         self._report_now: asyncio.Event | None = None
         self.on_relay = None  # (destination, [(kind, accepted)]) after each POST of relay messages (.ops: metrics)
+        self.early = Early()  # per sender: messages held for requests this node has no part of yet (.limits)
+        self.hostile = None  # TEST ONLY: the hostile-node harness (net/hostile.py), set by serve_node
+        skip = self.conf.get("max_skip_bits")  # net init --max-skip-bits; None: each link's pool size
+        self._windows = {end.name: (int(skip) if skip is not None else int(lk["pool_bits"])) // 8
+                         for lk in self.conf["links"] for end in [self.links[lk["neighbour"]]]}
+
+    # -- what a neighbour may make this node hold or skip (issue 33, .limits, .linkhealth) ----------------
+    def window_bytes(self, end) -> int:
+        """How far (bytes) a neighbour may move this end's counter or mark on ``end``'s link in one claim."""
+        return self._windows[end.name]
+
+    def hold_early(self, rid: str, w: dict) -> None:
+        """Keep a message (counted against its sender's backlog in :func:`.nodeapp.accept`) until the request's
+        part comes, at most ``EARLY_S`` seconds."""
+        st = self.requests.get(rid)
+        if st is None:
+            st = self.requests[rid] = ReqState(rid)
+            asyncio.get_running_loop().call_later(EARLY_S, self._drop_early, rid, st)
+        st.early.append(w)
+
+    def _drop_early(self, rid: str, st: ReqState) -> None:
+        """``EARLY_S`` after the first message of a request this node had no part of: if it still has none (and
+        no SAE waits on it), drop the messages held (their memory goes back) and the request's state."""
+        if st.relay is not None:  # its part came: take_early released them
+            return
+        for w in st.early:  # the sender's backlog is freed whatever happened to the state meanwhile
+            if w.pop("_early", False):
+                self.early.release(str(w["src"]), w)
+        if self.requests.get(rid) is st and st.future is None:
+            del self.requests[rid]
+            self.stats["early_dropped"] += len(st.early)
+            st.early.clear()
+
+    def take_early(self, st: ReqState) -> list[dict]:
+        """The messages held for ``st`` now that its part came: their backlog released; those the plan does not
+        name the sender of are dropped (a ``global`` not from the previous segment node, pieces not from a
+        previous hop), logged."""
+        from .nodeapp import planned_sender
+
+        out = []
+        for w in st.early:
+            if w.pop("_early", False):
+                self.early.release(str(w["src"]), w)
+            if planned_sender(st.relay.part, w["kind"], w["src"]):
+                out.append(w)
+            else:
+                self.stats["early_refused"] += 1
+                logger.warning("request %s: a %s message from node %s, which its plan does not name, was dropped",
+                               st.request_id, w["kind"], w["src"])
+        st.early.clear()
+        return out
 
     # -- expiry and the node's tasks -----------------------------------------------------
     async def expiry_loop(self) -> None:
@@ -224,8 +278,12 @@ def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: 
     if tap is not None and os.environ.get(TAP_ENV) != "1":
         raise InvalidRequest(f"--tap records plaintext pieces (the adversary's tap, for the compromise test only); "
                              f"it is refused unless {TAP_ENV}=1")
+    from .hostile import Hostile
+
+    hostile = Hostile.from_env()  # TEST ONLY (refused unless QKDSEG_ALLOW_HOSTILE=1)
     logs.configure(log_level, log_format, prefix="qkdseg node")
     svc = NodeService(Path(directory), tap=tap)
+    svc.hostile = hostile
     logs.configure(log_level, log_format, prefix=f"qkdseg node {svc.id}")
     host, port = svc.conf["address"].rsplit(":", 1)
     d = Path(directory)

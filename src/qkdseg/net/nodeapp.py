@@ -21,11 +21,86 @@ import time
 from starlette.requests import Request
 from starlette.routing import Route
 
-from .wire import Problem, json_response, problem_routes, read_json, require
+from ..server.store import Batch
+from .limits import RELAY_MAX_BODY, check_batch, read_json
+from .wire import Problem, json_response, problem_routes, require
+from .wire import role as role_of
 
 
-async def accept(svc, role, w: dict, offsets: dict, inbox: list, later: list) -> None:
+def planned_sender(part, kind: str, src) -> bool:
+    """Whether the plan ``part`` (this node's) names ``src`` as a sender of ``kind`` messages to this node: pieces
+    from a previous hop of a path, a ``global`` from the previous segment node (other kinds: checked elsewhere)."""
+    s = str(src)
+    if kind == "pieces":
+        return s in {str(p) for _j, _i, p, _n in part.forwards} | {str(p) for _j, _i, p in part.ends}
+    if kind == "global":
+        return bool(part.position) and s == str(part.segment_nodes[part.position - 1])
+    return True
+
+
+def _check_sender(svc, st, kind: str, src, rid: str) -> None:
+    """Segment-level messages only from the node the request's plan names (pieces: the plan's previous hops);
+    ``confirm`` and ``void`` only for a request this node holds (409 otherwise)."""
+    known = st is not None and st.relay is not None
+    part = st.relay.part if known else None
+    s = str(src)
+    if kind == "pieces" and known and not planned_sender(part, kind, s):
+        raise Problem(403, "Forbidden", f"request {rid}: node {s!r} sends no pieces to node {svc.id!r} in its plan")
+    elif kind == "global" and known and not planned_sender(part, kind, s):
+        raise Problem(403, "Forbidden", f"request {rid}: node {s!r} is not the previous segment node of node "
+                                        f"{svc.id!r} in its plan")
+    elif kind == "confirm":
+        if not known:
+            raise Problem(409, "Conflict", f"request {rid} is not held here: nothing to confirm", status_020="failed")
+        if part.position != 0 or s != str(part.segment_nodes[-1]):
+            raise Problem(403, "Forbidden", f"request {rid}: only its destination confirms it")
+    elif kind == "void":
+        if rid in svc.request_keys:
+            source = svc.request_keys_source.get(rid)
+        elif known and part.position is not None and part.position == len(part.segment_nodes) - 1:
+            source = part.segment_nodes[0]
+        else:
+            raise Problem(409, "Conflict", f"request {rid} is not held here: nothing to void", status_020="failed")
+        if s != str(source):
+            raise Problem(403, "Forbidden", "only the request's source may void its keys")
+
+
+def _pieces_offsets(svc, w: dict, offsets: dict, refusals: list) -> tuple:
+    """The new high-water mark of a ``pieces`` message's link direction (raises Problem): no block below the
+    mark (a link key bit is never used twice), none longer than the largest key, and the offsets skipped within
+    the link's window (``max_skip_bits``): a mark further on is refused, audited and the link reported suspect."""
+    src = str(w["src"])
+    if src not in svc.neighbours:
+        raise Problem(403, "Forbidden", f"node {src!r} is not a neighbour of node {svc.id!r}: piece "
+                                        "messages come only from neighbours")
+    end = svc.links[svc.neighbours[src]]
+    key = (end.name, end.in_dir)
+    hwm = mark = offsets.get(key, svc.offsets.get(key, 0))
+    window, skipped, longest = svc.window_bytes(end), 0, max(1, int(svc.cfg.max_key_size) // 8)
+    for _pid, off, c in w["blocks"]:
+        off, n = int(off), len(base64.b64decode(c, validate=True))
+        if not 0 < n <= longest:
+            raise Problem(400, "Bad Request", f"a block of {n} bytes: blocks are 1 to {longest} bytes")
+        if off < hwm:
+            raise Problem(409, "Conflict", f"offset {off} on link {end.name} is below this end's high-water "
+                                           f"mark {hwm}: a link key bit is never used twice", status_020="failed")
+        skipped += off - hwm
+        if skipped > window:
+            refusals.append({"event": "offsets refused", "neighbour": src, "link": end.name, "direction": end.in_dir,
+                             "claimed": off, "mark": mark, "window_bytes": window, "request_id": str(w["request_id"]),
+                             "outcome": "a pieces message skips further than the link's window: refused, link "
+                                        "reported suspect"})
+            svc.linkhealth.suspect(svc, src)
+            raise Problem(409, "Conflict", f"offset {off} on link {end.name} is {off - mark:,d} bytes beyond this "
+                                           f"end's mark {mark}: more than the link's window of {window:,d} bytes "
+                                           "(max_skip_bits); refused and audited", status_020="failed")
+        hwm = off + n
+    return key, hwm
+
+
+async def accept(svc, role, w: dict, offsets: dict, inbox: list, later: list, refusals: list | None = None) -> None:
     """Check one message and plan its storage (raises Problem)."""
+    refusals = [] if refusals is None else refusals
     kind, src, rid, mid = w["kind"], w["src"], str(w["request_id"]), str(w["message_id"])
     if role.ident != str(src):
         raise Problem(403, "Forbidden", f"the message names src {src!r}, the caller's certificate is node "
@@ -37,57 +112,66 @@ async def accept(svc, role, w: dict, offsets: dict, inbox: list, later: list) ->
     if kind != "issue" and (svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone()
                             or any(row[0] == mid for row in inbox)):
         return  # a retry of a message stored already (idempotent by message id): accepted, not processed twice
-    if kind == "pieces":
-        if str(src) not in svc.neighbours:
-            raise Problem(403, "Forbidden", f"node {src!r} is not a neighbour of node {svc.id!r}: piece "
-                                            "messages come only from neighbours")
-        end = svc.links[svc.neighbours[str(src)]]
-        key = (end.name, end.in_dir)
-        hwm = offsets.get(key, svc.offsets.get(key, 0))
-        for _pid, off, c in w["blocks"]:
-            if int(off) < hwm:
-                raise Problem(409, "Conflict", f"offset {off} on link {end.name} is below this end's high-water "
-                                               f"mark {hwm}: a link key bit is never used twice",
-                              status_020="failed")
-            hwm = int(off) + len(base64.b64decode(c))
-        offsets[key] = hwm
     st0 = svc.requests.get(rid)
-    if kind == "void" and st0 is not None and st0.relay is not None and src != st0.relay.part.segment_nodes[0]:
-        raise Problem(403, "Forbidden", "only the request's source may void its keys")
-    if kind == "void" and st0 is None and rid in svc.request_keys and str(src) != str(
-            svc.request_keys_source.get(rid)):
-        raise Problem(403, "Forbidden", "only the request's source may void its keys")
+    try:
+        _check_sender(svc, st0, kind, src, rid)
+    except Problem as p:
+        refusals.append({"event": "relay refused", "src": str(src), "kind": kind, "request_id": rid,
+                         "status": p.status, "outcome": p.detail})
+        raise
+    mark = _pieces_offsets(svc, w, offsets, refusals) if kind == "pieces" else None
+    if kind in ("pieces", "global") and (st0 is None or st0.relay is None):
+        svc.early.charge(str(src), w)  # held until the controller's part comes (at most EARLY_S): 429 when full
+        w["_early"] = True
+    if mark is not None:
+        offsets[mark[0]] = mark[1]
     inbox.append((mid, rid, str(src), kind, "accepted", time.time()))
     later.append(w)
 
 
 async def _accept_batch(svc, role, batch: list):
     """Each message of a batch checked (:func:`accept`): the offsets and inbox rows to store, the messages to
-    process once stored, a result per message and the first refusal (or ``None``)."""
+    process once stored, a result per message, the first refusal (or ``None``) and the refusals to audit."""
     offsets: dict = {}
     inbox: list = []
     later: list = []
     results = []
+    refusals: list = []
     first = None
     for w in batch:
         mid = str(w.get("message_id")) if isinstance(w, dict) else "?"
         try:
             if not isinstance(w, dict):
                 raise Problem(400, "Bad Request", "a relay message must be an object")
-            await accept(svc, role, w, offsets, inbox, later)
+            await accept(svc, role, w, offsets, inbox, later, refusals)
             results.append({"message_id": mid, "status": 202})
         except Problem as p:
             first = first or p
             results.append({"message_id": mid, "status": p.status, "detail": p.detail})
-        except (KeyError, TypeError, ValueError) as err:
-            first = first or Problem(400, "Bad Request", f"malformed message: {type(err).__name__}")
-            results.append({"message_id": mid, "status": 400, "detail": first.detail})
-    return offsets, inbox, later, results, first
+        except (KeyError, TypeError, ValueError, OverflowError) as err:  # OverflowError: an offset of 1e400
+            bad = Problem(400, "Bad Request", f"malformed message: {type(err).__name__}")
+            first = first or bad
+            results.append({"message_id": mid, "status": 400, "detail": bad.detail})
+    return offsets, inbox, later, results, first, refusals
+
+
+def _audit_refusals(svc, caller: str, refusals: list) -> list[dict]:
+    """The audit records of a POST's refusals: each offset refusal, and the others (at most 8 named, the rest
+    counted), so that a flood of refused messages writes a bounded audit."""
+    now = round(time.time(), 6)
+    out = [{"time": now, **r} for r in refusals if r["event"] == "offsets refused"]
+    others = [r for r in refusals if r["event"] != "offsets refused"]
+    out += [{"time": now, **r} for r in others[:8]]
+    if len(others) > 8:
+        out.append({"time": now, "event": "relay refused", "src": caller, "refused": len(others) - 8,
+                    "outcome": "more refused messages in the same POST"})
+    return out
 
 
 async def _apply(svc, later: list, results: list, first):
     """The stored messages, in order: voids and issues now (before the answer), the others to their request's
-    state machine; returns the first refusal (an ``issue`` that fails updates its result)."""
+    state machine (held, at most EARLY_S, while this node has no part of it); returns the first refusal (an
+    ``issue`` that fails updates its result)."""
     loop = asyncio.get_running_loop()
     by_id = {r["message_id"]: r for r in results}
     for w in later:
@@ -105,10 +189,12 @@ async def _apply(svc, later: list, results: list, first):
                 first = first or Problem(400, "Bad Request", f"malformed issue message: {type(err).__name__}")
                 by_id[str(w["message_id"])].update(status=400, detail=first.detail)
             continue
-        st = svc._state(rid)
-        if st.relay is None:
-            st.early.append(w)
+        st = svc.requests.get(rid)
+        if st is None or st.relay is None:
+            svc.hold_early(rid, w)
         else:
+            if w.pop("_early", False):  # its part came meanwhile
+                svc.early.release(str(w["src"]), w)
             loop.call_soon(svc._process, st, w)
     return first
 
@@ -120,11 +206,11 @@ def relay_routes(svc) -> list[Route]:
     async def messages(request: Request):
         """One relay message, or ``{"messages": [...]}`` (a batch, in order); 202 once every one is stored."""
         role = require(request, "node")
-        body = await read_json(request)
-        batch = body["messages"] if "messages" in body else [body]
-        if not isinstance(batch, list) or len(batch) > 1024:
-            raise Problem(400, "Bad Request", "messages must be an array of at most 1,024 relay messages")
-        offsets, inbox, later, results, first = await _accept_batch(svc, role, batch)
+        body = await read_json(request, RELAY_MAX_BODY)
+        batch = check_batch(body["messages"] if "messages" in body else [body], "messages")
+        offsets, inbox, later, results, first, refusals = await _accept_batch(svc, role, batch)
+        if refusals:
+            await svc.committer.commit(Batch(audit=_audit_refusals(svc, role.ident, refusals)))
         svc.relaydb.write(offsets, inbox=inbox)
         for k, v in offsets.items():
             svc.offsets[k] = max(svc.offsets.get(k, 0), v)
@@ -136,13 +222,21 @@ def relay_routes(svc) -> list[Route]:
 
     @problem_routes
     async def ack(request: Request):
-        require(request, "node")
-        w = await read_json(request)
-        acks = w["acks"] if "acks" in w else [w]
+        role = require(request, "node")
+        w = await read_json(request, RELAY_MAX_BODY)
+        acks = check_batch(w["acks"] if "acks" in w else [w], "acks")
         for a in acks:
-            if a.get("status") not in ("relayed", "failed", "voided", "failed to void", "key not present"):
+            if not isinstance(a, dict) or a.get("status") not in ("relayed", "failed", "voided", "failed to void",
+                                                                  "key not present"):
                 raise Problem(400, "Bad Request", "status must be one of ETSI GS QKD 020's ack statuses")
-        svc.relaydb.statuses("outbox", [(a["status"], str(a["message_id"])) for a in acks])
+        ids = [str(a["message_id"]) for a in acks]
+        sent = svc.relaydb.sent_to(role.ident, ids)
+        unknown = [i for i in ids if i not in sent]
+        if unknown:  # all or nothing: an ack names only messages this node sent to the caller
+            raise Problem(404, "Not Found", f"{len(unknown)} message id(s) of this ack were never sent to node "
+                                            f"{role.ident!r} by node {svc.id!r}; nothing was recorded",
+                          unknown=[i[:64] for i in unknown[:16]])
+        svc.relaydb.statuses("outbox", [(a["status"], i) for a, i in zip(acks, ids)])
         return json_response({"acknowledged": len(acks)}, 200)
 
     @problem_routes
@@ -155,7 +249,10 @@ def relay_routes(svc) -> list[Route]:
             raise Problem(404, "Not Found", f"node {svc.id!r} has no link {name!r}")
         if role.ident not in (ends[name], str(svc.id)):
             raise Problem(403, "Forbidden", f"only the nodes at the ends of link {name} may read its offsets here")
-        return json_response({str(d): v for (lk, d), v in svc.offsets.items() if lk == name})
+        answer = {str(d): v for (lk, d), v in svc.offsets.items() if lk == name}
+        if svc.hostile is not None:  # TEST ONLY: the hostile-node harness lies about them (net/hostile.py)
+            answer = svc.hostile.offsets(name, answer)
+        return json_response(answer)
 
     return [
         Route("/relay/v1/messages", messages, methods=["POST"]),
@@ -170,8 +267,8 @@ def control_routes(svc) -> list[Route]:
     @problem_routes
     async def parts(request: Request):
         require(request, "controller")
-        w = await read_json(request)
-        batch = w["parts"] if "parts" in w else [w]
+        w = await read_json(request, RELAY_MAX_BODY)
+        batch = check_batch(w["parts"] if "parts" in w else [w], "parts")
         rids = [str(x["request_id"]) for x in batch]
         svc.relaydb.write({}, inbox=[(f"part:{rid}", rid, "controller", "part", "accepted", time.time())
                                      for rid in rids])
@@ -183,7 +280,7 @@ def control_routes(svc) -> list[Route]:
     @problem_routes
     async def void(request: Request):
         require(request, "controller")
-        w = await read_json(request)
+        w = await read_json(request, RELAY_MAX_BODY)
         svc.requests.pop(str(w["request_id"]), None)
         return json_response({"request_id": w["request_id"], "status": "voided"}, 200)
 
@@ -194,9 +291,13 @@ def control_routes(svc) -> list[Route]:
 
 
 def health_route(svc) -> Route:
-    """``/health``: the node, its waiting keys and requests (and its device-fed links' states)."""
+    """``/health``: ``{"status": "ok"}``, and to a node's or the controller's certificate only: the node, its
+    waiting keys and requests (and its device-fed links' states)."""
 
     async def health(request: Request):
+        r = role_of(request)
+        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33)
+            return json_response({"status": "ok"})
         body = {"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
                 "keys_waiting": len(svc.keys), "requests": len(svc.requests)}
         if svc.device is not None:  # per device-fed link: its device state, keys fetched and skipped, bits held

@@ -88,9 +88,8 @@ class RelayRequests:
             return
         self._record_tap(request_id, st.relay)
         self.send(out, request_id)
-        for msg in st.early:
+        for msg in self.take_early(st):  # their backlog released; senders the plan does not name: dropped
             self._process(st, msg)
-        st.early.clear()
         self._check_done(st)
 
     def _decode(self, w: dict) -> dict:

@@ -12,8 +12,12 @@ import sqlite3
 from pathlib import Path
 
 from ..keys.material import KeyMaterial
+from ..server.etsi import KmsError
 from .keystream import LinkStream
 from .layout import link_name
+
+#: Bytes of one direction of a link's key stream (ChaCha20's 32-bit block counter, 64-byte blocks).
+STREAM_BYTES = 64 << 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (link TEXT NOT NULL, dir INTEGER NOT NULL, value INTEGER NOT NULL,
@@ -61,6 +65,16 @@ class RelayDB:
             raise
         return new
 
+    def sent_to(self, dst: str, ids: list[str]) -> set[str]:
+        """The ids among ``ids`` of messages this node sent to node ``dst`` (its outbox)."""
+        out: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out.update(r[0] for r in self.db.execute(
+                f"SELECT message_id FROM outbox WHERE dst=? AND message_id IN ({','.join('?' * len(chunk))})",
+                (dst, *chunk)))
+        return out
+
     def statuses(self, table: str, rows: list[tuple[str, str]]) -> None:
         """``(status, message_id)`` rows in one transaction."""
         self.db.execute("BEGIN")
@@ -87,9 +101,14 @@ class NetLinkEnd:
     def take(self, nbytes: int) -> tuple[int, KeyMaterial]:
         key = (self.name, self.out_dir)
         off = self.offsets.get(key, 0)
+        if off + nbytes > STREAM_BYTES:  # a clean refusal (the request fails with 503), never a timeout
+            raise KmsError(503, f"link {self.name}'s key stream is used up in this direction ({off:,d} of "
+                                f"{STREAM_BYTES:,d} bytes); no key was issued", reason="no_key_material")
         km = KeyMaterial(self.stream.read(self.out_dir, off, nbytes))  # a device-fed link may not hold them: raises
         self.offsets[key] = self.dirty[key] = off + nbytes
         return off, km
 
     def at(self, offset: int, nbytes: int) -> KeyMaterial:
+        if offset + nbytes > STREAM_BYTES:
+            raise KmsError(503, f"link {self.name}: offset {offset:,d} is past the key stream's end")
         return KeyMaterial(self.stream.read(self.in_dir, offset, nbytes))

@@ -43,7 +43,10 @@ class Reports:
             self._report_now.set()
 
     async def sync_offsets(self) -> None:
-        """After a start: each outgoing counter skips forward to the neighbour's high-water mark if that is larger."""
+        """After a start: each outgoing counter skips forward to the neighbour's high-water mark if that is larger,
+        within the link's window (further on: refused, audited, the link reported suspect; :mod:`.linkhealth`)."""
+        from .linkhealth import adopt_offsets
+
         for nb, end in self.links.items():
             try:
                 r = await self._http().get(f"https://{self.addresses[str(nb)]}/relay/v1/links",
@@ -51,13 +54,7 @@ class Reports:
                 theirs = r.json()
             except Exception:  # noqa: BLE001 -- the neighbour is down: it syncs with us when it starts
                 continue
-            key = (end.name, end.out_dir)
-            hwm = int(theirs.get(str(end.out_dir), 0))
-            if hwm > self.offsets.get(key, 0):
-                self.offsets[key] = self._dirty[key] = hwm
-        if self._dirty:
-            self.relaydb.write(dict(self._dirty))
-            self._dirty.clear()
+            await adopt_offsets(self, str(nb), end, theirs)
 
     def link_report(self) -> dict:
         """This node's links as a JSON subset of ETSI GS QKD 015's model (``qkd_node``: ``qkdn_id``, ``qkd_links``,
@@ -82,6 +79,8 @@ class Reports:
         self._report_now = asyncio.Event()
         while True:
             body = self.link_report()
+            if self.hostile is not None:  # TEST ONLY: the hostile-node harness forges it (net/hostile.py)
+                body = self.hostile.report(body)
             sent = body["qkdseg_events"]["events"]
             ok = False
             with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back

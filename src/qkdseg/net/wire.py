@@ -146,7 +146,7 @@ def problem_routes(handler):
             return await handler(request)
         except Problem as p:
             return p.response()
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, OverflowError) as err:  # OverflowError: int(1e400)
             return Problem(400, "Bad Request", f"malformed message: {type(err).__name__}").response()
 
     return wrapped

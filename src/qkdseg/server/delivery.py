@@ -20,8 +20,9 @@ def take_keys(keys: dict[str, KeyRow], pending: set[str], store, caller: Caller,
     that deletes their rows (the caller adds its audit record and commits it before answering).
 
     Refused with :class:`.etsi.KmsError` and nothing taken: 400 for no id or an id named twice, 401 if the caller
-    is not the slave of a key it names (or the path names another master), 400 ``key_not_found`` for an id
-    that is unknown, expired, or issued but not committed yet (in ``pending``).
+    is not the slave of a key it names, 400 ``key_not_found`` for an id that is unknown, expired, issued but not
+    committed yet (in ``pending``), or of another master than the path names: the caller, its slave, gets
+    exactly the answer of an unknown key, so that the path's master cannot be tried until one fits (issue 33).
     """
     if not key_ids:
         raise KmsError(400, "key_IDs must name at least one key")
@@ -35,11 +36,10 @@ def take_keys(keys: dict[str, KeyRow], pending: set[str], store, caller: Caller,
             missing = True
             continue
         rows.append(row)
-    # section 5.4: 401 if the caller was not the slave of a key it names (or the path names another master)
-    if any(row.slave != caller.sae or row.master != master for row in rows):
-        raise KmsError(401, "the caller is not the slave SAE of one or more keys requested "
-                            "(or the path does not name their master SAE)")
-    if missing:
+    # section 5.4: 401 if the caller was not the slave of a key it names
+    if any(row.slave != caller.sae for row in rows):
+        raise KmsError(401, "the caller is not the slave SAE of one or more keys requested")
+    if missing or any(row.master != master for row in rows):  # another master: as if unknown (same 400)
         raise KmsError(400, MSG_NOT_FOUND, reason="key_not_found")
     out = [(row, store.open(row)) for row in rows]
     for row in rows:

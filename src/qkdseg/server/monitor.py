@@ -250,7 +250,8 @@ class Monitor:
             return None
         ids = [short_id(k) for k in e.get("key_ids", [])]
         secs = [float(s) for s in e.get("securities", [])]
-        base = {"time": e.get("time"), "key_ids": ids, "keys": len(ids), "size": e.get("size"),
+        base = {"time": e.get("time"), "node": e.get("node"),  # the node that reported it (network of nodes)
+                "key_ids": ids, "keys": len(ids), "size": e.get("size"),
                 "achieved_security": min(secs) if secs else None,
                 "mean_security": (sum(secs) / len(secs)) if secs else None}
         if kind == "issue":

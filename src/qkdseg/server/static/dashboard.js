@@ -205,6 +205,7 @@ function addRow(row, atTop = true) {
   else if (row.fallback) why = row.fallback;
   else if (row.kind === "expiry") why = row.message || "";
   tr.appendChild(el("td", { class: "reason" }, why));
+  tr.appendChild(el("td", { class: "node" }, row.node == null ? "-" : String(row.node)));
   tr.addEventListener("click", () => selectRow(row.seq));
   if (atTop) tbody.insertBefore(tr, tbody.firstChild); else tbody.appendChild(tr);
   const want = document.getElementById("filter").value;
