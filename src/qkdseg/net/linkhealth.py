@@ -80,9 +80,11 @@ class LinkHealth:
             key = (end.name, end.out_dir)
             hwm = int(theirs.get(str(end.out_dir), 0))
             if hwm > node.offsets.get(key, 0):
-                node.offsets[key] = node._dirty[key] = hwm
-                node.relaydb.write(dict(node._dirty))
-                node._dirty.clear()
+                try:  # on disk first: a failed write changes nothing (the link stays down, probed again)
+                    node.relaydb.write({key: hwm})
+                except Exception:  # noqa: BLE001 -- CommitFailed: counted in the node's store health
+                    continue
+                node.offsets[key] = max(node.offsets.get(key, 0), hwm)
             self.down.discard(nb)
             logger.warning("node %s: neighbour %s answers again: link ACTIVE", node.id, nb)
             up = True

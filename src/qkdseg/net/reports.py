@@ -15,6 +15,7 @@ import itertools
 import os
 
 from ..server.store import Batch
+from ..server.storehealth import CommitFailed
 from .layout import link_name
 
 REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
@@ -44,6 +45,7 @@ class Reports:
 
     async def sync_offsets(self) -> None:
         """After a start: each outgoing counter skips forward to the neighbour's high-water mark if that is larger."""
+        skip: dict = {}
         for nb, end in self.links.items():
             try:
                 r = await self._http().get(f"https://{self.addresses[str(nb)]}/relay/v1/links",
@@ -54,10 +56,12 @@ class Reports:
             key = (end.name, end.out_dir)
             hwm = int(theirs.get(str(end.out_dir), 0))
             if hwm > self.offsets.get(key, 0):
-                self.offsets[key] = self._dirty[key] = hwm
-        if self._dirty:
-            self.relaydb.write(dict(self._dirty))
-            self._dirty.clear()
+                skip[key] = hwm
+        if skip:  # on disk first: a write that fails changes nothing (the node is then unready, and restarts)
+            with contextlib.suppress(CommitFailed):
+                self.relaydb.write(skip)
+                for key, hwm in skip.items():
+                    self.offsets[key] = max(self.offsets.get(key, 0), hwm)
 
     def link_report(self) -> dict:
         """This node's links as a JSON subset of ETSI GS QKD 015's model (``qkd_node``: ``qkdn_id``, ``qkd_links``,
@@ -74,7 +78,9 @@ class Reports:
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
                         "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
-                "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))}}
+                "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))},
+                # not ready while a write of its store fails: the controller then plans around it
+                "qkdseg_ready": self.store.health.ok, "qkdseg_store": self.store.health.detail()}
 
     async def report_links(self) -> None:
         """After the start's offset sync, every ``QKDSEG_REPORT_S`` seconds, and within ``EVENTS_REPORT_S`` of an
