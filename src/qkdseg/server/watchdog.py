@@ -53,6 +53,7 @@ class Watchdog:
         #: Functions that ask the server's listeners to stop (the runner sets them); none: the process ends at once.
         self.stoppers: list = []
         self.exit_status = 0
+        self.timer: threading.Timer | None = None  # the end of a stop that takes more than GRACE_S
 
     async def run(self) -> None:
         while True:
@@ -79,9 +80,9 @@ class Watchdog:
         for stop in self.stoppers:
             with contextlib.suppress(Exception):
                 stop()
-        timer = threading.Timer(GRACE_S, os._exit, (1,))
-        timer.daemon = True
-        timer.start()
+        self.timer = threading.Timer(GRACE_S, os._exit, (1,))
+        self.timer.daemon = True
+        self.timer.start()
 
 
 def stop_servers(*servers) -> None:
