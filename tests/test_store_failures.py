@@ -471,6 +471,47 @@ def test_a_failed_relay_store_write_sends_nothing_and_puts_the_counters_back(nod
     asyncio.run(go())
 
 
+def test_a_device_key_chunk_is_held_only_once_stored(tmp_path):
+    """Device-fed links (net init --link-source device): a chunk whose write fails is not held (nothing of it in the
+    relay store or in memory), so the sender, which gets no 202, skips its keys too: used by neither end."""
+    from typer.testing import CliRunner
+
+    from qkdseg.cli import app
+    from qkdseg.net.node import NodeService
+
+    d = tmp_path / "dev"
+    r = CliRunner().invoke(app, ["net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                                 "--port", "18543", "--link-source", "device"])
+    assert r.exit_code == 0, r.output
+    svc = NodeService(d / "nodes" / "7")
+    f = Faults(relaydb=svc.relaydb)
+    try:
+        end = next(iter(svc.device.ends.values()))
+        chunks = "SELECT COUNT(*) FROM device_chunks"
+        f.arm("transaction")
+        with pytest.raises(CommitFailed):
+            svc.device._write(end, end.in_dir, 0, b"\x07" * 64, ["k1", "k2"])
+        assert end.stream.ends[end.in_dir] == 0 and end.stream.held(end.in_dir, 0) == 0
+        assert svc.relaydb.db.execute(chunks).fetchone()[0] == 0 and "relay_db" in svc.store.health.errors
+        f.disarm()
+        svc.device._write(end, end.in_dir, 0, b"\x07" * 64, ["k1", "k2"])
+        assert end.stream.ends[end.in_dir] == 64 and svc.relaydb.db.execute(chunks).fetchone()[0] == 1
+        assert svc.store.health.ok
+    finally:
+        svc.close()
+
+
+def test_exit_after_unready_takes_seconds_from_0(tmp_path):
+    from typer.testing import CliRunner
+
+    from qkdseg.cli import app
+
+    for cmd in (["kms", "serve"], ["node", "serve"], ["controller", "serve"]):
+        r = CliRunner().invoke(app, [*cmd, str(tmp_path), "--exit-after-unready", "-1"])
+        assert r.exit_code == 2 and "--exit-after-unready -1.0: seconds between 0 (never exit) and 86400" in (
+            r.stderr if r.stderr_bytes is not None else r.output), (cmd, r.output)
+
+
 @pytest.fixture
 def controller(netdir, tmp_path):
     from qkdseg.net.controller import Controller

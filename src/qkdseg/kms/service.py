@@ -373,7 +373,9 @@ class KeyService(ServiceState):
             await asyncio.sleep(period)
             try:
                 await self.expire()
-            except Exception:  # noqa: BLE001 -- logged; the store refuses further writes if it failed
+            except CommitFailed:  # kept, as stored: the next pass tries again (the failure is in the store's health)
+                pass
+            except Exception:  # noqa: BLE001 -- logged; the next pass tries again
                 logger.exception("expiry pass failed")
 
     async def source_loop(self) -> None:

@@ -131,8 +131,8 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         self.boot = str(uuid.uuid4())
         self._report_now: asyncio.Event | None = None
         self.watchdog = None  # serve_node's (--exit-after-unready)
-        # a change of the store's health goes to the controller at once (the node's readiness in its link report)
-        self.store.health.listeners.append(lambda step, failed: self._report_now and self._report_now.set())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.store.health.listeners.append(self._health_changed)
         self.on_relay = None  # (destination, [(kind, accepted)]) after each POST of relay messages (.ops: metrics)
 
     # -- expiry and the node's tasks -----------------------------------------------------
@@ -172,7 +172,13 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
                     for pair, r in pooled:
                         self.spares[pair].append(r)
 
+    def _health_changed(self, step: str, failed: bool) -> None:
+        """The store's health changed (on any thread): the next link report, with the node's readiness, goes now."""
+        if self._loop is not None and self._report_now is not None:
+            self._loop.call_soon_threadsafe(self._report_now.set)
+
     async def start_tasks(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.sync_offsets()
         if self.device is not None:  # and keep each device-fed link's outgoing direction topped up
             await asyncio.gather(self.report_links(), self.device.run())

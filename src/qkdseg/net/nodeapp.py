@@ -142,7 +142,9 @@ def relay_routes(svc) -> list[Route]:
         for a in acks:
             if a.get("status") not in ("relayed", "failed", "voided", "failed to void", "key not present"):
                 raise Problem(400, "Bad Request", "status must be one of ETSI GS QKD 020's ack statuses")
-        svc.relaydb.statuses("outbox", [(a["status"], str(a["message_id"])) for a in acks])
+        if not svc.relaydb.statuses("outbox", [(a["status"], str(a["message_id"])) for a in acks]):
+            raise Problem(503, "Service Unavailable", "the acknowledgements could not be stored (a write of this "
+                                                      "node's relay store failed)")
         return json_response({"acknowledged": len(acks)}, 200)
 
     @problem_routes

@@ -22,6 +22,7 @@ fail now (each clears at its next success), since when, and how often;
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from .etsi import KmsError
@@ -52,7 +53,11 @@ def store_unavailable() -> CommitFailed:
 
 
 class StoreHealth:
-    """Which write steps fail now (their last error), since when, and how many failures each step had."""
+    """Which write steps fail now (their last error), since when, and how many failures each step had.
+
+    Told from the event loop's thread and from the store's writer thread (the audit file); a listener must
+    be safe to call from either.
+    """
 
     def __init__(self) -> None:
         self.errors: dict[str, str] = {}
@@ -60,25 +65,29 @@ class StoreHealth:
         self.since: float | None = None  # time.monotonic() when the steps began to fail
         #: Called with ``(step, failed)`` at each failure (``failed`` True) and when a failing step works again.
         self.listeners: list = []
+        self._lock = threading.Lock()
 
     def failed(self, step: str, err: BaseException) -> None:
         text = f"{type(err).__name__}: {err}"[:200]
-        if not self.errors:
-            self.since = time.monotonic()
-        if step not in self.errors:
+        with self._lock:
+            if not self.errors:
+                self.since = time.monotonic()
+            new = step not in self.errors
+            self.errors[step] = text
+            self.failures[step] += 1
+        if new:
             logger.error("the store failed a write (%s): %s; %s", step, text,
                          "the records wait in the database until the file can be written" if step == "audit_file"
                          else "requests that need a write get 503 until a write works again")
-        self.errors[step] = text
-        self.failures[step] += 1
         self._tell(step, True)
 
     def worked(self, step: str) -> None:
-        if step not in self.errors:
-            return
-        del self.errors[step]
-        if not self.errors:
-            self.since = None
+        with self._lock:
+            if step not in self.errors:
+                return
+            del self.errors[step]
+            if not self.errors:
+                self.since = None
         logger.warning("the store writes again (%s)", step)
         self._tell(step, False)
 

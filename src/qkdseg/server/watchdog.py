@@ -72,7 +72,7 @@ class Watchdog:
     def give_up(self) -> None:
         """Write the one line, ask the server to stop, and make sure the process ends with status 1."""
         self.exit_status = 1
-        logs.say(f"not ready for {self.health.unready_s():.0f} s: the store fails a write ({self.health.detail()}); "
+        logs.say(f"not ready for {self.health.unready_s():.3g} s: the store fails a write ({self.health.detail()}); "
                  f"exiting with status 1 (--exit-after-unready {self.exit_after:g}) so that the supervisor restarts "
                  "it", err=True)
         if not self.stoppers:
