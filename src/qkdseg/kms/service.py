@@ -52,7 +52,7 @@ from ..keys import KeyStore, relay
 from ..network import Network
 from ..server.config import KmsConfig
 from ..server.core import ServiceState
-from ..server.delivery import keys_body, take_keys
+from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import CLIP, EXTENSION_LEVEL, Caller, KeyRequest, KmsError, _b64, clip, parse_key_request
 from ..server.logs import REQUEST_ID
 from ..server.source import KeySource
@@ -329,12 +329,7 @@ class KeyService(ServiceState):
         batch.audit.append(self._audit(
             "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
             size=rows[0].size, securities=[row.security for row in rows], outcome="ok"))
-        try:
-            await self._commit(batch)
-        except CommitFailed:  # not delivered: the keys are fetchable again, as they were
-            for row in rows:
-                self.keys[row.key_id] = row
-            raise
+        await commit_delivery(self.keys, out, batch, self._commit)  # failed: the keys fetchable again, as they were
         self._notify(batch.audit[0])
         return keys_body(out)
 
@@ -383,6 +378,7 @@ class KeyService(ServiceState):
         run = getattr(self.source, "run", None)
         if run is not None:
             await run(self)
+
 
 class _Made:
     """What an ``enc_keys`` changed in memory before its commit: undone if the commit fails, completed if it works.

@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 
-from ..server.delivery import keys_body, take_keys
+from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import Caller, KmsError, _b64, parse_key_request
 from ..server.store import Batch, KeyRow
 from ..server.storehealth import CommitFailed, store_unavailable
@@ -162,12 +162,7 @@ class EtsiNode:
             "time": round(now, 6), "event": "deliver", "sae": caller.sae, "cert_sha256": caller.fingerprint,
             "peer": master, "op": "dec_keys", "key_ids": [r.key_id for r in rows], "size": rows[0].size,
             "securities": [r.security for r in rows], "outcome": "ok"})
-        try:
-            await self._commit(batch)
-        except CommitFailed:  # not delivered: the keys are fetchable again, as they were
-            for row in rows:
-                self.keys[row.key_id] = row
-            raise
+        await commit_delivery(self.keys, out, batch, self._commit)  # failed: the keys fetchable again, as they were
         return keys_body(out)
 
     async def deny(self, err: KmsError, caller: Caller | None, op: str, peer: str | None = None) -> None:

@@ -180,6 +180,7 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
 
     from ..server.http import QuickCloseH11Protocol, listen_socket as listen
     from ..server.logs import say
+    from ..server.watchdog import stop_servers
 
     sock = listen(host, port)
     if ops is not None:
@@ -221,7 +222,7 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
     if not sides:
         server = uvicorn.Server(config)
         if watchdog is not None:
-            watchdog.stoppers.append(lambda: setattr(server, "should_exit", True))
+            watchdog.stoppers.append(lambda: stop_servers(server))
         if on_ready is not None:
             on_ready()
         server.run(sockets=[sock])
@@ -239,7 +240,7 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
         other.capture_signals = lambda: _no_capture()  # the main server takes the signals
     server = Main(config)
     if watchdog is not None:
-        watchdog.stoppers.append(lambda: [setattr(s, "should_exit", True) for s in [server, *(x[0] for x in sides)]])
+        watchdog.stoppers.append(lambda: stop_servers(server, *(other for other, *_ in sides)))
     if on_ready is not None:
         on_ready()
     for *_, line in sides:
