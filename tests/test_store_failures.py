@@ -15,24 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import base64
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kms_helpers import Server, kms_init
+from test_kms_service import _service, _small_pools
+from test_net import _free_port, _run
 
 from qkdseg.server.audit import read_lines
 from qkdseg.server.directory import verify_audit
 from qkdseg.server.etsi import Caller, KmsError
 from qkdseg.server.store import Batch, KeyRow
 from qkdseg.server.storehealth import UNAVAILABLE, CommitFailed
-from test_kms_service import _service, _small_pools
 
 DEV_FULL = Path("/dev/full")
 
@@ -308,7 +315,7 @@ def test_no_plan_goes_through_an_excluded_node(tmp_path_factory, excluded, s, d)
     if s == d:
         return
     try:
-        r, rec, relays, bits = p.plan_relays(s, d, req, 1)
+        r, _rec, _relays, _bits = p.plan_relays(s, d, req, 1)
     except KmsError as err:
         assert err.status == 503
         if str(s) in excluded or str(d) in excluded:
@@ -556,7 +563,7 @@ def test_the_controllers_reservations_and_reports_are_stored_or_undone(controlle
         assert rows and all(int(svc.levels.consumed[k]) == c for k, (c, _) in rows.items())
 
         # a report of more bits used than the model: lowered only once stored
-        k = next(iter(sorted(rows)))
+        k = min(rows)
         u, v = (str(x) for x in (svc.arrays.node_ids[svc.arrays.edge_u[k]], svc.arrays.node_ids[svc.arrays.edge_v[k]]))
         body = {"qkd_node": {"qkdn_id": u, "qkd_links": {"qkd_link": [{
             "link_id": json.dumps([int(u), int(v)]), "link_status": "ACTIVE", "qkdl_local": {"qkdn_id": u},
@@ -583,17 +590,6 @@ def test_the_controllers_reservations_and_reports_are_stored_or_undone(controlle
 
 
 # -- real processes on a disk that fills ------------------------------------------------------------------------------
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-
-import requests  # noqa: E402
-
-from kms_helpers import Server, kms_init  # noqa: E402
-from test_net import _free_port, _run  # noqa: E402
-
 EXIT_AFTER = 2  # --exit-after-unready of the servers below, seconds
 #: What a measured run printed last (tests/test_store_failures.py -s shows it; the report quotes it).
 MEASURED: dict = {}
@@ -610,7 +606,7 @@ def tmpfs_mounts(tmp_path_factory):
         mnt = base / f"{name}-{uuid.uuid4().hex[:8]}"
         mnt.mkdir()
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
-                           text=True)
+                           text=True, check=False)
         if os.geteuid() != 0 or r.returncode != 0:
             pytest.skip(f"needs to mount a tmpfs (root): {r.stderr.strip() or 'not root'}")
         made.append(mnt)
@@ -618,7 +614,7 @@ def tmpfs_mounts(tmp_path_factory):
 
     yield mount
     for mnt in made:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 def _fill(mnt: Path) -> None:
