@@ -199,18 +199,28 @@ def serve(
         "(0: any free port); the dashboard's port serves them too.", show_default=False)] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="text, or json: one JSON object per line "
                                             "(docs/deploy.md).")] = "text",
+    exit_after_unready: Annotated[float, typer.Option(
+        "--exit-after-unready", envvar="QKDSEG_EXIT_AFTER_UNREADY_S", metavar="SECONDS",
+        help="Exit with status 1 after the store has failed writes this long, so that the supervisor restarts "
+             "the service (0: never).")] = 30.0,
 ) -> None:
     """Serve ETSI GS QKD 014 over HTTPS with required client certificates, until SIGINT/SIGTERM."""
     _need_server_extra()
+    from ..server.watchdog import check_exit_after
+
+    check_exit_after(exit_after_unready)
     for name, val in (("--port", port), ("--dashboard-port", dashboard_port), ("--metrics-port", metrics_port)):
         if val is not None and not 0 <= val <= 65535:
             raise InvalidRequest(f"{name} {val} must be in 0..65535")
     check_log_options(log_level, log_format)
     from ..kms.server import serve as run
 
-    run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
-        dashboard_public=dashboard_public, accept_broken_audit=accept_broken_audit, log_level=log_level,
-        log_format=log_format, metrics_port=metrics_port)
+    status = run(directory, host, port, access_log=access_log, dashboard_port=dashboard_port,
+                 dashboard_host=dashboard_host, dashboard_public=dashboard_public,
+                 accept_broken_audit=accept_broken_audit, log_level=log_level, log_format=log_format,
+                 metrics_port=metrics_port, exit_after_unready=exit_after_unready)
+    if status:
+        raise typer.Exit(status)
 
 
 @kms_app.command("status")

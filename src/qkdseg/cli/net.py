@@ -191,13 +191,20 @@ def node_serve(
         "(0: any free port; docs/deploy.md).", show_default=False)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "warning",
     log_format: Annotated[str, typer.Option("--log-format", help="text, or json: one JSON object per line.")] = "text",
+    exit_after_unready: Annotated[float, typer.Option(
+        "--exit-after-unready", envvar="QKDSEG_EXIT_AFTER_UNREADY_S", metavar="SECONDS",
+        help="Exit with status 1 after the store has failed writes this long, so that the supervisor restarts "
+             "it (0: never).")] = 30.0,
 ) -> None:
     """Serve one node's KME: ETSI 014 to its SAEs, relay to its neighbours, control from the controller."""
     _need_server_extra()
-    _check_ops(metrics_port, log_level, log_format)
+    _check_ops(metrics_port, log_level, log_format, exit_after_unready)
     from ..net.node import serve_node
 
-    serve_node(directory, tap=tap, metrics_port=metrics_port, log_level=log_level, log_format=log_format)
+    status = serve_node(directory, tap=tap, metrics_port=metrics_port, log_level=log_level, log_format=log_format,
+                        exit_after_unready=exit_after_unready)
+    if status:
+        raise typer.Exit(status)
 
 
 @controller_app.command("serve")
@@ -224,10 +231,14 @@ def controller_serve(
                         "controllers; default: the embedded SQLite store).", show_default=False)] = None,
     address: Annotated[str | None, typer.Option(
         "--address", help="HOST:PORT to listen on (default: the address in net.json).", show_default=False)] = None,
+    exit_after_unready: Annotated[float, typer.Option(
+        "--exit-after-unready", envvar="QKDSEG_EXIT_AFTER_UNREADY_S", metavar="SECONDS",
+        help="Exit with status 1 after the store has failed writes this long, so that the supervisor restarts "
+             "it (0: never).")] = 30.0,
 ) -> None:
     """Serve the controller: plans and reservations for the nodes; it never holds key material."""
     _need_server_extra()
-    _check_ops(metrics_port, log_level, log_format)
+    _check_ops(metrics_port, log_level, log_format, exit_after_unready)
     from ..net.controller import serve_controller
 
     if store is not None:
@@ -238,12 +249,18 @@ def controller_serve(
         from ..net.replica import parse_address
 
         parse_address(address, "--address")
-    serve_controller(directory, capture=capture, dashboard_port=dashboard_port, dashboard_host=dashboard_host,
-                     dashboard_public=dashboard_public, metrics_port=metrics_port, log_level=log_level,
-                     log_format=log_format, store=store, address=address)
+    status = serve_controller(directory, capture=capture, dashboard_port=dashboard_port,
+                              dashboard_host=dashboard_host, dashboard_public=dashboard_public,
+                              metrics_port=metrics_port, log_level=log_level, log_format=log_format, store=store,
+                              address=address, exit_after_unready=exit_after_unready)
+    if status:
+        raise typer.Exit(status)
 
 
-def _check_ops(metrics_port: int | None, log_level: str, log_format: str) -> None:
+def _check_ops(metrics_port: int | None, log_level: str, log_format: str, exit_after_unready: float = 30.0) -> None:
+    from ..server.watchdog import check_exit_after
+
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port} must be in 0..65535")
     check_log_options(log_level, log_format)
+    check_exit_after(exit_after_unready)

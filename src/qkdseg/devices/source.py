@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import ssl
 import time
@@ -237,6 +238,12 @@ class Etsi014KeySource:
             batch.device_used.update(self._used)
             self._used = {}
 
+    def requeue(self, used: dict[tuple[int, int], int]) -> None:
+        """The bytes used of a request whose commit failed: recorded used with the next commit (they are never read
+        again, though nobody saw them: memory stays ahead of the store on the safe side)."""
+        for key, n in used.items():
+            self._used[key] = max(self._used.get(key, 0), n)
+
     def view(self) -> dict:
         """Per link: device state, the device's reported bits, bits held, keys fetched and skipped (dashboard)."""
         return {"states": list(self.state), "device_bits": self.device_bits.tolist(),
@@ -303,22 +310,19 @@ class Etsi014KeySource:
                 await asyncio.sleep(self.poll_s)
             except asyncio.CancelledError:
                 raise
-            except KmsError:  # the store failed: the service refuses everything from now on; stop fetching
-                return
+            except KmsError:  # the store failed a write (nothing of it stored): try again after the back-off
+                await asyncio.sleep(backoff)
+                backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
             except DeviceError as err:
                 self.device_bits[k] = 0
-                try:
+                with contextlib.suppress(KmsError):  # a store that fails a write: the state is still shown
                     await self._set_state(k, err.state, str(err))
-                except KmsError:
-                    return
                 await asyncio.sleep(backoff)
                 backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
             except Exception as err:  # noqa: BLE001 -- never let one link's loop die silently
                 logger.exception("device loop of link %s", self._name(k))
-                try:
+                with contextlib.suppress(KmsError):
                     await self._set_state(k, "error", f"{type(err).__name__}")
-                except KmsError:
-                    return
                 await asyncio.sleep(backoff)
                 backoff = min(self.backoff_max_s, max(self.poll_s, backoff * 2))
 

@@ -11,6 +11,7 @@ from ..server.core import open_state
 from ..server.health import kms_health, kms_ready, service_metrics
 from ..server.http import graceful_server, listen_socket
 from ..server.tls import is_loopback, read_dashboard_token, tls_context
+from ..server.watchdog import DEFAULT_EXIT_AFTER_S, Watchdog, stop_servers
 from .service import KeyService
 
 
@@ -22,8 +23,10 @@ def open_service(directory: str | Path, *, accept_broken_audit: bool = False, **
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, access_log: bool = False,
           log_level: str = "warning", log_format: str = "text", dashboard_port: int | None = None,
           dashboard_host: str = "127.0.0.1", dashboard_public: bool = False, metrics_port: int | None = None,
-          on_listening=None, accept_broken_audit: bool = False) -> None:
-    """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on.
+          on_listening=None, accept_broken_audit: bool = False,
+          exit_after_unready: float = DEFAULT_EXIT_AFTER_S) -> int:
+    """Serve ETSI GS QKD 014 from ``DIR`` until SIGINT or SIGTERM; prints the URL it listens on. Returns the exit
+    status: 0, or 1 after ``exit_after_unready`` seconds of a failing store (:mod:`qkdseg.server.watchdog`).
 
     With ``dashboard_port``, the operator dashboard is served too, on
     ``dashboard_host`` (loopback unless ``dashboard_public``, and then with
@@ -55,6 +58,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
         for sig, handler in before.items():
             signal.signal(sig, handler)
         raise
+    service.watchdog = Watchdog(service.store.health, exit_after_unready, probes=[lambda: service.committer.probe()])
     try:
         for line in service.changes:
             logs.say(line, err=True)
@@ -89,6 +93,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8443, *, a
         for sig, handler in before.items():
             signal.signal(sig, handler)
     logs.say("stopped", err=True)
+    return service.watchdog.exit_status
 
 
 def _serve_all(service, server, sock, metrics, token: str | None, host: str, port: int | None,
@@ -142,6 +147,7 @@ def _serve_all(service, server, sock, metrics, token: str | None, host: str, por
     for other, _ in companions:
         other.captures = False
     server.companions = [other for other, _ in companions]
+    service.watchdog.stoppers.append(lambda: stop_servers(server, *server.companions))
     if monitor is not None:
         server.on_exit = [monitor.stop]  # a flag only: a signal handler must not touch the loop
     if on_listening is not None:

@@ -52,11 +52,12 @@ from ..keys import KeyStore, relay
 from ..network import Network
 from ..server.config import KmsConfig
 from ..server.core import ServiceState
-from ..server.delivery import keys_body, take_keys
+from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import CLIP, EXTENSION_LEVEL, Caller, KeyRequest, KmsError, _b64, clip, parse_key_request
 from ..server.logs import REQUEST_ID
 from ..server.source import KeySource
 from ..server.store import Batch, KeyRow, Store
+from ..server.storehealth import CommitFailed, store_unavailable
 
 logger = logging.getLogger("qkdseg.kms")
 
@@ -99,15 +100,14 @@ class KeyService(ServiceState):
         self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
 
     async def _commit(self, batch: Batch) -> None:
-        """Commit ``batch``; a failed write (a full disk) is the same 503 for this request as for every later one."""
-        try:
-            await self.committer.commit(batch)
-        except Exception as err:  # noqa: BLE001 -- the store refuses every write from now on (GroupCommit.failed)
-            if not getattr(self, "_store_failure_logged", False):
-                self._store_failure_logged = True
-                logger.error("the key store failed (%s: %s); every request is refused until a restart",
-                             type(err).__name__, err)
-            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed") from None
+        """Commit ``batch``: :class:`qkdseg.server.storehealth.CommitFailed` (a JSON 503, nothing of it stored)
+        when the transaction fails; the caller then restores what it changed in memory."""
+        await self.committer.commit(batch)
+
+    def _check_writable(self) -> None:
+        """Refuse at once (the same 503 as a failed commit) while the store's transactions fail."""
+        if not self.store.health.writes_ok:
+            raise store_unavailable()
 
     def waiting_keys(self) -> int:
         return len(self.keys)
@@ -194,8 +194,7 @@ class KeyService(ServiceState):
         """``enc_keys``: ``req.number`` fresh keys for the master, their copies kept for ``slave``."""
         self._check_caller(caller)
         d = self._check_peer(caller, slave, "slave")
-        if self.committer.failed is not None:
-            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed")
+        self._check_writable()
         s = self.sae_node[caller.sae]
         now = self.clock()
         asked = {"level": req.level, "level_source": req.level_source, "size": req.size, "number": req.number}
@@ -207,13 +206,13 @@ class KeyService(ServiceState):
         level_note = None
         try:
             try:
-                keys, spares_used, summary, batch, paths = self._make_keys(caller, slave, s, d, req, now)
+                keys, spares_used, summary, batch, paths, made = self._make_keys(caller, slave, s, d, req, now)
             except KmsError as err:
                 if req.level_source != "extension_optional" or err.status not in (400, 503):
                     raise
                 # an optional level that cannot be met falls back to the default level
                 fallback = dataclasses.replace(req, level=self.cfg.security_level, level_source="default")
-                keys, spares_used, summary, batch, paths = self._make_keys(caller, slave, s, d, fallback, now)
+                keys, spares_used, summary, batch, paths, made = self._make_keys(caller, slave, s, d, fallback, now)
                 level_note = (f"{EXTENSION_LEVEL}={req.level} could not be met; the default level {fallback.level} "
                               "was applied")
                 req = fallback
@@ -224,8 +223,12 @@ class KeyService(ServiceState):
         self.pending.update(ids)
         try:
             await self._commit(batch)
+        except CommitFailed:
+            made.undo(self, batch)
+            raise
         finally:
             self.pending.difference_update(ids)
+        made.done(self)
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
         level_ext = {"requested": req.level, "source": req.level_source}
         if level_note:
@@ -292,13 +295,14 @@ class KeyService(ServiceState):
                     row.kind, row.master, row.slave = "spare", pair[0], pair[1]
                     new_spares.append(row)
                 batch.put_keys.append(row.values())  # a snapshot: a spare row changes when it is issued
-        # -- from here on nothing can fail: apply the request to memory
+        # -- from here on nothing can fail: apply the request to memory (undone if its commit fails, _Made)
+        made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at)) for row in take], new_spares,
+                     debit)
         for row in take:
             spares.remove(row)
             row.kind, row.master, row.slave, row.expires_at = "issued", caller.sae, slave, expires
             batch.issue_keys.append((row.key_id, caller.sae, slave, expires))
         issued = [(row, self.store.open(row)) for row in take] + issued
-        spares.extend(new_spares)
         if debit is not None:
             batch.links = self.planner.link_rows(self.planner.reserve(debit))
         if hasattr(self.source, "changes"):  # the device key bytes used, committed with this request
@@ -310,7 +314,8 @@ class KeyService(ServiceState):
             level=req.level, level_source=req.level_source, securities=[row.security for row, _ in issued],
             spare_keys_used=len(take), spare_keys_added=len(new_spares), route=summary, outcome="ok",
         ))
-        return issued, len(take), summary, batch, paths
+        made.issued = [row for row, _ in issued]
+        return issued, len(take), summary, batch, paths, made
 
     # -- ETSI 014: dec_keys ----------------------------------------------------------------
     async def dec_keys(self, caller: Caller, master: str, key_ids: list[str]) -> dict:
@@ -318,14 +323,13 @@ class KeyService(ServiceState):
         self._check_caller(caller)
         if master not in self.sae_node:
             raise KmsError(400, f"master SAE {clip(master)} is not registered with this KME")
-        if self.committer.failed is not None:
-            raise KmsError(503, "key store unavailable; restart the service", reason="store_failed")
+        self._check_writable()
         out, batch = take_keys(self.keys, self.pending, self.store, caller, master, key_ids, self.clock())
         rows = [row for row, _ in out]
         batch.audit.append(self._audit(
             "deliver", caller, master, op="dec_keys", key_ids=[row.key_id for row in rows],
             size=rows[0].size, securities=[row.security for row in rows], outcome="ok"))
-        await self._commit(batch)
+        await commit_delivery(self.keys, out, batch, self._commit)  # failed: the keys fetchable again, as they were
         self._notify(batch.audit[0])
         return keys_body(out)
 
@@ -339,14 +343,22 @@ class KeyService(ServiceState):
             old = [row for row in rows if row.expires_at <= now]
             for row in old:
                 rows.remove(row)
-            spare_gone += old
+            spare_gone += [(pair, row) for row in old]
         if not gone and not spare_gone:
             return 0
         for row in gone:
             del self.keys[row.key_id]
         recs = [{"time": round(now, 6), "event": "expire", "key_ids": [row.key_id for row in gone],
                  "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]
-        await self._commit(Batch(delete_keys=[r.key_id for r in gone + spare_gone], audit=recs))
+        try:
+            await self._commit(Batch(delete_keys=[r.key_id for r in gone] + [r.key_id for _, r in spare_gone],
+                                     audit=recs))
+        except CommitFailed:  # still stored: back in memory, deleted by the next pass
+            for row in gone:
+                self.keys[row.key_id] = row
+            for pair, row in spare_gone:
+                self.spares[pair].append(row)
+            raise
         self._notify(recs[0])
         return len(gone) + len(spare_gone)
 
@@ -356,7 +368,9 @@ class KeyService(ServiceState):
             await asyncio.sleep(period)
             try:
                 await self.expire()
-            except Exception:  # noqa: BLE001 -- logged; the store refuses further writes if it failed
+            except CommitFailed:  # kept, as stored: the next pass tries again (the failure is in the store's health)
+                pass
+            except Exception:  # noqa: BLE001 -- logged; the next pass tries again
                 logger.exception("expiry pass failed")
 
     async def source_loop(self) -> None:
@@ -364,6 +378,34 @@ class KeyService(ServiceState):
         run = getattr(self.source, "run", None)
         if run is not None:
             await run(self)
+
+
+class _Made:
+    """What an ``enc_keys`` changed in memory before its commit: undone if the commit fails, completed if it works.
+
+    Spare keys taken are put back as they were; the levels' debit is credited back (additive, so other requests'
+    debits in between stay); the device key bytes read are recorded used with the next commit (never read twice);
+    the keys issued leave the waiting keys; the new spare keys become visible only once committed.
+    """
+
+    def __init__(self, pair: tuple, taken: list, new_spares: list, debit) -> None:
+        self.pair, self.taken, self.new_spares, self.debit = pair, taken, new_spares, debit
+        self.issued: list = []
+
+    def undo(self, svc, batch: Batch) -> None:
+        for row in self.issued:
+            svc.keys.pop(row.key_id, None)
+        for row, (kind, master, slave, expires) in reversed(self.taken):
+            row.kind, row.master, row.slave, row.expires_at = kind, master, slave, expires
+            svc.spares[self.pair].appendleft(row)
+        if self.debit is not None:
+            svc.planner.release(self.debit)
+        if batch.device_used and hasattr(svc.source, "requeue"):
+            svc.source.requeue(batch.device_used)
+
+    def done(self, svc) -> None:
+        svc.spares[self.pair].extend(self.new_spares)
+
 
 def _json(obj) -> str:
     import json

@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidRequest
 from ..server.files import damaged, load_json
+from ..server.storehealth import CommitFailed
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
 from .wire import role as role_of
@@ -222,8 +223,9 @@ class Controller:
         s, d = self._sae(master, caller_node), self._sae(slave)
         req = KeyRequest(int(w["number"]), int(w["size"]), float(w["level"]), str(w["level_source"]),
                          bool(w["mandatory"]))
-        if svc.committer.failed is not None:
-            raise Problem(503, "Service Unavailable", "the controller's store failed", message="controller unavailable")
+        health = getattr(svc.store, "health", None)  # the etcd store has none (its refusals: not_leader)
+        if health is not None and not health.writes_ok:
+            raise _store_failed()
         svc.refill(time.time())
         unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
@@ -245,9 +247,16 @@ class Controller:
         parts = node_parts(r, [plan], copies=relays)
         summary = svc.planner.summary(r, rec, relays)
         securities = [float(gk.security) for _ in range(relays) for gk in rec.global_keys]
-        await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
-            "time": round(time.time(), 6), "event": "plan", "request_id": rid, "sae": master, "peer": slave,
-            "number": req.number, "size": req.size, "level": req.level, "route": summary, "outcome": "reserved"}]))
+        try:
+            await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
+                "time": round(time.time(), 6), "event": "plan", "request_id": rid, "sae": master, "peer": slave,
+                "number": req.number, "size": req.size, "level": req.level, "route": summary,
+                "outcome": "reserved"}]))
+        except BaseException as err:  # not reserved (no node got a part): the levels back as the store holds them
+            svc.planner.release(bits)
+            if isinstance(err, CommitFailed):
+                raise _store_failed() from None
+            raise
         body = {"request_id": rid, "master": master, "slave": slave, "number": req.number, "securities": securities}
         nodes = list(parts)
 
@@ -258,8 +267,9 @@ class Controller:
             await asyncio.gather(*(self._http().post(f"https://{self.addresses[str(v)]}/control/v1/void",
                                                      json={"request_id": rid}) for v in nodes),
                                  return_exceptions=True)
-            await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
-                                                     "request_id": rid, "outcome": f"nodes unreachable: {bad}"}]))
+            with contextlib.suppress(CommitFailed):  # the answer is the same; the failure is in /readyz
+                await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
+                                                         "request_id": rid, "outcome": f"nodes unreachable: {bad}"}]))
             msg = f"node(s) {', '.join(bad)} on the route are unreachable; nothing was issued (try again)"
             raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
         self.plans += 1
@@ -285,6 +295,7 @@ class Controller:
         for k, name, consumed, level, status in links:
             self.down.note(caller_node, k, status)
             rows.append((k, name, consumed, level))
+        self._readiness(caller_node, w.get("qkdseg_ready"))
         if self.replica is not None:
             self.replica.check()
         self._events(caller_node, events)
@@ -318,10 +329,26 @@ class Controller:
         self.reported[caller_node] = time.time()
         if changed:
             ks = [k for k, name, _, _ in rows if name in changed]
-            await svc.committer.commit(Batch(links=svc.planner.link_rows(ks), audit=[{
-                "time": round(time.time(), 6), "event": "levels reported", "node": caller_node, "links": changed,
-                "outcome": "model lowered to the node's report"}]))
+            try:
+                await svc.committer.commit(Batch(links=svc.planner.link_rows(ks), audit=[{
+                    "time": round(time.time(), 6), "event": "levels reported", "node": caller_node, "links": changed,
+                    "outcome": "model lowered to the node's report"}]))
+            except CommitFailed:  # not stored: the model as the store holds it (additive: plans meanwhile stay)
+                for k, name, _, _ in rows:
+                    if name in changed:
+                        (l0, l1), (c0, c1) = changed[name]["level"], changed[name]["consumed"]
+                        lv.level[k] = min(int(lv.capacity[k]), max(0, int(lv.level[k]) + l0 - l1))
+                        lv.consumed[k] -= c1 - c0
+                raise _store_failed() from None
         return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
+
+    def _readiness(self, caller_node: str, ready) -> None:
+        """A node's readiness in its report (``qkdseg_ready``): not ready (its store fails) excludes it from
+        planning (``unready``, :attr:`qkdseg.server.planner.Planner.excluded`); ready admits it again."""
+        if ready is False:
+            self.svc.planner.exclude(caller_node, "unready")
+        elif ready is True:
+            self.svc.planner.readmit(caller_node, "unready")
 
     def _events(self, caller_node: str, checked) -> None:
         """A report's ETSI 014 events (issue, deliver, deny, expire; no key, ids cut to 8 characters; checked by
@@ -350,6 +377,13 @@ class Controller:
                 "target_KME_ID": f"node {svc.arrays.node_ids[d]}"}
 
 
+def _store_failed() -> Problem:
+    """The answer to a plan or report whose write failed at the controller (nothing of it stored)."""
+    from ..server.storehealth import UNAVAILABLE
+
+    return Problem(503, "Service Unavailable", UNAVAILABLE, message=UNAVAILABLE, reason="store_failed")
+
+
 def create_controller_app(ctl: Controller) -> Starlette:
     @problem_routes
     async def plans(request: Request):
@@ -374,13 +408,18 @@ def create_controller_app(ctl: Controller) -> Starlette:
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
                               "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
                               "links_suspect": ctl.down.names(ctl.link_index, suspect=True),
+                              "excluded": ctl.svc.planner.excluded_view(),
                               **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        watch = None if getattr(ctl, "watchdog", None) is None else asyncio.get_running_loop().create_task(
+            ctl.watchdog.run())
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
             if ctl.client is not None:
                 await ctl.client.aclose()
 
@@ -393,9 +432,12 @@ def create_controller_app(ctl: Controller) -> Starlette:
 def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,
                      dashboard_host: str = "127.0.0.1", dashboard_public: bool = False, metrics_port: int | None = None,
                      log_level: str = "warning", log_format: str = "text", store: str | None = None,
-                     address: str | None = None) -> None:
+                     address: str | None = None, exit_after_unready: float = 30.0) -> int:
     """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
-    nodes' reports (their links' levels and their ETSI 014 events); ``metrics_port``, logs: :mod:`.ops`."""
+    nodes' reports (their links' levels and their ETSI 014 events); ``metrics_port``, logs: :mod:`.ops`. Returns
+    the exit status: 1 after ``exit_after_unready`` seconds of a failing store (:mod:`qkdseg.server.watchdog`)."""
+    from ..server.watchdog import Watchdog
+
     from ..server import logs
     from ..server.tls import is_loopback
     from .ops import attach_controller
@@ -413,6 +455,9 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
         raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
                              f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
     ctl = Controller(d, capture=capture, store=store, address=address)
+    health = getattr(ctl.svc.store, "health", None)  # the etcd store has none: its failures are the election's
+    ctl.watchdog = None if health is None else Watchdog(health, exit_after_unready,
+                                                        probes=[lambda: ctl.svc.committer.probe()])
     prof = None
     if os.environ.get("QKDSEG_PROFILE_DIR"):  # profiling: cProfile of the whole process, written at its stop
         import cProfile
@@ -429,7 +474,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
         app = create_controller_app(ctl)
         dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host, "port": dashboard_port}
         run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
-                    ops=ops, metrics_port=metrics_port, log_level=log_level, dashboard=dash,
+                    ops=ops, metrics_port=metrics_port, log_level=log_level, dashboard=dash, watchdog=ctl.watchdog,
                     on_ready=lambda: logs.say(f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)"))
     finally:
         if ctl.replica is not None:
@@ -441,3 +486,4 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
             prof.disable()
             prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / "controller.prof"))
     logs.say("stopped", err=True)
+    return 0 if ctl.watchdog is None else ctl.watchdog.exit_status

@@ -54,6 +54,7 @@ from ..devices.source import DeviceError, _Client, _keys, enc_round
 from ..server.etsi import KmsError
 from ..server.store import Batch
 from ..server.storagekey import load_storage_key
+from ..server.storehealth import CommitFailed
 from .layout import link_name, seal, unseal
 from .limits import read_json
 from .wire import Problem, json_response, problem_routes, require
@@ -169,9 +170,11 @@ class DeviceLinks:
         return self.ends[name].stream
 
     def _write(self, end: _End, d: int, off: int, data: bytes, ids: list[str]) -> None:
+        """Store a chunk (sealed), then hold it in memory; :class:`CommitFailed` (nothing held) when the write
+        fails."""
         blob = seal(self.skey, self._aad(end.name, d, off), data) if data else ""
-        self.db.execute("INSERT OR REPLACE INTO device_chunks VALUES (?,?,?,?,?,?)",
-                        (end.name, d, off, len(data), json.dumps(ids), blob))
+        self.svc.relaydb.transaction(lambda db: db.execute("INSERT OR REPLACE INTO device_chunks VALUES (?,?,?,?,?,?)",
+                                                           (end.name, d, off, len(data), json.dumps(ids), blob)))
         end.stream.add(d, off, data)
 
     def _consumed(self, end: _End, d: int) -> int:
@@ -196,8 +199,9 @@ class DeviceLinks:
             return
         (logger.info if state == "ok" else logger.warning)("device of link %s: %s -> %s %s", end.name, old, state,
                                                            message)
-        await self.svc._commit(Batch(audit=[{"time": round(time.time(), 6), "event": "device", "link": end.name,
-                                             "state": state, "previous": old, "outcome": message or state}]))
+        with contextlib.suppress(CommitFailed):  # the store fails a write: shown in /readyz; the state still changes
+            await self.svc._commit(Batch(audit=[{"time": round(time.time(), 6), "event": "device", "link": end.name,
+                                                 "state": state, "previous": old, "outcome": message or state}]))
 
     def _prune(self, end: _End) -> None:
         """Forget chunks both ends' counters passed more than PRUNE_AFTER_S ago (memory and store)."""
@@ -209,8 +213,12 @@ class DeviceLinks:
                 if off + len(data) <= consumed:
                     t = end.below.setdefault((d, off), now)
                     if now - t > PRUNE_AFTER_S:
-                        self.db.execute("DELETE FROM device_chunks WHERE link=? AND dir=? AND offset=?",
-                                        (end.name, d, off))
+                        try:
+                            self.svc.relaydb.transaction(lambda db, d=d, off=off: db.execute(
+                                "DELETE FROM device_chunks WHERE link=? AND dir=? AND offset=?", (end.name, d, off)))
+                        except CommitFailed:  # kept, in memory as on disk: pruned by a later pass
+                            keep.append([off, data])
+                            continue
                         del end.below[(d, off)]
                         continue
                 keep.append([off, data])
@@ -287,8 +295,8 @@ class DeviceLinks:
             self._write(end, d, new_end, b"", [])  # the receiver's end: move this end forward to it
             key = (end.name, d)
             if self.svc.offsets.get(key, 0) < new_end:  # and the counter past the gap (a read never spans it)
-                self.svc.offsets[key] = new_end
-                self.svc.relaydb.write({key: new_end})
+                self.svc.relaydb.write({key: new_end})  # on disk first (a failure raises: retried next round)
+                self.svc.offsets[key] = max(self.svc.offsets.get(key, 0), new_end)
             await self._skipped(end, ids, f"node {end.neighbour} holds this direction up to {answer['end']}")
             return True
         if r is None or r.status_code != 202:
@@ -350,7 +358,7 @@ class DeviceLinks:
                         if getattr(one, "status", None) != 400:
                             raise Problem(503, "Service Unavailable", f"this end's device: {one}") from None
             stored = [k for k in ids if got.get(k)]
-            if stored:
+            if stored:  # a write that fails: 503, nothing held here, so the sender skips them too (used by neither)
                 self._write(end, d, offset, b"".join(got[k] for k in stored), stored)
             end.fetched += len(stored)
             end.skipped += len(ids) - len(stored)

@@ -16,9 +16,10 @@ import secrets
 import time
 import uuid
 
-from ..server.delivery import keys_body, take_keys
+from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import Caller, KmsError, _b64, parse_key_request
 from ..server.store import Batch, KeyRow
+from ..server.storehealth import CommitFailed, store_unavailable
 from .messaging import _trace
 from .relayrequests import REQUEST_TIMEOUT_S
 
@@ -83,10 +84,13 @@ class EtsiNode:
     async def enc_keys(self, caller: Caller, slave: str, req) -> dict:
         self._check_caller(caller)
         self._check_peer(caller, slave, "slave")
-        if self.committer.failed is not None:
-            raise KmsError(503, "key store unavailable; restart the node", reason="store_failed")
+        if not self.store.health.writes_ok:
+            raise store_unavailable()
         now = time.time()
         new_spares: list[KeyRow] = []
+        local: list[KeyRow] = []
+        taken = None  # spare keys of the pair used: put back if the commit fails
+        rid = None  # a relay's request id: its keys at the destination are voided if the commit fails
         if str(self.registry[slave]) == str(self.id):  # both SAEs here: no relay
             keys = [(str(uuid.uuid4()), secrets.token_bytes(req.size // 8), 1.0) for _ in range(req.number)]
             summary = {"local": True, "security": 1.0}
@@ -96,9 +100,9 @@ class EtsiNode:
                              '{"local":true}')
                 self.store.seal(row, material)
                 batch.put_keys.append(row.values())
-                self.keys[key_id] = row
+                local.append(row)
         elif (spare := await self._use_spares(caller.sae, slave, req, now)) is not None:
-            keys, summary, batch = spare
+            keys, summary, batch, taken = spare
         else:
             plan = await self._controller("POST", "/control/v1/plans", json={
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
@@ -131,7 +135,19 @@ class EtsiNode:
         batch.audit.append({"time": round(now, 6), "event": "issue", "sae": caller.sae, "cert_sha256": caller.fingerprint,
                             "peer": slave, "op": "enc_keys", "key_ids": [k for k, _, _ in keys], "size": req.size,
                             "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok"})
-        await self._commit(batch)
+        try:
+            await self._commit(batch)
+        except CommitFailed:  # nothing issued: as it was before the request
+            if taken is not None:
+                self.put_back(caller.sae, slave, taken)
+            if rid is not None:  # the slave's node stored the relay's keys: void them there (their ids never left)
+                try:
+                    self.send([{"kind": "void", "dst": str(self.registry[slave])}], rid)
+                except CommitFailed:
+                    pass
+            raise
+        for row in local:  # visible to dec_keys once committed
+            self.keys[row.key_id] = row
         self.spares[(caller.sae, slave)].extend(new_spares)
         return {"keys": [{"key_ID": key_id, "key": _b64(m), "key_extension": {"qkdseg_security": sec}}
                          for key_id, m, sec in keys],
@@ -143,6 +159,8 @@ class EtsiNode:
         self._check_caller(caller)
         if master not in self.registry:
             raise KmsError(400, f"master SAE {master!r} is not registered in this network")
+        if not self.store.health.writes_ok:
+            raise store_unavailable()
         now = time.time()
         out, batch = take_keys(self.keys, self.pending, self.store, caller, master, key_ids, now)
         rows = [row for row, _ in out]
@@ -150,7 +168,7 @@ class EtsiNode:
             "time": round(now, 6), "event": "deliver", "sae": caller.sae, "cert_sha256": caller.fingerprint,
             "peer": master, "op": "dec_keys", "key_ids": [r.key_id for r in rows], "size": rows[0].size,
             "securities": [r.security for r in rows], "outcome": "ok"})
-        await self._commit(batch)
+        await commit_delivery(self.keys, out, batch, self._commit)  # failed: the keys fetchable again, as they were
         return keys_body(out)
 
     async def deny(self, err: KmsError, caller: Caller | None, op: str, peer: str | None = None) -> None:

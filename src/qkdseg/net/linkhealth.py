@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -48,16 +49,19 @@ async def adopt_offsets(node, nb: str, end, theirs) -> bool:
         logger.warning("node %s: neighbour %s claims offset %r on link %s (this end's counter %d, window %d "
                        "bytes): refused, link reported SUSPECT", node.id, nb, claimed, end.name, ours, window)
         node.linkhealth.suspect(node, nb)
-        await node.committer.commit(_batch([{
+        with contextlib.suppress(Exception):  # a failed write: counted in the node's store health; still suspect
+            await node.committer.commit(_batch([{
             "time": round(time.time(), 6), "event": "offsets refused", "neighbour": str(nb), "link": end.name,
-            "direction": end.out_dir, "claimed": claimed if isinstance(claimed, int) else repr(claimed)[:64],
-            "counter": ours, "window_bytes": window,
-            "outcome": "a neighbour's offset beyond the link's window: not adopted, link reported suspect"}]))
+                "direction": end.out_dir, "claimed": claimed if isinstance(claimed, int) else repr(claimed)[:64],
+                "counter": ours, "window_bytes": window,
+                "outcome": "a neighbour's offset beyond the link's window: not adopted, link reported suspect"}]))
         return False
     if claimed > ours:
-        node.offsets[key] = node._dirty[key] = claimed
-        node.relaydb.write(dict(node._dirty))
-        node._dirty.clear()
+        try:  # on disk first: a failed write changes nothing (the link stays down, probed again)
+            node.relaydb.write({key: claimed})
+        except Exception:  # noqa: BLE001 -- CommitFailed: counted in the node's store health
+            return False
+        node.offsets[key] = max(node.offsets.get(key, 0), claimed)
     return True
 
 

@@ -22,6 +22,7 @@ import uuid
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
 from .limits import MAX_BATCH, RELAY_MAX_BODY
+from ..server.storehealth import CommitFailed
 
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
 #: Seconds a node gathers acknowledgements (and inbox statuses) before it sends (writes) them together.
@@ -75,13 +76,23 @@ class Messaging:
         return out
 
     def send(self, msgs: list[dict], request_id: str) -> list[asyncio.Future]:
-        """Store the intents (and the offsets they took) in one transaction, then queue them, per destination in order."""
+        """Store the intents (and the offsets they took) in one transaction, then queue them, per destination in order.
+
+        When that write fails nothing is sent: the link counters go back to the offsets committed (the pads taken
+        for these messages never left the node), the request fails, and :class:`CommitFailed` is raised."""
         if not msgs:
             return []
         wire = [self._encode(m, request_id) for m in msgs]
         now = time.time()
-        self.relaydb.write(dict(self._dirty), outbox=[(w["message_id"], request_id, str(w["dst"]), w["kind"], "intent", now)
-                                                      for w in wire])
+        try:
+            self.relaydb.write(dict(self._dirty), outbox=[(w["message_id"], request_id, str(w["dst"]), w["kind"],
+                                                           "intent", now) for w in wire])
+        except CommitFailed:
+            for key in self._dirty:
+                self.offsets[key] = self.relaydb.durable.get(key, 0)
+            self._dirty.clear()
+            self._fail(request_id, "this node's relay store failed a write")
+            raise
         self._dirty.clear()
         loop = asyncio.get_running_loop()
         futs = []

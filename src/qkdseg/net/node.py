@@ -46,6 +46,7 @@ from ..server.files import damaged, load_json
 from ..server.groupcommit import GroupCommit
 from ..server.storagekey import load_storage_key
 from ..server.store import Batch, KeyRow, Store
+from ..server.storehealth import CommitFailed
 from .etsi_node import EtsiNode
 from .keystream import LinkStream
 from .layout import link_name, unseal
@@ -118,7 +119,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         # the directory's lock (one process per node), the storage key's check value, the keyed audit chain
         self.store = Store(d, skey, load_audit_key(d / "audit.key"), durability="normal")
         self.committer = GroupCommit(self.store)
-        self.relaydb = RelayDB(d / "relay.sqlite3")
+        self.relaydb = RelayDB(d / "relay.sqlite3", self.store.health)  # its failures count in the same health
         self.offsets = self.relaydb.offsets()
         self._dirty: dict = {}
         self.links: dict = {}  # neighbour id -> NetLinkEnd
@@ -169,6 +170,9 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         self.event_seq = 0
         self.boot = str(uuid.uuid4())
         self._report_now: asyncio.Event | None = None
+        self.watchdog = None  # serve_node's (--exit-after-unready)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.store.health.listeners.append(self._health_changed)
         self.on_relay = None  # (destination, [(kind, accepted)]) after each POST of relay messages (.ops: metrics)
         self.early = Early()  # per sender: messages held for requests this node has no part of yet (.limits)
         self.hostile = None  # TEST ONLY: the hostile-node harness (net/hostile.py), set by serve_node
@@ -227,17 +231,18 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         while True:
             await asyncio.sleep(max(0.05, min(30.0, self.cfg.key_ttl_s / 4)))
             now = time.time()
-            gone = [r.key_id for r in self.keys.values() if r.expires_at <= now]
-            for k in gone:
-                del self.keys[k]
-            spare_gone = [r.key_id for r in self.held_spares.values() if r.expires_at <= now]
-            for k in spare_gone:
-                del self.held_spares[k]
-            for pool in self.spares.values():
+            gone = [r for r in self.keys.values() if r.expires_at <= now]
+            for r in gone:
+                del self.keys[r.key_id]
+            held = [r for r in self.held_spares.values() if r.expires_at <= now]
+            for r in held:
+                del self.held_spares[r.key_id]
+            pooled = []
+            for pair, pool in self.spares.items():
                 old = [r for r in pool if r.expires_at <= now]
                 for r in old:
                     pool.remove(r)
-                spare_gone += [r.key_id for r in old]
+                pooled += [(pair, r) for r in old]
             stale = [rid for rid, st in self.requests.items() if time.monotonic() - st.created > 3 * REQUEST_TIMEOUT_S]
             for rid in stale:
                 self.requests.pop(rid, None)
@@ -246,12 +251,25 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
                 self.request_keys.pop(rid, None)
                 self.request_keys_source.pop(rid, None)
                 self._tapped.pop(rid, None)
+            spare_gone = [r.key_id for r in held] + [r.key_id for _, r in pooled]
             if gone or spare_gone:
-                await self._commit(Batch(delete_keys=gone + spare_gone, audit=[{
-                    "time": round(now, 6), "event": "expire", "key_ids": gone, "spare_keys": len(spare_gone),
-                    "outcome": "deleted after key_ttl_s"}]))
+                try:
+                    await self._commit(Batch(delete_keys=[r.key_id for r in gone] + spare_gone, audit=[{
+                        "time": round(now, 6), "event": "expire", "key_ids": [r.key_id for r in gone],
+                        "spare_keys": len(spare_gone), "outcome": "deleted after key_ttl_s"}]))
+                except CommitFailed:  # still stored: back in memory (expired: never delivered), the next pass retries
+                    self.keys.update((r.key_id, r) for r in gone)
+                    self.held_spares.update((r.key_id, r) for r in held)
+                    for pair, r in pooled:
+                        self.spares[pair].append(r)
+
+    def _health_changed(self, step: str, failed: bool) -> None:
+        """The store's health changed (on any thread): the next link report, with the node's readiness, goes now."""
+        if self._loop is not None and self._report_now is not None:
+            self._loop.call_soon_threadsafe(self._report_now.set)
 
     async def start_tasks(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.sync_offsets()
         if self.device is not None:  # and keep each device-fed link's outgoing direction topped up
             await asyncio.gather(self.report_links(), self.device.run())
@@ -265,8 +283,11 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
 
 
 def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: int | None = None,
-               log_level: str = "warning", log_format: str = "text") -> None:
-    """Serve one node until SIGINT/SIGTERM (``metrics_port``, logs: :mod:`.ops`, :mod:`qkdseg.server.logs`)."""
+               log_level: str = "warning", log_format: str = "text", exit_after_unready: float = 30.0) -> int:
+    """Serve one node until SIGINT/SIGTERM (``metrics_port``, logs: :mod:`.ops`, :mod:`qkdseg.server.logs`); returns
+    the exit status: 1 after ``exit_after_unready`` seconds of a failing store (:mod:`qkdseg.server.watchdog`)."""
+    from ..server.watchdog import Watchdog
+
     from ..server import logs
     from ..server.http import limited_protocol
     from .nodeapp import create_node_app
@@ -284,6 +305,7 @@ def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: 
     logs.configure(log_level, log_format, prefix="qkdseg node")
     svc = NodeService(Path(directory), tap=tap)
     svc.hostile = hostile
+    svc.watchdog = Watchdog(svc.store.health, exit_after_unready, probes=[svc.committer.probe, svc.relaydb.probe])
     logs.configure(log_level, log_format, prefix=f"qkdseg node {svc.id}")
     host, port = svc.conf["address"].rsplit(":", 1)
     d = Path(directory)
@@ -302,6 +324,7 @@ def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: 
                                 max_connections=c.max_connections)
         run_uvicorn(create_node_app(svc), host, int(port), ctx, d / "node.crt", http=http,
                     keep_alive_s=c.keep_alive_s, ops=attach_node(svc), metrics_port=metrics_port, log_level=log_level,
+                    watchdog=svc.watchdog,
                     on_ready=lambda: logs.say(f"listening on https://{host}:{port} "
                                               f"({len(svc.saes)} SAEs, {len(svc.links)} links)"))
     finally:
@@ -310,3 +333,4 @@ def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: 
             prof.disable()
             prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / f"node-{d.resolve().name}.prof"))
     logs.say("stopped", err=True)
+    return svc.watchdog.exit_status

@@ -236,7 +236,9 @@ def relay_routes(svc) -> list[Route]:
             raise Problem(404, "Not Found", f"{len(unknown)} message id(s) of this ack were never sent to node "
                                             f"{role.ident!r} by node {svc.id!r}; nothing was recorded",
                           unknown=[i[:64] for i in unknown[:16]])
-        svc.relaydb.statuses("outbox", [(a["status"], i) for a, i in zip(acks, ids)])
+        if not svc.relaydb.statuses("outbox", [(a["status"], i) for a, i in zip(acks, ids)]):
+            raise Problem(503, "Service Unavailable", "the acknowledgements could not be stored (a write of this "
+                                                      "node's relay store failed)")
         return json_response({"acknowledged": len(acks)}, 200)
 
     @problem_routes

@@ -42,11 +42,11 @@ def metrics_for(kind: str, *, links=None, gauges: dict | None = None) -> Metrics
 
 
 def _store_checks(store, committer) -> dict:
-    failed = committer.failed
+    from ..server.storehealth import store_check
+
     rep = getattr(store, "audit_at_start", None)
-    ok = store.db is not None and failed is None
     return {
-        "store": (ok, "open" if ok else (f"failed ({type(failed).__name__}); restart" if failed else "closed")),
+        "store": store_check(store, committer),
         "audit_chain": (rep is not None, "not checked" if rep is None else
                         f"checked at start: {rep.records} records"
                         + (f", {len(rep.problems)} problem(s) accepted" if rep.problems else " intact")),
@@ -76,6 +76,7 @@ def attach_node(svc) -> tuple[Metrics, object, object]:
     }
     m = metrics_for("node", links=links, gauges=gauges)
     svc.committer.on_commit = m.observe_commit
+    m.watch_store(svc.store.health)
 
     def on_relay(dst: str, outcomes: list[tuple[str, bool]]) -> None:
         c = m.relay_messages

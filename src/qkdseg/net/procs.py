@@ -76,8 +76,9 @@ def _alive(pid) -> bool:
         return True
 
 
-def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str, bool]:
-    """Each process's health check over mutual TLS (the controller's certificate), by name."""
+def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dict | None = None) -> dict[str, bool]:
+    """Each process's health check over mutual TLS (the controller's certificate), by name (``bodies``: filled with
+    each answering node's and controller's ``/health`` JSON, by name)."""
     import httpx
 
     from .wire import client_context
@@ -98,6 +99,8 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str
                 return r.status_code == 200 and "links" in r.json()
             with httpx.Client(verify=ctx, timeout=timeout) as cl:
                 r = cl.get(f"https://{p['address']}/health")
+            if bodies is not None and r.status_code == 200:
+                bodies[p["name"]] = r.json()
             return r.status_code == 200 and r.json().get("status") == "ok"
         except Exception:  # noqa: BLE001 -- not answering is unhealthy
             return False
@@ -118,7 +121,8 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0) -> dict[str
 def status(directory: Path) -> list[dict]:
     procs = processes(directory)
     pids = _pids(directory)
-    ok = health(directory, procs)
+    bodies: dict = {}
+    ok = health(directory, procs, bodies=bodies)
     try:
         dash = json.loads((directory / "run" / "dashboard.json").read_text())["url"]
     except (FileNotFoundError, ValueError, KeyError):
@@ -126,6 +130,9 @@ def status(directory: Path) -> list[dict]:
     rows = [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
              "dashboard_url": dash if p["name"] == "controller" and pids else None} for p in procs]
+    for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
+        if p["role"] == "controller":
+            row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})
     if any(p["role"] == "etcd" for p in procs) or sum(p["role"] == "controller" for p in procs) > 1:
         from .cluster import leaders
 

@@ -24,6 +24,7 @@ from ..keys.material import KeyMaterial
 from ..keys.steps import NodePart, RelayNode
 from ..server.etsi import KmsError
 from ..server.store import Batch, KeyRow
+from ..server.storehealth import CommitFailed
 from .messaging import _dec, _enc, _trace
 
 logger = logging.getLogger("qkdseg.net")
@@ -87,7 +88,11 @@ class RelayRequests:
             self._fail(request_id, err.message)
             return
         self._record_tap(request_id, st.relay)
-        self.send(out, request_id)
+        try:
+            self.send(out, request_id)
+        except CommitFailed:  # nothing sent, the counters put back; the request failed (send)
+            logger.warning("request %s: its part was not sent (the relay store failed a write)", request_id)
+            return
         for msg in self.take_early(st):  # their backlog released; senders the plan does not name: dropped
             self._process(st, msg)
         self._check_done(st)
@@ -156,6 +161,10 @@ class RelayRequests:
                             "outcome": "stored; confirmation sent"})
         try:
             await self.committer.commit(batch)
+        except CommitFailed:  # not stored: no confirmation, the source times out and voids (nothing issued)
+            logger.warning("request %s: the keys could not be stored (the store failed a write)", st.request_id)
+            self.requests.pop(st.request_id, None)
+            return
         except Exception:  # noqa: BLE001 -- not stored: no confirmation, the source times out and voids
             logger.exception("request %s: the keys could not be stored", st.request_id)
             return
@@ -164,8 +173,11 @@ class RelayRequests:
         self.request_keys[st.request_id] = [row.key_id for _, row in rows]
         self.request_keys_source[st.request_id] = relay.part.segment_nodes[0]
         tags = [[list(kid), base64.b64encode(_tag(st.request_id, kid, k)).decode()] for kid, k in held]
-        self.send([{"kind": "confirm", "dst": relay.part.segment_nodes[0], "tags": tags,
-                    "key_ids": [[list(kid), row.key_id] for kid, row in rows]}], st.request_id)
+        try:  # not sent: the source times out and voids the keys stored here
+            self.send([{"kind": "confirm", "dst": relay.part.segment_nodes[0], "tags": tags,
+                        "key_ids": [[list(kid), row.key_id] for kid, row in rows]}], st.request_id)
+        except CommitFailed:
+            logger.warning("request %s: the confirmation was not sent (the relay store failed a write)", st.request_id)
         self.requests.pop(st.request_id, None)
 
     async def _finish(self, st: ReqState) -> None:
@@ -179,9 +191,14 @@ class RelayRequests:
         chosen = [(ids.get(kid), k, float(secs[i])) for i, (kid, k) in enumerate(mine)]
         ok = ok and len(chosen) >= number and all(key_id for key_id, _, _ in chosen)
         if not ok:
-            self.send([{"kind": "void", "dst": relay.part.segment_nodes[-1]}], st.request_id)
-            await self.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
-                                                      "request_id": st.request_id, "outcome": "confirmation failed"}]))
+            try:
+                self.send([{"kind": "void", "dst": relay.part.segment_nodes[-1]}], st.request_id)
+                await self.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
+                                                          "request_id": st.request_id,
+                                                          "outcome": "confirmation failed"}]))
+            except CommitFailed:  # not voided (or not audited) here: the destination's keys expire unfetched
+                logger.warning("request %s: the void was not sent or not audited (the store failed a write)",
+                               st.request_id)
             self._fail(st.request_id, "key confirmation failed (the two ends' keys differ); the keys were voided")
             return
         _trace(st.request_id, "confirmed")
@@ -190,17 +207,29 @@ class RelayRequests:
                                   [(key_id, k.reveal(), sec) for key_id, k, sec in chosen[number:]]))
 
     async def void_keys(self, request_id: str) -> None:
-        """At the destination: delete a voided request's keys (never delivered), audited."""
+        """At the destination: delete a voided request's keys (never delivered), audited. A failed commit puts
+        them back as they were (stored; their master never got their ids) and raises :class:`CommitFailed`."""
         self.requests.pop(request_id, None)
-        ids = [k for k in self.request_keys.pop(request_id, []) if k in self.keys or k in self.held_spares]
-        for k in ids:
-            self.keys.pop(k, None)
-            self.held_spares.pop(k, None)
-        await self.committer.commit(Batch(delete_keys=ids, audit=[{
-            "time": round(time.time(), 6), "event": "void", "request_id": request_id, "key_ids": ids,
-            "outcome": "voided by the source"}]))
+        stored = self.request_keys.pop(request_id, [])
+        ids = [k for k in stored if k in self.keys or k in self.held_spares]
+        gone = {k: (self.keys.pop(k, None), self.held_spares.pop(k, None)) for k in ids}
+        try:
+            await self.committer.commit(Batch(delete_keys=ids, audit=[{
+                "time": round(time.time(), 6), "event": "void", "request_id": request_id, "key_ids": ids,
+                "outcome": "voided by the source"}]))
+        except CommitFailed:
+            for k, (issued, spare) in gone.items():
+                if issued is not None:
+                    self.keys[k] = issued
+                if spare is not None:
+                    self.held_spares[k] = spare
+            self.request_keys[request_id] = stored
+            raise
 
     def _void(self, request_id: str) -> None:
         st = self.requests.get(request_id)
         if st is not None and st.relay is not None:
-            self.send([{"kind": "void", "dst": st.relay.part.segment_nodes[-1]}], request_id)
+            try:
+                self.send([{"kind": "void", "dst": st.relay.part.segment_nodes[-1]}], request_id)
+            except CommitFailed:  # not sent: the destination's keys expire unfetched (their ids never left)
+                logger.warning("request %s: the void was not sent (the relay store failed a write)", request_id)

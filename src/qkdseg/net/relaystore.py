@@ -4,15 +4,28 @@
 WAL): the link offsets, the relay messages it sent (outbox) and received
 (inbox). :class:`NetLinkEnd` is this node's end of one link: its outgoing
 counter over the link's key stream and the incoming reads.
+
+A write that fails (a full disk, any SQLite error) is rolled back and raises
+:class:`qkdseg.server.storehealth.CommitFailed` (``relay_db`` fails in the
+node's store health until a write works again). Memory never runs ahead of
+the file with offsets a message used: a node writes the offsets its
+messages take before it sends them, and when that write fails it sends
+nothing and puts its counters back to the offsets committed
+(:meth:`RelayDB.durable`), so no pad bit leaves the node without being on
+disk, and none is used twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
+import time
 from pathlib import Path
 
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
+from ..server.storehealth import CommitFailed, StoreHealth
 from .keystream import LinkStream
 from .layout import link_name
 
@@ -26,7 +39,9 @@ CREATE TABLE IF NOT EXISTS inbox (message_id TEXT PRIMARY KEY, request_id TEXT N
                                   kind TEXT NOT NULL, status TEXT NOT NULL, t REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (message_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, dst TEXT NOT NULL,
                                    kind TEXT NOT NULL, status TEXT NOT NULL, t REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, t REAL NOT NULL);
 """
+logger = logging.getLogger("qkdseg.net")
 
 
 class RelayDB:
@@ -36,21 +51,38 @@ class RelayDB:
     a crash of the process (``kill -9``), which is the failure the offsets guard.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, health: StoreHealth | None = None) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self.health = health or StoreHealth()
+        self.durable = self.offsets()  # the offsets as committed
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return {(lk, d): v for lk, d, v in self.db.execute("SELECT link, dir, value FROM offsets")}
 
+    def transaction(self, body) -> None:
+        """``body(db)`` in one transaction; rolled back and :class:`CommitFailed` (``relay_db``) when it fails."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            body(db)
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self.health.failed("relay_db", err)
+            raise CommitFailed("relay_db", err) from err
+        self.health.worked("relay_db")
+
     def write(self, offsets: dict, inbox=(), outbox=()) -> list[bool]:
         """One transaction: offsets, then rows; returns, per inbox row, whether it was new."""
-        db = self.db
-        new = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        new: list[bool] = []
+
+        def body(db):
+            new.clear()
             if offsets:
                 db.executemany("INSERT INTO offsets VALUES (?,?,?) ON CONFLICT(link, dir) DO UPDATE SET "
                                "value=max(value, excluded.value)", [(lk, d, v) for (lk, d), v in offsets.items()])
@@ -59,10 +91,10 @@ class RelayDB:
                 new.append(cur.rowcount == 1)
             if outbox:
                 db.executemany("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?)", outbox)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+
+        self.transaction(body)
+        for key, v in offsets.items():
+            self.durable[key] = max(self.durable.get(key, 0), v)
         return new
 
     def sent_to(self, dst: str, ids: list[str]) -> set[str]:
@@ -75,15 +107,18 @@ class RelayDB:
                 (dst, *chunk)))
         return out
 
-    def statuses(self, table: str, rows: list[tuple[str, str]]) -> None:
-        """``(status, message_id)`` rows in one transaction."""
-        self.db.execute("BEGIN")
+    def statuses(self, table: str, rows: list[tuple[str, str]]) -> bool:
+        """``(status, message_id)`` rows in one transaction; False (logged, never raised) when it fails: a
+        message's 020 status is a record, no key and no offset depends on it."""
         try:
-            self.db.executemany(f"UPDATE {table} SET status=? WHERE message_id=?", rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+            self.transaction(lambda db: db.executemany(f"UPDATE {table} SET status=? WHERE message_id=?", rows))
+        except CommitFailed:
+            return False
+        return True
+
+    def probe(self) -> None:
+        """A write that changes nothing a request reads: :class:`CommitFailed` while the file cannot be written."""
+        self.transaction(lambda db: db.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),)))
 
     def close(self) -> None:
         self.db.close()

@@ -71,7 +71,9 @@ class Reports:
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
                         "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
-                "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))}}
+                "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))},
+                # not ready while a write of its store fails: the controller then plans around it
+                "qkdseg_ready": self.store.health.ok, "qkdseg_store": self.store.health.detail()}
 
     async def report_links(self) -> None:
         """After the start's offset sync, every ``QKDSEG_REPORT_S`` seconds, and within ``EVENTS_REPORT_S`` of an

@@ -13,6 +13,7 @@ import time
 import uuid
 
 from ..server.store import Batch
+from ..server.storehealth import CommitFailed
 from .relayrequests import REQUEST_TIMEOUT_S
 from .wire import Problem
 
@@ -25,7 +26,12 @@ class Spares:
 
         The slave's node issues them first (``issue`` message, applied before
         its 202); a message that fails leaves their state there uncertain, so
-        they are dropped here (deleted, audited), never offered again.
+        they are dropped here (deleted, audited), never offered again. A write
+        that fails here (the intent, the drop) puts them back in the pool as the
+        store holds them and raises :class:`CommitFailed`; so does the caller
+        when it cannot commit their issue (:meth:`put_back`): offered again
+        later, to the same pair, an ``issue`` the slave's node already applied
+        is accepted again there.
         """
         pool = self.spares.get((master, slave))
         if not pool:
@@ -38,22 +44,35 @@ class Spares:
             pool.remove(row)
         rid = str(uuid.uuid4())
         dst = str(self.registry[slave])
-        futs = self.send([{"kind": "issue", "dst": dst, "master": master, "slave": slave,
-                           "key_ids": [row.key_id for row in take]}], rid)
+        try:
+            futs = self.send([{"kind": "issue", "dst": dst, "master": master, "slave": slave,
+                               "key_ids": [row.key_id for row in take]}], rid)
+        except CommitFailed:
+            self.put_back(master, slave, take)
+            raise
         try:
             await asyncio.wait_for(asyncio.gather(*futs), REQUEST_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 -- not issued there, or not known: never offered again
-            await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
-                "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
-                "key_ids": [row.key_id for row in take],
-                "outcome": f"spare keys dropped: node {dst} did not issue them ({type(exc).__name__})"}]))
+            try:
+                await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
+                    "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
+                    "key_ids": [row.key_id for row in take],
+                    "outcome": f"spare keys dropped: node {dst} did not issue them ({type(exc).__name__})"}]))
+            except CommitFailed:
+                self.put_back(master, slave, take)
+                raise
             return None
         keys = [(row.key_id, self.store.open(row), row.security) for row in take]
         summary = {"spare": True, "request_id": rid, "security": min(row.security for row in take)}
-        return keys, summary, Batch(delete_keys=[row.key_id for row in take])
+        return keys, summary, Batch(delete_keys=[row.key_id for row in take]), take
+
+    def put_back(self, master: str, slave: str, rows: list) -> None:
+        """Spare keys taken by a request whose write failed: back at the front of their pool, as stored."""
+        self.spares[(master, slave)].extendleft(reversed(rows))
 
     async def issue_spares(self, w: dict) -> None:
-        """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202)."""
+        """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202; a
+        failed commit changes nothing and raises :class:`CommitFailed`: the source does not issue them)."""
         rows = []
         for key_id in [str(k) for k in w["key_ids"]]:
             row = self.held_spares.get(key_id)

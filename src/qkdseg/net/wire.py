@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from ..server.http import STATE_KEY, PeerCertH11Protocol
 from ..server.etsi import Caller
+from ..server.storehealth import CommitFailed
 
 ROLE_KEY = "qkdseg_role"
 
@@ -146,6 +147,8 @@ def problem_routes(handler):
             return await handler(request)
         except Problem as p:
             return p.response()
+        except CommitFailed as err:  # a write of this server's store failed: nothing of the message was stored
+            return Problem(503, "Service Unavailable", err.message, reason=err.reason, status_020="failed").response()
         except (ValueError, KeyError, TypeError, OverflowError) as err:  # OverflowError: int(1e400)
             return Problem(400, "Bad Request", f"malformed message: {type(err).__name__}").response()
 
@@ -164,14 +167,15 @@ async def read_json(request) -> dict:
 
 def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, on_ready=None, *,
                 http: type | None = None, keep_alive_s: float = 30.0, ops=None, metrics_port: int | None = None,
-                log_level: str = "warning", dashboard: dict | None = None) -> None:
+                log_level: str = "warning", dashboard: dict | None = None, watchdog=None) -> None:
     """Serve ``app`` over ``ctx`` until SIGINT/SIGTERM (the app's lifespan closes its stores).
 
     ``ops`` (``(metrics, health, ready)``, :mod:`.ops`) times every request into the metrics and gives it a
     request id; with ``metrics_port``, ``/metrics``, ``/healthz`` and ``/readyz`` are served over plain HTTP on
     127.0.0.1 at that port, on the same event loop. ``dashboard`` (``service``, ``host``, ``port``): the operator
     dashboard of that key service on the same loop, as ``kms serve --dashboard-port`` runs it (over TLS with the
-    access token off loopback).
+    access token off loopback). ``watchdog`` (:class:`qkdseg.server.watchdog.Watchdog`) is given the way to stop
+    every listener.
     """
     import asyncio
 
@@ -179,6 +183,7 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
 
     from ..server.http import QuickCloseH11Protocol, listen_socket as listen
     from ..server.logs import say
+    from ..server.watchdog import stop_servers
 
     sock = listen(host, port)
     if ops is not None:
@@ -219,6 +224,8 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
                       + (" (access token: DIR/dashboard.token)" if token else "")))
     if not sides:
         server = uvicorn.Server(config)
+        if watchdog is not None:
+            watchdog.stoppers.append(lambda: stop_servers(server))
         if on_ready is not None:
             on_ready()
         server.run(sockets=[sock])
@@ -235,6 +242,8 @@ def run_uvicorn(app, host: str, port: int, ctx: ssl.SSLContext, certfile: Path, 
     for other, *_ in sides:
         other.capture_signals = lambda: _no_capture()  # the main server takes the signals
     server = Main(config)
+    if watchdog is not None:
+        watchdog.stoppers.append(lambda: stop_servers(server, *(other for other, *_ in sides)))
     if on_ready is not None:
         on_ready()
     for *_, line in sides:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,3 +182,47 @@ def check_head(rep: AuditReport, head: tuple[int, str] | None, pending: tuple[in
                                 "(lines were removed from the end, or added)")
     elif not hmac.compare_digest(head_mac, rep.last_mac):
         rep.problems.append(f"the last line (seq {head_seq}) is not the database's chain head (it was rewritten)")
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash (or a full disk) left without its newline (its record is appended again from
+    the database's table)."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            fh.seek(pos - step)
+            chunk = fh.read(step)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                pos = pos - step + i + 1
+                break
+            pos -= step
+        logging.getLogger("qkdseg.kms").warning("%s: cut a torn last line (%d bytes, a write cut by a crash or a "
+                                                "full disk)", path, size - pos)
+        fh.truncate(pos)
+
+
+def last_seq(path: Path) -> int:
+    """The ``seq`` of the last whole record in the file (0 for none)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 65536))
+        tail = fh.read().splitlines()
+    for line in reversed(tail):
+        try:
+            return int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0

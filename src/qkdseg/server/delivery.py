@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .etsi import MSG_NOT_FOUND, Caller, KmsError, _b64
 from .store import Batch, KeyRow
+from .storehealth import CommitFailed
 
 
 def take_keys(keys: dict[str, KeyRow], pending: set[str], store, caller: Caller, master: str, key_ids: list[str],
@@ -45,6 +46,18 @@ def take_keys(keys: dict[str, KeyRow], pending: set[str], store, caller: Caller,
     for row in rows:
         del keys[row.key_id]
     return out, Batch(delete_keys=[row.key_id for row in rows])
+
+
+async def commit_delivery(keys: dict[str, KeyRow], out: list[tuple[KeyRow, bytes]], batch: Batch, commit) -> None:
+    """``await commit(batch)`` of the keys ``out`` that :func:`take_keys` took; when that fails
+    (:class:`.storehealth.CommitFailed`: nothing stored) they are put back in ``keys``, fetchable again as they
+    were, and the error is raised (a JSON 503)."""
+    try:
+        await commit(batch)
+    except CommitFailed:
+        for row, _ in out:
+            keys[row.key_id] = row
+        raise
 
 
 def keys_body(keys: list[tuple[KeyRow, bytes]]) -> dict:

@@ -8,6 +8,7 @@ import contextlib
 import time
 
 from .store import Batch, Store
+from .storehealth import CommitFailed
 
 
 class GroupCommit:
@@ -15,7 +16,12 @@ class GroupCommit:
 
     ``await commit(batch)`` returns once ``batch`` is durable. While one
     transaction is being written, the batches that arrive are merged into
-    the next one.
+    the next one. A transaction that fails (:class:`.storehealth.CommitFailed`:
+    rolled back) fails the batches merged into it, and only those: each caller
+    restores what it changed in memory (a caller makes nothing visible to
+    other requests before its batch is committed, so the batches of one
+    transaction never depend on each other's). ``failed`` is the last
+    transaction's error until a transaction (or :meth:`probe`) works again.
     """
 
     def __init__(self, store: Store) -> None:
@@ -29,8 +35,6 @@ class GroupCommit:
         self.on_commit = None
 
     async def commit(self, batch: Batch) -> None:
-        if self.failed is not None:
-            raise self.failed
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((batch, fut))
@@ -52,19 +56,44 @@ class GroupCommit:
                 if self.on_commit is not None:
                     with contextlib.suppress(Exception):
                         self.on_commit(time.perf_counter() - t0, len(work), merged.audit)
-            except BaseException as err:  # the store is no longer in step with memory: refuse from now on
-                self.failed = err
+            except BaseException as err:  # rolled back: these batches' callers restore their memory
+                self._failed(err)
                 for _, fut in work:
                     if not fut.done():
                         fut.set_exception(err)
-                for _, fut in self._pending:
-                    if not fut.done():
-                        fut.set_exception(err)
-                self._pending = []
-                return
+                if isinstance(err, asyncio.CancelledError):
+                    raise
+                continue
+            self._worked()
             for _, fut in work:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _failed(self, err: BaseException) -> None:
+        self.failed = err
+        health = getattr(self.store, "health", None)
+        if health is not None and isinstance(err, CommitFailed):
+            health.failed(err.step, err.cause or err)
+
+    def _worked(self) -> None:
+        self.failed = None
+        health = getattr(self.store, "health", None)
+        if health is not None:
+            health.worked("transaction")
+
+    async def probe(self) -> bool:
+        """Try a write that changes nothing a request reads (:meth:`.store.Store.probe`) on the writer thread;
+        True when it worked (the store writes again, and the audit file has caught up)."""
+        probe = getattr(self.store, "probe", None)
+        if probe is None:
+            return self.failed is None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, probe)
+        except CommitFailed as err:
+            self._failed(err)
+            return False
+        self._worked()
+        return getattr(self.store, "health", None) is None or self.store.health.ok
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

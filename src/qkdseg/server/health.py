@@ -48,16 +48,17 @@ def service_metrics(service, kind: str = "kms"):
     }
     m = Metrics(kind, __version__, links=links, gauges=gauges)
     service.committer.on_commit = m.observe_commit
+    if getattr(service.store, "health", None) is not None:
+        m.watch_store(service.store.health)
     return m
 
 
 def kms_ready(service, kind: str = "kms") -> dict:
     """``/readyz``: the store open and writable, the audit chain checked at start, a link holding a key's worth."""
     from .metrics import ready_body
+    from .storehealth import store_check
 
     store = service.store
-    failed = service.committer.failed
-    store_ok = store.db is not None and failed is None
     rep = getattr(store, "audit_at_start", None)
     if rep is None:
         audit = (False, "not checked")
@@ -70,8 +71,7 @@ def kms_ready(service, kind: str = "kms") -> dict:
     size = service.cfg.key_size
     n = int((service.levels.level >= size).sum())
     return ready_body(kind, {
-        "store": (store_ok, "open" if store_ok else f"failed ({type(failed).__name__}); restart the service"
-                  if failed is not None else "closed"),
+        "store": store_check(store, service.committer),
         "audit_chain": audit,
         "key_material": (n > 0, f"{n} of {service.arrays.n_links} links hold at least key_size={size} bits"),
     })

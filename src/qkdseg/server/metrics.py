@@ -134,10 +134,27 @@ class Metrics:
                                  ["outcome"], registry=r)
             self.leader = Gauge("qkdseg_controller_leader", "1 while this controller is the leader, else 0.",
                                 registry=r)
+        self.store_failures = Counter("qkdseg_store_write_failures", "Writes of the store that failed, by step: "
+                                      "transaction (rolled back), audit_file (the copy to audit.jsonl after a "
+                                      "commit), relay_db (a node's relay store).", ["step"], registry=r)
+        for step in ("transaction", "audit_file", "relay_db"):
+            self.store_failures.labels(step=step)
+        self.store_ok = Gauge("qkdseg_store_ok", "1 while every write step of the store works, 0 while one fails "
+                              "(the server exits after --exit-after-unready seconds of 0).", registry=r)
+        self.store_ok.set(1)
         all_gauges = {"qkdseg_uptime_seconds": ("Seconds since this server started.",
                                                 lambda: time.time() - self.started)}
         all_gauges.update(gauges or {})
         r.register(_Scraped(links, all_gauges))
+
+    def watch_store(self, health) -> None:
+        """Count ``health``'s write failures (:class:`.storehealth.StoreHealth`) and show whether it writes now."""
+        def seen(step: str, failed: bool) -> None:
+            if failed:
+                self.store_failures.labels(step=step).inc()
+
+        health.listeners.append(seen)
+        self.store_ok.set_function(lambda: 1.0 if health.ok else 0.0)
 
     # -- the key service's audited events ---------------------------------------------
     def observe(self, event: dict) -> None:

@@ -20,6 +20,13 @@ A plan for ``missing`` keys of ``size`` bits at level ``epsilon``
 3. **Relays.** ``r = ceil(missing / n)`` relays of the route, if every
    link of the route holds ``r`` times its share; the bits each link pays are
    returned with the plan for the caller to reserve.
+
+**Excluded nodes.** :attr:`Planner.excluded` is the one set of nodes the
+planner does not plan through, each with its reason(s) (``unready``: the
+node said its store fails; later ``suspect``, ``removed``): routing sees a
+level of 0 on every link of an excluded node, and a request whose own SAE
+sits at one is refused with 503 ``node_excluded``. The levels themselves are
+not changed.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ class Planner:
         get_algorithm(self.algorithm)
         self.levels: LinkLevels | None = None
         self.changes: list[str] = []
+        #: Node id (text) -> the reasons it is excluded from planning (see the module docstring).
+        self.excluded: dict[str, set[str]] = {}
 
     # -- the levels -------------------------------------------------------------------
     def load(self, store) -> None:
@@ -163,10 +172,68 @@ class Planner:
         self.levels.debit(links, bits[links])
         return links
 
+    def release(self, bits: np.ndarray) -> None:
+        """Undo :meth:`reserve` of ``bits`` whose commit failed (nothing used them): the level back (at most the
+        capacity) and the consumed offset back down; additive, so the reservations made meanwhile stay."""
+        lv = self.levels
+        links = np.flatnonzero(bits)
+        lv.consumed[links] -= bits[links]
+        lv.level[links] = np.minimum(lv.capacity[links], lv.level[links] + bits[links])
+
+    # -- the excluded nodes -----------------------------------------------------------------
+    def exclude(self, node, reason: str) -> bool:
+        """Stop planning through ``node`` for ``reason``; True when that changed something."""
+        reasons = self.excluded.setdefault(str(node), set())
+        if reason in reasons:
+            return False
+        reasons.add(reason)
+        logger.warning("node %s excluded from planning (%s)", node, ", ".join(sorted(reasons)))
+        return True
+
+    def readmit(self, node, reason: str) -> bool:
+        """Withdraw ``reason`` for ``node`` (planned through again once no reason is left); True when it changed."""
+        reasons = self.excluded.get(str(node))
+        if not reasons or reason not in reasons:
+            return False
+        reasons.discard(reason)
+        if not reasons:
+            del self.excluded[str(node)]
+            logger.warning("node %s planned through again (no longer %s)", node, reason)
+        return True
+
+    def excluded_view(self) -> dict[str, str]:
+        """``{node: reason}`` (several reasons joined by ``,``): what ``/health`` and ``net status`` show."""
+        return {node: ",".join(sorted(r)) for node, r in sorted(self.excluded.items())}
+
+    def _excluded_index(self) -> list[int]:
+        index = {str(v): i for i, v in enumerate(self.arrays.node_ids)}
+        return [index[n] for n in self.excluded if n in index]
+
+    def usable(self, pool_bits: np.ndarray) -> np.ndarray:
+        """``pool_bits`` with 0 on every link of an excluded node (a copy; the array itself when none is)."""
+        nodes = self._excluded_index()
+        if not nodes:
+            return pool_bits
+        a = self.arrays
+        out = np.array(pool_bits, copy=True)
+        out[np.isin(a.edge_u, nodes) | np.isin(a.edge_v, nodes)] = 0
+        return out
+
+    def check_ends(self, s: int, d: int) -> None:
+        """Refuse (503 ``node_excluded``) a request between node indices ``s`` and ``d`` if either is excluded."""
+        for i in (s, d):
+            node = str(self.arrays.node_ids[i])
+            if node in self.excluded:
+                why = ",".join(sorted(self.excluded[node]))
+                raise KmsError(503, f"node {node} of the request's SAEs is excluded from planning ({why}); nothing "
+                                    "was debited; try again later", reason="node_excluded")
+
     # -- routes and plans ---------------------------------------------------------------
-    def route_and_plan(self, s: int, d: int, size: int, level: float, pool_bits: np.ndarray):
-        """The route between node indices ``s`` and ``d`` on ``pool_bits`` and its reconstruction at ``level``;
-        ``(None, None)`` when no route exists."""
+    def route_and_plan(self, s: int, d: int, size: int, level: float, pool_bits: np.ndarray, *, usable: bool = True):
+        """The route between node indices ``s`` and ``d`` on ``pool_bits`` (with 0 on the excluded nodes' links,
+        unless ``usable`` is false) and its reconstruction at ``level``; ``(None, None)`` when no route exists."""
+        if usable:
+            pool_bits = self.usable(pool_bits)
         opts = dict(self.cfg.algorithm_options)
         algo_options = get_algorithm(self.algorithm).options
         if "seed" in algo_options:  # a seeded algorithm (msp): a fresh seed, recorded
@@ -186,6 +253,8 @@ class Planner:
         """Keys per relay at ``level`` on the route a request would take now, and how many relays the pools afford."""
         if s == d:
             return 1, self.cfg.max_key_count, None
+        if any(str(self.arrays.node_ids[i]) in self.excluded for i in (s, d)):
+            return 0, 0, None
         r, rec = self.route_and_plan(s, d, size, level, self.levels.level)
         if r is None or rec is None or rec.n_keys == 0:
             return 0, 0, None
@@ -227,6 +296,7 @@ class Planner:
     def plan_relays(self, s: int, d: int, req: KeyRequest, missing: int):
         """The route, its plan, the number of relays to make ``missing`` keys and each link's bits for them;
         :class:`.etsi.KmsError` when impossible (nothing is reserved here)."""
+        self.check_ends(s, d)
         relays = 1
         for _ in range(4):
             pool = self.levels.level if relays == 1 else self.levels.level // relays
@@ -247,7 +317,7 @@ class Planner:
 
     def _level_unmet(self, s: int, d: int, req: KeyRequest, best: float):
         """Raise the refusal of a level no route meets now: 400 if mandatory, else 503; says if it never can be."""
-        r_full, ever = self.route_and_plan(s, d, req.size, req.level, self.levels.capacity)
+        r_full, ever = self.route_and_plan(s, d, req.size, req.level, self.levels.capacity, usable=False)
         if ever is None or ever.n_keys == 0:  # not even with every pool full
             best = r_full.security if r_full is not None else best
             never = (f"{EXTENSION_LEVEL}={req.level} can never be met between these SAEs on this network: "

@@ -30,10 +30,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import InvalidRequest
-from .audit import ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, read_lines
+from .audit import (ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, cut_torn_tail,
+                    last_seq, read_lines)
 from .lock import DirLock, lock_directory
 from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION
 from .storagekey import load_storage_key, storage_key_id
+from .storehealth import CommitFailed, StoreHealth
 
 logger = logging.getLogger("qkdseg.kms")
 
@@ -111,6 +113,8 @@ class Store:
         self.db_path = self.directory / DB_NAME
         self.audit_path = self.directory / AUDIT_NAME
         self.durability = durability
+        self.health = StoreHealth()  # which write steps fail now (.storehealth)
+        self._audit_behind = False  # committed records not yet in the file (a write of it failed)
         self._lock: DirLock | None = lock_directory(self.directory) if lock else None
         self.db: sqlite3.Connection | None = None
         try:
@@ -148,7 +152,7 @@ class Store:
             self.audit_seq, self.audit_hash = (0, GENESIS) if head is None else (int(head.split(":")[0]),
                                                                                  head.split(":")[1])
             self._synced_seq, self._synced_at = 0, 0.0
-            self._repair_torn_tail()
+            cut_torn_tail(self.audit_path)
             self._append_pending_audit()
         except sqlite3.Error as err:
             raise _sqlite_error(self.db_path, err) from None
@@ -298,49 +302,46 @@ class Store:
         check_head(rep, None if head is None else (int(head.split(":")[0]), head.split(":")[1]))
         return rep
 
-    def _repair_torn_tail(self) -> None:
-        """Cut a last line that a crash left without its newline (its record is appended again from the table)."""
-        if not self.audit_path.exists():
-            return
-        with open(self.audit_path, "rb+") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return
-            pos = size
-            while pos > 0:
-                step = min(65536, pos)
-                fh.seek(pos - step)
-                chunk = fh.read(step)
-                i = chunk.rfind(b"\n")
-                if i >= 0:
-                    pos = pos - step + i + 1
-                    break
-                pos -= step
-            logger.warning("%s: cut a torn last line (%d bytes, a write cut by a crash)", self.audit_path, size - pos)
-            fh.truncate(pos)
-
     def _append_pending_audit(self) -> None:
         """Append committed audit records that are not in the file yet (after a crash), then forget them."""
-        rows = self.db.execute("SELECT seq, line FROM audit ORDER BY seq").fetchall()
-        if not rows:
+        if self.db.execute("SELECT 1 FROM audit LIMIT 1").fetchone() is None:
             return
-        last = _last_seq(self.audit_path)
-        todo = [line for seq, line in rows if seq > last]
         self._synced_at = 0.0  # sync now
-        self._write_audit(todo)
+        self._catch_up_audit()
         self.db.execute("DELETE FROM audit WHERE seq <= ?", (self._synced_seq,))
 
+    def _catch_up_audit(self) -> None:
+        """Cut a torn last line, then append the committed records (the ``audit`` table) the file lacks."""
+        cut_torn_tail(self.audit_path)
+        last = last_seq(self.audit_path)
+        rows = self.db.execute("SELECT seq, line FROM audit WHERE seq > ? ORDER BY seq", (last,)).fetchall()
+        self._append_audit([line for _, line in rows])
+
     def _write_audit(self, lines: list[str]) -> None:
-        """Append ``lines`` (their records are committed in the ``audit`` table already).
+        """Append ``lines`` (their records are committed in the ``audit`` table already); never raises.
 
         The file is written at once (a crash of the process loses nothing)
         but synced at most once a second; the table keeps every record not
         yet synced, and a start appends those missing from the file, so a
-        power loss loses no committed record either.
+        power loss loses no committed record either. A write that fails (a
+        full disk, a read-only file) leaves the records in the table: the
+        next call appends every record the file lacks, from the table
+        (``audit_file`` fails in :attr:`health` meanwhile).
         """
+        try:
+            if self._audit_behind:
+                self._catch_up_audit()
+            else:
+                self._append_audit(lines)
+        except (OSError, sqlite3.Error) as err:
+            self._audit_behind = True
+            self.health.failed("audit_file", err)
+            return
+        if self._audit_behind:
+            self._audit_behind = False
+            self.health.worked("audit_file")
+
+    def _append_audit(self, lines: list[str]) -> None:
         if lines:
             fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(fd, "a", encoding="utf-8") as fh:
@@ -359,8 +360,12 @@ class Store:
     def commit(self, batch: Batch) -> None:
         """Write ``batch`` in one transaction, then append its audit lines to the file.
 
-        On an error (a full disk) nothing of the batch is in the database and
-        the chain's head in memory is put back; the error is re-raised.
+        A transaction that fails (a full disk, any SQLite error) is rolled
+        back: nothing of the batch is in the database, the chain's head in
+        memory is put back, and :class:`.storehealth.CommitFailed` is raised
+        (the caller restores what it changed in memory). Once the transaction
+        has committed, nothing is raised: a failed copy to the audit file is
+        caught up later (:meth:`_write_audit`).
         """
         seq0, hash0 = self.audit_seq, self.audit_hash
         chained = self.chain(batch.audit)
@@ -399,13 +404,31 @@ class Store:
                     (f"{self.audit_seq}:{self.audit_hash}",),
                 )
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             self.audit_seq, self.audit_hash = seq0, hash0
             if db.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL): no second error
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
+            if isinstance(err, (sqlite3.Error, OSError)):
+                raise CommitFailed("transaction", err) from err
             raise
         self._write_audit([line for _, line in chained])
+
+    def probe(self) -> None:
+        """A write that changes nothing a request reads (``meta.probe``) in its own transaction, then the audit
+        file's catch-up: :class:`.storehealth.CommitFailed` while the store cannot write."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO meta VALUES ('probe', ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                       (repr(time.time()),))
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise CommitFailed("transaction", err) from err
+        self._write_audit([])
 
     def close(self) -> None:
         """Sync the audit file, checkpoint the WAL, close, release the lock; a failing step is logged, not raised."""
@@ -420,24 +443,6 @@ class Store:
             logger.warning("closing the key store: %s (committed records stay in the database)", err)
         finally:
             self._abandon()
-
-
-def _last_seq(path: Path) -> int:
-    if not path.exists() or path.stat().st_size == 0:
-        return 0
-    import json
-
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - 65536))
-        tail = fh.read().splitlines()
-    for line in reversed(tail):
-        try:
-            return int(json.loads(line)["seq"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return 0
 
 
 def open_store(cfg, *, accept_broken_audit: bool = False) -> Store:
