@@ -566,7 +566,7 @@ def test_the_controllers_reservations_and_reports_are_stored_or_undone(controlle
         k = min(rows)
         u, v = (str(x) for x in (svc.arrays.node_ids[svc.arrays.edge_u[k]], svc.arrays.node_ids[svc.arrays.edge_v[k]]))
         body = {"qkd_node": {"qkdn_id": u, "qkd_links": {"qkd_link": [{
-            "link_id": json.dumps([int(u), int(v)]), "link_status": "ACTIVE", "qkdl_local": {"qkdn_id": u},
+            "link_id": json.dumps([int(u), int(v)], separators=(",", ":")), "link_status": "ACTIVE", "qkdl_local": {"qkdn_id": u},
             "qkdl_remote": {"qkdn_id": v}, "qkdseg_consumed_bits": int(svc.levels.consumed[k]) + 4096,
             "qkdseg_level_bits": None}]}}, "qkdseg_ready": False}
         before = (svc.levels.level.copy(), svc.levels.consumed.copy())
