@@ -54,7 +54,7 @@ def _store_checks(store, committer) -> dict:
 
 
 def attach_node(svc) -> tuple[Metrics, object, object]:
-    """Hook metrics to a :class:`~.node.NodeService`; returns ``(metrics, health, ready)`` for :func:`run_uvicorn`."""
+    """Hook metrics to a :class:`~.node.NodeService`; returns ``(metrics, health, ready)`` (the server's ``ops``)."""
     from .layout import link_name
 
     def links():
