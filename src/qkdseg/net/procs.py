@@ -230,11 +230,11 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
     other controllers, fault proxies) are taken from it. The other options: the module's docstring.
     """
     net = _net(directory)
+    ops = check_ops(directory, metrics_port_base, log_format, log_level, controllers)
     pids = _pids(directory)
     running = [name for name, pid in pids.items() if _alive(pid)]
     if running:
         raise InvalidRequest(f"{directory}: already up ({len(running)} processes running; 'qkdseg net down' first)")
-    ops = check_ops(directory, metrics_port_base, log_format, log_level, controllers)
     if (controllers or 1) != 1 or etcd or faults or (directory / "cluster.json").exists():
         from .cluster import plan
 
