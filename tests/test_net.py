@@ -314,7 +314,8 @@ def test_relay_api_checks_roles_and_offsets(net):
 def test_status_json_lists_every_live_process(net):
     rows = _status(net)
     assert len(rows) == 11 and [r["role"] for r in rows].count("controller") == 1
-    assert all(set(r) == {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url"} for r in rows)
+    assert all(set(r) == {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url", "metrics_url"}
+               for r in rows)
     assert all(r["healthy"] and isinstance(r["pid"], int) for r in rows)
     assert len({r["pid"] for r in rows}) == 11
     ctrl = next(r for r in rows if r["role"] == "controller")

@@ -21,28 +21,19 @@ must not change between runs):
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import socket
 from pathlib import Path
 
 from ..errors import InvalidRequest
+from .layout import write_private
 
 RESERVED_PORTS = {2379, 2380}
 COPY_SKIP = {"kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm", "audit.jsonl", "lock"}
 PORT_RANGE = (20000, 60000)
 #: ``net up --log-level`` in etcd's words
 ETCD_LEVELS = {"critical": "fatal", "error": "error", "warning": "warn", "info": "info", "debug": "debug"}
-
-
-def write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, mode 0600 (written whole: a temporary file renamed onto it)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def parse_port_range(text: str) -> tuple[int, int]:

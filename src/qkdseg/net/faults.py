@@ -107,7 +107,7 @@ def read_state(directory: Path) -> dict:
 
 
 def write_state(directory: Path, state: dict) -> None:
-    from .cluster import write_private
+    from .layout import write_private
 
     p = state_path(directory)
     p.parent.mkdir(mode=0o700, exist_ok=True)

@@ -43,6 +43,15 @@ CONTROLLER_HOST = "127.0.0.1"
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, mode 0600 (written whole: a temporary file renamed onto it)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def role_uri(role: str, ident: str | None = None) -> str:
     """``urn:qkdseg:node:<id>``, ``urn:qkdseg:controller`` or ``urn:qkdseg:sae:<id>`` (the id percent-encoded)."""
     return "urn:qkdseg:controller" if role == "controller" else f"urn:qkdseg:{role}:{quote(str(ident), safe='')}"

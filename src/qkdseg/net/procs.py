@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from .cluster import write_private
+from .layout import write_private
 
 
 def _net(directory: Path) -> dict:
