@@ -90,7 +90,8 @@ def serve(app, sock, *, http: type, ctx, certfile, keep_alive_s: float, ops: tup
     from .metrics import instrument
 
     server_class = graceful_server()
-    config = uvicorn.Config(instrument(app, ops[0], request_logger), http=http,
+    app = instrument(_cut_short(app, lambda: server.should_exit), ops[0], request_logger)
+    config = uvicorn.Config(app, http=http,
                             ssl_context_factory=lambda _cfg, _default: ctx, ssl_certfile=str(certfile),
                             access_log=access_log, log_level=log_level, log_config=None, lifespan="on",
                             timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=GRACE_S)
@@ -130,6 +131,40 @@ def serve(app, sock, *, http: type, ctx, certfile, keep_alive_s: float, ops: tup
         await asyncio.gather(*tasks)
 
     asyncio.run(run_all())
+
+
+#: The answer to a request the stop cut short (503, JSON as every error of the servers)
+CUT_SHORT = {"message": "the server stopped before this request completed; no key was delivered by it: ask again "
+                        "(at another server or after the restart)"}
+
+
+def _cut_short(app, stopping):
+    """``app``, where a request still running when the stop's grace ran out (uvicorn cancels it) is answered 503
+    with :data:`CUT_SHORT` instead of a bare 500 (its handler has voided what it started: docs/deploy.md)."""
+    import asyncio
+    import json
+
+    body = json.dumps(CUT_SHORT).encode()
+
+    async def wrapped(scope, receive, send):
+        started = False
+
+        async def watch(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, watch)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or started or not stopping():
+                raise
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 def _side_config(app, log_level: str, **more):
