@@ -315,16 +315,22 @@ def test_systemd_units_verify(tmp_path):
         pytest.skip("systemd-analyze is not installed here: the unit files are not verified")
     src = Path(__file__).parents[1] / "deploy" / "systemd"
     units = sorted(src.glob("*.service"))
-    assert {u.name for u in units} == {"qkdseg-kms.service", "qkdseg-node@.service", "qkdseg-controller.service"}
+    assert {u.name for u in units} == {"qkdseg-kms.service", "qkdseg-node@.service", "qkdseg-controller.service",
+                                       "qkdseg-controller-etcd@.service", "qkdseg-etcd@.service"}
     paths = []
     for unit in units:
         text = unit.read_text()
+        etcd = unit.name == "qkdseg-etcd@.service"
         for need in ("Restart=on-failure", "User=qkdseg", "StateDirectory=", "ProtectSystem=strict",
-                     "NoNewPrivileges=yes", "ExecStart=/usr/local/bin/qkdseg "):
+                     "NoNewPrivileges=yes", "UMask=0077",
+                     "ExecStart=/usr/bin/etcd" if etcd else "ExecStart=/usr/local/bin/qkdseg "):
             assert need in text, (unit.name, need)
-        # verify checks that ExecStart's program exists: point it at this environment's qkdseg
+        if "qkdseg kms serve" in text or "qkdseg controller serve" in text:  # numba caches its kernels there
+            assert "CacheDirectory=qkdseg" in text and "Environment=NUMBA_CACHE_DIR=%C/qkdseg" in text, unit.name
+        # verify checks that ExecStart's program exists: point it at this environment's qkdseg (and etcd)
         name = unit.name.replace("@.service", "@n0.service")
-        (tmp_path / name).write_text(text.replace("/usr/local/bin/qkdseg", QKDSEG))
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/qkdseg", QKDSEG)
+                                     .replace("/usr/bin/etcd", shutil.which("etcd") or "/bin/true"))
         paths.append(str(tmp_path / name))
     out = subprocess.run([tool, "verify", *paths], capture_output=True, text=True, timeout=120)
     ours = [line for line in (out.stdout + out.stderr).splitlines() if "qkdseg" in line]

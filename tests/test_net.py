@@ -323,7 +323,7 @@ def test_relay_api_checks_roles_and_offsets(net):
 def test_status_json_lists_every_live_process(net):
     rows = _status(net)
     assert len(rows) == 11 and [r["role"] for r in rows].count("controller") == 1
-    fields = {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url"}
+    fields = {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url", "metrics_url"}
     assert all(set(r) == fields | ({"excluded"} if r["role"] == "controller" else set()) for r in rows)
     assert all(r["healthy"] and isinstance(r["pid"], int) for r in rows)
     assert len({r["pid"] for r in rows}) == 11

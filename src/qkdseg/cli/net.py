@@ -87,16 +87,37 @@ def up(
     faults: Annotated[bool | None, typer.Option(
         "--faults", show_default=False,
         help="Put a fault proxy on every link ('qkdseg net fault' sets delay, loss and cuts).")] = None,
+    metrics_port_base: Annotated[int | None, typer.Option(
+        "--metrics-port-base", show_default=False,
+        help="Metrics on 127.0.0.1: the controller at this port, the i-th node of nodes.json at this + 1 + i "
+             "(net status --format json lists each metrics_url).")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        "--log-format", show_default=False, help="Every server's log format: text or json.")] = None,
+    log_level: Annotated[str | None, typer.Option(
+        "--log-level", show_default=False,
+        help="Every server's log level: critical, error, warning, info, debug.")] = None,
+    port_range: Annotated[str | None, typer.Option(
+        "--port-range", show_default=False,
+        help="LO-HI: the ports net up picks (etcd members, other controllers, fault proxies); "
+             "default 20000-60000.")] = None,
 ) -> None:
     """Start the controller and one process per node; wait until each is healthy; stop all on SIGINT/SIGTERM."""
     _need_server_extra()
+    from ..net.cluster import parse_port_range
     from ..net.procs import up as run, wait_foreground
 
+    if log_format is not None or log_level is not None:
+        check_log_options(log_level or "warning", log_format or "text")
+    ports = None if port_range is None else parse_port_range(port_range)
     rows = run(directory, timeout=timeout, dashboard_port=dashboard_port, controllers=controllers, etcd=etcd,
-               faults=faults)
+               faults=faults, metrics_port_base=metrics_port_base, log_format=log_format, log_level=log_level,
+               port_range=ports)
     _table(rows)
     if dashboard_port is not None:
         typer.echo(f"dashboard: http://127.0.0.1:{dashboard_port}/dashboard/")
+    if metrics_port_base is not None:
+        typer.echo(f"metrics: http://127.0.0.1:{metrics_port_base}/metrics (the controller), then one port per node "
+                   "(net status --format json: metrics_url)")
     if detach:
         typer.echo(f"running; stop with: qkdseg net down {directory}")
         return

@@ -6,6 +6,8 @@ must not change between runs):
 
 - ``etcd``: ``M`` members ``e0..``, each on 127.0.0.1 with a client and a peer
   port chosen free (never 2379/2380), data in ``DIR/etcd/<name>/``;
+  every port ``net up`` chooses is drawn from ``--port-range LO-HI``
+  (default 20000-60000);
 - ``controllers``: ``N`` controllers; the first is ``DIR/controller/`` at the
   address in ``net.json``, the others ``DIR/controller-<i>/`` (made from
   ``DIR/controller/`` on first use: its configuration, certificate and keys,
@@ -26,15 +28,32 @@ from pathlib import Path
 
 from ..errors import InvalidRequest
 from ..server.files import load_json
+from .layout import write_private
 
 RESERVED_PORTS = {2379, 2380}
 COPY_SKIP = {"kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm", "audit.jsonl", "lock"}
+PORT_RANGE = (20000, 60000)
+#: ``net up --log-level`` in etcd's words
+ETCD_LEVELS = {"critical": "fatal", "error": "error", "warning": "warn", "info": "info", "debug": "debug"}
 
 
-def free_port(host: str = "127.0.0.1", taken: set | None = None) -> int:
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``--port-range LO-HI`` -> ``(lo, hi)``; anything else is one line of error."""
+    lo, sep, hi = text.strip().partition("-")
+    if not (sep and lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
+        raise InvalidRequest(f"--port-range {text!r}: expected LO-HI, two ports with 1 <= LO <= HI <= 65535")
+    return int(lo), int(hi)
+
+
+def free_port(host: str = "127.0.0.1", taken: set | None = None, port_range: tuple[int, int] | None = None) -> int:
+    """A port free on ``host`` now, in ``port_range`` (default :data:`PORT_RANGE`), not in ``taken`` (then added)."""
     taken = taken if taken is not None else set()
-    for _ in range(200):
-        port = random.randint(20000, 60000)
+    lo, hi = port_range or PORT_RANGE
+    if hi - lo < 400:  # a narrow range: each of its ports once, in random order
+        candidates = random.sample(range(lo, hi + 1), hi - lo + 1)
+    else:
+        candidates = [random.randint(lo, hi) for _ in range(200)]
+    for port in candidates:
         if port in RESERVED_PORTS or (host, port) in taken:
             continue
         with socket.socket() as s:
@@ -44,7 +63,7 @@ def free_port(host: str = "127.0.0.1", taken: set | None = None) -> int:
                 continue
         taken.add((host, port))
         return port
-    raise InvalidRequest(f"no free port on {host}")
+    raise InvalidRequest(f"no free port on {host} in {lo}-{hi}" + (" (--port-range)" if port_range else ""))
 
 
 def path(directory: Path) -> Path:
@@ -63,17 +82,31 @@ def _link_key(u, v) -> str:
     return f"{u}-{v}"
 
 
-def plan(directory: Path, net: dict, controllers: int, etcd: int, faults: bool) -> dict:
+def _chosen_ports(layout: dict) -> list[int]:
+    """The ports the layout chose (the first controller's is net.json's, never chosen)."""
+    addresses = [m[k] for m in layout["etcd"] for k in ("client", "peer")]
+    addresses += [c["address"] for c in layout["controllers"][1:]]
+    addresses += [a for p in layout.get("proxies", []) for a in p["listen"].values()]
+    return [int(a.rsplit(":", 1)[1]) for a in addresses]
+
+
+def plan(directory: Path, net: dict, controllers: int, etcd: int, faults: bool,
+         port_range: tuple[int, int] | None = None) -> dict:
     """The cluster's layout (written once, then reused); refuses counts other than the ones it was made with
-    (``None``: as it was made)."""
+    (``None``: as it was made), and a ``port_range`` its ports are not in."""
     old = load(directory)
     if old is not None:
         have = (len(old["controllers"]), len(old["etcd"]), bool(old.get("proxies")))
         want = tuple(h if w is None else w for h, w in zip(have, (controllers, etcd, faults)))
+        again = f"start with those (or net down, then remove {path(directory)} and {directory / 'etcd'}/)"
         if have != want:
             raise InvalidRequest(f"{path(directory)} was made for --controllers {have[0]} --etcd {have[1]}"
-                                 f"{' --faults' if have[2] else ''}; start with those (or net down, then remove "
-                                 f"{path(directory)} and {directory / 'etcd'}/)")
+                                 f"{' --faults' if have[2] else ''}; {again}")
+        outside = [p for p in _chosen_ports(old) if port_range and not port_range[0] <= p <= port_range[1]]
+        if outside:
+            lo, hi = port_range
+            raise InvalidRequest(f"{path(directory)} was made with port {outside[0]}, outside --port-range {lo}-{hi}; "
+                                 f"{again.replace('with those', 'without --port-range')}")
         return old
     controllers, etcd, faults = controllers or 1, etcd or 0, bool(faults)
     if controllers < 1 or etcd < 0:
@@ -83,14 +116,18 @@ def plan(directory: Path, net: dict, controllers: int, etcd: int, faults: bool) 
     if etcd and not shutil.which("etcd"):
         raise InvalidRequest("etcd is not installed (Debian: apt-get install etcd-server; or 'make etcd')")
     taken: set = set()
+
+    def pick(host: str) -> int:
+        return free_port(host, taken, port_range)
+
     members = []
     for i in range(etcd):
-        members.append({"name": f"e{i}", "client": f"127.0.0.1:{free_port('127.0.0.1', taken)}",
-                        "peer": f"127.0.0.1:{free_port('127.0.0.1', taken)}", "dir": f"etcd/e{i}"})
+        members.append({"name": f"e{i}", "client": f"127.0.0.1:{pick('127.0.0.1')}",
+                        "peer": f"127.0.0.1:{pick('127.0.0.1')}", "dir": f"etcd/e{i}"})
     ctrls = [{"name": "controller", "dir": "controller", "address": net["address"]}]
     for i in range(1, controllers):
         ctrls.append({"name": f"controller-{i}", "dir": f"controller-{i}",
-                      "address": f"127.0.0.1:{free_port('127.0.0.1', taken)}"})
+                      "address": f"127.0.0.1:{pick('127.0.0.1')}"})
     proxies = []
     if faults:
         addr = {str(n["id"]): n["address"] for n in net["nodes"]}
@@ -106,13 +143,13 @@ def plan(directory: Path, net: dict, controllers: int, etcd: int, faults: bool) 
                 hu, hv = addr[u].rsplit(":", 1)[0], addr[v].rsplit(":", 1)[0]
                 proxies.append({"link": _link_key(u, v), "ends": [u, v],
                                 # traffic from u to v enters at v's IP, and from v to u at u's IP
-                                "listen": {u + ">" + v: f"{hv}:{free_port(hv, taken)}",
-                                           v + ">" + u: f"{hu}:{free_port(hu, taken)}"},
+                                "listen": {u + ">" + v: f"{hv}:{pick(hv)}",
+                                           v + ">" + u: f"{hu}:{pick(hu)}"},
                                 "target": {u + ">" + v: addr[v], v + ">" + u: addr[u]}})
     layout = {"etcd": members, "controllers": ctrls, "proxies": proxies}
     for c in ctrls[1:]:
         make_controller_dir(directory, directory / c["dir"])
-    path(directory).write_text(json.dumps(layout, indent=1) + "\n")
+    write_private(path(directory), json.dumps(layout, indent=1) + "\n")
     return layout
 
 
@@ -123,7 +160,7 @@ def make_controller_dir(directory: Path, target: Path) -> None:
     src = directory / "controller"
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)
     for f in src.iterdir():
         if f.is_file() and f.name not in COPY_SKIP:
             shutil.copy2(f, tmp / f.name)
@@ -136,14 +173,14 @@ def store_spec(layout: dict) -> str | None:
     return "etcd://" + ",".join(m["client"] for m in layout["etcd"])
 
 
-def etcd_command(directory: Path, layout: dict, m: dict) -> list[str]:
+def etcd_command(directory: Path, layout: dict, m: dict, log_level: str = "warn") -> list[str]:
     cluster = ",".join(f"{x['name']}=http://{x['peer']}" for x in layout["etcd"])
     token = "qkdseg-" + json.loads((directory / "controller" / "net.json").read_text())["address"].replace(":", "-")
     return ["etcd", "--name", m["name"], "--data-dir", str(directory / m["dir"]),
             "--listen-client-urls", f"http://{m['client']}", "--advertise-client-urls", f"http://{m['client']}",
             "--listen-peer-urls", f"http://{m['peer']}", "--initial-advertise-peer-urls", f"http://{m['peer']}",
             "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", token,
-            "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn", "--logger", "zap"]
+            "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", log_level, "--logger", "zap"]
 
 
 def peer_table(layout: dict, node: str) -> dict[str, str]:
@@ -171,12 +208,14 @@ def etcd_health(member: dict, timeout: float = 1.0) -> tuple[bool, bool]:
         return False, False
 
 
-def replicated_processes(directory: Path, layout: dict, base: list[dict]) -> list[dict]:
+def replicated_processes(directory: Path, layout: dict, base: list[dict], log_level: str | None = None) -> list[dict]:
     """``procs.processes`` with the layout: the etcd members, every controller (over etcd), the proxy, and the
-    nodes told every controller's address and their neighbours' proxy addresses."""
+    nodes told every controller's address and their neighbours' proxy addresses. ``log_level``: net up's, for etcd."""
     spec = store_spec(layout)
+    level = ETCD_LEVELS[log_level] if log_level else "warn"
     out = [{"role": "etcd", "node": None, "address": m["client"], "etsi014_url": None, "dir": str(directory / m["dir"]),
-            "name": f"etcd-{m['name']}", "cmd": etcd_command(directory, layout, m), "member": m} for m in layout["etcd"]]
+            "name": f"etcd-{m['name']}", "cmd": etcd_command(directory, layout, m, level), "member": m}
+           for m in layout["etcd"]]
     for c in layout["controllers"]:
         args = ("--address", c["address"]) + (("--store", spec) if spec else ())
         out.append({"role": "controller", "node": None, "address": c["address"], "etsi014_url": None,

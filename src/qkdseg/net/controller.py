@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import time
 import uuid
 from collections import deque
@@ -436,12 +435,12 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
     """Serve the controller until SIGINT/SIGTERM; with ``dashboard_port``, the operator dashboard too, fed by the
     nodes' reports (their links' levels and their ETSI 014 events); ``metrics_port``, logs: :mod:`.ops`. Returns
     the exit status: 1 after ``exit_after_unready`` seconds of a failing store (:mod:`qkdseg.server.watchdog`)."""
+    from ..server import logs, serving
+    from ..server.http import listen_socket
     from ..server.watchdog import Watchdog
-
-    from ..server import logs
     from ..server.tls import is_loopback
     from .ops import attach_controller
-    from .wire import run_uvicorn
+    from .wire import RolePeerProtocol
 
     logs.configure(log_level, log_format, prefix="qkdseg controller")
     if dashboard_port is not None and not is_loopback(dashboard_host) and not dashboard_public:
@@ -454,36 +453,30 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
     if capture is not None and os.environ.get(CAPTURE_ENV) != "1":
         raise InvalidRequest(f"--capture records every request body the controller receives (for the test of no key "
                              f"material at the controller only); it is refused unless {CAPTURE_ENV}=1")
-    ctl = Controller(d, capture=capture, store=store, address=address)
-    health = getattr(ctl.svc.store, "health", None)  # the etcd store has none: its failures are the election's
-    ctl.watchdog = None if health is None else Watchdog(health, exit_after_unready,
-                                                        probes=[lambda: ctl.svc.committer.probe()])
-    prof = None
-    if os.environ.get("QKDSEG_PROFILE_DIR"):  # profiling: cProfile of the whole process, written at its stop
-        import cProfile
-        import signal
-
-        prof = cProfile.Profile()
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        prof.enable()
-    ctl.svc.warm()  # compile the routing kernels before listening: the first plan must not wait for numba
-    host, port = ctl.net["address"].rsplit(":", 1)
-    ctx = server_context(d / "controller.crt", d / "controller.key", d / "ca.crt")
-    try:
-        ops = attach_controller(ctl)
-        app = create_controller_app(ctl)
-        dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host, "port": dashboard_port}
-        run_uvicorn(app if ctl.capture is None else ctl.capture.middleware(app), host, int(port), ctx, d / "controller.crt",
-                    ops=ops, metrics_port=metrics_port, log_level=log_level, dashboard=dash, watchdog=ctl.watchdog,
-                    on_ready=lambda: logs.say(f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)"))
-    finally:
-        if ctl.replica is not None:
-            ctl.replica.close()
-        ctl.svc.close()
-        if ctl.capture is not None:
-            ctl.capture.close()
-        if prof is not None:
-            prof.disable()
-            prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / "controller.prof"))
+    serving.private_files()
+    with serving.stop_signals() as early, serving.profiled("controller"):
+        ctl = Controller(d, capture=capture, store=store, address=address)
+        health = getattr(ctl.svc.store, "health", None)  # the etcd store has none: its failures are the election's
+        ctl.watchdog = None if health is None else Watchdog(health, exit_after_unready,
+                                                            probes=[lambda: ctl.svc.committer.probe()])
+        try:
+            ctl.svc.warm()  # compile the routing kernels before listening: the first plan must not wait for numba
+            host, port = ctl.net["address"].rsplit(":", 1)
+            app = create_controller_app(ctl)
+            dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host,
+                                                        "port": dashboard_port}
+            serving.serve(app if ctl.capture is None else ctl.capture.middleware(app), listen_socket(host, int(port)),
+                          http=RolePeerProtocol, ctx=server_context(d / "controller.crt", d / "controller.key",
+                                                                    d / "ca.crt"),
+                          certfile=d / "controller.crt", keep_alive_s=30.0, ops=attach_controller(ctl),
+                          metrics_port=metrics_port, log_level=log_level, dashboard=dash, early=early,
+                          watchdog=ctl.watchdog,
+                          announce=f"listening on https://{host}:{port} ({len(ctl.addresses)} nodes)")
+        finally:
+            if ctl.replica is not None:
+                ctl.replica.close()
+            ctl.svc.close()
+            if ctl.capture is not None:
+                ctl.capture.close()
     logs.say("stopped", err=True)
     return 0 if ctl.watchdog is None else ctl.watchdog.exit_status

@@ -119,7 +119,7 @@ class EtsiNode:
                 self._void(rid)
                 raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
                                reason="relay_failed") from None
-            except KmsError:
+            except (KmsError, asyncio.CancelledError):  # a failed relay, or a stop whose grace ran out
                 self._void(rid)
                 raise
             finally:

@@ -109,11 +109,11 @@ def read_state(directory: Path) -> dict:
 
 
 def write_state(directory: Path, state: dict) -> None:
+    from .layout import write_private
+
     p = state_path(directory)
-    p.parent.mkdir(exist_ok=True)
-    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    p.parent.mkdir(mode=0o700, exist_ok=True)
+    write_private(p, json.dumps(state, sort_keys=True) + "\n")
 
 
 def set_fault(directory: Path, link: str, *, delay_ms: float | None = None, loss: float | None = None,

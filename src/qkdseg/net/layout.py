@@ -43,6 +43,15 @@ CONTROLLER_HOST = "127.0.0.1"
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, mode 0600 (written whole: a temporary file renamed onto it)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def role_uri(role: str, ident: str | None = None) -> str:
     """``urn:qkdseg:node:<id>``, ``urn:qkdseg:controller`` or ``urn:qkdseg:sae:<id>`` (the id percent-encoded)."""
     return "urn:qkdseg:controller" if role == "controller" else f"urn:qkdseg:{role}:{quote(str(ident), safe='')}"
@@ -229,7 +238,7 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
     from ..server.audit import make_audit_key
     from ..server.storagekey import make_storage_key
 
-    nd.mkdir(parents=True, exist_ok=True)
+    nd.mkdir(mode=0o700, parents=True, exist_ok=True)
     if force:
         _remove_state(nd)
         if link_source != "device" and (nd / "device").is_dir():  # the device credentials of an earlier init
@@ -304,8 +313,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         at_node.setdefault(str(v), []).append(sae)
 
     pki = directory / "pki"
-    for d in (pki, directory / "controller", directory / "nodes"):
-        d.mkdir(parents=True, exist_ok=True)
+    for d in (directory, pki, directory / "controller", directory / "nodes"):  # private, as the servers' own
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_key, ca = _write_pki(pki, registry)
     nodes = [{"id": v, "dir": names[str(v)], "address": addr[str(v)], "saes": at_node.get(str(v), [])} for v in ids]
     _write_controller(directory / "controller", cfg, ca_key, ca, spec=spec, source=source, nodes=nodes,

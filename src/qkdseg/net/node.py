@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 import uuid
 from collections import defaultdict, deque
@@ -284,15 +283,15 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
 
 def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: int | None = None,
                log_level: str = "warning", log_format: str = "text", exit_after_unready: float = 30.0) -> int:
-    """Serve one node until SIGINT/SIGTERM (``metrics_port``, logs: :mod:`.ops`, :mod:`qkdseg.server.logs`); returns
-    the exit status: 1 after ``exit_after_unready`` seconds of a failing store (:mod:`qkdseg.server.watchdog`)."""
+    """Serve one node until SIGINT/SIGTERM (``metrics_port``, logs: :mod:`.ops`, :mod:`qkdseg.server.logs`; the
+    stop: :mod:`qkdseg.server.serving`, exit 0 with its stores closed and checkpointed). Returns the exit status:
+    1 after ``exit_after_unready`` seconds of a failing store (:mod:`qkdseg.server.watchdog`)."""
+    from ..server import logs, serving
+    from ..server.http import limited_protocol, listen_socket
     from ..server.watchdog import Watchdog
-
-    from ..server import logs
-    from ..server.http import limited_protocol
     from .nodeapp import create_node_app
     from .ops import attach_node
-    from .wire import RolePeerProtocol, run_uvicorn
+    from .wire import RolePeerProtocol
 
     if tap is None and os.environ.get("QKDSEG_TAP_DIR"):  # net up passes the tap to every node this way
         tap = Path(os.environ["QKDSEG_TAP_DIR"]) / f"{Path(directory).resolve().name}.jsonl"
@@ -303,34 +302,24 @@ def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: 
 
     hostile = Hostile.from_env()  # TEST ONLY (refused unless QKDSEG_ALLOW_HOSTILE=1)
     logs.configure(log_level, log_format, prefix="qkdseg node")
-    svc = NodeService(Path(directory), tap=tap)
-    svc.hostile = hostile
-    svc.watchdog = Watchdog(svc.store.health, exit_after_unready, probes=[svc.committer.probe, svc.relaydb.probe])
-    logs.configure(log_level, log_format, prefix=f"qkdseg node {svc.id}")
-    host, port = svc.conf["address"].rsplit(":", 1)
+    serving.private_files()
     d = Path(directory)
-    ctx = server_context(d / "node.crt", d / "node.key", d / "ca.crt")
-    prof = None
-    if os.environ.get("QKDSEG_PROFILE_DIR"):  # profiling: cProfile of the whole process, written at its stop
-        import cProfile
-        import signal
-
-        prof = cProfile.Profile()
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # uvicorn re-raises SIGTERM at its exit: exit cleanly
-        prof.enable()
-    try:
-        c = svc.cfg
-        http = limited_protocol(RolePeerProtocol, header_timeout=c.header_timeout_s, body_timeout=c.body_timeout_s,
-                                max_connections=c.max_connections)
-        run_uvicorn(create_node_app(svc), host, int(port), ctx, d / "node.crt", http=http,
-                    keep_alive_s=c.keep_alive_s, ops=attach_node(svc), metrics_port=metrics_port, log_level=log_level,
-                    watchdog=svc.watchdog,
-                    on_ready=lambda: logs.say(f"listening on https://{host}:{port} "
-                                              f"({len(svc.saes)} SAEs, {len(svc.links)} links)"))
-    finally:
-        svc.close()
-        if prof is not None:
-            prof.disable()
-            prof.dump_stats(str(Path(os.environ["QKDSEG_PROFILE_DIR"]) / f"node-{d.resolve().name}.prof"))
+    with serving.stop_signals() as early, serving.profiled(f"node-{d.resolve().name}"):
+        svc = NodeService(d, tap=tap)
+        svc.hostile = hostile
+        svc.watchdog = Watchdog(svc.store.health, exit_after_unready, probes=[svc.committer.probe, svc.relaydb.probe])
+        logs.configure(log_level, log_format, prefix=f"qkdseg node {svc.id}")
+        try:
+            host, port = svc.conf["address"].rsplit(":", 1)
+            c = svc.cfg
+            http = limited_protocol(RolePeerProtocol, header_timeout=c.header_timeout_s,
+                                    body_timeout=c.body_timeout_s, max_connections=c.max_connections)
+            serving.serve(create_node_app(svc), listen_socket(host, int(port)), http=http,
+                          ctx=server_context(d / "node.crt", d / "node.key", d / "ca.crt"), certfile=d / "node.crt",
+                          keep_alive_s=c.keep_alive_s, ops=attach_node(svc), metrics_port=metrics_port,
+                          log_level=log_level, early=early, watchdog=svc.watchdog,
+                          announce=f"listening on https://{host}:{port} ({len(svc.saes)} SAEs, {len(svc.links)} links)")
+        finally:
+            svc.close()
     logs.say("stopped", err=True)
     return svc.watchdog.exit_status

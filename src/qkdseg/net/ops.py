@@ -54,7 +54,7 @@ def _store_checks(store, committer) -> dict:
 
 
 def attach_node(svc) -> tuple[Metrics, object, object]:
-    """Hook metrics to a :class:`~.node.NodeService`; returns ``(metrics, health, ready)`` for :func:`run_uvicorn`."""
+    """Hook metrics to a :class:`~.node.NodeService`; returns ``(metrics, health, ready)`` (the server's ``ops``)."""
     from .layout import link_name
 
     def links():
@@ -109,8 +109,20 @@ def attach_controller(ctl) -> tuple[Metrics, object, object]:
     """Hook metrics to a :class:`~.controller.Controller`; returns ``(metrics, health, ready)``."""
     from ..server.health import kms_ready, service_metrics
 
-    m = service_metrics(ctl.svc, "controller")
-    m.leader.set(1)  # one controller per network: it is the leader while it runs (docs/deploy.md)
+    def ready():
+        if ctl.replica is None:
+            return kms_ready(ctl.svc, "controller")
+        # over etcd (docs/deploy.md, "Health"): the store has not failed, and it leads or knows who does
+        rep, failed = ctl.replica.health(), ctl.svc.committer.failed
+        return ready_body("controller", {
+            "store": (failed is None, "etcd" if failed is None else f"failed ({type(failed).__name__}); restart"),
+            "leader": (rep["leader"] or rep["leader_address"] is not None,
+                       "leads" if rep["leader"] else f"stands by; the leader is {rep['leader_address'] or 'unknown'}"),
+        })
+
+    m = service_metrics(ctl.svc, "controller", ready=ready)
+    # alone it leads while it runs; over etcd while it holds the lease (docs/deploy.md)
+    m.leader.set_function(lambda: 1.0 if ctl.replica is None or ctl.replica.health()["leader"] else 0.0)
     plan = ctl.plan
 
     async def counted(*args, **kw):  # every plan asked of the controller, by outcome
@@ -126,8 +138,5 @@ def attach_controller(ctl) -> tuple[Metrics, object, object]:
 
     def health():
         return health_body("controller", m, pid=os.getpid(), nodes_reported=len(ctl.reported))
-
-    def ready():
-        return kms_ready(ctl.svc, "controller")
 
     return m, health, ready

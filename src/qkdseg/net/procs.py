@@ -6,6 +6,15 @@ network made with ``net init --link-source device``; each its own OS process, it
 ``DIR/run/pids.json``, waits until each answers its health check, and prints
 a table. In the foreground it stops every process on SIGINT/SIGTERM (exit
 0); with ``--detach`` it leaves them running and ``net down DIR`` stops them.
+
+As an operator would run them (``DIR/run/ops.json`` keeps the choice, so a
+process restarted later gets the same): ``--metrics-port-base P`` gives the
+controller ``--metrics-port P``, the node listed i-th in ``nodes.json`` P + 1 +
+i and the other controllers of a replicated network the ports after the
+nodes'; ``--log-format`` and ``--log-level`` go to every qkdseg server (the
+device emulator takes the level only, an etcd member the level in etcd's
+words). What ``net up`` writes, and every process it starts, makes files 0600
+and directories 0700.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
+from .layout import write_private
 
 
 def _net(directory: Path) -> dict:
@@ -31,9 +41,11 @@ def _net(directory: Path) -> dict:
 
 
 def processes(directory: Path) -> list[dict]:
-    """One entry per process: role, node, address, etsi014_url, and its directory (with ``DIR/cluster.json``:
-    the etcd members, every controller and the fault proxy too, net/cluster.py)."""
+    """One entry per process: role, node, address, etsi014_url, metrics_url, and its directory (with
+    ``DIR/cluster.json``: the etcd members, every controller and the fault proxy too, net/cluster.py), and the
+    options of ``DIR/run/ops.json`` in its ``args``."""
     net = _net(directory)
+    ops = _ops(directory)
     out = []
     devices = directory / "devices"
     if (devices / "device.toml").exists():  # net init --link-source device: the QKD device emulator, first
@@ -52,7 +64,64 @@ def processes(directory: Path) -> list[dict]:
     from .cluster import replicated_processes
 
     layout = load_cluster(directory)
-    return out if layout is None else replicated_processes(directory, layout, out)
+    out = out if layout is None else replicated_processes(directory, layout, out, log_level=ops.get("log_level"))
+    return _with_ops(directory, out, ops)
+
+
+def _ops(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "run" / "ops.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def metrics_ports(directory: Path, base: int) -> dict[str, int]:
+    """Process name -> metrics port: ``controller`` on ``base``, the i-th node of ``nodes.json`` on base + 1 + i,
+    the other controllers (``DIR/cluster.json``) after the nodes, in their order."""
+    names = json.loads((directory / "nodes.json").read_text())
+    ports = {"controller": base}
+    ports.update({f"node-{name}": base + 1 + i for i, name in enumerate(names.values())})
+    from .cluster import load as load_cluster
+
+    layout = load_cluster(directory) or {"controllers": []}
+    others = [c["name"] for c in layout["controllers"] if c["name"] != "controller"]
+    ports.update({name: base + 1 + len(names) + k for k, name in enumerate(others)})
+    return ports
+
+
+def _with_ops(directory: Path, procs: list[dict], ops: dict) -> list[dict]:
+    ports = metrics_ports(directory, ops["metrics_port_base"]) if ops.get("metrics_port_base") else {}
+    out = []
+    for p in procs:
+        args = list(p.get("args", ()))
+        if p["role"] in ("controller", "node"):
+            if p["name"] in ports:
+                args += ["--metrics-port", str(ports[p["name"]])]
+            for opt in ("log_format", "log_level"):
+                if ops.get(opt):
+                    args += [f"--{opt.replace('_', '-')}", ops[opt]]
+        elif p["role"] == "device" and ops.get("log_level"):
+            args += ["--log-level", ops["log_level"]]
+        port = ports.get(p["name"])
+        out.append({**p, "args": tuple(args), "metrics_url": f"http://127.0.0.1:{port}/metrics" if port else None})
+    return out
+
+
+def check_ops(directory: Path, metrics_port_base: int | None, log_format: str | None, log_level: str | None,
+              controllers: int | None = None) -> dict:
+    """``net up``'s options for every process (the log options checked by the command), the metrics ports checked
+    (one line); the ``ops.json`` to write."""
+    if metrics_port_base is not None:
+        from .cluster import load as load_cluster
+
+        layout = load_cluster(directory)
+        count = len(json.loads((directory / "nodes.json").read_text())) + (
+            controllers or (len(layout["controllers"]) if layout else 1))
+        if not 1 <= metrics_port_base <= 65536 - count:
+            raise InvalidRequest(f"--metrics-port-base {metrics_port_base}: the controller(s) and the nodes take "
+                                 f"{count} ports from it up; it must be in 1..{65536 - count}")
+    return {k: v for k, v in (("metrics_port_base", metrics_port_base), ("log_format", log_format),
+                              ("log_level", log_level)) if v is not None}
 
 
 def _pids(directory: Path) -> dict:
@@ -129,7 +198,8 @@ def status(directory: Path) -> list[dict]:
         dash = None
     rows = [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
-             "dashboard_url": dash if p["name"] == "controller" and pids else None} for p in procs]
+             "dashboard_url": dash if p["name"] == "controller" and pids else None,
+             "metrics_url": p["metrics_url"] if pids else None} for p in procs]
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
         if p["role"] == "controller":
             row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})
@@ -143,17 +213,20 @@ def status(directory: Path) -> list[dict]:
 
 def start_one(directory: Path, p: dict, extra: tuple[str, ...] = (), env: dict | None = None) -> subprocess.Popen:
     logs = directory / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     cmd = p.get("cmd") or [sys.executable, "-m", "qkdseg", p["role"], "serve", p["dir"], *p.get("args", ()), *extra]
     if p.get("env"):
         env = {**(os.environ if env is None else env), **p["env"]}
-    with open(logs / f"{p['name']}.log", "ab") as log:
+    fd = os.open(logs / f"{p['name']}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env, umask=0o077)
 
 
 def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = None, controllers: int | None = None,
-       etcd: int | None = None, faults: bool | None = None) -> list[dict]:
+       etcd: int | None = None, faults: bool | None = None, metrics_port_base: int | None = None,
+       log_format: str | None = None, log_level: str | None = None,
+       port_range: tuple[int, int] | None = None) -> list[dict]:
     """Start every process and wait until each is healthy; returns the status rows.
 
     With ``dashboard_port`` the controller serves the operator dashboard on
@@ -161,18 +234,22 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
     ``controllers``/``etcd``/``faults`` (net/cluster.py): an etcd cluster of
     ``etcd`` members, ``controllers`` controllers over it, and a fault proxy
     on every link; the etcd members start first. ``None``: as ``DIR/cluster.json`` says, else one controller
-    on SQLite, no etcd, no proxies.
+    on SQLite, no etcd, no proxies. ``port_range`` (``(lo, hi)``): the ports ``net up`` picks (etcd members,
+    other controllers, fault proxies) are taken from it. The other options: the module's docstring.
     """
+    net = _net(directory)
+    ops = check_ops(directory, metrics_port_base, log_format, log_level, controllers)
+    pids = _pids(directory)
+    running = [name for name, pid in pids.items() if _alive(pid)]
+    if running:
+        raise InvalidRequest(f"{directory}: already up ({len(running)} processes running; 'qkdseg net down' first)")
     if (controllers or 1) != 1 or etcd or faults or (directory / "cluster.json").exists():
         from .cluster import plan
 
-        plan(directory, _net(directory), controllers, etcd, faults)
+        plan(directory, net, controllers, etcd, faults, port_range=port_range)
+    (directory / "run").mkdir(mode=0o700, exist_ok=True)
+    write_private(directory / "run" / "ops.json", json.dumps(ops) + "\n")
     procs = processes(directory)
-    pids = _pids(directory)
-    running = [p["name"] for p in procs if _alive(pids.get(p["name"]))]
-    if running:
-        raise InvalidRequest(f"{directory}: already up ({len(running)} processes running; 'qkdseg net down' first)")
-    (directory / "run").mkdir(exist_ok=True)
     dash = directory / "run" / "dashboard.json"
     dash.unlink(missing_ok=True)
     started = {}
@@ -185,7 +262,8 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
                 _start_phase(directory, phase, started, dashboard_port, deadline, timeout)
     except BaseException:
         _stop({k: v.pid for k, v in started.items()})
-        (directory / "run" / "pids.json").unlink(missing_ok=True)
+        for name in ("pids.json", "ops.json"):
+            (directory / "run" / name).unlink(missing_ok=True)
         raise
     return status(directory)
 
@@ -197,8 +275,8 @@ def _start_phase(directory: Path, procs: list[dict], started: dict, dashboard_po
         extra = ("--dashboard-port", str(dashboard_port)) if p["name"] == "controller" and dashboard_port else ()
         started[p["name"]] = start_one(directory, p, extra)
     if dashboard_port and any(p["name"] == "controller" for p in procs):
-        dash.write_text(json.dumps({"url": f"http://127.0.0.1:{dashboard_port}/dashboard/"}) + "\n")
-    (directory / "run" / "pids.json").write_text(json.dumps({k: v.pid for k, v in started.items()}) + "\n")
+        write_private(dash, json.dumps({"url": f"http://127.0.0.1:{dashboard_port}/dashboard/"}) + "\n")
+    write_private(directory / "run" / "pids.json", json.dumps({k: v.pid for k, v in started.items()}) + "\n")
     waiting = list(procs)
     while waiting:
         dead = [p["name"] for p in waiting if started[p["name"]].poll() is not None]
@@ -242,8 +320,8 @@ def down(directory: Path) -> int:
     pids = _pids(directory)
     n = sum(1 for p in pids.values() if _alive(p))
     _stop(pids)
-    (directory / "run" / "pids.json").unlink(missing_ok=True)
-    (directory / "run" / "dashboard.json").unlink(missing_ok=True)
+    for name in ("pids.json", "dashboard.json", "ops.json"):
+        (directory / "run" / name).unlink(missing_ok=True)
     return n
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ class RelayDB:
     """
 
     def __init__(self, path: Path, health: StoreHealth | None = None) -> None:
+        if not Path(path).exists():  # created private: its WAL and shm files take its mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -121,7 +124,13 @@ class RelayDB:
         self.transaction(lambda db: db.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),)))
 
     def close(self) -> None:
-        self.db.close()
+        """Checkpoint the WAL into the database (no ``-wal`` file is left: a copy of the file alone is whole), close."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as err:  # what was committed stays in the WAL, and is read at the next start
+            logging.getLogger("qkdseg.node").warning("closing the relay store: %s", err)
+        finally:
+            self.db.close()
 
 
 class NetLinkEnd:

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 
-def service_metrics(service, kind: str = "kms"):
-    """The :class:`.metrics.Metrics` of ``service`` (``kind``: kms, or the network's controller), hooked to its group commit."""
+def service_metrics(service, kind: str = "kms", ready=None):
+    """The :class:`.metrics.Metrics` of ``service`` (``kind``: kms, or the network's controller), hooked to its group
+    commit; ``ready``: its ``/readyz`` body (default :func:`kms_ready`), for the ``qkdseg_ready`` gauge."""
+    ready = ready or (lambda: kms_ready(service, kind))
     from .. import __version__
     from ..keys.levels import READY, STATES, pool_states
     from .metrics import Metrics
@@ -44,7 +46,7 @@ def service_metrics(service, kind: str = "kms"):
         "qkdseg_keys_waiting": ("Issued keys waiting for their slave's dec_keys.", service.waiting_keys),
         "qkdseg_spare_keys": ("Relayed keys kept for later requests (not issued yet).",
                               service.spare_keys),
-        "qkdseg_ready": ("1 when /readyz answers ready, else 0.", lambda: 1.0 if kms_ready(service)["ready"] else 0.0),
+        "qkdseg_ready": ("1 when /readyz answers ready, else 0.", lambda: 1.0 if ready()["ready"] else 0.0),
     }
     m = Metrics(kind, __version__, links=links, gauges=gauges)
     service.committer.on_commit = m.observe_commit
