@@ -285,10 +285,7 @@ class Controller:
             links = check_links(self, caller_node, w)
             events = check_events(self, caller_node, w.get("qkdseg_events"))
         except Problem as p:
-            with contextlib.suppress(Exception):  # a standby replica does not write: the refusal stands anyway
-                await self.svc.committer.commit(Batch(audit=[{
-                    "time": round(time.time(), 6), "event": "report refused", "node": caller_node,
-                    "status": p.status, "outcome": p.detail}]))
+            await self.audit_refused_report(caller_node, p)
             raise
         rows = []
         for k, name, consumed, level, status in links:
@@ -340,6 +337,15 @@ class Controller:
                         lv.consumed[k] -= c1 - c0
                 raise _store_failed() from None
         return {"qkdn_id": caller_node, "links": len(rows), "lowered": sorted(changed)}
+
+    async def audit_refused_report(self, caller_node: str, p: Problem) -> None:
+        """The audit record of a link report refused with ``p`` (nothing of it applied)."""
+        from ..server.store import Batch
+
+        with contextlib.suppress(Exception):  # a standby replica does not write: the refusal stands anyway
+            await self.svc.committer.commit(Batch(audit=[{
+                "time": round(time.time(), 6), "event": "report refused", "node": caller_node,
+                "status": p.status, "outcome": p.detail}]))
 
     def _readiness(self, caller_node: str, ready) -> None:
         """A node's readiness in its report (``qkdseg_ready``): not ready (its store fails) excludes it from
@@ -398,7 +404,12 @@ def create_controller_app(ctl: Controller) -> Starlette:
     @problem_routes
     async def links(request: Request):
         role = require(request, "node")
-        return json_response(await ctl.report(role.ident, await read_json(request, CONTROL_MAX_BODY)))
+        try:
+            body = await read_json(request, CONTROL_MAX_BODY)
+        except Problem as p:  # not JSON, not an object, too large or too deep: refused and audited like the rest
+            await ctl.audit_refused_report(role.ident, p)
+            raise
+        return json_response(await ctl.report(role.ident, body))
 
     async def health(request: Request):
         r = role_of(request)

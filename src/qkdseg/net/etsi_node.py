@@ -112,6 +112,8 @@ class EtsiNode:
             st = self._state(rid)
             if st.future is None:
                 st.future = asyncio.get_running_loop().create_future()
+                if st.failed is not None:  # this node's own part failed already (e.g. its key stream is used up)
+                    self._fail(rid, st.failed)
             self._check_done(st)
             try:
                 keys, extra = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)

@@ -193,6 +193,10 @@ class Messaging:
 
     def _fail(self, request_id: str, why: str) -> None:
         st = self.requests.get(request_id)
-        if st is not None and st.future is not None and not st.future.done():
+        if st is None:
+            return
+        if st.future is None:  # the source's own part failed before its enc_keys waits (the controller sends the
+            st.failed = st.failed or why  # parts first): enc_keys answers at once with this reason
+        elif not st.future.done():
             st.future.set_exception(KmsError(503, f"key relay failed: {why}; no key was issued",
                                              reason="relay_failed"))

@@ -45,6 +45,7 @@ class ReqState:
     finishing: bool = False
     key_ids: list | None = None  # the destination's key ids, at the source
     created: float = field(default_factory=time.monotonic)
+    failed: str | None = None  # why this node's part failed before anyone waited for the request (at the source)
 
 
 def _tag(request_id: str, kid, key: KeyMaterial) -> bytes:
