@@ -106,6 +106,8 @@ CAUSES = [
     (None, None, ["net", "init", "DIR/x", "--network", "example", "--sae", "A=0", "--sae", "B=7",
                   "--algorithm-option", "nosuch=1"], "--algorithm-option nosuch=1: is not an option"),
     (None, None, ["net", "init", "DIR/x", "--network", "example", "--sae", "A=0"], "--sae A=0 must name at least two"),
+    (None, None, ["net", "up", "DIR", "--timeout", "-1"], "--timeout -1: seconds to wait"),
+    (None, None, ["net", "up", "DIR", "--etcd", "2"], "--etcd 2: 1 or 3 members"),
 ]
 
 
@@ -121,3 +123,43 @@ def test_an_error_names_its_real_cause(pristine, tmp_path, rel, damage, cmd, say
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert says in lines[0], lines[0]
     assert not (d / "x").exists()  # a refused net init leaves nothing behind
+
+
+
+def test_net_up_names_who_holds_its_port_and_net_down_stops_a_network_whose_files_are_damaged(tmp_path):
+    """A port already taken: the cause (the address, and the process that holds it) in net up's one line; then a
+    running network whose pid file and net.json are damaged is still stopped by net down, which says why."""
+    import os
+    import random
+    import socket
+    import time
+
+    port = random.randint(20000, 60000)
+    d = tmp_path / "net"
+    assert subprocess.run([QKDSEG, "net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                           "--port", str(port)], capture_output=True, timeout=120).returncode == 0
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", port))  # node 0's address
+        squatter.listen()
+        r = subprocess.run([QKDSEG, "net", "up", str(d), "--detach"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "node-0: cannot listen on 127.0.0.2:" in r.stderr and f"(held by pid {os.getpid()} " in r.stderr, r.stderr
+    subprocess.run([QKDSEG, "net", "down", str(d)], capture_output=True, timeout=120)
+    r = subprocess.run([QKDSEG, "net", "up", str(d), "--detach"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pids = json.loads((d / "run" / "pids.json").read_text())
+    (d / "run" / "pids.json").write_text("{bad")
+    (d / "controller" / "net.json").write_text("{bad")
+    r = subprocess.run([QKDSEG, "net", "down", str(d)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"stopped {len(pids)} process(es)" in r.stdout, r.stdout + r.stderr
+    assert "pids.json" in r.stderr and "command line names" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    def running(pid) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text(errors="replace")
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(running(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(running(p) for p in pids.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -82,7 +83,7 @@ def up(
         "--controllers", min=1, max=9, show_default=False,
         help="Run this many controllers over etcd (one leads; default 1, or as DIR/cluster.json says).")] = None,
     etcd: Annotated[int | None, typer.Option(
-        "--etcd", min=0, max=9, show_default=False,
+        "--etcd", show_default=False,
         help="Start an etcd cluster of this many members on loopback ports (Debian's etcd-server).")] = None,
     faults: Annotated[bool | None, typer.Option(
         "--faults", show_default=False,
@@ -108,6 +109,12 @@ def up(
 
     if log_format is not None or log_level is not None:
         check_log_options(log_level or "warning", log_format or "text")
+    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise InvalidRequest(f"--timeout {timeout:g}: seconds to wait for the health checks, more than 0 and at most "
+                             "3600")
+    if etcd is not None and etcd not in (1, 3):
+        raise InvalidRequest(f"--etcd {etcd}: 1 or 3 members (an even count tolerates no more failures than the odd "
+                             "one below it, and etcd's quorum of 2 of 2 stops at the first failure)")
     ports = None if port_range is None else parse_port_range(port_range)
     rows = run(directory, timeout=timeout, dashboard_port=dashboard_port, controllers=controllers, etcd=etcd,
                faults=faults, metrics_port_base=metrics_port_base, log_format=log_format, log_level=log_level,
@@ -131,8 +138,14 @@ def down(directory: Annotated[Path, typer.Argument(help="The deployment director
     """Stop every process of a network started with 'net up --detach'."""
     from ..net.procs import down as run
 
-    n = run(directory)
+    n, notes = run(directory)
     typer.echo(f"stopped {n} process(es)")
+    stuck = [line for line in notes if line.endswith("did not stop")]
+    for line in notes:
+        if line not in stuck:
+            typer.echo(f"qkdseg: warning: {line}", err=True)
+    if stuck:
+        raise InvalidRequest("; ".join(stuck))
 
 
 @net_app.command("fault")

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
+from ..server.files import load_json
 from .layout import write_private
 
 
@@ -281,7 +282,9 @@ def _start_phase(directory: Path, procs: list[dict], started: dict, dashboard_po
     while waiting:
         dead = [p["name"] for p in waiting if started[p["name"]].poll() is not None]
         if dead:
-            raise InvalidRequest(f"process(es) exited at start: {', '.join(dead[:5])} (see {directory / 'logs'}/)")
+            why = _last_error(directory / "logs" / f"{dead[0]}.log")
+            raise InvalidRequest(f"process(es) exited at start: {', '.join(dead[:5])}"
+                                 + (f"; {dead[0]}: {why}" if why else "") + f" (see {directory / 'logs'}/)")
         ok = health(directory, waiting, timeout=1.0)
         waiting = [p for p in waiting if not ok[p["name"]]]
         if waiting and time.monotonic() > deadline:
@@ -314,15 +317,79 @@ def _stop(pids: dict, wait: float = 20.0) -> None:
                 pass
 
 
-def down(directory: Path) -> int:
-    """Stop every process of ``DIR`` (SIGTERM, then SIGKILL after 20 s); returns how many were running."""
-    _net(directory)
-    pids = _pids(directory)
+def _last_error(log: Path) -> str | None:
+    """The cause a process gave for its exit: its log's last ``error`` line (``qkdseg: error: ...``, or a JSON log
+    line at level error), cut to 300 characters; ``None`` without one."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "error: " in line:
+            return line.split("error: ", 1)[1].strip()[:300]
+        if line.startswith("{") and '"level":"error"' in line.replace(" ", ""):
+            try:
+                return str(json.loads(line).get("message", ""))[:300] or None
+            except ValueError:
+                continue
+    return None
+
+
+def down(directory: Path) -> tuple[int, list[str]]:
+    """Stop every process of ``DIR`` (SIGTERM, then SIGKILL after 20 s), whatever state its files are in.
+
+    The processes are those of ``DIR/run/pids.json`` and every running process whose command line names a path
+    inside ``DIR`` (all of them when the pid file is missing or damaged). Returns how many were running, and one
+    line per thing that stands in the way (a damaged pid file, a process that would not stop)."""
+    if not directory.is_dir() or not ((directory / "nodes.json").exists() or (directory / "controller").is_dir()):
+        raise InvalidRequest(f"{directory}: not a network directory (run 'qkdseg net init {directory} ...' first)")
+    notes: list[str] = []
+    path = directory / "run" / "pids.json"
+    pids: dict = {}
+    if path.exists():
+        try:
+            pids = {str(k): int(v) for k, v in load_json(path, "net up's file of process ids", advice=(
+                f"stopping the processes whose command line names {directory}")).items() if v}
+        except InvalidRequest as err:
+            notes.append(str(err))
+        except (TypeError, ValueError, AttributeError):
+            notes.append(f"{path}: net up's file of process ids is damaged: a value is not a process id; stopping the "
+                         f"processes whose command line names {directory}")
+    for pid, cmd in _naming(directory).items():
+        if pid not in pids.values():
+            pids[f"pid {pid} ({cmd})"] = pid
     n = sum(1 for p in pids.values() if _alive(p))
     _stop(pids)
+    notes += [f"{name} (pid {pid}) did not stop" for name, pid in pids.items() if _alive(pid)]
     for name in ("pids.json", "dashboard.json", "ops.json"):
         (directory / "run" / name).unlink(missing_ok=True)
-    return n
+    return n, notes
+
+
+def _naming(directory: Path) -> dict[int, str]:
+    """Running processes (not this one) with an argument that is a path inside ``directory``: pid -> command."""
+    root = directory.resolve()
+    me = {os.getpid(), os.getppid()}
+    out: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in me:
+            continue
+        try:
+            argv = [a for a in (proc / "cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        for arg in argv[1:]:
+            for part in arg.split("=", 1)[-1].split(","):  # --data-dir=..., lists
+                if "/" not in part and part not in (str(directory), directory.name):
+                    continue
+                try:
+                    target = (cwd / part).resolve()
+                except (OSError, ValueError):
+                    continue
+                if target == root or root in target.parents:
+                    out[int(proc.name)] = " ".join(argv)[:120]
+    return out
 
 
 def wait_foreground(directory: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -51,10 +52,42 @@ def listen_socket(host: str, port: int, what: str | None = None) -> socket.socke
         sock.bind((host, port))
     except OSError as err:
         sock.close()
+        holder = port_holder(port) if err.errno == errno.EADDRINUSE else None
         raise InvalidRequest(f"cannot listen on {host}:{port}" + (f" ({what})" if what else "")
-                             + f": {err.strerror}") from None
+                             + f": {err.strerror}" + (f" (held by {holder})" if holder else "")) from None
     sock.listen(1024)
     return sock
+
+
+def port_holder(port: int) -> str | None:
+    """``pid N (command)`` of a process listening on TCP ``port`` (from ``/proc``: Linux, processes this user may
+    see), or ``None`` when it cannot be told."""
+    import os
+    from pathlib import Path
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                    return f"pid {proc.name} ({cmd[:80]})"
+        except OSError:
+            continue
+    return None
 
 
 def _caller_from_der(der: bytes | None) -> Caller | None:
