@@ -190,7 +190,9 @@ def _interrupt(cwd: Path, args: list[str], ready: str, timeout: float = 90) -> t
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert started.wait(timeout), f"never started: {bytes(seen)[-2000:]!r}"
+        from timing import scaled
+
+        assert started.wait(scaled(timeout)), f"never started: {bytes(seen)[-2000:]!r}"
         time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
         proc.stdout.read()

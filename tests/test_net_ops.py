@@ -349,7 +349,9 @@ def _can_unshare() -> str | None:
 def _ready(url: str, procs: dict, runner: UnitRunner, name: str, timeout: float = 90.0) -> dict:
     import requests
 
-    deadline = time.monotonic() + timeout
+    from timing import scaled
+
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         assert procs[name].poll() is None, f"{name} exited {procs[name].returncode}:\n{runner.log(name)[-3000:]}"
         try:
