@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -296,9 +297,11 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
     if max_skip_bits is not None and not 8 <= max_skip_bits <= 1 << 40:
         raise InvalidRequest(f"--max-skip-bits {max_skip_bits} must be in 8..{1 << 40}")
-    from .retention import check_window
-
-    check_window(retention, clock_skew)
+    if not (math.isfinite(clock_skew) and clock_skew >= 0):
+        raise InvalidRequest(f"--clock-skew {clock_skew:g} must be a number of seconds >= 0")
+    if not (math.isfinite(retention) and retention >= clock_skew + 1):  # a message older than their difference: 409
+        raise InvalidRequest(f"--retention {retention:g} must be at least --clock-skew ({clock_skew:g}) + 1 s: a "
+                             "relay message older than the retention less the skew is refused")
     net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,

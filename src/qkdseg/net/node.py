@@ -235,7 +235,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         while True:
             await asyncio.sleep(max(0.05, min(30.0, self.cfg.key_ttl_s / 4, self.window[0] / 4)))
             now = time.time()
-            self.stats["relay_rows_pruned"] += await prune_relay(self, now)
+            self.stats["relay_rows_pruned"] += await prune_relay(self, now, REQUEST_TIMEOUT_S)
             gone = [r for r in self.keys.values() if r.expires_at <= now]
             for r in gone:
                 del self.keys[r.key_id]

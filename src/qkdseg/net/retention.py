@@ -37,17 +37,6 @@ def window(conf: dict) -> tuple[float, float]:
             float(conf.get("clock_skew_s", DEFAULT_CLOCK_SKEW_S)))
 
 
-def check_window(retention_s: float, clock_skew_s: float) -> None:
-    """``net init``'s check: a window that accepts a message at all (one line naming the flag)."""
-    from ..errors import InvalidRequest
-
-    if not (math.isfinite(clock_skew_s) and clock_skew_s >= 0):
-        raise InvalidRequest(f"--clock-skew {clock_skew_s:g} must be a number of seconds >= 0")
-    if not (math.isfinite(retention_s) and retention_s >= clock_skew_s + 1):
-        raise InvalidRequest(f"--retention {retention_s:g} must be at least --clock-skew ({clock_skew_s:g}) + 1 s: "
-                             "a relay message older than the retention less the skew is refused")
-
-
 def check_fresh(svc, w: dict, refusals: list) -> None:
     """Refuse (409, audited) a message whose ``sent_at`` lies outside the window (raises Problem)."""
     sent = w["sent_at"]
@@ -67,16 +56,14 @@ def check_fresh(svc, w: dict, refusals: list) -> None:
     raise Problem(409, "Conflict", f"message {str(w['message_id'])[:64]}: {why}", status_020="failed")
 
 
-async def prune_relay(svc, now: float | None = None) -> int:
-    """Delete the inbox and outbox rows older than the retention, except those of requests in flight; returns
-    the rows deleted. A write that fails leaves the rows (a later pass deletes them)."""
+async def prune_relay(svc, now: float, timeout_s: float) -> int:
+    """Delete the inbox and outbox rows older than the retention, except those of requests in flight (younger
+    than ``timeout_s``); returns the rows deleted. A write that fails leaves the rows (a later pass deletes them)."""
     from ..server.storehealth import CommitFailed
 
-    from .relayrequests import REQUEST_TIMEOUT_S
-
-    cutoff = (time.time() if now is None else now) - svc.window[0]
+    cutoff = now - svc.window[0]
     # in flight: a request younger than its timeout (a relay node keeps a finished request's state longer)
-    live = {rid for rid, st in svc.requests.items() if time.monotonic() - st.created < REQUEST_TIMEOUT_S}
+    live = {rid for rid, st in svc.requests.items() if time.monotonic() - st.created < timeout_s}
     db = svc.relaydb
     deleted = 0
     for table in ("inbox", "outbox"):
