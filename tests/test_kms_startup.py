@@ -155,7 +155,7 @@ def test_an_edit_on_line_1_is_reported_as_line_1(tmp_path):
     rec["i"] = 42
     _rewrite(path, [json.dumps(rec, sort_keys=True, separators=(",", ":"))] + lines[1:])
     problems = verify_audit(d)[1]
-    assert problems and problems[0].startswith("line 1"), problems
+    assert problems and problems[0].startswith(f"{d / 'audit.jsonl'}: line 1"), problems  # its file and line
 
 
 def test_the_chain_is_keyed_a_recomputed_sha256_chain_is_a_forgery(tmp_path):
@@ -180,7 +180,7 @@ def test_the_chain_is_keyed_a_recomputed_sha256_chain_is_a_forgery(tmp_path):
     db.commit()
     db.close()
     problems = verify_audit(d)[1]
-    assert any(p.startswith("line 2") for p in problems), problems
+    assert any(p.split(": ", 1)[1].startswith("line 2") for p in problems), problems
     r = run_in("kms", "audit", str(d), "--verify")
     assert r.returncode == 1 and "BROKEN" in r.stdout
 

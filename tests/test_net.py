@@ -299,7 +299,8 @@ def test_relay_api_checks_roles_and_offsets(net):
 
     pk = net.dir / "pki"
     sae = client_context(pk / "A.crt", pk / "A.key", pk / "ca.crt")
-    msg = {"message_id": "m1", "request_id": "r1", "kind": "pieces", "src": 0, "dst": 7, "blocks": []}
+    msg = {"message_id": "m1", "request_id": "r1", "kind": "pieces", "src": 0, "dst": 7, "blocks": [],
+           "sent_at": time.time()}
     r = httpx.post(f"https://{net.addr['7']}/relay/v1/messages", json=msg, verify=sae)
     assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
     nd0 = net.dir / "nodes" / net.names["0"]

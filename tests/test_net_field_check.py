@@ -459,7 +459,7 @@ def test_relay_and_control_apis_check_the_callers_role(net):
 
     def pieces(src, dst):
         return {"kind": "pieces", "message_id": f"chk19-{random.getrandbits(64):x}",
-                "request_id": "chk19-none", "src": src, "dst": dst, "blocks": []}
+                "request_id": "chk19-none", "src": src, "dst": dst, "blocks": [], "sent_at": time.time()}
 
     post = lambda host, path, body, cert: requests.post(  # noqa: E731
         f"https://{host}{path}", json=body, cert=cert, verify=net.ca, timeout=30)

@@ -99,7 +99,7 @@ def _problem(r, status: int) -> dict:
 
 def _msg(kind: str, src, dst, rid: str | None = None, **fields) -> dict:
     return {"message_id": str(uuid.uuid4()), "request_id": rid or str(uuid.uuid4()), "kind": kind, "src": src,
-            "dst": dst, **fields}
+            "dst": dst, "sent_at": time.time(), **fields}
 
 
 def _rss_mb(pid: int) -> float:

@@ -20,7 +20,7 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
               "kme_id": "--kme-id", "key_ttl_s": "--key-ttl", "min_key_size": "--min-key-size",
               "max_key_size": "--max-key-size", "max_key_per_request": "--max-key-per-request",
               "durability": "--durability", "default_rate_bps": "--default-rate", "saes": "--sae",
-              "network": "--network"}
+              "network": "--network", "audit_max_mb": "--audit-max-mb"}
 
 
 @kms_app.command("init")
@@ -52,6 +52,8 @@ def init(
     link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (at each "
                                              "link's rate) or 'device' (QKD devices over ETSI 014: writes the "
                                              "device emulator's directory DIR/devices/).")] = "emulated",
+    audit_max_mb: Annotated[float, typer.Option("--audit-max-mb", help="Rotate DIR/audit.jsonl into "
+                                                "audit-<first seq>.jsonl past this size (MB; 0: never).")] = 64.0,
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
@@ -80,7 +82,7 @@ def init(
     cfg = KmsConfig(network=spec, saes=saes, security_level=security_level, key_size=key_size,
                     min_key_size=min_key_size, max_key_size=max_key_size, max_key_per_request=max_key_per_request,
                     algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
-                    default_rate_bps=default_rate, _dir=directory)
+                    default_rate_bps=default_rate, audit_max_mb=audit_max_mb, _dir=directory)
     cfg.check(flags=INIT_FLAGS)
     devices = directory / "devices"
     if link_source == "device" and (devices / "device.toml").exists() and not force:
@@ -275,27 +277,33 @@ def demo(
 def audit(
     directory: Annotated[Path, typer.Argument(help="The service directory.", show_default=False)],
     verify: Annotated[bool, typer.Option("--verify", help="Check the keyed chain (the default action).")] = True,
+    archive: Annotated[Path | None, typer.Option("--archive", help="A folder the rotated audit-<seq>.jsonl[.gz] "
+                                                 "files were moved to (checked with those in DIR).",
+                                                 show_default=False)] = None,
 ) -> None:
-    """Check DIR/audit.jsonl's keyed chain (read-only); exit 1 if a line was edited, removed or reordered."""
-    from ..server.audit import AUDIT_NAME
+    """Check DIR's audit log, rotated files included (read-only); exit 1 if a line was edited, removed or
+    reordered. DIR: a kms directory, a node's (DEPLOY/nodes/<node>) or the controller's (DEPLOY/controller)."""
+    from ..server.auditseries import series
     from ..server.directory import check_audit_dir, directory_audit_key
 
-    if not (directory / AUDIT_NAME).exists() and not (directory / "kms.sqlite3").exists():
-        raise InvalidRequest(f"{directory}: no audit log here (no {AUDIT_NAME})")
+    if not series(directory, archive) and not (directory / "kms.sqlite3").exists():
+        raise InvalidRequest(f"{directory}: no audit log here (no audit.jsonl, no rotated audit-<seq>.jsonl)")
+    if archive is not None and not archive.is_dir():
+        raise InvalidRequest(f"--archive {archive}: not a directory")
     try:
         key = directory_audit_key(directory)
     except InvalidRequest as err:
         key = None
         typer.echo(f"note: MACs not checked, only the links ({err})")
-    rep = check_audit_dir(directory, key)
+    rep = check_audit_dir(directory, key, archive)
     if rep.accepted:
         typer.echo(f"{len(rep.accepted)} earlier problem(s) accepted by 'kms serve --accept-broken-audit' "
                    f"(record seq {', '.join(map(str, rep.accepted_at))}):")
         for p in rep.accepted:
-            typer.echo(f"  accepted: {directory / AUDIT_NAME}: {p}")
+            typer.echo(f"  accepted: {p}")
     if rep.problems:
         for p in rep.problems:
-            typer.echo(f"{directory / AUDIT_NAME}: {p}")
+            typer.echo(p)
         typer.echo(f"audit chain BROKEN: {len(rep.problems)} problem(s) in {rep.records} records")
         raise typer.Exit(1)
     typer.echo(f"audit chain intact: {rep.records} records" + ("" if key is not None else " (links only)"))

@@ -41,6 +41,12 @@ def init(
         "--max-skip-bits", help="How far (bits) a neighbour may move a node's link counter or mark in one claim "
                                 "(further on: refused, audited, the link reported suspect); default: each link's "
                                 "pool size.", show_default=False)] = None,
+    retention: Annotated[float, typer.Option("--retention", help="Seconds each node keeps a finished relay message's "
+                                             "row (its idempotency window).")] = 3600.0,
+    clock_skew: Annotated[float, typer.Option("--clock-skew", help="Seconds the nodes' clocks may differ (a message "
+                                              "older than the retention less this is refused).")] = 60.0,
+    audit_max_mb: Annotated[float, typer.Option("--audit-max-mb", help="Rotate each server's audit.jsonl past this "
+                                                "size (MB; 0: never).")] = 64.0,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -49,7 +55,8 @@ def init(
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
-                       max_skip_bits=max_skip_bits)
+                       max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
+                       audit_max_mb=audit_max_mb)
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:

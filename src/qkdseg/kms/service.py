@@ -368,6 +368,8 @@ class KeyService(ServiceState):
             await asyncio.sleep(period)
             try:
                 await self.expire()
+                if self.cfg.link_source == "device":  # used-up device key rows after the retention (issue 31)
+                    await self.committer.commit(Batch(device_prune=self.clock() - self.cfg.retention_s))
             except CommitFailed:  # kept, as stored: the next pass tries again (the failure is in the store's health)
                 pass
             except Exception:  # noqa: BLE001 -- logged; the next pass tries again

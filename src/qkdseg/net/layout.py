@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -267,14 +268,15 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
 #: The flags of ``net init`` that set a field of the controller's ``kms.toml`` (its refusals name the flag).
 INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
               "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
-              "algorithm_options": "--algorithm-option"}
+              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb"}
 
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
                  key_size: int = 256, algorithm: str = "smr", reconstruction: str = "paper",
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
                  algorithm_options: dict | None = None, link_source: str = "emulated",
-                 max_skip_bits: int | None = None) -> dict:
+                 max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
+                 audit_max_mb: float = 64.0) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -295,12 +297,18 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
     if max_skip_bits is not None and not 8 <= max_skip_bits <= 1 << 40:
         raise InvalidRequest(f"--max-skip-bits {max_skip_bits} must be in 8..{1 << 40}")
+    if not (math.isfinite(clock_skew) and clock_skew >= 0):
+        raise InvalidRequest(f"--clock-skew {clock_skew:g} must be a number of seconds >= 0")
+    if not (math.isfinite(retention) and retention >= clock_skew + 1):  # a message older than their difference: 409
+        raise InvalidRequest(f"--retention {retention:g} must be at least --clock-skew ({clock_skew:g}) + 1 s: a "
+                             "relay message older than the retention less the skew is refused")
     net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
-                    algorithm_options=dict(algorithm_options or {}), _dir=directory / "controller")
+                    algorithm_options=dict(algorithm_options or {}), audit_max_mb=audit_max_mb,
+                    retention_s=retention, _dir=directory / "controller")
     cfg.check(flags=INIT_FLAGS)
     ids = list(net.graph.nodes)
     if len(ids) > 200_000:
@@ -337,6 +345,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                           saes=at_node.get(str(v), []), links=links, key_size=key_size,
                           security_level=security_level)
         conf["max_skip_bits"] = max_skip_bits  # None: each link's pool_bits (net/linkhealth.py)
+        conf.update(retention_s=retention, clock_skew_s=clock_skew, audit_max_mb=audit_max_mb)  # .retention
         (nd / "node.json").write_text(json.dumps(conf, indent=1) + "\n")
     (directory / "nodes.json").write_text(json.dumps(names, indent=1) + "\n")
     out = {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}

@@ -36,7 +36,10 @@ def _trace(request_id: str, what: str) -> None:
 
 
 def _json(item: tuple) -> tuple:
+    """A queued message with its JSON; ``sent_at`` (the sender's clock, .retention) set when its first POST is
+    built (a retry carries the same)."""
     w, fut = item
+    w.setdefault("sent_at", round(time.time(), 3))
     return w, fut, json.dumps(w, separators=(",", ":"))
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import InvalidRequest
-from ..server.audit import load_audit_key
+from ..server.audit import DEFAULT_AUDIT_MAX_MB, audit_max_bytes, load_audit_key
 from ..server.files import damaged, load_json
 from ..server.groupcommit import GroupCommit
 from ..server.storagekey import load_storage_key
@@ -53,6 +53,7 @@ from .limits import EARLY_S, Early
 from .messaging import Messaging
 from .relayrequests import REQUEST_TIMEOUT_S, RelayRequests, ReqState
 from .relaystore import NetLinkEnd, RelayDB
+from .retention import prune_relay, window
 from .reports import MAX_EVENTS, Reports
 from .spares import Spares
 from .wire import client_context, server_context
@@ -82,6 +83,8 @@ def load_node_conf(d: Path) -> dict:
         host, port = str(conf["address"]).rsplit(":", 1)
         int(port)
         str(conf["controller"])
+        for name in ("retention_s", "clock_skew_s", "audit_max_mb"):  # net init --retention ... (.retention)
+            float(conf.get(name, 0))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise damaged(path, "the node's configuration", err) from None
     return conf
@@ -116,7 +119,9 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         skey = load_storage_key(d / "storage.key")  # never made here: a missing key refuses to start
         sealed = load_json(d / "links.sealed.json", "the node's file of sealed link seeds")
         # the directory's lock (one process per node), the storage key's check value, the keyed audit chain
-        self.store = Store(d, skey, load_audit_key(d / "audit.key"), durability="normal")
+        self.store = Store(d, skey, load_audit_key(d / "audit.key"), durability="normal",
+                           audit_max_bytes=audit_max_bytes(self.conf.get("audit_max_mb", DEFAULT_AUDIT_MAX_MB)))
+        self.window = window(self.conf)  # (retention_s, clock_skew_s): .retention
         self.committer = GroupCommit(self.store)
         self.relaydb = RelayDB(d / "relay.sqlite3", self.store.health)  # its failures count in the same health
         self.offsets = self.relaydb.offsets()
@@ -228,8 +233,9 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
     # -- expiry and the node's tasks -----------------------------------------------------
     async def expiry_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(0.05, min(30.0, self.cfg.key_ttl_s / 4)))
+            await asyncio.sleep(max(0.05, min(30.0, self.cfg.key_ttl_s / 4, self.window[0] / 4)))
             now = time.time()
+            self.stats["relay_rows_pruned"] += await prune_relay(self, now, REQUEST_TIMEOUT_S)
             gone = [r for r in self.keys.values() if r.expires_at <= now]
             for r in gone:
                 del self.keys[r.key_id]

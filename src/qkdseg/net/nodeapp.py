@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from ..server.store import Batch
 from .limits import RELAY_MAX_BODY, check_batch, read_json
+from .retention import check_fresh
 from .wire import Problem, json_response, problem_routes, require
 from .wire import role as role_of
 
@@ -109,6 +110,7 @@ async def accept(svc, role, w: dict, offsets: dict, inbox: list, later: list, re
         raise Problem(400, "Bad Request", f"this is node {svc.id!r}, not {w['dst']!r}")
     if kind not in ("pieces", "global", "confirm", "void", "issue"):
         raise Problem(400, "Bad Request", f"unknown message kind {kind!r}")
+    check_fresh(svc, w, refusals)  # older than the window (its id may be forgotten): 409, audited
     if kind != "issue" and (svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone()
                             or any(row[0] == mid for row in inbox)):
         return  # a retry of a message stored already (idempotent by message id): accepted, not processed twice

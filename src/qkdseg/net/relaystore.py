@@ -2,7 +2,7 @@
 
 :class:`RelayDB` is the node's relay state in ``relay.sqlite3`` (SQLite,
 WAL): the link offsets, the relay messages it sent (outbox) and received
-(inbox). :class:`NetLinkEnd` is this node's end of one link: its outgoing
+(inbox), each row kept for the idempotency window (:mod:`.retention` prunes them). :class:`NetLinkEnd` is this node's end of one link: its outgoing
 counter over the link's key stream and the incoming reads.
 
 A write that fails (a full disk, any SQLite error) is rolled back and raises
@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS inbox (message_id TEXT PRIMARY KEY, request_id TEXT N
 CREATE TABLE IF NOT EXISTS outbox (message_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, dst TEXT NOT NULL,
                                    kind TEXT NOT NULL, status TEXT NOT NULL, t REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, t REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_t ON inbox (t);
+CREATE INDEX IF NOT EXISTS outbox_t ON outbox (t);
 """
 logger = logging.getLogger("qkdseg.net")
 

@@ -44,6 +44,8 @@ from ..errors import InvalidRequest
 from .pki import write_secret
 
 AUDIT_NAME = "audit.jsonl"
+#: The size (MB) past which ``audit.jsonl`` is rotated (:mod:`.auditseries`) unless ``audit_max_mb`` says otherwise.
+DEFAULT_AUDIT_MAX_MB = 64.0
 GENESIS = "0" * 64
 ACCEPT_EVENT = "audit_broken_accepted"
 KEY_BYTES = 32
@@ -63,6 +65,11 @@ def chain_line(key: bytes, rec: dict, seq: int, prev: str) -> tuple[str, str]:
     body.pop("mac", None)
     m = mac(key, canonical(body))
     return canonical({**body, "mac": m}), m
+
+
+def audit_max_bytes(mb) -> int | None:
+    """``audit_max_mb`` in bytes (``None`` or 0: never rotated)."""
+    return int(float(mb) * (1 << 20)) if mb else None
 
 
 def make_audit_key(path: Path) -> bytes:
@@ -114,11 +121,12 @@ def _no_duplicate_keys(pairs):
     return out
 
 
-def check_lines(key: bytes | None, lines: Iterable[str]) -> AuditReport:
-    """Check the chain of ``lines`` (without newlines); ``key=None`` checks the links only, not the MACs."""
+def check_lines(key: bytes | None, lines: Iterable[str], start: tuple[int, str] = (0, GENESIS)) -> AuditReport:
+    """Check the chain of ``lines`` (without newlines); ``key=None`` checks the links only, not the MACs.
+    ``start``: the ``(seq, mac)`` the first line follows (a rotated log's live file: :mod:`.auditseries`)."""
     rep = AuditReport(macs_checked=key is not None)
-    prev: str | None = GENESIS
-    seq = 0
+    seq, prev = start
+    rep.last_seq, rep.last_mac = start
     for lineno, line in enumerate(lines, 1):
         try:
             rec = json.loads(line, object_pairs_hook=_no_duplicate_keys)

@@ -81,6 +81,12 @@ class KmsConfig:
         Key generation rate (bits/s) of a link whose network file gives no
         ``rate_bps``. (A link without ``pool_bits`` holds 100,000 bits, the
         network model's default.)
+    audit_max_mb : float
+        ``audit.jsonl`` is rotated into ``audit-<first seq>.jsonl`` when it
+        passes this size (MB, fractions allowed; 0: never).
+    retention_s : float
+        Seconds a finished row is kept before it is pruned (the device keys
+        used up, ``link_source = "device"``).
     durability : str
         ``full`` (SQLite ``synchronous=FULL``: an answered request survives
         power loss) or ``normal`` (survives a crash of the process only).
@@ -133,6 +139,8 @@ class KmsConfig:
     key_ttl_s: float = 3600.0
     default_rate_bps: int = 100_000
     durability: str = "full"
+    audit_max_mb: float = 64.0
+    retention_s: float = 3600.0
     ca: str = "pki/ca.crt"
     cert: str = "pki/server.crt"
     key: str = "pki/server.key"
@@ -222,6 +230,10 @@ class KmsConfig:
                 DeviceLink.from_table(name, table, where)
         if self.durability not in ("full", "normal"):
             raise bad("durability", "must be 'full' or 'normal'")
+        for name, low in (("audit_max_mb", 0.0), ("retention_s", 1.0)):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not low <= val <= 1e9 or math.isnan(val):
+                raise bad(name, f"must be a number in [{low:g}, 1e9]")
         from ..routing.registry import ALGORITHMS
 
         if self.algorithm not in ALGORITHMS:

@@ -12,7 +12,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import InvalidRequest
-from .audit import AUDIT_NAME, AuditReport, check_head, check_lines, read_lines
+from .audit import AuditReport, check_head
+from .auditseries import check_series, series
 from .pki import write_secret
 from .storagekey import load_storage_key
 from .schema import DB_NAME
@@ -31,10 +32,12 @@ def _open_readonly(db_path: Path) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True)
 
 
-def check_audit_dir(directory: Path, audit_key: bytes | None) -> AuditReport:
-    """Check ``DIR/audit.jsonl`` (MACs when ``audit_key`` is given) against the database's chain head, read-only."""
+def check_audit_dir(directory: Path, audit_key: bytes | None, archive: Path | None = None) -> AuditReport:
+    """Check ``DIR``'s audit log (MACs when ``audit_key`` is given) against the database's chain head, read-only:
+    the whole rotated series (:mod:`.auditseries`: ``audit-<seq>.jsonl[.gz]`` in ``DIR`` and in ``archive``, then
+    ``audit.jsonl``); each problem names its file and line."""
     directory = Path(directory)
-    rep = check_lines(audit_key, read_lines(directory / AUDIT_NAME))
+    rep = check_series(audit_key, series(directory, archive))
     db_path = directory / DB_NAME
     if db_path.exists():
         try:

@@ -2,10 +2,8 @@
 
 Every change is one transaction (a :class:`Batch`), committed before the
 server answers (:mod:`.groupcommit` merges concurrent requests' batches).
-The tables are :mod:`.schema`'s. The audit file has one JSON object per
-line, chained and keyed with HMAC-SHA256 under the audit key (:mod:`.audit`);
-the head kept in the database detects a truncated tail
-(:func:`.directory.verify_audit`).
+The tables are :mod:`.schema`'s. The audit file: one JSON object a line, keyed-chained (HMAC-SHA256,
+:mod:`.audit`), rotated by size (:mod:`.auditseries`); the database's head detects a cut tail.
 
 What every process that writes a service directory shares (``kms serve``,
 ``kms rotate-storage-key``, the network's ``node serve``), all in
@@ -30,6 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import InvalidRequest
+from .auditseries import first_seq, live_start, rename_rotated
 from .audit import (ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, cut_torn_tail,
                     last_seq, read_lines)
 from .lock import DirLock, lock_directory
@@ -79,10 +78,12 @@ class Batch:
     audit: list[dict] = field(default_factory=list)
     device_put: list[tuple] = field(default_factory=list)  # device_keys rows (k, seq, key_id, nbytes, used, state, blob, t)
     device_used: dict[tuple[int, int], int] = field(default_factory=dict)  # (k, seq) -> bytes used (all: 'used', erased)
+    device_prune: float = 0.0  # delete used-up device_keys rows fetched before this time (0: none)
 
     def merge(self, other: "Batch") -> None:
         self.device_put += other.device_put
         self.device_used.update(other.device_used)
+        self.device_prune = max(self.device_prune, other.device_prune)
         self.put_keys += other.put_keys
         self.issue_keys += other.issue_keys
         self.delete_keys += other.delete_keys
@@ -105,8 +106,10 @@ class Store:
     """
 
     def __init__(self, directory: Path, storage_key: bytes, audit_key: bytes, *, durability: str = "full",
-                 accept_broken_audit: bool = False, lock: bool = True, clock=time.time) -> None:
+                 accept_broken_audit: bool = False, lock: bool = True, clock=time.time,
+                 audit_max_bytes: int | None = None) -> None:
         self.directory = Path(directory)
+        self.audit_max_bytes = audit_max_bytes  # audit.jsonl rotated past it (.auditseries); None: never
         self.aead = AESGCM(storage_key)
         self.storage_key_id = storage_key_id(storage_key)
         self.audit_key = audit_key
@@ -152,6 +155,7 @@ class Store:
             self.audit_seq, self.audit_hash = (0, GENESIS) if head is None else (int(head.split(":")[0]),
                                                                                  head.split(":")[1])
             self._synced_seq, self._synced_at = 0, 0.0
+            self._resume_rotation()
             cut_torn_tail(self.audit_path)
             self._append_pending_audit()
         except sqlite3.Error as err:
@@ -297,7 +301,7 @@ class Store:
 
     def check_audit(self) -> AuditReport:
         """Check the audit file's chain (MACs, links) and its end against the database's head."""
-        rep = check_lines(self.audit_key, read_lines(self.audit_path))
+        rep = check_lines(self.audit_key, read_lines(self.audit_path), start=live_start(self._meta("audit_live_start")))
         head = self._meta("audit_head")
         check_head(rep, None if head is None else (int(head.split(":")[0]), head.split(":")[1]))
         return rep
@@ -313,7 +317,7 @@ class Store:
     def _catch_up_audit(self) -> None:
         """Cut a torn last line, then append the committed records (the ``audit`` table) the file lacks."""
         cut_torn_tail(self.audit_path)
-        last = last_seq(self.audit_path)
+        last = last_seq(self.audit_path) or live_start(self._meta("audit_live_start"))[0]
         rows = self.db.execute("SELECT seq, line FROM audit WHERE seq > ? ORDER BY seq", (last,)).fetchall()
         self._append_audit([line for _, line in rows])
 
@@ -346,6 +350,9 @@ class Store:
             fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(fd, "a", encoding="utf-8") as fh:
                 fh.write("".join(line + "\n" for line in lines))
+                size = fh.tell()
+            if self.audit_max_bytes and size > self.audit_max_bytes:
+                self._rotate()
         now = time.monotonic()
         if self.audit_seq > self._synced_seq and (now - self._synced_at >= 1.0 or self.durability != "full"):
             if self.durability == "full":
@@ -355,6 +362,38 @@ class Store:
                 finally:
                     os.close(fd)
             self._synced_seq, self._synced_at = self.audit_seq, now
+
+    def _rotate(self) -> None:
+        """``audit.jsonl`` synced and renamed ``audit-<first seq>.jsonl`` (:mod:`.auditseries`); where the next
+        file starts is in ``meta.audit_live_start`` first. A rotation that fails is logged, tried again later."""
+        try:
+            if last_seq(self.audit_path) != self.audit_seq:  # the file lags behind: caught up first
+                return
+            fd = os.open(self.audit_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            old = self._meta("audit_live_start")
+            self.set_meta("audit_live_start", f"{self.audit_seq}:{self.audit_hash}")
+            try:
+                rename_rotated(self.audit_path, first_seq(self.audit_path))
+            except OSError:
+                if old is None:
+                    self.db.execute("DELETE FROM meta WHERE name='audit_live_start'")
+                else:
+                    self.set_meta("audit_live_start", old)
+                raise
+            self._synced_seq, self._synced_at = self.audit_seq, time.monotonic()
+        except (OSError, sqlite3.Error) as err:
+            logger.warning("%s: not rotated (%s); tried again after the next write", self.audit_path, err)
+
+    def _resume_rotation(self) -> None:
+        """A rotation a crash cut between its two steps (the live file holds records rotated): renamed now."""
+        start = live_start(self._meta("audit_live_start"))[0]
+        first = first_seq(self.audit_path)
+        if start and first and first <= start:
+            rename_rotated(self.audit_path, first)
 
     # -- the one write path --------------------------------------------------------------
     def commit(self, batch: Batch) -> None:
@@ -391,6 +430,10 @@ class Store:
                     "UPDATE device_keys SET used=?1, state=CASE WHEN ?1 >= nbytes THEN 'used' ELSE state END, "
                     "blob=CASE WHEN ?1 >= nbytes THEN X'' ELSE blob END WHERE k=?2 AND seq=?3",
                     [(used, k, seq) for (k, seq), used in batch.device_used.items()])
+            if batch.device_prune:  # at most 20,000 a pass; each link's newest row stays (its seq goes on from it)
+                db.execute("DELETE FROM device_keys WHERE rowid IN (SELECT rowid FROM device_keys AS a WHERE state != "
+                           "'held' AND fetched_at < ? AND seq < (SELECT MAX(seq) FROM device_keys AS b WHERE b.k = a.k)"
+                           " LIMIT 20000)", (batch.device_prune,))
             if batch.links:
                 db.executemany(
                     "INSERT INTO links VALUES (?,?,?,?,?,?) ON CONFLICT(k) DO UPDATE SET "
@@ -449,5 +492,8 @@ def open_store(cfg, *, accept_broken_audit: bool = False) -> Store:
     """The store of ``cfg``'s directory: its lock taken, its storage key and audit chain checked (:class:`Store`)."""
     from .audit import load_audit_key
 
+    from .audit import audit_max_bytes
+
     return Store(cfg._dir, load_storage_key(cfg.path(cfg.storage_key)), load_audit_key(cfg.path(cfg.audit_key)),
-                 durability=cfg.durability, accept_broken_audit=accept_broken_audit)
+                 durability=cfg.durability, accept_broken_audit=accept_broken_audit,
+                 audit_max_bytes=audit_max_bytes(cfg.audit_max_mb))
