@@ -289,8 +289,9 @@ def _b64(n: int, byte: bytes = b"x") -> str:
 
 
 def _msg(kind: str, src: str, dst: str, request_id: str | None = None, **fields) -> dict:
+    # sent_at: the sender's send time every relay message carries since issue 31's retention (docs/network.md)
     return {"kind": kind, "message_id": str(uuid.uuid4()), "request_id": request_id or str(uuid.uuid4()),
-            "src": src, "dst": dst, **fields}
+            "src": src, "dst": dst, "sent_at": time.time(), **fields}
 
 
 def _global(src, dst, request_id=None, items=1, size=32, segment=0):
