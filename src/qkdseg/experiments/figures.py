@@ -9,7 +9,21 @@ import numpy as np
 
 #: Colours per algorithm, stable across figures.
 COLOURS = {"smr": "#d62728", "smr-exact": "#9467bd", "msp": "#1f77b4", "disjoint": "#2ca02c", "single": "#7f7f7f",
-           "smr-level": "#ff7f0e"}
+           "smr-level": "#ff7f0e", "least-loaded": "#8c564b"}
+#: Line style and marker per algorithm: with the colour, curves that lie on each other stay told apart.
+LINES = {"smr": ("-", "o"), "smr-exact": ("--", "s"), "msp": ("-.", "^"), "disjoint": (":", "D"),
+         "single": ((0, (6, 2, 1, 2, 1, 2)), "v"), "smr-level": ("-", "P"), "least-loaded": ((0, (3, 1.5)), "X")}
+
+
+def style(alg: str, **extra) -> dict:
+    """Matplotlib keywords of an algorithm's curves: its colour, line style and marker (hollow for the dotted
+    and dashed ones, so that a marker under another stays visible)."""
+    ls, marker = LINES.get(alg, ("-", "o"))
+    kw = {"color": COLOURS.get(alg, "black"), "ls": ls, "marker": marker, "ms": 4.5, "lw": 1.6, "label": alg}
+    if ls != "-":
+        kw["mfc"] = "white"
+    kw.update(extra)
+    return kw
 X_LABEL = {"p_untrusted": "security probability p of untrusted relays", "n_trusted": "number of trusted relays"}
 EPS_STYLES = {0.5: ("-", "o"), 0.7: ("--", "s"), 0.9: (":", "^")}
 
@@ -111,7 +125,8 @@ def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
     give identical files) and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out by its own engine (constrained) keeps it
+        fig.tight_layout()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
