@@ -111,7 +111,7 @@ def ratio_ci(key, used) -> tuple[float, float]:
 
     >>> r, h = ratio_ci([1.0, 2.0, 0.0], [10.0, 10.0, 0.0])
     >>> round(r, 4), round(h, 4)
-    (0.15, 0.0735)
+    (0.15, 0.0849)
     """
     y, x = np.asarray(key, dtype=np.float64), np.asarray(used, dtype=np.float64)
     n, sx = y.size, x.sum()

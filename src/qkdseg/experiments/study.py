@@ -267,9 +267,10 @@ def _level_lines(df, t, epsilon_col: str = "key_bits_e90") -> list[str]:
     n_served = df[df[epsilon_col] > 0].groupby(["network", "algorithm"]).size().unstack("algorithm").fillna(0)
     for _, r in t.iterrows():
         ns = n_served.loc[r["network"]] if r["network"] in n_served.index else {}
+        cells = [f"{r[c]:{f}}" if r[c] == r[c] else "-" for c, f in
+                 (("per_bit_disjoint", ".4f"), ("per_bit_smr-level", ".4f"), ("level_over_disjoint", ".2f"))]
         lines.append(f"| {r['network']} | {int(r['nodes'])} | {int(ns.get('disjoint', 0) or 0)} | "
-                     f"{int(ns.get('smr-level', 0) or 0)} | {r['per_bit_disjoint']:.4f} | {r['per_bit_smr-level']:.4f} | "
-                     f"{r['level_over_disjoint']:.2f} |")
+                     f"{int(ns.get('smr-level', 0) or 0)} | " + " | ".join(cells) + " |")
     return lines
 
 

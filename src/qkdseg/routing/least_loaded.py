@@ -30,13 +30,13 @@ pools. Ties: fewer hops, then the smaller predecessor index (as ExDijkstra).
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numpy as np
 
 from ..errors import InvalidRequest
 from ..network import COST_SCALE, NetworkArrays
+from .paths import _exdijkstra_python, successive_paths
 from .registry import register
 from .smr import request_masks
 
@@ -64,50 +64,11 @@ def link_costs(arrays: NetworkArrays, constant: float = DEFAULT_CONSTANT) -> np.
 
 def cheapest_path(arrays: NetworkArrays, source: int, target: int, cost: np.ndarray, removed_nodes: np.ndarray,
                   removed_links: np.ndarray) -> list[int] | None:
-    """The least-cost path by link costs ``cost`` (``None`` if there is none).
-
-    Relays (every node but the two ends, whose own masks are ignored) must be
-    unmasked and have ``p > 0``.
-    Labels ``(cost, hops)``; among equal labels the smaller predecessor index.
-    """
-    indptr, indices, edge_of = arrays._csr_lists
-    usable = (~removed_nodes) & (arrays.p > 0)
-    n = arrays.n_nodes
-    inf = math.inf
-    dist = [inf] * n
-    hops = [0] * n
-    pred = [-1] * n
-    done = [False] * n
-    dist[source] = 0.0
-    heap = [(0.0, 0, source)]
-    costs = cost.tolist()
-    rl = removed_links
-    while heap:
-        d, h, u = heapq.heappop(heap)
-        if done[u]:
-            continue
-        done[u] = True
-        if u == target:
-            break
-        for k in range(indptr[u], indptr[u + 1]):
-            v = indices[k]
-            e = edge_of[k]
-            if done[v] or rl[e] or (v != target and not usable[v]):
-                continue
-            c, nh = d + costs[e], h + 1
-            dv = dist[v]
-            if c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v]))):
-                better = c < dv or nh < hops[v]
-                dist[v], hops[v], pred[v] = c, nh, u
-                if better:
-                    heapq.heappush(heap, (c, nh, v))
-    if not done[target]:
-        return None
-    path = [target]
-    while path[-1] != source:
-        path.append(pred[path[-1]])
-    path.reverse()
-    return path
+    """The least-cost path by link costs ``cost`` (``None`` if there is none): the reference ExDijkstra
+    (:func:`~qkdseg.routing.paths._exdijkstra_python`) with no node cost, relays with ``p = 0`` unusable,
+    and ``cost`` per link crossed. Labels ``(cost, hops)``; among equal labels the smaller predecessor index."""
+    node_cost = np.where(arrays.p > 0, 0.0, math.inf)
+    return _exdijkstra_python(arrays, source, target, removed_nodes, removed_links, node_cost, link_cost=cost)
 
 
 def _check_constant(constant) -> float:
@@ -138,18 +99,6 @@ def least_loaded(
     """Pool-aware multipath on node indices; returns ``(segment_nodes, paths)``."""
     cost = link_costs(arrays, _check_constant(constant))
     rn, rl = request_masks(arrays, source, target, removed_links)  # the ends are masked: never relays
-    rl = np.array(rl, dtype=bool, copy=True)
-    trusted = arrays.trusted
-    paths: list[list[int]] = []
-    limit = max_paths if max_paths is not None else math.inf
-    while len(paths) < limit:
-        path = cheapest_path(arrays, source, target, cost, rn, rl)
-        if path is None:
-            break
-        paths.append(path)
-        for v in path[1:-1]:
-            if not trusted[v]:
-                rn[v] = True
-        for x, y in zip(path, path[1:]):
-            rl[arrays.edge_index(x, y)] = True
+    paths = successive_paths(arrays, lambda n, m: cheapest_path(arrays, source, target, cost, n, m), rn,
+                             np.array(rl, dtype=bool, copy=True), arrays.trusted, max_paths)
     return [source, target], [paths]
