@@ -1,9 +1,11 @@
 """The claim rows of a sweep's report.md, recomputed from its results.
 
-Independent of qkdseg: plain pandas/numpy over the results file. The four
-claims of docs/experiments.md are recognised by their text; for each, the
-verdict and the numbers quoted beside it are recomputed from the per-point
-means and 95% CI half-widths (1.96 sample standard deviations / sqrt(n)).
+Independent of qkdseg: plain pandas/numpy/scipy over the results file. The
+four claims of docs/experiments.md are recognised by their text; for each,
+the verdict and the numbers quoted beside it are recomputed from paired
+differences (the same trial at two points, or of two algorithms at one
+point): their mean and 95% Student-t half-width, significant when the
+interval excludes 0.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import re
 import numpy as np
 import pytest
 
-LEVELS = ("key_bits_e50", "key_bits_e70", "key_bits_e90")
-Z95 = 1.959963984540054
+LEVELS = {"key_bits_e50": 0.5, "key_bits_e70": 0.7, "key_bits_e90": 0.9}
 
 
 def claim_rows(report: str) -> list[dict]:
@@ -26,25 +27,39 @@ def claim_rows(report: str) -> list[dict]:
         verdicts = [c for c in cells if c in ("**PASS**", "**FAIL**")]
         if len(verdicts) != 1:
             continue
-        rows.append({"figure": cells[0], "claim": cells[1], "passed": verdicts[0] == "**PASS**", "numbers": cells[-1]})
+        rows.append({"figure": cells[0], "claim": cells[1], "settings": cells[2], "passed": verdicts[0] == "**PASS**",
+                     "numbers": cells[-1]})
     return rows
 
 
-def point_stats(df, fig: str, alg: str, col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x values, means and 95% CI half-widths (1.96 sample std / sqrt n) per point."""
+def table(df, fig: str, alg: str, col: str):
+    """``col`` of one algorithm as a trial x x-value table (the pairs: one trial, one topology and request)."""
     sub = df[(df["figure"] == fig) & (df["algorithm"] == alg)]
-    x = "p_untrusted" if sub["p_untrusted"].nunique() > 1 else "n_trusted"
-    xs = np.array(sorted(sub[x].unique()))
-    means, cis = [], []
-    for v in xs:
-        vals = sub.loc[sub[x] == v, col].to_numpy(dtype=float)
-        means.append(vals.mean())
-        cis.append(Z95 * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0)
-    return xs, np.array(means), np.array(cis)
+    x = "p_untrusted" if df.loc[df["figure"] == fig, "p_untrusted"].nunique() > 1 else "n_trusted"
+    return sub.pivot(index="trial", columns=x, values=col).astype(float).sort_index(axis=1)
+
+
+def ci(d) -> tuple[float, float]:
+    """Mean of paired differences and its 95% Student-t half-width."""
+    from scipy import stats
+
+    d = np.asarray(d, dtype=float)
+    d = d[~np.isnan(d)]
+    if d.size < 2:
+        return float(d.mean()) if d.size else float("nan"), float("inf")
+    return float(d.mean()), float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
 
 
 def numbers_in(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", text)]
+
+
+def _every_point(df, c, a, b, col, sign):
+    """Per x: paired mean and half-width of a - b; how many are significant in the direction ``sign``."""
+    A, B = table(df, c["figure"], a, col), table(df, c["figure"], b, col)
+    res = {v: ci(A[v] - B[v]) for v in A.columns}
+    sig = sum(1 for m, h in res.values() if sign * m - h > 0)
+    return res, sig
 
 
 def check_report_claims(df, report: str) -> int:
@@ -52,50 +67,59 @@ def check_report_claims(df, report: str) -> int:
     rows = claim_rows(report)
     checked = 0
     for c in rows:
+        assert "paired by trial" in c["settings"] and "trials per point" in c["settings"], c
         m = re.match(r"(\S+) is more secure than (\S+) at every point", c["claim"])
         if m:
-            a, b = m.group(1).lower(), m.group(2).lower()
-            _, ma, _ = point_stats(df, c["figure"], a, "security")
-            _, mb, _ = point_stats(df, c["figure"], b, "security")
-            diff = ma - mb
-            assert c["passed"] == bool((diff > 0).all()), c
-            nums = numbers_in(c["numbers"])
-            # "smallest margin {min:+.4f} at x ({a:.4f} vs {b:.4f}); mean margin {mean:+.4f}"
-            k = int(np.argmin(diff))
-            assert nums[0] == pytest.approx(diff.min(), abs=6e-5) and nums[-1] == pytest.approx(diff.mean(), abs=6e-5)
-            assert nums[-3] == pytest.approx(ma[k], abs=6e-5) and nums[-2] == pytest.approx(mb[k], abs=6e-5)
+            res, sig = _every_point(df, c, m.group(1).lower(), m.group(2).lower(), "security", +1)
+            assert c["passed"] == (sig == len(res)), c
+            assert f"above 0 at {sig} of {len(res)} points" in c["numbers"], c
+            mean, half = min(res.values(), key=lambda v: v[0] - v[1])
+            assert f"smallest paired margin {mean:+.4f} ± {half:.4f}" in c["numbers"], (mean, half, c)
             checked += 1
             continue
         m = re.match(r"(\S+) consumes fewer keys than (\S+) at every point", c["claim"])
         if m:
             a, b = m.group(1).lower(), m.group(2).lower()
-            ratio = point_stats(df, c["figure"], a, "consumed_bits")[1] / point_stats(df, c["figure"], b, "consumed_bits")[1]
-            assert c["passed"] == bool((ratio < 1).all()), c
-            nums = numbers_in(c["numbers"])
-            assert nums[0] == pytest.approx(ratio.max(), abs=6e-4) and nums[-1] == pytest.approx(ratio.mean(), abs=6e-4)
+            res, sig = _every_point(df, c, a, b, "consumed_bits", -1)
+            assert c["passed"] == (sig == len(res)), c
+            mean, half = max(res.values(), key=lambda v: v[0] + v[1])
+            assert f"below 0 at {sig} of {len(res)} points" in c["numbers"], c
+            assert f"largest paired difference {mean / 1e6:+.3f} ± {half / 1e6:.3f} Mb" in c["numbers"], c
+            ratio = table(df, c["figure"], a, "consumed_bits").mean() / table(df, c["figure"], b, "consumed_bits").mean()
+            assert numbers_in(c["numbers"])[-1] == pytest.approx(ratio.max(), abs=6e-4)
             checked += 1
             continue
         m = re.match(r"key length grows with", c["claim"])
         if m:
             ok = True
             for alg in ("smr", "msp"):
-                for col in LEVELS:
-                    _, mean, ci = point_stats(df, c["figure"], alg, col)
-                    drops = any(mean[i] < mean[i - 1] - (ci[i] + ci[i - 1]) for i in range(1, len(mean)))
-                    ok &= bool(mean[-1] > mean[0]) and not drops
-                    first_last = f"{alg} {col}: {mean[0] / 1000:.1f} -> {mean[-1] / 1000:.1f} kb"
-                    assert first_last in c["numbers"], (first_last, c)
+                for col, eps in LEVELS.items():
+                    T = table(df, c["figure"], alg, col)
+                    mean, half = ci(T.iloc[:, -1] - T.iloc[:, 0])
+                    falls = [k for k in range(1, T.shape[1]) if sum(ci(T.iloc[:, k] - T.iloc[:, k - 1])) < 0]
+                    ok &= mean - half > 0 and not falls
+                    means = T.mean()
+                    head = (f"{alg} ε={eps:g}: {means.iloc[0] / 1000:.1f} -> {means.iloc[-1] / 1000:.1f} kb "
+                            f"(last - first {mean / 1000:+.1f} ± {half / 1000:.1f} kb")
+                    assert head in c["numbers"], (head, c)
+                    for k in falls:
+                        fm, fh = ci(T.iloc[:, k] - T.iloc[:, k - 1])
+                        fall = (f"{means.iloc[k - 1] / 1000:.1f} -> {means.iloc[k] / 1000:.1f} kb, "
+                                f"{fm / 1000:+.1f} ± {fh / 1000:.1f} kb")
+                        assert fall in c["numbers"], (fall, c)
             assert c["passed"] == ok, c
             checked += 1
             continue
         m = re.match(r"(\S+) gets longer keys than (\S+)", c["claim"])
         if m:
-            a, b = m.group(1).lower(), m.group(2).lower()
             ok = True
-            for col in LEVELS:
-                margin = point_stats(df, c["figure"], a, col)[1] - point_stats(df, c["figure"], b, col)[1]
-                ok &= bool((margin > 0).all())
-                assert f"{col}: min margin {margin.min() / 1000:+.1f} kb" in c["numbers"], (col, c)
+            for col, eps in LEVELS.items():
+                res, sig = _every_point(df, c, m.group(1).lower(), m.group(2).lower(), col, +1)
+                ok &= sig == len(res)
+                mean, half = min(res.values(), key=lambda v: v[0] - v[1])
+                note = (f"ε={eps:g}: significant at {sig} of {len(res)} points, smallest paired margin "
+                        f"{mean / 1000:+.1f} ± {half / 1000:.1f} kb")
+                assert note in c["numbers"], (note, c)
             assert c["passed"] == ok, c
             checked += 1
     return checked

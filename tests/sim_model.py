@@ -91,6 +91,7 @@ class SimpyModel:
         _, s, d, bits, eps, seed = self.trace[j]
         a = self.arrays
         view = dataclasses.replace(a, pool_bits=np.array(self.level, dtype=np.int64))
+        view.__dict__["capacity_bits"] = a.pool_bits  # the full pools: a pool-aware router reads the share left
         opts = {"seed": int(seed)} if self.seeded else {}
         r = route_indices(view, s, d, self.algorithm, block_bits=bits, **opts)
         if r.blocked:

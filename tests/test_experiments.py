@@ -142,11 +142,17 @@ def test_study_small(tmp_path):
     keys = study_networks("zoo", 20)
     assert len(keys) > 100 and all(k.startswith("topozoo/") for k in keys)
     df = run_study("zoo", requests=1, min_nodes=90, workers=1, progress=False)
-    assert set(df["algorithm"]) == {"smr", "smr-exact", "msp", "disjoint", "single"} and df["nodes"].min() >= 90
+    assert set(df["algorithm"]) == {"smr", "smr-exact", "msp", "disjoint", "single", "smr-level"} and df["nodes"].min() >= 90
+    # smr-level's row: one key at 0.9 when it meets the level, recomputed through the public API
+    for _, row in df[df["algorithm"] == "smr-level"].iterrows():
+        net = qkdseg.load_topohub(row["network"], trusted=0.1, p=0.8, seed=int(row["seed"]))
+        r = qkdseg.route(net, row["source"], row["destination"], "smr-level", epsilon=0.9)
+        assert row["key_bits_e90"] == (r.block_bits if r.reconstruction.n_keys else 0)
+        assert row["consumed_bits"] == (r.consumed_bits if r.reconstruction.n_keys else 0)
     with pytest.raises(InvalidRequest, match="no topology of group 'zoo' has at least 100000 nodes"):
         run_study("zoo", min_nodes=100_000, progress=False)
     path = write_study_report(df, tmp_path)
-    assert "topozoo/" in path.read_text()
+    assert "topozoo/" in path.read_text() and "## smr-level: key at epsilon 0.9 per consumed bit" in path.read_text()
 
 
 def test_reproduce_level_figure_adds_files_and_alters_none(tmp_path):
@@ -166,8 +172,8 @@ def test_reproduce_level_figure_adds_files_and_alters_none(tmp_path):
     assert not (tmp_path / "a" / "level.parquet").exists()
     assert {"level.parquet", "fig_level.png", "fig_level.svg", "level.md"} <= {p.name for p in (tmp_path / "b").iterdir()}
     lv = pd.read_parquet(tmp_path / "b" / "level.parquet")
-    assert len(lv) == 2 * 10 * 2
-    for _, row in lv.iloc[::7].iterrows():
+    assert len(lv) == 2 * 10 * 2 * 2 and set(lv["algorithm"]) == {"smr-level", "disjoint-subset"}
+    for _, row in lv[lv["algorithm"] == "smr-level"].iloc[::7].iterrows():
         net = qkdseg.waxman(100, trusted=10, p=row["p_untrusted"], seed=int(row["seed"]))
         s, d = request_pair(int(row["seed"]), 100)
         r = qkdseg.route(net, s, d, "smr-level", epsilon=row["epsilon"])
@@ -181,7 +187,22 @@ def test_reproduce_level_figure_adds_files_and_alters_none(tmp_path):
     expect = served["key_bits_e90"].sum() / served["consumed_bits"].sum()
     text = (tmp_path / "b" / "level.md").read_text()
     line = next(x for x in text.splitlines() if x.startswith("| 0.9 | 0.80 | disjoint |"))
-    assert line.split(" | ")[4] == f"{expect:.4f}"
-    mine = lv[(lv["epsilon"] == 0.9) & (lv["p_untrusted"] == 0.8) & lv["met"]]
+    assert line.split(" | ")[4].split(" ± ")[0] == f"{expect:.4f}"
+    # the subset rows: the cheapest subset of disjoint's own paths, by brute force on the public API
+    import itertools
+
+    from qkdseg.reconstruction import meets
+    from qkdseg.security import route_security
+
+    for _, row in lv[lv["algorithm"] == "disjoint-subset"].iloc[::5].iterrows():
+        net = qkdseg.waxman(100, trusted=10, p=row["p_untrusted"], seed=int(row["seed"]))
+        s, d = request_pair(int(row["seed"]), 100)
+        paths = [[net.arrays.index[v] for v in q] for q in qkdseg.route(net, s, d, "disjoint").paths]
+        costs = [sum(len(q) - 1 for q in c) for k in range(1, len(paths) + 1) for c in itertools.combinations(paths, k)
+                 if meets(route_security(net.arrays.p, [list(c)])[0], row["epsilon"])]
+        assert bool(row["met"]) == bool(costs)
+        assert row["consumed_bits"] == (min(costs) * 100_000 if costs else 0)
+    assert "## Where the saving comes from: subset selection against segmenting" in text
+    mine = lv[(lv["epsilon"] == 0.9) & (lv["p_untrusted"] == 0.8) & lv["met"] & (lv["algorithm"] == "smr-level")]
     line = next(x for x in text.splitlines() if x.startswith("| 0.9 | 0.80 | smr-level |"))
     assert line.split(" | ")[3] == f"{len(mine)} / 2"

@@ -1,5 +1,6 @@
-"""Figures that read (issue 26 item 5): legends outside the axes, distinct twin-axis styles,
-integer budget ticks, a rasterised heat map in the SVG; files byte-identical on a rerun."""
+"""Figures that read (issue 26 item 5, issue 39 item 5): small multiples with distinct labelled styles and
+legends outside the panels, intervals and served counts, runs and windows stated, route plots with a legend for
+path styles, integer budget ticks, a rasterised heat map in the SVG; files byte-identical on a rerun."""
 
 import numpy as np
 import pandas as pd
@@ -15,44 +16,116 @@ def rows():
     return run_sweep(spec, backend="serial", progress=False)
 
 
-def _capture(monkeypatch):
+def _capture(monkeypatch, *modules):
     """Keep the figure ``save_figure`` is given (laid out as it would be saved) instead of closing it."""
     figs = []
 
     def keep(fig, out_dir, stem):
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
         fig.canvas.draw()
         figs.append(fig)
         return []
 
-    monkeypatch.setattr(figmod, "save_figure", keep)
+    for mod in (figmod, *modules):
+        monkeypatch.setattr(mod, "save_figure", keep)
     return figs
 
 
-def test_fig_legends_below_the_axes_and_twin_axes_styled(rows, monkeypatch):
+def _curves(ax):
+    return [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1 and ln.get_label() and not ln.get_label().startswith("_")]
+
+
+def test_fig_small_multiples_with_distinct_labelled_styles(rows, monkeypatch):
+    """Issue 39 item 5: Fig. 5/6 as small multiples (at most five curves a panel), one key-length panel per
+    epsilon, every algorithm its own colour, line style and marker, named in a legend below every panel,
+    and ``disjoint - smr`` drawn as a paired difference."""
     figs = _capture(monkeypatch)
     figmod.plot_figure(rows, "fig5", "unused")
     (fig,) = figs
-    ax_a, ax_b = fig.axes[0], fig.axes[1]
-    ax_r = fig.axes[2]
-    assert ax_r.get_shared_x_axes().joined(ax_a, ax_r)
+    axes = [ax for ax in fig.axes if ax.axison]
+    assert len(axes) == 6
+    titles = [ax.get_title() for ax in axes]
+    assert sum("ε = " in t and "length of the global key" in t for t in titles) == 3
+    assert any("disjoint - smr" in t and "paired" in t for t in titles)
     r = fig.canvas.get_renderer()
-    for ax in (ax_a, ax_b):
-        legends = [c for c in ax.get_children() if c.__class__.__name__ == "Legend"]
-        assert len(legends) == 2
-        box = ax.get_window_extent(r)
-        for lg in legends:
-            lb = lg.get_window_extent(r)
-            assert lb.y1 < box.y0  # wholly below the plotting area: covers no curve and no tick
-            assert lb.y0 >= 0  # and inside the saved figure
-    sec = [ln for ln in ax_a.get_lines()]
-    con = [ln for ln in ax_r.get_lines()]
-    assert sec and len(sec) == len(con)
-    assert {ln.get_linestyle() for ln in sec} == {"-"} and {ln.get_marker() for ln in sec} == {"o"}
-    assert {ln.get_linestyle() for ln in con} == {"--"} and {ln.get_marker() for ln in con} == {"s"}
-    assert all(ln.get_markerfacecolor() == "white" for ln in con)
-    assert "dashed" in ax_r.get_ylabel() and "solid" in ax_a.get_ylabel()
+    for ax in axes:
+        assert 1 <= len(_curves(ax)) <= 5, ax.get_title()
+    styles = {}
+    for ln in _curves(axes[0]):
+        styles[ln.get_label()] = (ln.get_color(), str(ln.get_linestyle()), ln.get_marker())
+    assert set(styles) == {"smr", "msp", "disjoint", "single"} and len(set(styles.values())) == len(styles)
+    assert len({m for _, _, m in styles.values()}) == len(styles) and len({ls for _, ls, _ in styles.values()}) >= 3
+    (legend,) = fig.legends
+    assert {t.get_text() for t in legend.get_texts()} == set(styles)
+    lb = legend.get_window_extent(r)
+    assert lb.y1 <= min(ax.get_window_extent(r).y0 for ax in axes) and lb.y0 >= 0  # below every panel, inside the file
+    assert "trials per point" in fig._suptitle.get_text()
     fig.clf()
+
+
+def test_fig_level_has_intervals_and_served_counts(rows, monkeypatch):
+    from qkdseg.experiments import level
+
+    figs = _capture(monkeypatch, level)
+    lv = level.run_level(2, 1, epsilons=(0.5,))
+    lv = lv[lv["p_untrusted"].isin([0.6, 0.9])]
+    rows5 = rows.assign(trial=rows["trial"])
+    eff = level.level_efficiency(rows5[rows5["trial"] < 2], lv)
+    level.plot_level(eff, "unused")
+    (fig,) = figs
+    top, bottom = fig.axes[0], fig.axes[1]
+    assert "95% CI" in top.get_title() and "served" in bottom.get_ylabel()
+    assert len(top.collections) == len(_curves(top)) == 5  # a band per curve
+    assert {ln.get_label() for ln in _curves(bottom)} == {ln.get_label() for ln in _curves(top)}
+    fig.clf()
+
+
+def test_simulation_figures_state_their_run_and_window(monkeypatch, tmp_path):
+    """timeseries.png: moving averages with the window in the title; every load figure names epsilon, key size
+    and run length."""
+    import qkdseg
+    from qkdseg.experiments import simplots
+    from qkdseg.experiments.simulation import run_load_sweep, write_run, write_sweep
+
+    figs = _capture(monkeypatch, simplots)
+    net = qkdseg.example_network()
+    res = qkdseg.simulate(net, rate=40.0, duration=20.0, algorithms=("smr", "disjoint"), key_bits=5000, epsilon=0.5)
+    write_run(res, net, tmp_path / "run", command="test")
+    df, _ = run_load_sweep(net, [20.0, 40.0], duration=5.0, replications=2, algorithms=("smr", "least-loaded"),
+                           key_bits=5000, epsilon=0.5, backend="serial", progress=False)
+    params = {"network": "example", "nodes": 10, "links": 12, "replications": 2, "duration": 5.0, "key_bits": 5000,
+              "epsilon": 0.5, "ttl": 0.0, "seed": 0, "algorithms": ["smr", "least-loaded"]}
+    write_sweep(df, tmp_path / "sweep", command="test", params=params)
+    ts, load, cost = figs
+    title = ts._suptitle.get_text()
+    assert "moving averages over 10 interval(s) of 0.1 s (1 s window)" in title
+    for fig in (ts, load, cost):
+        text = fig._suptitle.get_text()
+        assert "ε = 0.5" in text and "5,000-bit keys" in text and ("20 s runs" in text or "5 s runs" in text), text
+    assert [ax.get_ylabel() for ax in load.axes][:4] == [label for _, label, _ in simplots.LOAD_PANELS]
+    for fig in figs:
+        fig.clf()
+
+
+def test_route_plot_legend_labels_and_numbers(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    import qkdseg
+    from qkdseg.plot import plot_route
+
+    kept = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: kept.append(self))
+    net = qkdseg.waxman(100, trusted=10, p=0.8, seed=7)
+    plot_route(net, qkdseg.route(net, 3, 60), tmp_path / "r.png")
+    plot_route(net, qkdseg.route(net, 3, 60, "single"), tmp_path / "s.png")
+    smr, single = (f.axes[0] for f in kept)
+    assert "3,900,000 bits" in smr.get_title()
+    texts = [t.get_text() for t in smr.get_legend().get_texts()]
+    assert "segment 1: 3→85, 6 paths" in texts and "path 1 of a segment" in texts and "path 6 of a segment" in texts
+    assert any(t.endswith(", 1 path") for t in (x.get_text() for x in single.get_legend().get_texts()))
+    labels = [c for c in smr.texts if c.get_text() in ("3", "85", "60")]
+    assert len(labels) == 3 and all(t.anncoords == "offset points" and t.xyann == (7, 5) for t in labels)  # beside the star
 
 
 def test_placement_axes_have_integer_ticks(monkeypatch):

@@ -73,14 +73,24 @@ def test_report_numbers_come_from_the_files(out, tmp_path):
     res = runner.invoke(app, ["plot", str(work / "results.parquet")])
     assert res.exit_code == 0, res.output
     text = _report(work / "redrawn")  # plot writes a new folder beside the results
+    from scipy import stats
+
     for fig in ("fig5", "fig6"):
         assert f"| {fig} | 3 | 1.0000 |" in text
-        row = next(line for line in text.splitlines() if line.startswith(f"| {fig} | SMR is more secure than MSP at every point | **"))
-        assert "no: fails at beta 3" in row
+        row = next(line for line in text.splitlines()
+                   if line.startswith(f"| {fig} | SMR is more secure than MSP at every point |") and "paired by trial" in line)
+        assert "fails at beta" in row and "3" in row.split("fails at beta")[1].split("|")[0]
         sens_row = next(line for line in text.splitlines()
                         if line.startswith(f"| {fig} | SMR is more secure than MSP at every point |") and "beta" not in line
                         and line.count("**") >= 8)
         assert sens_row.split("|")[5].strip() == "**FAIL**"  # the beta=3 column
+        # its evidence, recomputed: per point the paired margin smr - 1.0 over the two trials, the worst by its
+        # lower 95% bound (Student t, 1 degree of freedom)
+        smr = df[(df["figure"] == fig) & (df["algorithm"] == "smr") & (df["trial"] < 2)]
+        worst = min(((g["security"] - 1.0).mean() - stats.t.ppf(0.975, 1) * (g["security"] - 1.0).std() / 2 ** 0.5,
+                     (g["security"] - 1.0).mean()) for _, g in smr.groupby("point"))[1]
+        line = next(x for x in text.splitlines() if x.startswith(f"- beta=3, {fig}, SMR is more secure than MSP"))
+        assert f"smallest paired margin {worst:+.4f}" in line, line
 
 
 def test_zero_sensitivity_trials_skips_it(tmp_path):

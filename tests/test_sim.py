@@ -282,6 +282,7 @@ def _trace(req: Requests):
         ("example", "single", 1.0, 150.0, 30_000, 100_000),
         ("waxman", "disjoint", 0.2, 100.0, 20_000, 100_000),
         ("waxman", "smr", 0.5, 100.0, 30_000, 100_000),
+        ("waxman", "least-loaded", 0.2, 100.0, 20_000, 100_000),  # pool-aware: no route cache
     ],
 )
 def test_agrees_with_the_simpy_model(net_name, algorithm, ttl, rate, key_bits, pool):

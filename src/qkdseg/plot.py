@@ -16,9 +16,10 @@ def plot_route(network: Network, route: Route, path: str | Path, *, seed: int = 
     """Draw ``route`` over ``network`` and save it (format from the suffix).
 
     Untrusted relays are grey circles, trusted relays green squares, the
-    segment nodes large gold stars with labels; each segment's paths share a
-    colour, each path its own line style. Positions come from the file
-    (``pos`` or ``x``/``y``), else from a seeded spring layout.
+    segment nodes large gold stars with labels beside them; each segment's
+    paths share a colour, each path its own line style (the legend names both).
+    Numbers carry thousands separators. Positions come from the file (``pos``
+    or ``x``/``y``), else from a seeded spring layout.
     """
     import matplotlib
 
@@ -28,7 +29,7 @@ def plot_route(network: Network, route: Route, path: str | Path, *, seed: int = 
 
     g = network.graph
     pos = node_positions(network, seed=seed)
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#cccccc", width=0.8)
     untrusted = [v for v in g if not g.nodes[v]["trusted"]]
     trusted = [v for v in g if g.nodes[v]["trusted"]]
@@ -37,7 +38,7 @@ def plot_route(network: Network, route: Route, path: str | Path, *, seed: int = 
         g, pos, nodelist=trusted, node_size=90, node_color="#2e7d32", node_shape="s", ax=ax, label="trusted relay"
     )
     cmap = plt.get_cmap("tab10")
-    styles = ["-", "--", ":", "-."]
+    styles = ["-", "--", ":", "-.", (0, (8, 2, 1, 2, 1, 2)), (0, (1, 4))]
     for j, seg in enumerate(route.segments):
         colour = cmap(j % 10)
         for k, p in enumerate(seg.paths):
@@ -45,18 +46,31 @@ def plot_route(network: Network, route: Route, path: str | Path, *, seed: int = 
             nx.draw_networkx_edges(
                 g, pos, edgelist=edges, edge_color=[colour], width=2.6, style=styles[k % len(styles)], ax=ax
             )
-        ax.plot([], [], color=colour, lw=2.6, label=f"segment {j + 1}: {seg.source}\u2192{seg.target}, {len(seg.paths)} paths")
+        ax.plot([], [], color=colour, lw=2.6,
+                label=f"segment {j + 1}: {seg.source}\u2192{seg.target}, {_count(len(seg.paths), 'path')}")
+    most = max((len(seg.paths) for seg in route.segments), default=0)
+    for k in range(min(most, len(styles)) if most > 1 else 0):
+        more = f" (and {', '.join(str(i + 1) for i in range(k + len(styles), most, len(styles)))})" \
+            if k + len(styles) < most else ""
+        ax.plot([], [], color="#333333", lw=1.8, ls=styles[k], label=f"path {k + 1}{more} of a segment")
     seg_nodes = list(route.segment_nodes)
     nx.draw_networkx_nodes(
         g, pos, nodelist=seg_nodes, node_size=260, node_color="#ffb300", node_shape="*", ax=ax, label="segment node"
     )
-    nx.draw_networkx_labels(g, pos, labels={v: str(v) for v in seg_nodes}, font_size=9, ax=ax)
-    status = "blocked" if route.blocked else f"security {route.security:.4f}, {route.consumed_bits} bits"
+    for v in seg_nodes:  # beside the star, not on it
+        ax.annotate(str(v), pos[v], xytext=(7, 5), textcoords="offset points", fontsize=9, fontweight="bold",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
+    status = "blocked" if route.blocked else f"security {route.security:.4f}, {route.consumed_bits:,} bits consumed"
     ax.set_title(title or f"{route.algorithm}: {route.source} \u2192 {route.destination} ({status})")
-    ax.legend(loc="best", fontsize=7, framealpha=0.85)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7.5, frameon=False, handlelength=4)  # off the graph
     ax.set_axis_off()
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 path``, ``6 paths``, ``1,200 paths``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

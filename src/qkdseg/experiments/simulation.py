@@ -8,8 +8,11 @@
   replications on the experiments' backends (local processes, Dask), one
   task per (rate, replication) running every algorithm on its trace ->
   ``sweep.parquet`` (one row per rate, replication and algorithm),
-  ``load.png/svg`` (blocking, served key throughput and mean security
-  against offered load, 95% CIs), ``report.md`` and ``run.json``.
+  ``load.png/svg`` (blocking ratio, served key throughput, key utilisation
+  and mean security against offered load, 95% CIs), ``report.md`` and
+  ``run.json``.
+
+The figures are drawn by :mod:`.simplots`.
 
 No output holds a timing, so one seed gives byte-identical files whatever
 the backend and the worker count; timings are printed.
@@ -27,15 +30,16 @@ import numpy as np
 from ..errors import InvalidRequest
 from ..network import Network
 from ..sim import Simulation, poisson_requests, simulate
-from .figures import COLOURS, _alg_rank, save_figure, summarise
+from .figures import _alg_rank, summarise
 from .runner import _iter_dask, _iter_processes, warm_up
+from .simplots import plot_load, plot_load_cost, plot_pool_levels, plot_timeseries, run_context
 from .spec import trial_seed
 
 #: Columns of ``sweep.parquet``, in order.
 SWEEP_COLUMNS = (
     "rate", "replication", "seed", "algorithm", "offered_key_bps", "requests", "served", "blocked", "blocking",
     "served_key_bits", "throughput_bps", "mean_security", "mean_consumed_bits", "mean_hops", "mean_wait",
-    "no_route", "epsilon_unmet", "short",
+    "no_route", "epsilon_unmet", "short", "consumed_link_bits", "generated_bits", "key_utilisation",
 )
 
 
@@ -79,74 +83,6 @@ def summary_table(requests_df, duration: float, algorithms=None):
     return pd.DataFrame(rows)
 
 
-def plot_timeseries(ts, out_dir: str | Path) -> list[Path]:
-    """Served key throughput (kb/s) and the blocked share of finished requests, per interval."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_b) = plt.subplots(2, 1, figsize=(10, 6.4), dpi=110, sharex=True)
-    for alg in sorted(ts["algorithm"].unique(), key=_alg_rank):
-        d = ts[ts["algorithm"] == alg]
-        mid = (d["t_start"] + d["t_end"]) / 2
-        c = COLOURS.get(alg, "black")
-        ax_t.plot(mid, d["served_key_bps"] / 1000.0, color=c, lw=1.4, label=alg)
-        done = (d["served"] + d["blocked"]).to_numpy(dtype=float)
-        share = np.divide(d["blocked"].to_numpy(dtype=float), done, out=np.full(done.size, np.nan), where=done > 0)
-        ax_b.plot(mid, share, color=c, lw=1.4, label=alg)
-    ax_t.set_ylabel("served key throughput (kb/s)")
-    ax_t.set_title("served key throughput per interval", fontsize=10)
-    ax_b.set_ylabel("blocked / finished requests")
-    ax_b.set_xlabel("time (s)")
-    ax_b.set_title("blocking per interval", fontsize=10)
-    for ax in (ax_t, ax_b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    return save_figure(fig, out_dir, "timeseries")
-
-
-def plot_pool_levels(levels, capacity: np.ndarray, out_dir: str | Path) -> list[Path]:
-    """One heat map per algorithm: links (sorted by their mean level under the first algorithm) by time."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    algs = sorted(levels["algorithm"].unique(), key=_alg_rank)
-    fig, axes = plt.subplots(len(algs), 1, figsize=(10, 2.3 * len(algs) + 0.8), dpi=110, squeeze=False, sharex=True)
-    cap = np.maximum(np.asarray(capacity, dtype=np.float64), 1.0)
-    m = cap.size
-    order = None
-    im = None
-    for ax, alg in zip(axes[:, 0], algs):
-        d = levels[levels["algorithm"] == alg]
-        times = np.unique(d["t"].to_numpy())
-        mat = d["level_bits"].to_numpy(dtype=np.float64).reshape(times.size, m) / cap
-        if order is None:
-            order = np.argsort(mat.mean(axis=0), kind="stable")
-        edges = np.concatenate([[0.0], times])
-        # rasterized: one image in the SVG instead of one path per (link, time) cell (45 MB on the README's example)
-        im = ax.pcolormesh(edges, np.arange(m + 1), mat[:, order].T, cmap="viridis", vmin=0.0, vmax=1.0, shading="flat",
-                           rasterized=True)
-        ax.set_ylabel(f"{alg}\nlinks")
-    axes[-1, 0].set_xlabel("time (s)")
-    axes[0, 0].set_title("pool level / pool size of every link (links sorted by mean level)", fontsize=10)
-    if im is not None:
-        fig.colorbar(im, ax=axes[:, 0].tolist(), fraction=0.025, pad=0.01, label="level / pool")
-    fig.set_layout_engine("constrained")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        p = out / f"pool_levels.{ext}"
-        with plt.rc_context({"svg.hashsalt": "qkdseg-pool_levels"}):  # as save_figure: reruns give identical files
-            fig.savefig(p, metadata={"Date": None} if ext == "svg" else None, dpi=150 if ext == "svg" else "figure")
-        paths.append(p)
-    plt.close(fig)
-    return paths
-
-
 def _fmt(v, digits=4) -> str:
     if isinstance(v, float):
         return "-" if np.isnan(v) else f"{v:.{digits}f}"
@@ -169,10 +105,13 @@ def write_run(res, network: Network, out_dir: str | Path, *, command: str) -> di
         _parquet(res.timeseries, out / "timeseries.parquet"),
         _parquet(res.levels, out / "levels.parquet"),
     ]
-    files += plot_timeseries(res.timeseries, out)
-    files += plot_pool_levels(res.levels, network.arrays.pool_bits, out)
     info = res.info
+    ctx = run_context(info["network"], info["epsilon"], info["key_bits"], info["duration"], rate=info["rate"])
+    files += plot_timeseries(res.timeseries, out, context=ctx)
+    files += plot_pool_levels(res.levels, network.arrays.pool_bits, out, context=ctx)
     table = summary_table(res.requests, info["duration"], info["algorithms"])
+    gen = info.get("generated_bits", {})
+    table["key_utilisation"] = [info["debited_bits"][a] / gen[a] if gen.get(a) else float("nan") for a in table["algorithm"]]
     lines = [
         "# Time-dynamic run",
         "",
@@ -184,19 +123,24 @@ def write_run(res, network: Network, out_dir: str | Path, *, command: str) -> di
         f"rate at {info['link_rate_bps']:g} bit/s, seed {info['seed']}. Model: docs/model.md section 9.",
         "",
         "| algorithm | requests | served | blocked | blocking | served key throughput (kb/s) | mean security "
-        "(served) | mean consumed bits | mean hops | mean wait (s) | no route | epsilon unmet | short |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(served) | mean consumed bits | mean hops | mean wait (s) | no route | epsilon unmet | short | key utilisation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in table.iterrows():
         lines.append(
             f"| {r['algorithm']} | {r['requests']} | {r['served']} | {r['blocked']} | {_fmt(r['blocking'])} | "
             f"{_fmt(r['throughput_bps'] / 1000.0, 2)} | {_fmt(r['mean_security'], 6)} | {_fmt(r['mean_consumed_bits'], 0)} | "
-            f"{_fmt(r['mean_hops'], 2)} | {_fmt(r['mean_wait'], 4)} | {r['no_route']} | {r['epsilon_unmet']} | {r['short']} |"
+            f"{_fmt(r['mean_hops'], 2)} | {_fmt(r['mean_wait'], 4)} | {r['no_route']} | {r['epsilon_unmet']} | {r['short']} | {_fmt(r['key_utilisation'])} |"
         )
     lines += [
         "",
-        "Figures: `timeseries.png` (served key throughput and blocking per interval), `pool_levels.png` (every "
-        "link's level over time). Tables: `requests.parquet`, `timeseries.parquet`, `levels.parquet`.",
+        "Blocking: blocked / requests. Key utilisation: link bits consumed by served requests / link bits generated "
+        "(the full pools at the start plus what every link produced during the run, bits lost to a full pool "
+        "included; docs/model.md section 9).",
+        "",
+        "Figures: `timeseries.png` (served key throughput and blocking over time, moving averages; the window is in "
+        "its title), `pool_levels.png` (every link's level over time). Tables: `requests.parquet`, "
+        "`timeseries.parquet`, `levels.parquet`.",
         "",
     ]
     report = out / "report.md"
@@ -235,6 +179,9 @@ def sim_chunk(spec: dict, part: list) -> list[dict]:
             s.pop("algorithm")
             row.update(s)
             row["served_key_bits"] = int(d.loc[d["served"], "key_bits"].sum()) if len(d) else 0
+            row["consumed_link_bits"] = int(sim.levels.consumed.sum())
+            row["generated_bits"] = sim.generated_bits()
+            row["key_utilisation"] = sim.key_utilisation()
             row["_seconds"] = sim.stats["run_seconds"]
             row["_routing_seconds"] = sim.stats["routing_seconds"]
             rows.append(row)
@@ -322,8 +269,8 @@ def run_load_sweep(
 
 
 def sweep_summary(df):
-    """Mean and 95% CI of blocking, throughput and mean security per (rate, algorithm)."""
-    return summarise(df, "rate", ["blocking", "throughput_bps", "mean_security"])
+    """Mean and 95% CI of blocking, throughput, key utilisation and mean security per (rate, algorithm)."""
+    return summarise(df, "rate", [c for c in ("blocking", "throughput_bps", "key_utilisation", "mean_security") if c in df])
 
 
 #: The metrics of :func:`paired_differences`, with their report labels and scales.
@@ -363,42 +310,13 @@ def paired_differences(df, reference: str):
     return pd.DataFrame(rows)
 
 
-def plot_load(df, out_dir: str | Path, *, title: str = "", stem: str = "load") -> list[Path]:
-    """Blocking probability, served key throughput and mean security of served keys against offered load."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    s = sweep_summary(df)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), dpi=110)
-    panels = [("blocking", "blocking probability", 1.0), ("throughput_bps", "served key throughput (kb/s)", 1e-3),
-              ("mean_security", "mean security of served keys", 1.0)]
-    logx = s["rate"].max() / max(s["rate"].min(), 1e-12) > 10
-    for ax, (col, label, scale) in zip(axes, panels):
-        for alg in sorted(s["algorithm"].unique(), key=_alg_rank):
-            r = s[s["algorithm"] == alg]
-            c = COLOURS.get(alg, "black")
-            mean, ci = r[f"{col}_mean"] * scale, r[f"{col}_ci"] * scale
-            ax.plot(r["rate"], mean, "-o", color=c, ms=3.5, lw=1.6, label=alg)
-            ax.fill_between(r["rate"], mean - ci, mean + ci, color=c, alpha=0.15, lw=0)
-        ax.set_xlabel("offered load (requests/s)")
-        ax.set_ylabel(label)
-        if logx:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
-    n = int(s["n"].min())
-    fig.suptitle(title or f"load sweep, {n} replication(s) per point, 95% CI", fontsize=10)
-    return save_figure(fig, out_dir, stem)
-
-
 def write_sweep(df, out_dir: str | Path, *, command: str, params: dict) -> dict[str, Any]:
     """``sweep.parquet``, ``load.png/svg``, ``report.md`` (the table with 95% CIs) and ``run.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [_parquet(df, out / "sweep.parquet")]
-    files += plot_load(df, out)
+    ctx = run_context(params["network"], params["epsilon"], params["key_bits"], params["duration"])
+    files += plot_load(df, out, context=ctx)
     s = sweep_summary(df)
     lines = [
         "# Load sweep",
@@ -409,21 +327,25 @@ def write_sweep(df, out_dir: str | Path, *, command: str, params: dict) -> dict[
         f"{params['replications']} replication(s) of {params['duration']:g} s, key size {params['key_bits']} bits, "
         f"epsilon {params['epsilon']}, ttl {params['ttl']:g} s; replication r has the trace seed "
         f"`trial_seed({params['seed']}, r)`, shared by every rate and algorithm. Means with 95% confidence "
-        "half-widths (1.96 standard errors over replications). Model: docs/model.md section 9.",
+        "half-widths (1.96 standard errors over replications). Model: docs/model.md section 9. Blocking ratio: "
+        "blocked / requests. Key utilisation: link bits consumed by served requests / link bits generated (the "
+        "full pools at the start plus what the links produced, overflow included).",
         "",
-        "| rate (req/s) | algorithm | n | blocking | served key throughput (kb/s) | mean security (served) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| rate (req/s) | algorithm | n | blocking ratio | served key throughput (kb/s) | key utilisation "
+        "| mean security (served) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for _, r in s.iterrows():
         lines.append(
             f"| {r['rate']:g} | {r['algorithm']} | {int(r['n'])} | {r['blocking_mean']:.4f} ± {r['blocking_ci']:.4f} | "
             f"{r['throughput_bps_mean'] / 1000:.2f} ± {r['throughput_bps_ci'] / 1000:.2f} | "
+            f"{r['key_utilisation_mean']:.4f} ± {r['key_utilisation_ci']:.4f} | "
             f"{_fmt(float(r['mean_security_mean']), 6)} ± {_fmt(float(r['mean_security_ci']), 6)} |"
         )
     lines += ["", "Figure: `load.png`. Rows: `sweep.parquet` (one per rate, replication and algorithm).", ""]
     algs = list(params.get("algorithms") or dict.fromkeys(df["algorithm"]))
     if len(algs) > 1 and int(df["replication"].nunique()) > 1:
-        files += plot_load_cost(df, out)
+        files += plot_load_cost(df, out, context=ctx)
         lines += _paired_lines(df, algs[0])
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
@@ -462,31 +384,3 @@ def _paired_lines(df, reference: str) -> list[str]:
                          f"({int(r[m + '_above'])}/{n})")
         lines.append(f"| {r['rate']:g} | {r['algorithm']} | {n} | " + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def plot_load_cost(df, out_dir: str | Path, *, stem: str = "load_cost") -> list[Path]:
-    """Bits per served key and served keys against offered load (95% CIs)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    s = summarise(df, "rate", ["mean_consumed_bits", "served"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
-    logx = s["rate"].max() / max(s["rate"].min(), 1e-12) > 10
-    for ax, (col, label, scale) in zip(axes, [("mean_consumed_bits", "consumed bits per served key (kb)", 1e-3),
-                                              ("served", "served keys per run", 1.0)]):
-        for alg in sorted(s["algorithm"].unique(), key=_alg_rank):
-            r = s[s["algorithm"] == alg]
-            c = COLOURS.get(alg, "black")
-            mean, ci = r[f"{col}_mean"] * scale, r[f"{col}_ci"] * scale
-            ax.plot(r["rate"], mean, "-o", color=c, ms=3.5, lw=1.6, label=alg)
-            ax.fill_between(r["rate"], mean - ci, mean + ci, color=c, alpha=0.15, lw=0)
-        ax.set_xlabel("offered load (requests/s)")
-        ax.set_ylabel(label)
-        if logx:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"cost per key against load, {int(s['n'].min())} replication(s) per point, 95% CI", fontsize=10)
-    return save_figure(fig, out_dir, stem)

@@ -7,7 +7,11 @@ placement, by default 10%), every untrusted relay at ``p``, and
 ``requests`` random source/destination pairs drawn inside the largest
 connected component (some Zoo maps are not connected). Seeds: network ``k``
 (in name order) uses ``trial_seed(seed, k)`` for its placement, its pairs and
-MSP's walks. One row per network, request and algorithm.
+MSP's walks. One row per network, request and algorithm. With ``level``
+(default 0.9) also ``smr-level`` at that epsilon: one key per request when it
+meets the level (``key_bits_e90`` its bits, ``consumed_bits`` what it takes;
+0 and 0 when refused), so that the table can compare epsilon-key bits per
+consumed bit with ``disjoint``'s.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ..api import route_indices
 from ..errors import InvalidRequest
 from ..topology import load_topohub, topohub_names
 from .runner import process_pool
@@ -59,7 +64,22 @@ def study_network(key: str, k: int, opts: dict) -> list[dict[str, Any]]:
         }
         for row in evaluate(a, s, d, spec, seed * 1000 + r):
             rows.append({**base, **row})
+        if opts.get("level") is not None:
+            rows.append({**base, **_level_row(a, s, d, float(opts["level"]), spec.epsilons)})
     return rows
+
+
+def _level_row(a, s: int, d: int, level: float, epsilons) -> dict[str, Any]:
+    """``smr-level``'s row at ``level``: its key (one, of ``block_bits``) in that level's column, NaN in the others."""
+    r = route_indices(a, s, d, "smr-level", epsilon=level)
+    met = not r.blocked and r.level["met"]
+    row: dict[str, Any] = {"algorithm": "smr-level", "security": r.security, "security_independent": r.security_independent,
+                           "consumed_bits": r.consumed_bits if met else 0,
+                           "key_consumption_rate": r.key_consumption_rate if met else 0.0, "blocked": r.blocked,
+                           "segments": len(r.segments), "paths": len(r.paths), "hops": r.hops}
+    for e in epsilons:
+        row[eps_column(e)] = (r.block_bits if met else 0) if e == level else float("nan")
+    return row
 
 
 def run_study(
@@ -72,10 +92,12 @@ def run_study(
     min_nodes: int = 20,
     algorithms=REPRODUCE_ALGORITHMS,
     epsilons=PAPER_EPSILONS,
+    level: float | None = 0.9,
     workers: int | None = None,
     progress: bool = True,
 ):
-    """Rows for every network of the group (DataFrame, canonical order)."""
+    """Rows for every network of the group (DataFrame, canonical order); ``level``: also ``smr-level`` at that
+    epsilon (one of ``epsilons``; ``None``: not)."""
     import os
 
     import pandas as pd
@@ -88,8 +110,10 @@ def run_study(
     keys = study_networks(group, min_nodes)
     if not keys:
         raise InvalidRequest(f"no topology of group {group!r} has at least {min_nodes} nodes")
+    if level is not None and level not in epsilons:
+        raise InvalidRequest(f"level={level} must be one of the epsilons {', '.join(f'{e:g}' for e in epsilons)}")
     spec: SweepSpec = paper_spec(trials=1, seed=seed, algorithms=tuple(algorithms), epsilons=tuple(epsilons))
-    opts = {"seed": seed, "trusted": trusted, "p": p, "requests": requests, "spec": spec}
+    opts = {"seed": seed, "trusted": trusted, "p": p, "requests": requests, "spec": spec, "level": level}
     workers = workers or os.cpu_count() or 1
     rows: list[dict] = []
     with tqdm(total=len(keys), desc="study", unit="network", disable=not progress) as bar:
@@ -106,14 +130,29 @@ def run_study(
     return pd.DataFrame(rows)
 
 
+def key_per_bit(df, epsilon_col: str = "key_bits_e90"):
+    """Per network and algorithm: epsilon-key bits per consumed bit, ``sum(key bits) / sum(consumed bits)``
+    over the requests that get a key (a Series indexed by network and algorithm)."""
+    served = df[df[epsilon_col] > 0]
+    g = served.groupby(["network", "algorithm"])
+    return g[epsilon_col].sum() / g["consumed_bits"].sum()
+
+
 def study_table(df, epsilon_col: str = "key_bits_e90"):
     """Per network: mean security and key length of every algorithm; with
     ``disjoint`` rows also, for ``smr`` and ``smr-exact``, the mean gain in
     security over ``disjoint`` (``gain_<alg>``) and the share of requests
-    where it is below ``disjoint`` (``below_<alg>``)."""
+    where it is below ``disjoint`` (``below_<alg>``); with ``smr-level``
+    rows, epsilon-key bits per consumed bit of ``smr-level`` and ``disjoint``
+    (:func:`key_per_bit`) and their ratio (``level_over_disjoint``)."""
     t = df.pivot_table(index=["network", "nodes"], columns="algorithm", values=["security", epsilon_col], aggfunc="mean")
     t.columns = [f"{m}_{a}" for m, a in t.columns]
     algs = set(df["algorithm"].unique())
+    if {"smr-level", "disjoint"} <= algs:
+        kb = key_per_bit(df, epsilon_col).unstack("algorithm").reindex(columns=["disjoint", "smr-level"])
+        for a in ("disjoint", "smr-level"):
+            t[f"per_bit_{a}"] = kb[a].reindex(t.index.get_level_values("network")).to_numpy()
+        t["level_over_disjoint"] = t["per_bit_smr-level"] / t["per_bit_disjoint"]
     if "disjoint" in algs:
         w = df.pivot_table(index=["network", "request"], columns="algorithm", values="security", aggfunc="first")
         for a in ("smr", "smr-exact"):
@@ -200,9 +239,39 @@ def write_study_report(df, out_dir: str | Path, header: str = "") -> Path:
             + " | ".join(f"{r[f'key_bits_e90_{a}'] / 1000:.0f}" for a in algs)
             + " |"
         )
+    if "level_over_disjoint" in t:
+        lines += ["", *_level_lines(df, t)]
     path = Path(out_dir) / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _level_lines(df, t, epsilon_col: str = "key_bits_e90") -> list[str]:
+    """The report's section on ``smr-level``: epsilon-key bits per consumed bit against ``disjoint``."""
+    tot = df[df[epsilon_col] > 0].groupby("algorithm")[[epsilon_col, "consumed_bits"]].sum()
+    tot = tot.reindex(["smr-level", "disjoint"])
+    per_bit = tot[epsilon_col] / tot["consumed_bits"]
+    ratio = per_bit["smr-level"] / per_bit["disjoint"]
+    served = df[df[epsilon_col] > 0].groupby("algorithm").size()
+    q = t["level_over_disjoint"].dropna()
+    if q.empty:
+        return ["## smr-level: key at epsilon 0.9 per consumed bit, against disjoint", "",
+                "No network has a request that both `smr-level` and `disjoint` serve at 0.9.", ""]
+    lines = ["## smr-level: key at epsilon 0.9 per consumed bit, against disjoint", "",
+             f"Over all requests (sums of key bits over sums of consumed bits, served requests only): `smr-level` "
+             f"{ratio:.2f}x `disjoint` ({int(served.get('smr-level', 0))} and {int(served.get('disjoint', 0))} requests "
+             f"served). Per network: median {q.median():.2f}x, range {q.min():.2f}x to {q.max():.2f}x over {len(q)} "
+             "networks where both serve a request.", "",
+             "| network | nodes | served disjoint | served smr-level | key bits per consumed bit disjoint | smr-level | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    n_served = df[df[epsilon_col] > 0].groupby(["network", "algorithm"]).size().unstack("algorithm").fillna(0)
+    for _, r in t.iterrows():
+        ns = n_served.loc[r["network"]] if r["network"] in n_served.index else {}
+        cells = [f"{r[c]:{f}}" if r[c] == r[c] else "-" for c, f in
+                 (("per_bit_disjoint", ".4f"), ("per_bit_smr-level", ".4f"), ("level_over_disjoint", ".2f"))]
+        lines.append(f"| {r['network']} | {int(r['nodes'])} | {int(ns.get('disjoint', 0) or 0)} | "
+                     f"{int(ns.get('smr-level', 0) or 0)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 __all__ = ["plot_study", "run_study", "study_networks", "study_table", "write_study_report", "eps_column"]

@@ -51,6 +51,7 @@ def with_levels(arrays: NetworkArrays, pool_bits: np.ndarray) -> NetworkArrays:
     costs no graph rebuild.
     """
     new = dataclasses.replace(arrays, pool_bits=pool_bits)
+    new.__dict__["capacity_bits"] = arrays.capacity_bits  # the full pools, for pool-aware routing (least-loaded)
     for name in ("hop_matrix", "length_matrix", "_csr_lists"):
         if name in arrays.__dict__:
             new.__dict__[name] = arrays.__dict__[name]

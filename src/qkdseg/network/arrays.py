@@ -72,6 +72,13 @@ class NetworkArrays:
         return int(self.pool_bits.sum())
 
     @cached_property
+    def capacity_bits(self) -> np.ndarray:
+        """Each link's full pool, bits: ``pool_bits``, or, on a view of
+        :func:`~qkdseg.keys.levels.with_levels`, the pools it replaced by
+        current levels (so ``pool_bits / capacity_bits`` is the share left)."""
+        return self.pool_bits
+
+    @cached_property
     def uniform_pool_bits(self) -> int | None:
         """The pool every link has, bits, or ``None`` when pools differ."""
         if self.pool_bits.size and self.pool_bits.min() == self.pool_bits.max():

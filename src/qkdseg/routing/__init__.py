@@ -1,6 +1,6 @@
 """Routing algorithms. Importing this package registers all of them."""
 
-from . import baselines, msp, smr, smr_exact, smr_level  # noqa: F401  (registration side effect)
+from . import baselines, least_loaded, msp, smr, smr_exact, smr_level  # noqa: F401  (registration side effect)
 from .paths import exdijkstra_indices, path_security
 from .registry import ALGORITHMS, Algorithm, get_algorithm, register
 

@@ -43,6 +43,7 @@ import numpy as np
 from .. import _kernels
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
+from .paths import successive_paths
 from .registry import register
 from .smr import request_masks
 
@@ -207,16 +208,7 @@ def msp(
     if _kernels.resolve_kernel(kernel) == "numba":
         return [source, target], [_msp_numba(arrays, source, target, rn, rl, rng, max_paths, float(beta), max_steps,
                                              keep=keep)]
-    limit = max_paths if max_paths is not None else math.inf
-    paths: list[list[int]] = []
-    while len(paths) < limit:
-        path = random_walk_path(arrays, source, target, rn, rl, rng, beta=float(beta), max_steps=max_steps)
-        if path is None:
-            break
-        paths.append(path)
-        for v in path[1:-1]:
-            if not keep[v]:
-                rn[v] = True
-        for x, y in zip(path, path[1:]):
-            rl[arrays.edge_index(x, y)] = True
+    paths = successive_paths(
+        arrays, lambda n, m: random_walk_path(arrays, source, target, n, m, rng, beta=float(beta), max_steps=max_steps),
+        rn, rl, keep, max_paths)
     return [source, target], [paths]

@@ -83,18 +83,21 @@ def _exdijkstra_python(
     removed_nodes: np.ndarray | None = None,
     removed_links: np.ndarray | None = None,
     cost: np.ndarray | None = None,
+    link_cost: np.ndarray | None = None,
 ) -> list[int] | None:
     """The readable reference ExDijkstra (pure Python, :mod:`heapq`).
 
     Label of a node: ``(cost, hops)``, compared lexicographically; the heap
     pops ``(cost, hops, node)`` tuples. A node's predecessor is replaced on
     an equal label when the new one has a smaller index. The search stops
-    when the target is settled.
+    when the target is settled. ``link_cost`` (per link, optional) is added
+    for every link crossed: the pool-aware ``least-loaded`` searches on it.
     """
     if source == target:
         return [source]
-    indptr, indices, edge_of = arrays.indptr, arrays.indices, arrays.edge_of
-    node_cost = arrays.cost if cost is None else cost
+    indptr, indices, edge_of = arrays._csr_lists
+    node_cost = np.asarray(arrays.cost if cost is None else cost, dtype=np.float64).tolist()
+    lc = None if link_cost is None else np.asarray(link_cost, dtype=np.float64).tolist()
     n = arrays.n_nodes
     inf = math.inf
     dist = [inf] * n
@@ -113,7 +116,7 @@ def _exdijkstra_python(
         if u == target:
             break
         for k in range(indptr[u], indptr[u + 1]):
-            v = int(indices[k])
+            v = indices[k]
             if done[v]:
                 continue
             if rl is not None and rl[edge_of[k]]:
@@ -127,6 +130,8 @@ def _exdijkstra_python(
                 if w == inf:
                     continue
                 c = d + w
+            if lc is not None:
+                c += lc[edge_of[k]]
             nh = h + 1
             dv = dist[v]
             if c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v]))):
@@ -141,6 +146,26 @@ def _exdijkstra_python(
         path.append(pred[path[-1]])
     path.reverse()
     return path
+
+
+def successive_paths(arrays: NetworkArrays, find, removed_nodes: np.ndarray, removed_links: np.ndarray,
+                     keep: np.ndarray, max_paths: int | None = None) -> list[list[int]]:
+    """Paths from ``find(removed_nodes, removed_links)`` (a path or ``None``) one after another, each removing
+    its relays not marked in ``keep`` and its links (the masks are modified), until none is found or there
+    are ``max_paths``: the multipath rule of ``disjoint``, ``least-loaded`` and MSP's walks."""
+    limit = max_paths if max_paths is not None else math.inf
+    paths: list[list[int]] = []
+    while len(paths) < limit:
+        path = find(removed_nodes, removed_links)
+        if path is None:
+            break
+        paths.append(path)
+        for v in path[1:-1]:
+            if not keep[v]:
+                removed_nodes[v] = True
+        for x, y in zip(path, path[1:]):
+            removed_links[arrays.edge_index(x, y)] = True
+    return paths
 
 
 def path_links(arrays: NetworkArrays, path: list[int]) -> list[int]:

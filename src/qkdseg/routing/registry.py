@@ -30,22 +30,27 @@ class Algorithm:
         One line for ``qkdseg algorithms``.
     options : dict
         Option name -> one-line description (with its default).
+    pool_aware : bool
+        Its routes depend on how full the pools are (``arrays.pool_bits``
+        against ``arrays.capacity_bits``), not only on which links can pay:
+        the simulator then never reuses a route across pool levels.
     """
 
     name: str
     func: Callable
     description: str
     options: dict = field(default_factory=dict)
+    pool_aware: bool = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def register(name: str, description: str, options: dict | None = None):
+def register(name: str, description: str, options: dict | None = None, *, pool_aware: bool = False):
     """Decorator adding a routing function to :data:`ALGORITHMS`."""
 
     def wrap(func: Callable) -> Callable:
-        ALGORITHMS[name] = Algorithm(name, func, description, dict(options or {}))
+        ALGORITHMS[name] = Algorithm(name, func, description, dict(options or {}), pool_aware)
         return func
 
     return wrap

@@ -201,6 +201,8 @@ def simulate(
         "interval": sims[0].interval,
         # what left the pools, per algorithm (LinkLevels' consumed offsets): equals the consumed bits of the served
         "debited_bits": {s.algorithm: int(s.levels.consumed.sum()) for s in sims},
+        # the full pools at the start plus what the links produced (overflow included): key utilisation's denominator
+        "generated_bits": {s.algorithm: s.generated_bits() for s in sims},
         "stats": {s.algorithm: dict(s.stats) for s in sims},
     }
     return SimulationResult(req, ts, lv, info)

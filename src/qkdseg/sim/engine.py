@@ -24,6 +24,8 @@ The only events are arrivals, retries, expiries and the samples of the time
 series. A route is a pure function of the request and the set of usable
 links, so routes and reconstructions are cached on ``(source, destination,
 B, epsilon, seed, usable links)``: a hit is exactly what a new call would give.
+A pool-aware algorithm (``least-loaded``) routes on the levels themselves, so
+its routes are never cached.
 
 This module holds :class:`Simulation`'s arguments, its events and the run
 loop; the pools and one try of a request are in :mod:`qkdseg.sim.serving`,
@@ -167,7 +169,8 @@ class Simulation(Serving, Records):
         Algorithm options (``max_paths``...). A seeded algorithm's ``seed`` is
         not an option here: it comes from the trace.
     cache : bool
-        Reuse routes on an unchanged set of usable links (results are the same).
+        Reuse routes on an unchanged set of usable links (results are the same);
+        never for a pool-aware algorithm, whose routes follow the levels.
     on_sample : callable, optional
         Called with the time of each time-series sample (progress bars).
 
@@ -224,7 +227,8 @@ class Simulation(Serving, Records):
         self.horizon = float(requests.duration) + self.ttl
         self.interval, self.sample_times = _sample_times(self.horizon, interval)
         self._start_states(ready_share, empty_bits)
-        self.cache: dict | None = {} if cache else None
+        # a pool-aware algorithm (least-loaded) routes on the levels themselves, not only on which links can pay
+        self.cache: dict | None = {} if cache and not algo.pool_aware else None
         self.on_sample = on_sample
         n = len(requests)
         seeds = requests.seed.tolist() if self._seeded else [None] * n

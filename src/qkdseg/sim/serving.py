@@ -43,6 +43,16 @@ class Serving:
             self._floor = f
             self.levels.refill(produced, t=t)
 
+    def generated_bits(self) -> int:
+        """Link bits the run has had so far: the full pools it started with plus every bit the links produced
+        since (``floor(rate * t)`` per link), those lost to a full pool included (docs/model.md section 9)."""
+        return int(self.levels.capacity.sum() + self._floor.sum())
+
+    def key_utilisation(self) -> float:
+        """Link bits consumed by served requests over :meth:`generated_bits` (NaN when nothing was generated)."""
+        gen = self.generated_bits()
+        return float(self.levels.consumed.sum()) / gen if gen > 0 else float("nan")
+
     def _settle_states(self, links=None) -> None:
         """Apply what refills did to the pool states (of ``links``, or all): levels only rose since."""
         if links is None:
