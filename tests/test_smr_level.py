@@ -153,7 +153,7 @@ def test_cli_route_reports_the_saving_and_needs_epsilon():
     assert json.loads(res.output)["level"]["saved_bits"] == 600000
     res = runner.invoke(app, ["route", "example", "--src", "0", "--dst", "7", "-a", "smr-level"])
     assert res.exit_code == 2 and res.output.strip().splitlines() == [
-        "qkdseg: error: smr-level needs a security level: give epsilon (the request's level)"]
+        "qkdseg: error: --algorithm smr-level needs --epsilon (the request's security level it routes to)"]
 
 
 @pytest.mark.parametrize("n, trusted, trusted_p, seed", [(40, 6, 1.0, 11), (100, 10, 1.0, 1), (100, 10, 1.0, 7),
