@@ -366,8 +366,25 @@ def down(directory: Path) -> tuple[int, list[str]]:
     return n, notes
 
 
+def _started_by_net_up(argv: list[str]) -> bool:
+    """Whether ``argv`` is a process ``net up`` starts: ``qkdseg ...``, ``python [-X ...] -m qkdseg[.net.faults] ...``
+    or ``etcd ...``."""
+    if not argv:
+        return False
+    name = Path(argv[0]).name
+    if name in ("qkdseg", "etcd"):
+        return True
+    if name.startswith("python"):
+        rest = argv[1:]
+        if "-m" in rest and rest.index("-m") + 1 < len(rest):
+            return rest[rest.index("-m") + 1].split(".")[0] == "qkdseg"
+        return bool(rest) and Path(rest[0]).name == "qkdseg"
+    return False
+
+
 def _naming(directory: Path) -> dict[int, str]:
-    """Running processes (not this one) with an argument that is a path inside ``directory``: pid -> command."""
+    """Running processes that ``net up`` starts (qkdseg's, etcd), not this one, with an argument that is a path inside
+    ``directory``: pid -> command."""
     root = directory.resolve()
     me = {os.getpid(), os.getppid()}
     out: dict[int, str] = {}
@@ -379,6 +396,8 @@ def _naming(directory: Path) -> dict[int, str]:
             cwd = Path(os.readlink(proc / "cwd"))
         except OSError:
             continue
+        if not _started_by_net_up(argv):
+            continue  # only what net up starts (qkdseg's servers, the fault proxy, etcd): never a shell or a pager
         for arg in argv[1:]:
             for part in arg.split("=", 1)[-1].split(","):  # --data-dir=..., lists
                 if "/" not in part and part not in (str(directory), directory.name):
