@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import math
 
+import checkers
 import networkx as nx
 import numpy as np
 import pytest
+import segment_checker as chk
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_smr_level import small_graphs
 
-import checkers
-import segment_checker as chk
 from qkdseg import Network, route, waxman
 from qkdseg.routing.level_paths import least_paths, network_rows, pair_candidates, segment_candidates, subset_front
 from qkdseg.routing.smr import request_masks, round_robin_paths
-from test_smr_level import small_graphs
 
 TOL = 1e-12
 LEVELS = [0.0, 0.5, 0.6, 0.8, 0.9, 0.95, 0.99]
@@ -85,7 +85,7 @@ def test_wide_equals_brute_force_on_sparse_waxman():
         g = nx.convert_node_labels_to_integers(net.graph, ordering="default")
         a = net.arrays
 
-        def full0_of(si, di, chain0):
+        def full0_of(si, di, chain0, a=a):
             rn, rl = request_masks(a, si, di, None)
             return round_robin_paths(a, [si, *chain0, di], removed_nodes=rn, removed_links=rl)
 

@@ -1318,9 +1318,12 @@ def level_chain_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes
                     seen[v] = j
     idx = np.empty(npaths, dtype=np.int64)
     offs = np.zeros(nseg + 1, dtype=np.int64)
-    fh_all = np.empty(npaths + nseg, dtype=np.int64)
-    fs_all = np.empty(npaths + nseg)
-    fm_all = np.empty(npaths + nseg, dtype=np.int64)
+    room = nseg  # a segment's front has at most one entry per hop count up to its total hops
+    for i in range(npaths):
+        room += starts[i + 1] - starts[i] - 1
+    fh_all = np.empty(room, dtype=np.int64)
+    fs_all = np.empty(room)
+    fm_all = np.empty(room, dtype=np.int64)
     for j in range(nseg):
         cnt = 0
         for i in range(npaths):

@@ -72,7 +72,7 @@ def network_rows(arrays: NetworkArrays, kernel: str) -> Rows:
 class Rows:
     """:func:`hop_row` and :func:`cost_row` of one network for one request."""
 
-    __slots__ = ("kept", "arrays", "kernel")
+    __slots__ = ("arrays", "kept", "kernel")
 
     def __init__(self, kept: _Rows, arrays: NetworkArrays, kernel: str) -> None:
         self.kept, self.arrays, self.kernel = kept, arrays, kernel
@@ -152,19 +152,29 @@ class Candidates:
 
     def __init__(self, arrays: NetworkArrays, paths: list[list[int]], kernel: str) -> None:
         self.paths = paths
-        self.interior = {x for q in paths for x in q[1:-1]}
-        self.links = np.array([arrays.edge_index(x, y) for q in paths for x, y in zip(q, q[1:])], dtype=np.int64)
+        self._arrays, self._kernel = arrays, kernel
+        self._interior: set | None = None
+        self._links: np.ndarray | None = None
         self._front: list | None = None
-        self._p, self._kernel = arrays.p, kernel
 
-    def usable(self, source: int, target: int, rl: np.ndarray) -> bool:
-        """Whether every path is allowed to the request ``(source, target)`` with links ``rl`` removed:
-        then these are also its ``k`` least paths (its paths are a subset of the network's)."""
-        return source not in self.interior and target not in self.interior and not rl[self.links].any()
+    def usable(self, source: int, target: int, rl: np.ndarray | None) -> bool:
+        """Whether every path is allowed to the request ``(source, target)`` with links ``rl``
+        removed (None: none): then these are also its ``k`` least paths (its paths are a subset
+        of the network's)."""
+        if self._interior is None:
+            self._interior = {x for q in self.paths for x in q[1:-1]}
+        if source in self._interior or target in self._interior:
+            return False
+        if rl is None:
+            return True
+        if self._links is None:
+            a = self._arrays
+            self._links = np.array([a.edge_index(x, y) for q in self.paths for x, y in zip(q, q[1:])], dtype=np.int64)
+        return not rl[self._links].any()
 
     def front(self) -> list[tuple[int, float, int]]:
         if self._front is None:
-            self._front = subset_front(self._p, self.paths, self._kernel)
+            self._front = subset_front(self._arrays.p, self.paths, self._kernel)
         return self._front
 
 
@@ -181,8 +191,8 @@ def segment_candidates(rows: Rows, rn: np.ndarray, rl: np.ndarray, u: int, v: in
 def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np.ndarray, u: int, v: int,
                     k: int) -> Candidates:
     """The candidates of segment ``(u, v)`` for request ``(source, target)`` (``rn`` masks its ends
-    only): those of the whole network, kept per network, when the request may use them all, else
-    computed under its masks."""
+    only; ``rl`` its removed links, or None when it has none): those of the whole network, kept per
+    network, when the request may use them all, else computed under its masks."""
     arrays, kernel, kept = rows.arrays, rows.kernel, rows.kept
     key = (int(u), int(v), int(k))
     cand = kept.pairs.get(key)
@@ -195,6 +205,8 @@ def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np
         kept.pairs[key] = cand
     if cand.usable(source, target, rl):
         return cand
+    if rl is None:
+        rl = np.zeros(arrays.n_links, dtype=bool)
     return Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
 
 

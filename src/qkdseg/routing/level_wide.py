@@ -48,7 +48,8 @@ class _Segments:
     segment with no full-route paths added come from the network's, :func:`pair_candidates`)."""
 
     def __init__(self, rows: Rows, source: int, target: int, rn, rl, k: int, extra: dict) -> None:
-        self.rows, self.s, self.t, self.rn, self.rl, self.k, self.extra = rows, source, target, rn, rl, k, extra
+        self.rows, self.s, self.t, self.rn, self.k, self.extra = rows, source, target, rn, k, extra
+        self.rl = rl if rl.any() else None
         self.cands: dict[tuple[int, int], Candidates] = {}
 
     def _get(self, u: int, v: int) -> Candidates:

@@ -1,10 +1,17 @@
-"""``smr-level``: the requested level at the least key (issue 23; not in the paper).
+"""``smr-level``: the requested level at the least key (issues 23 and 39; not in the paper).
 
 Every other algorithm keeps adding paths until none is left, although a
 request only needs its level ``epsilon``. ``smr-level`` chooses the segment
 chain *and* the subset of its paths that deliver one global key meeting
 ``epsilon`` for the fewest consumed bits (``hops x B``: one ``B``-bit piece
-per path per hop), so the consumed bits per ``epsilon``-key are least:
+per path per hop), so the consumed bits per ``epsilon``-key are least.
+Two searches (docs/algorithms.md states both spaces): the successive search
+below (``search="successive"``, the first version's routes), then, by
+default (``search="wide"``), :func:`~qkdseg.routing.level_wide.wide_search`
+over the ``k`` least paths by hops and by security of every segment of
+every chain of the candidate relays and their subsets, whose route is
+taken only when it has fewer hops (so never more bits, never a refusal
+where the successive search serves). The successive search:
 
 1. **Chains** are drawn as ``smr-exact`` draws them
    (:mod:`qkdseg.routing.smr_exact`): no segment node (``disjoint``'s
