@@ -100,6 +100,20 @@ def sim_run(algorithm: str, duration: float) -> dict:
             "routing_seconds": sim.stats["routing_seconds"], "mean_consumed_bits": float(sim.consumed[sim.outcome == 1].mean())}
 
 
+def report_head(title: str, module: str, argv) -> list[str]:
+    """A report's first lines: title, command, date, load average, machine."""
+    return [f"# {title}", "", f"Command: `python -m {module} {' '.join(argv or sys.argv[1:])}`",
+            f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; load average before: "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", "", machine(), ""]
+
+
+def write_report(lines: list[str], out: str) -> None:
+    """Write a report with the load average after the run."""
+    lines += ["", "Load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg())]
+    Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.level")
     ap.add_argument("--quick", action="store_true", help="fewer requests, 60 s of simulated time")
@@ -111,9 +125,7 @@ def main(argv=None) -> int:
     n_pairs, budget = (100, 10.0) if args.quick else (ap_pairs, 60.0)
     sim_duration = args.sim_duration if args.sim_duration is not None else (60.0 if args.quick else 3600.0)
     rng = np.random.default_rng(0)
-    lines = ["# smr-level against smr", "", f"Command: `python -m benchmarks.level {' '.join(argv or sys.argv[1:])}`",
-             f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; load average before: "
-             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", "", machine(), "",
+    lines = report_head("smr-level against smr", "benchmarks.level", argv) + [
              f"## Time per request (epsilon {EPSILON}, interleaved, median)", "",
              "| network | algorithm | requests | median ms (wall) | ratio to smr | median ms (CPU) | CPU ratio to smr |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -133,9 +145,7 @@ def main(argv=None) -> int:
         print(r, flush=True)
         lines.append(f"| {alg} | {r['requests']} | {r['served']} | {r['seconds']:.2f} | "
                      f"{r['routing_seconds'] / r['seconds']:.0%} | {r['mean_consumed_bits']:.0f} |")
-    lines += ["", "Load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg())]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_report(lines, args.out)
     return 0
 
 

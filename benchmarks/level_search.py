@@ -23,11 +23,7 @@ same ``B`` for both searches).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +31,7 @@ from qkdseg import load
 from qkdseg.routing import get_algorithm
 from qkdseg.topology import waxman
 
-from .__main__ import machine
+from .level import report_head, write_report
 
 LEVELS = (0.5, 0.7, 0.9)
 FAMILIES = {
@@ -94,10 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=40, help="requests per network (default 40), each at 0.5, 0.7, 0.9")
     ap.add_argument("--out", default="benchmarks/level_search.md")
     args = ap.parse_args(argv)
-    lines = ["# smr-level: the wide search against the successive one", "",
-             f"Command: `python -m benchmarks.level_search {' '.join(argv or sys.argv[1:])}`",
-             f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; load average before: "
-             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", "", machine(), "",
+    lines = report_head("smr-level: the wide search against the successive one", "benchmarks.level_search", argv) + [
              f"{args.networks} networks per family, {args.requests} requests per network, each at levels "
              f"{', '.join(map(str, LEVELS))}. Served: the route meets the level. Bits: hops x B, the same B.", "",
              "| family | request-levels | served (successive) | served (wide) | newly served | served by both, "
@@ -113,9 +106,7 @@ def main(argv=None) -> int:
                      f"{r['cheaper']} of {r['both']} ({r['cheaper'] / max(1, r['both']):.1%}) | {share:.1%} | "
                      f"{within:.1%} | {r['best']:.1%} | {ms[0]:.2f} / {ms[1]:.2f} |")
         print(lines[-1], flush=True)
-    lines += ["", "Load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg())]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_report(lines, args.out)
     return 0
 
 

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from test_smr_level import small_graphs
 
 from qkdseg import Network, route, waxman
-from qkdseg.routing.level_paths import least_paths, network_rows, pair_candidates, segment_candidates, subset_front
+from qkdseg.routing.level_paths import (least_paths, links_key, network_rows, pair_candidates, segment_candidates,
+                                         subset_front)
 from qkdseg.routing.smr import request_masks, round_robin_paths
 
 TOL = 1e-12
@@ -158,21 +159,22 @@ def test_subset_fronts_are_exact_and_the_kernels_agree():
 
 
 def test_kept_candidates_are_those_under_the_masks():
-    """A segment's candidates kept per network are used only when the request may use them all:
-    with its ends and removed links masked, they equal the candidates computed under the masks."""
+    """A segment's candidates kept per network (per set of removed links) are used only when the
+    request may use them all: they equal the candidates computed under its masks."""
     a = waxman(60, trusted=8, p=0.8, seed=23).arrays
     rows = network_rows(a, "numba")
     rng = np.random.default_rng(23)
     trusted = [int(v) for v in np.flatnonzero(a.trusted)]
     differ = 0
+    removed = [rng.random(a.n_links) < 0.1 for _ in range(3)] + [np.zeros(a.n_links, dtype=bool)]
     for i in range(60):
         s, d = (int(x) for x in rng.choice(a.n_nodes, 2, replace=False))
-        rl = rng.random(a.n_links) < (0.0 if i % 2 else 0.1)
+        rl = removed[i % 4].copy()
         rn, rl = request_masks(a, s, d, rl)
         for u, v in [(s, d), (s, trusted[i % 8]), (trusted[(i + 1) % 8], d), (trusted[i % 8], trusted[(i + 3) % 8])]:
             if u == v:
                 continue
             want = segment_candidates(rows, rn, rl, u, v, 3)
-            assert pair_candidates(rows, s, d, rn, rl, u, v, 3).paths == want
+            assert pair_candidates(rows, s, d, rn, rl, links_key(rl), u, v, 3).paths == want
             differ += want != segment_candidates(rows, np.zeros_like(rn), np.zeros_like(rl), u, v, 3)
     assert differ > 5

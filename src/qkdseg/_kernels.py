@@ -222,20 +222,51 @@ def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
 
 # -- ExDijkstra --------------------------------------------------------------------
 @_jit
+def _trace_back(pred, source, target, out):
+    """The path ``source -> target`` a search's predecessors give, into ``out``; returns its length."""
+    length = 0
+    v = target
+    while v != source:
+        out[length] = v
+        length += 1
+        v = pred[v]
+    out[length] = source
+    length += 1
+    i = 0
+    j = length - 1
+    while i < j:  # reverse in place
+        out[i], out[j] = out[j], out[i]
+        i += 1
+        j -= 1
+    return length
+
+
+@_jit
 def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out, lb):
-    """One target-pruned ExDijkstra search; writes the path into ``out``.
+    """One target-pruned ExDijkstra search (:func:`_path_search` by ``(cost, hops)``)."""
+    return _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh,
+                        hv, out, lb, False)
+
+
+@_jit
+def _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv,
+                 out, lb, by_hops):
+    """One target-pruned search for the least path by ``(cost, hops)`` (ExDijkstra), or by
+    ``(hops, cost)`` when ``by_hops``; writes the path into ``out``.
 
     ``dist/hops/pred/done`` must be in their reset state (inf/0/-1/False) on
     entry; every entry this search changes is listed in ``touched`` and is
     reset before returning, so the work arrays can be reused. Returns the
     path length (0: no path).
 
-    ``lb`` is a consistent lower bound on the cost still to come from each
-    node to ``target`` (all zeros: plain Dijkstra; :func:`_lower_bounds`
-    gives a tight one). The heap is ordered by ``(cost + lb, hops, node)``:
+    ``lb`` is a consistent lower bound on the cost (``by_hops``: the hops)
+    still to come from each node to ``target`` (all zeros: plain Dijkstra;
+    :func:`_lower_bounds` gives a tight one for the cost). The heap is
+    ordered by ``(cost + lb, hops, node)`` (``(hops + lb, hops, node)``):
     with a consistent bound every optimal predecessor of a node is still
-    settled before it, so the labels, the smallest-index predecessor rule
-    and hence the path are exactly those of plain Dijkstra (A*).
+    settled before it (at most its key, fewer hops), so the labels, the
+    smallest-index predecessor rule and hence the path are exactly those of
+    plain Dijkstra (A*).
     """
     if source != target and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, pred, touched, out):
         return 0
@@ -274,8 +305,15 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
                 c = d + w
             nh = h + 1
             dv = dist[v]
-            if c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v]))):
+            if by_hops:  # (hops, cost); an unreached node has dist inf
+                take = dv == inf or nh < hops[v] or (nh == hops[v] and (c < dv or (c == dv and u < pred[v])))
+                better = dv == inf or nh < hops[v] or c < dv
+                key = nh + lb[v]
+            else:
+                take = c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v])))
                 better = c < dv or nh < hops[v]
+                key = c + lb[v]
+            if take:
                 if dv == inf and pred[v] == -1:
                     touched[nt] = v
                     nt += 1
@@ -283,23 +321,8 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
                 hops[v] = nh
                 pred[v] = u
                 if better:
-                    size = _heap_push(hd, hh, hv, size, c + lb[v], nh, v)
-    length = 0
-    if found:
-        v = target
-        while v != source:
-            out[length] = v
-            length += 1
-            v = pred[v]
-        out[length] = source
-        length += 1
-        # reverse in place
-        i = 0
-        j = length - 1
-        while i < j:
-            out[i], out[j] = out[j], out[i]
-            i += 1
-            j -= 1
+                    size = _heap_push(hd, hh, hv, size, key, nh, v)
+    length = _trace_back(pred, source, target, out) if found else 0
     for i in range(nt):
         v = touched[i]
         dist[v] = inf
@@ -838,147 +861,6 @@ def cost_row_nb(indptr, indices, cost, target):
 
 
 @_jit
-def _h4_less(h1, h2, h3, hv, i, j):
-    if h1[i] != h1[j]:
-        return h1[i] < h1[j]
-    if h2[i] != h2[j]:
-        return h2[i] < h2[j]
-    if h3[i] != h3[j]:
-        return h3[i] < h3[j]
-    return hv[i] < hv[j]
-
-
-@_jit
-def _h4_swap(h1, h2, h3, hv, i, j):
-    h1[i], h1[j] = h1[j], h1[i]
-    h2[i], h2[j] = h2[j], h2[i]
-    h3[i], h3[j] = h3[j], h3[i]
-    hv[i], hv[j] = hv[j], hv[i]
-
-
-@_jit
-def _h4_push(h1, h2, h3, hv, size, a, b, c, v):
-    i = size
-    h1[i] = a
-    h2[i] = b
-    h3[i] = c
-    hv[i] = v
-    while i > 0:
-        parent = (i - 1) >> 1
-        if _h4_less(h1, h2, h3, hv, i, parent):
-            _h4_swap(h1, h2, h3, hv, i, parent)
-            i = parent
-        else:
-            break
-    return size + 1
-
-
-@_jit
-def _h4_pop(h1, h2, h3, hv, size):
-    size -= 1
-    h1[0] = h1[size]
-    h2[0] = h2[size]
-    h3[0] = h3[size]
-    hv[0] = hv[size]
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= size:
-            break
-        best = left
-        if left + 1 < size and _h4_less(h1, h2, h3, hv, left + 1, left):
-            best = left + 1
-        if _h4_less(h1, h2, h3, hv, best, i):
-            _h4_swap(h1, h2, h3, hv, best, i)
-            i = best
-        else:
-            break
-    return size
-
-
-@_jit
-def _lex_search(indptr, indices, edge_of, cost, rn, rl, src, dst, by_hops, lb, prim, sec, pred, done, touched,
-                h1, h2, h3, hv, out):
-    """The least ``src -> dst`` path by ``(hops, cost)`` (``by_hops``) or ``(cost, hops)``, then the
-    smallest reversed node sequence (smallest index among the optimal predecessors), into ``out``;
-    returns its length (0: none). Relays: not ``rn``, finite cost; links: not ``rl``. ``lb`` is a
-    consistent bound on the primary metric still to come (``inf``: cannot reach ``dst``); the heap
-    pops ``(primary + lb, primary, secondary, node)``, so every optimal predecessor of a node is
-    settled before it and the path is plain Dijkstra's. Work arrays in their reset state
-    (``prim``/``sec`` inf, ``pred`` -1, ``done`` False) on entry and on return."""
-    inf = np.inf
-    nt = 0
-    prim[src] = 0.0
-    sec[src] = 0.0
-    touched[nt] = src
-    nt += 1
-    size = _h4_push(h1, h2, h3, hv, 0, lb[src], 0.0, 0.0, src)
-    found = False
-    while size > 0:
-        u = hv[0]
-        size = _h4_pop(h1, h2, h3, hv, size)
-        if done[u]:
-            continue
-        done[u] = True
-        if u == dst:
-            found = True
-            break
-        pu = prim[u]
-        su = sec[u]
-        for k in range(indptr[u], indptr[u + 1]):
-            v = indices[k]
-            if done[v] or rl[edge_of[k]] or lb[v] == inf:
-                continue
-            w = 0.0
-            if v != dst:
-                if rn[v]:
-                    continue
-                w = cost[v]
-                if w == inf:
-                    continue
-            if by_hops:
-                a = pu + 1.0
-                b = su + w
-            else:
-                a = pu + w
-                b = su + 1.0
-            pv = prim[v]
-            sv = sec[v]
-            if a < pv or (a == pv and (b < sv or (b == sv and u < pred[v]))):
-                if pv == inf and pred[v] == -1:
-                    touched[nt] = v
-                    nt += 1
-                better = a < pv or b < sv
-                prim[v] = a
-                sec[v] = b
-                pred[v] = u
-                if better:
-                    size = _h4_push(h1, h2, h3, hv, size, a + lb[v], a, b, v)
-    length = 0
-    if found:
-        v = dst
-        while v != src:
-            out[length] = v
-            length += 1
-            v = pred[v]
-        out[length] = src
-        length += 1
-        i = 0
-        j = length - 1
-        while i < j:
-            out[i], out[j] = out[j], out[i]
-            i += 1
-            j -= 1
-    for i in range(nt):
-        v = touched[i]
-        prim[v] = inf
-        sec[v] = inf
-        pred[v] = -1
-        done[v] = False
-    return length
-
-
-@_jit
 def _path_key(path, cost, by_hops):
     c = 0.0
     for i in range(1, path.size - 1):
@@ -1057,21 +939,11 @@ def _in_pool(pool, starts, count, alive, path, length):
 @_jit
 def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
     """The ``k`` least simple ``u -> v`` paths by ``(hops, cost, reversed nodes)`` (``by_hops``) or
-    ``(cost, hops, reversed nodes)``, in that order: Yen's algorithm over :func:`_lex_search`.
+    ``(cost, hops, reversed nodes)``, in that order: Yen's algorithm over :func:`_path_search`.
     ``rn``/``rl`` are restored on return. Returns ``(nodes, starts)``: path ``i`` is
     ``nodes[starts[i]:starts[i+1]]``."""
     n = indptr.size - 1
-    prim = np.full(n, np.inf)
-    sec = np.full(n, np.inf)
-    pred = np.full(n, -1, dtype=np.int64)
-    done = np.zeros(n, dtype=np.bool_)
-    touched = np.empty(n, dtype=np.int64)
-    cap = indices.size + 2
-    h1 = np.empty(cap)
-    h2 = np.empty(cap)
-    h3 = np.empty(cap)
-    hv = np.empty(cap, dtype=np.int64)
-    out = np.empty(n, dtype=np.int64)
+    dist, hops, pred, done, touched, hd, hh, hv, out = _work(n, indices.size)
     total = np.empty(n, dtype=np.int64)
     fpool = np.empty(64, dtype=np.int64)  # the paths found, in order
     fstarts = np.zeros(k + 1, dtype=np.int64)
@@ -1085,8 +957,8 @@ def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
     every = np.ones(k + 1, dtype=np.bool_)
     length = 0
     if k > 0:
-        length = _lex_search(indptr, indices, edge_of, cost, rn, rl, u, v, by_hops, lb, prim, sec, pred, done, touched,
-                             h1, h2, h3, hv, out)
+        length = _path_search(indptr, indices, edge_of, cost, rn, rl, u, v, dist, hops, pred, done, touched, hd, hh, hv,
+                              out, lb, by_hops)
     if length > 0:
         fpool, fstarts, nfound = _pool_add(fpool, fstarts, nfound, out, length)
     saved = np.empty(n, dtype=np.bool_)
@@ -1114,8 +986,8 @@ def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
                             rl[e] = True
                             links[nl] = e
                             nl += 1
-            length = _lex_search(indptr, indices, edge_of, cost, rn, rl, spur, v, by_hops, lb, prim, sec, pred, done,
-                                 touched, h1, h2, h3, hv, out)
+            length = _path_search(indptr, indices, edge_of, cost, rn, rl, spur, v, dist, hops, pred, done, touched, hd,
+                                  hh, hv, out, lb, by_hops)
             for i in range(nl):
                 rl[links[i]] = False
             for i in range(j - 1, -1, -1):

@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import _kernels
 from ..network import NetworkArrays
+from ..security.components import intact_distribution
 from .smr import _distances
 
 #: Networks whose rows are kept (most recent first out when more).
@@ -33,8 +34,8 @@ _NETWORKS = 8
 _ROWS: dict[tuple[int, int], _Rows] = {}
 
 
-#: Segments whose unmasked candidates are kept per network.
-_PAIRS = 100_000
+#: Segments whose candidates (under a set of removed links) are kept per network.
+_PAIRS = 20_000
 
 
 class _Rows:
@@ -148,29 +149,13 @@ def _cost_row_python(arrays: NetworkArrays, target: int) -> np.ndarray:
 
 class Candidates:
     """The ``k`` least paths of a segment by hops, then the ``k`` least by cost not already
-    there, with what a request's masks are checked against and the subset front (on demand)."""
+    there, the relays they cross and their subset front (on demand)."""
 
     def __init__(self, arrays: NetworkArrays, paths: list[list[int]], kernel: str) -> None:
         self.paths = paths
+        self.interior = {x for q in paths for x in q[1:-1]}
         self._arrays, self._kernel = arrays, kernel
-        self._interior: set | None = None
-        self._links: np.ndarray | None = None
         self._front: list | None = None
-
-    def usable(self, source: int, target: int, rl: np.ndarray | None) -> bool:
-        """Whether every path is allowed to the request ``(source, target)`` with links ``rl``
-        removed (None: none): then these are also its ``k`` least paths (its paths are a subset
-        of the network's)."""
-        if self._interior is None:
-            self._interior = {x for q in self.paths for x in q[1:-1]}
-        if source in self._interior or target in self._interior:
-            return False
-        if rl is None:
-            return True
-        if self._links is None:
-            a = self._arrays
-            self._links = np.array([a.edge_index(x, y) for q in self.paths for x, y in zip(q, q[1:])], dtype=np.int64)
-        return not rl[self._links].any()
 
     def front(self) -> list[tuple[int, float, int]]:
         if self._front is None:
@@ -188,25 +173,29 @@ def segment_candidates(rows: Rows, rn: np.ndarray, rl: np.ndarray, u: int, v: in
     return out
 
 
-def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np.ndarray, u: int, v: int,
-                    k: int) -> Candidates:
+def links_key(rl: np.ndarray) -> bytes:
+    """A hashable form of a set of removed links (empty when none is removed)."""
+    return np.packbits(rl).tobytes() if rl.any() else b""
+
+
+def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rl_key: bytes, u: int,
+                    v: int, k: int) -> Candidates:
     """The candidates of segment ``(u, v)`` for request ``(source, target)`` (``rn`` masks its ends
-    only; ``rl`` its removed links, or None when it has none): those of the whole network, kept per
-    network, when the request may use them all, else computed under its masks."""
+    only; ``rl`` its removed links, ``rl_key`` their :func:`links_key`): those with the same links
+    removed and no node masked, kept per network, when none of their paths crosses an end of the
+    request (then they are also its least paths: its paths are a subset of those), else computed
+    under its masks."""
     arrays, kernel, kept = rows.arrays, rows.kernel, rows.kept
-    key = (int(u), int(v), int(k))
+    key = (int(u), int(v), int(k), rl_key)
     cand = kept.pairs.get(key)
     if cand is None:
-        free_n = np.zeros(arrays.n_nodes, dtype=bool)
-        free_l = np.zeros(arrays.n_links, dtype=bool)
-        cand = Candidates(arrays, segment_candidates(rows, free_n, free_l, u, v, k), kernel)
+        free = np.zeros(arrays.n_nodes, dtype=bool)
+        cand = Candidates(arrays, segment_candidates(rows, free, rl, u, v, k), kernel)
         if len(kept.pairs) >= _PAIRS:
             del kept.pairs[next(iter(kept.pairs))]
         kept.pairs[key] = cand
-    if cand.usable(source, target, rl):
+    if source not in cand.interior and target not in cand.interior:
         return cand
-    if rl is None:
-        rl = np.zeros(arrays.n_links, dtype=bool)
     return Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
 
 
@@ -335,11 +324,7 @@ def _front_numpy(m: int, masks: np.ndarray, probs: np.ndarray, hops: np.ndarray)
     """:func:`qkdseg._kernels.subset_front_nb` in numpy, the same arithmetic."""
     size = 1 << m
     states = np.arange(size, dtype=np.int64)
-    dist = np.zeros(size)
-    dist[size - 1] = 1.0
-    for mask, pg in zip(masks.tolist(), probs.tolist()):
-        moved = np.bincount(states & ~mask, weights=dist * (1.0 - pg), minlength=size)
-        dist = dist * pg + moved
+    dist = intact_distribution(m, masks, probs)
     for i in range(m):
         sel = states[(states >> i) & 1 == 1]
         dist[sel] += dist[sel ^ (1 << i)]

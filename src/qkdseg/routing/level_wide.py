@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from ..reconstruction.result import TOLERANCE
-from .level_paths import Candidates, Rows, pair_candidates
+from .level_paths import Candidates, Rows, links_key, pair_candidates
 
 #: Default number of least paths per segment by each metric (**[choice]**, docs/algorithms.md).
 DEFAULT_K = 3
@@ -45,17 +45,17 @@ _DONE, _PENDING, _LABEL = 0, 1, 2
 
 class _Segments:
     """The candidates ``C(u, v)`` and their subset fronts, computed once per request (those of a
-    segment with no full-route paths added come from the network's, :func:`pair_candidates`)."""
+    segment with no full-route paths added kept per network, :func:`pair_candidates`)."""
 
     def __init__(self, rows: Rows, source: int, target: int, rn, rl, k: int, extra: dict) -> None:
-        self.rows, self.s, self.t, self.rn, self.k, self.extra = rows, source, target, rn, k, extra
-        self.rl = rl if rl.any() else None
+        self.rows, self.s, self.t, self.rn, self.rl, self.k, self.extra = rows, source, target, rn, rl, k, extra
+        self.rl_key = links_key(rl)
         self.cands: dict[tuple[int, int], Candidates] = {}
 
     def _get(self, u: int, v: int) -> Candidates:
         key = (u, v)
         if key not in self.cands:
-            cand = pair_candidates(self.rows, self.s, self.t, self.rn, self.rl, u, v, self.k)
+            cand = pair_candidates(self.rows, self.s, self.t, self.rn, self.rl, self.rl_key, u, v, self.k)
             more = [q for q in self.extra.get(key, ()) if q not in cand.paths][:MAX_UNION - len(cand.paths)]
             if more:
                 cand = Candidates(self.rows.arrays, cand.paths + more, self.rows.kernel)

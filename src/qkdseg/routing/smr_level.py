@@ -343,7 +343,7 @@ def _greedy(ev: _LevelEvaluator, cands: list[int], dist: dict, arrays: NetworkAr
             if r in chain:
                 continue
             detours = [dist[a][r] + dist[b][r] - dist[a][b] for a, b in zip(ends, ends[1:])]
-            pos = int(np.argmin(detours))
+            pos = min(range(len(detours)), key=detours.__getitem__)  # the first least, as np.argmin
             trials.append(chain[:pos] + (r,) + chain[pos:])
         # routed most promising first (fewest hops bound), each bounded by the best met so far (the
         # current chain's or a trial's of this round); the choice is then made in candidate order
