@@ -183,13 +183,29 @@ def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
     are exact and ties stay ties.
     """
     n = indptr.size - 1
-    inf = np.inf
-    for i in range(n):
-        lb[i] = inf
     settled = np.zeros(n, dtype=np.bool_)
+    radius = _reverse_costs(indptr, indices, cost, source, target, lb, settled, hd, hh, hv)
+    if radius == np.inf:  # source not reached: fall back to plain Dijkstra
+        for i in range(n):
+            lb[i] = 0.0
+        return radius
+    for i in range(n):
+        if not settled[i]:
+            lb[i] = radius
+    return radius
+
+
+@_jit
+def _reverse_costs(indptr, indices, cost, source, target, lb, settled, hd, hh, hv):
+    """A reverse Dijkstra from ``target`` over the relays' costs into ``lb`` (``inf`` where not
+    settled), ``settled`` marking what it settled, stopping once ``source`` is settled
+    (``source < 0``: never); returns ``lb[source]`` (inf: not reached). A node of infinite cost
+    never relays, so the search does not go through it."""
+    inf = np.inf
+    for i in range(lb.size):
+        lb[i] = inf
     lb[target] = 0.0
     size = _heap_push(hd, hh, hv, 0, 0.0, 0, target)
-    radius = inf
     while size > 0:
         x = hv[0]
         size = _heap_pop(hd, hh, hv, size)
@@ -197,27 +213,19 @@ def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
             continue
         settled[x] = True
         if x == source:
-            radius = lb[x]
-            break
+            return lb[x]
         wx = 0.0
         if x != target:
             wx = cost[x]
             if wx == inf:
-                continue  # an unusable node never relays: do not go through it
+                continue
         hx = lb[x] + wx
         for k in range(indptr[x], indptr[x + 1]):
             y = indices[k]
             if not settled[y] and hx < lb[y]:
                 lb[y] = hx
                 size = _heap_push(hd, hh, hv, size, hx, 0, y)
-    if radius == inf:  # source not reached: fall back to plain Dijkstra
-        for i in range(n):
-            lb[i] = 0.0
-        return inf
-    for i in range(n):
-        if not settled[i]:
-            lb[i] = radius
-    return radius
+    return inf
 
 
 # -- ExDijkstra --------------------------------------------------------------------
@@ -831,32 +839,10 @@ def cost_row_nb(indptr, indices, cost, target):
     without the stop at a source, so a consistent A* bound for every search to ``target``
     and ``exp(-row[u])`` an upper bound on the ``Psec`` of every ``u``-``target`` path."""
     n = indptr.size - 1
-    inf = np.inf
     cap = indices.size + 2
-    hd = np.empty(cap)
-    hh = np.empty(cap, dtype=np.int64)
-    hv = np.empty(cap, dtype=np.int64)
-    lb = np.full(n, inf)
-    settled = np.zeros(n, dtype=np.bool_)
-    lb[target] = 0.0
-    size = _heap_push(hd, hh, hv, 0, 0.0, 0, target)
-    while size > 0:
-        x = hv[0]
-        size = _heap_pop(hd, hh, hv, size)
-        if settled[x]:
-            continue
-        settled[x] = True
-        wx = 0.0
-        if x != target:
-            wx = cost[x]
-            if wx == inf:
-                continue
-        hx = lb[x] + wx
-        for k in range(indptr[x], indptr[x + 1]):
-            y = indices[k]
-            if not settled[y] and hx < lb[y]:
-                lb[y] = hx
-                size = _heap_push(hd, hh, hv, size, hx, 0, y)
+    lb = np.empty(n)
+    _reverse_costs(indptr, indices, cost, -1, target, lb, np.zeros(n, dtype=np.bool_), np.empty(cap),
+                   np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64))
     return lb
 
 
