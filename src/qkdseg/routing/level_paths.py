@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import threading
 import weakref
 
 import numpy as np
@@ -32,6 +33,8 @@ from .smr import _distances
 #: Networks whose rows are kept (most recent first out when more).
 _NETWORKS = 8
 _ROWS: dict[tuple[int, int], _Rows] = {}
+#: Guards the eviction and insertion into the kept rows and candidates (a key service routes from threads).
+_LOCK = threading.Lock()
 
 
 #: Segments whose candidates (under a set of removed links) are kept per network.
@@ -59,15 +62,34 @@ def _rows(arrays: NetworkArrays) -> _Rows:
     key = (id(arrays.indptr), id(arrays.cost))
     rows = _ROWS.get(key)
     if rows is None or not rows.alive_for(arrays):
-        rows = _ROWS[key] = _Rows(arrays)
-        while len(_ROWS) > _NETWORKS:
-            del _ROWS[next(iter(_ROWS))]
+        with _LOCK:
+            rows = _ROWS[key] = _Rows(arrays)
+            while len(_ROWS) > _NETWORKS:
+                del _ROWS[next(iter(_ROWS))]
     return rows
 
 
 def network_rows(arrays: NetworkArrays, kernel: str) -> Rows:
     """The rows of ``arrays``' network, read through ``kernel`` (a request holds it once)."""
+    if kernel == "numba" and not _LOADED:
+        _load_kernels()
     return Rows(_rows(arrays), arrays, kernel)
+
+
+_LOADED: list[bool] = []
+
+
+def _load_kernels() -> None:
+    """Compile (or load from numba's cache) the wide search's kernels once per process, on a
+    3-node path, so that a warm-up request loads them even when its search never needs a segment's
+    candidates (a request must not wait for the compiler)."""
+    indptr = np.array([0, 1, 3, 4], dtype=np.int64)  # the path 0 - 1 - 2
+    indices = np.array([1, 0, 2, 1], dtype=np.int64)
+    edge_of = np.array([0, 0, 1, 1], dtype=np.int64)
+    _kernels.yen_nb(indptr, indices, edge_of, np.zeros(3), np.zeros(3, dtype=bool), np.zeros(2, dtype=bool), 0, 2, 2,
+                    True, np.zeros(3))
+    _kernels.subset_front_nb(1, np.zeros(1, dtype=np.int64), np.ones(1), np.ones(1, dtype=np.int64))
+    _LOADED.append(True)
 
 
 class Rows:
@@ -81,26 +103,29 @@ class Rows:
     def hops(self, v: int) -> np.ndarray:
         row = self.kept.hops.get(v)
         if row is None:
-            row = _keep(self.kept.hops, self.kept.limit, v,
-                        np.asarray(_distances(self.arrays, int(v), "hops", self.kernel), dtype=float))
+            row = np.asarray(_distances(self.arrays, int(v), "hops", self.kernel), dtype=float)
+            row.setflags(write=False)
+            _keep(self.kept.hops, self.kept.limit, v, row)
         return row
 
     def cost(self, v: int) -> np.ndarray:
         row = self.kept.cost.get(v)
         if row is None:
             a = self.arrays
-            made = (_kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v)) if self.kernel == "numba"
-                    else _cost_row_python(a, int(v)))
-            row = _keep(self.kept.cost, self.kept.limit, v, made)
+            row = (_kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v)) if self.kernel == "numba"
+                   else _cost_row_python(a, int(v)))
+            row.setflags(write=False)
+            _keep(self.kept.cost, self.kept.limit, v, row)
         return row
 
 
-def _keep(table: dict, limit: int, v: int, row: np.ndarray) -> np.ndarray:
-    row.setflags(write=False)
-    if len(table) >= limit:
-        del table[next(iter(table))]
-    table[v] = row
-    return row
+def _keep(table: dict, limit: int, key, value):
+    """``table[key] = value``, the oldest entry dropped first when ``table`` holds ``limit``."""
+    with _LOCK:
+        if len(table) >= limit:
+            del table[next(iter(table))]
+        table[key] = value
+    return value
 
 
 def hop_row(arrays: NetworkArrays, v: int, kernel: str) -> np.ndarray:
@@ -190,10 +215,7 @@ def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np
     cand = kept.pairs.get(key)
     if cand is None:
         free = np.zeros(arrays.n_nodes, dtype=bool)
-        cand = Candidates(arrays, segment_candidates(rows, free, rl, u, v, k), kernel)
-        if len(kept.pairs) >= _PAIRS:
-            del kept.pairs[next(iter(kept.pairs))]
-        kept.pairs[key] = cand
+        cand = _keep(kept.pairs, _PAIRS, key, Candidates(arrays, segment_candidates(rows, free, rl, u, v, k), kernel))
     if source not in cand.interior and target not in cand.interior:
         return cand
     return Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
