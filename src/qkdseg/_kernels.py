@@ -478,24 +478,6 @@ def bfs_hops_into_nb(indptr, indices, edge_of, usable, rl, masked, source, dist,
 
 
 @_jit
-def segment_bound_nb(indptr, indices, cost, source, target):
-    """The A* bound of segment ``source -> target`` that :func:`round_robin_nb`
-    computes (:func:`_lower_bounds`), and the least total cost of the relays
-    strictly between them on the whole network (inf where no path has finite
-    cost): ``exp(-radius)`` bounds the ``Psec`` of every path of the segment
-    from above, whatever is removed later (``smr-level``'s chain bound).
-    """
-    n = indptr.size - 1
-    cap = indices.size + 2
-    hd = np.empty(cap)
-    hh = np.empty(cap, dtype=np.int64)
-    hv = np.empty(cap, dtype=np.int64)
-    lb = np.empty(n)
-    radius = _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv)
-    return lb, radius
-
-
-@_jit
 def remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, path, length):
     """Remove a found path from the next searches (SMR step 2, MSP, the placement trace).
 

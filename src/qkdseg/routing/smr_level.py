@@ -388,8 +388,8 @@ def _check(epsilon, candidates, exhaustive, search, k) -> float:
         "max_paths": "paths per segment of the full routes it draws from (default: unlimited)",
         "candidates": f"trusted relays tried, closest by detour first (default {DEFAULT_CANDIDATES}; None: all)",
         "exhaustive": f"search every ordered chain when there are at most this many (default {DEFAULT_EXHAUSTIVE}); else greedy",
-        "search": "'wide' (default: also the k least paths by hops and by security per segment, their subsets, "
-                  "chains through every trusted relay; never worse) or 'successive' (step-2 paths of the chains above only)",
+        "search": "'wide' (default: also the k least paths by hops and by security of every segment of every chain "
+                  "of the candidates, and their subsets; never more bits) or 'successive' (step-2 paths only)",
         "k": f"least paths per segment by each metric in the wide search (default {DEFAULT_K}; 1 to {MAX_K})",
     },
 )
