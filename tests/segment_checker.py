@@ -161,3 +161,103 @@ def brute_force_cheapest(g: nx.Graph, s, d, eps: float, max_paths: int | None = 
                 if sec >= eps - 1e-12 and (best is None or (hops, -sec) < (best[0], -best[1])):
                     best = (hops, sec)
     return best
+
+
+def least_paths(g: nx.Graph, s, d, u, v, k: int, by_hops: bool) -> list[list]:
+    """The ``k`` least simple ``u``-``v`` paths of request ``(s, d)`` (no relay is ``s``, ``d`` or
+    of ``p = 0``) by ``(hops, cost, reversed nodes)`` or ``(cost, hops, reversed nodes)``.
+
+    networkx's ``shortest_simple_paths`` gives the ``k``-th least hops (or cost: edge weight
+    ``(c(a) + c(b)) / 2``, the two ends counted 0, so a path's weight is its relays' cost); then every
+    simple path up to that value is listed (depth first, cut there) and sorted by the whole key."""
+    keep = [x for x in g.nodes if x in (u, v) or (x not in (s, d) and g.nodes[x]["p"] > 0)]
+    h = g.subgraph(keep)
+    if not nx.has_path(h, u, v):
+        return []
+    cost = {x: 0 if x in (u, v) else node_cost(g.nodes[x]["p"]) for x in keep}
+
+    def primary(path):
+        return len(path) - 1 if by_hops else sum(cost[x] for x in path)
+
+    weight = None if by_hops else (lambda a, b, _: (cost[a] + cost[b]) / 2)
+    bound = primary(list(itertools.islice(nx.shortest_simple_paths(h, u, v, weight=weight), k))[-1])
+    taken: list = []
+    stack = [(u, [u], 0)]
+    while stack:
+        x, path, value = stack.pop()
+        if x == v:
+            taken.append(path)
+            continue
+        for y in h.neighbors(x):
+            nxt = value + (1 if by_hops else cost[y])
+            if y not in path and nxt <= bound:
+                stack.append((y, path + [y], nxt))
+
+    def key(path):
+        c = sum(cost[x] for x in path)
+        return ((len(path) - 1, c) if by_hops else (c, len(path) - 1)), tuple(reversed(path))
+
+    return sorted(taken, key=key)[:k]
+
+
+def union_security(g: nx.Graph, paths: list[list]) -> float:
+    """P(some path has every relay safe), by inclusion-exclusion over the sets of paths."""
+    total = 0.0
+    for r in range(1, len(paths) + 1):
+        for group in itertools.combinations(paths, r):
+            relays = {x for q in group for x in q[1:-1]}
+            total += (-1) ** (r + 1) * math.prod(g.nodes[x]["p"] for x in relays)
+    return total
+
+
+def brute_force_wide(g: nx.Graph, s, d, eps: float, relays: list, k: int, chain0: tuple, full0: list[list[list]],
+                     union_cap: int = 16) -> tuple[int, float] | None:
+    """``smr-level``'s wide space by brute force (issue 39, docs/algorithms.md): every ordered
+    chain of distinct relays of ``relays`` (the candidates, :func:`detour_order` cut at the
+    ``candidates`` option), the empty one included; per segment ``(u, v)`` the
+    candidates ``C(u, v)`` = the ``k`` least paths by hops, then the ``k`` least by cost (new
+    ones), then, on a segment of ``chain0``, the paths of its full route ``full0`` (new ones,
+    up to ``union_cap`` in all); every choice of a non-empty subset per segment. A route meets
+    ``eps`` when ``prod p(chain) x prod (exact security of each segment alone) >= eps - 1e-12``
+    (a segment's by :func:`union_security`; at most 10 candidates, else that is too slow).
+    Returns the fewest hops of a met route and the highest such product at those hops, or None."""
+    nodes0 = [s, *chain0, d]
+    extra = {(x, y): seg for x, y, seg in zip(nodes0, nodes0[1:], full0)}
+    options: dict[tuple, list[tuple[int, float]]] = {}
+
+    def segment_options(u, v):
+        """(hops, best exact security at those hops) of every non-empty subset of C(u, v)."""
+        if (u, v) not in options:
+            cands: list[list] = []
+            for q in least_paths(g, s, d, u, v, k, True) + least_paths(g, s, d, u, v, k, False):
+                if q not in cands:
+                    cands.append(q)
+            for q in extra.get((u, v), []):
+                if len(cands) < union_cap and list(q) not in cands:
+                    cands.append(list(q))
+            best: dict[int, float] = {}
+            for r in range(1, len(cands) + 1):
+                for sub in itertools.combinations(cands, r):
+                    hops = sum(len(q) - 1 for q in sub)
+                    sec = union_security(g, list(sub))
+                    best[hops] = max(best.get(hops, -1.0), sec)
+            options[(u, v)] = sorted(best.items())
+        return options[(u, v)]
+
+    found: list = [None]
+
+    def extend(pairs, j, hops, sec):
+        if sec < eps - 1e-12 or (found[0] is not None and hops > found[0][0]):
+            return
+        if j == len(pairs):
+            if found[0] is None or (hops, -sec) < (found[0][0], -found[0][1]):
+                found[0] = (hops, sec)
+            return
+        for hh, ss in segment_options(*pairs[j]):
+            extend(pairs, j + 1, hops + hh, sec * ss)
+
+    for r in range(len(relays) + 1):
+        for chain in itertools.permutations(relays, r):
+            nodes = [s, *chain, d]
+            extend(list(zip(nodes, nodes[1:])), 0, 0, math.prod(g.nodes[x]["p"] for x in chain))
+    return found[0]

@@ -1,9 +1,11 @@
-"""``smr-level`` (issue 23): the requested level at the least consumed key.
+"""``smr-level`` (issues 23 and 39): the requested level at the least consumed key.
 
-- the brute force of ``segment_checker.brute_force_cheapest`` (every ordered
-  chain of trusted relays x every subset of each segment's step-2 paths, exact
-  security by enumeration) finds the same least hops where the search is
+- ``search="successive"``: the brute force of ``segment_checker.brute_force_cheapest``
+  (every ordered chain of trusted relays x every subset of each segment's step-2 paths,
+  exact security by enumeration) finds the same least hops where the search is
   exhaustive (at most 3 trusted relays, ``candidates=None``);
+- the wide search (the default) against the brute force of its space:
+  ``tests/test_smr_level_wide.py``;
 - no delivered key is below epsilon, with every reconstruction scheme
   (Hypothesis, trusted relays at p < 1 included);
 - what it saved against the full route is reported.
@@ -25,15 +27,15 @@ TOL = 1e-12
 
 
 @st.composite
-def small_graphs(draw):
+def small_graphs(draw, trusted_p=(1.0,), max_nodes=11):
     """A connected graph of 4 to 11 nodes, at most 3 trusted relays (p = 1), untrusted p from a small set."""
-    n = draw(st.integers(4, 11))
+    n = draw(st.integers(4, max_nodes))
     g = nx.Graph()
     n_trusted = draw(st.integers(0, 3))
     trusted = set(draw(st.lists(st.integers(0, n - 1), min_size=n_trusted, max_size=n_trusted, unique=True)))
     for v in range(n):
         t = v in trusted
-        g.add_node(v, trusted=t, p=1.0 if t else draw(st.sampled_from([0.5, 0.8, 0.8, 0.9, 1.0, 0.0])))
+        g.add_node(v, trusted=t, p=draw(st.sampled_from(trusted_p)) if t else draw(st.sampled_from([0.5, 0.8, 0.8, 0.9, 1.0, 0.0])))
     for v in range(1, n):
         g.add_edge(v, draw(st.integers(0, v - 1)))
     extra = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=n // 2 + 2))
@@ -47,7 +49,7 @@ def small_graphs(draw):
 def test_equals_brute_force(case, eps, max_paths):
     g, s, d = case
     opts = {} if max_paths is None else {"max_paths": max_paths}
-    r = route(Network(g), s, d, "smr-level", epsilon=eps, candidates=None, **opts)
+    r = route(Network(g), s, d, "smr-level", epsilon=eps, candidates=None, search="successive", **opts)
     best = chk.brute_force_cheapest(g, s, d, eps, max_paths)
     if best is None:
         assert r.blocked or not r.level["met"]
@@ -78,18 +80,22 @@ def waxman_requests(draw):
 def test_no_key_below_epsilon(req, eps, scheme):
     """Met: every scheme delivers at least one key and none below epsilon; the route's exact
     security (independent enumeration when small) meets it; it never consumes more than the
-    full route over its chain. Unmet: no scheme delivers a key."""
+    successive search (nor than the full route over its chain when that one meets epsilon).
+    Unmet: no scheme delivers a key, and the successive search meets nothing either."""
     net, s, d = req
     r = route(net, s, d, "smr-level", epsilon=eps, reconstruction=scheme)
+    old = route(net, s, d, "smr-level", epsilon=eps, reconstruction=scheme, search="successive")
     if r.blocked:
         return
     keys = r.reconstruction.global_keys
     assert all(k.security >= eps - TOL for k in keys)
     if not r.level["met"]:
-        assert not keys and r.level["saved_bits"] == 0
+        assert not keys and r.level["saved_bits"] == 0 and (old.blocked or not old.level["met"])
         return
     assert len(keys) >= 1 and r.security >= eps - TOL
-    assert 0 <= r.consumed_bits <= r.level["full_consumed_bits"]
+    assert old.blocked or not old.level["met"] or r.consumed_bits <= old.consumed_bits
+    assert r.level["saved_bits"] == r.level["full_consumed_bits"] - r.consumed_bits
+    assert r.level["saved_bits"] >= 0 or r.level["full_security"] < eps or r.segment_nodes != old.segment_nodes
     segs = [[list(net.arrays.index[v] for v in p) for p in seg.paths] for seg in r.segments]
     g = nx.convert_node_labels_to_integers(net.graph, ordering="default")
     if len({v for seg in segs for p in seg for v in p[1:-1] if g.nodes[v]["p"] < 1}) <= 14:
@@ -121,6 +127,11 @@ def test_level_is_required_and_checked():
         route(net, 0, 7, "smr-level")
     with pytest.raises(InvalidRequest, match="epsilon"):
         route(net, 0, 7, "smr-level", epsilon=1.5)
+    with pytest.raises(InvalidRequest, match="search="):
+        route(net, 0, 7, "smr-level", epsilon=0.5, search="widest")
+    for k in (0, 9, 2.5, True):
+        with pytest.raises(InvalidRequest, match="k="):
+            route(net, 0, 7, "smr-level", epsilon=0.5, k=k)
     r = route(net, 0, 7, "smr-level", epsilon=0.5)
     assert r.options == {"epsilon": 0.5}
     assert r.to_dict()["level"] == {"epsilon": 0.5, "met": True, "full_consumed_bits": 1_200_000,
@@ -178,6 +189,7 @@ def test_same_routes_as_the_reference(n, trusted, trusted_p, seed):
         eps = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999][i % 7]
         opts = [{}, {"candidates": 3}, {"candidates": None}, {"max_paths": 2}, {"candidates": 6, "exhaustive": 100}][i % 5]
         rl = removed if i % 3 == 0 else None
-        assert f(a, s, d, removed_links=rl, epsilon=eps, **opts) == ref.smr_level(a, s, d, removed_links=rl, epsilon=eps, **opts)
+        assert f(a, s, d, removed_links=rl, epsilon=eps, search="successive", **opts) == \
+            ref.smr_level(a, s, d, removed_links=rl, epsilon=eps, **opts)
         cases += 1
     assert cases == 40

@@ -183,13 +183,29 @@ def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
     are exact and ties stay ties.
     """
     n = indptr.size - 1
-    inf = np.inf
-    for i in range(n):
-        lb[i] = inf
     settled = np.zeros(n, dtype=np.bool_)
+    radius = _reverse_costs(indptr, indices, cost, source, target, lb, settled, hd, hh, hv)
+    if radius == np.inf:  # source not reached: fall back to plain Dijkstra
+        for i in range(n):
+            lb[i] = 0.0
+        return radius
+    for i in range(n):
+        if not settled[i]:
+            lb[i] = radius
+    return radius
+
+
+@_jit
+def _reverse_costs(indptr, indices, cost, source, target, lb, settled, hd, hh, hv):
+    """A reverse Dijkstra from ``target`` over the relays' costs into ``lb`` (``inf`` where not
+    settled), ``settled`` marking what it settled, stopping once ``source`` is settled
+    (``source < 0``: never); returns ``lb[source]`` (inf: not reached). A node of infinite cost
+    never relays, so the search does not go through it."""
+    inf = np.inf
+    for i in range(lb.size):
+        lb[i] = inf
     lb[target] = 0.0
     size = _heap_push(hd, hh, hv, 0, 0.0, 0, target)
-    radius = inf
     while size > 0:
         x = hv[0]
         size = _heap_pop(hd, hh, hv, size)
@@ -197,45 +213,68 @@ def _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv):
             continue
         settled[x] = True
         if x == source:
-            radius = lb[x]
-            break
+            return lb[x]
         wx = 0.0
         if x != target:
             wx = cost[x]
             if wx == inf:
-                continue  # an unusable node never relays: do not go through it
+                continue
         hx = lb[x] + wx
         for k in range(indptr[x], indptr[x + 1]):
             y = indices[k]
             if not settled[y] and hx < lb[y]:
                 lb[y] = hx
                 size = _heap_push(hd, hh, hv, size, hx, 0, y)
-    if radius == inf:  # source not reached: fall back to plain Dijkstra
-        for i in range(n):
-            lb[i] = 0.0
-        return inf
-    for i in range(n):
-        if not settled[i]:
-            lb[i] = radius
-    return radius
+    return inf
 
 
 # -- ExDijkstra --------------------------------------------------------------------
 @_jit
+def _trace_back(pred, source, target, out):
+    """The path ``source -> target`` a search's predecessors give, into ``out``; returns its length."""
+    length = 0
+    v = target
+    while v != source:
+        out[length] = v
+        length += 1
+        v = pred[v]
+    out[length] = source
+    length += 1
+    i = 0
+    j = length - 1
+    while i < j:  # reverse in place
+        out[i], out[j] = out[j], out[i]
+        i += 1
+        j -= 1
+    return length
+
+
+@_jit
 def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out, lb):
-    """One target-pruned ExDijkstra search; writes the path into ``out``.
+    """One target-pruned ExDijkstra search (:func:`_path_search` by ``(cost, hops)``)."""
+    return _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh,
+                        hv, out, lb, False)
+
+
+@_jit
+def _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv,
+                 out, lb, by_hops):
+    """One target-pruned search for the least path by ``(cost, hops)`` (ExDijkstra), or by
+    ``(hops, cost)`` when ``by_hops``; writes the path into ``out``.
 
     ``dist/hops/pred/done`` must be in their reset state (inf/0/-1/False) on
     entry; every entry this search changes is listed in ``touched`` and is
     reset before returning, so the work arrays can be reused. Returns the
     path length (0: no path).
 
-    ``lb`` is a consistent lower bound on the cost still to come from each
-    node to ``target`` (all zeros: plain Dijkstra; :func:`_lower_bounds`
-    gives a tight one). The heap is ordered by ``(cost + lb, hops, node)``:
+    ``lb`` is a consistent lower bound on the cost (``by_hops``: the hops)
+    still to come from each node to ``target`` (all zeros: plain Dijkstra;
+    :func:`_lower_bounds` gives a tight one for the cost). The heap is
+    ordered by ``(cost + lb, hops, node)`` (``(hops + lb, hops, node)``):
     with a consistent bound every optimal predecessor of a node is still
-    settled before it, so the labels, the smallest-index predecessor rule
-    and hence the path are exactly those of plain Dijkstra (A*).
+    settled before it (at most its key, fewer hops), so the labels, the
+    smallest-index predecessor rule and hence the path are exactly those of
+    plain Dijkstra (A*).
     """
     if source != target and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, pred, touched, out):
         return 0
@@ -274,8 +313,15 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
                 c = d + w
             nh = h + 1
             dv = dist[v]
-            if c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v]))):
+            if by_hops:  # (hops, cost); an unreached node has dist inf
+                take = dv == inf or nh < hops[v] or (nh == hops[v] and (c < dv or (c == dv and u < pred[v])))
+                better = dv == inf or nh < hops[v] or c < dv
+                key = nh + lb[v]
+            else:
+                take = c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v])))
                 better = c < dv or nh < hops[v]
+                key = c + lb[v]
+            if take:
                 if dv == inf and pred[v] == -1:
                     touched[nt] = v
                     nt += 1
@@ -283,23 +329,8 @@ def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, 
                 hops[v] = nh
                 pred[v] = u
                 if better:
-                    size = _heap_push(hd, hh, hv, size, c + lb[v], nh, v)
-    length = 0
-    if found:
-        v = target
-        while v != source:
-            out[length] = v
-            length += 1
-            v = pred[v]
-        out[length] = source
-        length += 1
-        # reverse in place
-        i = 0
-        j = length - 1
-        while i < j:
-            out[i], out[j] = out[j], out[i]
-            i += 1
-            j -= 1
+                    size = _heap_push(hd, hh, hv, size, key, nh, v)
+    length = _trace_back(pred, source, target, out) if found else 0
     for i in range(nt):
         v = touched[i]
         dist[v] = inf
@@ -444,24 +475,6 @@ def bfs_hops_into_nb(indptr, indices, edge_of, usable, rl, masked, source, dist,
                 dist[v] = du
                 queue[tail] = v
                 tail += 1
-
-
-@_jit
-def segment_bound_nb(indptr, indices, cost, source, target):
-    """The A* bound of segment ``source -> target`` that :func:`round_robin_nb`
-    computes (:func:`_lower_bounds`), and the least total cost of the relays
-    strictly between them on the whole network (inf where no path has finite
-    cost): ``exp(-radius)`` bounds the ``Psec`` of every path of the segment
-    from above, whatever is removed later (``smr-level``'s chain bound).
-    """
-    n = indptr.size - 1
-    cap = indices.size + 2
-    hd = np.empty(cap)
-    hh = np.empty(cap, dtype=np.int64)
-    hv = np.empty(cap, dtype=np.int64)
-    lb = np.empty(n)
-    radius = _lower_bounds(indptr, indices, cost, source, target, lb, hd, hh, hv)
-    return lb, radius
 
 
 @_jit
@@ -798,3 +811,421 @@ def msp_walks_nb(indptr, indices, edge_of, p, trusted, rn, rl, source, target, w
         starts[npaths] = nn
         remove_path_nb(indptr, indices, edge_of, trusted, rn, rl, stack, depth)
     return nodes[:nn].copy(), starts[: npaths + 1].copy(), pos, True
+
+
+# -- smr-level's wide search (issue 39): whole-network rows, k least paths, subset fronts ---
+@_jit
+def cost_row_nb(indptr, indices, cost, target):
+    """The least total cost of the relays strictly between every node and ``target`` on the
+    whole network (masks ignored; ``inf``: none has finite cost): :func:`_lower_bounds`
+    without the stop at a source, so a consistent A* bound for every search to ``target``
+    and ``exp(-row[u])`` an upper bound on the ``Psec`` of every ``u``-``target`` path."""
+    n = indptr.size - 1
+    cap = indices.size + 2
+    lb = np.empty(n)
+    _reverse_costs(indptr, indices, cost, -1, target, lb, np.zeros(n, dtype=np.bool_), np.empty(cap),
+                   np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64))
+    return lb
+
+
+@_jit
+def _path_key(path, cost, by_hops):
+    c = 0.0
+    for i in range(1, path.size - 1):
+        c += cost[path[i]]
+    if by_hops:
+        return float(path.size - 1), c
+    return c, float(path.size - 1)
+
+
+@_jit
+def _key_less(a1, a2, pa, b1, b2, pb):
+    """``(a1, a2, reversed pa) < (b1, b2, reversed pb)``."""
+    if a1 != b1:
+        return a1 < b1
+    if a2 != b2:
+        return a2 < b2
+    i = pa.size - 1
+    j = pb.size - 1
+    while i >= 0 and j >= 0:
+        if pa[i] != pb[j]:
+            return pa[i] < pb[j]
+        i -= 1
+        j -= 1
+    return i < j
+
+
+@_jit
+def _same_path(a, b):
+    if a.size != b.size:
+        return False
+    for i in range(a.size):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+@_jit
+def _link_id(indptr, indices, edge_of, x, y):
+    for k in range(indptr[x], indptr[x + 1]):
+        if indices[k] == y:
+            return edge_of[k]
+    return -1
+
+
+@_jit
+def _pool_add(pool, starts, count, path, length):
+    """Append ``path[:length]`` to a flat pool of paths (grown by doubling); returns ``(pool, starts, count)``."""
+    need = starts[count] + length
+    if need > pool.size:
+        grown = np.empty(max(2 * pool.size, need), dtype=np.int64)
+        grown[:starts[count]] = pool[:starts[count]]
+        pool = grown
+    if count + 2 > starts.size:
+        g2 = np.zeros(2 * starts.size, dtype=np.int64)
+        g2[:count + 1] = starts[:count + 1]
+        starts = g2
+    pool[starts[count]:need] = path[:length]
+    starts[count + 1] = need
+    return pool, starts, count + 1
+
+
+@_jit
+def _in_pool(pool, starts, count, alive, path, length):
+    for i in range(count):
+        if alive[i] and starts[i + 1] - starts[i] == length:
+            same = True
+            for t in range(length):
+                if pool[starts[i] + t] != path[t]:
+                    same = False
+                    break
+            if same:
+                return True
+    return False
+
+
+@_jit
+def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
+    """The ``k`` least simple ``u -> v`` paths by ``(hops, cost, reversed nodes)`` (``by_hops``) or
+    ``(cost, hops, reversed nodes)``, in that order: Yen's algorithm over :func:`_path_search`.
+    ``rn``/``rl`` are restored on return. Returns ``(nodes, starts)``: path ``i`` is
+    ``nodes[starts[i]:starts[i+1]]``."""
+    n = indptr.size - 1
+    dist, hops, pred, done, touched, hd, hh, hv, out = _work(n, indices.size)
+    total = np.empty(n, dtype=np.int64)
+    fpool = np.empty(64, dtype=np.int64)  # the paths found, in order
+    fstarts = np.zeros(k + 1, dtype=np.int64)
+    nfound = 0
+    cpool = np.empty(256, dtype=np.int64)  # the candidates (alive or taken)
+    cstarts = np.zeros(17, dtype=np.int64)
+    ncand = 0
+    calive = np.zeros(16, dtype=np.bool_)
+    ck1 = np.empty(16)
+    ck2 = np.empty(16)
+    every = np.ones(k + 1, dtype=np.bool_)
+    length = 0
+    if k > 0:
+        length = _path_search(indptr, indices, edge_of, cost, rn, rl, u, v, dist, hops, pred, done, touched, hd, hh, hv,
+                              out, lb, by_hops)
+    if length > 0:
+        fpool, fstarts, nfound = _pool_add(fpool, fstarts, nfound, out, length)
+    saved = np.empty(n, dtype=np.bool_)
+    links = np.empty(k + 1, dtype=np.int64)
+    while 0 < nfound < k:
+        p0 = fstarts[nfound - 1]
+        plen = fstarts[nfound] - p0
+        for j in range(plen - 1):
+            spur = fpool[p0 + j]
+            for i in range(j):
+                saved[i] = rn[fpool[p0 + i]]
+                rn[fpool[p0 + i]] = True
+            nl = 0
+            for q in range(nfound):
+                q0 = fstarts[q]
+                if fstarts[q + 1] - q0 > j + 1:
+                    same = True
+                    for i in range(j + 1):
+                        if fpool[q0 + i] != fpool[p0 + i]:
+                            same = False
+                            break
+                    if same:
+                        e = _link_id(indptr, indices, edge_of, fpool[q0 + j], fpool[q0 + j + 1])
+                        if e >= 0 and not rl[e]:
+                            rl[e] = True
+                            links[nl] = e
+                            nl += 1
+            length = _path_search(indptr, indices, edge_of, cost, rn, rl, spur, v, dist, hops, pred, done, touched, hd,
+                                  hh, hv, out, lb, by_hops)
+            for i in range(nl):
+                rl[links[i]] = False
+            for i in range(j - 1, -1, -1):
+                rn[fpool[p0 + i]] = saved[i]
+            if length == 0:
+                continue
+            for i in range(j):
+                total[i] = fpool[p0 + i]
+            for i in range(length):
+                total[j + i] = out[i]
+            tl = j + length
+            if _in_pool(fpool, fstarts, nfound, every, total, tl) or _in_pool(cpool, cstarts, ncand, calive, total, tl):
+                continue
+            if ncand + 1 > calive.size:
+                g = np.zeros(2 * calive.size, dtype=np.bool_)
+                g[:ncand] = calive[:ncand]
+                calive = g
+                g1 = np.empty(2 * ck1.size)
+                g1[:ncand] = ck1[:ncand]
+                ck1 = g1
+                g2 = np.empty(2 * ck2.size)
+                g2[:ncand] = ck2[:ncand]
+                ck2 = g2
+            a, b = _path_key(total[:tl], cost, by_hops)
+            ck1[ncand] = a
+            ck2[ncand] = b
+            calive[ncand] = True
+            cpool, cstarts, ncand = _pool_add(cpool, cstarts, ncand, total, tl)
+        best = -1
+        for i in range(ncand):
+            if calive[i] and (best < 0 or _key_less(ck1[i], ck2[i], cpool[cstarts[i]:cstarts[i + 1]], ck1[best], ck2[best],
+                                                    cpool[cstarts[best]:cstarts[best + 1]])):
+                best = i
+        if best < 0:
+            break
+        calive[best] = False
+        seg = cpool[cstarts[best]:cstarts[best + 1]]
+        fpool, fstarts, nfound = _pool_add(fpool, fstarts, nfound, seg, seg.size)
+    return fpool[:fstarts[nfound]].copy(), fstarts[:nfound + 1].copy()
+
+
+@_jit
+def subset_front_nb(m, masks, probs, hops):
+    """Every non-empty subset ``S`` of ``m`` paths: its exact security ``P(some path of S has
+    every relay safe)`` and its hops; returns the front ``(hops, security, S)``, hops
+    increasing and security strictly increasing, each the most secure at its hops (ties: the
+    smallest ``S``). ``masks[g]``/``probs[g]``: a group of risky relays on exactly the paths
+    ``masks[g]``, all safe with ``probs[g]``. The same arithmetic as the numpy version in
+    :mod:`qkdseg.routing.level_paths`: the distribution over the set of intact paths, then its
+    sums over subsets (``Z[T] = P(intact paths within T)``), ``security(S) = 1 - Z[~S]``."""
+    size = 1 << m
+    dist = np.zeros(size)
+    dist[size - 1] = 1.0
+    moved = np.empty(size)
+    for g in range(masks.size):
+        keep = ~masks[g]
+        pg = probs[g]
+        lose = 1.0 - pg
+        for st in range(size):
+            moved[st] = 0.0
+        for st in range(size):
+            moved[st & keep] += dist[st] * lose
+        for st in range(size):
+            dist[st] = dist[st] * pg + moved[st]
+    for i in range(m):
+        bit = 1 << i
+        for st in range(size):
+            if st & bit:
+                dist[st] += dist[st ^ bit]
+    total_hops = 0
+    for i in range(m):
+        total_hops += hops[i]
+    best = np.full(total_hops + 1, -1.0)
+    arg = np.full(total_hops + 1, -1, dtype=np.int64)
+    hs = np.zeros(size, dtype=np.int64)
+    for st in range(1, size):
+        low = st & -st
+        i = 0
+        while (1 << i) != low:
+            i += 1
+        h = hs[st ^ low] + hops[i]
+        hs[st] = h
+        sc = 1.0 - dist[(size - 1) ^ st]
+        if sc > best[h]:
+            best[h] = sc
+            arg[h] = st
+    nf = 0
+    fh = np.empty(total_hops + 1, dtype=np.int64)
+    fs = np.empty(total_hops + 1)
+    fm = np.empty(total_hops + 1, dtype=np.int64)
+    last = -1.0
+    for h in range(total_hops + 1):
+        if arg[h] >= 0 and best[h] > last:
+            fh[nf] = h
+            fs[nf] = best[h]
+            fm[nf] = arg[h]
+            last = best[h]
+            nf += 1
+    return fh[:nf].copy(), fs[:nf].copy(), fm[:nf].copy()
+
+
+# -- smr-level's successive search: one chain's full route and its cheapest subsets ------------
+@_jit
+def _knapsack_front(p, nodes, starts, idx, cnt, fh, fs, fm):
+    """``segment_frontier`` of :mod:`qkdseg.routing.smr_level` for paths that share no risky
+    relay (the 0/1 knapsack over hops, the same float operations in the same order): writes
+    ``(hops, security, path mask)`` into ``fh/fs/fm`` and returns their number."""
+    # states (hops, prod(1 - Psec), mask), hops strictly increasing, f strictly decreasing
+    cap = 1
+    for i in range(cnt):
+        cap += starts[idx[i] + 1] - starts[idx[i]] - 1
+    sh = np.zeros(cap + 1, dtype=np.int64)
+    sf = np.ones(cap + 1)
+    sm = np.zeros(cap + 1, dtype=np.int64)
+    ns = 1
+    th = np.empty(2 * (cap + 1), dtype=np.int64)
+    tf = np.empty(2 * (cap + 1))
+    tm = np.empty(2 * (cap + 1), dtype=np.int64)
+    for i in range(cnt):
+        q = idx[i]
+        psec = 1.0
+        for t in range(starts[q] + 1, starts[q + 1] - 1):
+            psec *= p[nodes[t]]
+        hop = starts[q + 1] - starts[q] - 1
+        c = 1.0 - psec
+        # stable merge of states and grown states by (hops, f), states first on ties, then the filter
+        a = 0
+        b = 0
+        nt = 0
+        while a < ns or b < ns:
+            take_a = False
+            if b >= ns:
+                take_a = True
+            elif a < ns:
+                gh = sh[b] + hop
+                gf = sf[b] * c
+                take_a = sh[a] < gh or (sh[a] == gh and sf[a] <= gf)
+            if take_a:
+                h, f, m = sh[a], sf[a], sm[a]
+                a += 1
+            else:
+                h, f, m = sh[b] + hop, sf[b] * c, sm[b] | (1 << i)
+                b += 1
+            if nt == 0 or f < tf[nt - 1]:
+                th[nt] = h
+                tf[nt] = f
+                tm[nt] = m
+                nt += 1
+        for t in range(nt):
+            sh[t] = th[t]
+            sf[t] = tf[t]
+            sm[t] = tm[t]
+        ns = nt
+    nf = 0
+    for t in range(1, ns):
+        sec = 1.0 - sf[t]
+        if nf == 0 or sec > fs[nf - 1]:
+            fh[nf] = sh[t]
+            fs[nf] = sec
+            fm[nf] = sm[t]
+            nf += 1
+    return nf
+
+
+@_jit
+def level_chain_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes, max_paths, lbs, eps, tol):
+    """One chain of ``smr-level``'s successive search in one call: SMR's step 2 over
+    ``seg_nodes`` (:func:`round_robin_lb_nb`, the A* bounds ``lbs`` given), then
+    ``cheapest_subsets`` of :mod:`qkdseg.routing.smr_level` with the same float operations.
+
+    Returns ``(nodes, starts, seg, status, hops, security, full, masks)``: status 1 met (the
+    least hops, its product and per segment the mask of its paths, in segment order), 0 not
+    met, 2 a segment whose paths share a risky relay or has more than 62 paths (the caller
+    evaluates the paths returned itself); ``full`` the product for every path."""
+    nseg = seg_nodes.size - 1
+    ready = np.ones(max(nseg, 0), dtype=np.bool_)
+    nodes, starts, seg = round_robin_lb_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), seg_nodes,
+                                           max_paths, lbs, ready)
+    masks = np.zeros(max(nseg, 1), dtype=np.int64)
+    npaths = seg.size
+    counts = np.zeros(max(nseg, 1), dtype=np.int64)
+    for i in range(npaths):
+        counts[seg[i]] += 1
+    for j in range(nseg):
+        if counts[j] == 0:
+            return nodes, starts, seg, 0, 0, 0.0, 0.0, masks
+        if counts[j] > 62:
+            return nodes, starts, seg, 2, 0, 0.0, 0.0, masks
+    # a risky relay on two paths of one segment: the caller's exact evaluator
+    seen = np.full(indptr.size - 1, -1, dtype=np.int64)
+    for j in range(nseg):
+        for i in range(npaths):
+            if seg[i] != j:
+                continue
+            for t in range(starts[i] + 1, starts[i + 1] - 1):
+                v = nodes[t]
+                if p[v] < 1.0:
+                    if seen[v] == j:
+                        return nodes, starts, seg, 2, 0, 0.0, 0.0, masks
+                    seen[v] = j
+    idx = np.empty(npaths, dtype=np.int64)
+    offs = np.zeros(nseg + 1, dtype=np.int64)
+    room = nseg  # a segment's front has at most one entry per hop count up to its total hops
+    for i in range(npaths):
+        room += starts[i + 1] - starts[i] - 1
+    fh_all = np.empty(room, dtype=np.int64)
+    fs_all = np.empty(room)
+    fm_all = np.empty(room, dtype=np.int64)
+    for j in range(nseg):
+        cnt = 0
+        for i in range(npaths):
+            if seg[i] == j:
+                idx[cnt] = i
+                cnt += 1
+        o = offs[j]
+        nf = _knapsack_front(p, nodes, starts, idx, cnt, fh_all[o:], fs_all[o:], fm_all[o:])
+        if nf == 0:  # every path's Psec below float resolution: left to the caller
+            return nodes, starts, seg, 2, 0, 0.0, 0.0, masks
+        offs[j + 1] = o + nf
+    chain_sec = 1.0
+    for k in range(1, seg_nodes.size - 1):
+        chain_sec *= p[seg_nodes[k]]
+    tail = np.ones(nseg + 1)
+    for j in range(nseg - 1, -1, -1):
+        tail[j] = tail[j + 1] * fs_all[offs[j + 1] - 1]
+    full = chain_sec * tail[0]
+    # states over the segments: (hops, product, masks so far), hops increasing, product strictly increasing
+    sh = np.zeros(1, dtype=np.int64)
+    ss = np.full(1, chain_sec)
+    sm = np.zeros((1, max(nseg, 1)), dtype=np.int64)
+    for j in range(nseg):
+        o = offs[j]
+        nf = offs[j + 1] - o
+        nh = np.empty(sh.size * nf, dtype=np.int64)
+        nsec = np.empty(sh.size * nf)
+        src = np.empty(sh.size * nf, dtype=np.int64)
+        pick = np.empty(sh.size * nf, dtype=np.int64)
+        nn = 0
+        for a in range(sh.size):
+            for b in range(nf):
+                x = ss[a] * fs_all[o + b]
+                if x * tail[j + 1] >= eps - tol:
+                    nh[nn] = sh[a] + fh_all[o + b]
+                    nsec[nn] = x
+                    src[nn] = a
+                    pick[nn] = b
+                    nn += 1
+        if nn == 0:
+            return nodes, starts, seg, 0, 0, 0.0, full, masks
+        order = np.argsort(-nsec[:nn], kind="mergesort")
+        order = order[np.argsort(nh[:nn][order], kind="mergesort")]
+        keep = np.empty(nn, dtype=np.int64)
+        nk = 0
+        for t in range(nn):
+            r = order[t]
+            if nk == 0 or nsec[r] > nsec[keep[nk - 1]]:
+                keep[nk] = r
+                nk += 1
+        sh2 = np.empty(nk, dtype=np.int64)
+        ss2 = np.empty(nk)
+        sm2 = np.zeros((nk, max(nseg, 1)), dtype=np.int64)
+        for t in range(nk):
+            r = keep[t]
+            sh2[t] = nh[r]
+            ss2[t] = nsec[r]
+            sm2[t, :] = sm[src[r], :]
+            sm2[t, j] = fm_all[o + pick[r]]
+        sh, ss, sm = sh2, ss2, sm2
+    for t in range(sh.size):
+        if ss[t] >= eps - tol:
+            masks[:] = sm[t, :]
+            return nodes, starts, seg, 1, sh[t], ss[t], full, masks
+    return nodes, starts, seg, 0, 0, 0.0, full, masks

@@ -131,15 +131,16 @@ def _check(candidates, objective, keys_epsilon, exhaustive) -> None:
 
 
 def candidate_relays(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, kernel: str,
-                     cap: int | None = DEFAULT_CANDIDATES) -> tuple[list[int], dict[int, np.ndarray]]:
+                     cap: int | None = DEFAULT_CANDIDATES, dist: dict | None = None) -> tuple[list[int], dict[int, np.ndarray]]:
     """The candidate segment nodes in search order, and the hop distances
-    computed (node -> array, for ``source`` and ``target``).
+    computed (node -> array, for ``source`` and ``target``; into ``dist`` when given).
 
     Trusted relays not masked in ``rn`` with finite hop distance to both
     ends, sorted by ``hops(source, r) + hops(r, target)`` then index; the
     first ``cap`` (all when ``cap`` is None).
     """
-    dist = {source: _distances(arrays, source, "hops", kernel), target: _distances(arrays, target, "hops", kernel)}
+    if dist is None:
+        dist = {source: _distances(arrays, source, "hops", kernel), target: _distances(arrays, target, "hops", kernel)}
     score = dist[source] + dist[target]
     ok = arrays.trusted & ~rn & np.isfinite(score)
     idx = np.flatnonzero(ok)

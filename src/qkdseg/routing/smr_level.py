@@ -1,10 +1,17 @@
-"""``smr-level``: the requested level at the least key (issue 23; not in the paper).
+"""``smr-level``: the requested level at the least key (issues 23 and 39; not in the paper).
 
 Every other algorithm keeps adding paths until none is left, although a
 request only needs its level ``epsilon``. ``smr-level`` chooses the segment
 chain *and* the subset of its paths that deliver one global key meeting
 ``epsilon`` for the fewest consumed bits (``hops x B``: one ``B``-bit piece
-per path per hop), so the consumed bits per ``epsilon``-key are least:
+per path per hop), so the consumed bits per ``epsilon``-key are least.
+Two searches (docs/algorithms.md states both spaces): the successive search
+below (``search="successive"``, the first version's routes), then, by
+default (``search="wide"``), :func:`~qkdseg.routing.level_wide.wide_search`
+over the ``k`` least paths by hops and by security of every segment of
+every chain of the candidate relays and their subsets, whose route is
+taken only when it has fewer hops (so never more bits, never a refusal
+where the successive search serves). The successive search:
 
 1. **Chains** are drawn as ``smr-exact`` draws them
    (:mod:`qkdseg.routing.smr_exact`): no segment node (``disjoint``'s
@@ -59,14 +66,20 @@ from ..errors import InvalidRequest
 from ..network import NetworkArrays
 from ..reconstruction.result import TOLERANCE
 from ..security import exact_security, route_security
+from .level_paths import HopRows, network_rows
+from .level_wide import DEFAULT_K, wide_search
 from .registry import register
-from .smr import _distances, request_masks, round_robin_paths, select_segment_nodes
+from .smr import request_masks, round_robin_paths, select_segment_nodes
 from .smr_exact import _beats, candidate_relays, ordered_chains
 
 #: Default cap on the candidate segment nodes (closest by detour first).
 DEFAULT_CANDIDATES = 4
 #: Default largest number of ordered chains searched exhaustively (3 candidates give 16).
 DEFAULT_EXHAUSTIVE = 16
+#: Values of the ``search`` option: the wide search (issue 39, the default) and the first one.
+SEARCHES = ("wide", "successive")
+#: Largest ``k`` (2k least paths per segment, plus the full route's, at most 16 in all).
+MAX_K = 8
 #: With risky relays shared inside a segment, every subset is evaluated up to this many paths (else prefixes).
 MAX_ENUMERATED = 12
 
@@ -164,13 +177,13 @@ class _LevelEvaluator:
 
     def __init__(self, arrays, source, target, rn, rl, max_paths, eps, kernel, dist):
         self.a, self.s, self.t = arrays, source, target
+        self.rows = dist.rows
         self.rn, self.rl = rn, rl
         self.max_paths, self.eps, self.kernel = max_paths, eps, kernel
         self.dist = dist  # node -> hop distances on the whole network (shared with the greedy search)
         self.bound = math.inf  # fewest hops of a chain met so far
         self.memo: dict[tuple, tuple] = {}
         self.routes: dict[tuple, tuple] = {}
-        self.segs: dict[tuple, tuple] = {}  # segment -> (A* bound, least relay cost): segment_bound_nb
         self.lower: dict[tuple, float] = {}  # chain -> fewest_hops
         self.seg_hops: dict[tuple, float] = {}  # (u, v, level needed) -> fewest hops of that segment
         self.limit = -1 if max_paths is None else int(max_paths)
@@ -189,29 +202,52 @@ class _LevelEvaluator:
         return self.memo[chain]
 
     def _segment(self, u: int, v: int) -> tuple[np.ndarray, float]:
-        """Segment ``(u, v)``'s A* bound and least relay cost (``segment_bound_nb``), once per request."""
-        key = (u, v)
-        if key not in self.segs:
-            self.segs[key] = _kernels.segment_bound_nb(self.a.indptr, self.a.indices, self.a.cost, int(u), int(v))
-        return self.segs[key]
+        """Segment ``(u, v)``'s A* bound (the least relay costs to ``v`` on the whole network,
+        :func:`~qkdseg.routing.level_paths.cost_row`, kept per network) and least relay cost."""
+        row = self.rows.cost(v)
+        return row, float(row[u])
+
+    def _bounds(self, nodes: list[int]) -> np.ndarray:
+        """Each segment's A* bound (:meth:`_segment`), one row per segment."""
+        lbs = np.empty((len(nodes) - 1, self.a.n_nodes))
+        for j, (u, v) in enumerate(zip(nodes, nodes[1:])):
+            lbs[j] = self._segment(u, v)[0]
+        return lbs
 
     def _round_robin(self, nodes: list[int]) -> list[list[list[int]]]:
         """:func:`~qkdseg.routing.smr.round_robin_paths` with numba, its A* bounds taken from
-        the relay costs this request already has (a segment shared by several chains is
-        bounded once, by the same ``_kernels._lower_bounds``); the paths are the same."""
+        the network's rows (:meth:`_segment`); the paths are the same."""
         a = self.a
-        n = a.n_nodes
-        lbs = np.empty((len(nodes) - 1, n))
-        for j, (u, v) in enumerate(zip(nodes, nodes[1:])):
-            lbs[j] = self._segment(u, v)[0]
         flat, starts, seg = _kernels.round_robin_lb_nb(
             a.indptr, a.indices, a.edge_of, a.cost, a.trusted, self.rn.copy(), self.rl.copy(),
-            np.asarray(nodes, dtype=np.int64), self.limit, lbs, np.ones(len(nodes) - 1, dtype=np.bool_))
-        paths: list[list[list[int]]] = [[] for _ in range(len(nodes) - 1)]
-        flat, bounds = flat.tolist(), starts.tolist()
-        for i, j in enumerate(seg.tolist()):
-            paths[j].append(flat[bounds[i]:bounds[i + 1]])
-        return paths
+            np.asarray(nodes, dtype=np.int64), self.limit, self._bounds(nodes), np.ones(len(nodes) - 1, dtype=np.bool_))
+        return _split(flat, starts, seg, len(nodes) - 1)
+
+    def _chain_numba(self, chain: tuple) -> tuple:
+        """The full route over ``chain`` and :func:`cheapest_subsets` of it in one compiled call
+        (:func:`qkdseg._kernels.level_chain_nb`, the same arithmetic); a segment whose paths
+        share a risky relay is left to :func:`cheapest_subsets`."""
+        a = self.a
+        nodes = [self.s, *chain, self.t]
+        flat, starts, seg, status, hops, sec, full, masks = _kernels.level_chain_nb(
+            a.indptr, a.indices, a.edge_of, a.cost, a.p, a.trusted, self.rn, self.rl, np.asarray(nodes, dtype=np.int64),
+            self.limit, self._bounds(nodes), self.eps, TOLERANCE)
+        paths = _split(flat, starts, seg, len(nodes) - 1)
+        if status == 2:
+            return (paths, *cheapest_subsets(a.p, a.trusted, paths, list(chain), self.eps))
+        if status == 0:
+            return paths, None, float(full)
+        masks = masks.tolist()
+        subs = tuple(tuple(i for i in range(len(segment)) if masks[j] >> i & 1) for j, segment in enumerate(paths))
+        return paths, (int(hops), float(sec), subs), float(full)
+
+    def full_route(self, chain: tuple) -> list[list[list[int]]]:
+        """SMR's step 2 over ``chain`` (the full route the saving is reported against)."""
+        nodes = [self.s, *chain, self.t]
+        if self.kernel == "numba":
+            return self._round_robin(nodes)
+        return round_robin_paths(self.a, nodes, max_paths=self.max_paths, removed_nodes=self.rn,
+                                 removed_links=self.rl, kernel=self.kernel)
 
     def fewest_hops(self, chain: tuple) -> float:
         if chain not in self.lower:
@@ -245,8 +281,6 @@ class _LevelEvaluator:
         return total
 
     def _segment_hops(self, u: int, v: int, x: float, slack: float) -> float:
-        if u not in self.dist:
-            self.dist[u] = _distances(self.a, u, "hops", self.kernel)
         d = float(self.dist[u][v])
         if not math.isfinite(d):
             return math.inf
@@ -266,23 +300,28 @@ class _LevelEvaluator:
         if self.bound < math.inf:
             # every segment needs a path of at least its hop distance: a chain that cannot reach
             # the cheapest met so far is not routed (nor is any longer chain, by the triangle inequality)
-            for v in nodes[:-1]:
-                if v not in self.dist:
-                    self.dist[v] = _distances(a, v, "hops", self.kernel)
             if sum(self.dist[x][y] for x, y in zip(nodes, nodes[1:])) > self.bound:
                 self.routes[chain] = (None, None)
                 return (0, 0, -1.0)
         if self.kernel == "numba":
-            paths = self._round_robin(nodes)
+            paths, best, full = self._chain_numba(chain)
         else:
-            paths = round_robin_paths(a, nodes, max_paths=self.max_paths, removed_nodes=self.rn,
-                                      removed_links=self.rl, kernel=self.kernel)
-        best, full = cheapest_subsets(a.p, a.trusted, paths, list(chain), self.eps)
+            paths = self.full_route(chain)
+            best, full = cheapest_subsets(a.p, a.trusted, paths, list(chain), self.eps)
         self.routes[chain] = (paths, best)
         if best is None:  # unmet: judged by the full route's security (a lower bound with shared risky relays)
             return (0, 0, full)
         self.bound = min(self.bound, best[0])
         return (1, -best[0], best[1])
+
+
+def _split(flat: np.ndarray, starts: np.ndarray, seg: np.ndarray, nseg: int) -> list[list[list[int]]]:
+    """A compiled step 2's flat paths as lists per segment."""
+    paths: list[list[list[int]]] = [[] for _ in range(nseg)]
+    flat, bounds = flat.tolist(), starts.tolist()
+    for i, j in enumerate(seg.tolist()):
+        paths[j].append(flat[bounds[i]:bounds[i + 1]])
+    return paths
 
 
 def _met_hops(*values) -> float | None:
@@ -299,15 +338,12 @@ def _greedy(ev: _LevelEvaluator, cands: list[int], dist: dict, arrays: NetworkAr
     value = ev(chain)
     while True:
         ends = [s, *chain, t]
-        for v in ends:
-            if v not in dist:
-                dist[v] = _distances(arrays, v, "hops", kernel)
         trials = []
         for r in cands:
             if r in chain:
                 continue
             detours = [dist[a][r] + dist[b][r] - dist[a][b] for a, b in zip(ends, ends[1:])]
-            pos = int(np.argmin(detours))
+            pos = min(range(len(detours)), key=detours.__getitem__)  # the first least, as np.argmin
             trials.append(chain[:pos] + (r,) + chain[pos:])
         # routed most promising first (fewest hops bound), each bounded by the best met so far (the
         # current chain's or a trial's of this round); the choice is then made in candidate order
@@ -326,7 +362,7 @@ def _greedy(ev: _LevelEvaluator, cands: list[int], dist: dict, arrays: NetworkAr
         chain, value = best_chain, best_value
 
 
-def _check(epsilon, candidates, exhaustive) -> float:
+def _check(epsilon, candidates, exhaustive, search, k) -> float:
     if epsilon is None:
         raise InvalidRequest("smr-level needs a security level: give epsilon (the request's level)")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
@@ -337,6 +373,10 @@ def _check(epsilon, candidates, exhaustive) -> float:
         raise InvalidRequest(f"candidates={candidates!r} must be a non-negative integer or None")
     if isinstance(exhaustive, bool) or not isinstance(exhaustive, (int, np.integer)) or exhaustive < 0:
         raise InvalidRequest(f"exhaustive={exhaustive!r} must be a non-negative integer")
+    if search not in SEARCHES:
+        raise InvalidRequest(f"search={search!r} must be one of {', '.join(SEARCHES)}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise InvalidRequest(f"k={k!r} must be a whole number from 1 to {MAX_K}")
     return float(epsilon)
 
 
@@ -348,6 +388,9 @@ def _check(epsilon, candidates, exhaustive) -> float:
         "max_paths": "paths per segment of the full routes it draws from (default: unlimited)",
         "candidates": f"trusted relays tried, closest by detour first (default {DEFAULT_CANDIDATES}; None: all)",
         "exhaustive": f"search every ordered chain when there are at most this many (default {DEFAULT_EXHAUSTIVE}); else greedy",
+        "search": "'wide' (default: also the k least paths by hops and by security of every segment of every chain "
+                  "of the candidates, and their subsets; never more bits) or 'successive' (step-2 paths only)",
+        "k": f"least paths per segment by each metric in the wide search (default {DEFAULT_K}; 1 to {MAX_K})",
     },
 )
 def smr_level(
@@ -360,6 +403,8 @@ def smr_level(
     max_paths: int | None = None,
     candidates: int | None = DEFAULT_CANDIDATES,
     exhaustive: int = DEFAULT_EXHAUSTIVE,
+    search: str = "wide",
+    k: int = DEFAULT_K,
     kernel: str | None = None,
 ):
     """``smr-level`` on node indices; returns ``(segment_nodes, paths, info)``.
@@ -378,10 +423,13 @@ def smr_level(
     >>> round(r.security, 6) >= 0.5, r.reconstruction.n_keys
     (True, 1)
     """
-    eps = _check(epsilon, candidates, exhaustive)
+    eps = _check(epsilon, candidates, exhaustive, search, k)
+    k = int(k)
     kernel = _kernels.resolve_kernel(kernel)
     rn, rl = request_masks(arrays, source, target, removed_links)
-    cands, dist = candidate_relays(arrays, source, target, rn, kernel, candidates)
+    rows = network_rows(arrays, kernel)
+    dist = HopRows(rows)
+    cands, _ = candidate_relays(arrays, source, target, rn, kernel, candidates, dist=dist)
     ev = _LevelEvaluator(arrays, source, target, rn, rl, max_paths, eps, kernel, dist)
     best_chain: tuple = ()
     best = ev(best_chain)
@@ -392,9 +440,6 @@ def smr_level(
         # every ordered chain, fewest hops of the chain's own legs first: once one meets the level,
         # the chains whose legs alone are longer are not routed at all (the evaluator's bound)
         chains = [c for k in range(1, len(cands) + 1) for c in itertools.permutations(cands, k)]
-        for v in cands:
-            if v not in dist:
-                dist[v] = _distances(arrays, v, "hops", kernel)
         legs = [sum(dist[x][y] for x, y in zip((source, *c), (*c, target))) for c in chains]
         for i in sorted(range(len(chains)), key=lambda i: (legs[i], i)):
             if _beats(ev(chains[i], within=_met_hops(best)), best):
@@ -405,13 +450,18 @@ def smr_level(
             best_chain, best = chain, value
     nodes = [source, *best_chain, target]
     paths, plan = ev.routes[best_chain]
+    chosen = None if plan is None else [[seg[i] for i in sorted(sub)] for seg, sub in zip(paths, plan[2])]
+    if chosen is not None and not _meets(route_security(arrays.p, chosen, list(best_chain))[0], eps):
+        chosen = None  # pragma: no cover - the product is a lower bound (Harris)
+    if search == "wide":
+        below = math.inf if chosen is None else plan[0]
+        extra = {(x, y): seg for x, y, seg in zip(nodes, nodes[1:], paths)}
+        found = wide_search(rows, source, target, rn, rl, eps, cands, k, below, extra)
+        if found is not None and _meets(route_security(arrays.p, found[1], list(found[0]))[0], eps):
+            if found[0] != best_chain:
+                best_chain, paths = found[0], ev.full_route(found[0])
+            nodes, chosen = [source, *best_chain, target], found[1]
     full_hops = sum(len(p) - 1 for seg in paths for p in seg)
     full_sec = route_security(arrays.p, paths, list(best_chain))[0] if paths and all(paths) else 0.0
-    info = {"full_hops": full_hops, "full_security": full_sec, "met": plan is not None}
-    if plan is None:
-        return nodes, paths, info
-    chosen = [[seg[i] for i in sorted(sub)] for seg, sub in zip(paths, plan[2])]
-    if not _meets(route_security(arrays.p, chosen, list(best_chain))[0], eps):  # pragma: no cover - Harris
-        return nodes, paths, info
-    return nodes, chosen, info
-
+    info = {"full_hops": full_hops, "full_security": full_sec, "met": chosen is not None}
+    return nodes, paths if chosen is None else chosen, info

@@ -94,7 +94,10 @@ def _path_state_security(
     return float(_path_state_numpy(m, masks, probs, q, cmasks))
 
 
-def _path_state_numpy(m: int, masks, probs, q, cmasks) -> float:
+def intact_distribution(m: int, masks, probs) -> np.ndarray:
+    """The distribution over the set ``S`` of intact paths (bit ``i``: path ``i``), from "all"
+    ``m`` paths, one relay group at a time: a group on the paths ``masks[g]``, safe with
+    ``probs[g]``, keeps ``S`` or moves it to ``S & ~masks[g]``."""
     size = 1 << m
     states = np.arange(size, dtype=np.int64)
     dist = np.zeros(size)
@@ -102,6 +105,13 @@ def _path_state_numpy(m: int, masks, probs, q, cmasks) -> float:
     for mask, pg in zip(masks.tolist(), probs.tolist()):
         moved = np.bincount(states & ~mask, weights=dist * (1.0 - pg), minlength=size)
         dist = dist * pg + moved
+    return dist
+
+
+def _path_state_numpy(m: int, masks, probs, q, cmasks) -> float:
+    size = 1 << m
+    states = np.arange(size, dtype=np.int64)
+    dist = intact_distribution(m, masks, probs)
     # miss[S] = prod_{i in S} (1 - q_i), built subset by subset
     miss = np.ones(size)
     for i in range(m):

@@ -1,0 +1,365 @@
+"""The segments of ``smr-level``'s wide search (issue 39, docs/algorithms.md): whole-network
+rows, the ``k`` least paths of a segment by hops and by security, and the front of the
+subsets of its candidate paths.
+
+- :func:`hop_row`, :func:`cost_row`: hop distances and least relay costs from one node to
+  every node on the whole network (masks ignored, so lower bounds on hops and upper bounds on
+  security for every search of every request), kept per network (its topology and ``p``) for
+  the relays and targets asked for, so a request pays for the rows of its own target at most.
+- :func:`least_paths`: Yen's algorithm, ``k`` least simple paths in the order
+  ``(hops, cost, reversed nodes)`` or ``(cost, hops, reversed nodes)`` (ExDijkstra's order;
+  ``cost`` the relays' ``-log p`` rounded as everywhere, so ties are exact).
+- :func:`subset_front`: every non-empty subset of a segment's paths with its exact security
+  (shared relays included), reduced to the least-hop subset for every reachable security.
+
+Each has a compiled kernel (:mod:`qkdseg._kernels`) and a pure-Python one that returns
+exactly the same (``tests/test_smr_level.py``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+import weakref
+
+import numpy as np
+
+from .. import _kernels
+from ..network import NetworkArrays
+from ..security.components import intact_distribution
+from .smr import _distances
+
+#: Networks whose rows are kept (most recent first out when more).
+_NETWORKS = 8
+_ROWS: dict[tuple[int, int], _Rows] = {}
+#: Guards the eviction and insertion into the kept rows and candidates (a key service routes from threads).
+_LOCK = threading.Lock()
+
+
+#: Segments whose candidates (under a set of removed links) are kept per network.
+_PAIRS = 20_000
+
+
+class _Rows:
+    """The rows of one network, by node; at most ``limit`` of each kind (about 32 MB); and the
+    unmasked candidates of the segments asked for (:func:`pair_candidates`)."""
+
+    def __init__(self, arrays: NetworkArrays) -> None:
+        self.refs = (weakref.ref(arrays.indptr), weakref.ref(arrays.cost))
+        self.hops: dict[int, np.ndarray] = {}
+        self.cost: dict[int, np.ndarray] = {}
+        self.limit = max(64, 2**22 // max(1, arrays.n_nodes))
+        self.pairs: dict[tuple[int, int, int], Candidates] = {}
+
+    def alive_for(self, arrays: NetworkArrays) -> bool:
+        return self.refs[0]() is arrays.indptr and self.refs[1]() is arrays.cost
+
+
+def _rows(arrays: NetworkArrays) -> _Rows:
+    """The rows of ``arrays``' network: shared by its views with other pools (``with_levels``),
+    which keep the same adjacency and ``p`` arrays."""
+    key = (id(arrays.indptr), id(arrays.cost))
+    rows = _ROWS.get(key)
+    if rows is None or not rows.alive_for(arrays):
+        with _LOCK:
+            rows = _ROWS[key] = _Rows(arrays)
+            while len(_ROWS) > _NETWORKS:
+                del _ROWS[next(iter(_ROWS))]
+    return rows
+
+
+def network_rows(arrays: NetworkArrays, kernel: str) -> Rows:
+    """The rows of ``arrays``' network, read through ``kernel`` (a request holds it once)."""
+    if kernel == "numba" and not _LOADED:
+        _load_kernels()
+    return Rows(_rows(arrays), arrays, kernel)
+
+
+_LOADED: list[bool] = []
+
+
+def _load_kernels() -> None:
+    """Compile (or load from numba's cache) the wide search's kernels once per process, on a
+    3-node path, so that a warm-up request loads them even when its search never needs a segment's
+    candidates (a request must not wait for the compiler)."""
+    indptr = np.array([0, 1, 3, 4], dtype=np.int64)  # the path 0 - 1 - 2
+    indices = np.array([1, 0, 2, 1], dtype=np.int64)
+    edge_of = np.array([0, 0, 1, 1], dtype=np.int64)
+    _kernels.yen_nb(indptr, indices, edge_of, np.zeros(3), np.zeros(3, dtype=bool), np.zeros(2, dtype=bool), 0, 2, 2,
+                    True, np.zeros(3))
+    _kernels.subset_front_nb(1, np.zeros(1, dtype=np.int64), np.ones(1), np.ones(1, dtype=np.int64))
+    _LOADED.append(True)
+
+
+class Rows:
+    """:func:`hop_row` and :func:`cost_row` of one network for one request."""
+
+    __slots__ = ("arrays", "kept", "kernel")
+
+    def __init__(self, kept: _Rows, arrays: NetworkArrays, kernel: str) -> None:
+        self.kept, self.arrays, self.kernel = kept, arrays, kernel
+
+    def hops(self, v: int) -> np.ndarray:
+        row = self.kept.hops.get(v)
+        if row is None:
+            row = np.asarray(_distances(self.arrays, int(v), "hops", self.kernel), dtype=float)
+            row.setflags(write=False)
+            _keep(self.kept.hops, self.kept.limit, v, row)
+        return row
+
+    def cost(self, v: int) -> np.ndarray:
+        row = self.kept.cost.get(v)
+        if row is None:
+            a = self.arrays
+            row = (_kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v)) if self.kernel == "numba"
+                   else _cost_row_python(a, int(v)))
+            row.setflags(write=False)
+            _keep(self.kept.cost, self.kept.limit, v, row)
+        return row
+
+
+def _keep(table: dict, limit: int, key, value):
+    """``table[key] = value``, the oldest entry dropped first when ``table`` holds ``limit``."""
+    with _LOCK:
+        if len(table) >= limit:
+            del table[next(iter(table))]
+        table[key] = value
+    return value
+
+
+def hop_row(arrays: NetworkArrays, v: int, kernel: str) -> np.ndarray:
+    """Hop distance from ``v`` to every node on the whole network (``inf``: not connected)."""
+    return network_rows(arrays, kernel).hops(int(v))
+
+
+def cost_row(arrays: NetworkArrays, v: int, kernel: str) -> np.ndarray:
+    """Least total cost of the relays strictly between every node and ``v`` on the whole network
+    (``inf``: every path crosses a ``p = 0`` relay, or none exists)."""
+    return network_rows(arrays, kernel).cost(int(v))
+
+
+class HopRows(dict):
+    """``node -> hop row``, filled on first use (the hop distances a request's chain search reads)."""
+
+    def __init__(self, rows: Rows) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def __missing__(self, v: int) -> np.ndarray:
+        row = self[v] = self.rows.hops(v)
+        return row
+
+
+def _cost_row_python(arrays: NetworkArrays, target: int) -> np.ndarray:
+    indptr, indices, cost = arrays.indptr, arrays.indices, arrays.cost
+    row = np.full(arrays.n_nodes, math.inf)
+    row[target] = 0.0
+    settled = np.zeros(arrays.n_nodes, dtype=bool)
+    heap = [(0.0, target)]
+    while heap:
+        c, x = heapq.heappop(heap)
+        if settled[x]:
+            continue
+        settled[x] = True
+        w = 0.0 if x == target else float(cost[x])
+        if w == math.inf:
+            continue
+        for y in indices[indptr[x]:indptr[x + 1]].tolist():
+            if not settled[y] and c + w < row[y]:
+                row[y] = c + w
+                heapq.heappush(heap, (c + w, y))
+    return row
+
+
+class Candidates:
+    """The ``k`` least paths of a segment by hops, then the ``k`` least by cost not already
+    there, the relays they cross and their subset front (on demand)."""
+
+    def __init__(self, arrays: NetworkArrays, paths: list[list[int]], kernel: str) -> None:
+        self.paths = paths
+        self.interior = {x for q in paths for x in q[1:-1]}
+        self._arrays, self._kernel = arrays, kernel
+        self._front: list | None = None
+
+    def front(self) -> list[tuple[int, float, int]]:
+        if self._front is None:
+            self._front = subset_front(self._arrays.p, self.paths, self._kernel)
+        return self._front
+
+
+def segment_candidates(rows: Rows, rn: np.ndarray, rl: np.ndarray, u: int, v: int, k: int) -> list[list[int]]:
+    """``least_paths`` by hops, then by cost (the new ones), under the masks."""
+    out: list[list[int]] = []
+    for by_hops in (True, False):
+        for q in least_paths(rows, rn, rl, u, v, k, by_hops):
+            if q not in out:
+                out.append(q)
+    return out
+
+
+def links_key(rl: np.ndarray) -> bytes:
+    """A hashable form of a set of removed links (empty when none is removed)."""
+    return np.packbits(rl).tobytes() if rl.any() else b""
+
+
+def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rl_key: bytes, u: int,
+                    v: int, k: int) -> Candidates:
+    """The candidates of segment ``(u, v)`` for request ``(source, target)`` (``rn`` masks its ends
+    only; ``rl`` its removed links, ``rl_key`` their :func:`links_key`): those with the same links
+    removed and no node masked, kept per network, when none of their paths crosses an end of the
+    request (then they are also its least paths: its paths are a subset of those), else computed
+    under its masks."""
+    arrays, kernel, kept = rows.arrays, rows.kernel, rows.kept
+    key = (int(u), int(v), int(k), rl_key)
+    cand = kept.pairs.get(key)
+    if cand is None:
+        free = np.zeros(arrays.n_nodes, dtype=bool)
+        cand = _keep(kept.pairs, _PAIRS, key, Candidates(arrays, segment_candidates(rows, free, rl, u, v, k), kernel))
+    if source not in cand.interior and target not in cand.interior:
+        return cand
+    return Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
+
+
+def least_paths(rows: Rows, rn: np.ndarray, rl: np.ndarray, u: int, v: int, k: int, by_hops: bool) -> list[list[int]]:
+    """The ``k`` least simple ``u -> v`` paths (fewer when there are fewer) by ``(hops, cost,
+    reversed nodes)`` when ``by_hops``, else by ``(cost, hops, reversed nodes)``; relays not in
+    ``rn`` and of finite cost, links not in ``rl`` (neither is modified)."""
+    arrays = rows.arrays
+    if rows.kernel == "numba":
+        lb = rows.hops(v) if by_hops else rows.cost(v)
+        nodes, starts = _kernels.yen_nb(arrays.indptr, arrays.indices, arrays.edge_of, arrays.cost, rn.copy(), rl.copy(),
+                                        int(u), int(v), int(k), bool(by_hops), lb)
+        flat, bounds = nodes.tolist(), starts.tolist()
+        return [flat[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+    return _yen_python(arrays, rn.copy(), rl.copy(), u, v, k, by_hops)
+
+
+def _path_key(path: list[int], cost: np.ndarray, by_hops: bool) -> tuple:
+    c = 0.0
+    for x in path[1:-1]:
+        c += float(cost[x])
+    hops = float(len(path) - 1)
+    return (hops, c, path[::-1]) if by_hops else (c, hops, path[::-1])
+
+
+def _lex_path_python(arrays: NetworkArrays, rn, rl, src: int, dst: int, by_hops: bool) -> list[int] | None:
+    """The least ``src -> dst`` path by the key of :func:`least_paths` (plain Dijkstra on the
+    label ``(primary, secondary)``, the smallest index among the optimal predecessors)."""
+    indptr, indices, edge_of, cost = arrays.indptr, arrays.indices, arrays.edge_of, arrays.cost
+    label = {src: (0.0, 0.0)}
+    pred = {src: -1}
+    done = set()
+    heap = [(0.0, 0.0, src)]
+    while heap:
+        a, b, x = heapq.heappop(heap)
+        if x in done:
+            continue
+        done.add(x)
+        if x == dst:
+            break
+        for j in range(indptr[x], indptr[x + 1]):
+            y = int(indices[j])
+            if y in done or rl[edge_of[j]]:
+                continue
+            w = 0.0
+            if y != dst:
+                w = float(cost[y])
+                if rn[y] or w == math.inf:
+                    continue
+            new = (a + 1.0, b + w) if by_hops else (a + w, b + 1.0)
+            old = label.get(y)
+            if old is None or new < old or (new == old and x < pred[y]):
+                label[y], pred[y] = new, x
+                if old is None or new < old:
+                    heapq.heappush(heap, (*new, y))
+    if dst not in done:
+        return None
+    path = [dst]
+    while path[-1] != src:
+        path.append(pred[path[-1]])
+    return path[::-1]
+
+
+def _yen_python(arrays: NetworkArrays, rn, rl, u: int, v: int, k: int, by_hops: bool) -> list[list[int]]:
+    first = _lex_path_python(arrays, rn, rl, u, v, by_hops)
+    if first is None or k <= 0:
+        return []
+    found = [first]
+    cands: list[list[int]] = []
+    while len(found) < k:
+        prev = found[-1]
+        for j in range(len(prev) - 1):
+            root = prev[:j + 1]
+            saved = [bool(rn[x]) for x in root[:-1]]
+            rn[root[:-1]] = True
+            links = {arrays.edge_index(q[j], q[j + 1]) for q in found if len(q) > j + 1 and q[:j + 1] == root}
+            links = [e for e in links if not rl[e]]
+            rl[links] = True
+            spur = _lex_path_python(arrays, rn, rl, prev[j], v, by_hops)
+            rl[links] = False
+            for x, old in zip(root[:-1], saved):
+                rn[x] = old
+            if spur is not None:
+                total = root[:-1] + spur
+                if total not in found and total not in cands:
+                    cands.append(total)
+        if not cands:
+            break
+        best = min(cands, key=lambda q: _path_key(q, arrays.cost, by_hops))
+        cands.remove(best)
+        found.append(best)
+    return found
+
+
+def relay_groups(p: np.ndarray, paths: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The risky relays (``p < 1``) of ``paths`` grouped by the set of paths they are on:
+    ``(masks, probs)``, ``probs[g]`` the product of the group's ``p`` (first seen first)."""
+    on: dict[int, int] = {}
+    for i, path in enumerate(paths):
+        for x in path[1:-1]:
+            if p[x] < 1.0:
+                on[x] = on.get(x, 0) | (1 << i)
+    by_mask: dict[int, float] = {}
+    for x, mask in on.items():
+        by_mask[mask] = by_mask.get(mask, 1.0) * float(p[x])
+    return (np.fromiter(by_mask.keys(), dtype=np.int64, count=len(by_mask)),
+            np.fromiter(by_mask.values(), dtype=np.float64, count=len(by_mask)))
+
+
+def subset_front(p: np.ndarray, paths: list[list[int]], kernel: str) -> list[tuple[int, float, int]]:
+    """``(hops, exact security, subset bit mask)`` of the least-hop non-empty subsets of
+    ``paths``: hops increasing, security strictly increasing (ties: the smallest mask)."""
+    m = len(paths)
+    if m == 0:
+        return []
+    masks, probs = relay_groups(p, paths)
+    hops = np.array([len(q) - 1 for q in paths], dtype=np.int64)
+    if kernel == "numba":
+        fh, fs, fm = _kernels.subset_front_nb(m, masks, probs, hops)
+    else:
+        fh, fs, fm = _front_numpy(m, masks, probs, hops)
+    return list(zip(fh.tolist(), fs.tolist(), fm.tolist()))
+
+
+def _front_numpy(m: int, masks: np.ndarray, probs: np.ndarray, hops: np.ndarray):
+    """:func:`qkdseg._kernels.subset_front_nb` in numpy, the same arithmetic."""
+    size = 1 << m
+    states = np.arange(size, dtype=np.int64)
+    dist = intact_distribution(m, masks, probs)
+    for i in range(m):
+        sel = states[(states >> i) & 1 == 1]
+        dist[sel] += dist[sel ^ (1 << i)]
+    sec = 1.0 - dist[(size - 1) ^ states]
+    hs = ((states[:, None] >> np.arange(m)) & 1) @ hops
+    order = np.lexsort((states[1:], -sec[1:], hs[1:])) + 1
+    fh, fs, fm = [], [], []
+    seen = -1
+    for st in order.tolist():
+        if hs[st] != seen:
+            seen = hs[st]
+            if not fs or sec[st] > fs[-1]:
+                fh.append(int(hs[st]))
+                fs.append(float(sec[st]))
+                fm.append(st)
+    return np.array(fh, dtype=np.int64), np.array(fs), np.array(fm, dtype=np.int64)
