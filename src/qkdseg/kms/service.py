@@ -46,9 +46,7 @@ import uuid
 from collections import defaultdict, deque
 from typing import Any
 
-import numpy as np
-
-from ..keys import KeyStore, relay
+from ..keys import KeyStore
 from ..network import Network
 from ..server.config import KmsConfig
 from ..server.core import ServiceState
@@ -59,10 +57,12 @@ from ..server.source import KeySource
 from ..server.store import Batch, KeyRow, Store
 from ..server.storehealth import CommitFailed, store_unavailable
 
+from .stocking import Stocking
+
 logger = logging.getLogger("qkdseg.kms")
 
 
-class KeyService(ServiceState):
+class KeyService(Stocking, ServiceState):
     """The state and the operations of one key management entity.
 
     Parameters
@@ -86,6 +86,7 @@ class KeyService(ServiceState):
             source = device_source(cfg, network, store, network.arrays.pool_bits)
         super().__init__(cfg, network, store, source, clock)
         self.keystore = KeyStore(network, source=self.source.read)
+        self._init_stock()  # self.stock: the key stocks of kms.toml's [stock] (None without); .stocking
 
     def load(self) -> None:
         """The links' levels, the keys waiting for their slaves and the spare keys, from the store."""
@@ -159,6 +160,9 @@ class KeyService(ServiceState):
                     if row.size == size and row.security >= self.cfg.security_level and row.expires_at > now)
         per_relay, relays, summary = self.planner.capacity(s, d, size, self.cfg.security_level)
         stored = min(spare + per_relay * relays, self.cfg.max_key_count)
+        stock = None if self.stock is None else self.stock.view((caller.sae, slave))
+        if stock is not None:  # a stocked pair: the keys in its stock (max_key_count counts issued keys only)
+            stored = stock["keys"]
         return {
             "source_KME_ID": self.cfg.kme_id,
             "target_KME_ID": self.cfg.kme_id,
@@ -178,6 +182,7 @@ class KeyService(ServiceState):
                 "qkdseg_relays_affordable": relays,
                 "qkdseg_route": summary,
                 "qkdseg_algorithm": self.algorithm,
+                **({"qkdseg_stock": stock} if stock is not None else {}),
             },
         }
 
@@ -229,17 +234,25 @@ class KeyService(ServiceState):
         finally:
             self.pending.difference_update(ids)
         made.done(self)
+        if made.from_stock:  # counted once committed (.stock)
+            self.stock.served((caller.sae, slave), len(keys))
+        elif made.from_stock is not None:
+            self.stock.missed((caller.sae, slave))
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
         level_ext = {"requested": req.level, "source": req.level_source}
         if level_note:
             level_ext["fallback"] = level_note
         ext: dict[str, Any] = {"qkdseg_security_level": level_ext, "qkdseg_route": summary,
                                "qkdseg_spare_keys_used": spares_used}
+        stocked = {"qkdseg_from_stock": True} if made.from_stock else {}
+        if made.from_stock is not None:
+            ext["qkdseg_from_stock"] = made.from_stock
         if req.ignored:
             ext["qkdseg_ignored_extensions"] = list(req.ignored)
         return {
             "keys": [
-                {"key_ID": row.key_id, "key": _b64(material), "key_extension": {"qkdseg_security": row.security}}
+                {"key_ID": row.key_id, "key": _b64(material),
+                 "key_extension": {"qkdseg_security": row.security, **stocked}}
                 for row, material in keys
             ],
             "key_container_extension": ext,
@@ -267,25 +280,7 @@ class KeyService(ServiceState):
                 route_json = '{"local": true}'
                 summary = {"local": True, "security": 1.0, "consumed_bits": 0}
             else:
-                r, rec, relays, bits = self.planner.plan_relays(s, d, req, missing)
-                links = np.flatnonzero(bits)
-                # the byte pools hold at least what the levels say on the route's links
-                for k in links.tolist():
-                    pool = self.keystore._pool(k)
-                    if pool.level < self.levels.level[k]:
-                        pool.charge(int(self.levels.level[k]) - pool.level)
-                fresh = []
-                for _ in range(relays):
-                    res = relay(r, self.keystore, rec)
-                    for out, gk in zip(res.plans[0].keys, rec.global_keys):
-                        if not out.identical:  # key confirmation failed: never hand out a wrong key
-                            raise KmsError(503, "key confirmation failed on a relay (the two ends' keys differ); "
-                                                "no key was issued", reason="confirmation_failed")
-                        fresh.append((out.destination_key.reveal(), float(gk.security)))
-                summary = self.planner.summary(r, rec, relays)
-                route_json = _json(summary)
-                paths = [[[str(v) for v in p] for p in seg.paths] for seg in r.segments] if self.observers else None
-                debit = bits
+                fresh, summary, route_json, paths, debit = self._relay_fresh(s, d, req, missing)
             for i, (material, sec) in enumerate(fresh):
                 row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
                 self.store.seal(row, material)
@@ -298,6 +293,8 @@ class KeyService(ServiceState):
         # -- from here on nothing can fail: apply the request to memory (undone if its commit fails, _Made)
         made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at)) for row in take], new_spares,
                      debit)
+        if self.stock is not None and self.stock.takes((caller.sae, slave), req.size, req.level):
+            made.from_stock = not missing  # a hit: the stock (the pair's spare keys) covered the request whole
         for row in take:
             spares.remove(row)
             row.kind, row.master, row.slave, row.expires_at = "issued", caller.sae, slave, expires
@@ -313,7 +310,7 @@ class KeyService(ServiceState):
             "issue", caller, slave, op="enc_keys", key_ids=[row.key_id for row, _ in issued], size=req.size,
             level=req.level, level_source=req.level_source, securities=[row.security for row, _ in issued],
             spare_keys_used=len(take), spare_keys_added=len(new_spares), route=summary, outcome="ok",
-        ))
+            **({"from_stock": True} if made.from_stock else {})))
         made.issued = [row for row, _ in issued]
         return issued, len(take), summary, batch, paths, made
 
@@ -359,6 +356,9 @@ class KeyService(ServiceState):
             for pair, row in spare_gone:
                 self.spares[pair].append(row)
             raise
+        if self.stock is not None:
+            for pool in {pair for pair, _ in spare_gone}:
+                self.stock.expired_rows(pool, [row for pair, row in spare_gone if pair == pool])
         self._notify(recs[0])
         return len(gone) + len(spare_gone)
 
@@ -393,6 +393,7 @@ class _Made:
     def __init__(self, pair: tuple, taken: list, new_spares: list, debit) -> None:
         self.pair, self.taken, self.new_spares, self.debit = pair, taken, new_spares, debit
         self.issued: list = []
+        self.from_stock: bool | None = None  # None: not a request its pair's stock serves (.stock)
 
     def undo(self, svc, batch: Batch) -> None:
         for row in self.issued:
@@ -408,8 +409,3 @@ class _Made:
     def done(self, svc) -> None:
         svc.spares[self.pair].extend(self.new_spares)
 
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -293,13 +293,20 @@ class Planner:
                 out["saved_bits"] = relays * r.level["saved_bits"]
         return out
 
-    def plan_relays(self, s: int, d: int, req: KeyRequest, missing: int):
+    def plan_relays(self, s: int, d: int, req: KeyRequest, missing: int, *, keep: float = 0.0):
         """The route, its plan, the number of relays to make ``missing`` keys and each link's bits for them;
-        :class:`.etsi.KmsError` when impossible (nothing is reserved here)."""
+        :class:`.etsi.KmsError` when impossible (nothing is reserved here).
+
+        ``keep`` (a stock's refill, :mod:`.stock`): the share of each link's capacity the plan must leave in its
+        pool; the plan sees only the bits above it (and never the bits reserved by plans in flight: those are
+        debited from the levels already)."""
         self.check_ends(s, d)
+        level = self.levels.level
+        if keep > 0:
+            level = np.maximum(0, level - np.ceil(keep * self.levels.capacity).astype(np.int64))
         relays = 1
         for _ in range(4):
-            pool = self.levels.level if relays == 1 else self.levels.level // relays
+            pool = level if relays == 1 else level // relays
             r, rec = self.route_and_plan(s, d, req.size, req.level, pool)
             if r is None:
                 raise KmsError(503, f"not enough key material: no route between the SAEs' nodes has {relays * req.size} "
@@ -309,7 +316,7 @@ class Planner:
             need = -(-missing // rec.n_keys)
             if need <= relays:
                 bits = self.route_bits(r, need * req.size)
-                if np.all(self.levels.level >= bits):
+                if np.all(level >= bits):
                     return r, rec, need, bits
             relays = max(need, relays + 1)
         raise KmsError(503, "not enough key material for the keys requested; nothing was debited",
