@@ -10,10 +10,10 @@ spare keys are served anyway; nothing is planned, no link key is spent.
 :class:`Stock` is the same in both deployments. It keeps, per pair, the
 counters (:class:`PairState`: keys in stock, target, hits, misses, refill
 runs, failures, keys refilled, keys expired unused) and runs the **refill
-scheduler** (:meth:`Stock.run`): when a pair's stock is below its LOW
-watermark, it asks the deployment's refill callback for up to
-``target - keys`` keys (at most ``block`` a run); one run per pair at a
-time; after a failed run (or one that added nothing) the pair waits, the
+scheduler** (:meth:`Stock.run`): once a pair's stock falls below its LOW
+watermark, it asks the deployment's refill callback for runs of up to
+``target - keys`` keys (at most ``block`` a run) until the stock reaches its
+target; one run per pair at a time; after a failed run (or one that added nothing) the pair waits, the
 wait doubling from ``backoff[0]`` up to ``backoff[1]`` seconds, and a run
 that works ends the wait. The deployment gives two callables:
 
@@ -61,6 +61,7 @@ class PairState:
     refill_failures: int = 0  # runs that failed or added none
     keys_refilled: int = 0
     expired_unused: int = 0  # stocked keys deleted after key_ttl_s, never issued
+    filling: bool = False  # it fell below LOW and has not reached its target since: runs go on
     refilling: bool = False  # a run is under way
     wait_s: float = 0.0  # the backoff now (0: none)
     next_try: float = 0.0  # (monotonic) no run starts before this
@@ -204,8 +205,9 @@ class Stock:
 
     # -- the scheduler ---------------------------------------------------------------------
     def due(self) -> list[tuple[Pair, int]]:
-        """The runs to start now: ``(pair, keys to ask for)`` of every refilled pair below LOW, with no run under
-        way and no backoff pending; each is marked refilling."""
+        """The runs to start now: ``(pair, keys to ask for)`` of every refilled pair that is filling (it fell below
+        LOW and has not reached its target since), with no run under way and no backoff pending; each is marked
+        refilling."""
         now = self.clock()
         out = []
         for key in self.refilled:
@@ -214,7 +216,11 @@ class Stock:
                 continue
             have = self.count(key)
             st.target = max(0, int(self.policy.target(key, st)))
-            if have >= self.config.low or have >= st.target:
+            if have < self.config.low:
+                st.filling = True
+            if have >= st.target:
+                st.filling = False
+            if not st.filling:
                 continue
             st.refilling = True
             out.append((key, min(st.target - have, self.block)))
