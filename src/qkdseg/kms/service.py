@@ -217,7 +217,8 @@ class KeyService(Stocking, ServiceState):
                     raise
                 # an optional level that cannot be met falls back to the default level
                 fallback = dataclasses.replace(req, level=self.cfg.security_level, level_source="default")
-                keys, spares_used, summary, batch, paths, made = self._make_keys(caller, slave, s, d, fallback, now)
+                keys, spares_used, summary, batch, paths, made = self._make_keys(caller, slave, s, d, fallback, now,
+                                                                                 count_miss=False)
                 level_note = (f"{EXTENSION_LEVEL}={req.level} could not be met; the default level {fallback.level} "
                               "was applied")
                 req = fallback
@@ -234,10 +235,8 @@ class KeyService(Stocking, ServiceState):
         finally:
             self.pending.difference_update(ids)
         made.done(self)
-        if made.from_stock:  # counted once committed (.stock)
+        if made.from_stock:  # a hit, counted once committed (.stock)
             self.stock.served((caller.sae, slave), len(keys))
-        elif made.from_stock is not None:
-            self.stock.missed((caller.sae, slave))
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
         level_ext = {"requested": req.level, "source": req.level_source}
         if level_note:
@@ -258,8 +257,10 @@ class KeyService(Stocking, ServiceState):
             "key_container_extension": ext,
         }
 
-    def _make_keys(self, caller: Caller, slave: str, s: int, d: int, req: KeyRequest, now: float):
-        """Steps 1-5 of the module docstring, in memory; returns the keys and the batch to commit."""
+    def _make_keys(self, caller: Caller, slave: str, s: int, d: int, req: KeyRequest, now: float,
+                   count_miss: bool = True):
+        """Steps 1-5 of the module docstring, in memory; returns the keys and the batch to commit (``count_miss``:
+        false for the second try of a request at the default level: its stock's miss is counted once)."""
         self.refill(now)
         pair = self._pair(caller.sae, slave)
         expires = now + self.cfg.key_ttl_s
@@ -270,6 +271,9 @@ class KeyService(Stocking, ServiceState):
         take = [row for row in spares if row.size == req.size and row.security >= req.level and row.expires_at > now]
         take = take[: req.number]
         missing = req.number - len(take)
+        stocked = self.stock is not None and self.stock.takes((caller.sae, slave), req.size, req.level)
+        if stocked and missing and count_miss:  # a miss: counted now, whatever the relay on demand gives
+            self.stock.missed((caller.sae, slave))
         summary = None
         paths = None
         new_spares: list[KeyRow] = []
@@ -293,7 +297,7 @@ class KeyService(Stocking, ServiceState):
         # -- from here on nothing can fail: apply the request to memory (undone if its commit fails, _Made)
         made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at)) for row in take], new_spares,
                      debit)
-        if self.stock is not None and self.stock.takes((caller.sae, slave), req.size, req.level):
+        if stocked:
             made.from_stock = not missing  # a hit: the stock (the pair's spare keys) covered the request whole
         for row in take:
             spares.remove(row)

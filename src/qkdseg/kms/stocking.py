@@ -53,11 +53,15 @@ class Stocking:
         if self.stock is not None:
             await self.stock.run()
 
-    def _relay_fresh(self, s: int, d: int, req: KeyRequest, missing: int, keep: float = 0.0):
+    def _relay_fresh(self, s: int, d: int, req: KeyRequest, missing: int, keep: float | None = None):
         """Plan ``missing`` keys between node indices ``s`` and ``d`` and relay them: ``(fresh, summary,
         route_json, paths, debit)`` with ``fresh`` the ``(key bytes, security)`` of every key the relays made
-        and ``debit`` each link's bits (not reserved here). :class:`KmsError` when it cannot be done."""
-        r, rec, relays, bits = self.planner.plan_relays(s, d, req, missing, keep=keep)
+        and ``debit`` each link's bits (not reserved here). :class:`KmsError` when it cannot be done. ``keep``: a
+        refill's (up to ``missing`` keys, each link keeping that share of its pool: :meth:`.Planner.plan_refill`)."""
+        if keep is None:
+            r, rec, relays, bits = self.planner.plan_relays(s, d, req, missing)
+        else:
+            _, (r, rec, relays, bits) = self.planner.plan_refill(s, d, req, keep)
         # the byte pools hold at least what the levels say on the route's links
         for k in np.flatnonzero(bits).tolist():
             pool = self.keystore._pool(k)
@@ -97,6 +101,8 @@ class Stocking:
                     if rows:  # the links' reserve (or the level) stops the run here: what it made is kept
                         break
                     raise
+                if len(fresh) < want:  # the links' reserve allowed only part of the block: the run ends with it
+                    n = len(rows) + len(fresh)
                 self.planner.reserve(debit)
                 debits.append(debit)
                 routes.append(summary)

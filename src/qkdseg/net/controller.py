@@ -181,7 +181,11 @@ class Controller:
         unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
             try:
-                r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number, keep=keep)
+                if refill:  # up to req.number keys, each link keeping its reserve
+                    n, (r, rec, relays, bits) = svc.planner.plan_refill(s, d, req, keep)
+                    req = KeyRequest(n, req.size, req.level, req.level_source, False)
+                else:
+                    r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
             except KmsError:
                 if req.level_source != "extension_optional":
                     raise

@@ -113,6 +113,8 @@ class EtsiNode:
             keys, summary, batch, taken = spare
             from_stock = stocked  # the pair's stock (its spare keys) covered the request whole
         else:
+            if stocked:  # a miss: counted now, whatever the relay on demand gives
+                self.stock.missed((caller.sae, slave))
             plan = await self._controller("POST", "/control/v1/plans", json={
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
                 "level_source": req.level_source, "mandatory": req.mandatory})
@@ -136,10 +138,8 @@ class EtsiNode:
         for row in local:  # visible to dec_keys once committed
             self.keys[row.key_id] = row
         self.spares[(caller.sae, slave)].extend(new_spares)
-        if from_stock:  # counted once committed (qkdseg.server.stock)
+        if from_stock:  # a hit, counted once committed (qkdseg.server.stock)
             self.stock.served((caller.sae, slave), len(keys))
-        elif stocked:
-            self.stock.missed((caller.sae, slave))
         mark = {"qkdseg_from_stock": True} if from_stock else {}
         ext = {"qkdseg_security_level": {"requested": req.level, "source": req.level_source}, "qkdseg_route": summary}
         if stocked:

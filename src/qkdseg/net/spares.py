@@ -26,6 +26,9 @@ from ..server.storehealth import CommitFailed, store_unavailable
 from .relayrequests import REQUEST_TIMEOUT_S
 from .wire import Problem
 
+#: Seconds spare keys whose ``issue`` got no answer are set aside before they are offered again.
+RETRY_S = 2 * REQUEST_TIMEOUT_S
+
 
 class Spares:
     """Spare keys at a source and at a destination (a mixin of :class:`qkdseg.net.node.NodeService`)."""
@@ -34,13 +37,15 @@ class Spares:
         """Spare keys of the pair for the whole request (size, level, not expired), or ``None``.
 
         The slave's node issues them first (``issue`` message, applied before
-        its 202); a message that fails leaves their state there uncertain, so
-        they are dropped here (deleted, audited), never offered again. A write
-        that fails here (the intent, the drop) puts them back in the pool as the
-        store holds them and raises :class:`CommitFailed`; so does the caller
-        when it cannot commit their issue (:meth:`put_back`): offered again
-        later, to the same pair, an ``issue`` the slave's node already applied
-        is accepted again there.
+        its 202). One it refuses (it does not hold them: expired, voided) is
+        dropped here (deleted, audited), never offered again. One that got no
+        answer (the slave's node down, the answer lost) is set aside and put
+        back in the pool :data:`RETRY_S` seconds later: offered again to the
+        same pair, an ``issue`` the slave's node applied already is accepted
+        again there, so a key is never issued to two masters nor held by one
+        end only. A write that fails here (the intent, the drop) puts them back
+        in the pool as the store holds them and raises :class:`CommitFailed`;
+        so does the caller when it cannot commit their issue (:meth:`put_back`).
         """
         pool = self.spares.get((master, slave))
         if not pool:
@@ -61,7 +66,10 @@ class Spares:
             raise
         try:
             await asyncio.wait_for(asyncio.gather(*futs), REQUEST_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 -- not issued there, or not known: never offered again
+        except Exception as exc:  # noqa: BLE001 -- no answer: set aside; refused: never offered again
+            if getattr(exc, "status", None) is None:
+                asyncio.get_running_loop().call_later(RETRY_S, self.put_back, master, slave, take, True)
+                return None
             try:
                 await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
                     "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
@@ -121,9 +129,13 @@ class Spares:
         self.spares[pair].extend(rows)
         return len(rows)
 
-    def put_back(self, master: str, slave: str, rows: list) -> None:
-        """Spare keys taken by a request whose write failed: back at the front of their pool, as stored."""
-        self.spares[(master, slave)].extendleft(reversed(rows))
+    def put_back(self, master: str, slave: str, rows: list, at_end: bool = False) -> None:
+        """Spare keys taken by a request whose write failed: back at the front of their pool, as stored (``at_end``:
+        those whose issue got no answer, after :data:`RETRY_S`; the expiry deletes them in time)."""
+        if at_end:
+            self.spares[(master, slave)].extend(rows)
+        else:
+            self.spares[(master, slave)].extendleft(reversed(rows))
 
     async def issue_spares(self, w: dict) -> None:
         """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202; a

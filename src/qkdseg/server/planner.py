@@ -31,6 +31,7 @@ not changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -321,6 +322,20 @@ class Planner:
             relays = max(need, relays + 1)
         raise KmsError(503, "not enough key material for the keys requested; nothing was debited",
                        reason="no_key_material")
+
+    def plan_refill(self, s: int, d: int, req: KeyRequest, keep: float):
+        """A stock's refill run (:mod:`.stock`): :meth:`plan_relays` of up to ``req.number`` keys, each link keeping
+        ``keep`` of its capacity; fewer keys (halving) where the links' bits above their reserve do not make that
+        many. Returns ``(keys planned, (route, reconstruction, relays, bits))``; :class:`.etsi.KmsError` when not
+        even one key can be planned."""
+        n = req.number
+        while True:
+            try:
+                return n, self.plan_relays(s, d, dataclasses.replace(req, number=n), n, keep=keep)
+            except KmsError as err:
+                if err.reason != "no_key_material" or n <= 1:
+                    raise
+                n //= 2
 
     def _level_unmet(self, s: int, d: int, req: KeyRequest, best: float):
         """Raise the refusal of a level no route meets now: 400 if mandatory, else 503; says if it never can be."""

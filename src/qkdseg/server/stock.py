@@ -59,6 +59,7 @@ class PairState:
     keys_served: int = 0
     refill_runs: int = 0  # runs that added keys
     refill_failures: int = 0  # runs that failed or added none
+    keys_asked: int = 0  # keys the refill runs asked for (a run may make fewer: the links' reserve)
     keys_refilled: int = 0
     expired_unused: int = 0  # stocked keys deleted after key_ttl_s, never issued
     filling: bool = False  # it fell below LOW and has not reached its target since: runs go on
@@ -223,7 +224,9 @@ class Stock:
             if not st.filling:
                 continue
             st.refilling = True
-            out.append((key, min(st.target - have, self.block)))
+            n = min(st.target - have, self.block)
+            st.keys_asked += n
+            out.append((key, n))
         return out
 
     def finished(self, pair: Pair, added: int | None, error: BaseException | None = None) -> None:
