@@ -4,7 +4,7 @@ when a test fails).
 
 The network is the example topology with small, slow links (8,000-bit pools refilled at 2,000 bit/s), so that
 three stocks into node 7 want more than the links above their reserve hold: stocks A:B, G:B and H:B (masters at
-nodes 0, 1 and 2), C (node 4) the unstocked SAE whose on-demand route shares their last links. Keys live 25 s.
+nodes 0, 1 and 2), C (node 4) the unstocked SAE whose on-demand route shares their last links. Keys live 18 s.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 import pytest
 import requests
 
-from test_net import Net, _free_port, _run
+from test_net import _free_port, _run, net_up
 from timing import scaled
 
-LEVEL, LOW, HIGH, TTL = 0.5, 8, 32, 25.0
+LEVEL, LOW, HIGH, TTL = 0.5, 8, 32, 18.0
 STOCKS = (("A", "0"), ("G", "1"), ("H", "2"))  # (master SAE, its node); every slave is B at node 7
 
 
@@ -50,13 +50,8 @@ def snet(tmp_path_factory):
         conf = json.loads(conf_path.read_text())
         conf["etsi"]["key_ttl_s"] = TTL
         conf_path.write_text(json.dumps(conf))
-    env = {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "4"}
-    r = _run("net", "up", str(d), "--detach", env=env, timeout=180)
-    try:
-        assert r.returncode == 0, r.stdout + r.stderr
-        yield Net(d, base, env)
-    finally:
-        _run("net", "down", str(d), timeout=120)
+    with net_up(d, base, {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "3", "QKDSEG_REPORT_S": "1"}) as n:
+        yield n
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -203,6 +198,10 @@ def test_stock_fills_after_start_and_serves_identical_keys_once(snet):
                                                           "level": LEVEL, "size": 256}
     held = _stock(snet, "7")["A:B"]
     assert held["keys"] == HIGH and not held["refilled_here"]  # the slave's node holds its copies
+    r = _run("net", "status", str(snet.dir), "--format", "json")
+    rows = {row["node"]: row for row in json.loads(r.stdout)}
+    assert rows["0"]["stock"]["A:B"]["refilled_here"] and set(rows["7"]["stock"]) == {"A:B", "G:B", "H:B"}
+    assert "stock" not in rows["4"]
     r = _enc(snet, sess, "0", "B", 5)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -292,7 +291,7 @@ def test_kill9_mid_serving_from_stock_under_8_clients(snet, victim):
     try:
         time.sleep(0.4)
         os.kill(snet.pid(f"node-{snet.names[victim]}"), signal.SIGKILL)
-        time.sleep(5.0 if victim == "7" else 0.5)  # the issue to a dead slave's node times out (4 s here)
+        time.sleep(4.0 if victim == "7" else 0.5)  # the issue to a dead slave's node times out (3 s here)
     finally:
         stop.set()
         results = [x for f in futs for x in f.result()]
@@ -314,7 +313,7 @@ def test_kill9_mid_serving_from_stock_under_8_clients(snet, victim):
 
 
 def test_stocked_keys_expire_unused_at_both_ends(snet):
-    """Keys live 25 s here: every stock's unused keys expire, deleted and counted at its master's node and at the
+    """Keys live 18 s here: every stock's unused keys expire, deleted and counted at its master's node and at the
     slave's node."""
     deadline = time.monotonic() + scaled(60)
     while True:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,9 +59,9 @@ def test_stock_watermarks_and_counters_hold_under_any_sequence(low, span, block,
     pairs = (("A", "B"), ("C", "D"))
     keys = {p: 0 for p in pairs}
     clock = Clock()
-    stock = Stock(StockConfig(pairs, low, high, 0.5, 256), lambda p: keys[p], None, refills=(), block=block,
+    # runs are started by due() and ended by the test (no event loop here: the refill callable is never called)
+    stock = Stock(StockConfig(pairs, low, high, 0.5, 256), lambda p: keys[p], lambda p, n: None, block=block,
                   clock=clock, backoff=(0.5, 8.0))
-    stock.refilled = set(pairs)  # runs are started by due() and ended by the test (no event loop here)
     running: dict = {}
     filling = {p: False for p in pairs}  # the model: fell below LOW, target not reached since
     want = {p: dict(runs=0, fails=0, refilled=0, hits=0, expired=0) for p in pairs}
@@ -237,6 +239,14 @@ def _stocked(tmp: Path, clock, keys=(8, 24), rate: int = 100_000, pairs=("A:B",)
     return open_service(tmp, clock=clock)
 
 
+def _run_closed(svc, go) -> None:
+    """``asyncio.run(go())``, the service closed after it (also when it fails)."""
+    try:
+        asyncio.run(go())
+    finally:
+        svc.close()
+
+
 async def _fill(svc, pair, keys, timeout=10.0):
     """Run the scheduler until ``pair``'s stock holds ``keys`` (or a refill stops); returns the task."""
     task = asyncio.get_running_loop().create_task(svc.stock_loop())
@@ -304,10 +314,7 @@ def test_kms_stock_serves_whole_requests_at_once_and_expires_unused_keys(tmp_pat
         finally:
             task.cancel()
 
-    try:
-        asyncio.run(go())
-    finally:
-        svc.close()
+    _run_closed(svc, go)
 
 
 def test_kms_refill_leaves_each_link_its_reserve_for_on_demand_requests(tmp_path):
@@ -338,17 +345,14 @@ def test_kms_refill_leaves_each_link_its_reserve_for_on_demand_requests(tmp_path
         finally:
             task.cancel()
 
-    try:
-        asyncio.run(go())
-    finally:
-        svc.close()
+    _run_closed(svc, go)
 
 
 # -- kms serve, a real process ----------------------------------------------------------------------------------
 def test_kms_serve_fills_its_stock_after_start_and_serves_from_it(tmp_path):
     d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7", "C=4"), "--security-level", str(LEVEL),
                  "--stock", "A:B", "--stock-keys", "4:12", "--durability", "normal")
-    server = Server(d).start()
+    server = Server(d, ("--metrics-port", "0")).start()
     try:
         master, slave = server.client("A"), server.client("B")
         for _ in range(int(scaled(30) / 0.1)):
@@ -356,8 +360,6 @@ def test_kms_serve_fills_its_stock_after_start_and_serves_from_it(tmp_path):
             assert r.status_code == 200, r.text
             if r.json()["stored_key_count"] == 12:
                 break
-            import time
-
             time.sleep(0.1)
         status = r.json()
         assert status["stored_key_count"] == 12 and status["status_extension"]["qkdseg_stock"]["keys"] == 12
@@ -371,6 +373,10 @@ def test_kms_serve_fills_its_stock_after_start_and_serves_from_it(tmp_path):
         assert back.status_code == 200 and [k["key"] for k in back.json()["keys"]] == [k["key"] for k in body["keys"]]
         assert all(len(base64.b64decode(k["key"])) == 32 and k["key_extension"]["qkdseg_from_stock"]
                    and math.isfinite(k["key_extension"]["qkdseg_security"]) for k in body["keys"])
+        port = int(server.log_tail(20000).split("metrics on http://127.0.0.1:")[1].split("/")[0])
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        assert 'qkdseg_stock_hits_total{pair="A:B"} 1.0' in metrics
+        assert 'qkdseg_stock_keys_served_total{pair="A:B"} 3.0' in metrics
     finally:
         assert server.stop() == 0, server.log_tail()
     assert "Traceback" not in server.log_tail(20000)
