@@ -2,7 +2,7 @@
 loopback), shared by the tests in this file, started with ``net up --detach`` and stopped with ``net down`` (also
 when a test fails).
 
-The network is the example topology with small, slow links (8,000-bit pools refilled at 2,000 bit/s), so that
+The network is the example topology with small, slow links (8,000-bit pools refilled at 4,000 bit/s), so that
 three stocks into node 7 want more than the links above their reserve hold: stocks A:B, G:B and H:B (masters at
 nodes 0, 1 and 2), C (node 4) the unstocked SAE whose on-demand route shares their last links. Keys live 18 s.
 """
@@ -33,7 +33,7 @@ def _topology() -> dict:
     g = qkdseg.example_network().graph
     return {"directed": False, "graph": {"name": "slow-example"},
             "nodes": [{"id": v, "trusted": bool(d["trusted"]), "p": float(d["p"])} for v, d in g.nodes(data=True)],
-            "links": [{"source": u, "target": v, "pool_bits": 8000, "rate_bps": 2000} for u, v in g.edges]}
+            "links": [{"source": u, "target": v, "pool_bits": 8000, "rate_bps": 4000} for u, v in g.edges]}
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_refill_under_contention_leaves_on_demand_requests_their_key(snet):
     """The three stocks emptied at once want more than their shared links hold above the reserve; meanwhile the
     unstocked C (node 4, whose route is those links) is served on demand."""
     for sae, node in STOCKS:
-        _wait_stock(snet, node, f"{sae}:B", HIGH)
+        _wait_stock(snet, node, f"{sae}:B", LOW)
     before = {sae: _stock(snet, node)[f"{sae}:B"] for sae, node in STOCKS}
     for sae, node in STOCKS:  # each stock emptied by one request
         r = _enc(snet, _session(snet, sae), node, "B", before[sae]["keys"])
