@@ -56,7 +56,6 @@ from ..server.logs import REQUEST_ID
 from ..server.source import KeySource
 from ..server.store import Batch, KeyRow, Store
 from ..server.storehealth import CommitFailed, store_unavailable
-
 from .stocking import Stocking
 
 logger = logging.getLogger("qkdseg.kms")
@@ -412,4 +411,3 @@ class _Made:
 
     def done(self, svc) -> None:
         svc.spares[self.pair].extend(self.new_spares)
-

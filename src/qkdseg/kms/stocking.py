@@ -26,6 +26,7 @@ from ..keys import relay
 from ..server.etsi import KeyRequest, KmsError
 from ..server.stock import Stock, usable
 from ..server.store import Batch, KeyRow
+from ..server.storehealth import CommitFailed
 
 #: Keys a refill run relays before it lets other requests in (a block is relayed, confirmed and reserved at once).
 CHUNK_KEYS = 16
@@ -89,7 +90,6 @@ class Stocking:
         rows: list[KeyRow] = []
         debits: list[np.ndarray] = []
         routes = []
-        batch = Batch()
         try:
             while len(rows) < n:
                 self.refill(self.clock())
@@ -112,21 +112,28 @@ class Stocking:
                     self.store.seal(row, material)
                     rows.append(row)
                 await asyncio.sleep(0)  # the requests waiting meanwhile go first
-            links = np.flatnonzero(np.sum(debits, axis=0))
-            batch.put_keys = [row.values() for row in rows]
-            batch.links = self.planner.link_rows(links)
-            if hasattr(self.source, "changes"):  # the device key bytes used, committed with the run
-                self.source.changes(batch)
-            batch.audit.append({
-                "time": round(now, 6), "event": "stock refill", "sae": pool[0],
-                "peer": pool[1], "key_ids": [row.key_id for row in rows], "size": c.size, "level": c.level,
-                "securities": [row.security for row in rows], "routes": routes, "outcome": "stocked"})
-            await self._commit(batch)
         except BaseException:  # nothing of the run stored: every block's bits back (additive: others' stay)
-            for debit in debits:
-                self.planner.release(debit)
-            if batch.device_used and hasattr(self.source, "requeue"):
-                self.source.requeue(batch.device_used)
+            self._release(debits)
+            raise
+        batch = Batch(put_keys=[row.values() for row in rows],
+                      links=self.planner.link_rows(np.flatnonzero(np.sum(debits, axis=0))))
+        if hasattr(self.source, "changes"):  # the device key bytes used, committed with the run
+            self.source.changes(batch)
+        batch.audit.append({
+            "time": round(now, 6), "event": "stock refill", "sae": pool[0], "peer": pool[1],
+            "key_ids": [row.key_id for row in rows], "size": c.size, "level": c.level,
+            "securities": [row.security for row in rows], "routes": routes, "outcome": "stocked"})
+        try:
+            await self._commit(batch)
+        except CommitFailed:  # not stored (a stop during the commit: kept debited, the safe side)
+            self._release(debits, batch)
             raise
         self.spares[pool].extend(rows)
         return len(rows)
+
+    def _release(self, debits: list, batch: Batch | None = None) -> None:
+        """A refill run not stored: each block's bits back to the levels; device key bytes read, back in line."""
+        for debit in debits:
+            self.planner.release(debit)
+        if batch is not None and batch.device_used and hasattr(self.source, "requeue"):
+            self.source.requeue(batch.device_used)
