@@ -233,6 +233,17 @@ def _parse_saes(items: list[str]) -> dict[str, str]:
     return saes
 
 
+#: ``--stock*`` of ``kms init`` and ``net init`` (docs/kms.md, "Key stocks")
+STOCK_OPTION = typer.Option("--stock", metavar="MASTER:SLAVE", show_default=False,
+                            help="Keep a key stock for this SAE pair (ETSI 014's direction; repeat).")
+STOCK_KEYS_OPTION = typer.Option("--stock-keys", metavar="LOW:HIGH", show_default=False,
+                                 help="A stock's watermarks in keys: refilled below LOW up to HIGH (default 16:64).")
+STOCK_LEVEL_OPTION = typer.Option("--stock-level", show_default=False,
+                                  help="The stocked keys' security level (default: --security-level).")
+STOCK_SIZE_OPTION = typer.Option("--stock-size", metavar="BITS", show_default=False,
+                                 help="The stocked keys' size, bits (default: --key-size).")
+
+
 def _parse_algorithm_options(items: list[str]) -> dict:
     """``--algorithm-option NAME=VALUE`` (repeated): ``true``/``false``, an integer, a number, else text."""
     out: dict = {}

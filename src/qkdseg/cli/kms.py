@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra, _parse_saes, check_log_options, out_path
+from .common import (STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+                     _parse_saes, check_log_options, out_path)
 from .errors import user_errors
 
 kms_app = typer.Typer(help="The ETSI GS QKD 014 key service: init, serve, demo, audit, sae, rotate-storage-key.",
@@ -20,7 +21,7 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
               "kme_id": "--kme-id", "key_ttl_s": "--key-ttl", "min_key_size": "--min-key-size",
               "max_key_size": "--max-key-size", "max_key_per_request": "--max-key-per-request",
               "durability": "--durability", "default_rate_bps": "--default-rate", "saes": "--sae",
-              "network": "--network", "audit_max_mb": "--audit-max-mb"}
+              "network": "--network", "audit_max_mb": "--audit-max-mb", "stock": "--stock"}
 
 
 @kms_app.command("init")
@@ -54,11 +55,16 @@ def init(
                                              "device emulator's directory DIR/devices/).")] = "emulated",
     audit_max_mb: Annotated[float, typer.Option("--audit-max-mb", help="Rotate DIR/audit.jsonl into "
                                                 "audit-<first seq>.jsonl past this size (MB; 0: never).")] = 64.0,
+    stock: Annotated[list[str], STOCK_OPTION] = [],
+    stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
+    stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
+    stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
     from ..server.config import CONFIG_NAME, KmsConfig, write_config
     from ..server.pki import make_pki
+    from ..server.stockconfig import stock_table
     from ..server.storagekey import init_keys
 
     if directory.exists() and not directory.is_dir():
@@ -82,7 +88,9 @@ def init(
     cfg = KmsConfig(network=spec, saes=saes, security_level=security_level, key_size=key_size,
                     min_key_size=min_key_size, max_key_size=max_key_size, max_key_per_request=max_key_per_request,
                     algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
-                    default_rate_bps=default_rate, audit_max_mb=audit_max_mb, _dir=directory)
+                    default_rate_bps=default_rate, audit_max_mb=audit_max_mb, _dir=directory,
+                    stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
+                                      key_size=key_size))
     cfg.check(flags=INIT_FLAGS)
     devices = directory / "devices"
     if link_source == "device" and (devices / "device.toml").exists() and not force:

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import _need_server_extra, _parse_algorithm_options, _parse_saes, check_log_options
+from .common import (STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+                     _parse_algorithm_options, _parse_saes, check_log_options)
 from .errors import user_errors
 
 net_app = typer.Typer(help="A key service network: one KME process per node and a controller.", no_args_is_help=True)
@@ -47,16 +48,22 @@ def init(
                                               "older than the retention less this is refused).")] = 60.0,
     audit_max_mb: Annotated[float, typer.Option("--audit-max-mb", help="Rotate each server's audit.jsonl past this "
                                                 "size (MB; 0: never).")] = 64.0,
+    stock: Annotated[list[str], STOCK_OPTION] = [],
+    stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
+    stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
+    stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
+    from ..server.stockconfig import stock_table
 
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
-                       audit_max_mb=audit_max_mb)
+                       audit_max_mb=audit_max_mb, stock=stock_table(stock, stock_keys, stock_level, stock_size,
+                                                                    security_level=security_level, key_size=key_size))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:

@@ -46,9 +46,7 @@ import uuid
 from collections import defaultdict, deque
 from typing import Any
 
-import numpy as np
-
-from ..keys import KeyStore, relay
+from ..keys import KeyStore
 from ..network import Network
 from ..server.config import KmsConfig
 from ..server.core import ServiceState
@@ -58,11 +56,12 @@ from ..server.logs import REQUEST_ID
 from ..server.source import KeySource
 from ..server.store import Batch, KeyRow, Store
 from ..server.storehealth import CommitFailed, store_unavailable
+from .stocking import Stocking
 
 logger = logging.getLogger("qkdseg.kms")
 
 
-class KeyService(ServiceState):
+class KeyService(Stocking, ServiceState):
     """The state and the operations of one key management entity.
 
     Parameters
@@ -86,6 +85,7 @@ class KeyService(ServiceState):
             source = device_source(cfg, network, store, network.arrays.pool_bits)
         super().__init__(cfg, network, store, source, clock)
         self.keystore = KeyStore(network, source=self.source.read)
+        self._init_stock()  # self.stock: the key stocks of kms.toml's [stock] (None without); .stocking
 
     def load(self) -> None:
         """The links' levels, the keys waiting for their slaves and the spare keys, from the store."""
@@ -159,6 +159,9 @@ class KeyService(ServiceState):
                     if row.size == size and row.security >= self.cfg.security_level and row.expires_at > now)
         per_relay, relays, summary = self.planner.capacity(s, d, size, self.cfg.security_level)
         stored = min(spare + per_relay * relays, self.cfg.max_key_count)
+        stock = None if self.stock is None else self.stock.view((caller.sae, slave))
+        if stock is not None:  # a stocked pair: the keys in its stock (max_key_count counts issued keys only)
+            stored = stock["keys"]
         return {
             "source_KME_ID": self.cfg.kme_id,
             "target_KME_ID": self.cfg.kme_id,
@@ -178,6 +181,7 @@ class KeyService(ServiceState):
                 "qkdseg_relays_affordable": relays,
                 "qkdseg_route": summary,
                 "qkdseg_algorithm": self.algorithm,
+                **({"qkdseg_stock": stock} if stock is not None else {}),
             },
         }
 
@@ -212,7 +216,8 @@ class KeyService(ServiceState):
                     raise
                 # an optional level that cannot be met falls back to the default level
                 fallback = dataclasses.replace(req, level=self.cfg.security_level, level_source="default")
-                keys, spares_used, summary, batch, paths, made = self._make_keys(caller, slave, s, d, fallback, now)
+                keys, spares_used, summary, batch, paths, made = self._make_keys(caller, slave, s, d, fallback, now,
+                                                                                 count_miss=False)
                 level_note = (f"{EXTENSION_LEVEL}={req.level} could not be met; the default level {fallback.level} "
                               "was applied")
                 req = fallback
@@ -229,24 +234,32 @@ class KeyService(ServiceState):
         finally:
             self.pending.difference_update(ids)
         made.done(self)
+        if made.from_stock:  # a hit, counted once committed (.stock)
+            self.stock.served((caller.sae, slave), len(keys))
         self._notify(batch.audit[-1], route_paths=paths, requested=asked, fallback=level_note)
         level_ext = {"requested": req.level, "source": req.level_source}
         if level_note:
             level_ext["fallback"] = level_note
         ext: dict[str, Any] = {"qkdseg_security_level": level_ext, "qkdseg_route": summary,
                                "qkdseg_spare_keys_used": spares_used}
+        stocked = {"qkdseg_from_stock": True} if made.from_stock else {}
+        if made.from_stock is not None:
+            ext["qkdseg_from_stock"] = made.from_stock
         if req.ignored:
             ext["qkdseg_ignored_extensions"] = list(req.ignored)
         return {
             "keys": [
-                {"key_ID": row.key_id, "key": _b64(material), "key_extension": {"qkdseg_security": row.security}}
+                {"key_ID": row.key_id, "key": _b64(material),
+                 "key_extension": {"qkdseg_security": row.security, **stocked}}
                 for row, material in keys
             ],
             "key_container_extension": ext,
         }
 
-    def _make_keys(self, caller: Caller, slave: str, s: int, d: int, req: KeyRequest, now: float):
-        """Steps 1-5 of the module docstring, in memory; returns the keys and the batch to commit."""
+    def _make_keys(self, caller: Caller, slave: str, s: int, d: int, req: KeyRequest, now: float,
+                   count_miss: bool = True):
+        """Steps 1-5 of the module docstring, in memory; returns the keys and the batch to commit (``count_miss``:
+        false for the second try of a request at the default level: its stock's miss is counted once)."""
         self.refill(now)
         pair = self._pair(caller.sae, slave)
         expires = now + self.cfg.key_ttl_s
@@ -257,6 +270,9 @@ class KeyService(ServiceState):
         take = [row for row in spares if row.size == req.size and row.security >= req.level and row.expires_at > now]
         take = take[: req.number]
         missing = req.number - len(take)
+        stocked = self.stock is not None and self.stock.takes((caller.sae, slave), req.size, req.level)
+        if stocked and missing and count_miss:  # a miss: counted now, whatever the relay on demand gives
+            self.stock.missed((caller.sae, slave))
         summary = None
         paths = None
         new_spares: list[KeyRow] = []
@@ -267,25 +283,7 @@ class KeyService(ServiceState):
                 route_json = '{"local": true}'
                 summary = {"local": True, "security": 1.0, "consumed_bits": 0}
             else:
-                r, rec, relays, bits = self.planner.plan_relays(s, d, req, missing)
-                links = np.flatnonzero(bits)
-                # the byte pools hold at least what the levels say on the route's links
-                for k in links.tolist():
-                    pool = self.keystore._pool(k)
-                    if pool.level < self.levels.level[k]:
-                        pool.charge(int(self.levels.level[k]) - pool.level)
-                fresh = []
-                for _ in range(relays):
-                    res = relay(r, self.keystore, rec)
-                    for out, gk in zip(res.plans[0].keys, rec.global_keys):
-                        if not out.identical:  # key confirmation failed: never hand out a wrong key
-                            raise KmsError(503, "key confirmation failed on a relay (the two ends' keys differ); "
-                                                "no key was issued", reason="confirmation_failed")
-                        fresh.append((out.destination_key.reveal(), float(gk.security)))
-                summary = self.planner.summary(r, rec, relays)
-                route_json = _json(summary)
-                paths = [[[str(v) for v in p] for p in seg.paths] for seg in r.segments] if self.observers else None
-                debit = bits
+                fresh, summary, route_json, paths, debit = self._relay_fresh(s, d, req, missing)
             for i, (material, sec) in enumerate(fresh):
                 row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
                 self.store.seal(row, material)
@@ -298,6 +296,8 @@ class KeyService(ServiceState):
         # -- from here on nothing can fail: apply the request to memory (undone if its commit fails, _Made)
         made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at)) for row in take], new_spares,
                      debit)
+        if stocked:
+            made.from_stock = not missing  # a hit: the stock (the pair's spare keys) covered the request whole
         for row in take:
             spares.remove(row)
             row.kind, row.master, row.slave, row.expires_at = "issued", caller.sae, slave, expires
@@ -313,7 +313,7 @@ class KeyService(ServiceState):
             "issue", caller, slave, op="enc_keys", key_ids=[row.key_id for row, _ in issued], size=req.size,
             level=req.level, level_source=req.level_source, securities=[row.security for row, _ in issued],
             spare_keys_used=len(take), spare_keys_added=len(new_spares), route=summary, outcome="ok",
-        ))
+            **({"from_stock": True} if made.from_stock else {})))
         made.issued = [row for row, _ in issued]
         return issued, len(take), summary, batch, paths, made
 
@@ -359,6 +359,9 @@ class KeyService(ServiceState):
             for pair, row in spare_gone:
                 self.spares[pair].append(row)
             raise
+        if self.stock is not None:
+            for pool in {pair for pair, _ in spare_gone}:
+                self.stock.expired_rows(pool, [row for pair, row in spare_gone if pair == pool])
         self._notify(recs[0])
         return len(gone) + len(spare_gone)
 
@@ -393,6 +396,7 @@ class _Made:
     def __init__(self, pair: tuple, taken: list, new_spares: list, debit) -> None:
         self.pair, self.taken, self.new_spares, self.debit = pair, taken, new_spares, debit
         self.issued: list = []
+        self.from_stock: bool | None = None  # None: not a request its pair's stock serves (.stock)
 
     def undo(self, svc, batch: Batch) -> None:
         for row in self.issued:
@@ -407,9 +411,3 @@ class _Made:
 
     def done(self, svc) -> None:
         svc.spares[self.pair].extend(self.new_spares)
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

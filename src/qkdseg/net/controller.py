@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 import uuid
@@ -43,6 +42,7 @@ from starlette.routing import Route
 from ..errors import InvalidRequest
 from ..server.files import damaged, load_json
 from ..server.storehealth import CommitFailed
+from .capture import Capture
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
 from .wire import role as role_of
@@ -52,57 +52,6 @@ CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
 #: Device-fed links: a plan's reservation counts against a link's reported level this long (twice the nodes' relay
 #: timeout); by then its bits were used (and the nodes' counters show it) or its request failed.
 RESERVED_S = 2 * float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "8"))
-
-
-class Capture:
-    """TEST ONLY: append what the controller receives to a file, each record a JSON header line (direction,
-    method, path, query, length) followed by the body's bytes as received and a newline."""
-
-    def __init__(self, path: Path) -> None:
-        self.fh = open(path, "ab")
-
-    def write(self, head: dict, body: bytes) -> None:
-        self.fh.write(json.dumps({**head, "length": len(body)}).encode() + b"\n" + body + b"\n")
-        self.fh.flush()
-
-    def middleware(self, app):
-        """A pure ASGI wrapper: it reads each request's whole body first, records it with the query, then replays
-        it to the app (so that a request the app refuses unread is recorded too)."""
-
-        async def wrapped(scope, receive, send):
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
-            chunks: list[bytes] = []
-            while True:
-                msg = await receive()
-                if msg["type"] != "http.request":  # the client left before sending everything
-                    break
-                chunks.append(msg.get("body", b""))
-                if not msg.get("more_body"):
-                    break
-            body = b"".join(chunks)
-            self.write({"dir": "request", "method": scope["method"], "path": scope["path"],
-                        "query": scope.get("query_string", b"").decode("latin-1")}, body)
-            replayed = False
-
-            async def recv():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await app(scope, recv, send)
-
-        return wrapped
-
-    async def on_response(self, response) -> None:
-        await response.aread()
-        self.write({"dir": "response", "method": response.request.method, "path": response.request.url.path,
-                    "status": response.status_code}, response.content)
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 def load_net_conf(d: Path) -> dict:
@@ -137,6 +86,7 @@ class Controller:
 
             self.svc, self.replica = attach(self.dir, store, self.net["address"])
         self.addresses = {str(n["id"]): n["address"] for n in self.net["nodes"]}
+        self.stock = self.svc.cfg.stock_config()  # the stocked pairs, whose nodes ask for refill runs
         self.ctx_client = client_context(self.dir / "controller.crt", self.dir / "controller.key", self.dir / "ca.crt")
         self.client = None
         self.plans = 0
@@ -222,6 +172,8 @@ class Controller:
         s, d = self._sae(master, caller_node), self._sae(slave)
         req = KeyRequest(int(w["number"]), int(w["size"]), float(w["level"]), str(w["level_source"]),
                          bool(w["mandatory"]))
+        refill = w.get("refill") is True  # a stock's refill run: no SAE waits, every key is stocked (.spares)
+        keep = self._refill_share(master, slave, req) if refill else 0.0
         health = getattr(svc.store, "health", None)  # the etcd store has none (its refusals: not_leader)
         if health is not None and not health.writes_ok:
             raise _store_failed()
@@ -229,7 +181,11 @@ class Controller:
         unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
             try:
-                r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
+                if refill:  # up to req.number keys, each link keeping its reserve
+                    n, (r, rec, relays, bits) = svc.planner.plan_refill(s, d, req, keep)
+                    req = KeyRequest(n, req.size, req.level, req.level_source, False)
+                else:
+                    r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
             except KmsError:
                 if req.level_source != "extension_optional":
                     raise
@@ -250,13 +206,14 @@ class Controller:
             await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
                 "time": round(time.time(), 6), "event": "plan", "request_id": rid, "sae": master, "peer": slave,
                 "number": req.number, "size": req.size, "level": req.level, "route": summary,
-                "outcome": "reserved"}]))
+                **({"refill": True} if refill else {}), "outcome": "reserved"}]))
         except BaseException as err:  # not reserved (no node got a part): the levels back as the store holds them
             svc.planner.release(bits)
             if isinstance(err, CommitFailed):
                 raise _store_failed() from None
             raise
-        body = {"request_id": rid, "master": master, "slave": slave, "number": req.number, "securities": securities}
+        body = {"request_id": rid, "master": master, "slave": slave, "number": 0 if refill else req.number,
+                "securities": securities}
         nodes = list(parts)
 
         futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]
@@ -273,6 +230,18 @@ class Controller:
             raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
         self.plans += 1
         return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number]}
+
+    def _refill_share(self, master: str, slave: str, req) -> float:
+        """A refill run's checks (a stocked pair, the stock's size and level, at most its HIGH keys); returns the
+        share of each link's pool the plan must leave (docs/model.md)."""
+        sc = self.stock
+        if sc is None or (master, slave) not in sc.pairs:
+            raise Problem(403, "Forbidden", f"SAEs {master}:{slave} keep no key stock: nothing to refill")
+        if req.size != sc.size or req.level != sc.level or not 1 <= req.number <= sc.high:
+            msg = (f"a refill of {master}:{slave} is for 1 to {sc.high} keys of {sc.size} bits at level {sc.level} "
+                   "(the controller's [stock])")
+            raise Problem(400, "Bad Request", msg, message=msg)
+        return sc.reserve
 
     async def report(self, caller_node: str, w: dict) -> dict:
         """A node's link report: the model's level of each link becomes the lower of its own and the report's

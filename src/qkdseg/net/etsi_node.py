@@ -67,18 +67,24 @@ class EtsiNode:
     async def status(self, caller: Caller, slave: str) -> dict:
         self._check_caller(caller)
         self._check_peer(caller, slave, "slave")
-        cap = await self._controller("GET", "/control/v1/status", params={"master": caller.sae, "slave": slave})
         c = self.cfg
+        stock = None if self.stock is None else self.stock.view((caller.sae, slave))
+        if stock is not None:  # a stocked pair: the keys in its stock, counted here (the controller is not asked)
+            cap = {"target_KME_ID": f"node {self.registry[slave]}"}
+            stored = stock["keys"]
+        else:
+            cap = await self._controller("GET", "/control/v1/status", params={"master": caller.sae, "slave": slave})
+            stored = min(cap["stored_key_count"] + sum(
+                1 for row in self.spares.get((caller.sae, slave), ()) if row.size == c.key_size), c.max_key_count)
         return {
             "source_KME_ID": c.kme_id, "target_KME_ID": cap.get("target_KME_ID", c.kme_id),
             "master_SAE_ID": caller.sae, "slave_SAE_ID": slave, "key_size": c.key_size,
-            "stored_key_count": int(min(cap["stored_key_count"] + sum(
-                1 for row in self.spares.get((caller.sae, slave), ()) if row.size == c.key_size), c.max_key_count)),
+            "stored_key_count": int(stored),
             "max_key_count": c.max_key_count,
             "max_key_per_request": c.max_key_per_request, "max_key_size": c.max_key_size,
             "min_key_size": c.min_key_size, "max_SAE_ID_count": 0,
             "status_extension": {"qkdseg_security_level": c.security_level, "qkdseg_node": str(self.id),
-                                 "qkdseg_route": cap.get("route")},
+                                 "qkdseg_route": cap.get("route"), **({"qkdseg_stock": stock} if stock else {})},
         }
 
     async def enc_keys(self, caller: Caller, slave: str, req) -> dict:
@@ -86,7 +92,9 @@ class EtsiNode:
         self._check_peer(caller, slave, "slave")
         if not self.store.health.writes_ok:
             raise store_unavailable()
-        now = time.time()
+        now = time.time()  # before any relay: the spare keys made here expire before the slave's node's copies
+        stocked = self.stock is not None and self.stock.takes((caller.sae, slave), req.size, req.level)
+        from_stock = False
         new_spares: list[KeyRow] = []
         local: list[KeyRow] = []
         taken = None  # spare keys of the pair used: put back if the commit fails
@@ -103,59 +111,83 @@ class EtsiNode:
                 local.append(row)
         elif (spare := await self._use_spares(caller.sae, slave, req, now)) is not None:
             keys, summary, batch, taken = spare
+            from_stock = stocked  # the pair's stock (its spare keys) covered the request whole
         else:
+            if stocked:  # a miss: counted now, whatever the relay on demand gives
+                self.stock.missed((caller.sae, slave))
             plan = await self._controller("POST", "/control/v1/plans", json={
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
                 "level_source": req.level_source, "mandatory": req.mandatory})
             rid = plan["request_id"]
-            _trace(rid, "plan returned")
-            st = self._state(rid)
-            if st.future is None:
-                st.future = asyncio.get_running_loop().create_future()
-                if st.failed is not None:  # this node's own part failed already (e.g. its key stream is used up)
-                    self._fail(rid, st.failed)
-            self._check_done(st)
-            try:
-                keys, extra = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                self._void(rid)
-                raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
-                               reason="relay_failed") from None
-            except (KmsError, asyncio.CancelledError):  # a failed relay, or a stop whose grace ran out
-                self._void(rid)
-                raise
-            finally:
-                self.requests.pop(rid, None)
+            keys, extra = await self._relayed(rid)
             summary = plan.get("route")
-            batch = Batch()
-            for key_id, m, sec in extra:  # the relay's other keys: spare keys of this pair, at both ends
-                row = KeyRow(key_id, "spare", caller.sae, slave, 8 * len(m), sec, b"", now, now + self.cfg.key_ttl_s,
-                             json.dumps({"request_id": rid}))
-                self.store.seal(row, m)
-                batch.put_keys.append(row.values())
-                new_spares.append(row)
+            new_spares = self._spare_rows(caller.sae, slave, extra, rid, now)  # spare keys of this pair, both ends
+            batch = Batch(put_keys=[row.values() for row in new_spares])
         batch.audit.append({"time": round(now, 6), "event": "issue", "sae": caller.sae, "cert_sha256": caller.fingerprint,
                             "peer": slave, "op": "enc_keys", "key_ids": [k for k, _, _ in keys], "size": req.size,
-                            "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok"})
+                            "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok",
+                            **({"from_stock": True} if from_stock else {})})
         try:
             await self._commit(batch)
         except CommitFailed:  # nothing issued: as it was before the request
             if taken is not None:
                 self.put_back(caller.sae, slave, taken)
             if rid is not None:  # the slave's node stored the relay's keys: void them there (their ids never left)
-                try:
-                    self.send([{"kind": "void", "dst": str(self.registry[slave])}], rid)
-                except CommitFailed:
-                    pass
+                self._void_at(slave, rid)
             raise
         for row in local:  # visible to dec_keys once committed
             self.keys[row.key_id] = row
         self.spares[(caller.sae, slave)].extend(new_spares)
-        return {"keys": [{"key_ID": key_id, "key": _b64(m), "key_extension": {"qkdseg_security": sec}}
+        if from_stock:  # a hit, counted once committed (qkdseg.server.stock)
+            self.stock.served((caller.sae, slave), len(keys))
+        mark = {"qkdseg_from_stock": True} if from_stock else {}
+        ext = {"qkdseg_security_level": {"requested": req.level, "source": req.level_source}, "qkdseg_route": summary}
+        if stocked:
+            ext["qkdseg_from_stock"] = from_stock
+        return {"keys": [{"key_ID": key_id, "key": _b64(m), "key_extension": {"qkdseg_security": sec, **mark}}
                          for key_id, m, sec in keys],
-                "key_container_extension": {"qkdseg_security_level": {"requested": req.level,
-                                                                      "source": req.level_source},
-                                            "qkdseg_route": summary}}
+                "key_container_extension": ext}
+
+    async def _relayed(self, rid: str) -> tuple[list, list]:
+        """Wait for the relay of request ``rid`` (this node its source): ``(the keys for the master, the other
+        keys)``, each ``(key id, bytes, security)``; a relay that fails or times out is voided at its destination
+        (:class:`KmsError` 503), so is one whose waiter is cancelled (a stop)."""
+        _trace(rid, "plan returned")
+        st = self._state(rid)
+        if st.future is None:
+            st.future = asyncio.get_running_loop().create_future()
+            if st.failed is not None:  # this node's own part failed already (e.g. its key stream is used up)
+                self._fail(rid, st.failed)
+        self._check_done(st)
+        try:
+            return await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._void(rid)
+            raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
+                           reason="relay_failed") from None
+        except (KmsError, asyncio.CancelledError):  # a failed relay, or a stop whose grace ran out
+            self._void(rid)
+            raise
+        finally:
+            self.requests.pop(rid, None)
+
+    def _spare_rows(self, master: str, slave: str, extra: list, rid: str, now: float) -> list[KeyRow]:
+        """Rows (sealed, not stored yet) of a relay's keys kept as spare keys of the pair (the destination keeps
+        its copies as spare keys too); ``now``: taken before the relay began, so this end's copies expire first."""
+        rows = []
+        for key_id, m, sec in extra:
+            row = KeyRow(key_id, "spare", master, slave, 8 * len(m), sec, b"", now, now + self.cfg.key_ttl_s,
+                         json.dumps({"request_id": rid}))
+            self.store.seal(row, m)
+            rows.append(row)
+        return rows
+
+    def _void_at(self, slave: str, rid: str) -> None:
+        """Void relay ``rid``'s keys at the slave's node (stored there; their ids never left this node)."""
+        try:
+            self.send([{"kind": "void", "dst": str(self.registry[slave])}], rid)
+        except CommitFailed:  # not sent: those keys expire there unfetched
+            pass
 
     async def dec_keys(self, caller: Caller, master: str, key_ids: list[str]) -> dict:
         self._check_caller(caller)

@@ -268,7 +268,7 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
 #: The flags of ``net init`` that set a field of the controller's ``kms.toml`` (its refusals name the flag).
 INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
               "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
-              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb"}
+              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock"}
 
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
@@ -276,13 +276,15 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
                  algorithm_options: dict | None = None, link_source: str = "emulated",
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
-                 audit_max_mb: float = 64.0) -> dict:
+                 audit_max_mb: float = 64.0, stock: dict | None = None) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
     014 (:mod:`.devicelinks`); ``DIR/devices/`` is the device emulator's
     directory (:func:`qkdseg.devices.emulator.init_devices`), and each node gets its
     own links' device credentials in ``nodes/<dir>/device/`` instead of seeds.
+    ``stock``: the ``[stock]`` table (:mod:`qkdseg.server.stockconfig`), in the controller's ``kms.toml`` and, with
+    its own pairs only (its SAEs masters or slaves), in each node's ``node.json``.
     """
     from ..server.config import KmsConfig
 
@@ -308,8 +310,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
                     algorithm_options=dict(algorithm_options or {}), audit_max_mb=audit_max_mb,
-                    retention_s=retention, _dir=directory / "controller")
+                    retention_s=retention, stock=dict(stock or {}), _dir=directory / "controller")
     cfg.check(flags=INIT_FLAGS)
+    stocked = cfg.stock_config()
     ids = list(net.graph.nodes)
     if len(ids) > 200_000:
         raise InvalidRequest("at most 200,000 nodes fit the loopback range")
@@ -346,6 +349,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                           security_level=security_level)
         conf["max_skip_bits"] = max_skip_bits  # None: each link's pool_bits (net/linkhealth.py)
         conf.update(retention_s=retention, clock_skew_s=clock_skew, audit_max_mb=audit_max_mb)  # .retention
+        mine = stocked.only(at_node.get(str(v), [])) if stocked is not None else None
+        if mine is not None and mine.pairs:  # the stocks this node keeps (its SAE the master) or holds (the slave)
+            conf["stock"] = mine.table()
         (nd / "node.json").write_text(json.dumps(conf, indent=1) + "\n")
     (directory / "nodes.json").write_text(json.dumps(names, indent=1) + "\n")
     out = {"nodes": len(ids), "links": len(seeds), "saes": len(registry), "controller": ctrl_addr}

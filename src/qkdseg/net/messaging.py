@@ -51,6 +51,15 @@ def _dec(s: str) -> KeyMaterial:
     return KeyMaterial(base64.b64decode(s))
 
 
+class MessageFailed(RuntimeError):
+    """A relay message not accepted: ``status`` is the receiver's answer for it (403, 409...), None when no answer
+    came (the receiver down, the connection lost: it may have been stored there)."""
+
+    def __init__(self, text: str, status: int | None) -> None:
+        super().__init__(text)
+        self.status = status
+
+
 def _retrieved(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -171,7 +180,8 @@ class Messaging:
                     if ok:
                         fut.set_result(None)
                     else:
-                        fut.set_exception(RuntimeError(f"relay message to node {dst} failed: {why}"))
+                        fut.set_exception(MessageFailed(f"relay message to node {dst} failed: {why}",
+                                                        res.get("status") if res else None))
                 if not ok:
                     self._fail(w["request_id"], f"a relay message to node {dst} failed ({why})")
             self.relaydb.statuses("outbox", [(st_, mid) for mid, st_ in outcomes])

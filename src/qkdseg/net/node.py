@@ -158,6 +158,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
             elif row.kind == "spare":
                 self.held_spares[row.key_id] = row
         self.pending: set[str] = set()
+        self.init_stock()  # self.stock: node.json's key stocks (.spares; None without)
         self.requests: dict[str, ReqState] = {}
         self.ctx_client = client_context(d / "node.crt", d / "node.key", d / "ca.crt")
         self.client = None
@@ -267,6 +268,11 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
                     self.held_spares.update((r.key_id, r) for r in held)
                     for pair, r in pooled:
                         self.spares[pair].append(r)
+                    continue
+                if self.stock is not None:  # stocked keys expired unused, at the master's and the slave's node
+                    unused = [((r.master, r.slave), r) for r in held] + pooled
+                    for pair in {p for p, _ in unused}:
+                        self.stock.expired_rows(pair, [r for p, r in unused if p == pair])
 
     def _health_changed(self, step: str, failed: bool) -> None:
         """The store's health changed (on any thread): the next link report, with the node's readiness, goes now."""
@@ -276,9 +282,12 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
     async def start_tasks(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.sync_offsets()
+        loops = [self.report_links()]
         if self.device is not None:  # and keep each device-fed link's outgoing direction topped up
-            await asyncio.gather(self.report_links(), self.device.run())
-        await self.report_links()
+            loops.append(self.device.run())
+        if self.stock is not None:  # and refill the stocks of this node's master SAEs (qkdseg.server.stock)
+            loops.append(self.stock.run())
+        await asyncio.gather(*loops)
 
     def close(self) -> None:
         self.committer.close()

@@ -306,6 +306,8 @@ def health_route(svc) -> Route:
                 "keys_waiting": len(svc.keys), "requests": len(svc.requests)}
         if svc.device is not None:  # per device-fed link: its device state, keys fetched and skipped, bits held
             body["device_links"] = svc.device.view()
+        if svc.stock is not None:  # per stocked pair of its SAEs: keys, target, hits, misses, refills (.spares)
+            body["stock"] = svc.stock.snapshot()
         return json_response(body)
 
     return Route("/health", health, methods=["GET"])

@@ -34,11 +34,13 @@ def _version() -> str:
     return __version__
 
 
-def metrics_for(kind: str, *, links=None, gauges: dict | None = None) -> Metrics:
-    """The metrics of a ``node`` or ``controller`` (``links`` and gauge callables as :class:`Metrics` takes them)."""
+def metrics_for(kind: str, *, links=None, gauges: dict | None = None, stocks=None) -> Metrics:
+    """The metrics of a ``node`` or ``controller`` (``links``, gauge callables and ``stocks`` as :class:`Metrics`
+    takes them)."""
     if kind == "node" and gauges is None:
         gauges = {name: (doc, lambda: 0) for name, doc in NODE_GAUGES.items()}
-    return Metrics(kind, _version(), links=links if links is not None else (lambda: []), gauges=gauges)
+    return Metrics(kind, _version(), links=links if links is not None else (lambda: []), gauges=gauges,
+                   stocks=stocks)
 
 
 def _store_checks(store, committer) -> dict:
@@ -74,7 +76,7 @@ def attach_node(svc) -> tuple[Metrics, object, object]:
         "qkdseg_relay_requests": (NODE_GAUGES["qkdseg_relay_requests"], lambda: len(svc.requests)),
         "qkdseg_ready": (NODE_GAUGES["qkdseg_ready"], lambda: 1.0 if local_ok() else 0.0),
     }
-    m = metrics_for("node", links=links, gauges=gauges)
+    m = metrics_for("node", links=links, gauges=gauges, stocks=None if svc.stock is None else svc.stock.snapshot)
     svc.committer.on_commit = m.observe_commit
     m.watch_store(svc.store.health)
 

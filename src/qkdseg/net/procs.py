@@ -204,6 +204,8 @@ def status(directory: Path) -> list[dict]:
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
         if p["role"] == "controller":
             row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})
+        elif p["role"] == "node" and "stock" in bodies.get(p["name"], {}):  # the key stocks of its SAEs' pairs
+            row["stock"] = bodies[p["name"]]["stock"]
     if any(p["role"] == "etcd" for p in procs) or sum(p["role"] == "controller" for p in procs) > 1:
         from .cluster import leaders
 

@@ -1,9 +1,16 @@
-"""A node's spare keys: the other keys of a relay, kept at both ends for the same pair of SAEs.
+"""A node's spare keys: the other keys of a relay, kept at both ends for the same pair of SAEs; and its stocks.
 
 :class:`Spares` (a mixin of :class:`qkdseg.net.node.NodeService`) serves a
 whole request from the pair's spare keys at the source (the slave's node
 issues them first, with an ``issue`` message) and applies that ``issue`` at
 the destination.
+
+A key stock (:mod:`qkdseg.server.stock`, ``node.json``'s ``stock``) is the
+spare keys of a stocked pair, made on purpose: the master's node runs the
+refill scheduler and its refill runs (:meth:`Spares.refill_stock`: a plan
+from the controller with no SAE waiting, the relay, every key kept as a
+spare key at both ends); the slave's node holds its copies as it holds any
+spare keys, and counts those that expire unused.
 """
 
 from __future__ import annotations
@@ -12,10 +19,15 @@ import asyncio
 import time
 import uuid
 
+from ..server.stock import Stock, usable
+from ..server.stockconfig import parse_stock
 from ..server.store import Batch
-from ..server.storehealth import CommitFailed
+from ..server.storehealth import CommitFailed, store_unavailable
 from .relayrequests import REQUEST_TIMEOUT_S
 from .wire import Problem
+
+#: Seconds spare keys whose ``issue`` got no answer are set aside before they are offered again.
+RETRY_S = 2 * REQUEST_TIMEOUT_S
 
 
 class Spares:
@@ -25,13 +37,15 @@ class Spares:
         """Spare keys of the pair for the whole request (size, level, not expired), or ``None``.
 
         The slave's node issues them first (``issue`` message, applied before
-        its 202); a message that fails leaves their state there uncertain, so
-        they are dropped here (deleted, audited), never offered again. A write
-        that fails here (the intent, the drop) puts them back in the pool as the
-        store holds them and raises :class:`CommitFailed`; so does the caller
-        when it cannot commit their issue (:meth:`put_back`): offered again
-        later, to the same pair, an ``issue`` the slave's node already applied
-        is accepted again there.
+        its 202). One it refuses (it does not hold them: expired, voided) is
+        dropped here (deleted, audited), never offered again. One that got no
+        answer (the slave's node down, the answer lost) is set aside and put
+        back in the pool :data:`RETRY_S` seconds later: offered again to the
+        same pair, an ``issue`` the slave's node applied already is accepted
+        again there, so a key is never issued to two masters nor held by one
+        end only. A write that fails here (the intent, the drop) puts them back
+        in the pool as the store holds them and raises :class:`CommitFailed`;
+        so does the caller when it cannot commit their issue (:meth:`put_back`).
         """
         pool = self.spares.get((master, slave))
         if not pool:
@@ -52,7 +66,10 @@ class Spares:
             raise
         try:
             await asyncio.wait_for(asyncio.gather(*futs), REQUEST_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 -- not issued there, or not known: never offered again
+        except Exception as exc:  # noqa: BLE001 -- no answer: set aside; refused: never offered again
+            if getattr(exc, "status", None) is None:
+                asyncio.get_running_loop().call_later(RETRY_S, self.put_back, master, slave, take, True)
+                return None
             try:
                 await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
                     "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
@@ -66,14 +83,65 @@ class Spares:
         summary = {"spare": True, "request_id": rid, "security": min(row.security for row in take)}
         return keys, summary, Batch(delete_keys=[row.key_id for row in take]), take
 
-    def put_back(self, master: str, slave: str, rows: list) -> None:
-        """Spare keys taken by a request whose write failed: back at the front of their pool, as stored."""
-        self.spares[(master, slave)].extendleft(reversed(rows))
+    # -- key stocks ---------------------------------------------------------------------------
+    def init_stock(self) -> None:
+        """``self.stock``: the stocks of ``node.json`` (None without): refilled here where this node's SAE is the
+        master, counted here where it is the slave."""
+        table = self.conf.get("stock")
+        self.stock = None
+        if table:
+            c = self.cfg
+            sc = parse_stock(table, saes=self.registry, min_size=int(c.min_key_size), max_size=int(c.max_key_size),
+                             where=str(self.dir / "node.json"))
+            self.stock = Stock(sc, self._stock_count, self.refill_stock, block=int(c.max_key_per_request),
+                               refills=[p for p in sc.pairs if p[0] in self.saes])
+
+    def _stock_count(self, pair: tuple) -> int:
+        c = self.stock.config
+        rows = self.spares.get(pair, ()) if pair[0] in self.saes else (
+            row for row in self.held_spares.values() if (row.master, row.slave) == pair)
+        return len(usable(rows, c.size, c.level, time.time()))
+
+    async def refill_stock(self, pair: tuple, n: int) -> int:
+        """One refill run of ``pair``'s stock (this node its master's): the controller plans ``n`` keys at the
+        stock's level and size with no SAE waiting (each link keeping its reserve), the relay runs, and every key
+        is kept as a spare key here and at the slave's node. Returns how many (:class:`KmsError` when it fails;
+        the keys stored at the slave's node are then voided)."""
+        c = self.stock.config
+        master, slave = pair
+        if not self.store.health.writes_ok:
+            raise store_unavailable()
+        now = time.time()  # before the relay: the copies kept here expire before the slave's node's
+        plan = await self._controller("POST", "/control/v1/plans", json={
+            "master": master, "slave": slave, "number": n, "size": c.size, "level": c.level, "level_source": "stock",
+            "mandatory": False, "refill": True})
+        rid = plan["request_id"]
+        _, extra = await self._relayed(rid)
+        rows = self._spare_rows(master, slave, extra, rid, now)
+        try:
+            await self._commit(Batch(put_keys=[row.values() for row in rows], audit=[{
+                "time": round(now, 6), "event": "stock refill", "request_id": rid, "sae": master, "peer": slave,
+                "key_ids": [row.key_id for row in rows], "size": c.size, "level": c.level,
+                "securities": [row.security for row in rows], "route": plan.get("route"), "outcome": "stocked"}]))
+        except BaseException:  # not stored here (or a stop): void the slave's node's copies
+            self._void_at(slave, rid)
+            raise
+        self.spares[pair].extend(rows)
+        return len(rows)
+
+    def put_back(self, master: str, slave: str, rows: list, at_end: bool = False) -> None:
+        """Spare keys taken by a request whose write failed: back at the front of their pool, as stored (``at_end``:
+        those whose issue got no answer, after :data:`RETRY_S`; the expiry deletes them in time)."""
+        if at_end:
+            self.spares[(master, slave)].extend(rows)
+        else:
+            self.spares[(master, slave)].extendleft(reversed(rows))
 
     async def issue_spares(self, w: dict) -> None:
         """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202; a
         failed commit changes nothing and raises :class:`CommitFailed`: the source does not issue them)."""
         rows = []
+        expires = time.time() + float(self.cfg.key_ttl_s)  # issued now: the slave has key_ttl_s to fetch them
         for key_id in [str(k) for k in w["key_ids"]]:
             row = self.held_spares.get(key_id)
             if row is None:
@@ -86,11 +154,11 @@ class Spares:
             rows.append(row)
         if rows:
             await self.committer.commit(Batch(
-                issue_keys=[(row.key_id, row.master, row.slave, row.expires_at) for row in rows],
+                issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows],
                 audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
                         "sae": rows[0].master, "peer": rows[0].slave, "key_ids": [row.key_id for row in rows],
                         "outcome": "spare keys issued by their source"}]))
         for row in rows:
-            row.kind = "issued"
+            row.kind, row.expires_at = "issued", expires
             del self.held_spares[row.key_id]
             self.keys[row.key_id] = row

@@ -123,6 +123,9 @@ class KmsConfig:
         ``device_poll_s``).
     device_links : dict
         ``"U|V"`` -> the link's device endpoints (:class:`.devicesource.DeviceLink`).
+    stock : dict
+        The ``[stock]`` table: the SAE pairs that keep a key stock, its watermarks, level and key size
+        (:mod:`.stockconfig`; empty: no stock).
     """
 
     network: str
@@ -158,6 +161,7 @@ class KmsConfig:
     device_timeout_s: float = 5.0
     device_backoff_max_s: float = 5.0
     device_links: dict[str, dict] = field(default_factory=dict)
+    stock: dict = field(default_factory=dict)
     _dir: Path = field(default=Path("."), repr=False, compare=False)
 
     def path(self, name: str) -> Path:
@@ -249,7 +253,17 @@ class KmsConfig:
                                      f"(known: {', '.join(sorted(known)) or 'none'})")
             if not isinstance(val, (bool, int, float, str)):
                 raise InvalidRequest(f"{at} {val!r} must be a boolean, number or text")
+        self.stock_config(flags=bool(flags and "stock" in flags))
         return self
+
+    def stock_config(self, flags: bool = False):
+        """The checked ``[stock]`` table (:class:`.stockconfig.StockConfig`), or None when no pair is stocked."""
+        if not self.stock:
+            return None
+        from .stockconfig import parse_stock
+
+        return parse_stock(self.stock, saes=self.saes, min_size=self.min_key_size, max_size=self.max_key_size,
+                           where=str(self._dir / CONFIG_NAME), flags=flags)
 
 
 DEVICE_FIELDS = ("a_sae", "b_sae", "a_url", "b_url", "ca", "a_cert", "a_key", "b_cert", "b_key", "key_size")
@@ -298,7 +312,8 @@ class DeviceLink:
         return cls(**{**table, "key_size": size})
 
 
-_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("saes", "_dir", "device_links", "algorithm_options")]
+_TABLES = ("saes", "device_links", "algorithm_options", "stock")
+_TOP = [f.name for f in fields(KmsConfig) if f.name not in ("_dir", *_TABLES)]
 
 
 def _toml_value(v: Any) -> str:
@@ -319,6 +334,10 @@ def write_config(directory: str | Path, cfg: KmsConfig) -> Path:
     if cfg.algorithm_options:
         lines += ["", "# options of the routing algorithm ('qkdseg algorithms' lists them)", "[algorithm_options]"]
         lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in cfg.algorithm_options.items()]
+    if cfg.stock:
+        lines += ["", "# key stocks: SAE pairs (MASTER:SLAVE) whose keys are relayed ahead of demand (docs/kms.md)",
+                  "[stock]"]
+        lines += [f"{k} = {json.dumps(v) if isinstance(v, list) else _toml_value(v)}" for k, v in cfg.stock.items()]
     if cfg.device_links:
         lines += ["", "# each link's QKD devices (ETSI 014): end a = the link's node U calls enc_keys, "
                   "end b = V calls dec_keys"]
@@ -359,7 +378,7 @@ def load_config(directory: str | Path) -> KmsConfig:
         raise InvalidRequest(f"{path}: cannot read: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise InvalidRequest(f"{path}: not valid TOML: {err}") from None
-    known = set(_TOP) | {"saes", "device_links", "algorithm_options"}
+    known = set(_TOP) | set(_TABLES)
     for name in raw:
         if name not in known:
             raise InvalidRequest(f"{path}: unknown field {name!r} (known: {', '.join(sorted(known))})")

@@ -235,6 +235,8 @@ def create_app(service, *, expiry: bool = True, routes: list | None = None) -> S
         tasks = [loop.create_task(service.expiry_loop())] if expiry else []
         if getattr(service, "source_loop", None) is not None:  # a device feed fetches link keys meanwhile
             tasks.append(loop.create_task(service.source_loop()))
+        if getattr(service, "stock_loop", None) is not None:  # kms serve's key stocks are refilled meanwhile
+            tasks.append(loop.create_task(service.stock_loop()))
         if getattr(service, "watchdog", None) is not None:  # --exit-after-unready (.watchdog)
             tasks.append(loop.create_task(service.watchdog.run()))
         try:

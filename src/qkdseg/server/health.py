@@ -48,7 +48,8 @@ def service_metrics(service, kind: str = "kms", ready=None):
                               service.spare_keys),
         "qkdseg_ready": ("1 when /readyz answers ready, else 0.", lambda: 1.0 if ready()["ready"] else 0.0),
     }
-    m = Metrics(kind, __version__, links=links, gauges=gauges)
+    stock = getattr(service, "stock", None)  # kms serve's key stocks (the controller holds none)
+    m = Metrics(kind, __version__, links=links, gauges=gauges, stocks=None if stock is None else stock.snapshot)
     service.committer.on_commit = m.observe_commit
     if getattr(service.store, "health", None) is not None:
         m.watch_store(service.store.health)

@@ -9,7 +9,8 @@ agree. Values that are read at scrape time (link levels, the database's
 size) come from a collector with callables the server gives.
 
 No label holds key material or a key id: labels are reason codes, endpoint
-names, link names ``"u-v"`` (node ids), neighbour node ids and pool states.
+names, link names ``"u-v"`` (node ids), neighbour node ids, pool states and
+stocked SAE pairs ``"MASTER:SLAVE"`` (configured SAE ids).
 
 This module imports only ``prometheus_client`` and Starlette (a network node
 imports it; it must stay light).
@@ -30,6 +31,19 @@ from prometheus_client.registry import Collector
 ENDPOINTS = ("status", "enc_keys", "dec_keys", "relay", "control", "other")
 #: The pool states a link can be in (qkdseg.keys.levels.STATES).
 POOL_STATES = ("READY", "WARNING", "CHARGING", "EMPTY")
+#: Per stocked pair (:meth:`qkdseg.server.stock.Stock.snapshot`'s fields): (metric, help, counter or gauge).
+STOCK_METRICS = (
+    ("keys", "qkdseg_stock_keys", "Keys in the pair's stock now (at a slave's node: the copies it holds).", False),
+    ("target", "qkdseg_stock_target_keys", "What the pair's stock is refilled up to.", False),
+    ("hits", "qkdseg_stock_hits", "Requests served from the stock whole.", True),
+    ("misses", "qkdseg_stock_misses", "Requests of the stock's size and level it could not cover whole.", True),
+    ("keys_served", "qkdseg_stock_keys_served", "Keys issued from the stock.", True),
+    ("refill_runs", "qkdseg_stock_refill_runs", "Refill runs that added keys.", True),
+    ("refill_failures", "qkdseg_stock_refill_failures", "Refill runs that failed or added none.", True),
+    ("keys_refilled", "qkdseg_stock_keys_refilled", "Keys added by refill runs.", True),
+    ("expired_unused", "qkdseg_stock_keys_expired_unused", "Stocked keys deleted after key_ttl_s, never issued.",
+     True),
+)
 #: Relay message outcomes counted per neighbour.
 RELAY_OUTCOMES = ("sent", "acknowledged", "failed", "voided")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,9 +71,11 @@ def endpoint_of(path: str) -> str:
 class _Scraped(Collector):
     """Families computed at scrape time from the server's callables."""
 
-    def __init__(self, links: Callable[[], Iterable[tuple]] | None, gauges: dict[str, tuple[str, Callable]]) -> None:
+    def __init__(self, links: Callable[[], Iterable[tuple]] | None, gauges: dict[str, tuple[str, Callable]],
+                 stocks: Callable[[], dict] | None = None) -> None:
         self.links = links
         self.gauges = gauges
+        self.stocks = stocks
 
     def describe(self):
         return []  # computed at collect time only (no duplicate-name check against the static metrics is needed)
@@ -69,6 +85,8 @@ class _Scraped(Collector):
             value = func()
             if value is not None:
                 yield GaugeMetricFamily(name, doc, value=float(value))
+        if self.stocks is not None:
+            yield from self._stock_families(self.stocks())
         if self.links is None:
             return
         level = GaugeMetricFamily("qkdseg_link_level_bits", "Key bits in the link's pool now.", labels=["link"])
@@ -89,16 +107,26 @@ class _Scraped(Collector):
         yield from (level, cap, used, state)
 
 
+    @staticmethod
+    def _stock_families(stocks: dict):
+        for field, name, doc, counter in STOCK_METRICS:
+            fam = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc, labels=["pair"])
+            for pair, s in stocks.items():
+                fam.add_metric([pair], float(s[field]))
+            yield fam
+
+
 class Metrics:
     """The metrics of one server (``service``: ``kms``, ``node`` or ``controller``).
 
     ``links`` (a callable giving ``(link, level_bits, capacity_bits,
-    consumed_bits, state)`` tuples) and ``gauges`` (``{name: (help,
-    callable)}``) are read at every scrape.
+    consumed_bits, state)`` tuples), ``gauges`` (``{name: (help,
+    callable)}``) and ``stocks`` (the key stocks' snapshot, :data:`STOCK_METRICS`) are read at every scrape.
     """
 
     def __init__(self, service: str, version: str = "", *, links: Callable | None = None,
-                 gauges: dict[str, tuple[str, Callable]] | None = None) -> None:
+                 gauges: dict[str, tuple[str, Callable]] | None = None, stocks: Callable[[], dict] | None = None
+                 ) -> None:
         r = self.registry = CollectorRegistry()
         self.service = service
         self.started = time.time()
@@ -145,7 +173,7 @@ class Metrics:
         all_gauges = {"qkdseg_uptime_seconds": ("Seconds since this server started.",
                                                 lambda: time.time() - self.started)}
         all_gauges.update(gauges or {})
-        r.register(_Scraped(links, all_gauges))
+        r.register(_Scraped(links, all_gauges, stocks))
 
     def watch_store(self, health) -> None:
         """Count ``health``'s write failures (:class:`.storehealth.StoreHealth`) and show whether it writes now."""

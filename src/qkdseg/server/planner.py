@@ -31,6 +31,7 @@ not changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -293,13 +294,20 @@ class Planner:
                 out["saved_bits"] = relays * r.level["saved_bits"]
         return out
 
-    def plan_relays(self, s: int, d: int, req: KeyRequest, missing: int):
+    def plan_relays(self, s: int, d: int, req: KeyRequest, missing: int, *, keep: float = 0.0):
         """The route, its plan, the number of relays to make ``missing`` keys and each link's bits for them;
-        :class:`.etsi.KmsError` when impossible (nothing is reserved here)."""
+        :class:`.etsi.KmsError` when impossible (nothing is reserved here).
+
+        ``keep`` (a stock's refill, :mod:`.stock`): the share of each link's capacity the plan must leave in its
+        pool; the plan sees only the bits above it (and never the bits reserved by plans in flight: those are
+        debited from the levels already)."""
         self.check_ends(s, d)
+        level = self.levels.level
+        if keep > 0:
+            level = np.maximum(0, level - np.ceil(keep * self.levels.capacity).astype(np.int64))
         relays = 1
         for _ in range(4):
-            pool = self.levels.level if relays == 1 else self.levels.level // relays
+            pool = level if relays == 1 else level // relays
             r, rec = self.route_and_plan(s, d, req.size, req.level, pool)
             if r is None:
                 raise KmsError(503, f"not enough key material: no route between the SAEs' nodes has {relays * req.size} "
@@ -309,11 +317,25 @@ class Planner:
             need = -(-missing // rec.n_keys)
             if need <= relays:
                 bits = self.route_bits(r, need * req.size)
-                if np.all(self.levels.level >= bits):
+                if np.all(level >= bits):
                     return r, rec, need, bits
             relays = max(need, relays + 1)
         raise KmsError(503, "not enough key material for the keys requested; nothing was debited",
                        reason="no_key_material")
+
+    def plan_refill(self, s: int, d: int, req: KeyRequest, keep: float):
+        """A stock's refill run (:mod:`.stock`): :meth:`plan_relays` of up to ``req.number`` keys, each link keeping
+        ``keep`` of its capacity; fewer keys (halving) where the links' bits above their reserve do not make that
+        many. Returns ``(keys planned, (route, reconstruction, relays, bits))``; :class:`.etsi.KmsError` when not
+        even one key can be planned."""
+        n = req.number
+        while True:
+            try:
+                return n, self.plan_relays(s, d, dataclasses.replace(req, number=n), n, keep=keep)
+            except KmsError as err:
+                if err.reason != "no_key_material" or n <= 1:
+                    raise
+                n //= 2
 
     def _level_unmet(self, s: int, d: int, req: KeyRequest, best: float):
         """Raise the refusal of a level no route meets now: 400 if mandatory, else 503; says if it never can be."""
