@@ -21,6 +21,7 @@ then follows the rows it holds rather than the most it ever held.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 WAL_KEEP_BYTES = 4 << 20
 
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+logger = logging.getLogger("qkdseg.kms")
 
 
 def connect_wal(path: Path, *, synchronous: str = "NORMAL", incremental: bool = False) -> sqlite3.Connection:
@@ -36,14 +38,20 @@ def connect_wal(path: Path, *, synchronous: str = "NORMAL", incremental: bool = 
 
     ``incremental``: the file is set to ``auto_vacuum = INCREMENTAL`` (a new
     file before its first table; a file made without it is rebuilt once
-    with ``VACUUM``, which keeps every row)."""
+    with ``VACUUM``, which keeps every row; a rebuild that fails, a full
+    disk, is logged and the file served as it is: its free pages are then
+    reused, not given back)."""
     if not Path(path).exists():  # created private: its WAL and shm files take its mode
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         if incremental and db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
             db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
-            db.execute("VACUUM")  # takes effect only through a rebuild once the file has a table
+            try:
+                db.execute("VACUUM")  # takes effect only through a rebuild once the file has a table
+            except sqlite3.OperationalError as err:
+                logger.warning("%s: not rebuilt with auto_vacuum=INCREMENTAL (%s); its free pages are reused, not "
+                               "given back", path, err)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
