@@ -80,7 +80,7 @@ def test_relay_rows_are_pruned_after_the_window(rnet):
         done = [f.result() for f in [ex.submit(rnet.deliver, *PAIRS[i % len(PAIRS)]) for i in range(n)]]
     assert len(done) == n
     seen = sum(len(v) for node in rnet.names for v in _rows(rnet, node).values())
-    time.sleep(max(RETENTION, TIMEOUT) + 3)  # the window, and the expiry loop's period (retention / 4) twice
+    time.sleep(max(RETENTION, TIMEOUT) + 3)  # the window, and the expiry loop's period (retention / 20) many times
     now = time.time()
     left = 0
     for node in rnet.names:
@@ -190,3 +190,104 @@ def test_a_rotation_cut_by_a_crash_is_completed_at_the_start(tmp_path):
     rep = check_audit_dir(tmp_path, key)
     assert rep.problems == [] and rep.records == seq
     assert len(list(tmp_path.glob("audit-*.jsonl"))) >= 3
+
+
+# -- the files stop growing (issue 31: the soak's db_bytes) ----------------------------------------------------
+def _relay_rows(n: int, t: float) -> tuple[list, list]:
+    rid = str(uuid.uuid4())
+    return ([(str(uuid.uuid4()), rid, "3", "pieces", "accepted", t) for _ in range(n)],
+            [(str(uuid.uuid4()), rid, "4", "pieces", "sent", t) for _ in range(n)])
+
+
+def test_a_relay_store_file_follows_its_rows_after_a_burst_is_pruned(tmp_path):
+    """Steady traffic, one burst of 20 times as many rows, steady again: once the burst's rows are pruned, the
+    file (pages, and bytes on disk after the close's checkpoint) is back near the steady size, not the burst's."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from qkdseg.net.relaystore import RelayDB
+    from qkdseg.net.retention import prune_relay
+
+    db = RelayDB(tmp_path / "relay.sqlite3")
+    svc = SimpleNamespace(window=(10.0, 1.0), requests={}, relaydb=db)
+    pages = lambda: db.db.execute("PRAGMA page_count").fetchone()[0]  # noqa: E731
+
+    def run(seconds: int, per_s: int, t0: float) -> float:
+        for i in range(seconds):  # one fake second: its rows, then a prune pass
+            inbox, outbox = _relay_rows(per_s, t0 + i)
+            db.write({("0-1", 0): int(t0 + i)}, inbox=inbox, outbox=outbox)
+            asyncio.run(prune_relay(svc, t0 + i, 0.0))
+        return t0 + seconds
+
+    t = run(25, 40, 1000.0)
+    steady = pages()
+    inbox, outbox = _relay_rows(4000, t)
+    db.write({}, inbox=inbox, outbox=outbox)
+    burst = pages()
+    assert burst > 5 * steady, (steady, burst)
+    run(25, 40, t + 1)  # the burst is older than the window after 10 s
+    after = pages()
+    assert db.db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0] <= 11 * 40
+    assert after <= 1.5 * steady, f"{after} pages after the burst was pruned ({steady} steady, {burst} at the burst)"
+    assert db.offsets() == {("0-1", 0): int(t + 25)}  # the offsets are never pruned
+    db.close()
+    assert (tmp_path / "relay.sqlite3").stat().st_size <= 1.5 * steady * 4096
+    assert not (tmp_path / "relay.sqlite3-wal").exists()
+
+
+def test_a_wal_grown_behind_a_reader_is_cut_back_after_the_checkpoint(tmp_path):
+    """A reader holds its snapshot while the key store and a relay store write past the automatic checkpoint: the
+    write-ahead logs grow; once the reader is gone the first commits after the checkpoint cut them back to
+    ``WAL_KEEP_BYTES`` (without the cap SQLite keeps a log at its largest size for good)."""
+    from qkdseg.net.relaystore import RelayDB
+    from qkdseg.server.sqlitefile import WAL_KEEP_BYTES
+    from qkdseg.server.store import Batch, Store
+
+    relay = RelayDB(tmp_path / "relay.sqlite3")
+    (tmp_path / "kms").mkdir()
+    store = Store(tmp_path / "kms", os.urandom(32), os.urandom(32), durability="normal")
+    writes = {
+        "relay.sqlite3": lambda i: relay.write({("0-1", 0): i}, *_relay_rows(40, float(i))),
+        "kms/kms.sqlite3": lambda i: store.commit(Batch(audit=[{"event": "x", "i": i, "pad": "p" * 3000}] * 2)),
+    }
+    stayed = {}  # name: (the log's size behind the reader, its size after)
+    for name, write in writes.items():
+        wal = tmp_path / f"{name}-wal"
+        reader = sqlite3.connect(f"file:{tmp_path / name}?mode=ro", uri=True, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # its snapshot holds the checkpoint back
+        i = 0
+        while wal.stat().st_size < 2 * WAL_KEEP_BYTES:
+            write(i)
+            i += 1
+        grown = wal.stat().st_size
+        reader.execute("COMMIT")
+        reader.close()
+        for _ in range(200):  # a checkpoint (each commit past 1,000 pages tries one), then the log's restart
+            write(i)
+            i += 1
+            if wal.stat().st_size <= WAL_KEEP_BYTES:
+                break
+        stayed[name] = (grown, wal.stat().st_size)
+    relay.close()
+    store.close()
+    assert all(grown > 2 * WAL_KEEP_BYTES >= 2 * now for grown, now in stayed.values()), stayed
+
+
+def test_a_relay_store_made_before_incremental_vacuum_is_converted_keeping_every_row(tmp_path):
+    from qkdseg.net.relaystore import _SCHEMA, RelayDB
+
+    path = tmp_path / "relay.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(_SCHEMA)
+    old.execute("INSERT INTO offsets VALUES ('0-1', 0, 123456)")
+    with old:
+        old.execute("BEGIN")
+        old.executemany("INSERT INTO inbox VALUES (?,?,?,?,?,?)", _relay_rows(300, 5.0)[0])
+    old.close()
+    db = RelayDB(path)
+    assert db.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    assert db.offsets() == {("0-1", 0): 123456} and db.durable == {("0-1", 0): 123456}
+    assert db.db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0] == 300
+    db.close()

@@ -234,7 +234,8 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
     # -- expiry and the node's tasks -----------------------------------------------------
     async def expiry_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(0.05, min(30.0, self.cfg.key_ttl_s / 4, self.window[0] / 4)))
+            # a pass every 5% of the window (at most 30 s): a node holds at most about 1.05 windows of rows
+            await asyncio.sleep(max(0.05, min(30.0, self.cfg.key_ttl_s / 4, self.window[0] / 20)))
             now = time.time()
             self.stats["relay_rows_pruned"] += await prune_relay(self, now, REQUEST_TIMEOUT_S)
             gone = [r for r in self.keys.values() if r.expires_at <= now]

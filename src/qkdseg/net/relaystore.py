@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from pathlib import Path
 
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
+from ..server.sqlitefile import connect_wal, incremental_vacuum
 from ..server.storehealth import CommitFailed, StoreHealth
 from .keystream import LinkStream
 from .layout import link_name
@@ -52,14 +52,13 @@ class RelayDB:
 
     Written on the event loop's thread; WAL with ``synchronous=NORMAL`` survives
     a crash of the process (``kill -9``), which is the failure the offsets guard.
+    ``auto_vacuum = INCREMENTAL`` and a capped WAL (:mod:`qkdseg.server.sqlitefile`):
+    :meth:`compact` after each prune gives the freed pages back, so the file
+    stays the size of the rows of one window.
     """
 
     def __init__(self, path: Path, health: StoreHealth | None = None) -> None:
-        if not Path(path).exists():  # created private: its WAL and shm files take its mode
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = connect_wal(path, incremental=True)  # 0600, WAL, synchronous=NORMAL, free pages given back
         self.db.executescript(_SCHEMA)
         self.health = health or StoreHealth()
         self.durable = self.offsets()  # the offsets as committed
@@ -118,6 +117,17 @@ class RelayDB:
         try:
             self.transaction(lambda db: db.executemany(f"UPDATE {table} SET status=? WHERE message_id=?", rows))
         except CommitFailed:
+            return False
+        return True
+
+    def compact(self) -> bool:
+        """The free pages the pruned rows left given back to the file system (the file follows the rows it
+        holds, not the most it ever held); False (logged, never raised) when it cannot write: the pages stay free
+        and SQLite reuses them."""
+        try:
+            incremental_vacuum(self.db)
+        except sqlite3.Error as err:
+            logger.warning("relay store: the free pages were not given back (%s); they are reused", err)
             return False
         return True
 

@@ -81,4 +81,6 @@ async def prune_relay(svc, now: float, timeout_s: float) -> int:
             if len(rows) < PRUNE_BATCH or not gone:
                 break
             await asyncio.sleep(0)  # the event loop serves between two batches
+    if deleted:
+        db.compact()  # the pages the rows held go back to the file system (the file does not keep its peak)
     return deleted

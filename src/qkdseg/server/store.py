@@ -33,6 +33,7 @@ from .audit import (ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, 
                     last_seq, read_lines)
 from .lock import DirLock, lock_directory
 from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION
+from .sqlitefile import connect_wal
 from .storagekey import load_storage_key, storage_key_id
 from .storehealth import CommitFailed, StoreHealth
 
@@ -136,11 +137,7 @@ class Store:
 
     def _open(self, accept_broken_audit: bool, clock) -> None:
         try:
-            if not self.db_path.exists():  # created private: its WAL and shm files take its mode
-                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, 0o600))
-            self.db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+            self.db = connect_wal(self.db_path, synchronous="FULL" if self.durability == "full" else "NORMAL")
             self.db.execute("PRAGMA secure_delete=ON")
             self.db.executescript(SCHEMA)
             version = self._meta("schema_version")
