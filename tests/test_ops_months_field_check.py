@@ -14,7 +14,8 @@ certificates ``net init`` writes). Four checks, each on its own deployment of th
    audit files rotated, and ``qkdseg kms audit DIR --verify`` checks the series (gzipped and archived too).
 
 Each scenario runs once (a module fixture) and records what it saw; the tests assert one documented property
-each, quoting the line. Runs under ``make check-field`` (not ``make test``); about 5 minutes on 2 cores.
+each, quoting the line. Runs under ``make check-field`` (not ``make test``): 5 min 46 s on the shared 2-core
+machine at load average 16-20 (most of it is `net up`: eight starts of an 11-process network).
 """
 
 from __future__ import annotations
@@ -395,7 +396,7 @@ def _umount(mnt: Path):
 
 
 def _fill(path: Path, leave: int) -> int:
-    """Write ``path`` until the file system holds ``leave`` bytes free (0: until ENOSPC); the bytes written."""
+    """Write ``path`` until the file system holds ``leave`` bytes free (0: until ENOSPC); the number of writes."""
     n = 0
     with open(path, "ab") as f:
         while True:
@@ -465,7 +466,11 @@ def full_disk(tmp_path_factory):
                     owed = [k for k in ledger.owed() if ledger.issued[k][1] == "B"][:2]
                     obs["dec_during_failure"] = []
                     for k in owed:
-                        r = b.dec(ledger.issued[k][0], [k])
+                        try:
+                            r = b.dec(ledger.issued[k][0], [k])
+                        except httpx.HTTPError as e:
+                            obs["dec_during_failure"].append((k, None, repr(e)))
+                            continue
                         obs["dec_during_failure"].append((k, r.status_code, _message(r)))
                         if r.status_code == 200:
                             with ledger.lock:
@@ -790,7 +795,7 @@ def cold_backup(tmp_path_factory):
 
         def probe(tag):
             a, b = Sae(net, "A"), Sae(net, "B")
-            got = {}
+            got, obs[f"fetched_until_{tag}"] = {}, list(led.fetched)
             for kid in obs["fetched_before"] + obs["fetched_after_backup"] + obs["pending"][2:] + \
                     obs["issued_after_backup_pending"]:
                 got[kid] = led.dec(b, "A", kid)
@@ -845,16 +850,24 @@ def test_cold_backup_keys_fetched_before_the_backup_stay_gone(cold_backup):
         assert all(st == 400 for st in again.values()), f"{tag}: {again}"
 
 
-def test_cold_backup_restore_gives_no_key_twice(cold_backup):
-    """A key is given once ("never comes back", docs/kms.md; the brief's "no key given twice"): the keys the slave
-    fetched between the backup and the restore must not be fetchable again from the restored network."""
-    led = cold_backup["ledger"]
-    twice = {tag: [k for k in cold_backup["fetched_after_backup"] if cold_backup[f"dec_{tag}"][k] == 200]
-             for tag in ("node7", "whole")}
-    assert not led.twice and not any(twice.values()), f"keys given twice after a restore: {twice}"
+RESTORES = {"node7": "node 7's directory put back from the backup",
+            "whole": "the whole deployment put back from the backup (net down DIR, cp -a, as copied)"}
 
 
-def test_cold_backup_restore_uses_no_pad_bit_twice(cold_backup):
+@pytest.mark.parametrize("tag", list(RESTORES))
+def test_cold_backup_restore_gives_no_key_twice(cold_backup, tag):
+    """A key is given once (docs/kms.md: a delivered key's row "never comes back"; the brief's "no key given
+    twice"): the keys the slave fetched between the backup and the restore must not be fetchable again."""
+    given = set(cold_backup[f"fetched_until_{tag}"])  # fetched by the slave before this restore
+    again = [k for k, st in cold_backup[f"dec_{tag}"].items() if st == 200 and k in given]
+    lost = [k for k in cold_backup["issued_after_backup_pending"] if cold_backup[f"dec_{tag}"][k] != 200]
+    print(f"{RESTORES[tag]}: {len(lost)} of {len(cold_backup['issued_after_backup_pending'])} keys issued after the "
+          "backup (not fetched) cannot be fetched any more")
+    assert not again, f"{RESTORES[tag]}: {len(again)} keys fetched before the restore were given again: {again}"
+
+
+@pytest.mark.parametrize("tag", list(RESTORES))
+def test_cold_backup_restore_uses_no_pad_bit_twice(cold_backup, tag):
     """docs/deploy.md, "Pad bits after restoring an old backup": "A node restored from an old backup therefore
     cannot reuse pad bits its neighbours saw used; if a neighbour is down at that start, the node's first messages
     on that link are refused by the neighbour's mark, not reused" (and docs/network.md: "bits are wasted, never
@@ -862,20 +875,19 @@ def test_cold_backup_restore_uses_no_pad_bit_twice(cold_backup):
     and the receiver's mark at its start, to the receiver's mark at the end) must lie beyond every byte used
     before the restore (the largest counter or mark seen at either end). Key bytes: no two key ids share bytes."""
     off, reused, resent = cold_backup["offsets"], {}, {}
-    for tag, before in (("node7", ("at_backup", "before_restore")),
-                        ("whole", ("at_backup", "before_restore", "node7_start", "node7_end"))):
-        for k, v in off[f"{tag}_start"].items():
-            used = max(max(off[s].get(k, {}).values(), default=0) for s in before)
-            end = off[f"{tag}_end"].get(k, {})
-            lo, hi = max(v.get("sender", 0), v.get("receiver", 0)), min(end.get("receiver", 0), used)
-            if hi > lo:
-                reused[f"{tag} {k}"] = f"bytes {lo}..{hi} accepted again (used before the restore up to {used})"
-            elif v.get("sender", 0) < used < end.get("sender", 0):
-                resent[f"{tag} {k}"] = f"sender restarted at {v.get('sender', 0)} below {used}; refused by the mark"
-    print("sent below the old mark and refused (as docs/deploy.md says):", resent)
+    before = ("at_backup", "before_restore") + (("node7_start", "node7_end") if tag == "whole" else ())
+    for k, v in off[f"{tag}_start"].items():
+        used = max(max(off[s].get(k, {}).values(), default=0) for s in before)
+        end = off[f"{tag}_end"].get(k, {})
+        lo, hi = max(v.get("sender", 0), v.get("receiver", 0)), min(end.get("receiver", 0), used)
+        if hi > lo:
+            reused[k] = f"bytes {lo}..{hi} accepted again (used before the restore up to {used})"
+        elif v.get("sender", 0) < used < end.get("sender", 0):
+            resent[k] = f"sender restarted at {v.get('sender', 0)} below {used}; refused by the mark"
+    print(f"{RESTORES[tag]}: sent below the old mark and refused (as docs/deploy.md says): {resent}")
     keys = [v[2] for v in cold_backup["ledger"].issued.values()]
     assert len(set(keys)) == len(keys), "two key ids with the same key bytes"
-    assert not reused, f"pad bytes used twice: {reused}"
+    assert not reused, f"{RESTORES[tag]}: pad bytes used twice on {len(reused)} link directions: {reused}"
 
 
 # ===================================================================== 4. pruning and audit rotation
