@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkdseg.net.generations import next_generation
-from qkdseg.net.keystream import GEN_STRIDE, LinkStream, ahead, gap, generation, position
+from qkdseg.errors import InvalidRequest
+from qkdseg.net.keystream import GEN_STRIDE, LinkStream, gap, generation, implausible, position
 from qkdseg.net.relaystore import RelayDB
 from test_net import _run
 
@@ -46,12 +47,17 @@ def test_generation_zero_is_the_stream_as_before_and_each_generation_a_stream_of
 
 
 def test_a_new_generation_is_above_the_old_and_the_window_counts_its_position():
-    old = 5 * GEN_STRIDE + 800
-    assert next_generation(old, 3) == 6 * GEN_STRIDE + 800  # a clock not past it: one past its generation
-    new = next_generation(old, _now_ms())
-    assert new > old and position(new) == 800
-    assert gap(old, old + 64) == 64 and gap(old, new) == 0 and gap(old, new + 100) == 100
-    assert not ahead(new, 0.0) and ahead(new + 3_600_000 * GEN_STRIDE, 60.0)
+    now = _now_ms()
+    later = (now + 10_000) * GEN_STRIDE + 800  # a generation a clock ahead of this one drew
+    assert next_generation(later, now) == later + GEN_STRIDE  # a clock not past it: one past its generation
+    new = next_generation(800, now)
+    assert new > 800 and position(new) == 800 and generation(new) >= now
+    assert gap(800, 864) == 64 and gap(900, new) == 0 and gap(700, new + 100) == 200
+    # a generation is 0 or a clock reading up to the receiver's clock and skew: a neighbour's 2^40 is neither
+    assert not implausible(new, 0.0) and not implausible(5000, 0.0)
+    assert implausible(1 << 40, 60.0) and implausible(new + 3_600_000 * GEN_STRIDE, 60.0)
+    with pytest.raises(InvalidRequest, match="set the clock"):
+        next_generation(800, 1000)
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,7 +11,10 @@ on.
 
 from __future__ import annotations
 
-from .keystream import GEN_STRIDE
+import time
+
+from ..errors import InvalidRequest
+from .keystream import GEN_FLOOR, GEN_STRIDE
 
 OFFSETS_UPSERT = ("INSERT INTO offsets (link, dir, value, gen) VALUES (?,?,?,?) ON CONFLICT(link, dir) DO UPDATE SET "
                   "value=excluded.value, gen=excluded.gen WHERE excluded.gen > offsets.gen OR "
@@ -34,6 +37,10 @@ def offset_rows(offsets: dict) -> list[tuple]:
 
 def next_generation(offset: int, now_ms: int) -> int:
     """``offset`` moved to a new generation, its position kept: the clock in milliseconds, or one past
-    ``offset``'s own generation when the clock is not past it."""
+    ``offset``'s own generation when the clock is not past it. A clock before :data:`.keystream.GEN_FLOOR` is
+    refused (one line): generations are clock readings, and a receiver refuses one below it."""
+    if now_ms < GEN_FLOOR:
+        raise InvalidRequest(f"this host's clock reads {time.strftime('%Y-%m-%d', time.gmtime(now_ms / 1000))}: a "
+                             "restored node numbers its links' new key streams by the clock; set the clock first")
     gen = max(offset // GEN_STRIDE + 1, now_ms)
     return gen * GEN_STRIDE + offset % GEN_STRIDE

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 #: Offsets of one generation (2^39: a direction's 2^38 bytes fit, with room above for a refused read).
 GEN_STRIDE = 1 << 39
+#: The first generation a restore may draw (2020-01-01 in milliseconds): one below is not a clock reading.
+GEN_FLOOR = 1_577_836_800_000
 
 
 def generation(offset: int) -> int:
@@ -49,9 +51,11 @@ def gap(mark: int, offset: int) -> int:
     return max(0, position(offset) - position(mark))
 
 
-def ahead(offset: int, skew_s: float) -> bool:
-    """Whether ``offset``'s generation is later than this node's clock allows (more than ``skew_s`` ahead)."""
-    return generation(offset) > time.time_ns() // 1_000_000 + int(skew_s * 1000)
+def implausible(offset: int, skew_s: float) -> bool:
+    """Whether ``offset``'s generation cannot be one a node drew: not 0 and not a clock reading in milliseconds
+    from :data:`GEN_FLOOR` to this node's clock plus ``skew_s``."""
+    gen = generation(offset)
+    return gen != 0 and not GEN_FLOOR <= gen <= time.time_ns() // 1_000_000 + int(skew_s * 1000)
 
 
 class LinkStream:
