@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -103,15 +104,15 @@ def detect(svc) -> tuple[str | None, dict[str, str]]:
 def check_restored(svc) -> str | None:
     """At a node's start (before it serves): the steps of the module's docstring when its directory is a restored
     copy; returns the reason (``None``: not restored). A failed write raises :class:`InvalidRequest`."""
-    reason, files = detect(svc)
     try:
+        reason, files = detect(svc)
         if reason is not None:
             _restore(svc, reason)
         recorded = dict(svc.relaydb.db.execute("SELECT name, identity FROM node_files"))
         if recorded != files:
             svc.relaydb.transaction(lambda db: db.executemany(
                 "INSERT OR REPLACE INTO node_files VALUES (?, ?)", sorted(files.items())))
-    except CommitFailed as err:
+    except (CommitFailed, sqlite3.Error, OSError) as err:
         raise InvalidRequest(f"{svc.dir}: cannot record the node's start ({err}); is the disk full?") from None
     (svc.dir / MARKER).unlink(missing_ok=True)
     return reason
