@@ -58,13 +58,13 @@ class _Time(ctypes.Structure):
     _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
 
 
-class _Statx(ctypes.Structure):  # struct statx (Linux 4.11+, glibc 2.28+)
+class _Statx(ctypes.Structure):  # struct statx (Linux 4.11+, glibc 2.28+): 256 bytes, with room to spare
     _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32), ("attributes", ctypes.c_uint64),
                 ("nlink", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
                 ("mode", ctypes.c_uint16), ("pad0", ctypes.c_uint16), ("ino", ctypes.c_uint64),
                 ("size", ctypes.c_uint64), ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
                 ("atime", _Time), ("btime", _Time), ("ctime", _Time), ("mtime", _Time),
-                ("spare", ctypes.c_uint64 * 14)]
+                ("rest", ctypes.c_uint64 * 32)]  # rdev, dev, mnt_id, alignments, spare: 128 of these 256 bytes
 
 
 def identity(path: Path) -> str:
@@ -78,7 +78,8 @@ def identity(path: Path) -> str:
     buf = _Statx()
     if statx(-100, os.fsencode(path), 0, 0x100 | 0x800, ctypes.byref(buf)) != 0 or not buf.mask & 0x800:
         return str(ino)  # AT_FDCWD; STATX_INO | STATX_BTIME: no birth time here
-    return f"{ino}:{buf.btime.sec * 1_000_000_000 + buf.btime.nsec}"
+    born = buf.btime.sec * 1_000_000_000 + buf.btime.nsec
+    return f"{ino}:{born}" if born else str(ino)
 
 
 def _same(recorded: str, now: str) -> bool:
