@@ -207,12 +207,17 @@ def test_net_init_force_removes_the_old_rotated_audit_files(linedir, tmp_path):
            d / "controller" / "audit-9.jsonl", d / "nodes" / "1" / "restored"]
     for p in old:
         p.write_text("{}\n")
-    r = _run("net", "init", str(d), "--network", str(linedir.parent / "line.json"), "--sae", "A=0", "--sae", "B=2",
-             "--port", "18543", "--force")
-    assert r.returncode == 0, r.stderr
+    from typer.testing import CliRunner
+
+    from qkdseg.cli import app
+
+    cli = CliRunner()
+    r = cli.invoke(app, ["net", "init", str(d), "--network", str(linedir.parent / "line.json"), "--sae", "A=0",
+                         "--sae", "B=2", "--port", "18543", "--force"])
+    assert r.exit_code == 0, r.output
     assert not [p for p in old if p.exists()]
     for sub in ("nodes/0", "controller"):
-        v = _run("kms", "audit", str(d / sub), "--verify")
-        assert v.returncode == 0 and "0 records" in v.stdout, v.stdout + v.stderr
-    v = _run("kms", "audit", str(d), "--verify")  # not a service directory at all: still refused
-    assert v.returncode == 2 and "no audit log here" in v.stderr
+        v = cli.invoke(app, ["kms", "audit", str(d / sub), "--verify"])
+        assert v.exit_code == 0 and "0 records" in v.output, v.output
+    v = cli.invoke(app, ["kms", "audit", str(d), "--verify"])  # not a service directory at all: still refused
+    assert v.exit_code == 2 and "no audit log here" in v.output, v.output
