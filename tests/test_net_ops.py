@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from qkdseg.net.keystream import generation
 from test_net import QKDSEG, Net, _free_port, _run, _status
 
 LINE = {"directed": False, "graph": {"name": "line3"},
@@ -168,13 +170,78 @@ def test_every_file_the_servers_and_net_up_write_is_private(opsnet):
     assert all(_mode(p) == 0o700 for p in dirs), [f"{p} {_mode(p):o}" for p in dirs]
 
 
+def test_status_names_both_kmes_in_one_form(opsnet):
+    """ETSI 014 status at a node: the source and the target KME ids in the same form (docs/network.md)."""
+    code, st = opsnet.client("A", "0").get_status("B")
+    assert code == 200, st
+    assert (st.source_kme_id, st.target_kme_id) == (f"KME_{opsnet.names['0']}", f"KME_{opsnet.names['2']}")
+
+
+def test_net_up_starts_only_the_process_that_exited(opsnet):
+    """docs/network.md, "One process exited": `net up DIR --detach` (no option) starts only what does not run, with
+    the first start's options; the others keep their pids; with every process running it says so. A restart in
+    place is not a restore (no key voided)."""
+    import requests
+
+    from qkdseg.net.procs import _alive
+
+    d, name = opsnet.dir, f"node-{opsnet.names['1']}"
+    before = json.loads((d / "run" / "pids.json").read_text())
+    os.kill(before[name], signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(before[name]):
+        assert time.monotonic() < deadline, "node 1 did not stop"
+        time.sleep(0.1)
+    r = _run("net", "up", str(d), "--detach", env=opsnet.env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = json.loads((d / "run" / "pids.json").read_text())
+    assert after[name] != before[name] and {k: v for k, v in after.items() if k != name} == {
+        k: v for k, v in before.items() if k != name}
+    rows = {(x["role"], x["node"]): x for x in _status(opsnet)}
+    assert all(x["healthy"] for x in rows.values()), rows
+    assert requests.get(rows[("node", "1")]["metrics_url"], timeout=10).status_code == 200  # its metrics port again
+    assert json.loads((d / "logs" / f"{name}.log").read_text().splitlines()[-1])  # JSON logs, as first started
+    for args in ((), ("--log-level", "debug")):
+        r = _run("net", "up", str(d), "--detach", *args, env=opsnet.env)
+        assert r.returncode == 2 and "every process runs" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    code, c = opsnet.client("A", "0").get_key("B", size=256)
+    deadline = time.monotonic() + 30
+    while code != 200:  # node 1 (the relay) syncs its links after its start
+        assert time.monotonic() < deadline, getattr(c, "message", c)
+        time.sleep(0.5)
+        code, c = opsnet.client("A", "0").get_key("B", size=256)
+    code, back = opsnet.client("B", "2").get_key_with_key_IDs("A", [c.keys[0].key_id])
+    assert code == 200 and back.keys[0].key == c.keys[0].key
+    assert not _audited(d / "nodes" / opsnet.names["1"], "restore")
+
+
+def _audited(d: Path, event: str) -> list[dict]:
+    text = (d / "audit.jsonl").read_text() if (d / "audit.jsonl").exists() else ""  # a relay node audits nothing
+    return [r for r in map(json.loads, text.splitlines()) if r.get("event") == event]
+
+
+def _relay_offsets(root: Path, names: dict) -> dict:
+    from qkdseg.net.generations import read_offsets
+
+    out = {}
+    for node, v in names.items():
+        con = sqlite3.connect(f"file:{root / 'nodes' / v / 'relay.sqlite3'}?mode=ro", uri=True)
+        try:
+            out[node] = read_offsets(con)
+        finally:
+            con.close()
+    return out
+
+
 def _wal_files(d: Path) -> list[str]:
     return [str(p) for p in d.rglob("*-wal")]
 
 
 def test_sigterm_and_sigint_stop_cleanly_and_the_cold_backup_restores(opsnet, tmp_path):
     """docs/deploy.md, "Backup and restore" (a network of nodes, stopped): stop, copy the directory, restore it
-    elsewhere, serve: the key the slave had not fetched yet is fetched from the restored node."""
+    elsewhere, serve: the copy is seen at each node's start, so the key the slave had not fetched is voided (it
+    might have been fetched after the copy; audited), new keys are delivered, and every link direction used after
+    the restore is in a new generation above every offset used before (both ends of each link were put back)."""
     code, c = opsnet.client("A", "0").get_key("B", size=256)
     assert code == 200, getattr(c, "message", c)
     key_id, key = c.keys[0].key_id, c.keys[0].key
@@ -186,6 +253,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_cold_backup_restores(opsnet, tm
     assert _wal_files(opsnet.dir) == []  # every WAL checkpointed into its database
     restored = tmp_path / "restored"
     shutil.copytree(opsnet.dir, restored)  # the cold backup, then its restore elsewhere
+    before = _relay_offsets(restored, opsnet.names)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("QKDSEG_")}
     procs = {}
@@ -199,16 +267,27 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_cold_backup_restores(opsnet, tm
                 procs[name] = subprocess.Popen([QKDSEG, *args], stdout=o, stderr=e, env=env)
         _wait_listening(out, procs)
         back = Net(restored, tmp_path, env)
-        got = None
+        code, res = back.client("B", "2").get_key_with_key_IDs("A", [key_id])
+        assert code == 400 and "not found" in res.message, (code, getattr(res, "message", res))
+        voided = _audited(restored / "nodes" / opsnet.names["2"], "restore")
+        assert len(voided) == 1 and voided[0]["key_ids"] == [key_id] and "not the file" in voided[0]["reason"]
         deadline = time.monotonic() + 30
-        while got is None:
-            code, res = back.client("B", "2").get_key_with_key_IDs("A", [key_id])
+        while True:  # the restored network delivers new keys once the nodes have reported their links
+            code, c = back.client("A", "0").get_key("B", size=256)
             if code == 200:
-                got = res.keys[0].key
-            else:  # the node answers once its links are synchronised with its neighbours
-                assert time.monotonic() < deadline, (code, getattr(res, "message", res))
-                time.sleep(0.2)
-        assert got == key
+                break
+            assert time.monotonic() < deadline, (code, getattr(c, "message", c))
+            time.sleep(0.2)
+        code, res = back.client("B", "2").get_key_with_key_IDs("A", [c.keys[0].key_id])
+        assert code == 200 and res.keys[0].key == c.keys[0].key and c.keys[0].key != key
+        after, top = _relay_offsets(restored, opsnet.names), {}
+        for per in before.values():
+            for k, v in per.items():
+                top[k] = max(top.get(k, 0), v)
+        moved = [(node, k, v) for node, per in after.items() for k, v in per.items() if v != before[node].get(k, 0)]
+        assert moved and all(generation(v) > 0 and v > top.get(k, 0) for _, k, v in moved), (top, moved)
+        received = [m for m in moved if str(json.loads(m[1][0])[m[1][1]]) != m[0]]  # a receiver's mark moved
+        assert received, moved
         assert _wal_files(restored)  # serving: the WAL files are there again
         # a request in flight at the stop: its relay hangs (node 1 paused), the stop's grace runs out, the master
         # gets a 503 with a JSON message, and the node still exits 0 within the bound

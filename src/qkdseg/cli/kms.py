@@ -295,7 +295,13 @@ def audit(
     from ..server.directory import check_audit_dir, directory_audit_key
 
     if not series(directory, archive) and not (directory / "kms.sqlite3").exists():
-        raise InvalidRequest(f"{directory}: no audit log here (no audit.jsonl, no rotated audit-<seq>.jsonl)")
+        try:  # initialised (its audit key is there), never served: no record yet, nothing to break
+            directory_audit_key(directory)
+        except InvalidRequest:
+            raise InvalidRequest(f"{directory}: no audit log here (no audit.jsonl, no rotated audit-<seq>.jsonl)"
+                                 ) from None
+        typer.echo("audit chain intact: 0 records (not served yet: no audit.jsonl, no database)")
+        return
     if archive is not None and not archive.is_dir():
         raise InvalidRequest(f"--archive {archive}: not a directory")
     try:

@@ -162,6 +162,36 @@ def down(directory: Annotated[Path, typer.Argument(help="The deployment director
         raise InvalidRequest("; ".join(stuck))
 
 
+_RESTORED = ("at its next start a node voids every key it holds (the SAEs ask again) and sends on new key streams "
+             "of its links (docs/deploy.md, \"Backup and restore\")")
+
+
+@net_app.command("restore")
+@user_errors
+def restore(directory: Annotated[Path, typer.Argument(help="The deployment directory, put back from a backup.",
+                                                      show_default=False)]) -> None:
+    """Mark every node of a deployment put back from a backup as restored (before 'net up')."""
+    from ..net.restore import mark
+    from ..server.files import load_json
+
+    names = load_json(directory / "nodes.json", "the deployment's list of nodes",
+                      missing=f"{directory}: not a network directory (no nodes.json; run 'qkdseg net init' first)")
+    for name in names.values():
+        mark(directory / "nodes" / str(name))
+    typer.echo(f"marked {len(names)} node(s) restored: {_RESTORED}")
+
+
+@node_app.command("restore")
+@user_errors
+def node_restore(directory: Annotated[Path, typer.Argument(help="The node's directory (DIR/nodes/<node>), put back "
+                                                           "from a backup.", show_default=False)]) -> None:
+    """Mark a node's directory put back from a backup as restored (before it starts)."""
+    from ..net.restore import mark
+
+    mark(directory)
+    typer.echo(f"marked {directory} restored: {_RESTORED}")
+
+
 @net_app.command("fault")
 @user_errors
 def fault(

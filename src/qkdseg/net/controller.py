@@ -87,6 +87,8 @@ class Controller:
             self.svc, self.replica = attach(self.dir, store, self.net["address"])
         self.addresses = {str(n["id"]): n["address"] for n in self.net["nodes"]}
         self.stock = self.svc.cfg.stock_config()  # the stocked pairs, whose nodes ask for refill runs
+        # each node's KME id as its node.json gives it (net init: KME_<its directory>), for ETSI 014's status
+        self.kme_ids = {str(n["id"]): f"KME_{n.get('dir', n['id'])}" for n in self.net["nodes"]}
         self.ctx_client = client_context(self.dir / "controller.crt", self.dir / "controller.key", self.dir / "ca.crt")
         self.client = None
         self.plans = 0
@@ -348,7 +350,7 @@ class Controller:
         svc.refill(time.time())
         per_relay, relays, summary = svc.planner.capacity(s, d, svc.cfg.key_size, svc.cfg.security_level)
         return {"stored_key_count": int(per_relay * relays), "route": summary,
-                "target_KME_ID": f"node {svc.arrays.node_ids[d]}"}
+                "target_KME_ID": self.kme_ids.get(str(svc.arrays.node_ids[d]), f"KME_{svc.arrays.node_ids[d]}")}
 
 
 def _store_failed() -> Problem:

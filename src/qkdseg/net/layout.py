@@ -119,12 +119,17 @@ def link_name(u, v) -> str:
 
 #: What a node's or the controller's directory keeps between runs: replaced by ``net init --force``.
 _STATE_FILES = ("storage.key", "audit.key", "kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm", "audit.jsonl",
-                "relay.sqlite3", "relay.sqlite3-wal", "relay.sqlite3-shm")
+                "relay.sqlite3", "relay.sqlite3-wal", "relay.sqlite3-shm", "restored")
+#: The old deployment's rotated audit files (a chain under its audit key, which the new one replaces).
+_ROTATED = ("audit-*.jsonl", "audit-*.jsonl.gz")
 
 
 def _remove_state(d: Path) -> None:
     for name in _STATE_FILES:
         (d / name).unlink(missing_ok=True)
+    for pattern in _ROTATED:
+        for p in d.glob(pattern):
+            p.unlink(missing_ok=True)
 
 
 def _load_network(spec: str):

@@ -28,6 +28,8 @@ import logging
 import os
 import time
 
+from .keystream import gap, implausible
+
 PROBE_S = 1.0
 SUSPECT_S = float(os.environ.get("QKDSEG_SUSPECT_S", "5"))
 logger = logging.getLogger("qkdseg.net")
@@ -42,7 +44,8 @@ async def adopt_offsets(node, nb: str, end, theirs) -> bool:
     ours = node.offsets.get(key, 0)
     claimed = theirs.get(str(end.out_dir), 0) if isinstance(theirs, dict) else None
     window = node.window_bytes(end)
-    if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed < 0 or claimed > ours + window:
+    if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed < 0 or (
+            claimed > ours and (gap(ours, claimed) > window or implausible(claimed, node.window[1]))):
         if str(nb) in node.linkhealth.suspects:  # audited when this suspicion began; still suspect
             node.linkhealth.suspect(node, nb)
             return False

@@ -157,6 +157,9 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
                 self.spares[(row.master, row.slave)].append(row)
             elif row.kind == "spare":
                 self.held_spares[row.key_id] = row
+        from .restore import check_restored
+
+        self.restored = check_restored(self)  # a copy put back: its keys voided, new link streams (.restore)
         self.pending: set[str] = set()
         self.init_stock()  # self.stock: node.json's key stocks (.spares; None without)
         self.requests: dict[str, ReqState] = {}

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..server.store import Batch
+from .keystream import gap, generation, implausible
 from .limits import RELAY_MAX_BODY, check_batch, read_json
 from .retention import check_fresh
 from .wire import Problem, json_response, problem_routes, require
@@ -85,7 +86,10 @@ def _pieces_offsets(svc, w: dict, offsets: dict, refusals: list) -> tuple:
         if off < hwm:
             raise Problem(409, "Conflict", f"offset {off} on link {end.name} is below this end's high-water "
                                            f"mark {hwm}: a link key bit is never used twice", status_020="failed")
-        skipped += off - hwm
+        if implausible(off, svc.window[1]):  # a generation no restore drew (not a clock reading, or ahead of ours)
+            raise Problem(409, "Conflict", f"offset {off} on link {end.name}: its generation {generation(off)} is "
+                                           "not a clock reading up to this node's clock", status_020="failed")
+        skipped += gap(hwm, off)  # within a generation the difference; a new generation (.restore) from its position
         if skipped > window:
             refusals.append({"event": "offsets refused", "neighbour": src, "link": end.name, "direction": end.in_dir,
                              "claimed": off, "mark": mark, "window_bytes": window, "request_id": str(w["request_id"]),

@@ -57,13 +57,14 @@ def _store_checks(store, committer) -> dict:
 
 def attach_node(svc) -> tuple[Metrics, object, object]:
     """Hook metrics to a :class:`~.node.NodeService`; returns ``(metrics, health, ready)`` (the server's ``ops``)."""
+    from .keystream import position
     from .layout import link_name
 
     def links():
         out = []
         for lk in svc.conf["links"]:
             name = link_name(*lk["link"])
-            consumed = 8 * (svc.offsets.get((name, 0), 0) + svc.offsets.get((name, 1), 0))
+            consumed = 8 * (position(svc.offsets.get((name, 0), 0)) + position(svc.offsets.get((name, 1), 0)))
             label = "-".join(str(x) for x in lk["link"])
             out.append((label, None, int(lk["pool_bits"]), consumed, None))
         return out

@@ -245,7 +245,10 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
     pids = _pids(directory)
     running = [name for name, pid in pids.items() if _alive(pid)]
     if running:
-        raise InvalidRequest(f"{directory}: already up ({len(running)} processes running; 'qkdseg net down' first)")
+        asked = [o for o, v in (("--dashboard-port", dashboard_port), ("--controllers", controllers), ("--etcd", etcd),
+                                ("--faults", faults), ("--port-range", port_range), *((f"--{k.replace('_', '-')}", 1) for k in ops))
+                 if v is not None]
+        return _start_missing(directory, pids, running, asked, timeout)
     if (controllers or 1) != 1 or etcd or faults or (directory / "cluster.json").exists():
         from .cluster import plan
 
@@ -271,15 +274,40 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
     return status(directory)
 
 
+def _start_missing(directory: Path, pids: dict, running: list[str], asked: list[str], timeout: float) -> list[dict]:
+    """``net up`` while some of the network's processes run: start the others, as ``net up`` started them
+    (``DIR/run/ops.json``, ``DIR/cluster.json``); the status rows. Refused when all run, or with an option."""
+    procs = processes(directory)
+    missing = [p for p in procs if p["name"] not in running]
+    if not missing or asked:
+        why = f"options ({', '.join(asked)}) apply to a whole start" if missing else "every process runs"
+        raise InvalidRequest(f"{directory}: already up ({len(running)} of {len(procs)} processes running; {why}: "
+                             "'qkdseg net up DIR' with no option starts the missing ones, 'qkdseg net down' stops "
+                             "all)")
+    started: dict = {}
+    deadline = time.monotonic() + timeout
+    try:
+        for phase in ([p for p in missing if p["role"] in ("etcd", "proxy")],
+                      [p for p in missing if p["role"] not in ("etcd", "proxy")]):
+            if phase:
+                _start_phase(directory, phase, started, None, deadline, timeout, keep=pids)
+    except BaseException:
+        _stop({k: v.pid for k, v in started.items()})
+        write_private(directory / "run" / "pids.json", json.dumps(pids) + "\n")
+        raise
+    return status(directory)
+
+
 def _start_phase(directory: Path, procs: list[dict], started: dict, dashboard_port, deadline: float,
-                 timeout: float) -> None:
+                 timeout: float, keep: dict | None = None) -> None:
     dash = directory / "run" / "dashboard.json"
     for p in procs:
         extra = ("--dashboard-port", str(dashboard_port)) if p["name"] == "controller" and dashboard_port else ()
         started[p["name"]] = start_one(directory, p, extra)
     if dashboard_port and any(p["name"] == "controller" for p in procs):
         write_private(dash, json.dumps({"url": f"http://127.0.0.1:{dashboard_port}/dashboard/"}) + "\n")
-    write_private(directory / "run" / "pids.json", json.dumps({k: v.pid for k, v in started.items()}) + "\n")
+    pids = {**(keep or {}), **{k: v.pid for k, v in started.items()}}
+    write_private(directory / "run" / "pids.json", json.dumps(pids) + "\n")
     waiting = list(procs)
     while waiting:
         dead = [p["name"] for p in waiting if started[p["name"]].poll() is not None]

@@ -27,7 +27,8 @@ from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
 from ..server.sqlitefile import connect_wal, incremental_vacuum
 from ..server.storehealth import CommitFailed, StoreHealth
-from .keystream import LinkStream
+from .generations import OFFSETS_UPSERT, add_generation_column, offset_rows, read_offsets
+from .keystream import LinkStream, position
 from .layout import link_name
 
 #: Bytes of one direction of a link's key stream (ChaCha20's 32-bit block counter, 64-byte blocks).
@@ -60,11 +61,12 @@ class RelayDB:
     def __init__(self, path: Path, health: StoreHealth | None = None) -> None:
         self.db = connect_wal(path, incremental=True)  # 0600, WAL, synchronous=NORMAL, free pages given back
         self.db.executescript(_SCHEMA)
+        add_generation_column(self.db)  # each offset's generation (.generations: a restored node's new streams)
         self.health = health or StoreHealth()
         self.durable = self.offsets()  # the offsets as committed
 
     def offsets(self) -> dict[tuple[str, int], int]:
-        return {(lk, d): v for lk, d, v in self.db.execute("SELECT link, dir, value FROM offsets")}
+        return read_offsets(self.db)
 
     def transaction(self, body) -> None:
         """``body(db)`` in one transaction; rolled back and :class:`CommitFailed` (``relay_db``) when it fails."""
@@ -88,8 +90,7 @@ class RelayDB:
         def body(db):
             new.clear()
             if offsets:
-                db.executemany("INSERT INTO offsets VALUES (?,?,?) ON CONFLICT(link, dir) DO UPDATE SET "
-                               "value=max(value, excluded.value)", [(lk, d, v) for (lk, d), v in offsets.items()])
+                db.executemany(OFFSETS_UPSERT, offset_rows(offsets))  # the larger offset kept (.generations)
             for row in inbox:
                 cur = db.execute("INSERT OR IGNORE INTO inbox VALUES (?,?,?,?,?,?)", row)
                 new.append(cur.rowcount == 1)
@@ -157,14 +158,14 @@ class NetLinkEnd:
     def take(self, nbytes: int) -> tuple[int, KeyMaterial]:
         key = (self.name, self.out_dir)
         off = self.offsets.get(key, 0)
-        if off + nbytes > STREAM_BYTES:  # a clean refusal (the request fails with 503), never a timeout
-            raise KmsError(503, f"link {self.name}'s key stream is used up in this direction ({off:,d} of "
+        if position(off) + nbytes > STREAM_BYTES:  # a clean refusal (the request fails with 503), never a timeout
+            raise KmsError(503, f"link {self.name}'s key stream is used up in this direction ({position(off):,d} of "
                                 f"{STREAM_BYTES:,d} bytes); no key was issued", reason="no_key_material")
         km = KeyMaterial(self.stream.read(self.out_dir, off, nbytes))  # a device-fed link may not hold them: raises
         self.offsets[key] = self.dirty[key] = off + nbytes
         return off, km
 
     def at(self, offset: int, nbytes: int) -> KeyMaterial:
-        if offset + nbytes > STREAM_BYTES:
+        if position(offset) + nbytes > STREAM_BYTES:
             raise KmsError(503, f"link {self.name}: offset {offset:,d} is past the key stream's end")
         return KeyMaterial(self.stream.read(self.in_dir, offset, nbytes))

@@ -15,6 +15,7 @@ import itertools
 import os
 
 from ..server.store import Batch
+from .keystream import position
 from .layout import link_name
 
 REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
@@ -65,7 +66,7 @@ class Reports:
         out = []
         for lk in self.conf["links"]:
             name = link_name(*lk["link"])
-            consumed = 8 * (self.offsets.get((name, 0), 0) + self.offsets.get((name, 1), 0))
+            consumed = 8 * (position(self.offsets.get((name, 0), 0)) + position(self.offsets.get((name, 1), 0)))
             out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]),
                         "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
