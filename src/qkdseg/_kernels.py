@@ -1229,3 +1229,336 @@ def level_chain_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, seg_nodes
             masks[:] = sm[t, :]
             return nodes, starts, seg, 1, sh[t], ss[t], full, masks
     return nodes, starts, seg, 0, 0, 0.0, full, masks
+
+
+# -- smr-level's successive search in one call (smr_level / level_successive) -------------------
+@_jit
+def _first_links_nb(indptr, indices, edge_of, cost, rn, rl, row_b, a, b, k):
+    """:meth:`qkdseg.routing.level_successive.LevelEvaluator._first_links`: the sum of the ``k``
+    least ``1 + hops(w, b)`` over the usable neighbours ``w`` of ``a`` (inf: fewer than ``k``)."""
+    vals = np.empty(indptr[a + 1] - indptr[a])
+    cnt = 0
+    for q in range(indptr[a], indptr[a + 1]):
+        w = indices[q]
+        if rl[edge_of[q]]:
+            continue
+        if w != b and (rn[w] or cost[w] == np.inf):
+            continue
+        vals[cnt] = row_b[w]
+        cnt += 1
+    if cnt < k:
+        return np.inf
+    vals = np.sort(vals[:cnt])
+    total = 0.0
+    for i in range(k):
+        total += vals[i]
+    return total + k
+
+
+@_jit
+def _segment_bound_nb(indptr, indices, edge_of, cost, rn, rl, hrow_u, hrow_v, crow_v, u, v, x, slack):
+    """:meth:`~qkdseg.routing.level_successive.LevelEvaluator._segment_hops`: the fewest hops of
+    the paths of segment ``(u, v)`` of a full route that can reach the level ``x``."""
+    d = hrow_u[v]
+    if not np.isfinite(d):
+        return np.inf
+    k = 1
+    if x > 0.0:
+        h = crow_v[u]
+        if h == np.inf:
+            return np.inf
+        ps = min(1.0, np.exp(-h + slack))
+        if ps < 1.0:
+            kf = np.ceil(np.log1p(-x) / np.log1p(-ps) - 1e-9)
+            if kf > indices.size:  # more paths than links: none of them shares a link
+                return np.inf
+            k = max(1, int(kf))
+    return max(k * d, _first_links_nb(indptr, indices, edge_of, cost, rn, rl, hrow_v, u, v, k),
+               _first_links_nb(indptr, indices, edge_of, cost, rn, rl, hrow_u, v, u, k))
+
+
+@_jit
+def _fewest_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, hrows, crows, slot, s, t, chain, need, slack):
+    """:meth:`~qkdseg.routing.level_successive.LevelEvaluator.fewest_hops` (``hrows``/``crows``:
+    hop and cost rows, node ``v``'s at ``slot[v]``)."""
+    chain_sec = 1.0
+    for i in range(chain.size):
+        chain_sec *= p[chain[i]]
+    if need > 0.0 and chain_sec <= need:
+        return np.inf
+    x = need / chain_sec if need > 0.0 else 0.0
+    total = 0.0
+    prev = s
+    for j in range(chain.size + 1):
+        nxt = chain[j] if j < chain.size else t
+        total += _segment_bound_nb(indptr, indices, edge_of, cost, rn, rl, hrows[slot[prev]], hrows[slot[nxt]],
+                                   crows[slot[nxt]], prev, nxt, x, slack)
+        prev = nxt
+    return total
+
+
+@_jit
+def _level_value_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, chain, within, bound,
+                    max_paths, eps, tol, need, slack):
+    """A chain's value in the successive search (:meth:`LevelEvaluator.__call__` without the memo):
+    ``(flag, -hops, security, status, nodes, starts, seg, masks)``; status -1: not routed (the
+    bound ``within`` or ``bound``), 2: a segment the caller must evaluate (fall back), else that
+    of :func:`level_chain_nb`."""
+    none = np.empty(0, dtype=np.int64)
+    if within < np.inf and _fewest_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, hrows, crows, slot, s, t, chain,
+                                           need, slack) > within:
+        return 0, 0, -1.0, -1, none, none, none, none
+    nodes = np.empty(chain.size + 2, dtype=np.int64)
+    nodes[0] = s
+    nodes[1:chain.size + 1] = chain
+    nodes[chain.size + 1] = t
+    if bound < np.inf:
+        legs = 0.0
+        for j in range(chain.size + 1):
+            legs += hrows[slot[nodes[j]], nodes[j + 1]]
+        if legs > bound:
+            return 0, 0, -1.0, -1, none, none, none, none
+    lbs = np.empty((chain.size + 1, indptr.size - 1))
+    for j in range(chain.size + 1):
+        lbs[j, :] = crows[slot[nodes[j + 1]]]
+    flat, starts, seg, status, hops, sec, full, masks = level_chain_nb(
+        indptr, indices, edge_of, cost, p, trusted, rn, rl, nodes, max_paths, lbs, eps, tol)
+    if status == 2:
+        return 0, 0, 0.0, 2, none, none, none, none
+    if status == 0:
+        return 0, 0, full, 0, flat, starts, seg, masks
+    return 1, -hops, sec, 1, flat, starts, seg, masks
+
+
+@_jit
+def _beats_nb(f1, h1, s1, f2, h2, s2, margin):
+    """:func:`qkdseg.routing.smr_exact._beats` on ``(flag, -hops, security)``."""
+    if f1 != f2:
+        return f1 > f2
+    if h1 != h2:
+        return h1 > h2
+    return s1 > s2 + margin
+
+
+@_jit
+def _met_nb(flag, negh):
+    """:func:`qkdseg.routing.level_successive._met_hops` of one value (inf: not met)."""
+    return float(-negh) if flag == 1 else np.inf
+
+
+@_jit
+def _ordered_chains_nb(m):
+    """Every ordered chain of ``1..m`` of ``m`` items as ``itertools.permutations`` lists them,
+    by length: rows of indices (``-1`` padded) and their lengths."""
+    total = 0
+    c = 1
+    for k in range(1, m + 1):
+        c *= m - k + 1
+        total += c
+    out = np.full((total, max(m, 1)), -1, dtype=np.int64)
+    lens = np.empty(total, dtype=np.int64)
+    row = 0
+    for k in range(1, m + 1):
+        idx = np.full(k, -1, dtype=np.int64)
+        used = np.zeros(m, dtype=np.bool_)
+        depth = 0
+        while depth >= 0:
+            if idx[depth] >= 0:
+                used[idx[depth]] = False
+            nxt = idx[depth] + 1
+            while nxt < m and used[nxt]:
+                nxt += 1
+            if nxt >= m:
+                idx[depth] = -1
+                depth -= 1
+                continue
+            idx[depth] = nxt
+            used[nxt] = True
+            if depth == k - 1:
+                out[row, :k] = idx
+                lens[row] = k
+                row += 1
+            else:
+                depth += 1
+    return out, lens
+
+
+@_jit
+def _same_chain(a, b):
+    if a.size != b.size:
+        return False
+    for i in range(a.size):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+@_jit
+def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, cands, hrows, crows, slot, exhaustive,
+                        max_paths, eps, tol, margin):
+    """``smr-level``'s successive search in one call (:func:`qkdseg.routing.level_successive.successive`,
+    the same decisions): chain ``()``, SMR's step-1 chain unless :meth:`paper_out_of_reach`, then
+    every ordered chain of ``cands`` (``exhaustive``) or the greedy insertion, each value bounded
+    as there. ``hrows``/``crows``: hop and cost rows of ``s``, ``t`` and ``cands`` (node ``v``'s at
+    ``slot[v]``; a step-1 relay without one gets it here; ``slot`` is modified).
+
+    Returns ``(ok, chain, flag, nodes, starts, seg, masks, hops, security)`` of the chain chosen:
+    its full route as :func:`level_chain_nb` gives it and, when ``flag`` is 1, its cheapest subsets;
+    ``ok`` False when a chain or step 1 needs the exact evaluator (the caller searches in Python)."""
+    n = indptr.size - 1
+    need = eps - tol - 1e-9
+    slack = n * 2.0 ** -32 + 1e-9
+    none = np.empty(0, dtype=np.int64)
+    bound = np.inf
+    # chain ()
+    f0, h0, s0, st, nodes, starts, seg, masks = _level_value_nb(
+        indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, none, np.inf, bound, max_paths, eps,
+        tol, need, slack)
+    if st == 2:
+        return False, none, 0, none, none, none, none, 0, 0.0
+    if f0 == 1:
+        bound = min(bound, float(-h0))
+    bc, bf, bh, bs = none, f0, h0, s0
+    bn, bst, bsg, bm = nodes, starts, seg, masks
+    # SMR's step-1 chain, unless it would surely not be routed
+    paper = none
+    pf, ph, ps_ = 0, 0, -1.0
+    pn, pst, psg, pm = none, none, none, none
+    met0 = _met_nb(f0, h0)
+    out_of_reach = False
+    if met0 < np.inf:
+        r = -1
+        best_score = np.inf
+        hs, ht = hrows[slot[s]], hrows[slot[t]]
+        for v in range(n):
+            if trusted[v] and not rn[v]:
+                sc = hs[v] + ht[v]
+                if np.isfinite(sc) and sc < best_score:
+                    best_score = sc
+                    r = v
+        if r < 0 or (need > 0.0 and p[r] <= need):
+            out_of_reach = True
+        elif slot[r] >= 0:
+            x = need / p[r] if need > 0.0 else 0.0
+            first = _segment_bound_nb(indptr, indices, edge_of, cost, rn, rl, hs, hrows[slot[r]], crows[slot[r]], s, r,
+                                      x, slack)
+            out_of_reach = first + hrows[slot[r], t] > met0
+    if not out_of_reach:
+        chosen, ok = select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, margin)
+        if not ok:
+            return False, none, 0, none, none, none, none, 0, 0.0
+        paper = chosen[1:chosen.size - 1].copy()
+        for v in paper:
+            if slot[v] < 0:  # a step-1 relay that is not a candidate: its rows here
+                grown_h = np.empty((hrows.shape[0] + 1, n))
+                grown_h[:hrows.shape[0]] = hrows
+                grown_h[hrows.shape[0]] = bfs_hops_nb(indptr, indices, v)
+                grown_c = np.empty((crows.shape[0] + 1, n))
+                grown_c[:crows.shape[0]] = crows
+                grown_c[crows.shape[0]] = cost_row_nb(indptr, indices, cost, v)
+                slot[v] = hrows.shape[0]
+                hrows, crows = grown_h, grown_c
+        if paper.size > 0:
+            pf, ph, ps_, st, pn, pst, psg, pm = _level_value_nb(
+                indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, paper, met0, bound,
+                max_paths, eps, tol, need, slack)
+            if st == 2:
+                return False, none, 0, none, none, none, none, 0, 0.0
+            if pf == 1:
+                bound = min(bound, float(-ph))
+            if _beats_nb(pf, ph, ps_, bf, bh, bs, margin):
+                bc, bf, bh, bs = paper, pf, ph, ps_
+                bn, bst, bsg, bm = pn, pst, psg, pm
+    m = cands.size
+    if exhaustive:
+        rows_, lens = _ordered_chains_nb(m)
+        legs = np.empty(lens.size)
+        for i in range(lens.size):
+            prev = s
+            total = 0.0
+            for j in range(lens[i] + 1):
+                nxt = cands[rows_[i, j]] if j < lens[i] else t
+                total += hrows[slot[prev], nxt]
+                prev = nxt
+            legs[i] = total
+        for i in np.argsort(legs, kind="mergesort"):
+            chain = cands[rows_[i, :lens[i]]]
+            if paper.size > 0 and _same_chain(chain, paper):
+                cf, ch, cs, st, cn, cst, csg, cm = pf, ph, ps_, 1, pn, pst, psg, pm
+            else:
+                cf, ch, cs, st, cn, cst, csg, cm = _level_value_nb(
+                    indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, chain, _met_nb(bf, bh),
+                    bound, max_paths, eps, tol, need, slack)
+                if st == 2:
+                    return False, none, 0, none, none, none, none, 0, 0.0
+                if cf == 1:
+                    bound = min(bound, float(-ch))
+            if _beats_nb(cf, ch, cs, bf, bh, bs, margin):
+                bc, bf, bh, bs = chain, cf, ch, cs
+                bn, bst, bsg, bm = cn, cst, csg, cm
+    else:  # greedy insertion from chain () (smr_exact's, each trial bounded as in level_successive._greedy)
+        gc, gf, gh, gs = none, f0, h0, s0
+        gn, gst, gsg, gm = nodes, starts, seg, masks
+        while True:
+            ntr = 0
+            trials = np.empty((m, gc.size + 1), dtype=np.int64)
+            for r in cands:
+                inside = False
+                for v in gc:
+                    if v == r:
+                        inside = True
+                if inside:
+                    continue
+                pos = 0
+                bestd = 0.0
+                for j in range(gc.size + 1):
+                    a_ = s if j == 0 else gc[j - 1]
+                    b_ = gc[j] if j < gc.size else t
+                    d = hrows[slot[a_], r] + hrows[slot[b_], r] - hrows[slot[a_], b_]
+                    if j == 0 or d < bestd:
+                        pos, bestd = j, d
+                trials[ntr, :pos] = gc[:pos]
+                trials[ntr, pos] = r
+                trials[ntr, pos + 1:] = gc[pos:]
+                ntr += 1
+            if ntr == 0:
+                break
+            lower = np.empty(ntr)
+            for i in range(ntr):
+                lower[i] = _fewest_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, hrows, crows, slot, s, t, trials[i],
+                                           need, slack)
+            tf = np.zeros(ntr, dtype=np.int64)
+            th = np.zeros(ntr, dtype=np.int64)
+            ts = np.full(ntr, -1.0)
+            routes = [(none, none, none, none) for _ in range(ntr)]
+            met = _met_nb(gf, gh)
+            for i in np.argsort(lower, kind="mergesort"):
+                trial = trials[i]
+                if paper.size > 0 and _same_chain(trial, paper):
+                    tf[i], th[i], ts[i] = pf, ph, ps_
+                    routes[i] = (pn, pst, psg, pm)
+                else:
+                    cf, ch, cs, st, cn, cst, csg, cm = _level_value_nb(
+                        indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, trial, met, bound,
+                        max_paths, eps, tol, need, slack)
+                    if st == 2:
+                        return False, none, 0, none, none, none, none, 0, 0.0
+                    if cf == 1:
+                        bound = min(bound, float(-ch))
+                    tf[i], th[i], ts[i] = cf, ch, cs
+                    routes[i] = (cn, cst, csg, cm)
+                h = _met_nb(tf[i], th[i])
+                if h < met:
+                    met = h
+            bi = -1
+            for i in range(ntr):
+                if bi < 0 or _beats_nb(tf[i], th[i], ts[i], tf[bi], th[bi], ts[bi], margin):
+                    bi = i
+            if not _beats_nb(tf[bi], th[bi], ts[bi], gf, gh, gs, margin):
+                break
+            gc, gf, gh, gs = trials[bi].copy(), tf[bi], th[bi], ts[bi]
+            gn, gst, gsg, gm = routes[bi]
+        if _beats_nb(gf, gh, gs, bf, bh, bs, margin):
+            bc, bf, bh, bs = gc, gf, gh, gs
+            bn, bst, bsg, bm = gn, gst, gsg, gm
+    return True, bc, bf, bn, bst, bsg, bm, -bh, bs

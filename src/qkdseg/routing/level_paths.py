@@ -218,7 +218,39 @@ def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np
         cand = _keep(kept.pairs, _PAIRS, key, Candidates(arrays, segment_candidates(rows, free, rl, u, v, k), kernel))
     if source not in cand.interior and target not in cand.interior:
         return cand
-    return Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
+    return _avoiding(rows, rl, key, {int(source), int(target)}) or \
+        Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
+
+
+#: How many least paths by each metric are kept for a segment whose candidates crossed a request's end.
+LONGER = 2
+
+
+def _avoiding(rows: Rows, rl: np.ndarray, key: tuple, ends: set[int]) -> Candidates | None:
+    """The candidates of segment ``key = (u, v, k, links)`` whose relays avoid ``ends``, from its
+    ``LONGER x k`` least paths by each metric with no node masked (kept per network): the paths of
+    that order that avoid ``ends`` are, in the same order, the least paths with ``ends`` masked, so
+    their first ``k`` are those (all of them when fewer paths exist than were listed). ``None``
+    when fewer than ``k`` avoid ``ends`` and more paths may exist. Kept per network by the paths
+    left, so their subset front is computed once."""
+    kept, (u, v, k, _) = rows.kept, key
+    longer = kept.pairs.get((*key, "longer"))
+    if longer is None:
+        free = np.zeros(rows.arrays.n_nodes, dtype=bool)
+        longer = _keep(kept.pairs, _PAIRS, (*key, "longer"),
+                       tuple(least_paths(rows, free, rl, u, v, LONGER * k, by) for by in (True, False)))
+    picks = []
+    for paths in longer:
+        ok = [i for i, q in enumerate(paths) if ends.isdisjoint(q[1:-1])]
+        if len(ok) < k and len(paths) == LONGER * k:
+            return None
+        picks.append(tuple(ok[:k]))
+    cand = kept.pairs.get((*key, *picks))
+    if cand is None:
+        out = [longer[0][i] for i in picks[0]]
+        out += [q for q in (longer[1][i] for i in picks[1]) if q not in out]
+        cand = _keep(kept.pairs, _PAIRS, (*key, *picks), Candidates(rows.arrays, out, rows.kernel))
+    return cand
 
 
 def least_paths(rows: Rows, rn: np.ndarray, rl: np.ndarray, u: int, v: int, k: int, by_hops: bool) -> list[list[int]]:
