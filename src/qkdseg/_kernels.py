@@ -17,6 +17,8 @@ pays the compile time.
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 
 import numpy as np
@@ -1402,8 +1404,9 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
     as there. ``hrows``/``crows``: hop and cost rows of ``s``, ``t`` and ``cands`` (node ``v``'s at
     ``slot[v]``; a step-1 relay without one gets it here; ``slot`` is modified).
 
-    Returns ``(ok, chain, flag, nodes, starts, seg, masks, hops, security)`` of the chain chosen:
-    its full route as :func:`level_chain_nb` gives it and, when ``flag`` is 1, its cheapest subsets;
+    Returns ``(ok, chain, flag, nodes, starts, seg, masks, hops, security, full security, shared,
+    chosen security, shared)`` of the chain chosen: its full route as :func:`level_chain_nb` gives
+    it and, when ``flag`` is 1, its cheapest subsets, and :func:`_route_securities_nb` of them;
     ``ok`` False when a chain or step 1 needs the exact evaluator (the caller searches in Python)."""
     n = indptr.size - 1
     need = eps - tol - 1e-9
@@ -1415,7 +1418,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
         indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, none, np.inf, bound, max_paths, eps,
         tol, need, slack)
     if st == 2:
-        return False, none, 0, none, none, none, none, 0, 0.0
+        return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
     if f0 == 1:
         bound = min(bound, float(-h0))
     bc, bf, bh, bs = none, f0, h0, s0
@@ -1446,7 +1449,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
     if not out_of_reach:
         chosen, ok = select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, margin)
         if not ok:
-            return False, none, 0, none, none, none, none, 0, 0.0
+            return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
         paper = chosen[1:chosen.size - 1].copy()
         for v in paper:
             if slot[v] < 0:  # a step-1 relay that is not a candidate: its rows here
@@ -1463,7 +1466,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
                 indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, paper, met0, bound,
                 max_paths, eps, tol, need, slack)
             if st == 2:
-                return False, none, 0, none, none, none, none, 0, 0.0
+                return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
             if pf == 1:
                 bound = min(bound, float(-ph))
             if _beats_nb(pf, ph, ps_, bf, bh, bs, margin):
@@ -1490,7 +1493,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
                     indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, chain, _met_nb(bf, bh),
                     bound, max_paths, eps, tol, need, slack)
                 if st == 2:
-                    return False, none, 0, none, none, none, none, 0, 0.0
+                    return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
                 if cf == 1:
                     bound = min(bound, float(-ch))
             if _beats_nb(cf, ch, cs, bf, bh, bs, margin):
@@ -1542,7 +1545,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
                         indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, trial, met, bound,
                         max_paths, eps, tol, need, slack)
                     if st == 2:
-                        return False, none, 0, none, none, none, none, 0, 0.0
+                        return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
                     if cf == 1:
                         bound = min(bound, float(-ch))
                     tf[i], th[i], ts[i] = cf, ch, cs
@@ -1561,4 +1564,593 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
         if _beats_nb(gf, gh, gs, bf, bh, bs, margin):
             bc, bf, bh, bs = gc, gf, gh, gs
             bn, bst, bsg, bm = gn, gst, gsg, gm
-    return True, bc, bf, bn, bst, bsg, bm, -bh, bs
+    full, full_shared, sec, shared = _route_securities_nb(p, s, t, bc, bf, bn, bst, bsg, bm)
+    return True, bc, bf, bn, bst, bsg, bm, -bh, bs, full, full_shared, sec, shared
+
+
+@_jit
+def _route_securities_nb(p, s, t, chain, flag, nodes, starts, seg, masks):
+    """``(security, shared)`` (:func:`product_security_nb`, the arithmetic of
+    :func:`qkdseg.security.route_security` without shared relays) of a chain's full route and,
+    when ``flag`` is 1, of the paths its ``masks`` pick (else ``(0.0, False)``)."""
+    seg_nodes = np.empty(chain.size + 2, dtype=np.int64)
+    seg_nodes[0] = s
+    seg_nodes[1:chain.size + 1] = chain
+    seg_nodes[chain.size + 1] = t
+    mark = np.zeros(p.size, dtype=np.bool_)
+    full, full_shared = product_security_nb(nodes, starts, seg, seg_nodes, p, mark)
+    if flag != 1:
+        return full, full_shared, 0.0, False
+    seen = np.zeros(chain.size + 1, dtype=np.int64)
+    pick = np.zeros(seg.size, dtype=np.bool_)
+    count = 0
+    size = 0
+    for i in range(seg.size):
+        if masks[seg[i]] >> seen[seg[i]] & 1:
+            pick[i] = True
+            count += 1
+            size += starts[i + 1] - starts[i]
+        seen[seg[i]] += 1
+    sub = np.empty(size, dtype=np.int64)
+    sub_starts = np.zeros(count + 1, dtype=np.int64)
+    sub_seg = np.empty(count, dtype=np.int64)
+    c = 0
+    for i in range(seg.size):
+        if pick[i]:
+            length = starts[i + 1] - starts[i]
+            sub[sub_starts[c]:sub_starts[c] + length] = nodes[starts[i]:starts[i + 1]]
+            sub_starts[c + 1] = sub_starts[c] + length
+            sub_seg[c] = seg[i]
+            c += 1
+    sec, shared = product_security_nb(sub, sub_starts, sub_seg, seg_nodes, p, mark)
+    return full, full_shared, sec, shared
+
+
+#: Kinds of the wide search's heap entries (as in routing/level_wide.py).
+_DONE, _PENDING, _LABEL = 0, 1, 2
+#: Most candidate paths of one segment in the wide search (routing/level_wide.py).
+MAX_UNION = 16
+
+
+# -- smr-level's wide search in one call (routing/level_wide.py) --------------------------------
+# The segments' candidates are kept per network in an arena: ``table`` (open addressing; rows
+# ``(u, v, k, links id, kind, offset)``, offset -1: empty), ``ipool``/``fpool`` (int and float
+# records), ``cnt`` (ints used, floats used, keys). A record at ``e``: ``m``, front size (-1: not
+# computed), front's int offset, front's float offset, ``m + 1`` path offsets, the nodes.
+@_jit
+def _slot_of(table, u, v, k, links, kind):
+    mask = table.shape[0] - 1
+    h = (((u * 1000003) ^ v) * 1000003 ^ (k * 31 + kind)) * 1000003 ^ links
+    i = (h ^ (h >> 29)) & mask
+    while True:
+        if table[i, 5] < 0:
+            return i, False
+        if table[i, 0] == u and table[i, 1] == v and table[i, 2] == k and table[i, 3] == links and table[i, 4] == kind:
+            return i, True
+        i = (i + 1) & mask
+
+
+@_jit
+def _arena_get(table, u, v, k, links, kind):
+    i, found = _slot_of(table, u, v, k, links, kind)
+    return table[i, 5] if found else -1
+
+
+@_jit
+def _arena_put(table, cnt, u, v, k, links, kind, offset):
+    """Index ``offset`` under the key; returns the table (a larger copy when it was half full)."""
+    if 2 * (cnt[2] + 1) > table.shape[0]:
+        grown = np.full((2 * table.shape[0], 6), -1, dtype=np.int64)
+        for i in range(table.shape[0]):
+            if table[i, 5] >= 0:
+                j, _ = _slot_of(grown, table[i, 0], table[i, 1], table[i, 2], table[i, 3], table[i, 4])
+                grown[j] = table[i]
+        table = grown
+    i, found = _slot_of(table, u, v, k, links, kind)
+    if not found:
+        cnt[2] += 1
+    table[i, 0], table[i, 1], table[i, 2], table[i, 3], table[i, 4], table[i, 5] = u, v, k, links, kind, offset
+    return table
+
+
+@_jit
+def _grow_int(pool, need):
+    if need <= pool.size:
+        return pool
+    grown = np.empty(max(2 * pool.size, need), dtype=pool.dtype)
+    grown[:pool.size] = pool
+    return grown
+
+
+@_jit
+def _arena_store(ipool, cnt, nodes, starts):
+    """Append a record of the paths ``(nodes, starts)``; returns ``(ipool, offset)``."""
+    m = starts.size - 1
+    e = cnt[0]
+    ipool = _grow_int(ipool, e + 4 + m + 1 + nodes.size)
+    ipool[e] = m
+    ipool[e + 1] = -1
+    ipool[e + 2] = 0
+    ipool[e + 3] = 0
+    base = e + 4 + m + 1
+    for i in range(m + 1):
+        ipool[e + 4 + i] = base + starts[i]
+    ipool[base:base + nodes.size] = nodes
+    cnt[0] = base + nodes.size
+    return ipool, e
+
+
+@_jit
+def _arena_paths(ipool, e):
+    m = ipool[e]
+    lo = ipool[e + 4]
+    hi = ipool[e + 4 + m]
+    starts = np.empty(m + 1, dtype=np.int64)
+    for i in range(m + 1):
+        starts[i] = ipool[e + 4 + i] - lo
+    return ipool[lo:hi].copy(), starts
+
+
+@_jit
+def _same_path_at(n1, s1, i, n2, s2, j):
+    if s1[i + 1] - s1[i] != s2[j + 1] - s2[j]:
+        return False
+    for t in range(s1[i + 1] - s1[i]):
+        if n1[s1[i] + t] != n2[s2[j] + t]:
+            return False
+    return True
+
+
+@_jit
+def _path_in(n1, s1, upto, n2, s2, j):
+    for i in range(upto):
+        if _same_path_at(n1, s1, i, n2, s2, j):
+            return True
+    return False
+
+
+@_jit
+def _union_paths(n1, s1, n2, s2, pick1, pick2, limit2):
+    """The paths ``pick1`` of the first list, then those ``pick2`` of the second that are not among
+    them (at most ``limit2``): ``level_paths.segment_candidates``' and ``_Segments._get``'s merge."""
+    size = 0
+    for i in pick1:
+        size += s1[i + 1] - s1[i]
+    for j in pick2:
+        size += s2[j + 1] - s2[j]
+    nodes = np.empty(size, dtype=np.int64)
+    starts = np.zeros(pick1.size + pick2.size + 1, dtype=np.int64)
+    m = 0
+    for i in pick1:
+        length = s1[i + 1] - s1[i]
+        nodes[starts[m]:starts[m] + length] = n1[s1[i]:s1[i + 1]]
+        starts[m + 1] = starts[m] + length
+        m += 1
+    first = m
+    added = 0
+    for j in pick2:
+        if added >= limit2:
+            break
+        if _path_in(nodes, starts, first, n2, s2, j):
+            continue
+        length = s2[j + 1] - s2[j]
+        nodes[starts[m]:starts[m] + length] = n2[s2[j]:s2[j + 1]]
+        starts[m + 1] = starts[m] + length
+        m += 1
+        added += 1
+    return nodes[:starts[m]].copy(), starts[:m + 1].copy()
+
+
+@_jit
+def _front_nb(p, nodes, starts, mark):
+    """``level_paths.subset_front``: the risky relays grouped by the set of paths they are on
+    (first seen first, each group's ``p`` multiplied in that order), then :func:`subset_front_nb`.
+    ``mark`` (length n, all -1) is restored."""
+    m = starts.size - 1
+    relays = np.empty(nodes.size, dtype=np.int64)
+    on = np.zeros(nodes.size, dtype=np.int64)
+    nr = 0
+    for i in range(m):
+        for q in range(starts[i] + 1, starts[i + 1] - 1):
+            x = nodes[q]
+            if p[x] < 1.0:
+                if mark[x] < 0:
+                    mark[x] = nr
+                    relays[nr] = x
+                    nr += 1
+                on[mark[x]] |= 1 << i
+    gmask = np.empty(nr, dtype=np.int64)
+    gprob = np.empty(nr)
+    ng = 0
+    for r in range(nr):
+        g = 0
+        while g < ng and gmask[g] != on[r]:
+            g += 1
+        if g == ng:
+            gmask[g] = on[r]
+            gprob[g] = 1.0
+            ng += 1
+        gprob[g] = gprob[g] * p[relays[r]]
+        mark[relays[r]] = -1
+    hops = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        hops[i] = starts[i + 1] - starts[i] - 1
+    return subset_front_nb(m, gmask[:ng].copy(), gprob[:ng].copy(), hops)
+
+
+@_jit
+def _least_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, hrow_v, crow_v):
+    """``level_paths.least_paths`` (numba)."""
+    return yen_nb(indptr, indices, edge_of, cost, rn.copy(), rl.copy(), u, v, k, by_hops, hrow_v if by_hops else crow_v)
+
+
+@_jit
+def _crosses(nodes, starts, s, t):
+    for i in range(starts.size - 1):
+        for q in range(starts[i] + 1, starts[i + 1] - 1):
+            if nodes[q] == s or nodes[q] == t:
+                return True
+    return False
+
+
+@_jit
+def _avoiding_picks(nodes, starts, s, t, k, listed):
+    """The first ``k`` paths avoiding ``s`` and ``t``; ``ok`` False when fewer and more may exist."""
+    m = starts.size - 1
+    out = np.empty(min(k, m), dtype=np.int64)
+    c = 0
+    for i in range(m):
+        if c == k:
+            break
+        clear = True
+        for q in range(starts[i] + 1, starts[i + 1] - 1):
+            if nodes[q] == s or nodes[q] == t:
+                clear = False
+                break
+        if clear:
+            out[c] = i
+            c += 1
+    return out[:c].copy(), not (c < k and m == listed)
+
+
+@_jit
+def _segment_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, u, v, k, links, hrow_v, crow_v, table, ipool, fpool,
+                cnt, xn, xs, mark):
+    """The candidates of segment ``(u, v)`` and their front (``level_wide._Segments``): kept ones
+    from the arena (computed and kept when missing), those avoiding the request's ends when they
+    cross one, then the full route's paths ``(xn, xs)`` added. Returns ``(nodes, starts, fh, fs, fm,
+    table, ipool, fpool)``."""
+    free = np.zeros(indptr.size - 1, dtype=np.bool_)
+    e = _arena_get(table, u, v, k, links, 0)
+    if e < 0:
+        n1, s1 = _least_nb(indptr, indices, edge_of, cost, free, rl, u, v, k, True, hrow_v, crow_v)
+        n2, s2 = _least_nb(indptr, indices, edge_of, cost, free, rl, u, v, k, False, hrow_v, crow_v)
+        nodes, starts = _union_paths(n1, s1, n2, s2, np.arange(s1.size - 1), np.arange(s2.size - 1), s2.size)
+        ipool, e = _arena_store(ipool, cnt, nodes, starts)
+        table = _arena_put(table, cnt, u, v, k, links, 0, e)
+    nodes, starts = _arena_paths(ipool, e)
+    kept = True
+    if _crosses(nodes, starts, s, t):
+        kept = False
+        lists = []
+        for kind in (1, 2):
+            el = _arena_get(table, u, v, k, links, kind)
+            if el < 0:
+                ln, ls = _least_nb(indptr, indices, edge_of, cost, free, rl, u, v, 2 * k, kind == 1, hrow_v, crow_v)
+                ipool, el = _arena_store(ipool, cnt, ln, ls)
+                table = _arena_put(table, cnt, u, v, k, links, kind, el)
+            lists.append(el)
+        n1, s1 = _arena_paths(ipool, lists[0])
+        n2, s2 = _arena_paths(ipool, lists[1])
+        pick1, ok1 = _avoiding_picks(n1, s1, s, t, k, 2 * k)
+        pick2, ok2 = _avoiding_picks(n2, s2, s, t, k, 2 * k)
+        if ok1 and ok2:
+            nodes, starts = _union_paths(n1, s1, n2, s2, pick1, pick2, pick2.size)
+        else:
+            n1, s1 = _least_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, True, hrow_v, crow_v)
+            n2, s2 = _least_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, False, hrow_v, crow_v)
+            nodes, starts = _union_paths(n1, s1, n2, s2, np.arange(s1.size - 1), np.arange(s2.size - 1), s2.size)
+    if xs.size > 1:
+        m = starts.size - 1
+        more = np.empty(xs.size - 1, dtype=np.int64)
+        c = 0
+        for j in range(xs.size - 1):
+            if not _path_in(nodes, starts, m, xn, xs, j):
+                more[c] = j
+                c += 1
+        more = more[:c].copy()
+        if more.size > 0 and MAX_UNION - m > 0:
+            nodes, starts = _union_paths(nodes, starts, xn, xs, np.arange(m), more, MAX_UNION - m)
+            kept = kept and starts.size - 1 == m
+    if kept:
+        nf = ipool[e + 1]
+        if nf < 0:
+            fh, fs, fm = _front_nb(p, nodes, starts, mark)
+            io = cnt[0]
+            ipool = _grow_int(ipool, io + 2 * fh.size)
+            ipool[io:io + fh.size] = fh
+            ipool[io + fh.size:io + 2 * fh.size] = fm
+            cnt[0] = io + 2 * fh.size
+            fo = cnt[1]
+            fpool = _grow_int(fpool, fo + fs.size)
+            fpool[fo:fo + fs.size] = fs
+            cnt[1] = fo + fs.size
+            ipool[e + 1], ipool[e + 2], ipool[e + 3] = fh.size, io, fo
+            return nodes, starts, fh, fs, fm, table, ipool, fpool
+        io, fo = ipool[e + 2], ipool[e + 3]
+        return (nodes, starts, ipool[io:io + nf].copy(), fpool[fo:fo + nf].copy(), ipool[io + nf:io + 2 * nf].copy(),
+                table, ipool, fpool)
+    fh, fs, fm = _front_nb(p, nodes, starts, mark)
+    return nodes, starts, fh, fs, fm, table, ipool, fpool
+
+
+@_jit
+def _gather_segment(nodes, starts, seg, j):
+    """The paths of segment ``j`` (``j < 0``: none) of a flat route, in order."""
+    size = 0
+    count = 0
+    for q in range(seg.size):
+        if seg[q] == j:
+            size += starts[q + 1] - starts[q]
+            count += 1
+    out = np.empty(size, dtype=np.int64)
+    out_starts = np.zeros(count + 1, dtype=np.int64)
+    c = 0
+    for q in range(seg.size):
+        if seg[q] == j:
+            length = starts[q + 1] - starts[q]
+            out[out_starts[c]:out_starts[c] + length] = nodes[starts[q]:starts[q + 1]]
+            out_starts[c + 1] = out_starts[c] + length
+            c += 1
+    return out, out_starts
+
+
+@_jit
+def _grow_f(a, need):
+    if need <= a.size:
+        return a
+    g = np.empty(max(2 * a.size, need), dtype=a.dtype)
+    g[:a.size] = a
+    return g
+
+
+@_jit
+def level_wide_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, relays, hrows, crows, slot, eps, tol, k, below,
+                  xchain, xnodes, xstarts, xseg, table, ipool, fpool, cnt, links):
+    """``level_wide.wide_search`` in one call, the same order of the heap (so the same route):
+    the least route of the wide space with fewer than ``below`` hops that meets ``eps``.
+    ``hrows``/``crows``: hop and cost rows of ``s``, ``t`` and ``relays`` (at ``slot``);
+    ``xchain``/``(xnodes, xstarts, xseg)``: the successive search's chain and its full route (the
+    extra candidates of its segments); the arena (``table``, ``ipool``, ``fpool``, ``cnt``, rows
+    kept per network under the removed links' id ``links``) is read and grown.
+
+    Returns ``(found, chain, nodes, starts, seg, hops, product, table, ipool, fpool)``."""
+    n = indptr.size - 1
+    m = relays.size
+    max_relays = m
+    need = eps - tol - 1e-9
+    accept = eps - tol
+    slack = n * 2.0 ** -32 + 1e-9
+    # end i: relays[i] (i < m) or t (i == m); start j: s (j == 0) or relays[j - 1]
+    pos = np.full(n, -1, dtype=np.int64)
+    for i in range(m):
+        pos[relays[i]] = i
+    p_end = np.ones(m + 1)
+    rest = np.zeros(m + 1)
+    to_target = hrows[slot[t]]
+    for i in range(m):
+        p_end[i] = p[relays[i]]
+        rest[i] = to_target[relays[i]]
+    # the segment of the successive search's chain that each (start j, end i) is, if any
+    xj = np.full((m + 1, m + 1), -1, dtype=np.int64)
+    room = np.full((m + 1, m + 1), 2 * k, dtype=np.int64)
+    for jseg in range(xchain.size + 1):
+        x = s if jseg == 0 else xchain[jseg - 1]
+        y = t if jseg == xchain.size else xchain[jseg]
+        js = 0 if x == s else (pos[x] + 1 if pos[x] >= 0 else -1)
+        ie = m if y == t else pos[y]
+        if js < 0 or ie < 0:
+            continue
+        c = 0
+        for q in range(xseg.size):
+            if xseg[q] == jseg:
+                c += 1
+        xj[js, ie] = jseg
+        room[js, ie] = min(MAX_UNION, 2 * k + c)
+    mark = np.full(n, -1, dtype=np.int64)
+    none = np.empty(0, dtype=np.int64)
+    nonef = np.empty(0)
+    have = np.zeros((m + 1, m + 1), dtype=np.bool_)
+    segs = [(none, none, none, nonef, none) for _ in range((m + 1) * (m + 1))]
+    # labels: node, relays so far, hops, product, parent, and the segment taken (start, end, subset)
+    cap = 64
+    lnode = np.empty(cap, dtype=np.int64)
+    lnrel = np.empty(cap, dtype=np.int64)
+    lhops = np.empty(cap, dtype=np.int64)
+    lsig = np.empty(cap)
+    lpar = np.empty(cap, dtype=np.int64)
+    lu = np.empty(cap, dtype=np.int64)
+    lv = np.empty(cap, dtype=np.int64)
+    lmask = np.empty(cap, dtype=np.int64)
+    nl = 1
+    lnode[0], lnrel[0], lhops[0], lsig[0], lpar[0], lu[0], lv[0], lmask[0] = s, 0, 0, 1.0, -1, -1, -1, 0
+    # pending segments: label, end, product
+    pcap = 64
+    plab = np.empty(pcap, dtype=np.int64)
+    pend = np.empty(pcap, dtype=np.int64)
+    psv = np.empty(pcap)
+    npend = 0
+    # undominated labels per relay
+    kcap = 8
+    kept = np.empty((m, kcap), dtype=np.int64)
+    kcnt = np.zeros(m, dtype=np.int64)
+    heap = [(0.0, 0.0, 0, 0, 0)]
+    heap.pop()
+    seq = 0
+    stack = np.zeros(1, dtype=np.int64)
+    stack[0] = 0
+    nstack = 1
+    found = -1
+    while True:
+        # expand the labels queued (the root first, then each label popped and still undominated)
+        while nstack > 0:
+            nstack -= 1
+            lab = stack[nstack]
+            u = lnode[lab]
+            nrel = lnrel[lab]
+            hops = lhops[lab]
+            sig = lsig[lab]
+            ju = 0 if u == s else pos[u] + 1
+            for i in range(m + 1):
+                if nrel >= max_relays and i < m:
+                    continue
+                v = relays[i] if i < m else t
+                dh = hrows[slot[u], v]
+                cst = crows[slot[u], v]
+                if v == u or cst == np.inf or dh == np.inf:
+                    continue
+                sv = sig * p_end[i]
+                j = 1
+                if need > 0.0:
+                    if sv <= 0.0 or need / sv > 1.0 + 1e-9:
+                        continue
+                    x = need / sv
+                    pmax = min(1.0, math.exp(-cst + slack))
+                    if x < 1.0 and pmax < 1.0:
+                        jf = math.ceil(math.log1p(-x) / math.log1p(-pmax) - 1e-9)
+                        if jf > room[ju, i]:
+                            continue
+                        j = max(1, int(jf))
+                key = hops + j * dh + rest[i]
+                if key < below:
+                    if npend == pcap:
+                        pcap *= 2
+                        plab = _grow_int(plab, pcap)
+                        pend = _grow_int(pend, pcap)
+                        psv = _grow_f(psv, pcap)
+                    plab[npend], pend[npend], psv[npend] = lab, i, sv
+                    heapq.heappush(heap, (key, -sv, seq, _PENDING, npend))
+                    npend += 1
+                    seq += 1
+        if len(heap) == 0:
+            break
+        item = heapq.heappop(heap)
+        kind = item[3]
+        idx = item[4]
+        if kind == _DONE:
+            found = idx
+            break
+        if kind == _LABEL:
+            v = lnode[idx]
+            r = pos[v]
+            alive = False
+            for q in range(kcnt[r]):
+                if kept[r, q] == idx:
+                    alive = True
+            if alive:
+                stack = _grow_int(stack, nstack + 1)
+                stack[nstack] = idx
+                nstack += 1
+            continue
+        lab = plab[idx]
+        i = pend[idx]
+        sv = psv[idx]
+        u = lnode[lab]
+        nrel = lnrel[lab]
+        hops = lhops[lab]
+        ju = 0 if u == s else pos[u] + 1
+        v = relays[i] if i < m else t
+        g = ju * (m + 1) + i
+        if not have[ju, i]:
+            xn, xs = _gather_segment(xnodes, xstarts, xseg, xj[ju, i])
+            nodes, starts, fh, fs, fm, table, ipool, fpool = _segment_nb(
+                indptr, indices, edge_of, cost, p, rn, rl, s, t, u, v, k, links, hrows[slot[v]], crows[slot[v]],
+                table, ipool, fpool, cnt, xn, xs, mark)
+            segs[g] = (nodes, starts, fh, fs, fm)
+            have[ju, i] = True
+        _, _, fh, fs, fm = segs[g]
+        left = 0.0 if v == t else to_target[v]
+        for f in range(fh.size):
+            total = hops + fh[f]
+            if total + left >= below:
+                break
+            sig = sv * fs[f]
+            if sig < accept:
+                continue
+            if nl == cap:
+                cap *= 2
+                lnode, lnrel, lhops = _grow_int(lnode, cap), _grow_int(lnrel, cap), _grow_int(lhops, cap)
+                lsig, lpar, lu = _grow_f(lsig, cap), _grow_int(lpar, cap), _grow_int(lu, cap)
+                lv, lmask = _grow_int(lv, cap), _grow_int(lmask, cap)
+            new = nl
+            lnode[new], lnrel[new], lhops[new], lsig[new] = v, nrel + (v != t), total, sig
+            lpar[new], lu[new], lv[new], lmask[new] = lab, ju, i, fm[f]
+            nl += 1
+            if v == t:
+                heapq.heappush(heap, (float(total), -sig, seq, _DONE, new))
+                seq += 1
+                continue
+            # dominated at v (no more relays, no more hops, no lower product)?
+            r = pos[v]
+            dom = False
+            for q in range(kcnt[r]):
+                o = kept[r, q]
+                if lnrel[o] <= lnrel[new] and lhops[o] <= total and lsig[o] >= sig:
+                    dom = True
+                    break
+            if dom:
+                continue
+            c = 0
+            for q in range(kcnt[r]):
+                o = kept[r, q]
+                if not (lnrel[new] <= lnrel[o] and total <= lhops[o] and sig >= lsig[o]):
+                    kept[r, c] = o
+                    c += 1
+            if c == kept.shape[1]:
+                grown = np.empty((m, 2 * kept.shape[1]), dtype=np.int64)
+                grown[:, :kept.shape[1]] = kept
+                kept = grown
+            kept[r, c] = new
+            kcnt[r] = c + 1
+            heapq.heappush(heap, (total + left, -sig, seq, _LABEL, new))
+            seq += 1
+    if found < 0:
+        return False, none, none, none, none, 0, 0.0, table, ipool, fpool
+    # the route: the labels from the root to ``found``
+    depth = 0
+    x = found
+    while lpar[x] >= 0:
+        depth += 1
+        x = lpar[x]
+    order = np.empty(depth, dtype=np.int64)
+    x = found
+    for d in range(depth - 1, -1, -1):
+        order[d] = x
+        x = lpar[x]
+    chain = np.empty(depth - 1, dtype=np.int64)
+    size = 0
+    npaths = 0
+    for d in range(depth):
+        x = order[d]
+        if d > 0:
+            chain[d - 1] = lnode[lpar[x]]
+        nodes, starts, _, _, _ = segs[lu[x] * (m + 1) + lv[x]]
+        for q in range(starts.size - 1):
+            if lmask[x] >> q & 1:
+                size += starts[q + 1] - starts[q]
+                npaths += 1
+    fnodes = np.empty(size, dtype=np.int64)
+    fstarts = np.zeros(npaths + 1, dtype=np.int64)
+    fseg = np.empty(npaths, dtype=np.int64)
+    c = 0
+    for d in range(depth):
+        x = order[d]
+        nodes, starts, _, _, _ = segs[lu[x] * (m + 1) + lv[x]]
+        for q in range(starts.size - 1):
+            if lmask[x] >> q & 1:
+                length = starts[q + 1] - starts[q]
+                fnodes[fstarts[c]:fstarts[c] + length] = nodes[starts[q]:starts[q + 1]]
+                fstarts[c + 1] = fstarts[c] + length
+                fseg[c] = d
+                c += 1
+    return True, chain, fnodes, fstarts, fseg, lhops[found], lsig[found], table, ipool, fpool

@@ -43,7 +43,8 @@ _PAIRS = 20_000
 
 class _Rows:
     """The rows of one network, by node; at most ``limit`` of each kind (about 32 MB); and the
-    unmasked candidates of the segments asked for (:func:`pair_candidates`)."""
+    unmasked candidates of the segments asked for (:func:`pair_candidates`; the compiled search's
+    in :class:`Arena`)."""
 
     def __init__(self, arrays: NetworkArrays) -> None:
         self.refs = (weakref.ref(arrays.indptr), weakref.ref(arrays.cost))
@@ -51,9 +52,38 @@ class _Rows:
         self.cost: dict[int, np.ndarray] = {}
         self.limit = max(64, 2**22 // max(1, arrays.n_nodes))
         self.pairs: dict[tuple[int, int, int], Candidates] = {}
+        self.arena = Arena()
 
     def alive_for(self, arrays: NetworkArrays) -> bool:
         return self.refs[0]() is arrays.indptr and self.refs[1]() is arrays.cost
+
+
+class Arena:
+    """The candidates and subset fronts of the segments the compiled wide search asked for
+    (:func:`qkdseg._kernels.level_wide_nb`: the same as :func:`pair_candidates`), in arrays that
+    search reads and grows: an open-addressing ``table``, ``ipool``/``fpool`` records, ``cnt``.
+    A request's removed links are known by an id; everything is dropped past :data:`_PAIRS`
+    segments or 2^23 ints. One search at a time holds :attr:`lock`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.table = np.full((1024, 6), -1, dtype=np.int64)
+        self.ipool = np.empty(1 << 14, dtype=np.int64)
+        self.fpool = np.empty(1 << 12)
+        self.cnt = np.zeros(3, dtype=np.int64)
+        self.links: dict[bytes, int] = {b"": 0}
+
+    def links_id(self, rl: np.ndarray) -> int:
+        """The id of a set of removed links (0: none); call with :attr:`lock` held."""
+        if self.cnt[2] > _PAIRS or self.ipool.size > 1 << 23:
+            self.reset()
+        key = links_key(rl)
+        if key not in self.links:
+            self.links[key] = len(self.links)
+        return self.links[key]
 
 
 def _rows(arrays: NetworkArrays) -> _Rows:
@@ -137,6 +167,24 @@ def cost_row(arrays: NetworkArrays, v: int, kernel: str) -> np.ndarray:
     """Least total cost of the relays strictly between every node and ``v`` on the whole network
     (``inf``: every path crosses a ``p = 0`` relay, or none exists)."""
     return network_rows(arrays, kernel).cost(int(v))
+
+
+def request_rows(rows: Rows, ends: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hop and cost rows of ``ends`` (distinct nodes) stacked for the compiled searches, and
+    ``slot``: node -> its row (-1: none)."""
+    slot = np.full(rows.arrays.n_nodes, -1, dtype=np.int64)
+    slot[ends] = np.arange(len(ends))
+    return np.stack([rows.hops(v) for v in ends]), np.stack([rows.cost(v) for v in ends]), slot
+
+
+def split_paths(flat: np.ndarray, starts: np.ndarray, seg: np.ndarray, nseg: int) -> list[list[list[int]]]:
+    """A compiled search's flat paths (path ``i``: ``flat[starts[i]:starts[i + 1]]``, in segment
+    ``seg[i]``) as lists per segment."""
+    paths: list[list[list[int]]] = [[] for _ in range(nseg)]
+    flat, bounds = flat.tolist(), starts.tolist()
+    for i, j in enumerate(seg.tolist()):
+        paths[j].append(flat[bounds[i]:bounds[i + 1]])
+    return paths
 
 
 class HopRows(dict):

@@ -21,7 +21,7 @@ from .. import _kernels
 from ..network import NetworkArrays
 from ..reconstruction.result import TOLERANCE
 from ..security import exact_security
-from .level_paths import HopRows, Rows
+from .level_paths import HopRows, Rows, split_paths
 from .smr import STRICT_MARGIN, round_robin_paths, select_segment_nodes
 from .smr_exact import _beats
 
@@ -160,7 +160,7 @@ class LevelEvaluator:
         flat, starts, seg, status, hops, sec, full, masks = _kernels.level_chain_nb(
             a.indptr, a.indices, a.edge_of, a.cost, a.p, a.trusted, self.rn, self.rl, np.asarray(nodes, dtype=np.int64),
             self.limit, _bounds(self.rows, nodes), self.eps, TOLERANCE)
-        paths = _split(flat, starts, seg, len(nodes) - 1)
+        paths = split_paths(flat, starts, seg, len(nodes) - 1)
         if status == 2:
             return (paths, *cheapest_subsets(a.p, a.trusted, paths, list(chain), self.eps))
         if status == 0:
@@ -276,15 +276,6 @@ class LevelEvaluator:
         return (1, -best[0], best[1])
 
 
-def _split(flat: np.ndarray, starts: np.ndarray, seg: np.ndarray, nseg: int) -> list[list[list[int]]]:
-    """A compiled step 2's flat paths as lists per segment."""
-    paths: list[list[list[int]]] = [[] for _ in range(nseg)]
-    flat, bounds = flat.tolist(), starts.tolist()
-    for i, j in enumerate(seg.tolist()):
-        paths[j].append(flat[bounds[i]:bounds[i + 1]])
-    return paths
-
-
 def _met_hops(*values) -> float | None:
     """The fewest hops among the met values given (None: none met)."""
     hops = [-v[1] for v in values if v is not None and v[0] == 1]
@@ -348,16 +339,22 @@ def full_route(arrays: NetworkArrays, nodes: list[int], rn: np.ndarray, rl: np.n
     flat, starts, seg = _kernels.round_robin_lb_nb(
         a.indptr, a.indices, a.edge_of, a.cost, a.trusted, rn.copy(), rl.copy(), np.asarray(nodes, dtype=np.int64),
         -1 if max_paths is None else int(max_paths), _bounds(rows, nodes), np.ones(len(nodes) - 1, dtype=np.bool_))
-    return _split(flat, starts, seg, len(nodes) - 1)
+    return split_paths(flat, starts, seg, len(nodes) - 1)
 
 
 def successive(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, dist: HopRows,
-               cands: list[int], max_paths: int | None, eps: float, kernel: str, exhaustive: bool):
-    """The successive search: ``(chain, its full route, (hops, product, subsets) or None)``,
-    the chain of the least value (:class:`LevelEvaluator`) among chain ``()``, SMR's step-1 chain
-    and every ordered chain of ``cands`` (``exhaustive``) or those of the greedy insertion."""
-    if kernel == "numba":
-        found = _compiled(arrays, source, target, rn, rl, dist.rows, cands, max_paths, eps, exhaustive)
+               cands: list[int], max_paths: int | None, eps: float, kernel: str, exhaustive: bool,
+               ends_rows: tuple | None = None):
+    """The successive search: ``(chain, its full route, (hops, product, subsets) or None,
+    securities)``, the chain of the least value (:class:`LevelEvaluator`) among chain ``()``, SMR's
+    step-1 chain and every ordered chain of ``cands`` (``exhaustive``) or those of the greedy
+    insertion; ``securities``: :func:`~qkdseg.security.route_security` of the full route and of
+    the subsets, where the compiled search had them (no shared risky relay), else None; and the
+    chain and full route as arrays (``flat``, ``starts``, ``seg``), or None. With ``ends_rows``
+    (:func:`~qkdseg.routing.level_paths.request_rows` of the source, the target and ``cands``) the
+    search is compiled where it can be."""
+    if ends_rows is not None:
+        found = _compiled(arrays, source, target, rn, rl, cands, max_paths, eps, exhaustive, ends_rows)
         if found is not None:
             return found
     ev = LevelEvaluator(arrays, source, target, rn, rl, max_paths, eps, kernel, dist)
@@ -379,27 +376,21 @@ def successive(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, 
         chain, value = _greedy(ev, cands, dist)
         if _beats(value, best):
             best_chain, best = chain, value
-    return (best_chain, *ev.routes[best_chain])
+    return (best_chain, *ev.routes[best_chain], (None, None), None)
 
 
-def _compiled(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rows: Rows,
-              cands: list[int], max_paths: int | None, eps: float, exhaustive: bool):
+def _compiled(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, cands: list[int],
+              max_paths: int | None, eps: float, exhaustive: bool, ends_rows: tuple):
     """:func:`successive` in one compiled call; None where it needs the exact evaluator."""
     a = arrays
-    ends = [source, target, *cands]
-    slot = np.full(a.n_nodes, -1, dtype=np.int64)
-    slot[ends] = np.arange(len(ends))
-    hrows = np.stack([rows.hops(v) for v in ends])
-    crows = np.empty_like(hrows)
-    crows[0] = 0.0  # the source ends no segment
-    for i, v in enumerate(ends[1:], 1):
-        crows[i] = rows.cost(v)
-    ok, chain, flag, flat, starts, seg, masks, hops, sec = _kernels.level_successive_nb(
+    hrows, crows, slot = ends_rows
+    ok, chain, flag, flat, starts, seg, masks, hops, sec, full, full_shared, chosen, shared = _kernels.level_successive_nb(
         a.indptr, a.indices, a.edge_of, a.cost, a.p, a.trusted, rn, rl, int(source), int(target),
-        np.asarray(cands, dtype=np.int64), hrows, crows, slot, bool(exhaustive), -1 if max_paths is None else int(max_paths),
-        eps, TOLERANCE, STRICT_MARGIN)
+        np.asarray(cands, dtype=np.int64), hrows, crows, slot.copy(), bool(exhaustive),
+        -1 if max_paths is None else int(max_paths), eps, TOLERANCE, STRICT_MARGIN)
     if not ok:
         return None
-    chain = tuple(chain.tolist())
-    paths = _split(flat, starts, seg, len(chain) + 1)
-    return chain, paths, (int(hops), float(sec), _subsets(paths, masks)) if flag == 1 else None
+    paths = split_paths(flat, starts, seg, chain.size + 1)
+    secs = (None if full_shared else float(full), None if shared or flag != 1 else float(chosen))
+    plan = (int(hops), float(sec), _subsets(paths, masks)) if flag == 1 else None
+    return tuple(chain.tolist()), paths, plan, secs, (chain, flat, starts, seg)

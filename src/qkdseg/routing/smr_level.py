@@ -63,9 +63,9 @@ from .. import _kernels
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
 from ..security import route_security
-from .level_paths import HopRows, network_rows
+from .level_paths import HopRows, network_rows, request_rows
 from .level_successive import _meets, full_route, successive
-from .level_wide import DEFAULT_K, wide_search
+from .level_wide import DEFAULT_K, wide_search, wide_search_compiled
 from .registry import register
 from .smr import request_masks
 from .smr_exact import candidate_relays, ordered_chains
@@ -147,21 +147,40 @@ def smr_level(
     rows = network_rows(arrays, kernel)
     dist = HopRows(rows)
     cands, _ = candidate_relays(arrays, source, target, rn, kernel, candidates, dist=dist)
-    best_chain, paths, plan = successive(arrays, source, target, rn, rl, dist, cands, max_paths, eps, kernel,
-                                         ordered_chains(len(cands)) <= exhaustive)
+    ends_rows = request_rows(rows, [source, target, *cands]) if kernel == "numba" else None
+    best_chain, paths, plan, (full_sec, sec), flat = successive(
+        arrays, source, target, rn, rl, dist, cands, max_paths, eps, kernel, ordered_chains(len(cands)) <= exhaustive,
+        ends_rows)
     nodes = [source, *best_chain, target]
     chosen = None if plan is None else [[seg[i] for i in sorted(sub)] for seg, sub in zip(paths, plan[2])]
-    if chosen is not None and not _meets(route_security(arrays.p, chosen, list(best_chain))[0], eps):
+    if chosen is not None and sec is None:
+        sec = route_security(arrays.p, chosen, list(best_chain))[0]
+    if chosen is not None and not _meets(sec, eps):
         chosen = None  # pragma: no cover - the product is a lower bound (Harris)
     if search == "wide":
         below = math.inf if chosen is None else plan[0]
-        extra = {(x, y): seg for x, y, seg in zip(nodes, nodes[1:], paths)}
-        found = wide_search(rows, source, target, rn, rl, eps, cands, k, below, extra)
+        if ends_rows is not None:
+            found = wide_search_compiled(rows, source, target, rn, rl, eps, cands, k, below, ends_rows,
+                                         flat or _flat(best_chain, paths))
+        else:
+            extra = {(x, y): seg for x, y, seg in zip(nodes, nodes[1:], paths)}
+            found = wide_search(rows, source, target, rn, rl, eps, cands, k, below, extra)
         if found is not None and _meets(route_security(arrays.p, found[1], list(found[0]))[0], eps):
             if found[0] != best_chain:
                 best_chain, paths = found[0], full_route(arrays, [source, *found[0], target], rn, rl, max_paths, kernel, rows)
+                full_sec = None
             nodes, chosen = [source, *best_chain, target], found[1]
     full_hops = sum(len(p) - 1 for seg in paths for p in seg)
-    full_sec = route_security(arrays.p, paths, list(best_chain))[0] if paths and all(paths) else 0.0
+    if full_sec is None:
+        full_sec = route_security(arrays.p, paths, list(best_chain))[0] if paths and all(paths) else 0.0
     info = {"full_hops": full_hops, "full_security": full_sec, "met": chosen is not None}
     return nodes, paths if chosen is None else chosen, info
+
+
+def _flat(chain: tuple, paths: list[list[list[int]]]) -> tuple:
+    """A chain and its route as the compiled searches' arrays ``(chain, flat, starts, seg)``."""
+    flat = [v for seg in paths for q in seg for v in q]
+    starts = np.cumsum([0] + [len(q) for seg in paths for q in seg])
+    seg = [j for j, segment in enumerate(paths) for _ in segment]
+    return (np.asarray(chain, dtype=np.int64), np.asarray(flat, dtype=np.int64), starts.astype(np.int64),
+            np.asarray(seg, dtype=np.int64))
