@@ -97,6 +97,48 @@ def test_same_routes_as_before_the_speed_up():
     assert changed == 0 and 0 < met < len(todo)  # met and unmet requests both occur
 
 
+def test_compiled_searches_equal_the_python_ones():
+    """The compiled successive and wide searches (qkdseg._kernels.level_successive_nb and
+    level_wide_nb) return what the Python searches return (routing/level_successive.py's evaluator,
+    routing/level_wide.py's wide_search) on seeded requests: several networks, levels, ``k``,
+    candidate caps and removed links, the kept candidates cold and then warm."""
+    from qkdseg.routing.level_paths import HopRows, network_rows, request_rows
+    from qkdseg.routing.level_successive import successive
+    from qkdseg.routing.level_wide import wide_search, wide_search_compiled
+    from qkdseg.routing.smr import request_masks
+    from qkdseg.routing.smr_exact import candidate_relays, ordered_chains
+
+    found = compared = 0
+    for name in ("sparse102", "risky", "rich", "bench"):
+        a = network(name)
+        rng = np.random.default_rng(99)
+        for i in range(50):
+            s, t = (int(x) for x in rng.choice(a.n_nodes, size=2, replace=False))
+            eps, k, cap = LEVELS[i % len(LEVELS)], [3, 3, 2, 1, 8][i % 5], [4, 4, 3, None, 2][i % 5]
+            rn, rl = request_masks(a, s, t, removed_links(name) if i % 3 == 0 else None)
+            rows = network_rows(a, "numba")
+            dist = HopRows(rows)
+            cands, _ = candidate_relays(a, s, t, rn, "numba", cap, dist=dist)
+            ends = request_rows(rows, [s, t, *cands])
+            exhaustive = ordered_chains(len(cands)) <= 16
+            fast = successive(a, s, t, rn, rl, dist, cands, None, eps, "numba", exhaustive, ends)
+            slow = successive(a, s, t, rn, rl, dist, cands, None, eps, "numba", exhaustive)
+            assert fast[:3] == slow[:3], (name, i)
+            chain, paths, plan = slow[:3]
+            below = np.inf if plan is None else plan[0]
+            nodes = [s, *chain, t]
+            extra = {(x, y): seg for x, y, seg in zip(nodes, nodes[1:], paths)}
+            route = tuple(np.asarray(x, dtype=np.int64) for x in (
+                chain, [v for seg in paths for q in seg for v in q], np.cumsum([0] + [len(q) for seg in paths for q in seg]),
+                [j for j, seg in enumerate(paths) for _ in seg]))
+            for _ in range(2):  # cold, then with the segments' candidates kept
+                got = wide_search_compiled(rows, s, t, rn, rl, eps, cands, k, below, ends, route)
+                assert got == wide_search(rows, s, t, rn, rl, eps, cands, k, below, extra), (name, i)
+            found += got is not None
+            compared += 1
+    assert compared == 200 and found >= 10  # the wide search finds cheaper routes on some
+
+
 if __name__ == "__main__":
     routes = [run(case) for case in cases()]
     SAVED.write_text(json.dumps(routes, separators=(",", ":")) + "\n", encoding="utf-8")

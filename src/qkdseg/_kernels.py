@@ -1906,6 +1906,46 @@ def _gather_segment(nodes, starts, seg, j):
 
 
 @_jit
+def _first_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, row_b, a, b, x):
+    """A lower bound on the hops of every set of ``a -> b`` paths whose union is at least ``x``
+    secure (candidates of the wide search: relays not masked and of finite cost, links not
+    removed). The paths through ``w`` distinct neighbours of ``a`` have at least ``sum (1 + hops(w,
+    b))`` hops, and their union is at most ``1 - prod (1 - p(w))`` secure (Harris: some path
+    through ``w`` intact needs ``w`` safe; ``p = 1`` for ``b``), so at least the fewest of the most
+    secure neighbours that reach ``x`` are used (inf: none do)."""
+    deg = indptr[a + 1] - indptr[a]
+    hs = np.empty(deg)
+    qs = np.empty(deg)
+    c = 0
+    for e in range(indptr[a], indptr[a + 1]):
+        w = indices[e]
+        if rl[edge_of[e]]:
+            continue
+        if w != b and (rn[w] or cost[w] == np.inf):
+            continue
+        hs[c] = 1.0 + row_b[w]
+        qs[c] = 1.0 if w == b else p[w]
+        c += 1
+    if c == 0:
+        return np.inf
+    qs = -np.sort(-qs[:c])
+    miss = 1.0
+    used = 0
+    while used < c:
+        miss *= 1.0 - qs[used]
+        used += 1
+        if 1.0 - miss >= x - 1e-9:
+            break
+    if 1.0 - miss < x - 1e-9:
+        return np.inf
+    hs = np.sort(hs[:c])
+    total = 0.0
+    for i in range(used):
+        total += hs[i]
+    return total
+
+
+@_jit
 def _grow_f(a, need):
     if need <= a.size:
         return a
@@ -2011,6 +2051,7 @@ def level_wide_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, relays, hrows
                     continue
                 sv = sig * p_end[i]
                 j = 1
+                x = 0.0
                 if need > 0.0:
                     if sv <= 0.0 or need / sv > 1.0 + 1e-9:
                         continue
@@ -2022,7 +2063,9 @@ def level_wide_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, relays, hrows
                             continue
                         j = max(1, int(jf))
                 key = hops + j * dh + rest[i]
-                if key < below:
+                if key < below and hops + max(
+                        _first_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, hrows[slot[v]], u, v, x),
+                        _first_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, hrows[slot[u]], v, u, x)) + rest[i] < below:
                     if npend == pcap:
                         pcap *= 2
                         plab = _grow_int(plab, pcap)
