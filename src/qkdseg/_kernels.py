@@ -1333,6 +1333,97 @@ def _level_value_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, c
 
 
 @_jit
+def _with_rows_nb(indptr, indices, cost, hrows, crows, slot, v):
+    """``hrows``/``crows`` with node ``v``'s rows (added, and ``slot[v]`` set, when it had none)."""
+    if slot[v] >= 0:
+        return hrows, crows
+    n = indptr.size - 1
+    grown_h = np.empty((hrows.shape[0] + 1, n))
+    grown_h[:hrows.shape[0]] = hrows
+    grown_h[hrows.shape[0]] = bfs_hops_nb(indptr, indices, v)
+    grown_c = np.empty((crows.shape[0] + 1, n))
+    grown_c[:crows.shape[0]] = crows
+    grown_c[crows.shape[0]] = cost_row_nb(indptr, indices, cost, v)
+    slot[v] = hrows.shape[0]
+    return grown_h, grown_c
+
+
+@_jit
+def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, target, margin, hrows, crows, slot,
+                    direct0, shared0):
+    """:func:`select_segment_nodes_nb` (the same decisions) with the hop distances from the rows
+    (whole-network BFS, as there), the A* bounds of its round robins from the cost rows (the same
+    paths), and the first direct pair's security ``(direct0, shared0)`` given when ``direct0 >= 0``
+    (chain ()'s first two paths). Returns ``(chosen, ok, hrows, crows)`` (rows added as needed)."""
+    n = indptr.size - 1
+    used = np.zeros(n, dtype=np.bool_)
+    used[source] = True
+    used[target] = True
+    mark = np.zeros(n, dtype=np.bool_)
+    chosen = np.empty(n + 1, dtype=np.int64)
+    nchosen = 1
+    chosen[0] = source
+    cur = source
+    pair = np.empty(2, dtype=np.int64)
+    triple = np.empty(3, dtype=np.int64)
+    ready = np.ones(2, dtype=np.bool_)
+    while True:
+        dist_t = hrows[slot[target]]
+        anycand = False
+        for v in range(n):
+            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
+                anycand = True
+                break
+        if not anycand:
+            break
+        hrows, crows = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, cur)
+        dist_c = hrows[slot[cur]]
+        dist_t = hrows[slot[target]]
+        r = -1
+        best = np.inf
+        for v in range(n):
+            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
+                sc = dist_c[v] + dist_t[v]
+                if sc < best:
+                    best = sc
+                    r = v
+        if r < 0:
+            break
+        hrows, crows = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, r)
+        if cur == source and direct0 >= 0.0:
+            direct, sh1 = direct0, shared0
+        else:
+            pair[0] = cur
+            pair[1] = target
+            lbs = np.empty((1, n))
+            lbs[0] = crows[slot[target]]
+            nodes, starts, seg = round_robin_lb_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), pair, 2,
+                                                   lbs, ready)
+            direct, sh1 = product_security_nb(nodes, starts, seg, pair, p, mark)
+        triple[0] = cur
+        triple[1] = r
+        triple[2] = target
+        lbs = np.empty((2, n))
+        lbs[0] = crows[slot[r]]
+        lbs[1] = crows[slot[target]]
+        nodes, starts, seg = round_robin_lb_nb(indptr, indices, edge_of, cost, trusted, rn.copy(), rl.copy(), triple, 2,
+                                               lbs, ready)
+        segmented, sh2 = product_security_nb(nodes, starts, seg, triple, p, mark)
+        if sh1 or sh2:
+            return chosen[:0].copy(), False, hrows, crows
+        if segmented > direct + margin:
+            chosen[nchosen] = r
+            nchosen += 1
+            used[r] = True
+            cur = r
+        else:
+            break
+    chosen[nchosen] = target
+    nchosen += 1
+    return chosen[:nchosen].copy(), True, hrows, crows
+
+
+@_jit
 def _beats_nb(f1, h1, s1, f2, h2, s2, margin):
     """:func:`qkdseg.routing.smr_exact._beats` on ``(flag, -hops, security)``."""
     if f1 != f2:
@@ -1447,20 +1538,16 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
                                       x, slack)
             out_of_reach = first + hrows[slot[r], t] > met0
     if not out_of_reach:
-        chosen, ok = select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, margin)
+        direct = (-1.0, False)  # chain ()'s first two paths are step 1's direct pair (same searches)
+        if max_paths < 0 or max_paths >= 2:
+            first = min(2, seg.size)
+            pair = np.array([s, t], dtype=np.int64)
+            direct = product_security_nb(nodes, starts[:first + 1], seg[:first], pair, p, np.zeros(n, dtype=np.bool_))
+        chosen, ok, hrows, crows = _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, margin, hrows,
+                                                   crows, slot, direct[0], direct[1])
         if not ok:
             return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
         paper = chosen[1:chosen.size - 1].copy()
-        for v in paper:
-            if slot[v] < 0:  # a step-1 relay that is not a candidate: its rows here
-                grown_h = np.empty((hrows.shape[0] + 1, n))
-                grown_h[:hrows.shape[0]] = hrows
-                grown_h[hrows.shape[0]] = bfs_hops_nb(indptr, indices, v)
-                grown_c = np.empty((crows.shape[0] + 1, n))
-                grown_c[:crows.shape[0]] = crows
-                grown_c[crows.shape[0]] = cost_row_nb(indptr, indices, cost, v)
-                slot[v] = hrows.shape[0]
-                hrows, crows = grown_h, grown_c
         if paper.size > 0:
             pf, ph, ps_, st, pn, pst, psg, pm = _level_value_nb(
                 indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, paper, met0, bound,
