@@ -97,16 +97,31 @@ def test_same_routes_as_before_the_speed_up():
     assert changed == 0 and 0 < met < len(todo)  # met and unmet requests both occur
 
 
+def test_same_routes_with_rows_per_request(monkeypatch):
+    """Networks of more than ``MATRIX_NODES`` nodes give the compiled searches the rows of each
+    request's ends instead of the network's matrices: the same routes (three networks' requests)."""
+    from qkdseg.routing import level_paths
+
+    monkeypatch.setattr(level_paths, "MATRIX_NODES", 0)
+    monkeypatch.setattr(level_paths, "_ROWS", {})
+    saved = json.loads(SAVED.read_text(encoding="utf-8"))
+    checked = 0
+    for i, case in enumerate(cases()):
+        if case[0] in ("risky", "sparse104", "rich"):
+            assert run(case) == saved[i], (i, case)
+            checked += 1
+    assert checked == 200 and not any(r.matrix for r in level_paths._ROWS.values())
+
+
 def test_compiled_searches_equal_the_python_ones():
     """The compiled successive and wide searches (qkdseg._kernels.level_successive_nb and
     level_wide_nb) return what the Python searches return (routing/level_successive.py's evaluator,
     routing/level_wide.py's wide_search) on seeded requests: several networks, levels, ``k``,
     candidate caps and removed links, the kept candidates cold and then warm."""
-    from qkdseg.routing.level_paths import HopRows, network_rows, request_rows
-    from qkdseg.routing.level_successive import successive
+    from qkdseg.routing.level_paths import network_rows
+    from qkdseg.routing.level_successive import search_in_python, successive
     from qkdseg.routing.level_wide import wide_search, wide_search_compiled
     from qkdseg.routing.smr import request_masks
-    from qkdseg.routing.smr_exact import candidate_relays, ordered_chains
 
     found = compared = 0
     for name in ("sparse102", "risky", "rich", "bench"):
@@ -117,14 +132,11 @@ def test_compiled_searches_equal_the_python_ones():
             eps, k, cap = LEVELS[i % len(LEVELS)], [3, 3, 2, 1, 8][i % 5], [4, 4, 3, None, 2][i % 5]
             rn, rl = request_masks(a, s, t, removed_links(name) if i % 3 == 0 else None)
             rows = network_rows(a, "numba")
-            dist = HopRows(rows)
-            cands, _ = candidate_relays(a, s, t, rn, "numba", cap, dist=dist)
-            ends = request_rows(rows, [s, t, *cands])
-            exhaustive = ordered_chains(len(cands)) <= 16
-            fast = successive(a, s, t, rn, rl, dist, cands, None, eps, "numba", exhaustive, ends)
-            slow = successive(a, s, t, rn, rl, dist, cands, None, eps, "numba", exhaustive)
-            assert fast[:3] == slow[:3], (name, i)
-            chain, paths, plan = slow[:3]
+            fast = successive(a, s, t, rn, rl, rows, cap, 16, None, eps, "numba")
+            slow = search_in_python(a, s, t, rn, rl, rows, cap, 16, None, eps, "numba")
+            assert fast[:4] == slow[:4], (name, i)
+            cands, ends = fast[0], fast[6]
+            chain, paths, plan = slow[1:4]
             below = np.inf if plan is None else plan[0]
             nodes = [s, *chain, t]
             extra = {(x, y): seg for x, y, seg in zip(nodes, nodes[1:], paths)}

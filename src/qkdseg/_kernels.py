@@ -1333,10 +1333,13 @@ def _level_value_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, c
 
 
 @_jit
-def _with_rows_nb(indptr, indices, cost, hrows, crows, slot, v):
-    """``hrows``/``crows`` with node ``v``'s rows (added, and ``slot[v]`` set, when it had none)."""
+def _with_rows_nb(indptr, indices, cost, hrows, crows, slot, v, shared):
+    """``(hrows, crows, ok)``: with node ``v``'s rows (added, and ``slot[v]`` set, when it had none;
+    ``ok`` False instead when the rows are the network's ``shared`` ones, which the caller fills)."""
     if slot[v] >= 0:
-        return hrows, crows
+        return hrows, crows, True
+    if shared:
+        return hrows, crows, False
     n = indptr.size - 1
     grown_h = np.empty((hrows.shape[0] + 1, n))
     grown_h[:hrows.shape[0]] = hrows
@@ -1345,16 +1348,17 @@ def _with_rows_nb(indptr, indices, cost, hrows, crows, slot, v):
     grown_c[:crows.shape[0]] = crows
     grown_c[crows.shape[0]] = cost_row_nb(indptr, indices, cost, v)
     slot[v] = hrows.shape[0]
-    return grown_h, grown_c
+    return grown_h, grown_c, True
 
 
 @_jit
 def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, target, margin, hrows, crows, slot,
-                    direct0, shared0):
+                    shared, direct0, shared0):
     """:func:`select_segment_nodes_nb` (the same decisions) with the hop distances from the rows
     (whole-network BFS, as there), the A* bounds of its round robins from the cost rows (the same
     paths), and the first direct pair's security ``(direct0, shared0)`` given when ``direct0 >= 0``
-    (chain ()'s first two paths). Returns ``(chosen, ok, hrows, crows)`` (rows added as needed)."""
+    (chain ()'s first two paths). Returns ``(chosen, status, hrows, crows, node)``: status 1, 0 (a
+    shared risky relay: the exact evaluator), 2 (``node`` has no rows in the ``shared`` ones)."""
     n = indptr.size - 1
     used = np.zeros(n, dtype=np.bool_)
     used[source] = True
@@ -1376,7 +1380,9 @@ def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, 
                 break
         if not anycand:
             break
-        hrows, crows = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, cur)
+        hrows, crows, ok = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, cur, shared)
+        if not ok:
+            return chosen[:0].copy(), 2, hrows, crows, cur
         dist_c = hrows[slot[cur]]
         dist_t = hrows[slot[target]]
         r = -1
@@ -1389,7 +1395,9 @@ def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, 
                     r = v
         if r < 0:
             break
-        hrows, crows = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, r)
+        hrows, crows, ok = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, r, shared)
+        if not ok:
+            return chosen[:0].copy(), 2, hrows, crows, r
         if cur == source and direct0 >= 0.0:
             direct, sh1 = direct0, shared0
         else:
@@ -1410,7 +1418,7 @@ def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, 
                                                lbs, ready)
         segmented, sh2 = product_security_nb(nodes, starts, seg, triple, p, mark)
         if sh1 or sh2:
-            return chosen[:0].copy(), False, hrows, crows
+            return chosen[:0].copy(), 0, hrows, crows, -1
         if segmented > direct + margin:
             chosen[nchosen] = r
             nchosen += 1
@@ -1420,7 +1428,7 @@ def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, 
             break
     chosen[nchosen] = target
     nchosen += 1
-    return chosen[:nchosen].copy(), True, hrows, crows
+    return chosen[:nchosen].copy(), 1, hrows, crows, -1
 
 
 @_jit
@@ -1487,29 +1495,76 @@ def _same_chain(a, b):
 
 
 @_jit
-def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, cands, hrows, crows, slot, exhaustive,
+def _candidates_nb(trusted, rn, hs, ht, cap):
+    """:func:`qkdseg.routing.smr_exact.candidate_relays` from the rows of the source (``hs``) and the
+    target (``ht``): the trusted relays not masked with a finite ``hs + ht``, by that then index,
+    the first ``cap`` (all: ``cap < 0``)."""
+    idx = np.empty(trusted.size, dtype=np.int64)
+    c = 0
+    for v in range(trusted.size):
+        if trusted[v] and not rn[v] and np.isfinite(hs[v] + ht[v]):
+            idx[c] = v
+            c += 1
+    score = np.empty(c)
+    for i in range(c):
+        score[i] = hs[idx[i]] + ht[idx[i]]
+    order = idx[:c][np.argsort(score, kind="mergesort")]
+    if 0 <= cap < c:
+        return order[:cap].copy()
+    return order
+
+
+@_jit
+def _exhaustive_nb(m, limit):
+    """``qkdseg.routing.smr_exact.ordered_chains(m) <= limit`` without overflow (``limit >= 0``)."""
+    total = 1
+    c = 1
+    if total > limit:
+        return False
+    for j in range(1, m + 1):
+        f = m - j + 1
+        if c > limit // f:
+            return False
+        c *= f
+        if c > limit - total:
+            return False
+        total += c
+    return True
+
+
+@_jit
+def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, cap, limit, hrows, crows, slot, shared,
                         max_paths, eps, tol, margin):
     """``smr-level``'s successive search in one call (:func:`qkdseg.routing.level_successive.successive`,
-    the same decisions): chain ``()``, SMR's step-1 chain unless :meth:`paper_out_of_reach`, then
-    every ordered chain of ``cands`` (``exhaustive``) or the greedy insertion, each value bounded
-    as there. ``hrows``/``crows``: hop and cost rows of ``s``, ``t`` and ``cands`` (node ``v``'s at
-    ``slot[v]``; a step-1 relay without one gets it here; ``slot`` is modified).
+    the same decisions): the candidates (:func:`_candidates_nb`, at most ``cap``), chain ``()``,
+    SMR's step-1 chain unless :meth:`paper_out_of_reach`, then every ordered chain of the
+    candidates (at most ``limit`` of them: :func:`_exhaustive_nb`) or the greedy insertion, each
+    value bounded as there. ``hrows``/``crows``: hop and cost rows (node ``v``'s at ``slot[v]``): a
+    request's, where a node without rows gets them here (``slot`` is modified), or the network's
+    (``shared``), where the caller must add them (status 2).
 
-    Returns ``(ok, chain, flag, nodes, starts, seg, masks, hops, security, full security, shared,
-    chosen security, shared)`` of the chain chosen: its full route as :func:`level_chain_nb` gives
-    it and, when ``flag`` is 1, its cheapest subsets, and :func:`_route_securities_nb` of them;
-    ``ok`` False when a chain or step 1 needs the exact evaluator (the caller searches in Python)."""
+    Returns ``(status, candidates, chain, flag, nodes, starts, seg, masks, hops, security, full
+    security, shared, chosen security, shared, node)`` of the chain chosen: its full route as
+    :func:`level_chain_nb` gives it and, when ``flag`` is 1, its cheapest subsets, and
+    :func:`_route_securities_nb` of them; status 1, 0 when a chain or step 1 needs the exact
+    evaluator (the caller searches in Python), 2 when ``node`` needs rows."""
+    none = np.empty(0, dtype=np.int64)
+    cands = _candidates_nb(trusted, rn, hrows[slot[s]], hrows[slot[t]], cap)
+    for v in cands:
+        hrows, crows, ok = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, v, shared)
+        if not ok:
+            return 2, cands, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False, v
+    exhaustive = _exhaustive_nb(cands.size, limit)
     n = indptr.size - 1
     need = eps - tol - 1e-9
     slack = n * 2.0 ** -32 + 1e-9
-    none = np.empty(0, dtype=np.int64)
     bound = np.inf
     # chain ()
     f0, h0, s0, st, nodes, starts, seg, masks = _level_value_nb(
         indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, none, np.inf, bound, max_paths, eps,
         tol, need, slack)
     if st == 2:
-        return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
+        return 0, cands, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False, -1
     if f0 == 1:
         bound = min(bound, float(-h0))
     bc, bf, bh, bs = none, f0, h0, s0
@@ -1543,17 +1598,17 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
             first = min(2, seg.size)
             pair = np.array([s, t], dtype=np.int64)
             direct = product_security_nb(nodes, starts[:first + 1], seg[:first], pair, p, np.zeros(n, dtype=np.bool_))
-        chosen, ok, hrows, crows = _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, margin, hrows,
-                                                   crows, slot, direct[0], direct[1])
-        if not ok:
-            return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
+        chosen, st, hrows, crows, missing = _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t, margin,
+                                                            hrows, crows, slot, shared, direct[0], direct[1])
+        if st != 1:
+            return st, cands, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False, missing
         paper = chosen[1:chosen.size - 1].copy()
         if paper.size > 0:
             pf, ph, ps_, st, pn, pst, psg, pm = _level_value_nb(
                 indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, paper, met0, bound,
                 max_paths, eps, tol, need, slack)
             if st == 2:
-                return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
+                return 0, cands, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False, -1
             if pf == 1:
                 bound = min(bound, float(-ph))
             if _beats_nb(pf, ph, ps_, bf, bh, bs, margin):
@@ -1580,7 +1635,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
                     indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, chain, _met_nb(bf, bh),
                     bound, max_paths, eps, tol, need, slack)
                 if st == 2:
-                    return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
+                    return 0, cands, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False, -1
                 if cf == 1:
                     bound = min(bound, float(-ch))
             if _beats_nb(cf, ch, cs, bf, bh, bs, margin):
@@ -1632,7 +1687,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
                         indptr, indices, edge_of, cost, p, trusted, rn, rl, hrows, crows, slot, s, t, trial, met, bound,
                         max_paths, eps, tol, need, slack)
                     if st == 2:
-                        return False, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False
+                        return 0, cands, none, 0, none, none, none, none, 0, 0.0, 0.0, False, 0.0, False, -1
                     if cf == 1:
                         bound = min(bound, float(-ch))
                     tf[i], th[i], ts[i] = cf, ch, cs
@@ -1651,8 +1706,8 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
         if _beats_nb(gf, gh, gs, bf, bh, bs, margin):
             bc, bf, bh, bs = gc, gf, gh, gs
             bn, bst, bsg, bm = gn, gst, gsg, gm
-    full, full_shared, sec, shared = _route_securities_nb(p, s, t, bc, bf, bn, bst, bsg, bm)
-    return True, bc, bf, bn, bst, bsg, bm, -bh, bs, full, full_shared, sec, shared
+    full, full_shared, sec, sub_shared = _route_securities_nb(p, s, t, bc, bf, bn, bst, bsg, bm)
+    return 1, cands, bc, bf, bn, bst, bsg, bm, -bh, bs, full, full_shared, sec, sub_shared, -1
 
 
 @_jit

@@ -39,6 +39,8 @@ _LOCK = threading.Lock()
 
 #: Segments whose candidates (under a set of removed links) are kept per network.
 _PAIRS = 20_000
+#: Up to this many nodes a network's rows are kept as two n x n matrices (every row fits: 2^22 floats each).
+MATRIX_NODES = 2048
 
 
 class _Rows:
@@ -47,12 +49,19 @@ class _Rows:
     in :class:`Arena`)."""
 
     def __init__(self, arrays: NetworkArrays) -> None:
+        n = arrays.n_nodes
         self.refs = (weakref.ref(arrays.indptr), weakref.ref(arrays.cost))
         self.hops: dict[int, np.ndarray] = {}
         self.cost: dict[int, np.ndarray] = {}
-        self.limit = max(64, 2**22 // max(1, arrays.n_nodes))
+        self.limit = max(64, 2**22 // max(1, n))
         self.pairs: dict[tuple[int, int, int], Candidates] = {}
         self.arena = Arena()
+        # up to MATRIX_NODES every row fits (the limit above): kept as two n x n matrices the compiled
+        # searches read directly, ``slot[v] = v`` once both of ``v``'s rows are in
+        self.matrix = n <= MATRIX_NODES
+        if self.matrix:
+            self.mats = (np.empty((n, n)), np.empty((n, n)))
+            self.slot = np.full(n, -1, dtype=np.int64)
 
     def alive_for(self, arrays: NetworkArrays) -> bool:
         return self.refs[0]() is arrays.indptr and self.refs[1]() is arrays.cost
@@ -133,20 +142,42 @@ class Rows:
     def hops(self, v: int) -> np.ndarray:
         row = self.kept.hops.get(v)
         if row is None:
-            row = np.asarray(_distances(self.arrays, int(v), "hops", self.kernel), dtype=float)
-            row.setflags(write=False)
-            _keep(self.kept.hops, self.kept.limit, v, row)
+            row = self._keep(self.kept.hops, 0, v, np.asarray(_distances(self.arrays, int(v), "hops", self.kernel),
+                                                              dtype=float))
         return row
 
     def cost(self, v: int) -> np.ndarray:
         row = self.kept.cost.get(v)
         if row is None:
             a = self.arrays
-            row = (_kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v)) if self.kernel == "numba"
-                   else _cost_row_python(a, int(v)))
-            row.setflags(write=False)
-            _keep(self.kept.cost, self.kept.limit, v, row)
+            row = self._keep(self.kept.cost, 1, v, _kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v))
+                             if self.kernel == "numba" else _cost_row_python(a, int(v)))
         return row
+
+    def _keep(self, table: dict, kind: int, v: int, row: np.ndarray) -> np.ndarray:
+        """Keep a new row: in its matrix (a read-only view of it kept) or on its own."""
+        kept = self.kept
+        if kept.matrix:
+            mat = kept.mats[kind]
+            mat[v] = row
+            row = mat[v]
+        row.setflags(write=False)
+        _keep(table, kept.limit, v, row)
+        if kept.matrix and int(v) in kept.hops and int(v) in kept.cost:
+            kept.slot[v] = v
+        return row
+
+    def shared(self, nodes) -> tuple | None:
+        """The network's matrices and their ``slot`` with the rows of ``nodes`` in, or None (more
+        than 2048 nodes: :func:`request_rows`)."""
+        kept = self.kept
+        if not kept.matrix:
+            return None
+        for v in nodes:
+            if kept.slot[v] < 0:
+                self.hops(v)
+                self.cost(v)
+        return (*kept.mats, kept.slot)
 
 
 def _keep(table: dict, limit: int, key, value):

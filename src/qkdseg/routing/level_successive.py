@@ -21,9 +21,9 @@ from .. import _kernels
 from ..network import NetworkArrays
 from ..reconstruction.result import TOLERANCE
 from ..security import exact_security
-from .level_paths import HopRows, Rows, split_paths
+from .level_paths import HopRows, Rows, request_rows, split_paths
 from .smr import STRICT_MARGIN, round_robin_paths, select_segment_nodes
-from .smr_exact import _beats
+from .smr_exact import _beats, candidate_relays, ordered_chains
 
 #: With risky relays shared inside a segment, every subset is evaluated up to this many paths (else prefixes).
 MAX_ENUMERATED = 12
@@ -342,21 +342,33 @@ def full_route(arrays: NetworkArrays, nodes: list[int], rn: np.ndarray, rl: np.n
     return split_paths(flat, starts, seg, len(nodes) - 1)
 
 
-def successive(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, dist: HopRows,
-               cands: list[int], max_paths: int | None, eps: float, kernel: str, exhaustive: bool,
-               ends_rows: tuple | None = None):
-    """The successive search: ``(chain, its full route, (hops, product, subsets) or None,
-    securities)``, the chain of the least value (:class:`LevelEvaluator`) among chain ``()``, SMR's
-    step-1 chain and every ordered chain of ``cands`` (``exhaustive``) or those of the greedy
-    insertion; ``securities``: :func:`~qkdseg.security.route_security` of the full route and of
-    the subsets, where the compiled search had them (no shared risky relay), else None; and the
-    chain and full route as arrays (``flat``, ``starts``, ``seg``), or None. With ``ends_rows``
-    (:func:`~qkdseg.routing.level_paths.request_rows` of the source, the target and ``cands``) the
-    search is compiled where it can be."""
-    if ends_rows is not None:
-        found = _compiled(arrays, source, target, rn, rl, cands, max_paths, eps, exhaustive, ends_rows)
+def successive(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rows: Rows,
+               cap: int | None, limit: int, max_paths: int | None, eps: float, kernel: str):
+    """The successive search over the candidates (:func:`~qkdseg.routing.smr_exact.candidate_relays`,
+    at most ``cap``): ``(candidates, chain, its full route, (hops, product, subsets) or None,
+    securities, arrays, rows)``, the chain of the least value (:class:`LevelEvaluator`) among chain
+    ``()``, SMR's step-1 chain and every ordered chain of the candidates (at most ``limit`` of
+    them) or those of the greedy insertion. ``securities``:
+    :func:`~qkdseg.security.route_security` of the full route and of the subsets where the
+    compiled search had them (no shared risky relay), else None; ``arrays``: the chain and full
+    route as arrays ``(chain, flat, starts, seg)``, or None; ``rows``: with numba, the hop and cost
+    rows of the source, the target and the candidates with their ``slot`` (the network's, or
+    :func:`~qkdseg.routing.level_paths.request_rows`), else None. With numba the search is one
+    compiled call where it can be."""
+    ends_rows = None
+    if kernel == "numba":
+        found, ends_rows = _compiled(arrays, source, target, rn, rl, rows, cap, limit, max_paths, eps)
         if found is not None:
-            return found
+            return (*found, ends_rows)
+    return (*search_in_python(arrays, source, target, rn, rl, rows, cap, limit, max_paths, eps, kernel), ends_rows)
+
+
+def search_in_python(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rows: Rows,
+                     cap: int | None, limit: int, max_paths: int | None, eps: float, kernel: str):
+    """:func:`successive` with the chains evaluated one by one (:class:`LevelEvaluator`; with numba,
+    one compiled call per chain): the first six of its results."""
+    dist = HopRows(rows)
+    cands, _ = candidate_relays(arrays, source, target, rn, kernel, cap, dist=dist)
     ev = LevelEvaluator(arrays, source, target, rn, rl, max_paths, eps, kernel, dist)
     best_chain: tuple = ()
     best = ev(best_chain)
@@ -364,7 +376,7 @@ def successive(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, 
         tuple(select_segment_nodes(arrays, source, target, removed_nodes=rn, removed_links=rl, kernel=kernel)[1:-1])
     if paper and _beats(ev(paper, within=_met_hops(best)), best):
         best_chain, best = paper, ev(paper)
-    if exhaustive:
+    if ordered_chains(len(cands)) <= limit:
         # every ordered chain, fewest hops of the chain's own legs first: once one meets the level,
         # the chains whose legs alone are longer are not routed at all (the evaluator's bound)
         chains = [c for k in range(1, len(cands) + 1) for c in itertools.permutations(cands, k)]
@@ -376,21 +388,34 @@ def successive(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, 
         chain, value = _greedy(ev, cands, dist)
         if _beats(value, best):
             best_chain, best = chain, value
-    return (best_chain, *ev.routes[best_chain], (None, None), None)
+    return (cands, best_chain, *ev.routes[best_chain], (None, None), None)
 
 
-def _compiled(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, cands: list[int],
-              max_paths: int | None, eps: float, exhaustive: bool, ends_rows: tuple):
-    """:func:`successive` in one compiled call; None where it needs the exact evaluator."""
+def _compiled(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rows: Rows,
+              cap: int | None, limit: int, max_paths: int | None, eps: float):
+    """:func:`successive` in one compiled call: ``(found, rows)``, found None where it needs the
+    exact evaluator. On the network's rows (up to 2048 nodes), a node they lack is added and the
+    call repeated; else on the rows of the request's ends."""
     a = arrays
-    hrows, crows, slot = ends_rows
-    ok, chain, flag, flat, starts, seg, masks, hops, sec, full, full_shared, chosen, shared = _kernels.level_successive_nb(
-        a.indptr, a.indices, a.edge_of, a.cost, a.p, a.trusted, rn, rl, int(source), int(target),
-        np.asarray(cands, dtype=np.int64), hrows, crows, slot.copy(), bool(exhaustive),
-        -1 if max_paths is None else int(max_paths), eps, TOLERANCE, STRICT_MARGIN)
-    if not ok:
-        return None
+    shared = rows.shared((source, target))
+    network = shared is not None
+    if not network:
+        cands, _ = candidate_relays(arrays, source, target, rn, "numba", cap, dist=HopRows(rows))
+        shared = request_rows(rows, [source, target, *cands])
+    while True:
+        hrows, crows, slot = shared
+        status, cands, chain, flag, flat, starts, seg, masks, hops, sec, full, full_shared, chosen, sub_shared, node = \
+            _kernels.level_successive_nb(
+                a.indptr, a.indices, a.edge_of, a.cost, a.p, a.trusted, rn, rl, int(source), int(target),
+                -1 if cap is None else int(cap), min(int(limit), 2**62), hrows, crows, slot if network else slot.copy(),
+                network,
+                -1 if max_paths is None else int(max_paths), eps, TOLERANCE, STRICT_MARGIN)
+        if status != 2:
+            break
+        shared = rows.shared((int(node),))
+    if status == 0:
+        return None, shared
     paths = split_paths(flat, starts, seg, chain.size + 1)
-    secs = (None if full_shared else float(full), None if shared or flag != 1 else float(chosen))
+    secs = (None if full_shared else float(full), None if sub_shared or flag != 1 else float(chosen))
     plan = (int(hops), float(sec), _subsets(paths, masks)) if flag == 1 else None
-    return tuple(chain.tolist()), paths, plan, secs, (chain, flat, starts, seg)
+    return (cands.tolist(), tuple(chain.tolist()), paths, plan, secs, (chain, flat, starts, seg)), shared

@@ -63,12 +63,11 @@ from .. import _kernels
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
 from ..security import route_security
-from .level_paths import HopRows, network_rows, request_rows
+from .level_paths import network_rows
 from .level_successive import _meets, full_route, successive
 from .level_wide import DEFAULT_K, wide_search, wide_search_compiled
 from .registry import register
 from .smr import request_masks
-from .smr_exact import candidate_relays, ordered_chains
 
 #: Default cap on the candidate segment nodes (closest by detour first).
 DEFAULT_CANDIDATES = 4
@@ -145,12 +144,8 @@ def smr_level(
     kernel = _kernels.resolve_kernel(kernel)
     rn, rl = request_masks(arrays, source, target, removed_links)
     rows = network_rows(arrays, kernel)
-    dist = HopRows(rows)
-    cands, _ = candidate_relays(arrays, source, target, rn, kernel, candidates, dist=dist)
-    ends_rows = request_rows(rows, [source, target, *cands]) if kernel == "numba" else None
-    best_chain, paths, plan, (full_sec, sec), flat = successive(
-        arrays, source, target, rn, rl, dist, cands, max_paths, eps, kernel, ordered_chains(len(cands)) <= exhaustive,
-        ends_rows)
+    cands, best_chain, paths, plan, (full_sec, sec), flat, ends_rows = successive(
+        arrays, source, target, rn, rl, rows, candidates, exhaustive, max_paths, eps, kernel)
     nodes = [source, *best_chain, target]
     chosen = None if plan is None else [[seg[i] for i in sorted(sub)] for seg, sub in zip(paths, plan[2])]
     if chosen is not None and sec is None:
