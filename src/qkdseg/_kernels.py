@@ -255,12 +255,16 @@ def _trace_back(pred, source, target, out):
 def _search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv, out, lb):
     """One target-pruned ExDijkstra search (:func:`_path_search` by ``(cost, hops)``)."""
     return _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh,
-                        hv, out, lb, False)
+                        hv, out, lb, False, pred, touched, out, 0)
+
+
+#: Nodes a spur search of Yen's algorithm settles before it checks that a path exists.
+_SPUR_CHECK = 64
 
 
 @_jit
 def _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv,
-                 out, lb, by_hops):
+                 out, lb, by_hops, mark, queue_s, queue_t, check_at):
     """One target-pruned search for the least path by ``(cost, hops)`` (ExDijkstra), or by
     ``(hops, cost)`` when ``by_hops``; writes the path into ``out``.
 
@@ -277,83 +281,16 @@ def _path_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, h
     settled before it (at most its key, fewer hops), so the labels, the
     smallest-index predecessor rule and hence the path are exactly those of
     plain Dijkstra (A*).
+
+    Whether a path exists at all (:func:`_reachable`, with ``mark`` (-1 everywhere) and the
+    queues as scratch; ExDijkstra passes ``pred``, ``touched``, ``out``) is checked first when
+    ``check_at`` is 0, else once ``check_at`` nodes are settled without reaching ``target``
+    (Yen's spur searches: most end before; a failing one stops there). Either way the path is
+    the same.
     """
-    if source != target and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, pred, touched, out):
+    if check_at == 0 and source != target and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target,
+                                                             mark, queue_s, queue_t):
         return 0
-    inf = np.inf
-    nt = 0
-    dist[source] = 0.0
-    touched[nt] = source
-    nt += 1
-    size = _heap_push(hd, hh, hv, 0, lb[source], 0, source)
-    found = False
-    while size > 0:
-        u = hv[0]
-        size = _heap_pop(hd, hh, hv, size)
-        if done[u]:
-            continue
-        done[u] = True
-        if u == target:
-            found = True
-            break
-        d = dist[u]
-        h = hops[u]
-        for k in range(indptr[u], indptr[u + 1]):
-            v = indices[k]
-            if done[v]:
-                continue
-            if rl[edge_of[k]]:
-                continue
-            if v == target:
-                c = d
-            else:
-                if rn[v]:
-                    continue
-                w = cost[v]
-                if w == inf:
-                    continue
-                c = d + w
-            nh = h + 1
-            dv = dist[v]
-            if by_hops:  # (hops, cost); an unreached node has dist inf
-                take = dv == inf or nh < hops[v] or (nh == hops[v] and (c < dv or (c == dv and u < pred[v])))
-                better = dv == inf or nh < hops[v] or c < dv
-                key = nh + lb[v]
-            else:
-                take = c < dv or (c == dv and (nh < hops[v] or (nh == hops[v] and u < pred[v])))
-                better = c < dv or nh < hops[v]
-                key = c + lb[v]
-            if take:
-                if dv == inf and pred[v] == -1:
-                    touched[nt] = v
-                    nt += 1
-                dist[v] = c
-                hops[v] = nh
-                pred[v] = u
-                if better:
-                    size = _heap_push(hd, hh, hv, size, key, nh, v)
-    length = _trace_back(pred, source, target, out) if found else 0
-    for i in range(nt):
-        v = touched[i]
-        dist[v] = inf
-        hops[v] = 0
-        pred[v] = -1
-        done[v] = False
-    return length
-
-
-
-#: Nodes a spur search of Yen's algorithm settles before it checks that a path exists.
-_SPUR_CHECK = 64
-
-
-@_jit
-def _spur_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, hops, pred, done, touched, hd, hh, hv,
-                 out, lb, by_hops, mark, queue_s, queue_t):
-    """:func:`_path_search` for Yen's algorithm, the same path: the check that a path exists
-    (:func:`_reachable`, on its own scratch arrays ``mark`` (-1 everywhere) and the queues) is
-    made only once the search has settled :data:`_SPUR_CHECK` nodes without reaching ``target``;
-    most spur searches end before that, and a failing one stops there."""
     inf = np.inf
     nt = 0
     dist[source] = 0.0
@@ -372,8 +309,8 @@ def _spur_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, h
             found = True
             break
         settled += 1
-        if settled == _SPUR_CHECK and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, mark, queue_s,
-                                                     queue_t):
+        if settled == check_at and not _reachable(indptr, indices, edge_of, cost, rn, rl, source, target, mark, queue_s,
+                                                  queue_t):
             break
         d = dist[u]
         h = hops[u]
@@ -419,6 +356,7 @@ def _spur_search(indptr, indices, edge_of, cost, rn, rl, source, target, dist, h
         pred[v] = -1
         done[v] = False
     return length
+
 
 
 @_jit
@@ -988,7 +926,7 @@ def _in_pool(pool, starts, count, alive, path, length):
 @_jit
 def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
     """The ``k`` least simple ``u -> v`` paths by ``(hops, cost, reversed nodes)`` (``by_hops``) or
-    ``(cost, hops, reversed nodes)``, in that order: Yen's algorithm over :func:`_spur_search`.
+    ``(cost, hops, reversed nodes)``, in that order: Yen's algorithm over :func:`_path_search`.
     ``rn``/``rl`` are restored on return. Returns ``(nodes, starts)``: path ``i`` is
     ``nodes[starts[i]:starts[i+1]]``."""
     n = indptr.size - 1
@@ -1009,8 +947,8 @@ def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
     every = np.ones(k + 1, dtype=np.bool_)
     length = 0
     if k > 0:
-        length = _spur_search(indptr, indices, edge_of, cost, rn, rl, u, v, dist, hops, pred, done, touched, hd, hh, hv,
-                              out, lb, by_hops, mark, queue_s, queue_t)
+        length = _path_search(indptr, indices, edge_of, cost, rn, rl, u, v, dist, hops, pred, done, touched, hd, hh, hv,
+                              out, lb, by_hops, mark, queue_s, queue_t, _SPUR_CHECK)
     if length > 0:
         fpool, fstarts, nfound = _pool_add(fpool, fstarts, nfound, out, length)
     saved = np.empty(n, dtype=np.bool_)
@@ -1038,8 +976,8 @@ def yen_nb(indptr, indices, edge_of, cost, rn, rl, u, v, k, by_hops, lb):
                             rl[e] = True
                             links[nl] = e
                             nl += 1
-            length = _spur_search(indptr, indices, edge_of, cost, rn, rl, spur, v, dist, hops, pred, done, touched, hd,
-                                  hh, hv, out, lb, by_hops, mark, queue_s, queue_t)
+            length = _path_search(indptr, indices, edge_of, cost, rn, rl, spur, v, dist, hops, pred, done, touched, hd,
+                                  hh, hv, out, lb, by_hops, mark, queue_s, queue_t, _SPUR_CHECK)
             for i in range(nl):
                 rl[links[i]] = False
             for i in range(j - 1, -1, -1):

@@ -13,7 +13,10 @@ subsets of its candidate paths.
   (shared relays included), reduced to the least-hop subset for every reachable security.
 
 Each has a compiled kernel (:mod:`qkdseg._kernels`) and a pure-Python one that returns
-exactly the same (``tests/test_smr_level.py``).
+exactly the same (``tests/test_smr_level.py``). Up to :data:`MATRIX_NODES` nodes a network's
+rows are kept as two n x n matrices the compiled searches read directly
+(:meth:`Rows.shared`); larger networks stack a request's rows (:func:`request_rows`). The
+compiled wide search keeps its segments' candidates and fronts in an :class:`Arena`.
 """
 
 from __future__ import annotations

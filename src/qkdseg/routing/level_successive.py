@@ -184,7 +184,8 @@ class LevelEvaluator:
         security at most ``1 - (1 - P)^k``, ``P = exp(-least relay cost a..b)`` bounding
         every path's ``Psec`` from above (shared relays only lower it: Harris), so
         meeting ``eps`` needs ``chain's p x (1 - (1 - P)^k) >= eps`` on each segment
-        alone. The slacks cover the costs' rounding and float error.
+        alone; and its ``k`` paths leave ``a`` and enter ``b`` by ``k`` different links
+        (:meth:`_first_links`). The slacks cover the costs' rounding and float error.
         """
         a = self.a
         need = self.eps - TOLERANCE - 1e-9

@@ -22,6 +22,12 @@ route popped is the least (ties: the higher product):
   is dropped. Labels may revisit a relay: a chain with a repeated relay is never least (its
   loop adds hops and only lowers the product), so the least route found is a chain of
   distinct relays, and dropping dominated labels loses no completion.
+
+With numba the whole search is one compiled call (:func:`wide_search_compiled`,
+:func:`qkdseg._kernels.level_wide_nb`), the same heap order and so the same route; it also
+leaves out a segment whose paths, leaving ``u`` (entering ``v``) by distinct neighbours, could
+not reach the level in fewer hops than the route to beat (a segment no route of fewer hops
+goes through, so nothing it would queue is ever taken or dominates what is).
 """
 
 from __future__ import annotations

@@ -19,15 +19,17 @@ where the successive search serves). The successive search:
    (``candidates``), every ordered chain when there are at most
    ``exhaustive``, else greedy insertion; a chain's value is its cost at the
    level instead of its security. A chain is not routed when a lower bound on
-   its hops at the level (:meth:`_LevelEvaluator.fewest_hops`) exceeds a met
-   value it would have to beat; that changes no comparison, so the routes are
+   its hops at the level
+   (:meth:`~qkdseg.routing.level_successive.LevelEvaluator.fewest_hops`)
+   exceeds a met value it would have to beat, nor SMR's step 1 run when its
+   chain could not be routed; that changes no comparison, so the routes are
    those of the first version (``tests/smr_level_reference.py``).
 2. **Paths** of a chain are SMR's step 2 over it (round-robin ExDijkstra,
    :func:`~qkdseg.routing.smr.round_robin_paths`): the full route. Its
    *subsets* are searched, not only its prefixes: per segment the least-hop
    subset for every reachable security (an exact 0/1 knapsack over the
    paths' hops when they share no risky relay; with shared risky relays every
-   subset of up to :data:`MAX_ENUMERATED` paths is evaluated exactly, else
+   subset of up to :data:`~qkdseg.routing.level_successive.MAX_ENUMERATED` paths is evaluated exactly, else
    only the ExDijkstra prefixes), then across segments the least total hops
    whose product of segment securities times the chain's ``p`` meets
    ``epsilon`` (:func:`~qkdseg.reconstruction.meets`).
@@ -47,6 +49,13 @@ once more. Every piece of the route then feeds the one key, so ``xor-all``,
 Why one key: any reconstruction that builds ``k`` keys from disjoint pieces
 spends on each at least the least cost of one key, so no route's bits per
 information-theoretic key are below this one's on the same paths.
+
+With numba each search is one compiled call
+(:func:`qkdseg._kernels.level_successive_nb`, :func:`qkdseg._kernels.level_wide_nb`: the same
+decisions, so the same routes, ``tests/test_smr_level_saved.py``) on the rows and candidates kept
+per network (:mod:`qkdseg.routing.level_paths`); the searches in Python
+(:mod:`qkdseg.routing.level_successive`, :func:`~qkdseg.routing.level_wide.wide_search`) serve
+the python kernel and the requests whose paths share a risky relay.
 
 Besides ``(segment_nodes, paths)`` it returns what it saved:
 ``{"full_hops", "full_security", "met"}`` of the full route over the same
