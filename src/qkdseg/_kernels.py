@@ -602,6 +602,30 @@ def product_security_nb(nodes, starts, seg, seg_nodes, p, mark):
 
 
 @_jit
+def _step1_any(trusted, rn, used, dist_t):
+    """Is there an unused trusted relay, not masked, that reaches the target (SMR step 1)?"""
+    for v in range(trusted.size):
+        if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
+            return True
+    return False
+
+
+@_jit
+def _step1_relay(trusted, rn, used, dist_c, dist_t):
+    """SMR step 1's next relay: of those, the least ``dist_c + dist_t`` (smallest index; -1: no
+    finite sum)."""
+    r = -1
+    best = np.inf
+    for v in range(trusted.size):
+        if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
+            sc = dist_c[v] + dist_t[v]
+            if sc < best:
+                best = sc
+                r = v
+    return r
+
+
+@_jit
 def select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, target, margin):
     """SMR step 1 with hop distances, in one call.
 
@@ -623,22 +647,10 @@ def select_segment_nodes_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, 
     pair = np.empty(2, dtype=np.int64)
     triple = np.empty(3, dtype=np.int64)
     while True:
-        anycand = False
-        for v in range(n):
-            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
-                anycand = True
-                break
-        if not anycand:
+        if not _step1_any(trusted, rn, used, dist_t):
             break
         dist_c = bfs_hops_nb(indptr, indices, cur)
-        r = -1
-        best = np.inf
-        for v in range(n):
-            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
-                sc = dist_c[v] + dist_t[v]
-                if sc < best:
-                    best = sc
-                    r = v
+        r = _step1_relay(trusted, rn, used, dist_c, dist_t)
         if r < 0:
             break
         pair[0] = cur
@@ -1393,26 +1405,14 @@ def _select_rows_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, source, 
     ready = np.ones(2, dtype=np.bool_)
     while True:
         dist_t = hrows[slot[target]]
-        anycand = False
-        for v in range(n):
-            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
-                anycand = True
-                break
-        if not anycand:
+        if not _step1_any(trusted, rn, used, dist_t):
             break
         hrows, crows, ok = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, cur, shared)
         if not ok:
             return chosen[:0].copy(), 2, hrows, crows, cur
         dist_c = hrows[slot[cur]]
         dist_t = hrows[slot[target]]
-        r = -1
-        best = np.inf
-        for v in range(n):
-            if trusted[v] and not rn[v] and not used[v] and dist_t[v] != np.inf:
-                sc = dist_c[v] + dist_t[v]
-                if sc < best:
-                    best = sc
-                    r = v
+        r = _step1_relay(trusted, rn, used, dist_c, dist_t)
         if r < 0:
             break
         hrows, crows, ok = _with_rows_nb(indptr, indices, cost, hrows, crows, slot, r, shared)
@@ -1502,16 +1502,6 @@ def _ordered_chains_nb(m):
             else:
                 depth += 1
     return out, lens
-
-
-@_jit
-def _same_chain(a, b):
-    if a.size != b.size:
-        return False
-    for i in range(a.size):
-        if a[i] != b[i]:
-            return False
-    return True
 
 
 @_jit
@@ -1648,7 +1638,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
             legs[i] = total
         for i in np.argsort(legs, kind="mergesort"):
             chain = cands[rows_[i, :lens[i]]]
-            if paper.size > 0 and _same_chain(chain, paper):
+            if paper.size > 0 and _same_path(chain, paper):
                 cf, ch, cs, st, cn, cst, csg, cm = pf, ph, ps_, 1, pn, pst, psg, pm
             else:
                 cf, ch, cs, st, cn, cst, csg, cm = _level_value_nb(
@@ -1699,7 +1689,7 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
             met = _met_nb(gf, gh)
             for i in np.argsort(lower, kind="mergesort"):
                 trial = trials[i]
-                if paper.size > 0 and _same_chain(trial, paper):
+                if paper.size > 0 and _same_path(trial, paper):
                     tf[i], th[i], ts[i] = pf, ph, ps_
                     routes[i] = (pn, pst, psg, pm)
                 else:
@@ -1731,6 +1721,14 @@ def level_successive_nb(indptr, indices, edge_of, cost, p, trusted, rn, rl, s, t
 
 
 @_jit
+def _put_path(nodes, starts, m, src, lo, hi):
+    """Write ``src[lo:hi]`` as path ``m`` of the flat ``(nodes, starts)``; returns ``m + 1``."""
+    nodes[starts[m]:starts[m] + hi - lo] = src[lo:hi]
+    starts[m + 1] = starts[m] + hi - lo
+    return m + 1
+
+
+@_jit
 def _route_securities_nb(p, s, t, chain, flag, nodes, starts, seg, masks):
     """``(security, shared)`` (:func:`product_security_nb`, the arithmetic of
     :func:`qkdseg.security.route_security` without shared relays) of a chain's full route and,
@@ -1759,11 +1757,8 @@ def _route_securities_nb(p, s, t, chain, flag, nodes, starts, seg, masks):
     c = 0
     for i in range(seg.size):
         if pick[i]:
-            length = starts[i + 1] - starts[i]
-            sub[sub_starts[c]:sub_starts[c] + length] = nodes[starts[i]:starts[i + 1]]
-            sub_starts[c + 1] = sub_starts[c] + length
             sub_seg[c] = seg[i]
-            c += 1
+            c = _put_path(sub, sub_starts, c, nodes, starts[i], starts[i + 1])
     sec, shared = product_security_nb(sub, sub_starts, sub_seg, seg_nodes, p, mark)
     return full, full_shared, sec, shared
 
@@ -1884,22 +1879,13 @@ def _union_paths(n1, s1, n2, s2, pick1, pick2, limit2):
     starts = np.zeros(pick1.size + pick2.size + 1, dtype=np.int64)
     m = 0
     for i in pick1:
-        length = s1[i + 1] - s1[i]
-        nodes[starts[m]:starts[m] + length] = n1[s1[i]:s1[i + 1]]
-        starts[m + 1] = starts[m] + length
-        m += 1
+        m = _put_path(nodes, starts, m, n1, s1[i], s1[i + 1])
     first = m
-    added = 0
     for j in pick2:
-        if added >= limit2:
+        if m - first >= limit2:
             break
-        if _path_in(nodes, starts, first, n2, s2, j):
-            continue
-        length = s2[j + 1] - s2[j]
-        nodes[starts[m]:starts[m] + length] = n2[s2[j]:s2[j + 1]]
-        starts[m + 1] = starts[m] + length
-        m += 1
-        added += 1
+        if not _path_in(nodes, starts, first, n2, s2, j):
+            m = _put_path(nodes, starts, m, n2, s2[j], s2[j + 1])
     return nodes[:starts[m]].copy(), starts[:m + 1].copy()
 
 
@@ -2060,10 +2046,7 @@ def _gather_segment(nodes, starts, seg, j):
     c = 0
     for q in range(seg.size):
         if seg[q] == j:
-            length = starts[q + 1] - starts[q]
-            out[out_starts[c]:out_starts[c] + length] = nodes[starts[q]:starts[q + 1]]
-            out_starts[c + 1] = out_starts[c] + length
-            c += 1
+            c = _put_path(out, out_starts, c, nodes, starts[q], starts[q + 1])
     return out, out_starts
 
 
@@ -2105,15 +2088,6 @@ def _first_hops_nb(indptr, indices, edge_of, cost, p, rn, rl, row_b, a, b, x):
     for i in range(used):
         total += hs[i]
     return total
-
-
-@_jit
-def _grow_f(a, need):
-    if need <= a.size:
-        return a
-    g = np.empty(max(2 * a.size, need), dtype=a.dtype)
-    g[:a.size] = a
-    return g
 
 
 @_jit
@@ -2232,7 +2206,7 @@ def level_wide_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, relays, hrows
                         pcap *= 2
                         plab = _grow_int(plab, pcap)
                         pend = _grow_int(pend, pcap)
-                        psv = _grow_f(psv, pcap)
+                        psv = _grow_int(psv, pcap)
                     plab[npend], pend[npend], psv[npend] = lab, i, sv
                     heapq.heappush(heap, (key, -sv, seq, _PENDING, npend))
                     npend += 1
@@ -2285,7 +2259,7 @@ def level_wide_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, relays, hrows
             if nl == cap:
                 cap *= 2
                 lnode, lnrel, lhops = _grow_int(lnode, cap), _grow_int(lnrel, cap), _grow_int(lhops, cap)
-                lsig, lpar, lu = _grow_f(lsig, cap), _grow_int(lpar, cap), _grow_int(lu, cap)
+                lsig, lpar, lu = _grow_int(lsig, cap), _grow_int(lpar, cap), _grow_int(lu, cap)
                 lv, lmask = _grow_int(lv, cap), _grow_int(lmask, cap)
             new = nl
             lnode[new], lnrel[new], lhops[new], lsig[new] = v, nrel + (v != t), total, sig
@@ -2353,9 +2327,6 @@ def level_wide_nb(indptr, indices, edge_of, cost, p, rn, rl, s, t, relays, hrows
         nodes, starts, _, _, _ = segs[lu[x] * (m + 1) + lv[x]]
         for q in range(starts.size - 1):
             if lmask[x] >> q & 1:
-                length = starts[q + 1] - starts[q]
-                fnodes[fstarts[c]:fstarts[c] + length] = nodes[starts[q]:starts[q + 1]]
-                fstarts[c + 1] = fstarts[c] + length
                 fseg[c] = d
-                c += 1
+                c = _put_path(fnodes, fstarts, c, nodes, starts[q], starts[q + 1])
     return True, chain, fnodes, fstarts, fseg, lhops[found], lsig[found], table, ipool, fpool
