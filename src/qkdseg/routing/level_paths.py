@@ -13,7 +13,10 @@ subsets of its candidate paths.
   (shared relays included), reduced to the least-hop subset for every reachable security.
 
 Each has a compiled kernel (:mod:`qkdseg._kernels`) and a pure-Python one that returns
-exactly the same (``tests/test_smr_level.py``).
+exactly the same (``tests/test_smr_level.py``). Up to :data:`MATRIX_NODES` nodes a network's
+rows are kept as two n x n matrices the compiled searches read directly
+(:meth:`Rows.shared`); larger networks stack a request's rows (:func:`request_rows`). The
+compiled wide search keeps its segments' candidates and fronts in an :class:`Arena`.
 """
 
 from __future__ import annotations
@@ -39,21 +42,60 @@ _LOCK = threading.Lock()
 
 #: Segments whose candidates (under a set of removed links) are kept per network.
 _PAIRS = 20_000
+#: Up to this many nodes a network's rows are kept as two n x n matrices (every row fits: 2^22 floats each).
+MATRIX_NODES = 2048
 
 
 class _Rows:
     """The rows of one network, by node; at most ``limit`` of each kind (about 32 MB); and the
-    unmasked candidates of the segments asked for (:func:`pair_candidates`)."""
+    unmasked candidates of the segments asked for (:func:`pair_candidates`; the compiled search's
+    in :class:`Arena`)."""
 
     def __init__(self, arrays: NetworkArrays) -> None:
+        n = arrays.n_nodes
         self.refs = (weakref.ref(arrays.indptr), weakref.ref(arrays.cost))
         self.hops: dict[int, np.ndarray] = {}
         self.cost: dict[int, np.ndarray] = {}
-        self.limit = max(64, 2**22 // max(1, arrays.n_nodes))
+        self.limit = max(64, 2**22 // max(1, n))
         self.pairs: dict[tuple[int, int, int], Candidates] = {}
+        self.arena = Arena()
+        # up to MATRIX_NODES every row fits (the limit above): kept as two n x n matrices the compiled
+        # searches read directly, ``slot[v] = v`` once both of ``v``'s rows are in
+        self.matrix = n <= MATRIX_NODES
+        if self.matrix:
+            self.mats = (np.empty((n, n)), np.empty((n, n)))
+            self.slot = np.full(n, -1, dtype=np.int64)
 
     def alive_for(self, arrays: NetworkArrays) -> bool:
         return self.refs[0]() is arrays.indptr and self.refs[1]() is arrays.cost
+
+
+class Arena:
+    """The candidates and subset fronts of the segments the compiled wide search asked for
+    (:func:`qkdseg._kernels.level_wide_nb`: the same as :func:`pair_candidates`), in arrays that
+    search reads and grows: an open-addressing ``table``, ``ipool``/``fpool`` records, ``cnt``.
+    A request's removed links are known by an id; everything is dropped past :data:`_PAIRS`
+    segments or 2^23 ints. One search at a time holds :attr:`lock`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.table = np.full((1024, 6), -1, dtype=np.int64)
+        self.ipool = np.empty(1 << 14, dtype=np.int64)
+        self.fpool = np.empty(1 << 12)
+        self.cnt = np.zeros(3, dtype=np.int64)
+        self.links: dict[bytes, int] = {b"": 0}
+
+    def links_id(self, rl: np.ndarray) -> int:
+        """The id of a set of removed links (0: none); call with :attr:`lock` held."""
+        if self.cnt[2] > _PAIRS or self.ipool.size > 1 << 23:
+            self.reset()
+        key = links_key(rl)
+        if key not in self.links:
+            self.links[key] = len(self.links)
+        return self.links[key]
 
 
 def _rows(arrays: NetworkArrays) -> _Rows:
@@ -103,20 +145,42 @@ class Rows:
     def hops(self, v: int) -> np.ndarray:
         row = self.kept.hops.get(v)
         if row is None:
-            row = np.asarray(_distances(self.arrays, int(v), "hops", self.kernel), dtype=float)
-            row.setflags(write=False)
-            _keep(self.kept.hops, self.kept.limit, v, row)
+            row = self._keep(self.kept.hops, 0, v, np.asarray(_distances(self.arrays, int(v), "hops", self.kernel),
+                                                              dtype=float))
         return row
 
     def cost(self, v: int) -> np.ndarray:
         row = self.kept.cost.get(v)
         if row is None:
             a = self.arrays
-            row = (_kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v)) if self.kernel == "numba"
-                   else _cost_row_python(a, int(v)))
-            row.setflags(write=False)
-            _keep(self.kept.cost, self.kept.limit, v, row)
+            row = self._keep(self.kept.cost, 1, v, _kernels.cost_row_nb(a.indptr, a.indices, a.cost, int(v))
+                             if self.kernel == "numba" else _cost_row_python(a, int(v)))
         return row
+
+    def _keep(self, table: dict, kind: int, v: int, row: np.ndarray) -> np.ndarray:
+        """Keep a new row: in its matrix (a read-only view of it kept) or on its own."""
+        kept = self.kept
+        if kept.matrix:
+            mat = kept.mats[kind]
+            mat[v] = row
+            row = mat[v]
+        row.setflags(write=False)
+        _keep(table, kept.limit, v, row)
+        if kept.matrix and int(v) in kept.hops and int(v) in kept.cost:
+            kept.slot[v] = v
+        return row
+
+    def shared(self, nodes) -> tuple | None:
+        """The network's matrices and their ``slot`` with the rows of ``nodes`` in, or None (more
+        than 2048 nodes: :func:`request_rows`)."""
+        kept = self.kept
+        if not kept.matrix:
+            return None
+        for v in nodes:
+            if kept.slot[v] < 0:
+                self.hops(v)
+                self.cost(v)
+        return (*kept.mats, kept.slot)
 
 
 def _keep(table: dict, limit: int, key, value):
@@ -137,6 +201,24 @@ def cost_row(arrays: NetworkArrays, v: int, kernel: str) -> np.ndarray:
     """Least total cost of the relays strictly between every node and ``v`` on the whole network
     (``inf``: every path crosses a ``p = 0`` relay, or none exists)."""
     return network_rows(arrays, kernel).cost(int(v))
+
+
+def request_rows(rows: Rows, ends: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hop and cost rows of ``ends`` (distinct nodes) stacked for the compiled searches, and
+    ``slot``: node -> its row (-1: none)."""
+    slot = np.full(rows.arrays.n_nodes, -1, dtype=np.int64)
+    slot[ends] = np.arange(len(ends))
+    return np.stack([rows.hops(v) for v in ends]), np.stack([rows.cost(v) for v in ends]), slot
+
+
+def split_paths(flat: np.ndarray, starts: np.ndarray, seg: np.ndarray, nseg: int) -> list[list[list[int]]]:
+    """A compiled search's flat paths (path ``i``: ``flat[starts[i]:starts[i + 1]]``, in segment
+    ``seg[i]``) as lists per segment."""
+    paths: list[list[list[int]]] = [[] for _ in range(nseg)]
+    flat, bounds = flat.tolist(), starts.tolist()
+    for i, j in enumerate(seg.tolist()):
+        paths[j].append(flat[bounds[i]:bounds[i + 1]])
+    return paths
 
 
 class HopRows(dict):
@@ -218,7 +300,39 @@ def pair_candidates(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np
         cand = _keep(kept.pairs, _PAIRS, key, Candidates(arrays, segment_candidates(rows, free, rl, u, v, k), kernel))
     if source not in cand.interior and target not in cand.interior:
         return cand
-    return Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
+    return _avoiding(rows, rl, key, {int(source), int(target)}) or \
+        Candidates(arrays, segment_candidates(rows, rn, rl, u, v, k), kernel)
+
+
+#: How many least paths by each metric are kept for a segment whose candidates crossed a request's end.
+LONGER = 2
+
+
+def _avoiding(rows: Rows, rl: np.ndarray, key: tuple, ends: set[int]) -> Candidates | None:
+    """The candidates of segment ``key = (u, v, k, links)`` whose relays avoid ``ends``, from its
+    ``LONGER x k`` least paths by each metric with no node masked (kept per network): the paths of
+    that order that avoid ``ends`` are, in the same order, the least paths with ``ends`` masked, so
+    their first ``k`` are those (all of them when fewer paths exist than were listed). ``None``
+    when fewer than ``k`` avoid ``ends`` and more paths may exist. Kept per network by the paths
+    left, so their subset front is computed once."""
+    kept, (u, v, k, _) = rows.kept, key
+    longer = kept.pairs.get((*key, "longer"))
+    if longer is None:
+        free = np.zeros(rows.arrays.n_nodes, dtype=bool)
+        longer = _keep(kept.pairs, _PAIRS, (*key, "longer"),
+                       tuple(least_paths(rows, free, rl, u, v, LONGER * k, by) for by in (True, False)))
+    picks = []
+    for paths in longer:
+        ok = [i for i, q in enumerate(paths) if ends.isdisjoint(q[1:-1])]
+        if len(ok) < k and len(paths) == LONGER * k:
+            return None
+        picks.append(tuple(ok[:k]))
+    cand = kept.pairs.get((*key, *picks))
+    if cand is None:
+        out = [longer[0][i] for i in picks[0]]
+        out += [q for q in (longer[1][i] for i in picks[1]) if q not in out]
+        cand = _keep(kept.pairs, _PAIRS, (*key, *picks), Candidates(rows.arrays, out, rows.kernel))
+    return cand
 
 
 def least_paths(rows: Rows, rn: np.ndarray, rl: np.ndarray, u: int, v: int, k: int, by_hops: bool) -> list[list[int]]:

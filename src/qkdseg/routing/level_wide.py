@@ -22,6 +22,12 @@ route popped is the least (ties: the higher product):
   is dropped. Labels may revisit a relay: a chain with a repeated relay is never least (its
   loop adds hops and only lowers the product), so the least route found is a chain of
   distinct relays, and dropping dominated labels loses no completion.
+
+With numba the whole search is one compiled call (:func:`wide_search_compiled`,
+:func:`qkdseg._kernels.level_wide_nb`), the same heap order and so the same route; it also
+leaves out a segment whose paths, leaving ``u`` (entering ``v``) by distinct neighbours, could
+not reach the level in fewer hops than the route to beat (a segment no route of fewer hops
+goes through, so nothing it would queue is ever taken or dominates what is).
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ import math
 
 import numpy as np
 
+from .. import _kernels
 from ..reconstruction.result import TOLERANCE
-from .level_paths import Candidates, Rows, links_key, pair_candidates
+from .level_paths import Candidates, Rows, links_key, pair_candidates, split_paths
 
 #: Default number of least paths per segment by each metric (**[choice]**, docs/algorithms.md).
 DEFAULT_K = 3
 #: Most candidate paths of one segment: the full route's are cut after this many (2^16 subsets).
-MAX_UNION = 16
+MAX_UNION = _kernels.MAX_UNION
 
 _DONE, _PENDING, _LABEL = 0, 1, 2
 
@@ -150,6 +157,27 @@ def wide_search(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np.nda
             elif not dominated(v, new[1], total, sig):
                 heapq.heappush(heap, (total + left, -sig, next(seq), _LABEL, new))
     return None
+
+
+def wide_search_compiled(rows: Rows, source: int, target: int, rn: np.ndarray, rl: np.ndarray, eps: float,
+                         relays: list[int], k: int, below: float, ends_rows: tuple, route: tuple):
+    """:func:`wide_search` in one compiled call (:func:`qkdseg._kernels.level_wide_nb`, the same
+    order of the search, so the same route), the candidates kept in the network's
+    :class:`~qkdseg.routing.level_paths.Arena`. ``ends_rows``: the rows of the source, the target and
+    ``relays`` (:func:`~qkdseg.routing.level_paths.request_rows`); ``route``: the successive search's
+    chain and full route as arrays ``(chain, flat, starts, seg)`` (its segments' extra candidates)."""
+    a = rows.arrays
+    hrows, crows, slot = ends_rows
+    arena = rows.kept.arena
+    with arena.lock:
+        links = arena.links_id(rl)  # first: it may drop the arena
+        found, chain, flat, starts, seg, hops, sig, arena.table, arena.ipool, arena.fpool = _kernels.level_wide_nb(
+            a.indptr, a.indices, a.edge_of, a.cost, a.p, rn, rl, int(source), int(target),
+            np.asarray(relays, dtype=np.int64), hrows, crows, slot, eps, TOLERANCE, int(k), float(below), *route,
+            arena.table, arena.ipool, arena.fpool, arena.cnt, links)
+    if not found:
+        return None
+    return tuple(chain.tolist()), split_paths(flat, starts, seg, chain.size + 1), int(hops), float(sig)
 
 
 def _route(segs: _Segments, label):
