@@ -261,6 +261,16 @@ def test_stock_fills_after_start_and_serves_identical_keys_once(snet):
         assert secs[k["key_ID"]] >= LEVEL
     _fetch_all(snet, body["keys"])
     assert _stock(snet, "0")["A:B"]["hits"] == 1
+    deadline = time.monotonic() + scaled(20)  # the controller's dashboard: each node's stocks, from its reports
+    while True:
+        rows = {(r["where"], r["pair"]): r for r in requests.get(f"{snet.dashboard}/api/stocks", timeout=30).json()["rows"]}
+        if rows.get(("node 0", "A:B"), {}).get("hits") == 1 and ("node 7", "H:B") in rows:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.3)
+    assert rows[("node 0", "A:B")]["refilled_here"] and rows[("node 0", "A:B")]["refill_runs"] >= 1
+    assert not rows[("node 7", "A:B")]["refilled_here"] and rows[("node 7", "A:B")]["target"] == HIGH
+    assert {w for w, _ in rows} == {"node 0", "node 1", "node 2", "node 7"}
     r = _enc(snet, sess, "0", "B", 40)  # more than the stock holds: relayed on demand (a miss), or refused 503
     assert r.status_code in (200, 503), r.text
     if r.status_code == 200:
