@@ -60,13 +60,17 @@ check-careless: install
 # Two minutes of faults on the example network with 3 controllers over 3 etcd members and a fault proxy per link
 # (docs/network.md, "Chaos"): prints the report, keeps it in $(CHAOS_DIR)/chaos.json; exit 1 on a mismatched key,
 # a link bit used twice or an unfetchable key. Not part of `make test` (about 2.5 minutes).
-CHAOS_DIR  ?= out-chaos
-CHAOS_SEED ?= 0
-CHAOS_PORT ?= 18643
+# CHAOS_STOCK=1: every SAE pair keeps a key stock (net init --stock, default watermarks 16:64); the report adds
+# served_from_stock and stock_outs.
+CHAOS_DIR   ?= out-chaos
+CHAOS_SEED  ?= 0
+CHAOS_PORT  ?= 18643
+CHAOS_STOCK ?= 0
+CHAOS_STOCKS := $(if $(filter 1,$(CHAOS_STOCK)),--stock A:B --stock A:C --stock B:A --stock B:C --stock C:A --stock C:B)
 chaos: install etcd
 	rm -rf $(CHAOS_DIR)
 	$(VENV)/bin/qkdseg net init $(CHAOS_DIR) --network example --sae A=0 --sae B=7 --sae C=4 --security-level 0.5 \
-	  --port $(CHAOS_PORT) >/dev/null
+	  --port $(CHAOS_PORT) $(CHAOS_STOCKS) >/dev/null
 	@export QKDSEG_RELAY_TIMEOUT_S=6; \
 	$(VENV)/bin/qkdseg net up $(CHAOS_DIR) --detach --controllers 3 --etcd 3 --faults >/dev/null || exit 1; \
 	$(VENV)/bin/qkdseg net chaos $(CHAOS_DIR) --duration 120 --seed $(CHAOS_SEED) --format json > $(CHAOS_DIR)/chaos.json; \

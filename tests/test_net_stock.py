@@ -128,28 +128,64 @@ def _refill_securities(net, node: str) -> dict:
     return out
 
 
-def _check_stock_at_both_ends(net, master: str = "A", node: str = "0") -> int:
-    """Every stocked key the master's node could serve is held by the slave's node (a spare key, or issued there
-    by a request cut short: served again, its issue is accepted again); returns how many the slave's node holds
-    for the pair that the master's node does not (held by one end only, until they expire)."""
+def _one_end(net, master: str = "A", node: str = "0") -> tuple[int, int]:
+    """The pair's spare keys held by one end only: ``(at the master's node only, at node 7 only)``. At the master's
+    node: one node 7 holds neither as a spare key nor issued (issued there by a request cut short: served again,
+    its issue is accepted again). At node 7: a spare key the master's node does not hold, among those that expire
+    more than 5 s from now at node 7 (the master's copies expire first, by at most the relay's 3 s)."""
     now = time.time()
-    mine = {k for k, in _db(net, node, f"SELECT key_id FROM keys WHERE kind='spare' AND master='{master}' AND "
-                                       f"slave='B' AND expires_at > {now}")}
-    there = {k for k, in _db(net, "7", f"SELECT key_id FROM keys WHERE master='{master}' AND slave='B'")}
-    assert mine <= there, f"{len(mine - there)} stocked keys at node {node} are not at node 7"
-    held = {k for k, in _db(net, "7", f"SELECT key_id FROM keys WHERE kind='spare' AND master='{master}'")}
-    return len(held - mine)
+    sql = f"SELECT key_id FROM keys WHERE master='{master}' AND slave='B'"
+    mine = {k for k, in _db(net, node, f"{sql} AND kind='spare' AND expires_at > {now}")}
+    there = {k for k, in _db(net, "7", sql)}
+    mine_all = {k for k, in _db(net, node, f"{sql} AND kind='spare'")}
+    held = {k for k, in _db(net, "7", f"{sql} AND kind='spare' AND expires_at > {now + 5}")}
+    return len(mine - there), len(held - mine_all)
 
 
-def _clients(net, stop: threading.Event, n: int = 8) -> list:
-    """``n`` clients of A asking node 0 for one key at a time until ``stop``; each gives its
-    ``(status, body or error)`` list."""
+def _forge_one_end(net, node: str, master: str = "A") -> str:
+    """A spare key of ``master``:B stored at ``node`` (down) only, as a relay cut by a crash leaves one: sealed
+    with the node's storage key, made by a request no node knows. Returns its id."""
+    import uuid
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from qkdseg.server.storagekey import load_storage_key
+
+    d = net.dir / "nodes" / net.names[node]
+    key_id, nonce, now = str(uuid.uuid4()), os.urandom(12), time.time()
+    blob = nonce + AESGCM(load_storage_key(d / "storage.key")).encrypt(nonce, os.urandom(32), f"{key_id}|256".encode())
+    db = sqlite3.connect(d / "kms.sqlite3")
+    try:
+        with db:
+            db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", (
+                key_id, "spare", master, "B", 256, 1.0, blob, now, now + TTL,
+                json.dumps({"request_id": str(uuid.uuid4())})))
+    finally:
+        db.close()
+    return key_id
+
+
+def _wait_no_one_end(net, forged: str, victim: str) -> None:
+    """Wait (bounded) until the pair holds no spare key at one end only and the forged one is dropped (audited)."""
+    deadline = time.monotonic() + scaled(30)
+    while _one_end(net) != (0, 0) or _db(net, victim, f"SELECT 1 FROM keys WHERE key_id='{forged}'"):
+        assert time.monotonic() < deadline, f"held by one end only: {_one_end(net)} (at node 0, at node 7)"
+        time.sleep(0.3)
+    audit = (net.dir / "nodes" / net.names[victim] / "audit.jsonl").read_text()
+    assert '"event":"reconcile"' in audit.replace(" ", "") and forged in audit
+
+
+def _clients(net, stop: threading.Event, n: int = 8, served: threading.Event | None = None) -> list:
+    """``n`` clients of A asking node 0 for one key at a time until ``stop`` (``served`` set at the first key);
+    each gives its ``(status, body or error)`` list."""
     def run():
         sess, out = _session(net, "A"), []
         while not stop.is_set():
             try:
                 r = _enc(net, sess, "0", "B", 1)
                 out.append((r.status_code, r.json()))
+                if r.status_code == 200 and served is not None:
+                    served.set()
             except requests.RequestException as err:  # the node is down: refused or reset
                 out.append((None, type(err).__name__))
                 time.sleep(0.05)
@@ -168,6 +204,19 @@ def _delivered(results: list) -> list[dict]:
     return keys
 
 
+def _missing(net, r, part: list[dict]) -> str:
+    """The failure's message: which keys node 7 does not give, and what the audits of nodes 0 and 7 say of them."""
+    sess, out = _session(net, "B"), [r.text]
+    for k in part:
+        if _fetch(net, sess, "A", [k["key_ID"]]).status_code != 200:
+            out.append(f"missing {k['key_ID']} {k['key_extension']}")
+            for node in ("0", "7"):
+                out += [f"  node {node}: {line[:400]}" for line in
+                        (net.dir / "nodes" / net.names[node] / "audit.jsonl").read_text().splitlines()
+                        if k["key_ID"] in line]
+    return "\n".join(out)
+
+
 def _fetch_all(net, keys: list[dict]) -> None:
     """Each key fetched at the slave's node once: identical; no key id given twice."""
     ids = [k["key_ID"] for k in keys]
@@ -176,7 +225,7 @@ def _fetch_all(net, keys: list[dict]) -> None:
     for i in range(0, len(keys), 64):
         part = keys[i:i + 64]
         r = _fetch(net, sess, "A", [k["key_ID"] for k in part])
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200, _missing(net, r, part)
         assert [k["key"] for k in r.json()["keys"]] == [k["key"] for k in part]
     if ids:
         assert _fetch(net, sess, "A", ids[:1]).status_code == 400  # fetched once
@@ -212,6 +261,16 @@ def test_stock_fills_after_start_and_serves_identical_keys_once(snet):
         assert secs[k["key_ID"]] >= LEVEL
     _fetch_all(snet, body["keys"])
     assert _stock(snet, "0")["A:B"]["hits"] == 1
+    deadline = time.monotonic() + scaled(20)  # the controller's dashboard: each node's stocks, from its reports
+    while True:
+        rows = {(r["where"], r["pair"]): r for r in requests.get(f"{snet.dashboard}/api/stocks", timeout=30).json()["rows"]}
+        if rows.get(("node 0", "A:B"), {}).get("hits") == 1 and ("node 7", "H:B") in rows:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.3)
+    assert rows[("node 0", "A:B")]["refilled_here"] and rows[("node 0", "A:B")]["refill_runs"] >= 1
+    assert not rows[("node 7", "A:B")]["refilled_here"] and rows[("node 7", "A:B")]["target"] == HIGH
+    assert {w for w, _ in rows} == {"node 0", "node 1", "node 2", "node 7"}
     r = _enc(snet, sess, "0", "B", 40)  # more than the stock holds: relayed on demand (a miss), or refused 503
     assert r.status_code in (200, 503), r.text
     if r.status_code == 200:
@@ -256,8 +315,8 @@ def test_refill_under_contention_leaves_on_demand_requests_their_key(snet):
     for sae, node in STOCKS:
         _wait_stock(snet, node, f"{sae}:B", LOW)
     before = {sae: _stock(snet, node)[f"{sae}:B"] for sae, node in STOCKS}
-    for sae, node in STOCKS:  # each stock emptied by one request
-        r = _enc(snet, _session(snet, sae), node, "B", before[sae]["keys"])
+    for sae, node in STOCKS:  # each stock taken below LOW by one request (all but 4: keys live 18 s, a few may
+        r = _enc(snet, _session(snet, sae), node, "B", before[sae]["keys"] - 4)  # expire meanwhile)
         assert r.status_code == 200 and r.json()["key_container_extension"]["qkdseg_from_stock"] is True, r.text
     c, served = _session(snet, "C"), []
     for _ in range(5):
@@ -287,23 +346,30 @@ def test_kill9_mid_serving_from_stock_under_8_clients(snet, victim):
     is held at the slave's node too."""
     _wait_stock(snet, "0", "A:B", LOW)
     stop = threading.Event()
-    ex, futs = _clients(snet, stop)
+    served = threading.Event()
+    ex, futs = _clients(snet, stop, served=served)
     try:
-        time.sleep(0.4)
+        assert served.wait(scaled(20)), "no key served before the kill"
+        time.sleep(0.2)
         os.kill(snet.pid(f"node-{snet.names[victim]}"), signal.SIGKILL)
         time.sleep(4.0 if victim == "7" else 0.5)  # the issue to a dead slave's node times out (3 s here)
     finally:
         stop.set()
         results = [x for f in futs for x in f.result()]
         ex.shutdown()
+    left = _one_end(snet)  # what the kill left (the victim's store read while it is down)
+    forged = _forge_one_end(snet, victim)  # the check at the restart drops it, with what the kill left
     snet.restart(f"node-{snet.names[victim]}", "node", snet.dir / "nodes" / snet.names[victim])
     keys = _delivered(results)
     stocked = [k for k in keys if k["key_extension"].get("qkdseg_from_stock")]
     assert stocked, results[:5]
     assert any(code != 200 for code, _ in results)  # the kill was seen
-    one_end = _check_stock_at_both_ends(snet)
-    print(f"victim node {victim}: {len(results)} answers, {len(keys)} keys ({len(stocked)} from stock), "
-          f"{one_end} stocked keys held at node 7 only")
+    _wait_no_one_end(snet, forged, victim)
+    dropped = {node: _stock(snet, node)["A:B"]["dropped_one_end"] for node in ("0", "7")}
+    assert dropped[victim] >= 1
+    print(f"victim node {victim}: {len(results)} answers, {len(keys)} keys ({len(stocked)} from stock); held by one "
+          f"end only after the kill: {left[0]} at node 0, {left[1]} at node 7; after the checks: none; dropped "
+          f"(the forged one included): {dropped}")
     sess = _session(snet, "A")  # after the restart: served again (from stock or on demand)
     for _ in range(3):
         r = _enc(snet, sess, "0", "B", 1)

@@ -190,6 +190,27 @@ def test_stock_table_refusals_are_one_line(table, needle):
     assert needle in str(e.value) and "\n" not in str(e.value) and "DIR/kms.toml: [stock]" in str(e.value)
 
 
+def test_a_node_reports_only_the_stocks_of_its_own_saes_with_integer_counts():
+    """The controller's check of a link report's ``qkdseg_stock`` (the dashboard's rows, net/reportcheck.py)."""
+    from types import SimpleNamespace
+
+    from qkdseg.net.reportcheck import STOCK_COUNTS, check_stock
+    from qkdseg.net.wire import Problem
+
+    sc = parse_stock({"pairs": ["A:B", "C:B"], "level": 0.5, "size": 256}, saes={"A": "0", "B": "7", "C": "4"}, min_size=64, max_size=4096)
+    ctl = SimpleNamespace(stock=sc, svc=SimpleNamespace(sae_node={"A": 0, "B": 1, "C": 2},
+                                                        arrays=SimpleNamespace(node_ids=["0", "7", "4"])))
+    good = {k: 3 for k in STOCK_COUNTS} | {"refilled_here": True, "last_error": None, "wait_s": 0.5}
+    assert check_stock(ctl, "0", {"A:B": good}) == {"A:B": {k: 3 for k in STOCK_COUNTS} | {"refilled_here": True}}
+    assert set(check_stock(ctl, "7", {"A:B": good, "C:B": good})) == {"A:B", "C:B"}  # the slave's node: both
+    for caller, body, status in (("0", {"C:B": good}, 403), ("4", {"B:A": good}, 403), ("0", [], 400),
+                                 ("0", {"A:B": good | {"hits": -1}}, 400), ("0", {"A:B": good | {"keys": 1.5}}, 400),
+                                 ("0", {"A:B": "many"}, 400)):
+        with pytest.raises(Problem) as err:
+            check_stock(ctl, caller, body)
+        assert err.value.status == status, (caller, body)
+
+
 def test_kms_and_net_init_take_the_stock_flags_and_refuse_bad_ones(tmp_path):
     from typer.testing import CliRunner
 
@@ -352,7 +373,7 @@ def test_kms_refill_leaves_each_link_its_reserve_for_on_demand_requests(tmp_path
 def test_kms_serve_fills_its_stock_after_start_and_serves_from_it(tmp_path):
     d = kms_init(tmp_path / "svc", "example", ("A=0", "B=7", "C=4"), "--security-level", str(LEVEL),
                  "--stock", "A:B", "--stock-keys", "4:12", "--durability", "normal")
-    server = Server(d, ("--metrics-port", "0")).start()
+    server = Server(d, ("--metrics-port", "0", "--dashboard-port", "0")).start()
     try:
         master, slave = server.client("A"), server.client("B")
         for _ in range(int(scaled(30) / 0.1)):
@@ -377,6 +398,10 @@ def test_kms_serve_fills_its_stock_after_start_and_serves_from_it(tmp_path):
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
         assert 'qkdseg_stock_hits_total{pair="A:B"} 1.0' in metrics
         assert 'qkdseg_stock_keys_served_total{pair="A:B"} 3.0' in metrics
+        dash = int(server.log_tail(20000).split("dashboard on http://127.0.0.1:")[1].split("/")[0])
+        rows = requests.get(f"http://127.0.0.1:{dash}/dashboard/api/stocks", timeout=30).json()["rows"]
+        assert [(r["where"], r["pair"], r["hits"], r["target"], r["refilled_here"]) for r in rows] == [
+            ("kms serve", "A:B", 1, 12, True)] and rows[0]["refill_runs"] >= 1 and rows[0]["keys"] >= 9
     finally:
         assert server.stop() == 0, server.log_tail()
     assert "Traceback" not in server.log_tail(20000)

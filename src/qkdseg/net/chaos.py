@@ -26,7 +26,10 @@ both ends' offsets show used twice: a counter or mark that went back, or a
 receiver's mark past its sender's counter), ``unfetchable_keys`` (issued to
 a master, never fetched by its slave within 20 s after the run, not expired),
 ``failovers`` (changes of the leading controller), ``longest_leaderless_s``,
-and ``seed``, ``duration_s``, ``schedule``, ``faults``. Exit 1 when
+``stocked_pairs``, ``served_from_stock`` (delivered keys that came from a
+key stock, ``net init --stock``) and ``stock_outs`` (requests of a stocked
+pair its stock did not serve: relayed on demand, or refused), and ``seed``,
+``duration_s``, ``schedule``, ``faults``. Exit 1 when
 ``mismatched_keys``, ``bits_reused`` or ``unfetchable_keys`` is not 0.
 """
 
@@ -86,6 +89,10 @@ class Chaos:
         self.addr = {str(n["id"]): n["address"] for n in self.net["nodes"]}
         self.sae_node = {s: str(n["id"]) for n in self.net["nodes"] for s in n["saes"]}
         self.names = {str(n["id"]): n["dir"] for n in self.net["nodes"]}
+        self.stocked = set()  # the stocked pairs (net init --stock), from the nodes' configurations
+        for d in self.names.values():
+            conf = json.loads((self.dir / "nodes" / d / "node.json").read_text())
+            self.stocked |= {tuple(p.split(":", 1)) for p in (conf.get("stock") or {}).get("pairs", [])}
         relays = [str(n["id"]) for n in self.net["nodes"] if not n["saes"]]
         links = [p["link"] for p in self.layout.get("proxies", [])]
         kinds = []
@@ -148,6 +155,7 @@ class Chaos:
                 if rec["status"] == 200:
                     k = body["keys"][0]
                     rec["key_id"], rec["key"] = k["key_ID"], k["key"]
+                    rec["from_stock"] = k.get("key_extension", {}).get("qkdseg_from_stock") is True
                     self._fetch(s, su, master, rec, tries=3)
                 else:
                     rec["reason"] = "client_timeout" if rec["status"] is None else self._reason(rec["status"], body)
@@ -345,7 +353,7 @@ class Chaos:
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
         lat = np.array([r["latency_s"] for r in ok]) if ok else np.zeros(0)
         mismatched = sum(1 for r in ok if r.get("fetched") not in (None,) and r["fetched"] != r["key"])
-        changes, leaderless, longest, last, since = 0, 0.0, 0.0, None, None
+        changes, longest, last, since = 0, 0.0, None, None
         for t, who in self.leader_log:
             if who is None:
                 since = t if since is None else since
@@ -368,6 +376,9 @@ class Chaos:
             "latency_p99_s": round(float(np.quantile(lat, 0.99)), 4) if lat.size else None,
             "mismatched_keys": mismatched, "bits_reused": self.reused_bits + past,
             "unfetchable_keys": unfetchable, "failovers": changes, "longest_leaderless_s": round(longest, 2),
+            "stocked_pairs": sorted(f"{m}->{s}" for m, s in self.stocked),
+            "served_from_stock": sum(1 for r in ok if r.get("from_stock")),
+            "stock_outs": sum(1 for r in res if (r["master"], r["slave"]) in self.stocked and not r.get("from_stock")),
             "schedule": self.schedule, "faults": self.applied,
         }
 
@@ -381,6 +392,9 @@ def format_report(rep: dict) -> str:
              f"mismatched keys {rep['mismatched_keys']}, link bits reused {rep['bits_reused']}, "
              f"unfetchable keys {rep['unfetchable_keys']}",
              f"controller failovers {rep['failovers']}, longest with no leader {rep['longest_leaderless_s']} s"]
+    if rep.get("stocked_pairs"):
+        lines.append(f"stocks ({', '.join(rep['stocked_pairs'])}): served from stock {rep['served_from_stock']}, "
+                     f"stock outs {rep['stock_outs']}")
     return "\n".join(lines)
 
 

@@ -114,6 +114,7 @@ class Controller:
         if self.device_fed:
             self.svc.source.rate_bps[:] = 0.0
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
+        self.stocks: dict[str, dict] = {}  # node -> its key stocks as its last report gave them (the dashboard's)
 
     def _http(self):
         if self.client is None:
@@ -250,11 +251,12 @@ class Controller:
         (its consumed bits the higher), audited when it changes anything. On device-fed links the level is the
         lower of both ends' latest reports (up or down; the model does not refill them)."""
         from ..server.store import Batch
-        from .reportcheck import check_events, check_links
+        from .reportcheck import check_events, check_links, check_stock
 
         try:  # every number, link and event checked before anything is applied (net/reportcheck.py)
             links = check_links(self, caller_node, w)
             events = check_events(self, caller_node, w.get("qkdseg_events"))
+            stock = check_stock(self, caller_node, w.get("qkdseg_stock"))
         except Problem as p:
             await self.audit_refused_report(caller_node, p)
             raise
@@ -266,6 +268,8 @@ class Controller:
         if self.replica is not None:
             self.replica.check()
         self._events(caller_node, events)
+        if stock is not None:
+            self.stocks[f"node {caller_node}"] = stock
         svc = self.svc
         svc.refill(time.time())
         lv, changed = svc.levels, {}
@@ -446,7 +450,7 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
             host, port = ctl.net["address"].rsplit(":", 1)
             app = create_controller_app(ctl)
             dash = None if dashboard_port is None else {"service": ctl.svc, "host": dashboard_host,
-                                                        "port": dashboard_port}
+                                                        "port": dashboard_port, "stocks": lambda: dict(ctl.stocks)}
             serving.serve(app if ctl.capture is None else ctl.capture.middleware(app), listen_socket(host, int(port)),
                           http=RolePeerProtocol, ctx=server_context(d / "controller.crt", d / "controller.key",
                                                                     d / "ca.crt"),

@@ -119,7 +119,11 @@ class EtsiNode:
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
                 "level_source": req.level_source, "mandatory": req.mandatory})
             rid = plan["request_id"]
-            keys, extra = await self._relayed(rid)
+            try:
+                keys, extra = await self._relayed(rid)
+            except KmsError:  # failed: its keys at the slave's node voided, a lost void settled (.reconcile)
+                self.check_soon((caller.sae, slave))
+                raise
             summary = plan.get("route")
             new_spares = self._spare_rows(caller.sae, slave, extra, rid, now)  # spare keys of this pair, both ends
             batch = Batch(put_keys=[row.values() for row in new_spares])
@@ -134,7 +138,12 @@ class EtsiNode:
                 self.put_back(caller.sae, slave, taken)
             if rid is not None:  # the slave's node stored the relay's keys: void them there (their ids never left)
                 self._void_at(slave, rid)
+                self.check_soon((caller.sae, slave))
             raise
+        finally:
+            self.finishing.discard(rid)
+        if taken is not None:
+            self.taken_out(taken)
         for row in local:  # visible to dec_keys once committed
             self.keys[row.key_id] = row
         self.spares[(caller.sae, slave)].extend(new_spares)
@@ -160,7 +169,9 @@ class EtsiNode:
                 self._fail(rid, st.failed)
         self._check_done(st)
         try:
-            return await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
+            out = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
+            self.finishing.add(rid)  # its keys are stored here next: the caller discards it (.reconcile)
+            return out
         except asyncio.TimeoutError:
             self._void(rid)
             raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",

@@ -9,6 +9,8 @@ One TLS 1.3 listener, told apart by path and by the caller's certificate role:
 - ``/relay/v1/ack``: the receiver's acknowledgement (020's statuses);
 - ``/relay/v1/links``: this node's offsets (after a crash a neighbour skips
   forward to the larger);
+- ``/relay/v1/spares``: the other end of a pair checks its spare keys (those
+  held by one end only after a crash are dropped: :mod:`.reconcile`);
 - ``/control/v1/parts``, ``/control/v1/void``: the controller's plan parts;
 - it reports its links (ETSI GS QKD 015's ``qkd_node``, a subset) to the
   controller's ``/control/v1/links`` after its start and every
@@ -23,7 +25,8 @@ of :mod:`qkdseg.keys.steps`, the same steps ``kms serve`` runs in one process.
 This module assembles :class:`NodeService` from its parts: the relay store
 and link ends (:mod:`.relaystore`), the relay messages (:mod:`.messaging`),
 the requests' state machine (:mod:`.relayrequests`), the ETSI 014 service
-(:mod:`.etsi_node`), the spare keys (:mod:`.spares`) and the reports to the
+(:mod:`.etsi_node`), the spare keys (:mod:`.spares`), the check of spare keys
+held by one end only (:mod:`.reconcile`) and the reports to the
 controller (:mod:`.reports`); here are its state, its expiry and its tasks,
 and :func:`serve_node`; the listener's routes are :mod:`.nodeapp`.
 """
@@ -51,6 +54,7 @@ from .keystream import LinkStream
 from .layout import link_name, unseal
 from .limits import EARLY_S, Early
 from .messaging import Messaging
+from .reconcile import Reconcile
 from .relayrequests import REQUEST_TIMEOUT_S, RelayRequests, ReqState
 from .relaystore import NetLinkEnd, RelayDB
 from .retention import prune_relay, window
@@ -104,7 +108,7 @@ def _unseal_link(d: Path, skey: bytes, name: str, sealed: dict) -> bytes:
                              ) from None
 
 
-class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
+class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reconcile, Reports):
     """One node: its link ends, its SAEs' keys (AES-GCM at rest, audited), its part of each request."""
 
     def __init__(self, directory: Path, *, tap: Path | None = None) -> None:
@@ -150,6 +154,9 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
         self.keys: dict[str, KeyRow] = {}  # issued keys waiting for this node's slave SAEs
         self.spares: dict[tuple, deque[KeyRow]] = defaultdict(deque)  # at a source: (master, slave) -> spare keys
         self.held_spares: dict[str, KeyRow] = {}  # at a destination: spare keys not yet issued by their source
+        self.spares_out: dict[str, KeyRow] = {}  # at a source: spare keys taken from the pool (issued now, set aside)
+        self.finishing: set[str] = set()  # at a source: relays done whose keys it is storing (.reconcile)
+        self._checks: dict[tuple, bool] = {}  # the pairs whose spare keys are being checked with the other end
         for row in self.store.load_keys():
             if row.kind == "issued":
                 self.keys[row.key_id] = row
@@ -286,6 +293,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reports):
     async def start_tasks(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.sync_offsets()
+        await self.check_all()  # spare keys held by one end only (a crash cut a relay): .reconcile
         loops = [self.report_links()]
         if self.device is not None:  # and keep each device-fed link's outgoing direction topped up
             loops.append(self.device.run())

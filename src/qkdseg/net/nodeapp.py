@@ -3,7 +3,7 @@
 :func:`create_node_app` is the shared front end
 (:func:`qkdseg.server.frontend.create_app`, ETSI GS QKD 014 to the node's
 SAEs) with the routes of :func:`relay_routes` (``/relay/v1/messages``,
-``/relay/v1/ack``, ``/relay/v1/links``: other nodes), :func:`control_routes`
+``/relay/v1/ack``, ``/relay/v1/links``, ``/relay/v1/spares``: other nodes), :func:`control_routes`
 (``/control/v1/parts``, ``/control/v1/void``: the controller) and
 ``/health``, and a lifespan that runs the node's tasks
 (:meth:`qkdseg.net.node.NodeService.start_tasks`). :func:`accept` checks one
@@ -262,10 +262,17 @@ def relay_routes(svc) -> list[Route]:
             answer = svc.hostile.offsets(name, answer)
         return json_response(answer)
 
+    @problem_routes
+    async def spares(request: Request):
+        """The other end of a pair checks its spare keys: those it names that this node does not hold (.reconcile)."""
+        role = require(request, "node")
+        return json_response(svc.answer_spares(role.ident, await read_json(request, RELAY_MAX_BODY)))
+
     return [
         Route("/relay/v1/messages", messages, methods=["POST"]),
         Route("/relay/v1/ack", ack, methods=["POST"]),
         Route("/relay/v1/links", links, methods=["GET"]),
+        Route("/relay/v1/spares", spares, methods=["POST"]),
     ]
 
 

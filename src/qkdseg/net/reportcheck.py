@@ -153,3 +153,29 @@ def check_events(ctl, caller: str, body) -> tuple[str, list[dict]] | None:
                                             "to expire)")
         out.append(ev)
     return boot, out
+
+
+#: A stock's counters a node reports (the dashboard's, qkdseg.server.monitor.STOCK_FIELDS), each a count.
+STOCK_COUNTS = ("keys", "target", "low", "high", "hits", "misses", "refill_runs", "refill_failures", "expired_unused",
+                "dropped_one_end")
+
+
+def check_stock(ctl, caller: str, body) -> dict | None:
+    """The report's ``qkdseg_stock`` (the node's key stocks for the dashboard): only stocks the controller's
+    ``[stock]`` names whose master or slave SAE is attached to ``caller`` (403 otherwise), each count an integer."""
+    if body is None:
+        return None
+    if not isinstance(body, dict) or ctl.stock is None:
+        raise _bad("qkdseg_stock is {MASTER:SLAVE: {keys, target, ...}} of the network's stocked pairs")
+    a = ctl.svc.arrays
+    mine = {sae for sae, i in ctl.svc.sae_node.items() if str(a.node_ids[i]) == caller}
+    names = {f"{m}:{s}" for m, s in ctl.stock.pairs if m in mine or s in mine}
+    out = {}
+    for name, s in body.items():
+        if name not in names:
+            raise Problem(403, "Forbidden", f"stock {_clip(name)} is not a stocked pair of node {caller!r}'s SAEs")
+        if not isinstance(s, dict):
+            raise _bad(f"stock {name} must be an object")
+        out[name] = {k: _int(s.get(k), f"stock {name}'s {k}", 0, 1 << 53) for k in STOCK_COUNTS}
+        out[name]["refilled_here"] = s.get("refilled_here") is True
+    return out

@@ -73,6 +73,7 @@ class Reports:
                         "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
                 "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))},
+                **({"qkdseg_stock": self.stock.snapshot()} if self.stock is not None else {}),  # the dashboard's
                 # not ready while a write of its store fails: the controller then plans around it
                 "qkdseg_ready": self.store.health.ok, "qkdseg_store": self.store.health.detail()}
 

@@ -56,6 +56,7 @@ class Spares:
         take = take[: req.number]
         for row in take:
             pool.remove(row)
+            self.spares_out[row.key_id] = row  # held still (.reconcile): issued now, or set aside
         rid = str(uuid.uuid4())
         dst = str(self.registry[slave])
         try:
@@ -78,6 +79,7 @@ class Spares:
             except CommitFailed:
                 self.put_back(master, slave, take)
                 raise
+            self.taken_out(take)
             return None
         keys = [(row.key_id, self.store.open(row), row.security) for row in take]
         summary = {"spare": True, "request_id": rid, "security": min(row.security for row in take)}
@@ -116,26 +118,38 @@ class Spares:
             "master": master, "slave": slave, "number": n, "size": c.size, "level": c.level, "level_source": "stock",
             "mandatory": False, "refill": True})
         rid = plan["request_id"]
-        _, extra = await self._relayed(rid)
-        rows = self._spare_rows(master, slave, extra, rid, now)
         try:
-            await self._commit(Batch(put_keys=[row.values() for row in rows], audit=[{
-                "time": round(now, 6), "event": "stock refill", "request_id": rid, "sae": master, "peer": slave,
-                "key_ids": [row.key_id for row in rows], "size": c.size, "level": c.level,
-                "securities": [row.security for row in rows], "route": plan.get("route"), "outcome": "stocked"}]))
-        except BaseException:  # not stored here (or a stop): void the slave's node's copies
-            self._void_at(slave, rid)
+            _, extra = await self._relayed(rid)
+            rows = self._spare_rows(master, slave, extra, rid, now)
+            try:
+                await self._commit(Batch(put_keys=[row.values() for row in rows], audit=[{
+                    "time": round(now, 6), "event": "stock refill", "request_id": rid, "sae": master, "peer": slave,
+                    "key_ids": [row.key_id for row in rows], "size": c.size, "level": c.level,
+                    "securities": [row.security for row in rows], "route": plan.get("route"), "outcome": "stocked"}]))
+            except BaseException:  # not stored here (or a stop): void the slave's node's copies
+                self._void_at(slave, rid)
+                raise
+            self.spares[pair].extend(rows)
+        except Exception:  # the run failed: its keys at the slave's node voided, a lost void settled (.reconcile)
+            self.check_soon(pair)
             raise
-        self.spares[pair].extend(rows)
+        finally:
+            self.finishing.discard(rid)
         return len(rows)
 
     def put_back(self, master: str, slave: str, rows: list, at_end: bool = False) -> None:
         """Spare keys taken by a request whose write failed: back at the front of their pool, as stored (``at_end``:
         those whose issue got no answer, after :data:`RETRY_S`; the expiry deletes them in time)."""
+        self.taken_out(rows)
         if at_end:
             self.spares[(master, slave)].extend(rows)
         else:
             self.spares[(master, slave)].extendleft(reversed(rows))
+
+    def taken_out(self, rows: list) -> None:
+        """Spare keys taken from the pool are back in it, or deleted (issued, dropped)."""
+        for row in rows:
+            self.spares_out.pop(row.key_id, None)
 
     async def issue_spares(self, w: dict) -> None:
         """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202; a

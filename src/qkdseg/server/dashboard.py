@@ -11,6 +11,7 @@ GS QKD 014 API, in the same process and on the same event loop, from a
 ``GET /dashboard/api/deliveries``   table rows, newest first (``?limit&after``)
 ``GET /dashboard/api/counters``     last minute and since start
 ``GET /dashboard/api/links/{k}``    link ``k``'s level over time (``?seconds``)
+``GET /dashboard/api/stocks``       the key stocks: per pair (and node) level, target, hits, misses, refills
 ``GET /dashboard/api/events``       server-sent events: ``delivery``, ``pools``, ``counters``
 ==================================  ===========================================
 
@@ -123,6 +124,9 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
     async def counters(request: Request) -> Response:
         return JSONResponse(monitor.counters())
 
+    async def stocks(request: Request) -> Response:
+        return JSONResponse(monitor.stocks())
+
     async def link(request: Request) -> Response:
         n = monitor.service.arrays.n_links
         raw = request.path_params["k"]
@@ -204,6 +208,7 @@ def create_dashboard(monitor: Monitor, *, token: str | None = None, secure_cooki
         Route("/dashboard/api/deliveries", deliveries, methods=["GET"]),
         Route("/dashboard/api/counters", counters, methods=["GET"]),
         Route("/dashboard/api/links/{k}", link, methods=["GET"]),
+        Route("/dashboard/api/stocks", stocks, methods=["GET"]),
         Route("/dashboard/api/events", events, methods=["GET"]),
         *extra_routes,
     ]

@@ -43,6 +43,8 @@ STOCK_METRICS = (
     ("keys_refilled", "qkdseg_stock_keys_refilled", "Keys added by refill runs.", True),
     ("expired_unused", "qkdseg_stock_keys_expired_unused", "Stocked keys deleted after key_ttl_s, never issued.",
      True),
+    ("dropped_one_end", "qkdseg_stock_keys_dropped_one_end",
+     "Spare keys of the pair dropped because the other end does not hold them (after a crash).", True),
 )
 #: Relay message outcomes counted per neighbour.
 RELAY_OUTCOMES = ("sent", "acknowledged", "failed", "voided")

@@ -88,10 +88,13 @@ class Monitor:
         Seconds between two samples of the levels kept in the history.
     clock : callable
         Unix time in seconds (default: the service's clock).
+    stocks : callable, optional
+        ``stocks() -> {where: {pair: counters}}``: the key stocks to show (the controller: each node's, as its
+        reports give them); default: the service's own (``kms serve``), as ``"kms serve"``.
     """
 
     def __init__(self, service, *, ready_share: float = DEFAULT_READY_SHARE, empty_bits: int | None = None,
-                 sample_s: float = 1.0, clock=None) -> None:
+                 sample_s: float = 1.0, clock=None, stocks=None) -> None:
         if not 0.0 < ready_share <= 1.0:
             raise ValueError(f"ready_share={ready_share!r} must be in (0, 1]")
         self.service = service
@@ -121,6 +124,18 @@ class Monitor:
         self._network_view: dict | None = None
         self.restored = self._restore(getattr(getattr(service, "store", None), "audit_path", None))
         service.observers.append(self.observe)
+        own = getattr(service, "stock", None)
+        self._stocks = stocks or (lambda: {} if own is None else {"kms serve": own.snapshot()})
+
+    def stocks(self) -> dict:
+        """The key stocks, one row per pair and place (``where``: ``kms serve``, or the node): keys now, target,
+        watermarks, hits, misses, refill runs and failures, keys expired unused, keys dropped as held by one end
+        only, whether it is refilled there."""
+        rows = []
+        for where, stocks in sorted(self._stocks().items()):
+            for pair, s in sorted(stocks.items()):
+                rows.append({"where": where, "pair": pair, **{k: s.get(k) for k in STOCK_FIELDS}})
+        return {"time": self.clock(), "rows": rows}
 
     def _restore(self, audit_path, max_bytes: int = 4 << 20) -> int:
         """Rows of the newest audit records (``restored``: before this start), so a restart shows recent history.
@@ -384,6 +399,11 @@ class Monitor:
                 q.put_nowait(("close", "{}"))
         with contextlib.suppress(ValueError):
             self.service.observers.remove(self.observe)
+
+
+#: What the dashboard shows of each stock (:meth:`qkdseg.server.stock.Stock.snapshot`'s fields).
+STOCK_FIELDS = ("keys", "target", "low", "high", "hits", "misses", "refill_runs", "refill_failures", "expired_unused",
+                "dropped_one_end", "refilled_here")
 
 
 def _empty_counts() -> dict:

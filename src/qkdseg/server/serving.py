@@ -200,7 +200,7 @@ def _dashboard(spec: dict, ops: tuple, log_level: str):
 
     svc, host = spec["service"], spec["host"]
     token = None if is_loopback(host) else read_dashboard_token(svc.cfg)
-    monitor = Monitor(svc)
+    monitor = Monitor(svc, stocks=spec.get("stocks"))  # the network's: the nodes' reports (net/controller.py)
     sock = listen_socket(host, int(spec["port"]), "dashboard")
     tls = {"ssl_certfile": str(svc.cfg.path(svc.cfg.cert)),
            "ssl_keyfile": str(svc.cfg.path(svc.cfg.key))} if token is not None else {}

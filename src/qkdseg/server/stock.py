@@ -62,6 +62,7 @@ class PairState:
     keys_asked: int = 0  # keys the refill runs asked for (a run may make fewer: the links' reserve)
     keys_refilled: int = 0
     expired_unused: int = 0  # stocked keys deleted after key_ttl_s, never issued
+    dropped_one_end: int = 0  # spare keys of the pair dropped because the other end does not hold them (a crash)
     filling: bool = False  # it fell below LOW and has not reached its target since: runs go on
     refilling: bool = False  # a run is under way
     wait_s: float = 0.0  # the backoff now (0: none)
@@ -170,6 +171,13 @@ class Stock:
         """Spare keys of ``pair`` deleted after key_ttl_s: those of the stock's size and level were stocked keys."""
         c = self.config
         self.expired(pair, sum(1 for row in rows if row.size == c.size and row.security >= c.level))
+
+    def dropped(self, pair: Pair, keys: int) -> None:
+        """``keys`` spare keys of ``pair`` deleted because the other end of the pair does not hold them."""
+        st = self.state(pair)
+        if st is not None and keys:
+            st.dropped_one_end += keys
+            self.poke()
 
     def count(self, pair: Pair) -> int:
         """The keys in the pair's stock now (counted again, remembered in its state)."""

@@ -256,6 +256,27 @@ function applyCounters(c) {
   }));
 }
 
+// ---- key stocks ------------------------------------------------------------------------------
+const STOCK_S = 2000;
+function applyStocks(s) {
+  const panel = document.getElementById("stock-panel");
+  panel.hidden = s.rows.length === 0;
+  const tbody = document.querySelector("#stocks tbody");
+  tbody.replaceChildren(...s.rows.map(r => {
+    const tr = el("tr", { "data-stock": r.where + " " + r.pair });
+    const low = r.keys < r.low ? " low" : "";
+    const cells = [r.where + (r.refilled_here ? " (refills)" : ""), r.pair, r.keys, r.target, `${r.low}:${r.high}`,
+                   r.hits, r.misses, r.refill_runs, r.refill_failures, r.expired_unused, r.dropped_one_end];
+    cells.forEach((v, i) => tr.appendChild(el("td", i === 2 ? { class: "level" + low } : {}, fmt(v))));
+    return tr;
+  }));
+}
+
+async function refreshStocks() {
+  try { applyStocks(await getJSON("stocks")); } catch (e) { /* the next tick retries */ }
+  setTimeout(refreshStocks, STOCK_S);
+}
+
 // ---- one link's pool over time ------------------------------------------------------------
 function chooseLink(k) {
   state.chosenLink = k;
@@ -310,6 +331,7 @@ async function start() {
   drawMap(net);
   applyPools(await getJSON("pools"));
   applyCounters(await getJSON("counters"));
+  refreshStocks();
   const d = await getJSON("deliveries?limit=" + MAX_ROWS);
   for (const row of d.rows) addRow(row, false);
   connect();
