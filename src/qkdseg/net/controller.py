@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import InvalidRequest
-from ..server.files import damaged, load_json
+from ..server.files import check_fields, load_json, port_of
 from ..server.storehealth import CommitFailed
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
@@ -110,13 +110,11 @@ def load_net_conf(d: Path) -> dict:
     path = d / "net.json"
     conf = load_json(path, "the network's layout",
                      missing=f"{d}: not a controller directory (no net.json; run 'qkdseg net init')")
-    try:
-        host, port = str(conf["address"]).rsplit(":", 1)
-        int(port)
+    def nodes() -> None:
         for n in conf["nodes"]:
-            str(n["id"]), str(n["address"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise damaged(path, "the network's layout", err) from None
+            str(n["id"]), port_of(n["address"]), str(n["dir"]), list(n["saes"])
+
+    check_fields(path, "the network's layout", [("address", lambda: port_of(conf["address"])), ("nodes", nodes)])
     return conf
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
+from ..server.schema import missing_tables, sqlite_error
 from ..server.storehealth import CommitFailed, StoreHealth
 from .keystream import LinkStream
 from .layout import link_name
@@ -57,12 +58,16 @@ class RelayDB:
     def __init__(self, path: Path, health: StoreHealth | None = None) -> None:
         if not Path(path).exists():  # created private: its WAL and shm files take its mode
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            missing_tables(Path(path), self.db, ("offsets", "inbox", "outbox"))
+            self.db.executescript(_SCHEMA)
+            self.durable = self.offsets()  # the offsets as committed
+        except sqlite3.Error as err:
+            raise sqlite_error(Path(path), err) from None
         self.health = health or StoreHealth()
-        self.durable = self.offsets()  # the offsets as committed
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return {(lk, d): v for lk, d, v in self.db.execute("SELECT link, dir, value FROM offsets")}
