@@ -667,6 +667,8 @@ case("node-json-retention-neg", NS, jedit("net/nodes/0/node.json", lambda v: {**
      "retention_s")
 case("node-json-registry-a-list", NS, jedit("net/nodes/0/node.json", lambda v: {**v, "registry": ["A"]}),
      "field 'registry'")
+case("node-json-id-of-another-node", NS, jedit("net/nodes/0/node.json", lambda v: {**v, "id": 5}), "field 'id'")
+case("node-json-id-unknown", NS, jedit("net/nodes/0/node.json", lambda v: {**v, "id": 99}), "field 'id'")
 case("node-json-bom", NS, bom("net/nodes/0/node.json"), "node.json")
 case("node-json-duplicate-key", NS, lines_edit("net/nodes/0/node.json",
                                                lambda t: t.replace('"id": 0,', '"id": 0, "id": "zero",', 1)),
