@@ -976,6 +976,20 @@ def test_net_down_never_signals_a_process_that_is_not_the_network_s(base, tmp_pa
         other.wait()
 
 
+@pytest.mark.parametrize("variable, value, argv", [
+    ("QKDSEG_RELAY_TIMEOUT_S", "abc", ["node", "serve", "net/nodes/0"]),
+    ("QKDSEG_LEASE_TTL_S", "0", ["controller", "serve", "net/controller", "--store", "etcd://127.0.0.1:1"]),
+])
+def test_a_bad_tuning_variable_is_one_line(base, tmp_path, variable, value, argv):
+    """The servers' tuning variables (docs/network.md) are read when their module is imported: one line naming it."""
+    shutil.copytree(base / "net", tmp_path / "net", symlinks=True)
+    r = subprocess.run([sys.executable, "-m", "qkdseg", *argv], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env={**_env(), variable: value})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr == f"qkdseg: error: environment variable {variable}={value!r}: must be a " \
+                      f"{'whole ' if variable == 'QKDSEG_LEASE_TTL_S' else ''}number above 0\n", r.stderr
+
+
 @pytest.mark.parametrize("cid", ["kms-serve-toml-ttl-inf", "node-relay-sqlite-binary", "net-up-cluster-wrong-shape"])
 def test_end_to_end(base, tmp_path, cid):
     """A few cases as their own ``python -m qkdseg`` process: the real exit path."""

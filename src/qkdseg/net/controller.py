@@ -40,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, env_number
 from ..server.files import check_fields, load_json, port_of
 from ..server.storehealth import CommitFailed
 from .limits import CONTROL_MAX_BODY, read_json
@@ -51,7 +51,7 @@ from .wire import role as role_of
 CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
 #: Device-fed links: a plan's reservation counts against a link's reported level this long (twice the nodes' relay
 #: timeout); by then its bits were used (and the nodes' counters show it) or its request failed.
-RESERVED_S = 2 * float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "8"))
+RESERVED_S = 2 * env_number("QKDSEG_RELAY_TIMEOUT_S", 8.0)
 
 
 class Capture:

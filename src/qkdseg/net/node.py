@@ -76,11 +76,11 @@ def load_node_conf(d: Path) -> dict:
     def links() -> None:
         for lk in conf["links"]:
             u, v = lk["link"]
-            if conf["id"] not in (u, v) or lk["neighbour"] not in (u, v) or int(lk["pool_bits"]) < 0:
+            if lk["neighbour"] not in (u, v) or int(lk["pool_bits"]) < 0:
                 raise ValueError(lk)
 
-    def own_id() -> bool:  # the node's own entry of the address book is its address
-        return conf["addresses"].get(str(conf["id"])) == conf["address"]
+    def own_id() -> bool:  # a node of the network's address book, and an end of each of its links
+        return str(conf["id"]) in conf["addresses"] and all(conf["id"] in lk["link"] for lk in conf["links"])
 
     check_fields(path, "the node's configuration", [
         ("id", lambda: str(conf["id"])), ("etsi", lambda: SimpleNamespace(**conf["etsi"])),
@@ -88,7 +88,7 @@ def load_node_conf(d: Path) -> dict:
           for name in ("key_ttl_s", "key_size", "max_key_count", "max_body_bytes", "header_timeout_s",
                        "body_timeout_s", "max_connections", "keep_alive_s", "security_level")),
         ("saes", lambda: isinstance(conf["saes"], list)), ("registry", lambda: isinstance(conf["registry"], dict)),
-        ("addresses", lambda: isinstance(conf["addresses"], dict)), ("id", own_id), ("links", links),
+        ("addresses", lambda: isinstance(conf["addresses"], dict)), ("links", links), ("id", own_id),
         ("address", lambda: port_of(conf["address"])), ("controller", lambda: port_of(conf["controller"])),
         *((name, lambda name=name: math.isfinite(float(conf.get(name, 0))) and float(conf.get(name, 0)) >= 0)
           for name in ("retention_s", "clock_skew_s", "audit_max_mb")),  # net init --retention ... (.retention)
