@@ -728,6 +728,28 @@ case("controller-cert-garbage", CS, w("net/controller/controller.crt", "garbage\
 case("controller-token-missing", [*CS, "--dashboard-port", "0", "--dashboard-host", "0.0.0.0", "--dashboard-public"],
      rm("net/controller/dashboard.token"), "dashboard.token")
 
+# -- more of the same kinds -----------------------------------------------------------------------------------------
+case("kms-sae-add-registered", ["kms", "sae", "add", "kms", "A=1"], None, "registered already")
+case("kms-sae-add-id-too-long", ["kms", "sae", "add", "kms", "S" * 65 + "=1"], None, "1-64 characters")
+case("kms-status-control-characters", ["kms", "status", "bad\nname\x1b[2J"], None, "bad\\nname\\x1b[2J")
+case("kms-serve-toml-storage-key-elsewhere", KS, tset("kms/kms.toml", "storage_key", '"/nonexistent/storage.key"'),
+     "/nonexistent/storage.key")
+case("controller-store-trailing-comma", [*CS, "--store", "etcd://127.0.0.1:1,"], None, "--store")
+case("topology-show-topohub-empty", ["topology", "show", "topohub:"], None, "topohub:")
+case("net-fault-delay-huge", ["net", "fault", "net", "--link", "0-1", "--delay", "1e9s"], w("net/cluster.json", json.dumps(
+    {"etcd": [], "controllers": [{"name": "controller", "dir": "controller", "address": "127.0.0.1:19801"}],
+     "proxies": [{"link": "0-1", "ends": ["0", "1"], "listen": {"0>1": "127.0.0.3:30001", "1>0": "127.0.0.2:30002"},
+                  "target": {"0>1": "127.0.0.3:19801", "1>0": "127.0.0.2:19801"}}]})), "1e9s")
+case("kms-init-network-topohub-bad", ["kms", "init", "k", "--network", "topohub:zoo/NoSuch", "--sae", "A=0", "--sae",
+                                      "B=1"], None, "NoSuch")
+case("route-net-a-huge-id", ["route", "h.json", "--src", "0", "--dst", "1"],
+     w("h.json", '{"nodes":[{"id":0,"p":0.9},{"id":1' + "0" * 5000 + ',"p":0.9}],"links":[{"source":0,"target":1' + "0" * 5000 + "}]}"), "h.json")
+case("net-up-timeout-zero", ["net", "up", "net", "--detach", "--timeout", "0"], None, "--timeout")
+case("net-chaos-rate-huge", ["net", "chaos", "net", "--rate", "1e9"], None, "--rate")
+case("device-toml-links-empty", DS, lines_edit("kmsdev/devices/device.toml", lambda t: t.split("[links")[0]), "links")
+case("device-toml-sae-twice", DS, tsub("kmsdev/devices/device.toml", 'b_sae = "link0-b"', 'b_sae = "link0-a"'),
+     "used twice")
+
 if os.geteuid() != 0:  # root reads and writes through any mode
     case("kms-serve-toml-unreadable", KS, lambda d: os.chmod(d / "kms/kms.toml", 0), "kms.toml")
     case("node-json-unreadable", NS, lambda d: os.chmod(d / "net/nodes/0/node.json", 0), "permission denied")
@@ -756,9 +778,14 @@ ACCEPTED = [
      "audit chain BROKEN"),  # audit only reads: the start cuts a torn line, audit reports it
     ("kms-init-force-keeps-a-damaged-pki", ["kms", "init", "kms", *KI, "--force"], w("kms/pki/ca.crt", "garbage\n"), 0,
      "wrote kms/kms.toml"),  # --force rewrites kms.toml only (docs/kms.md); serve then names ca.crt
+    ("kms-audit-archive-the-directory", ["kms", "audit", "kmsserved", "--archive", "kmsserved"], None, 0, "intact"),
+    ("net-init-two-saes-at-one-node", ["net", "init", "n", "--network", "example", "--sae", "A=0", "--sae", "B=0"], None,
+     0, "2 SAEs"),  # keys between them are local: no relay
+    ("generate-every-node-trusted", ["topology", "generate", "waxman", "--nodes", "3", "--trusted", "3", "-o", "g.json"],
+     None, 0, "3 trusted"),
     ("net-down-never-up", ["net", "down", "net"], None, 0, "stopped 0 process(es)"),
     ("net-down-pids-of-others", ["net", "down", "net"], w("net/run/pids.json", '{"controller": 1, "node-0": -5}'), 0,
-     "left alone"),  # never a signal to a process that is not the network's
+     "stopped 0 process(es)"),  # no signal to init, nor to a process group (test_net_down_never_signals_...)
     ("net-status-pids-a-list", ["net", "status", "net", "--format", "json"], w("net/run/pids.json", "[1, 2]"), 0,
      '"healthy": false'),
 ]
