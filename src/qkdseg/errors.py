@@ -72,3 +72,22 @@ class KeyMaterialShort(QkdsegError):
     def __init__(self, message: str, shortfalls: dict | None = None):
         super().__init__(message)
         self.shortfalls = dict(shortfalls or {})
+
+
+def env_number(name: str, default: float, kind: type = float):
+    """The positive number in the environment variable ``name`` (a server's tuning, read when its module is
+    imported, inside the command), ``default`` when unset; :class:`InvalidRequest` naming the variable otherwise."""
+    import math
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"environment variable {name}={raw!r}: must be a {'whole ' if kind is int else ''}number "
+                             "above 0")
+    return value

@@ -105,7 +105,10 @@ class Staged:
         self.out = out
         self.last = last
         anchor = _existing_anchor(out)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".qkdseg-partial-{out.name or 'out'}-", dir=anchor))
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=f".qkdseg-partial-{out.name or 'out'}-", dir=anchor))
+        except OSError as err:  # a read-only place (root passes the access check): named as the user gave it
+            raise InvalidRequest(f"{out}: cannot write there: {err.strerror or err}") from None
 
     def final(self, path) -> Path:
         """Where a file written into the staging folder ends up."""
@@ -157,7 +160,10 @@ def _umask() -> int:
 def _write_atomic(path: Path, write) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then renamed onto it, with the mode a new file gets under
     the umask (as every other tool's output: ``mkstemp`` makes its file 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.absolute().parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.absolute().parent)
+    except OSError as err:  # a missing folder, a read-only place: named as the user gave it, not the temporary file
+        raise InvalidRequest(f"{path}: cannot write: {err.strerror or err}") from None
     os.close(fd)
     try:
         write(Path(tmp))

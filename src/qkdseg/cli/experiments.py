@@ -130,8 +130,18 @@ def study(
         ks, eks = _whole_numbers(budgets, "--budgets"), _whole_numbers(exact_budgets, "--exact-budgets")
         if not ks or ks[0] < 0:
             raise InvalidRequest(f"--budgets {budgets!r}: need at least one budget >= 0")
+        if eks and eks[0] < 0:
+            raise InvalidRequest(f"--exact-budgets {exact_budgets!r}: a budget is at least 0")
         if waxman_seeds < 0:
             raise InvalidRequest(f"--waxman-seeds {waxman_seeds}: must be at least 0")
+        from ..placement.demands import check_spec
+
+        check_spec(demands)
+        _check_range(swap_max_k, "--swap-max-k", 0, 1_000_000)
+        _check_range(max_placements, "--max-placements", 0, 10**12)
+        _check_range(min_nodes, "--min-nodes", 0, 10**9)
+        _check_range(workers, "--workers", 1, MAX_WORKERS)
+        _check_number(p, "--p", hi=1.0)
         _check_seed(seed)
         _check_out_dir(out)
         df = run_placement_study(waxman_seeds=waxman_seeds, zoo=not no_zoo, min_nodes=min_nodes, budgets=ks, seed=seed,
@@ -149,6 +159,7 @@ def study(
     _check_seed(seed)
     _check_range(requests, "--requests", 1, MAX_REQUESTS)
     _check_range(workers, "--workers", 1, MAX_WORKERS)
+    _check_range(min_nodes, "--min-nodes", 0, 10**9)
     _check_number(p, "--p", hi=1.0)
     _check_number(trusted, "--trusted", what=" (a fraction below 1 or a whole count)")
     if trusted >= 1 and trusted != int(trusted):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import (STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
                      _parse_saes, check_log_options, out_path)
 from .errors import user_errors
 
@@ -69,6 +69,7 @@ def init(
 
     if directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"{directory}: exists and is not a directory")
+    _kms_dir(directory)
     if (directory / CONFIG_NAME).exists() and not force:
         raise InvalidRequest(f"{directory / CONFIG_NAME}: already exists (use --force to rewrite it)")
     if no_pki and (new_pki or ca_key_out is not None):
@@ -97,6 +98,8 @@ def init(
         raise InvalidRequest(f"{devices / 'device.toml'}: already exists (use --force to rewrite it)")
     pki_dir = directory / "pki"
     make_new_pki = not no_pki and (new_pki or not (pki_dir / "ca.crt").exists())
+    if ca_key_out is not None and ca_key_out.is_dir():
+        raise InvalidRequest(f"--ca-key-out {ca_key_out}: is a directory (name the file for the CA's private key)")
     if make_new_pki and ca_key_out is not None and ca_key_out.exists() and not new_pki:
         raise InvalidRequest(f"--ca-key-out {ca_key_out}: exists already (add --new-pki to replace it)")
     directory.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,15 @@ def init(
     if link_source == "device":
         typer.echo(f"start the devices with: qkdseg device serve {devices}")
     typer.echo(f"start it with: qkdseg kms serve {directory}")
+
+
+def _kms_dir(directory: Path) -> Path:
+    """``directory``, refused where another command made it (a network's, a node's, its controller's, a device
+    emulator's directory): a kms command would write a second service's files into it."""
+    from ..server.files import refuse_other_kind
+
+    refuse_other_kind(directory, "kms.toml", "a kms serve directory")
+    return directory
 
 
 def _make_pki_whole(pki_dir: Path, make) -> None:
@@ -216,6 +228,7 @@ def serve(
 ) -> None:
     """Serve ETSI GS QKD 014 over HTTPS with required client certificates, until SIGINT/SIGTERM."""
     _need_server_extra()
+    _kms_dir(directory)
     from ..server.watchdog import check_exit_after
 
     check_exit_after(exit_after_unready)
@@ -242,7 +255,7 @@ def status(
     """Print /readyz's checks computed from DIR (read-only; the service may be running); exit 1 if not ready."""
     from ..kms.status import directory_status
 
-    body = directory_status(directory)
+    body = directory_status(_kms_dir(directory))
     if as_json:
         import json
 
@@ -273,8 +286,11 @@ def demo(
             raise InvalidRequest(f"{name} {val} must be in 0..65535")
     if not 0 < rate <= 1000:
         raise InvalidRequest(f"--rate {rate} must be in (0, 1000] requests per second")
+    _check_seed(seed)
     if directory is not None and directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"--dir {directory}: exists and is not a directory")
+    if directory is not None:
+        _kms_dir(directory)
     from ..kms.demo import run_demo
 
     run_demo(directory, port, dashboard_port, rate, seed)
@@ -304,11 +320,9 @@ def audit(
         return
     if archive is not None and not archive.is_dir():
         raise InvalidRequest(f"--archive {archive}: not a directory")
-    try:
-        key = directory_audit_key(directory)
-    except InvalidRequest as err:
-        key = None
-        typer.echo(f"note: MACs not checked, only the links ({err})")
+    key = directory_audit_key(directory, optional=True)  # a damaged key is an error, not a reason to check less
+    if key is None:
+        typer.echo(f"note: MACs not checked, only the links (no readable audit key in {directory})")
     rep = check_audit_dir(directory, key, archive)
     if rep.accepted:
         typer.echo(f"{len(rep.accepted)} earlier problem(s) accepted by 'kms serve --accept-broken-audit' "
@@ -333,7 +347,7 @@ def rotate_storage_key(
     from ..server.config import load_config
     from ..server.directory import rotate_storage_key as rotate
 
-    n, path = rotate(load_config(directory))
+    n, path = rotate(load_config(_kms_dir(directory)))
     typer.echo(f"re-sealed {n} stored key(s) under a new storage key in {path}")
 
 
@@ -358,7 +372,7 @@ def sae_add(
     from ..server.config import check_sae_id, load_config, write_config
     from ..server.pki import add_sae_cert
 
-    cfg = load_config(directory)
+    cfg = load_config(_kms_dir(directory))
     name, sep, node = entry.partition("=")
     if not sep or not node:
         raise InvalidRequest(f"SAE {entry!r} must be SAE_ID=NODE")
@@ -388,7 +402,7 @@ def sae_remove(
     """Remove an SAE from kms.toml (its certificate then gets 401; revoke it at your CA too)."""
     from ..server.config import load_config, write_config
 
-    cfg = load_config(directory)
+    cfg = load_config(_kms_dir(directory))
     if name not in cfg.saes:
         raise InvalidRequest(f"SAE {name!r} is not registered in {directory / 'kms.toml'}")
     del cfg.saes[name]
@@ -410,7 +424,7 @@ def sae_cert(
     from ..server.config import load_config
     from ..server.pki import add_sae_cert
 
-    cfg = load_config(directory)
+    cfg = load_config(_kms_dir(directory))
     if name not in cfg.saes:
         raise InvalidRequest(f"SAE {name!r} is not registered in {directory / 'kms.toml'} (kms sae add first)")
     if not 1 <= days <= 36500:

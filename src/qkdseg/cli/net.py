@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import (STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
                      _parse_algorithm_options, _parse_saes, check_log_options)
 from .errors import user_errors
 
@@ -233,6 +233,7 @@ def chaos(
         raise InvalidRequest(f"--duration {duration:g}: must be more than 0 and at most 3600 s")
     if not 0 < rate <= 50:
         raise InvalidRequest(f"--rate {rate:g}: must be more than 0 and at most 50 requests/s")
+    _check_seed(seed)
     rep = run(directory, duration, seed, rate)
     typer.echo(json.dumps(rep, indent=1) if fmt == "json" else format_report(rep))
     if rep["mismatched_keys"] or rep["bits_reused"] or rep["unfetchable_keys"]:

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import NET_HELP, OUT_PATH, Backend, Scheme, _check_number, _check_out_dir, _check_seed, _console, _load, _txt, staged_output
+from .common import (NET_HELP, OUT_PATH, Backend, Scheme, _check_number, _check_out_dir, _check_range, _check_seed, _console,
+                     _load, _txt, staged_output)
 from .errors import user_errors
 
 
@@ -59,8 +60,9 @@ def simulate(
         raise InvalidRequest("give exactly one of --rate, --rates (a load sweep) or --trace")
     if workers is not None and workers < 1:
         raise InvalidRequest(f"--workers {workers}: must be at least 1")
-    if replications < 1:
-        raise InvalidRequest(f"--replications {replications}: must be at least 1")
+    _check_range(replications, "--replications", 1, 10_000)
+    if scheduler is not None and rates is None:
+        raise InvalidRequest("--scheduler runs a load sweep on Dask: use --rates (one rate is fine)")
     if replications > 1 and rates is None:
         raise InvalidRequest("--replications needs a load sweep: use --rates (one rate is fine)")
     _check_number(duration, "--duration", lo_open=True, what=" (simulated seconds)")

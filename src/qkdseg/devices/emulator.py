@@ -117,6 +117,13 @@ def load_device_config(directory: Path) -> DeviceConfig:
     port = raw["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InvalidRequest(f"{path}: field 'port'={port!r} must be in 0..65535")
+    for name in ("host", "network", "ca", "cert", "key"):
+        if name in raw and (not isinstance(raw[name], str) or not raw[name].strip()):
+            raise InvalidRequest(f"{path}: field {name!r}={raw[name]!r} must be text")
+    check_sae_id(raw.get("kme_id", "KME_device"), f"{path}: field 'kme_id'")
+    ttl = raw.get("key_ttl_s", 600.0)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 1e9:
+        raise InvalidRequest(f"{path}: field 'key_ttl_s'={ttl!r} must be a positive number of seconds, at most 1e9")
     if not isinstance(raw["links"], dict) or not raw["links"]:
         raise InvalidRequest(f"{path}: field 'links' must be a table of \"U|V\" = link tables")
     seen: set[str] = set()

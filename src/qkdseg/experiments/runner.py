@@ -216,7 +216,7 @@ def read_results(path: str | Path):
     try:
         df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
     except Exception as err:  # pyarrow/pandas raise many kinds on a bad file
-        raise InvalidRequest(f"{p}: cannot read results: {err}") from None
+        raise InvalidRequest(f"{p}: cannot read results: {str(err).strip()}") from None
     kind = "network" if "network" in df.columns else "figure"  # a study's rows, or a sweep's
     missing = [c for c in (kind, "algorithm", "security", "consumed_bits") if c not in df.columns]
     if missing:

@@ -27,8 +27,7 @@ import socket
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..server.files import load_json
-from .layout import write_private
+from .layout import load_cluster, write_private
 
 RESERVED_PORTS = {2379, 2380}
 COPY_SKIP = {"kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm", "audit.jsonl", "lock"}
@@ -72,10 +71,7 @@ def path(directory: Path) -> Path:
 
 def load(directory: Path) -> dict | None:
     """``DIR/cluster.json`` (net up's etcd members, controllers and fault proxies), or ``None`` without one."""
-    if not path(directory).exists():
-        return None
-    return load_json(path(directory), "net up's process layout",
-                     advice="stop the network's processes by hand and delete the file; net up writes it again")
+    return load_cluster(directory)
 
 
 def _link_key(u, v) -> str:

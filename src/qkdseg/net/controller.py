@@ -39,8 +39,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..errors import InvalidRequest
-from ..server.files import damaged, load_json
+from ..errors import InvalidRequest, env_number
+from ..server.files import check_fields, load_json, port_of
 from ..server.storehealth import CommitFailed
 from .capture import Capture
 from .limits import CONTROL_MAX_BODY, read_json
@@ -51,7 +51,7 @@ from .wire import role as role_of
 CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
 #: Device-fed links: a plan's reservation counts against a link's reported level this long (twice the nodes' relay
 #: timeout); by then its bits were used (and the nodes' counters show it) or its request failed.
-RESERVED_S = 2 * float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "8"))
+RESERVED_S = 2 * env_number("QKDSEG_RELAY_TIMEOUT_S", 8.0)
 
 
 def load_net_conf(d: Path) -> dict:
@@ -59,13 +59,11 @@ def load_net_conf(d: Path) -> dict:
     path = d / "net.json"
     conf = load_json(path, "the network's layout",
                      missing=f"{d}: not a controller directory (no net.json; run 'qkdseg net init')")
-    try:
-        host, port = str(conf["address"]).rsplit(":", 1)
-        int(port)
+    def nodes() -> None:
         for n in conf["nodes"]:
-            str(n["id"]), str(n["address"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise damaged(path, "the network's layout", err) from None
+            str(n["id"]), port_of(n["address"]), str(n["dir"]), list(n["saes"])
+
+    check_fields(path, "the network's layout", [("address", lambda: port_of(conf["address"])), ("nodes", nodes)])
     return conf
 
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..server.files import load_json
+from .layout import load_cluster
 
 STATE = "faults.json"
 READY = "faults.ready"
@@ -75,11 +75,7 @@ def parse_loss(text: str) -> float:
 
 
 def _layout(directory: Path) -> dict | None:
-    path = Path(directory) / "cluster.json"  # written by net up (net/cluster.py)
-    if not path.exists():
-        return None
-    return load_json(path, "net up's process layout",
-                     advice="stop the network's processes by hand and delete the file; net up writes it again")
+    return load_cluster(directory)  # written by net up (net/cluster.py)
 
 
 def _links(directory: Path) -> dict[frozenset, str]:

@@ -53,6 +53,33 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def load_cluster(directory: Path) -> dict | None:
+    """``DIR/cluster.json`` (net up's etcd members, controllers and fault proxies: :mod:`.cluster`), checked field by
+    field (a damaged file is one line naming it and the field); ``None`` without one."""
+    from ..server.files import check_fields, load_json, port_of
+
+    path = Path(directory) / "cluster.json"
+    if not path.exists():
+        return None
+    what, advice = "net up's process layout", "stop the network's processes by hand and delete the file; net up " \
+                                              "writes it again"
+    layout = load_json(path, what, advice=advice)
+
+    def each(name: str, fields) -> None:
+        for item in layout[name] if name != "proxies" else layout.get(name, []):
+            fields(item)
+
+    check_fields(path, what, [
+        ("etcd", lambda: each("etcd", lambda m: (str(m["name"]), str(m["dir"]), port_of(m["client"]),
+                                                 port_of(m["peer"])))),
+        ("controllers", lambda: layout["controllers"] and each("controllers", lambda c: (
+            str(c["name"]), str(c["dir"]), port_of(c["address"])))),
+        ("proxies", lambda: each("proxies", lambda p: (str(p["link"]), [str(e) for e in p["ends"]], [
+            (d.split(">")[1], port_of(a)) for d, a in {**p["listen"], **p["target"]}.items()]))),
+    ], advice)
+    return layout
+
+
 def role_uri(role: str, ident: str | None = None) -> str:
     """``urn:qkdseg:node:<id>``, ``urn:qkdseg:controller`` or ``urn:qkdseg:sae:<id>`` (the id percent-encoded)."""
     return "urn:qkdseg:controller" if role == "controller" else f"urn:qkdseg:{role}:{quote(str(ident), safe='')}"
@@ -296,6 +323,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise InvalidRequest(f"{directory}: exists and is not a directory")
+    from ..server.files import refuse_other_kind
+
+    refuse_other_kind(directory, "nodes.json", "a network's directory (net init)")  # even with --force
     if (directory / "nodes.json").exists() and not force:
         raise InvalidRequest(f"{directory / 'nodes.json'}: a deployment exists already (use --force to overwrite)")
     if not 1 <= port <= 65535:

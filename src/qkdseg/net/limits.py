@@ -15,16 +15,15 @@ docs/network.md, "Limits", says where each number comes from. In short:
 
 from __future__ import annotations
 
-import os
-
+from ..errors import env_number
 from ..server.frontend import too_deep
 from .wire import Problem
 
-RELAY_MAX_BODY = int(os.environ.get("QKDSEG_RELAY_MAX_BODY", str(16 << 20)))
-CONTROL_MAX_BODY = int(os.environ.get("QKDSEG_CONTROL_MAX_BODY", str(4 << 20)))
+RELAY_MAX_BODY = env_number("QKDSEG_RELAY_MAX_BODY", 16 << 20, int)
+CONTROL_MAX_BODY = env_number("QKDSEG_CONTROL_MAX_BODY", 4 << 20, int)
 MAX_BATCH = 1024
 MAX_DEPTH = 32
-EARLY_S = float(os.environ.get("QKDSEG_EARLY_S", "5"))
+EARLY_S = env_number("QKDSEG_EARLY_S", 5.0)
 EARLY_MESSAGES = 1024
 EARLY_BYTES = 4 << 20
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 
+from ..errors import env_number
 from .keystream import gap, implausible
 
 PROBE_S = 1.0
-SUSPECT_S = float(os.environ.get("QKDSEG_SUSPECT_S", "5"))
+SUSPECT_S = env_number("QKDSEG_SUSPECT_S", 5.0)
 logger = logging.getLogger("qkdseg.net")
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 
+from ..errors import env_number
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
 from .limits import MAX_BATCH, RELAY_MAX_BODY
@@ -26,7 +27,7 @@ from ..server.storehealth import CommitFailed
 
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
 #: Seconds a node gathers acknowledgements (and inbox statuses) before it sends (writes) them together.
-ACK_S = float(os.environ.get("QKDSEG_ACK_S", "1.0"))
+ACK_S = env_number("QKDSEG_ACK_S", 1.0)
 
 
 def _trace(request_id: str, what: str) -> None:

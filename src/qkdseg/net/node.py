@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 import uuid
@@ -44,7 +45,7 @@ from types import SimpleNamespace
 
 from ..errors import InvalidRequest
 from ..server.audit import DEFAULT_AUDIT_MAX_MB, audit_max_bytes, load_audit_key
-from ..server.files import damaged, load_json
+from ..server.files import check_fields, load_json, port_of
 from ..server.groupcommit import GroupCommit
 from ..server.storagekey import load_storage_key
 from ..server.store import Batch, KeyRow, Store
@@ -71,26 +72,31 @@ def load_node_conf(d: Path) -> dict:
     path = d / "node.json"
     conf = load_json(path, "the node's configuration",
                      missing=f"{d}: not a node directory (no node.json; run 'qkdseg net init' first)")
-    try:
-        str(conf["id"])
-        SimpleNamespace(**conf["etsi"])
-        for name in ("key_ttl_s", "key_size", "max_key_count", "max_body_bytes", "header_timeout_s", "body_timeout_s",
-                     "max_connections", "keep_alive_s", "security_level"):
-            float(conf["etsi"][name])
-        if not isinstance(conf["saes"], list) or not isinstance(conf["registry"], dict):
-            raise TypeError("saes, registry")
-        if not isinstance(conf["addresses"], dict):
-            raise TypeError("addresses")
+
+    def positive(name: str) -> bool:
+        v = float(conf["etsi"][name])
+        return math.isfinite(v) and (0 <= v <= 1 if name == "security_level" else v > 0)
+
+    def links() -> None:
         for lk in conf["links"]:
             u, v = lk["link"]
-            lk["neighbour"], int(lk["pool_bits"])
-        host, port = str(conf["address"]).rsplit(":", 1)
-        int(port)
-        str(conf["controller"])
-        for name in ("retention_s", "clock_skew_s", "audit_max_mb"):  # net init --retention ... (.retention)
-            float(conf.get(name, 0))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise damaged(path, "the node's configuration", err) from None
+            if lk["neighbour"] not in (u, v) or int(lk["pool_bits"]) < 0:
+                raise ValueError(lk)
+
+    def own_id() -> bool:  # a node of the network's address book, and an end of each of its links
+        return str(conf["id"]) in conf["addresses"] and all(conf["id"] in lk["link"] for lk in conf["links"])
+
+    check_fields(path, "the node's configuration", [
+        ("id", lambda: str(conf["id"])), ("etsi", lambda: SimpleNamespace(**conf["etsi"])),
+        *((f"etsi.{name}", lambda name=name: positive(name))
+          for name in ("key_ttl_s", "key_size", "max_key_count", "max_body_bytes", "header_timeout_s",
+                       "body_timeout_s", "max_connections", "keep_alive_s", "security_level")),
+        ("saes", lambda: isinstance(conf["saes"], list)), ("registry", lambda: isinstance(conf["registry"], dict)),
+        ("addresses", lambda: isinstance(conf["addresses"], dict)), ("links", links), ("id", own_id),
+        ("address", lambda: port_of(conf["address"])), ("controller", lambda: port_of(conf["controller"])),
+        *((name, lambda name=name: math.isfinite(float(conf.get(name, 0))) and float(conf.get(name, 0)) >= 0)
+          for name in ("retention_s", "clock_skew_s", "audit_max_mb")),  # net init --retention ... (.retention)
+    ])
     return conf
 
 

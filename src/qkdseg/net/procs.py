@@ -70,16 +70,21 @@ def processes(directory: Path) -> list[dict]:
 
 
 def _ops(directory: Path) -> dict:
-    try:
-        return json.loads((directory / "run" / "ops.json").read_text())
-    except (FileNotFoundError, ValueError):
+    path = directory / "run" / "ops.json"
+    if not path.exists():
         return {}
+    return load_json(path, "net up's options of the processes", advice=f"net down, then net up {directory} again")
+
+
+def _node_dirs(directory: Path) -> dict:
+    """``DIR/nodes.json``: node id -> the node's directory name."""
+    return load_json(directory / "nodes.json", "the network's list of nodes")
 
 
 def metrics_ports(directory: Path, base: int) -> dict[str, int]:
     """Process name -> metrics port: ``controller`` on ``base``, the i-th node of ``nodes.json`` on base + 1 + i,
     the other controllers (``DIR/cluster.json``) after the nodes, in their order."""
-    names = json.loads((directory / "nodes.json").read_text())
+    names = _node_dirs(directory)
     ports = {"controller": base}
     ports.update({f"node-{name}": base + 1 + i for i, name in enumerate(names.values())})
     from .cluster import load as load_cluster
@@ -116,7 +121,7 @@ def check_ops(directory: Path, metrics_port_base: int | None, log_format: str | 
         from .cluster import load as load_cluster
 
         layout = load_cluster(directory)
-        count = len(json.loads((directory / "nodes.json").read_text())) + (
+        count = len(_node_dirs(directory)) + (
             controllers or (len(layout["controllers"]) if layout else 1))
         if not 1 <= metrics_port_base <= 65536 - count:
             raise InvalidRequest(f"--metrics-port-base {metrics_port_base}: the controller(s) and the nodes take "
@@ -126,10 +131,12 @@ def check_ops(directory: Path, metrics_port_base: int | None, log_format: str | 
 
 
 def _pids(directory: Path) -> dict:
+    """``DIR/run/pids.json``'s process ids by name (none from a missing or damaged file, nor a value that is not one)."""
     try:
-        return json.loads((directory / "run" / "pids.json").read_text())
-    except (FileNotFoundError, ValueError):
+        pids = json.loads((directory / "run" / "pids.json").read_text())
+    except (OSError, ValueError):
         return {}
+    return {str(k): v for k, v in pids.items() if type(v) is int and v > 0} if isinstance(pids, dict) else {}
 
 
 def _alive(pid) -> bool:
@@ -240,7 +247,10 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
     on SQLite, no etcd, no proxies. ``port_range`` (``(lo, hi)``): the ports ``net up`` picks (etcd members,
     other controllers, fault proxies) are taken from it. The other options: the module's docstring.
     """
+    from ..server.config import load_config
+
     net = _net(directory)
+    load_config(directory / "controller")  # a damaged kms.toml of the controller: named before anything starts
     ops = check_ops(directory, metrics_port_base, log_format, log_level, controllers)
     pids = _pids(directory)
     running = [name for name, pid in pids.items() if _alive(pid)]
@@ -253,6 +263,8 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
         from .cluster import plan
 
         plan(directory, net, controllers, etcd, faults, port_range=port_range)
+    if (directory / "run").exists() and not (directory / "run").is_dir():
+        raise InvalidRequest(f"{directory / 'run'}: exists and is not a directory (net up keeps its run files there)")
     (directory / "run").mkdir(mode=0o700, exist_ok=True)
     write_private(directory / "run" / "ops.json", json.dumps(ops) + "\n")
     procs = processes(directory)
@@ -385,7 +397,14 @@ def down(directory: Path) -> tuple[int, list[str]]:
         except (TypeError, ValueError, AttributeError):
             notes.append(f"{path}: net up's file of process ids is damaged: a value is not a process id; stopping the "
                          f"processes whose command line names {directory}")
-    for pid, cmd in _naming(directory).items():
+    ours = _naming(directory)
+    for name, pid in list(pids.items()):
+        if pid not in ours:  # a stale or damaged file's pid, now another process's: never signalled
+            if _alive(pid):
+                notes.append(f"{path}: {name}'s pid {pid} is not a process of this network (its command line names no "
+                             f"path in {directory}): left alone")
+            del pids[name]
+    for pid, cmd in ours.items():
         if pid not in pids.values():
             pids[f"pid {pid} ({cmd})"] = pid
     n = sum(1 for p in pids.values() if _alive(p))

@@ -15,11 +15,11 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..errors import env_number
 from ..keys.material import KeyMaterial
 from ..keys.steps import NodePart, RelayNode
 from ..server.etsi import KmsError
@@ -30,7 +30,7 @@ from .messaging import _dec, _enc, _trace
 logger = logging.getLogger("qkdseg.net")
 #: A source's wait for its keys; below the 10 s that SAE clients such as etsi-qkd-014-client wait, so that a
 #: request caught by a relay's death gets the JSON 503 rather than the client's own timeout.
-REQUEST_TIMEOUT_S = float(os.environ.get("QKDSEG_RELAY_TIMEOUT_S", "8"))
+REQUEST_TIMEOUT_S = env_number("QKDSEG_RELAY_TIMEOUT_S", 8.0)
 
 
 @dataclass

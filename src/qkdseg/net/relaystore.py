@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
+from ..server.schema import missing_tables, sqlite_error
 from ..server.sqlitefile import connect_wal, incremental_vacuum
 from ..server.storehealth import CommitFailed, StoreHealth
 from .generations import OFFSETS_UPSERT, add_generation_column, offset_rows, read_offsets
@@ -59,11 +60,15 @@ class RelayDB:
     """
 
     def __init__(self, path: Path, health: StoreHealth | None = None) -> None:
-        self.db = connect_wal(path, incremental=True)  # 0600, WAL, synchronous=NORMAL, free pages given back
-        self.db.executescript(_SCHEMA)
-        add_generation_column(self.db)  # each offset's generation (.generations: a restored node's new streams)
+        try:
+            self.db = connect_wal(path, incremental=True)  # 0600, WAL, synchronous=NORMAL, free pages given back
+            missing_tables(Path(path), self.db, ("offsets", "inbox", "outbox"))
+            self.db.executescript(_SCHEMA)
+            add_generation_column(self.db)  # each offset's generation (.generations: a restored node's new streams)
+            self.durable = self.offsets()  # the offsets as committed
+        except sqlite3.Error as err:
+            raise sqlite_error(Path(path), err) from None
         self.health = health or StoreHealth()
-        self.durable = self.offsets()  # the offsets as committed
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return read_offsets(self.db)

@@ -36,13 +36,13 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, env_number
 from ..server.audit import GENESIS, chain_line
 from ..server.store import Batch
 
 logger = logging.getLogger("qkdseg.net.replica")
 
-LEASE_TTL_S = int(os.environ.get("QKDSEG_LEASE_TTL_S", "3"))
+LEASE_TTL_S = env_number("QKDSEG_LEASE_TTL_S", 3, int)
 CAMPAIGN_S = 0.2
 
 

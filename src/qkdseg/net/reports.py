@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 
+from ..errors import env_number
 from ..server.store import Batch
 from .keystream import position
 from .layout import link_name
 
-REPORT_S = float(os.environ.get("QKDSEG_REPORT_S", "5"))  # how often a node reports its links to the controller
+REPORT_S = env_number("QKDSEG_REPORT_S", 5.0)  # how often a node reports its links to the controller
 #: Dashboard events a node keeps for its next report (the oldest go first when the controller is away).
 MAX_EVENTS = 2000
 #: After an event, the next report goes at most this many seconds later (the dashboard's delay).

@@ -85,21 +85,13 @@ def make_demands(network: Network, spec: str = "all", *, seed: int = 0) -> Deman
     >>> len(d), d.spec, bool((d.src < d.dst).all())
     (5, 'sample:5', True)
     """
-    if not isinstance(spec, str) or not spec:
-        raise InvalidRequest(f"demands={spec!r}: use all, sample:N, gravity or a file")
+    count = check_spec(spec)
     a = network.arrays
     n = a.n_nodes
     if spec == "all":
         s, d = _all_pairs(n)
         return _make(s, d, np.ones(s.size), spec)
-    if spec.startswith("sample:"):
-        text = spec.partition(":")[2]
-        try:
-            count = int(text)
-        except ValueError:
-            raise InvalidRequest(f"demands {spec!r}: N in sample:N must be a whole number") from None
-        if count < 1:
-            raise InvalidRequest(f"demands {spec!r}: N in sample:N must be at least 1")
+    if count is not None:
         s, d = _all_pairs(n)
         if count < s.size:
             rng = np.random.default_rng([seed, 11])
@@ -110,10 +102,26 @@ def make_demands(network: Network, spec: str = "all", *, seed: int = 0) -> Deman
         s, d = _all_pairs(n)
         mass = _masses(network)
         return _make(s, d, mass[s] * mass[d], spec)
-    path = Path(spec)
-    if not path.is_file():
+    return _from_file(network, Path(spec))
+
+
+def check_spec(spec) -> int | None:
+    """A demands spec checked without its network (``all``, ``gravity``, ``sample:N`` with N >= 1, or an existing
+    file): N of ``sample:N``, else ``None``; :class:`InvalidRequest` naming a bad one."""
+    if not isinstance(spec, str) or not spec:
+        raise InvalidRequest(f"demands={spec!r}: use all, sample:N, gravity or a file")
+    if spec.startswith("sample:"):
+        text = spec.partition(":")[2]
+        try:
+            count = int(text)
+        except ValueError:
+            raise InvalidRequest(f"demands {spec!r}: N in sample:N must be a whole number") from None
+        if count < 1:
+            raise InvalidRequest(f"demands {spec!r}: N in sample:N must be at least 1")
+        return count
+    if spec not in ("all", "gravity") and not Path(spec).is_file():
         raise InvalidRequest(f"demands {spec!r}: not all, sample:N, gravity or an existing file")
-    return _from_file(network, path)
+    return None
 
 
 def _masses(network: Network) -> np.ndarray:

@@ -214,9 +214,24 @@ def cut_torn_tail(path: Path) -> None:
                 pos = pos - step + i + 1
                 break
             pos -= step
+        fh.seek(pos)
+        if not fh.read(2) == b'{"' or not _ends_with_record(fh, pos):
+            return  # not a record cut short but a damaged file: left as it is for the chain check to report
         logging.getLogger("qkdseg.kms").warning("%s: cut a torn last line (%d bytes, a write cut by a crash or a "
                                                 "full disk)", path, size - pos)
         fh.truncate(pos)
+
+
+def _ends_with_record(fh, pos: int) -> bool:
+    """Whether the file's bytes before ``pos`` (a line's start) are empty or end with a whole JSON record."""
+    if pos == 0:
+        return True
+    fh.seek(max(0, pos - 65536))
+    line = fh.read(pos - max(0, pos - 65536)).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def last_seq(path: Path) -> int:

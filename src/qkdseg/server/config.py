@@ -43,6 +43,12 @@ def check_sae_id(sae: str, where: str = "SAE id") -> str:
     return sae
 
 
+#: The largest value of an integer field of ``kms.toml`` where it is less than 2**53: a limit past these is no limit
+#: (a body of any size, any number of connections) or a key no request could be served.
+INT_CAPS = {"key_size": 1 << 20, "min_key_size": 1 << 20, "max_key_size": 1 << 20, "max_key_per_request": 1 << 16,
+            "max_body_bytes": 1 << 30, "max_connections": 1 << 20}
+
+
 @dataclass
 class KmsConfig:
     """The contents of ``kms.toml``.
@@ -192,7 +198,10 @@ class KmsConfig:
             check_sae_id(sae, f"{where}: SAE id")
             if not isinstance(node, (str, int)) or isinstance(node, bool):
                 raise InvalidRequest(f"{where}: SAE {sae!r}: node {node!r} must be a node id")
-        check_sae_id(self.kme_id, f"{where}: kme_id")
+        try:
+            check_sae_id(self.kme_id)
+        except InvalidRequest:
+            raise bad("kme_id", "must be 1-64 characters of [A-Za-z0-9._~-]") from None
         if self.kme_id in self.saes:
             raise bad("kme_id", "is also an SAE id (the KME and the SAEs need distinct ids)")
         lvl = self.security_level
@@ -203,6 +212,8 @@ class KmsConfig:
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < (0 if name.startswith("default") else 1):
                 raise bad(name, "must be a positive integer")
+            if val > INT_CAPS.get(name, 2**53):
+                raise bad(name, f"must be at most {INT_CAPS.get(name, 2**53)}")
         for name in ("key_size", "min_key_size", "max_key_size"):
             if getattr(self, name) % 8:
                 raise bad(name, "must be a multiple of 8 bits")
@@ -210,8 +221,9 @@ class KmsConfig:
             raise bad("key_size", f"must lie in [min_key_size, max_key_size] = [{self.min_key_size}, {self.max_key_size}]")
         if self.reconstruction not in ("paper", "optimal", "xor-all"):
             raise bad("reconstruction", "must be paper, optimal or xor-all (reuse keys are only computationally secure)")
-        if isinstance(self.key_ttl_s, bool) or not isinstance(self.key_ttl_s, (int, float)) or not self.key_ttl_s > 0:
-            raise bad("key_ttl_s", "must be a positive number of seconds")
+        ttl = self.key_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 1e9:
+            raise bad("key_ttl_s", "must be a positive number of seconds, at most 1e9")
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 86400:
@@ -253,6 +265,9 @@ class KmsConfig:
                                      f"(known: {', '.join(sorted(known)) or 'none'})")
             if not isinstance(val, (bool, int, float, str)):
                 raise InvalidRequest(f"{at} {val!r} must be a boolean, number or text")
+            kind = _option_kind(ALGORITHMS[self.algorithm].func, name)  # as its default is: a request would fail
+            if kind is not None and not (isinstance(val, kind) and (kind is bool or not isinstance(val, bool))):
+                raise InvalidRequest(f"{at} {val!r} must be {_KIND_WORDS.get(kind, 'a number')}")
         self.stock_config(flags=bool(flags and "stock" in flags))
         return self
 
@@ -264,6 +279,19 @@ class KmsConfig:
 
         return parse_stock(self.stock, saes=self.saes, min_size=self.min_key_size, max_size=self.max_key_size,
                            where=str(self._dir / CONFIG_NAME), flags=flags)
+
+
+_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _option_kind(func, name: str):
+    """The type a routing algorithm's option takes (that of its default; ints are numbers too where the default is
+    a float), or ``None`` when its default tells none."""
+    import inspect
+
+    param = inspect.signature(func).parameters.get(name)
+    kind = type(param.default) if param is not None else None
+    return (int, float) if kind is float else kind if kind in _KIND_WORDS else None
 
 
 DEVICE_FIELDS = ("a_sae", "b_sae", "a_url", "b_url", "ca", "a_cert", "a_key", "b_cert", "b_key", "key_size")

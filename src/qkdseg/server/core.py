@@ -46,8 +46,13 @@ class ServiceState:
         self.planner = Planner(cfg, network, self.source, clock)
         self.algorithm = self.planner.algorithm
         self.sae_node: dict[str, int] = {}
+        from ..errors import QkdsegError
+
         for sae, node in cfg.saes.items():
-            nid = network.resolve(str(node))
+            try:
+                nid = network.resolve(str(node))
+            except QkdsegError as err:  # kms.toml's registry against its network: name the file and the SAE
+                raise type(err)(f"{cfg.path('kms.toml')}: SAE {sae!r}: {err}") from None
             self.sae_node[sae] = self.arrays.index[nid]
         self.committer = GroupCommit(store)
         #: Called with each audited event after it is committed (``event``: issue, deliver, deny, expire);

@@ -16,8 +16,8 @@ from .audit import AuditReport, check_head
 from .auditseries import check_series, series
 from .pki import write_secret
 from .storagekey import load_storage_key
-from .schema import DB_NAME
-from .store import Batch, Store, _sqlite_error
+from .schema import DB_NAME, sqlite_error
+from .store import Batch, Store
 
 
 def _open_readonly(db_path: Path) -> sqlite3.Connection:
@@ -48,7 +48,7 @@ def check_audit_dir(directory: Path, audit_key: bytes | None, archive: Path | No
             finally:
                 db.close()
         except sqlite3.Error as err:
-            raise _sqlite_error(db_path, err) from None
+            raise sqlite_error(db_path, err) from None
         head = None if row is None else (int(row[0].split(":")[0]), row[0].split(":")[1])
         check_head(rep, head, None if pending[0] is None else (pending[0], pending[1]))
     return rep
@@ -69,8 +69,9 @@ def verify_audit(directory: Path, audit_key: bytes | None = None) -> tuple[int, 
     return rep.records, rep.problems
 
 
-def directory_audit_key(directory: Path) -> bytes:
-    """The audit key of a service directory (the path from its ``kms.toml``, else ``DIR/audit.key``)."""
+def directory_audit_key(directory: Path, optional: bool = False) -> bytes | None:
+    """The audit key of a service directory (the path from its ``kms.toml``, else ``DIR/audit.key``). ``optional``:
+    ``None`` when the key cannot be read (missing, no permission), but still an error when it is damaged."""
     from .audit import load_audit_key
     from .config import load_config
 
@@ -79,6 +80,8 @@ def directory_audit_key(directory: Path) -> bytes:
         path = cfg.path(cfg.audit_key)
     except InvalidRequest:
         path = Path(directory) / "audit.key"
+    if optional and not (path.exists() and os.access(path, os.R_OK)):
+        return None
     return load_audit_key(path)
 
 

@@ -48,7 +48,9 @@ def load_json(path: Path, what: str, *, missing: str | None = None, shape: type 
     except UnicodeDecodeError:
         raise InvalidRequest(f"{path}: {what} is damaged: not UTF-8 text; {advice}") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _Duplicate as err:
+        raise InvalidRequest(f"{path}: {what} is damaged: the key {err.args[0]!r} is given twice; {advice}") from None
     except json.JSONDecodeError as err:
         raise InvalidRequest(f"{path}: {what} is damaged: not valid JSON ({err.msg} at line {err.lineno}, column "
                              f"{err.colno}); {advice}") from None
@@ -60,11 +62,70 @@ def load_json(path: Path, what: str, *, missing: str | None = None, shape: type 
     return value
 
 
-def damaged(path: Path, what: str, err: BaseException, advice: str = REMAKE) -> InvalidRequest:
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """A JSON object whose keys are distinct (Python's json keeps the last of two quietly)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        raise _Duplicate(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
+def damaged(path: Path, what: str, err: BaseException, advice: str = REMAKE, field: str | None = None) -> InvalidRequest:
     """The one-line refusal of a JSON file of the right syntax but the wrong content (a field missing or of the
-    wrong type: ``err`` is the KeyError, TypeError or ValueError its use raised)."""
+    wrong type: ``err`` is the KeyError, TypeError or ValueError its use raised; ``field``: the field then read)."""
     if isinstance(err, KeyError):
-        fault = f"field {err.args[0]!r} is missing"
+        fault = f"field {err.args[0]!r} is missing" + (f" (in {field!r})" if field and field != err.args[0] else "")
+    elif field is not None:
+        fault = f"field {field!r} has the wrong type or value"
     else:
         fault = f"a field has the wrong type or value ({type(err).__name__})"
     return InvalidRequest(f"{path}: {what} is damaged: {fault}; {advice}")
+
+
+def check_fields(path: Path, what: str, checks, advice: str = REMAKE) -> None:
+    """Run ``checks`` (pairs: a field's name, a callable that reads and checks it, raising KeyError, TypeError or
+    ValueError when it is missing, of the wrong type or out of range); the first to fail is :func:`damaged`."""
+    for name, check in checks:
+        try:
+            if check() is False:
+                raise ValueError(name)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise damaged(path, what, err, advice, field=name) from None
+
+
+def port_of(address) -> int:
+    """The port of ``HOST:PORT`` (ValueError when there is none or it is not in 1..65535)."""
+    host, port = str(address).rsplit(":", 1)
+    if not host or not 1 <= int(port) <= 65535:
+        raise ValueError(address)
+    return int(port)
+
+
+#: The file that marks each kind of directory a qkdseg command makes, the most specific first (a controller's
+#: directory holds a kms.toml too), and what the directory then is.
+MARKS = (("node.json", "a node's directory of a network of nodes (node.json)"),
+         ("net.json", "the controller's directory of a network of nodes (net.json)"),
+         ("nodes.json", "a network of nodes (nodes.json)"),
+         ("device.toml", "a QKD device emulator's directory (device.toml)"),
+         ("kms.toml", "a key service directory (kms.toml)"))
+
+
+def made_as(directory: Path) -> str | None:
+    """The mark (a file name of :data:`MARKS`) of the kind of directory ``directory`` is, or ``None``."""
+    for name, _ in MARKS:
+        if (Path(directory) / name).exists():
+            return name
+    return None
+
+
+def refuse_other_kind(directory: Path, own: str, want: str) -> None:
+    """:class:`InvalidRequest` when ``directory`` is a kind of directory other than the command's own (``own``: its
+    mark in :data:`MARKS`; ``want``: what the command takes, e.g. "a kms serve directory")."""
+    mark = made_as(directory)
+    if mark is not None and mark != own:
+        raise InvalidRequest(f"{directory}: {dict(MARKS)[mark]}, not {want}")

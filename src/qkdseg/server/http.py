@@ -46,6 +46,12 @@ def listen_socket(host: str, port: int, what: str | None = None) -> socket.socke
     """A TCP socket listening on ``host:port`` (IPv6 when ``host`` has a colon); a one-line error when it cannot."""
     from ..errors import InvalidRequest
 
+    if not host.strip():  # the socket layer reads an empty host as every interface: never what a careless '' meant
+        raise InvalidRequest("cannot listen on an empty host" + (f" ({what})" if what else "")
+                             + ": name an address (0.0.0.0 for every interface)")
+    if not 0 <= port <= 65535:
+        raise InvalidRequest(f"cannot listen on {host}:{port}" + (f" ({what})" if what else "")
+                             + ": the port is not in 0..65535")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

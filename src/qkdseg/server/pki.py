@@ -165,14 +165,29 @@ def load_ca(pki_dir: Path, ca_key_path: Path | None = None):
     from ..errors import InvalidRequest
 
     key_path = Path(ca_key_path) if ca_key_path is not None else pki_dir / "ca.key"
+    crt_path = pki_dir / "ca.crt"
+
+    def read(path: Path, kind: str, hint: str = "") -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidRequest(f"{path}: no such file (the {kind}{hint})") from None
+        except IsADirectoryError:
+            raise InvalidRequest(f"{path}: is a directory, not the {kind}") from None
+        except OSError as err:
+            raise InvalidRequest(f"{path}: cannot read the {kind}: {err.strerror or err}") from None
+
+    crt = read(crt_path, "CA certificate")
+    key = read(key_path, "CA's private key", "; kept elsewhere? give it with --ca-key PATH" if ca_key_path is None else "")
     try:
-        ca_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
-    except FileNotFoundError as err:
-        raise InvalidRequest(f"{err.filename}: no such file (the CA's private key is kept elsewhere? give it with "
-                             "--ca-key PATH)") from None
-    except (ValueError, TypeError) as err:
-        raise InvalidRequest(f"{key_path}: not a PEM private key of the CA ({err})") from None
+        ca = x509.load_pem_x509_certificate(crt)
+    except ValueError:
+        raise InvalidRequest(f"{crt_path}: not a PEM CA certificate (damaged, or another file)") from None
+    try:
+        ca_key = serialization.load_pem_private_key(key, None)
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"{key_path}: not an unencrypted PEM private key of the CA (damaged, or another file)"
+                             ) from None
     if ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
             ca_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise InvalidRequest(f"{key_path}: not the private key of {pki_dir / 'ca.crt'}")

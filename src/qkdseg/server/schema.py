@@ -39,6 +39,11 @@ chain's check at start (a broken chain refuses to start unless accepted),
 and one-line errors for a directory that cannot be written.
 """
 
+import sqlite3
+from pathlib import Path
+
+from ..errors import InvalidRequest
+
 SCHEMA_VERSION = 2  # 2: keyed audit chain (HMAC), storage key check value
 DB_NAME = "kms.sqlite3"
 
@@ -77,3 +82,20 @@ CREATE TABLE IF NOT EXISTS device_keys (
     PRIMARY KEY (k, seq)
 );
 """
+
+
+def sqlite_error(path: Path, err: BaseException) -> InvalidRequest:
+    """The one line of a database that cannot be opened: damaged (not a database, malformed), or not writable."""
+    if type(err) is sqlite3.DatabaseError:  # 'file is not a database', 'database disk image is malformed'
+        return InvalidRequest(f"{path}: the database is damaged ({err}); restore the directory from a backup")
+    return InvalidRequest(f"{path}: {err} (is the directory writable, and the disk not full?)")
+
+
+def missing_tables(path: Path, db: sqlite3.Connection, tables: tuple[str, ...]) -> None:
+    """Refuse a database that holds some of ``tables`` but not all (a damaged one: never made whole again empty,
+    which would forget the consumed offsets); a new, empty one is made by the caller's schema."""
+    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    gone = [t for t in tables if t not in have]
+    if have & set(tables) and gone:
+        raise InvalidRequest(f"{path}: the database is damaged (no table {', '.join(gone)}); restore the directory "
+                             "from a backup")

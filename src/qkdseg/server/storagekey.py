@@ -39,12 +39,15 @@ def load_storage_key(path: Path) -> bytes:
 
 def init_keys(cfg) -> None:
     """Make the storage key and the audit key of a new service directory (``kms init``); an existing one is kept."""
-    from .audit import make_audit_key
+    from .audit import load_audit_key, make_audit_key
 
-    for name, make in (("storage_key", make_storage_key), ("audit_key", make_audit_key)):
+    for name, make, load in (("storage_key", make_storage_key, load_storage_key),
+                             ("audit_key", make_audit_key, load_audit_key)):
         path = cfg.path(getattr(cfg, name))
         if not path.exists():
             make(path)
+        else:
+            load(path)  # one that is kept must be usable: a damaged one is named now, not at the first start
 
 
 def storage_key_id(key: bytes) -> str:

@@ -32,16 +32,12 @@ from .auditseries import first_seq, live_start, rename_rotated
 from .audit import (ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, cut_torn_tail,
                     last_seq, read_lines)
 from .lock import DirLock, lock_directory
-from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION
+from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION, missing_tables, sqlite_error
 from .sqlitefile import connect_wal
 from .storagekey import load_storage_key, storage_key_id
 from .storehealth import CommitFailed, StoreHealth
 
 logger = logging.getLogger("qkdseg.kms")
-
-
-def _sqlite_error(path: Path, err: BaseException) -> InvalidRequest:
-    return InvalidRequest(f"{path}: {err} (is the directory writable, and the disk not full?)")
 
 
 @dataclass
@@ -139,6 +135,7 @@ class Store:
         try:
             self.db = connect_wal(self.db_path, synchronous="FULL" if self.durability == "full" else "NORMAL")
             self.db.execute("PRAGMA secure_delete=ON")
+            missing_tables(self.db_path, self.db, ("meta", "keys", "links", "audit"))
             self.db.executescript(SCHEMA)
             version = self._meta("schema_version")
             if version is None:
@@ -156,7 +153,7 @@ class Store:
             cut_torn_tail(self.audit_path)
             self._append_pending_audit()
         except sqlite3.Error as err:
-            raise _sqlite_error(self.db_path, err) from None
+            raise sqlite_error(self.db_path, err) from None
         except OSError as err:
             raise InvalidRequest(f"{self.directory}: {err.strerror}: {err.filename or ''} (is the directory "
                                  "writable?)") from None

@@ -31,12 +31,20 @@ def load_tls_files(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path, source:
             raise InvalidRequest(f"{named(path, what)}: is a directory, not the {kind}") from None
         except OSError as err:
             raise InvalidRequest(f"{named(path, what)}: cannot read the {kind}: {err.strerror or err}") from None
+    certs = {}
     for what in ("cert", "ca"):
         try:
-            x509.load_pem_x509_certificate(data[what])
+            certs[what] = x509.load_pem_x509_certificate(data[what])
         except ValueError:
             path, kind = files[what]
             raise InvalidRequest(f"{named(path, what)}: not a PEM {kind} (damaged, or another file)") from None
+    try:
+        is_ca = certs["ca"].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:  # an X.509 v1 certificate: a CA by convention
+        is_ca = True
+    if not is_ca:
+        raise InvalidRequest(f"{named(files['ca'][0], 'ca')}: not a CA certificate (basicConstraints CA:FALSE, an end "
+                             "entity's): no peer's certificate can be verified against it")
     try:
         serialization.load_pem_private_key(data["key"], password=None)
     except (ValueError, TypeError):

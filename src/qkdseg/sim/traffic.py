@@ -296,7 +296,7 @@ def read_trace(
     except FileNotFoundError:
         raise InvalidRequest(f"{p}: no such trace file") from None
     except Exception as err:  # pandas/pyarrow raise many kinds on a bad file
-        raise InvalidRequest(f"{p}: cannot read the trace: {err}") from None
+        raise InvalidRequest(f"{p}: cannot read the trace: {str(err).strip()}") from None
     missing = [c for c in ("t", "src", "dst") if c not in df.columns]
     if missing:
         raise InvalidRequest(f"{p}: trace has no column {', '.join(missing)} (needs t, src, dst; optional key_bits, epsilon)")

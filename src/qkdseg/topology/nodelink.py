@@ -99,7 +99,7 @@ def read_json(path: Path, where: str, *, default_p: float | None = None, default
     from the parsed records when the file is clean (the fast path for large
     networks), else the raw :class:`networkx.Graph` for :class:`Network` to
     validate."""
-    with path.open("r", encoding="utf-8") as fh:
+    with path.open("r", encoding="utf-8-sig") as fh:
         data = json.load(fh)
     net = _fast_network(data, path.stem, default_p, default_pool_bits)
     if net is not None:

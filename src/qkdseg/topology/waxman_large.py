@@ -77,6 +77,9 @@ def waxman_large(
         )
     if pool_bits < 0:
         raise NetworkError(f"waxman_large: negative pool_bits={pool_bits}")
+    if mean_degree > n - 1:
+        raise NetworkError(f"waxman_large: mean_degree={mean_degree:g} is more than nodes - 1 = {n - 1} (a node has at "
+                           "most that many neighbours)")
     rng = np.random.default_rng(seed)
     pos = rng.random((n, 2))
     # Number nodes along a serpentine over a grid of cells, so that nodes close
