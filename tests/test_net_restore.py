@@ -78,8 +78,12 @@ def test_the_offsets_store_keeps_the_largest_offset_written(tmp_path_factory, wr
 def test_a_relay_store_from_before_generations_is_read_as_generation_zero(tmp_path):
     path = tmp_path / "relay.sqlite3"
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE offsets (link TEXT NOT NULL, dir INTEGER NOT NULL, value INTEGER NOT NULL, "
-                "PRIMARY KEY (link, dir))")
+    con.executescript("""
+CREATE TABLE offsets (link TEXT NOT NULL, dir INTEGER NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (link, dir));
+CREATE TABLE inbox (message_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, src TEXT NOT NULL, kind TEXT NOT NULL,
+                    status TEXT NOT NULL, t REAL NOT NULL);
+CREATE TABLE outbox (message_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, dst TEXT NOT NULL, kind TEXT NOT NULL,
+                     status TEXT NOT NULL, t REAL NOT NULL);""")  # the relay store as qkdseg wrote it before generations
     con.execute("INSERT INTO offsets VALUES ('[0,1]', 1, 4096)")
     con.commit()
     con.close()
