@@ -114,23 +114,31 @@ def _rows(arrays: NetworkArrays) -> _Rows:
 def network_rows(arrays: NetworkArrays, kernel: str) -> Rows:
     """The rows of ``arrays``' network, read through ``kernel`` (a request holds it once)."""
     if kernel == "numba" and not _LOADED:
-        _load_kernels()
+        _load_kernels(arrays)
     return Rows(_rows(arrays), arrays, kernel)
 
 
 _LOADED: list[bool] = []
 
 
-def _load_kernels() -> None:
-    """Compile (or load from numba's cache) the wide search's kernels once per process, on a
-    3-node path, so that a warm-up request loads them even when its search never needs a segment's
-    candidates (a request must not wait for the compiler)."""
+def _load_kernels(arrays: NetworkArrays) -> None:
+    """Compile (or load from numba's cache) the kernels a request may need only later once per
+    process, so that a warm-up request loads them even when its search never needs them (a
+    request must not wait for the compiler): on a 3-node path those of the wide search's
+    candidates, on ``arrays`` (its read-only arrays are a type of their own) the full route of a
+    chain the wide search finds, and the exact security of a route whose paths share a relay."""
     indptr = np.array([0, 1, 3, 4], dtype=np.int64)  # the path 0 - 1 - 2
     indices = np.array([1, 0, 2, 1], dtype=np.int64)
     edge_of = np.array([0, 0, 1, 1], dtype=np.int64)
     _kernels.yen_nb(indptr, indices, edge_of, np.zeros(3), np.zeros(3, dtype=bool), np.zeros(2, dtype=bool), 0, 2, 2,
                     True, np.zeros(3))
     _kernels.subset_front_nb(1, np.zeros(1, dtype=np.int64), np.ones(1), np.ones(1, dtype=np.int64))
+    a, n = arrays, arrays.n_nodes
+    if n > 1:
+        _kernels.round_robin_lb_nb(a.indptr, a.indices, a.edge_of, a.cost, a.trusted, np.zeros(n, dtype=bool),
+                                   np.zeros(a.n_links, dtype=bool), np.array([0, n - 1], dtype=np.int64), 1,
+                                   np.zeros((1, n)), np.ones(1, dtype=bool))
+    _kernels.path_state_security_nb(1, np.zeros(1, dtype=np.int64), np.ones(1), np.ones(1), np.ones(1, dtype=np.int64))
     _LOADED.append(True)
 
 
