@@ -624,6 +624,8 @@ case("net-status-missing", ["net", "status", "nosuch"], None, "nosuch")
 case("net-status-a-kms-directory", ["net", "status", "kms"], None, "kms")
 case("net-status-format", ["net", "status", "net", "--format", "xml"], None, "xml")
 case("net-status-cluster-binary", ["net", "status", "net"], w("net/cluster.json", GARBAGE), "cluster.json")
+case("net-status-cluster-no-controllers", ["net", "status", "net"], w("net/cluster.json", '{"etcd": [], "controllers": []}'),
+     "field 'controllers'")
 case("net-status-ops-binary", ["net", "status", "net"], w("net/run/ops.json", GARBAGE), "ops.json")
 case("net-fault-no-proxies", ["net", "fault", "net", "--link", "0-1", "--cut"], None, "--faults")
 case("net-fault-delay-words", ["net", "fault", "net", "--link", "0-1", "--delay", "soon"], None, "soon")
