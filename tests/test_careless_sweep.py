@@ -139,6 +139,22 @@ def copy(src: str, dst: str):
     return damage
 
 
+def reissue(pki: str, name: str, *, days: int, ago: int):
+    """``PKI/NAME.crt`` (and its key) issued again by the CA of ``PKI`` (its ca.key), valid ``days`` days from
+    ``ago`` days ago (negative: in the future)."""
+    def damage(d: Path) -> None:
+        import datetime as dt
+
+        from qkdseg.server import pki as p
+
+        ca_key, ca = p.load_ca(d / pki)
+        key, cert = p.issue(ca_key, ca, name, client=False, days=days,
+                            not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=ago))
+        p.write_key(d / pki / f"{name}.key", key)
+        p.write_cert(d / pki / f"{name}.crt", cert)
+    return damage
+
+
 def both(*damages):
     def damage(d: Path) -> None:
         for one in damages:
@@ -383,6 +399,9 @@ case("kms-serve-server-key-garbage", KS, w("kms/pki/server.key", "garbage\n"), "
 case("kms-serve-server-crt-empty", KS, w("kms/pki/server.crt", ""), "server.crt")
 case("kms-serve-ca-is-an-sae-cert", KS, copy("kms/pki/A.crt", "kms/pki/ca.crt"), "not a CA certificate")
 case("kms-serve-server-key-of-an-sae", KS, copy("kms/pki/A.key", "kms/pki/server.key"), "server.key")
+case("kms-serve-server-cert-expired", KS, reissue("kms/pki", "server", days=1, ago=10), "server.crt")
+case("kms-serve-server-cert-not-yet-valid", KS, reissue("kms/pki", "server", days=10, ago=-5), "valid only from")
+case("device-cert-expired", DS, reissue("kmsdev/devices/pki", "server", days=1, ago=10), "expired on")
 case("kms-serve-storage-key-short", KS, both(w("kms/storage.key", b"short"), lambda d: os.chmod(d / "kms/storage.key",
                                                                                                  0o600)), "storage.key")
 case("kms-serve-storage-key-a-directory", KS, mkdir("kms/storage.key"), "storage.key")
@@ -605,6 +624,8 @@ case("net-status-missing", ["net", "status", "nosuch"], None, "nosuch")
 case("net-status-a-kms-directory", ["net", "status", "kms"], None, "kms")
 case("net-status-format", ["net", "status", "net", "--format", "xml"], None, "xml")
 case("net-status-cluster-binary", ["net", "status", "net"], w("net/cluster.json", GARBAGE), "cluster.json")
+case("net-status-cluster-no-controllers", ["net", "status", "net"], w("net/cluster.json", '{"etcd": [], "controllers": []}'),
+     "field 'controllers'")
 case("net-status-ops-binary", ["net", "status", "net"], w("net/run/ops.json", GARBAGE), "ops.json")
 case("net-fault-no-proxies", ["net", "fault", "net", "--link", "0-1", "--cut"], None, "--faults")
 case("net-fault-delay-words", ["net", "fault", "net", "--link", "0-1", "--delay", "soon"], None, "soon")

@@ -59,6 +59,7 @@ def load_net_conf(d: Path) -> dict:
     path = d / "net.json"
     conf = load_json(path, "the network's layout",
                      missing=f"{d}: not a controller directory (no net.json; run 'qkdseg net init')")
+
     def nodes() -> None:
         for n in conf["nodes"]:
             str(n["id"]), port_of(n["address"]), str(n["dir"]), list(n["saes"])

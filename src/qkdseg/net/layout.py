@@ -72,8 +72,8 @@ def load_cluster(directory: Path) -> dict | None:
     check_fields(path, what, [
         ("etcd", lambda: each("etcd", lambda m: (str(m["name"]), str(m["dir"]), port_of(m["client"]),
                                                  port_of(m["peer"])))),
-        ("controllers", lambda: layout["controllers"] and each("controllers", lambda c: (
-            str(c["name"]), str(c["dir"]), port_of(c["address"])))),
+        ("controllers", lambda: each("controllers", lambda c: (str(c["name"]), str(c["dir"]), port_of(c["address"])))
+         if layout["controllers"] else False),
         ("proxies", lambda: each("proxies", lambda p: (str(p["link"]), [str(e) for e in p["ends"]], [
             (d.split(">")[1], port_of(a)) for d, a in {**p["listen"], **p["target"]}.items()]))),
     ], advice)

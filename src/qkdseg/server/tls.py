@@ -45,6 +45,17 @@ def load_tls_files(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path, source:
     if not is_ca:
         raise InvalidRequest(f"{named(files['ca'][0], 'ca')}: not a CA certificate (basicConstraints CA:FALSE, an end "
                              "entity's): no peer's certificate can be verified against it")
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    for what in ("cert", "ca"):  # every peer would refuse the handshake: said now, not by each of them
+        c, (path, kind) = certs[what], files[what]
+        if c.not_valid_after_utc < now:
+            raise InvalidRequest(f"{named(path, what)}: the {kind} expired on {c.not_valid_after_utc:%Y-%m-%d %H:%M} "
+                                 "UTC (issue a new one)")
+        if c.not_valid_before_utc > now + dt.timedelta(minutes=5):
+            raise InvalidRequest(f"{named(path, what)}: the {kind} is valid only from "
+                                 f"{c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this host's clock right?)")
     try:
         serialization.load_pem_private_key(data["key"], password=None)
     except (ValueError, TypeError):
