@@ -271,7 +271,7 @@ def _run_closed(svc, go) -> None:
 async def _fill(svc, pair, keys, timeout=10.0):
     """Run the scheduler until ``pair``'s stock holds ``keys`` (or a refill stops); returns the task."""
     task = asyncio.get_running_loop().create_task(svc.stock_loop())
-    for _ in range(int(timeout / 0.01)):
+    for _ in range(int(scaled(timeout) / 0.01)):
         await asyncio.sleep(0.01)
         if svc.stock.count(pair) >= keys and not svc.stock.state(pair).refilling:
             return task
