@@ -115,6 +115,20 @@ def test_stock_watermarks_and_counters_hold_under_any_sequence(low, span, block,
         assert s["keys"] == keys[p] and s["refilling"] == (p in running) and 0.0 <= s["wait_s"] <= 8.0
 
 
+def test_a_cap_on_runs_starts_the_emptiest_stocks_first():
+    """``runs``: at most that many runs under way in all, the emptiest stocks first; a run that ends makes room."""
+    pairs = [("A", "B"), ("C", "B"), ("D", "B"), ("E", "B")]
+    have = {("A", "B"): 10, ("C", "B"): 0, ("D", "B"): 5, ("E", "B"): 40}
+    cfg = StockConfig(tuple(pairs), 16, 64, LEVEL, 256)
+    stock = Stock(cfg, lambda pair: have[pair], lambda p, n: None, runs=2)
+    assert stock.due() == [(("C", "B"), 64), (("D", "B"), 59)]
+    assert stock.due() == []  # two under way: no room
+    stock.finished(("C", "B"), 64)
+    have[("C", "B")] = 64
+    assert stock.due() == [(("A", "B"), 54)]  # E (40 keys, above LOW) is not filling
+    assert [p for p, s in stock.states.items() if s.refilling] == [("A", "B"), ("D", "B")]
+
+
 def test_stock_scheduler_fills_backs_off_follows_its_policy_and_stops_cleanly():
     """The asyncio scheduler: a stock below LOW is filled to the policy's target in blocks; a failing refill is
     retried after its backoff; cancelling the scheduler cancels the run under way."""
@@ -271,7 +285,7 @@ def _run_closed(svc, go) -> None:
 async def _fill(svc, pair, keys, timeout=10.0):
     """Run the scheduler until ``pair``'s stock holds ``keys`` (or a refill stops); returns the task."""
     task = asyncio.get_running_loop().create_task(svc.stock_loop())
-    for _ in range(int(timeout / 0.01)):
+    for _ in range(int(scaled(timeout) / 0.01)):
         await asyncio.sleep(0.01)
         if svc.stock.count(pair) >= keys and not svc.stock.state(pair).refilling:
             return task

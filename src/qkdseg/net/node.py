@@ -132,7 +132,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reconcile, Reports
         self.store = Store(d, skey, load_audit_key(d / "audit.key"), durability="normal",
                            audit_max_bytes=audit_max_bytes(self.conf.get("audit_max_mb", DEFAULT_AUDIT_MAX_MB)))
         self.window = window(self.conf)  # (retention_s, clock_skew_s): .retention
-        self.committer = GroupCommit(self.store)
+        self.committer = GroupCommit(self.store, inline=True)  # durability "normal": no wait for the disk
         self.relaydb = RelayDB(d / "relay.sqlite3", self.store.health)  # its failures count in the same health
         self.offsets = self.relaydb.offsets()
         self._dirty: dict = {}

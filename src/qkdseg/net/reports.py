@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 
 from ..errors import env_number
 from ..server.store import Batch
@@ -23,6 +24,8 @@ REPORT_S = env_number("QKDSEG_REPORT_S", 5.0)  # how often a node reports its li
 MAX_EVENTS = 2000
 #: After an event, the next report goes at most this many seconds later (the dashboard's delay).
 EVENTS_REPORT_S = 0.5
+#: A report carries the stocks' counts (qkdseg_stock) at most this often (seconds).
+STOCK_REPORT_S = 1.0
 _DASHBOARD_EVENTS = ("issue", "deliver", "deny", "expire")
 _EVENT_FIELDS = ("time", "event", "sae", "peer", "op", "size", "level", "securities", "route", "outcome", "status",
                  "reason")
@@ -73,9 +76,18 @@ class Reports:
                         "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
                 "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))},
-                **({"qkdseg_stock": self.stock.snapshot()} if self.stock is not None else {}),  # the dashboard's
+                **self._stock_report(),
                 # not ready while a write of its store fails: the controller then plans around it
                 "qkdseg_ready": self.store.health.ok, "qkdseg_store": self.store.health.detail()}
+
+    def _stock_report(self) -> dict:
+        """``qkdseg_stock`` (the stocks' counts, for the dashboard) at most once a second: a report that goes
+        for events in between does without (counting the stocks costs their keys)."""
+        now = time.monotonic()
+        if self.stock is None or now - getattr(self, "_stock_sent", -1e9) < STOCK_REPORT_S:
+            return {}
+        self._stock_sent = now
+        return {"qkdseg_stock": self.stock.snapshot()}
 
     async def report_links(self) -> None:
         """After the start's offset sync, every ``QKDSEG_REPORT_S`` seconds, and within ``EVENTS_REPORT_S`` of an

@@ -28,6 +28,8 @@ from .wire import Problem
 
 #: Seconds spare keys whose ``issue`` got no answer are set aside before they are offered again.
 RETRY_S = 2 * REQUEST_TIMEOUT_S
+#: Refill runs a node has under way at once, for all its stocks (qkdseg.server.stock.Stock's ``runs``).
+REFILL_RUNS = 4
 
 
 class Spares:
@@ -96,7 +98,7 @@ class Spares:
             sc = parse_stock(table, saes=self.registry, min_size=int(c.min_key_size), max_size=int(c.max_key_size),
                              where=str(self.dir / "node.json"))
             self.stock = Stock(sc, self._stock_count, self.refill_stock, block=int(c.max_key_per_request),
-                               refills=[p for p in sc.pairs if p[0] in self.saes])
+                               refills=[p for p in sc.pairs if p[0] in self.saes], runs=REFILL_RUNS)
 
     def _stock_count(self, pair: tuple) -> int:
         c = self.stock.config

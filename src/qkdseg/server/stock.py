@@ -111,12 +111,18 @@ class Stock:
         The most keys one run asks for.
     canon : callable
         The stock a request's ``(master, slave)`` belongs to (``kms serve``: one stock serves both directions).
+    runs : int, optional
+        The most runs under way at once, the emptiest stocks first (None: one per pair). A network node caps them:
+        each run's relay takes its event loop for a few milliseconds at its start and its end, and stocks drained
+        together would otherwise start all their runs at once, holding up the requests it serves meanwhile.
     """
 
     def __init__(self, config: StockConfig, count: Callable[[Pair], int],
                  refill: Callable[[Pair, int], Awaitable[int]] | None = None, *, refills: Iterable[Pair] | None = None,
                  policy: Policy | None = None, block: int = 128, canon: Callable[[Pair], Pair] = tuple,
-                 period: float = PERIOD_S, backoff: tuple[float, float] = BACKOFF_S, clock=time.monotonic) -> None:
+                 period: float = PERIOD_S, backoff: tuple[float, float] = BACKOFF_S, clock=time.monotonic,
+                 runs: int | None = None) -> None:
+        self.runs = runs
         self.config = config
         self.canon = canon
         self.count_now = count
@@ -215,10 +221,10 @@ class Stock:
     # -- the scheduler ---------------------------------------------------------------------
     def due(self) -> list[tuple[Pair, int]]:
         """The runs to start now: ``(pair, keys to ask for)`` of every refilled pair that is filling (it fell below
-        LOW and has not reached its target since), with no run under way and no backoff pending; each is marked
-        refilling."""
+        LOW and has not reached its target since), with no run under way and no backoff pending (at most ``runs``
+        under way in all, the emptiest first); each is marked refilling."""
         now = self.clock()
-        out = []
+        wanted = []
         for key in self.refilled:
             st = self.states[key]
             if st.refilling or now < st.next_try:
@@ -229,8 +235,13 @@ class Stock:
                 st.filling = True
             if have >= st.target:
                 st.filling = False
-            if not st.filling:
-                continue
+            if st.filling:
+                wanted.append((have / max(1, st.target), key, have))
+        room = len(wanted) if self.runs is None else max(0, self.runs - sum(
+            1 for s in self.states.values() if s.refilling))
+        out = []
+        for _, key, have in sorted(wanted)[:room]:
+            st = self.states[key]
             st.refilling = True
             n = min(st.target - have, self.block)
             st.keys_asked += n
