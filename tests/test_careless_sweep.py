@@ -549,6 +549,8 @@ case("net-init-skew-above-retention", ["net", "init", "n", *NI, "--clock-skew", 
 case("net-init-max-skip-neg", ["net", "init", "n", *NI, "--max-skip-bits", "-1"], None, "--max-skip-bits")
 case("net-init-max-skip-0", ["net", "init", "n", *NI, "--max-skip-bits", "0"], None, "--max-skip-bits")
 case("net-init-audit-max-mb-neg", ["net", "init", "n", *NI, "--audit-max-mb", "-1"], None, "--audit-max-mb")
+case("net-init-key-ttl-nan", ["net", "init", "n", *NI, "--key-ttl", "nan"], None, "--key-ttl")
+case("net-init-key-ttl-0", ["net", "init", "n", *NI, "--key-ttl", "0"], None, "--key-ttl")
 case("net-init-reconstruction", ["net", "init", "n", *NI, "--reconstruction", "magic"], None, "magic")
 case("net-init-algorithm", ["net", "init", "n", *NI, "--algorithm", "teleport"], None, "teleport")
 case("net-init-link-source", ["net", "init", "n", *NI, "--link-source", "fibre"], None, "fibre")

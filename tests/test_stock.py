@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -189,7 +191,10 @@ SAES = {"A": "0", "B": "7", "C": "4", "D": "7"}
     ({"pairs": ["A:B", "A:B"]}, "is given twice"),
     ({"pairs": ["B:D"]}, "two SAEs at one node"),
     ({"pairs": ["AB"]}, "must be MASTER:SLAVE"),
-    ({"pairs": ["A:B"], "low": 9, "high": 3}, "0 <= LOW <= HIGH"),
+    ({"pairs": ["A:B"], "low": 9, "high": 3}, "[stock] low=9 must have 0 <= LOW <= HIGH"),
+    ({"pairs": ["A:B"], "low": -1, "high": 3}, "[stock] low=-1 must be whole numbers"),
+    ({"pairs": ["A:B"], "low": 2.5, "high": 3}, "[stock] low=2.5 must be whole numbers"),
+    ({"pairs": ["A:B"], "low": 0, "high": 0}, "[stock] high=0 must have"),
     ({"pairs": ["A:B"], "level": 0.0}, "must be a security level in (0, 1]"),
     ({"pairs": ["A:B"], "level": 1.5}, "must be a security level in (0, 1]"),
     ({"pairs": ["A:B"], "size": 100}, "must be a multiple of 8 bits in [64, 4096]"),
@@ -242,7 +247,9 @@ def test_kms_and_net_init_take_the_stock_flags_and_refuse_bad_ones(tmp_path):
     sc = load_config(tmp_path / "k").stock_config()
     assert sc == StockConfig((("A", "B"), ("C", "B")), 8, 32, 0.5, 128, 0.25)
     for flags, needle in ((["--stock", "A:Z"], "--stock A:Z names SAE 'Z'"),
-                          (["--stock", "A:B", "--stock-keys", "64:16"], "--stock-keys 64:16 must have"),
+                          (["--stock", "A:B", "--stock-keys", "64:16"], "--stock-keys 64:16 must have 0 <= LOW <= "
+                                                                         "HIGH (low 64 is above high 16)"),
+                          (["--stock", "A:B", "--stock-keys", "-2:16"], "--stock-keys -2:16 must be whole numbers"),
                           (["--stock", "A:B", "--stock-keys", "many"], "--stock-keys 'many' must be LOW:HIGH"),
                           (["--stock", "A:B", "--stock-level", "1.5"], "--stock-level 1.5 must be"),
                           (["--stock", "A:B", "--stock-size", "250"], "--stock-size 250 must be a multiple of 8"),
@@ -252,13 +259,31 @@ def test_kms_and_net_init_take_the_stock_flags_and_refuse_bad_ones(tmp_path):
             assert r.exit_code == 2 and needle in r.output and r.output.count("\n") == 1, (cmd, flags, r.output)
     r = run("net", "init", tmp_path / "n", *base, "--stock", "A:B", "--stock-keys", "4:12")
     assert r.exit_code == 0, r.output
-    import json
-
     names = json.loads((tmp_path / "n" / "nodes.json").read_text())
     conf = {v: json.loads((tmp_path / "n" / "nodes" / names[v] / "node.json").read_text()) for v in ("0", "7", "4")}
     want = {"pairs": ["A:B"], "low": 4, "high": 12, "level": 0.5, "size": 256, "reserve": 0.25}
     assert conf["0"]["stock"] == want and conf["7"]["stock"] == want and "stock" not in conf["4"]
     assert load_config(tmp_path / "n" / "controller").stock_config().pairs == (("A", "B"),)
+    for name, edit, needle in (("low-above-high", ("low = 8", "low = 40"), "[stock] low=40 must have 0 <= LOW <= HIGH"),
+                               ("bad-low", ("low = 8", "low = -3"), "[stock] low=-3 must be whole numbers"),
+                               ("bad-high", ("high = 32", "high = 0"), "[stock] high=0 must have")):
+        bad = tmp_path / name  # a hand-edited kms.toml names the field at fault, one line
+        shutil.copytree(tmp_path / "k", bad)
+        toml = (bad / "kms.toml").read_text()
+        assert edit[0] in toml, toml
+        (bad / "kms.toml").write_text(toml.replace(edit[0], edit[1], 1))
+        with pytest.raises(InvalidRequest) as e:
+            load_config(bad)
+        assert needle in str(e.value) and "\n" not in str(e.value) and str(bad / "kms.toml") in str(e.value)
+    r = run("net", "init", tmp_path / "ttl", *base, "--key-ttl", "45")
+    assert r.exit_code == 0, r.output
+    assert load_config(tmp_path / "ttl" / "controller").key_ttl_s == 45.0
+    assert {json.loads(p.read_text())["etsi"]["key_ttl_s"] for p in (tmp_path / "ttl" / "nodes").glob("*/node.json")
+            } == {45.0}
+    for value in ("0", "-1", "nan", "inf", "soon"):
+        r = run("net", "init", tmp_path / "ttl-bad", *base, "--key-ttl", value)
+        assert r.exit_code == 2 and "--key-ttl" in r.output and r.output.count("\n") == 1, (value, r.output)
+        assert not (tmp_path / "ttl-bad" / "nodes.json").exists()
     assert stock_table([], None, None, None, security_level=0.9, key_size=256) == {}
 
 
@@ -311,7 +336,11 @@ def test_kms_stock_serves_whole_requests_at_once_and_expires_unused_keys(tmp_pat
                                                                   "level": LEVEL, "size": 256}
             rows = {r.key_id: r.security for r in svc.spares[("A", "B")]}
             consumed = svc.levels.consumed.copy()
+            assert svc.waiting_keys() == 0  # max_key_count counts keys issued and waiting: stocked keys do not
+            svc.cfg.max_key_count, most = 5, svc.cfg.max_key_count  # 24 stocked, 5 allowed to wait: served
             out = await svc.enc_keys(a, "B", svc.parse_key_request(5, 256, None, None, None))
+            assert svc.waiting_keys() == 5 and svc.status(a, "B")["stored_key_count"] == 19
+            svc.cfg.max_key_count = most
             assert np.array_equal(svc.levels.consumed, consumed)  # no link key spent
             assert out["key_container_extension"]["qkdseg_from_stock"] is True
             assert out["key_container_extension"]["qkdseg_route"] is None

@@ -48,6 +48,8 @@ def init(
                                               "older than the retention less this is refused).")] = 60.0,
     audit_max_mb: Annotated[float, typer.Option("--audit-max-mb", help="Rotate each server's audit.jsonl past this "
                                                 "size (MB; 0: never).")] = 64.0,
+    key_ttl: Annotated[float, typer.Option("--key-ttl", help="Seconds an issued key waits for its slave (and a spare "
+                                           "or stocked key is kept) before it is deleted.")] = 3600.0,
     stock: Annotated[list[str], STOCK_OPTION] = [],
     stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
     stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
@@ -62,7 +64,7 @@ def init(
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
-                       audit_max_mb=audit_max_mb, stock=stock_table(stock, stock_keys, stock_level, stock_size,
+                       audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, stock=stock_table(stock, stock_keys, stock_level, stock_size,
                                                                     security_level=security_level, key_size=key_size))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")

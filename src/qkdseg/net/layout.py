@@ -300,7 +300,8 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
 #: The flags of ``net init`` that set a field of the controller's ``kms.toml`` (its refusals name the flag).
 INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
               "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
-              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock"}
+              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock",
+              "key_ttl_s": "--key-ttl"}
 
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
@@ -308,7 +309,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
                  algorithm_options: dict | None = None, link_source: str = "emulated",
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
-                 audit_max_mb: float = 64.0, stock: dict | None = None) -> dict:
+                 audit_max_mb: float = 64.0, stock: dict | None = None, key_ttl_s: float = 3600.0) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -316,7 +317,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     directory (:func:`qkdseg.devices.emulator.init_devices`), and each node gets its
     own links' device credentials in ``nodes/<dir>/device/`` instead of seeds.
     ``stock``: the ``[stock]`` table (:mod:`qkdseg.server.stockconfig`), in the controller's ``kms.toml`` and, with
-    its own pairs only (its SAEs masters or slaves), in each node's ``node.json``.
+    its own pairs only (its SAEs masters or slaves), in each node's ``node.json``. ``key_ttl_s``: in the
+    controller's ``kms.toml`` and each node's ``etsi`` settings.
     """
     from ..server.config import KmsConfig
 
@@ -345,7 +347,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
                     algorithm_options=dict(algorithm_options or {}), audit_max_mb=audit_max_mb,
-                    retention_s=retention, stock=dict(stock or {}), _dir=directory / "controller")
+                    retention_s=retention, stock=dict(stock or {}), key_ttl_s=key_ttl_s,
+                    _dir=directory / "controller")
     cfg.check(flags=INIT_FLAGS)
     stocked = cfg.stock_config()
     ids = list(net.graph.nodes)

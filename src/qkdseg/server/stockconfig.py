@@ -142,8 +142,11 @@ def parse_stock(table, *, saes: dict, min_size: int, max_size: int, where: str =
     for name, val in (("low", low), ("high", high)):
         if isinstance(val, bool) or not isinstance(val, int) or not 0 <= val <= MAX_STOCK_KEYS:
             raise bad(name, f"{low}:{high}" if flags else val, f"must be whole numbers of keys in 0..{MAX_STOCK_KEYS}")
-    if high < 1 or low > high:
+    if high < 1:
         raise bad("high", f"{low}:{high}" if flags else high, "must have 0 <= LOW <= HIGH and HIGH >= 1")
+    if low > high:  # the low watermark above the high one: LOW is the value at fault
+        raise bad("low", f"{low}:{high}" if flags else low, f"must have 0 <= LOW <= HIGH (low {low} is above high "
+                                                           f"{high})")
     level = table.get("level")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level) or not 0 < level <= 1:
         raise bad("level", level, "must be a security level in (0, 1]")
