@@ -9,6 +9,7 @@ nodes 0, 1 and 2), C (node 4) the unstocked SAE whose on-demand route shares the
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import sqlite3
 import threading
 import time
+import uuid
 
 import pytest
 import requests
@@ -44,12 +46,10 @@ def snet(tmp_path_factory):
     r = _run("net", "init", str(d), "--network", str(topo), "--sae", "A=0", "--sae", "B=7", "--sae", "C=4",
              "--sae", "G=1", "--sae", "H=2", "--security-level", str(LEVEL), "--port", str(_free_port()),
              "--stock", "A:B", "--stock", "G:B", "--stock", "H:B", "--stock-keys", f"{LOW}:{HIGH}",
-             "--max-skip-bits", "100000000")
+             "--max-skip-bits", "100000000", "--key-ttl", str(TTL))
     assert r.returncode == 0, r.stderr
-    for conf_path in (d / "nodes").glob("*/node.json"):  # net init has no --key-ttl: keys live TTL seconds here
-        conf = json.loads(conf_path.read_text())
-        conf["etsi"]["key_ttl_s"] = TTL
-        conf_path.write_text(json.dumps(conf))
+    for conf_path in (d / "nodes").glob("*/node.json"):  # keys live TTL seconds at every node
+        assert json.loads(conf_path.read_text())["etsi"]["key_ttl_s"] == TTL
     with net_up(d, base, {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "3", "QKDSEG_REPORT_S": "1"}) as n:
         yield n
 
@@ -145,8 +145,6 @@ def _one_end(net, master: str = "A", node: str = "0") -> tuple[int, int]:
 def _forge_one_end(net, node: str, master: str = "A") -> str:
     """A spare key of ``master``:B stored at ``node`` (down) only, as a relay cut by a crash leaves one: sealed
     with the node's storage key, made by a request no node knows. Returns its id."""
-    import uuid
-
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from qkdseg.server.storagekey import load_storage_key
@@ -204,31 +202,62 @@ def _delivered(results: list) -> list[dict]:
     return keys
 
 
-def _missing(net, r, part: list[dict]) -> str:
-    """The failure's message: which keys node 7 does not give, and what the audits of nodes 0 and 7 say of them."""
-    sess, out = _session(net, "B"), [r.text]
-    for k in part:
-        if _fetch(net, sess, "A", [k["key_ID"]]).status_code != 200:
-            out.append(f"missing {k['key_ID']} {k['key_extension']}")
-            for node in ("0", "7"):
-                out += [f"  node {node}: {line[:400]}" for line in
-                        (net.dir / "nodes" / net.names[node] / "audit.jsonl").read_text().splitlines()
-                        if k["key_ID"] in line]
+def _audit(net, node: str, key_id: str) -> list[dict]:
+    """The records of node ``node``'s audit that name ``key_id``."""
+    path = net.dir / "nodes" / net.names[node] / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if key_id in line]
+
+
+def _expired_at_7(net, key_id: str) -> bool:
+    """Whether node 7 held ``key_id`` until its time: the last record that stored or issued it there is followed by
+    an ``expire`` of it at least ``key_ttl_s`` later, or its row is still there, past its time (not swept yet).
+    A key a master got is then legitimately gone: its slave did not fetch it within ``key_ttl_s`` (18 s here)."""
+    made, expired = None, None
+    for rec in _audit(net, "7", key_id):
+        if rec.get("event") in ("store", "issue spare keys"):
+            made = rec["time"]
+        elif rec.get("event") == "expire" and key_id in rec.get("key_ids", ()):
+            expired = rec["time"]
+    if made is None:
+        return False
+    if expired is None:
+        row = _db(net, "7", f"SELECT expires_at FROM keys WHERE key_id='{key_id}' AND kind='issued'")
+        expired = row[0][0] if row and row[0][0] <= time.time() else None
+    return expired is not None and expired >= made + TTL - 1.0
+
+
+def _missing(net, r, k: dict) -> str:
+    """The failure's message: a key node 7 does not give, and what the audits of nodes 0 and 7 say of it."""
+    out = [r.text, f"missing {k['key_ID']} {k['key_extension']}"]
+    for node in ("0", "7"):
+        out += [f"  node {node}: {json.dumps(rec)[:400]}" for rec in _audit(net, node, k["key_ID"])]
     return "\n".join(out)
 
 
-def _fetch_all(net, keys: list[dict]) -> None:
-    """Each key fetched at the slave's node once: identical; no key id given twice."""
+def _fetch_all(net, keys: list[dict]) -> int:
+    """Each key fetched at the slave's node once: identical; no key id given twice. A key node 7 no longer gives
+    must have expired there after ``key_ttl_s`` (:func:`_expired_at_7`: not stranded, its slave was late): returns
+    how many did; any other missing key fails the test."""
     ids = [k["key_ID"] for k in keys]
     assert len(ids) == len(set(ids)), "a key was issued twice"
-    sess = _session(net, "B")
+    sess, expired = _session(net, "B"), 0
     for i in range(0, len(keys), 64):
         part = keys[i:i + 64]
         r = _fetch(net, sess, "A", [k["key_ID"] for k in part])
-        assert r.status_code == 200, _missing(net, r, part)
-        assert [k["key"] for k in r.json()["keys"]] == [k["key"] for k in part]
+        if r.status_code == 200:
+            assert [k["key"] for k in r.json()["keys"]] == [k["key"] for k in part]
+            continue
+        assert r.status_code == 400, r.text  # a key not found: each fetched alone
+        for k in part:
+            one = _fetch(net, sess, "A", [k["key_ID"]])
+            if one.status_code == 200:
+                assert one.json()["keys"][0]["key"] == k["key"]
+                continue
+            assert one.status_code == 400 and _expired_at_7(net, k["key_ID"]), _missing(net, one, k)
+            expired += 1
     if ids:
         assert _fetch(net, sess, "A", ids[:1]).status_code == 400  # fetched once
+    return expired
 
 
 # -- the tests ------------------------------------------------------------------------------------------------
@@ -259,7 +288,7 @@ def test_stock_fills_after_start_and_serves_identical_keys_once(snet):
     for k in body["keys"]:
         assert k["key_extension"] == {"qkdseg_security": secs[k["key_ID"]], "qkdseg_from_stock": True}
         assert secs[k["key_ID"]] >= LEVEL
-    _fetch_all(snet, body["keys"])
+    assert _fetch_all(snet, body["keys"]) == 0
     assert _stock(snet, "0")["A:B"]["hits"] == 1
     deadline = time.monotonic() + scaled(20)  # the controller's dashboard: each node's stocks, from its reports
     while True:
@@ -275,7 +304,7 @@ def test_stock_fills_after_start_and_serves_identical_keys_once(snet):
     assert r.status_code in (200, 503), r.text
     if r.status_code == 200:
         assert r.json()["key_container_extension"]["qkdseg_from_stock"] is False
-        _fetch_all(snet, r.json()["keys"])
+        assert _fetch_all(snet, r.json()["keys"]) == 0
     assert _stock(snet, "0")["A:B"]["misses"] >= 1
 
 
@@ -302,7 +331,7 @@ def test_controller_and_a_relay_on_every_route_killed_stock_serves_until_out(sne
             got.append(k)
         assert len(got) == had  # served from stock until it ran out
         assert r.status_code == 503 and r.json()["message"], r.text  # then the JSON 503 of today
-        _fetch_all(snet, got)
+        assert _fetch_all(snet, got) == 0
     finally:
         snet.restart("controller", "controller", snet.dir / "controller")
         snet.restart(f"node-{snet.names['3']}", "node", snet.dir / "nodes" / snet.names["3"])
@@ -350,6 +379,7 @@ def test_kill9_mid_serving_from_stock_under_8_clients(snet, victim):
     ex, futs = _clients(snet, stop, served=served)
     try:
         assert served.wait(scaled(20)), "no key served before the kill"
+        first = time.monotonic()  # about when the first key was issued
         time.sleep(0.2)
         os.kill(snet.pid(f"node-{snet.names[victim]}"), signal.SIGKILL)
         time.sleep(4.0 if victim == "7" else 0.5)  # the issue to a dead slave's node times out (3 s here)
@@ -364,18 +394,21 @@ def test_kill9_mid_serving_from_stock_under_8_clients(snet, victim):
     stocked = [k for k in keys if k["key_extension"].get("qkdseg_from_stock")]
     assert stocked, results[:5]
     assert any(code != 200 for code, _ in results)  # the kill was seen
+    age = time.monotonic() - first
+    expired = _fetch_all(snet, keys)  # at once: keys live 18 s at node 7 (one not fetched in time must have expired)
     _wait_no_one_end(snet, forged, victim)
     dropped = {node: _stock(snet, node)["A:B"]["dropped_one_end"] for node in ("0", "7")}
     assert dropped[victim] >= 1
-    print(f"victim node {victim}: {len(results)} answers, {len(keys)} keys ({len(stocked)} from stock); held by one "
-          f"end only after the kill: {left[0]} at node 0, {left[1]} at node 7; after the checks: none; dropped "
-          f"(the forged one included): {dropped}")
-    sess = _session(snet, "A")  # after the restart: served again (from stock or on demand)
+    print(f"victim node {victim}: {len(results)} answers, {len(keys)} keys ({len(stocked)} from stock), fetched "
+          f"{age:.1f} s after the first ({expired} expired unfetched at node 7 after key_ttl_s); held by one end only "
+          f"after the kill: {left[0]} at node 0, {left[1]} at node 7; after the checks: none; dropped (the forged "
+          f"one included): {dropped}")
+    sess, more = _session(snet, "A"), []  # after the restart: served again (from stock or on demand)
     for _ in range(3):
         r = _enc(snet, sess, "0", "B", 1)
         assert r.status_code == 200, r.text
-        keys += r.json()["keys"]
-    _fetch_all(snet, keys)
+        more += r.json()["keys"]
+    assert _fetch_all(snet, more) == 0
 
 
 def test_stocked_keys_expire_unused_at_both_ends(snet):
@@ -393,3 +426,61 @@ def test_stocked_keys_expire_unused_at_both_ends(snet):
     now = time.time()
     for node in ("0", "1", "2", "7"):  # nothing past its time is left in a store
         assert _db(snet, node, f"SELECT COUNT(*) FROM keys WHERE expires_at < {now - 10}") == [(0,)]
+
+
+def test_an_issue_applied_again_gives_a_fresh_ttl_and_a_key_deleted_meanwhile_is_refused(tmp_path):
+    """At the slave's node, in-process (no network): an ``issue`` it applied already (the answer lost, the master's
+    node offers the keys again) gives them a fresh ``key_ttl_s`` from then (their master gets them then); a spare
+    key deleted (expired) while its ``issue`` was being committed is refused with 409, so its master's node drops
+    it and no master gets it."""
+    from typer.testing import CliRunner
+
+    from qkdseg.cli import app
+    from qkdseg.net.node import NodeService
+    from qkdseg.net.wire import Problem
+    from qkdseg.server.store import Batch, KeyRow
+
+    d = tmp_path / "deploy"
+    r = CliRunner().invoke(app, ["net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+                                 "--port", str(_free_port())])
+    assert r.exit_code == 0, r.output
+    svc = NodeService(d / "nodes" / json.loads((d / "nodes.json").read_text())["7"])
+
+    def expiry(key_id: str) -> float:
+        return svc.store.db.execute("SELECT expires_at FROM keys WHERE key_id=?", (key_id,)).fetchone()[0]
+
+    async def go():
+        now, rows = time.time(), []
+        for i in range(2):
+            row = KeyRow(str(uuid.uuid4()), "spare", "A", "B", 256, 0.9, b"", now, now + 600.0,
+                         json.dumps({"request_id": "refill"}))
+            svc.store.seal(row, bytes([i]) * 32)
+            rows.append(row)
+        await svc.committer.commit(Batch(put_keys=[row.values() for row in rows]))
+        svc.held_spares.update((row.key_id, row) for row in rows)
+        svc.cfg.key_ttl_s = 30.0
+
+        def issue(row) -> dict:
+            return {"key_ids": [row.key_id], "src": "0", "master": "A", "slave": "B", "request_id": "i"}
+
+        await svc.issue_spares(issue(rows[0]))
+        first = svc.keys[rows[0].key_id].expires_at
+        assert expiry(rows[0].key_id) == first and rows[0].key_id not in svc.held_spares
+        await asyncio.sleep(0.05)
+        await svc.issue_spares(issue(rows[0]))  # applied again: a fresh key_ttl_s, in memory and stored
+        again = svc.keys[rows[0].key_id].expires_at
+        assert again > first and expiry(rows[0].key_id) == again
+
+        task = asyncio.get_running_loop().create_task(svc.issue_spares(issue(rows[1])))
+        await asyncio.sleep(0)  # the issue waits for its commit: the expiry pass deletes the key meanwhile
+        del svc.held_spares[rows[1].key_id]
+        await svc.committer.commit(Batch(delete_keys=[rows[1].key_id]))
+        with pytest.raises(Problem) as err:
+            await task
+        assert err.value.status == 409 and rows[1].key_id not in svc.keys
+        assert svc.store.db.execute("SELECT 1 FROM keys WHERE key_id=?", (rows[1].key_id,)).fetchone() is None
+
+    try:
+        asyncio.run(go())
+    finally:
+        svc.close()

@@ -155,26 +155,42 @@ class Spares:
 
     async def issue_spares(self, w: dict) -> None:
         """At a destination: the source's ``issue`` of spare keys it holds for the slave (durable, then 202; a
-        failed commit changes nothing and raises :class:`CommitFailed`: the source does not issue them)."""
-        rows = []
+        failed commit changes nothing and raises :class:`CommitFailed`: the source does not issue them).
+
+        An ``issue`` this node applied already (its answer lost: the source offers the keys again) is applied
+        again: each key gets a fresh ``key_ttl_s`` from now, when its master may get it, not from the first
+        ``issue``. A key that left ``held_spares`` while the issue was being committed (expired, voided: its
+        deletion committed after the issue) is refused (409): the source drops it, its master never gets it."""
+        rows, again = [], []
         expires = time.time() + float(self.cfg.key_ttl_s)  # issued now: the slave has key_ttl_s to fetch them
         for key_id in [str(k) for k in w["key_ids"]]:
-            row = self.held_spares.get(key_id)
+            row, mine = self.held_spares.get(key_id), rows
             if row is None:
-                if key_id in self.keys:  # issued by a retry of this message already
-                    continue
-                raise Problem(409, "Conflict", f"no spare key {key_id[:8]}... is held here", status_020="failed")
+                row, mine = self.keys.get(key_id), again  # issued by an earlier copy of this issue (answer lost)
+                if row is None:
+                    raise Problem(409, "Conflict", f"no spare key {key_id[:8]}... is held here", status_020="failed")
             if str(self.registry.get(row.master)) != str(w["src"]) or (row.master, row.slave) != (
                     str(w["master"]), str(w["slave"])):
                 raise Problem(403, "Forbidden", "only the node of a spare key's master SAE may issue it")
-            rows.append(row)
-        if rows:
-            await self.committer.commit(Batch(
-                issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows],
-                audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
-                        "sae": rows[0].master, "peer": rows[0].slave, "key_ids": [row.key_id for row in rows],
-                        "outcome": "spare keys issued by their source"}]))
-        for row in rows:
-            row.kind, row.expires_at = "issued", expires
-            del self.held_spares[row.key_id]
-            self.keys[row.key_id] = row
+            mine.append(row)
+        if not rows and not again:
+            return
+        await self.committer.commit(Batch(
+            issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows + again],
+            audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
+                    "sae": str(w["master"]), "peer": str(w["slave"]), "key_ids": [row.key_id for row in rows + again],
+                    "outcome": "spare keys issued by their source" + (
+                        f" ({len(again)} issued before: a fresh key_ttl_s)" if again else "")}]))
+        gone = []
+        for row in rows + again:
+            if self.held_spares.get(row.key_id) is row:
+                del self.held_spares[row.key_id]
+                row.kind, row.expires_at = "issued", expires
+                self.keys[row.key_id] = row
+            elif self.keys.get(row.key_id) is row:  # issued before, or by a copy of this issue applied meanwhile
+                row.expires_at = max(row.expires_at, expires)
+            else:
+                gone.append(row)
+        if gone:  # expired or voided while the issue was committed: deleted here, never to be given to the master
+            raise Problem(409, "Conflict", f"spare key {gone[0].key_id[:8]}... was deleted here (expired or voided) "
+                                           "while it was issued", status_020="failed")
