@@ -440,8 +440,10 @@ def test_an_issue_applied_again_gives_a_fresh_ttl_and_a_key_deleted_meanwhile_is
     from qkdseg.net.wire import Problem
     from qkdseg.server.store import Batch, KeyRow
 
-    d = tmp_path / "deploy"
-    r = CliRunner().invoke(app, ["net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
+    d, topo = tmp_path / "deploy", tmp_path / "two.json"
+    topo.write_text(json.dumps({"nodes": [{"id": v, "trusted": True, "p": 0.9} for v in ("0", "7")],
+                                "links": [{"source": "0", "target": "7"}]}))  # two nodes: a quick net init
+    r = CliRunner().invoke(app, ["net", "init", str(d), "--network", str(topo), "--sae", "A=0", "--sae", "B=7",
                                  "--port", str(_free_port())])
     assert r.exit_code == 0, r.output
     svc = NodeService(d / "nodes" / json.loads((d / "nodes.json").read_text())["7"])

@@ -64,8 +64,9 @@ def init(
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
-                       audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, stock=stock_table(stock, stock_keys, stock_level, stock_size,
-                                                                    security_level=security_level, key_size=key_size))
+                       audit_max_mb=audit_max_mb, key_ttl_s=key_ttl,
+                       stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
+                                         key_size=key_size))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:
