@@ -38,6 +38,9 @@ def init(
     link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (a seeded "
                                              "keystream per link) or 'device' (QKD devices over ETSI 014: writes "
                                              "the device emulator's directory DIR/devices/).")] = "emulated",
+    link_seeds: Annotated[str, typer.Option("--link-seeds", help="Who draws an emulated link's seed: 'admin' (net "
+                                            "init, here) or 'agree' (the link's two ends, over their mutual TLS, "
+                                            "at their first start).")] = "admin",
     max_skip_bits: Annotated[int | None, typer.Option(
         "--max-skip-bits", help="How far (bits) a neighbour may move a node's link counter or mark in one claim "
                                 "(further on: refused, audited, the link reported suspect); default: each link's "
@@ -64,7 +67,7 @@ def init(
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
-                       audit_max_mb=audit_max_mb, key_ttl_s=key_ttl,
+                       audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, link_seeds=link_seeds,
                        stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
                                          key_size=key_size))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
@@ -83,7 +86,7 @@ def _table(rows: list[dict]) -> None:
     for r in rows:
         more = (r["name"], {True: "yes", False: "no"}.get(r["leader"], "-")) if replicated else ()
         t.add_row(r["node"] or "-", r["role"], str(r["pid"] or "-"), r["address"], r["etsi014_url"] or "-",
-                  "yes" if r["healthy"] else "no", *more)
+                  "yes" if r["healthy"] else f"no: {r['problem']}" if r.get("problem") else "no", *more)
     Console(width=140).print(t)
 
 

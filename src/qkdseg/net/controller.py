@@ -117,9 +117,11 @@ class Controller:
 
     def _http(self):
         if self.client is None:
-            from .wire import async_client
+            from .wire import Role, async_client
 
-            self.client = async_client(self.ctx_client, 256)
+            nodes = {a: str(n) for n, a in self.addresses.items()}  # at a node's address, that node's certificate
+            self.client = async_client(self.ctx_client, 256, expect=lambda host, port: Role(
+                "node", nodes[f"{host}:{port}"]) if f"{host}:{port}" in nodes else None)
             if self.capture is not None:
                 self.client.event_hooks = {"response": [self.capture.on_response]}
         return self.client
@@ -145,7 +147,9 @@ class Controller:
                 r = await self._http().post(url, json={"parts": [p for p, _ in batch]})
                 err = None if r.status_code == 202 else f"node {node}: {r.status_code}"
             except Exception as exc:  # noqa: BLE001 -- the node is unreachable: the requests fail cleanly
-                err = f"node {node}: {type(exc).__name__}"
+                from .tlsfail import report
+
+                err = f"node {node}: {report(f'node {node} ({self.addresses[node]})', exc)}"
             for _, fut in batch:
                 if not fut.done():
                     if err is None:
@@ -228,7 +232,8 @@ class Controller:
             with contextlib.suppress(CommitFailed):  # the answer is the same; the failure is in /readyz
                 await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
                                                          "request_id": rid, "outcome": f"nodes unreachable: {bad}"}]))
-            msg = f"node(s) {', '.join(bad)} on the route are unreachable; nothing was issued (try again)"
+            why = "; ".join(dict.fromkeys(str(res) for res in results if isinstance(res, BaseException)))
+            msg = f"node(s) {', '.join(bad)} on the route are unreachable ({why}); nothing was issued (try again)"
             raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
         self.plans += 1
         return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number]}

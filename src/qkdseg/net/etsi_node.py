@@ -49,8 +49,15 @@ class EtsiNode:
 
         try:
             r = await self.controllers.request(self._http(), method, path, **kw)  # the leader (net/leader.py)
-        except httpx.HTTPError:
-            raise KmsError(503, "the network's controller is unreachable; try again later",
+        except httpx.HTTPError as err:
+            from .tlsfail import tls_problem, warn
+
+            problem = tls_problem(err)  # a certificate that does not match: named here and logged
+            if problem is None:
+                raise KmsError(503, "the network's controller is unreachable; try again later",
+                               reason="controller_unavailable") from None
+            warn(f"the controller ({self.controllers.current})", problem)
+            raise KmsError(503, f"the network's controller is unreachable: TLS failed, {problem}; try again later",
                            reason="controller_unavailable") from None
         if r.status_code != 200:
             try:

@@ -289,7 +289,7 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
     for a, b, seed, data in adjacent:
         device = devices[frozenset((str(a), str(b)))] if link_source == "device" else None
         links.append(_node_link(nd, v, a, b, data, addr, device, dev_dir))
-        if device is None:
+        if device is None and seed is not None:  # None: agreed by the two ends at run time (.linkseeds)
             name = link_name(a, b)
             sealed[name] = seal(skey, name, seed)
     (nd / "links.sealed.json").write_text(json.dumps(sealed, indent=1) + "\n")
@@ -309,7 +309,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
                  algorithm_options: dict | None = None, link_source: str = "emulated",
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
-                 audit_max_mb: float = 64.0, stock: dict | None = None, key_ttl_s: float = 3600.0) -> dict:
+                 audit_max_mb: float = 64.0, stock: dict | None = None, key_ttl_s: float = 3600.0,
+                 link_seeds: str = "admin") -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -319,6 +320,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     ``stock``: the ``[stock]`` table (:mod:`qkdseg.server.stockconfig`), in the controller's ``kms.toml`` and, with
     its own pairs only (its SAEs masters or slaves), in each node's ``node.json``. ``key_ttl_s``: in the
     controller's ``kms.toml`` and each node's ``etsi`` settings.
+    ``link_seeds="agree"``: no seed is drawn here; the two ends of each emulated link agree it (:mod:`.linkseeds`).
     """
     from ..server.config import KmsConfig
 
@@ -334,6 +336,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"--port {port} must be in 1..65535")
     if link_source not in ("emulated", "device"):
         raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
+    if link_seeds not in ("admin", "agree") or (link_seeds == "agree" and link_source == "device"):
+        raise InvalidRequest(f"--link-seeds {link_seeds!r} must be 'admin' or 'agree' (and 'agree' is for emulated "
+                             "links: with --link-source device the devices give the keys)")
     if max_skip_bits is not None and not 8 <= max_skip_bits <= 1 << 40:
         raise InvalidRequest(f"--max-skip-bits {max_skip_bits} must be in 8..{1 << 40}")
     if not (math.isfinite(clock_skew) and clock_skew >= 0):
@@ -373,7 +378,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                                      force=force)
     seeds = {}
     for u, v, data in net.graph.edges(data=True):
-        seeds[(u, v)] = (secrets.token_bytes(32), data)
+        seeds[(u, v)] = (secrets.token_bytes(32) if link_seeds == "admin" else None, data)
     adj: dict = {v: [] for v in ids}
     for (u, v), (seed, data) in seeds.items():
         adj[u].append((u, v, seed, data))
@@ -386,6 +391,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                           saes=at_node.get(str(v), []), links=links, key_size=key_size,
                           security_level=security_level)
         conf["max_skip_bits"] = max_skip_bits  # None: each link's pool_bits (net/linkhealth.py)
+        if link_seeds == "agree":  # the node agrees its links' seeds with their other ends (net/linkseeds.py)
+            conf["link_seeds"] = "agree"
         conf.update(retention_s=retention, clock_skew_s=clock_skew, audit_max_mb=audit_max_mb)  # .retention
         mine = stocked.only(at_node.get(str(v), [])) if stocked is not None else None
         if mine is not None and mine.pairs:  # the stocks this node keeps (its SAE the master) or holds (the slave)

@@ -73,8 +73,21 @@ class Messaging:
         if self.client is None:
             from .wire import async_client
 
-            self.client = async_client(self.ctx_client, 64)
+            self.client = async_client(self.ctx_client, 64, expect=self._expected_role)
         return self.client
+
+    def _expected_role(self, host: str, port: int):
+        """The role whose certificate must answer at ``host:port``: the controller's at a controller's address, node
+        ``X``'s at node X's (a neighbour's fault proxy included); ``None`` elsewhere (.wire.async_client)."""
+        from .wire import Role
+
+        addr = f"{host}:{port}"
+        if addr in self.controllers.addrs:
+            return Role("controller", None)
+        ids = getattr(self, "_ids_by_address", None)
+        if ids is None:
+            ids = self._ids_by_address = {a: str(n) for n, a in self.addresses.items()}
+        return Role("node", ids[addr]) if addr in ids else None
 
     def _encode(self, msg: dict, request_id: str) -> dict:
         out = {"message_id": str(uuid.uuid4()), "request_id": request_id, "kind": msg["kind"], "src": self.id,
@@ -156,7 +169,9 @@ class Messaging:
                 try:
                     r = await self._http().post(url, content=body, headers={"content-type": "application/json"})
                 except Exception as exc:  # noqa: BLE001 -- a transport error: the messages may have arrived; retry
-                    err = f"{type(exc).__name__}"
+                    from .tlsfail import report
+
+                    err = report(f"node {dst} ({self.addresses[dst]})", exc)  # a certificate problem: named, logged
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
                 answered = True

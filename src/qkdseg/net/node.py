@@ -94,6 +94,7 @@ def load_node_conf(d: Path) -> dict:
         ("saes", lambda: isinstance(conf["saes"], list)), ("registry", lambda: isinstance(conf["registry"], dict)),
         ("addresses", lambda: isinstance(conf["addresses"], dict)), ("links", links), ("id", own_id),
         ("address", lambda: port_of(conf["address"])), ("controller", lambda: port_of(conf["controller"])),
+        ("link_seeds", lambda: conf.get("link_seeds", "admin") in ("admin", "agree")),  # net init --link-seeds
         *((name, lambda name=name: math.isfinite(float(conf.get(name, 0))) and float(conf.get(name, 0)) >= 0)
           for name in ("retention_s", "clock_skew_s", "audit_max_mb")),  # net init --retention ... (.retention)
     ])
@@ -143,10 +144,20 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reconcile, Reports
             from .devicelinks import DeviceLinks
 
             self.device = DeviceLinks(self)
+        self.seeds = None  # net init --link-seeds agree: the seeds this node agrees with its neighbours (.linkseeds)
+        if self.conf.get("link_seeds") == "agree":
+            from .linkseeds import LinkSeeds
+
+            self.seeds = LinkSeeds(self, skey, sealed)
         for lk in self.conf["links"]:
             u, v = lk["link"]
             name = link_name(u, v)
-            stream = self.device.stream(name) if "device" in lk else LinkStream(_unseal_link(d, skey, name, sealed))
+            if "device" in lk:
+                stream = self.device.stream(name)
+            elif self.seeds is not None:  # usable once both ends hold the same seed
+                stream = self.seeds.add(lk, _unseal_link(d, skey, name, sealed) if name in sealed else None)
+            else:
+                stream = LinkStream(_unseal_link(d, skey, name, sealed))
             self.links[lk["neighbour"]] = NetLinkEnd(self.id, (u, v), stream, self.offsets, self._dirty)
             self.neighbours[str(lk["neighbour"])] = lk["neighbour"]
         self.addresses: dict[str, str] = self.conf["addresses"]
@@ -298,9 +309,10 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reconcile, Reports
 
     async def start_tasks(self) -> None:
         self._loop = asyncio.get_running_loop()
+        seeding = [asyncio.ensure_future(self.seeds.run())] if self.seeds is not None else []  # first: .linkseeds
         await self.sync_offsets()
         await self.check_all()  # spare keys held by one end only (a crash cut a relay): .reconcile
-        loops = [self.report_links()]
+        loops = [self.report_links(), *seeding]
         if self.device is not None:  # and keep each device-fed link's outgoing direction topped up
             loops.append(self.device.run())
         if self.stock is not None:  # and refill the stocks of this node's master SAEs (qkdseg.server.stock)

@@ -319,6 +319,8 @@ def health_route(svc) -> Route:
             body["device_links"] = svc.device.view()
         if svc.stock is not None:  # per stocked pair of its SAEs: keys, target, hits, misses, refills (.spares)
             body["stock"] = svc.stock.snapshot()
+        if svc.seeds is not None:  # net init --link-seeds agree: the links whose seed this node may not use yet
+            body["seeds_pending"] = svc.seeds.pending()
         return json_response(body)
 
     return Route("/health", health, methods=["GET"])
@@ -330,7 +332,7 @@ def create_node_app(svc):
     from ..server.frontend import create_app
 
     routes = relay_routes(svc) + control_routes(svc) + [health_route(svc)] + (
-        svc.device.routes() if svc.device is not None else [])
+        svc.device.routes() if svc.device is not None else []) + (svc.seeds.routes() if svc.seeds is not None else [])
     app = create_app(svc, routes=routes)
     inner = app.router.lifespan_context
 

@@ -97,12 +97,17 @@ def attach_node(svc) -> tuple[Metrics, object, object]:
     async def ready():
         checks = _store_checks(svc.store, svc.committer)
         n = len(svc.links)
-        checks["key_material"] = (n > 0, f"{n} link(s) with their key streams")
+        pending = svc.seeds.pending() if svc.seeds is not None else []  # --link-seeds agree: not agreed yet
+        checks["key_material"] = (n > len(pending), f"{n - len(pending)} link(s) with their key streams"
+                                  + (f"; seeds not agreed yet: {', '.join(pending)}" if pending else ""))
         try:
             r = await svc._http().get(f"https://{svc.conf['controller']}/health", timeout=2.0)
             checks["controller"] = (r.status_code == 200, f"{svc.conf['controller']} answered {r.status_code}")
-        except Exception as err:  # noqa: BLE001 -- unreachable: not ready
-            checks["controller"] = (False, f"{svc.conf['controller']} unreachable ({type(err).__name__})")
+        except Exception as err:  # noqa: BLE001 -- unreachable: not ready (a certificate problem named, logged)
+            from .tlsfail import report
+
+            addr = svc.conf["controller"]
+            checks["controller"] = (False, f"{addr} unreachable ({report(f'the controller ({addr})', err)})")
         return ready_body("node", checks)
 
     return m, health, ready

@@ -153,12 +153,14 @@ def _alive(pid) -> bool:
         return True
 
 
-def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dict | None = None) -> dict[str, bool]:
+def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dict | None = None,
+           problems: dict | None = None) -> dict[str, bool]:
     """Each process's health check over mutual TLS (the controller's certificate), by name (``bodies``: filled with
-    each answering node's and controller's ``/health`` JSON, by name)."""
+    each answering node's and controller's ``/health`` JSON, by name; ``problems``: with why a node or the controller
+    did not answer, a certificate problem named: :mod:`.tlsfail`)."""
     import httpx
 
-    from .wire import client_context
+    from .wire import Role, check_peer, client_context
 
     c = directory / "controller"
     ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
@@ -174,12 +176,19 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dic
                 with httpx.Client(verify=dev_ctx, timeout=timeout) as cl:
                     r = cl.get(f"https://{p['address']}/qkdseg/v1/counters")
                 return r.status_code == 200 and "links" in r.json()
-            with httpx.Client(verify=ctx, timeout=timeout) as cl:
-                r = cl.get(f"https://{p['address']}/health")
+            with httpx.Client(verify=ctx, timeout=timeout) as cl, cl.stream("GET", f"https://{p['address']}/health") as r:
+                if p["role"] == "controller" or p.get("node") is not None:  # another role's certificate there:
+                    check_peer(r, Role("controller", None) if p["role"] == "controller"  # WrongRole (.tlsfail)
+                               else Role("node", str(p["node"])), p["address"])
+                r.read()
             if bodies is not None and r.status_code == 200:
                 bodies[p["name"]] = r.json()
             return r.status_code == 200 and r.json().get("status") == "ok"
-        except Exception:  # noqa: BLE001 -- not answering is unhealthy
+        except Exception as err:  # noqa: BLE001 -- not answering is unhealthy
+            if problems is not None and p["role"] in ("node", "controller"):
+                from .tlsfail import describe
+
+                problems[p["name"]] = describe(err)
             return False
 
     if any(p["role"] == "device" for p in procs):
@@ -199,7 +208,8 @@ def status(directory: Path) -> list[dict]:
     procs = processes(directory)
     pids = _pids(directory)
     bodies: dict = {}
-    ok = health(directory, procs, bodies=bodies)
+    problems: dict = {}
+    ok = health(directory, procs, bodies=bodies, problems=problems)
     try:
         dash = json.loads((directory / "run" / "dashboard.json").read_text())["url"]
     except (FileNotFoundError, ValueError, KeyError):
@@ -208,6 +218,10 @@ def status(directory: Path) -> list[dict]:
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
              "dashboard_url": dash if p["name"] == "controller" and pids else None,
              "metrics_url": p["metrics_url"] if pids else None} for p in procs]
+    for row, p in zip(rows, procs):  # why a running process did not answer; a certificate problem, always
+        why = problems.get(p["name"])
+        if why is not None and (row["pid"] is not None or why.startswith(("wrong role", "the peer"))):
+            row["problem"] = why
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
         if p["role"] == "controller":
             row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})

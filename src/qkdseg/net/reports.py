@@ -10,7 +10,6 @@ links (ETSI GS QKD 015's ``qkd_node``, a subset) with those events every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 
@@ -70,7 +69,8 @@ class Reports:
         for lk in self.conf["links"]:
             name = link_name(*lk["link"])
             consumed = 8 * (position(self.offsets.get((name, 0), 0)) + position(self.offsets.get((name, 1), 0)))
-            out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]),
+            up = self.seeds is None or self.seeds.ready(name)  # a seed not agreed yet (.linkseeds): down
+            out.append({"link_id": name, "link_status": self.linkhealth.status(lk["neighbour"]) if up else "DOWN",
                         "qkdl_local": {"qkdn_id": str(self.id)}, "qkdl_remote": {"qkdn_id": str(lk["neighbour"])},
                         "qkdseg_pool_bits": int(lk["pool_bits"]), "qkdseg_consumed_bits": consumed,
                         "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
@@ -99,9 +99,13 @@ class Reports:
                 body = self.hostile.report(body)
             sent = body["qkdseg_events"]["events"]
             ok = False
-            with contextlib.suppress(Exception):  # the controller is down: the next report goes when it is back
+            try:  # the controller is down: the next report goes when it is back
                 r = await self.controllers.request(self._http(), "POST", "/control/v1/links", json=body)
                 ok = r.status_code == 200
+            except Exception as err:  # noqa: BLE001 -- a certificate problem is logged (.tlsfail)
+                from .tlsfail import report
+
+                report(f"the controller ({self.controllers.current})", err)
             if ok and sent:  # acknowledged: those events are the controller's now
                 while self.events and self.events[0]["seq"] <= sent[-1]["seq"]:
                     self.events.popleft()

@@ -84,6 +84,9 @@ def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     load_tls_files(ctx, cert, key, ca)  # one line naming a missing or damaged file
     ctx.verify_mode = ssl.CERT_REQUIRED
+    from .tlsfail import LoggedSSLObject
+
+    ctx.sslobject_class = LoggedSSLObject  # a handshake it refuses is logged, the certificate problem named
     return ctx
 
 
@@ -113,10 +116,11 @@ class Problem(Exception):
 KEEPALIVE_S = 25.0
 
 
-def async_client(ctx: ssl.SSLContext, max_connections: int = 64):
+def async_client(ctx: ssl.SSLContext, max_connections: int = 64, expect=None):
     """An httpx client over ``ctx`` with TCP_NODELAY (without it each small request waits ~40 ms for a delayed ACK),
     its idle connections kept :data:`KEEPALIVE_S` (a new TLS handshake costs milliseconds), and the cheap check of
-    an idle connection (:class:`_Backend`)."""
+    an idle connection (:class:`_Backend`). ``expect(host, port)``: the :class:`Role` whose certificate must answer
+    at that address (``None``: any of the CA's); another is refused (:class:`.tlsfail.WrongRole`)."""
     import socket
 
     import httpx
@@ -127,7 +131,7 @@ def async_client(ctx: ssl.SSLContext, max_connections: int = 64):
                                                              keepalive_expiry=KEEPALIVE_S))
     pool = getattr(transport, "_pool", None)
     if pool is not None and hasattr(pool, "_network_backend"):
-        pool._network_backend = _Backend()
+        pool._network_backend = _Backend(expect)
     return httpx.AsyncClient(transport=transport, timeout=10.0)
 
 
@@ -147,9 +151,10 @@ class _Stream:
     whether it is readable before each request, and anyio answers that by building all of a TLS stream's attributes
     (about 0.1 ms each time, times the connections, times the requests)."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, expect: Role | None = None) -> None:
         self._inner = inner
         self._sock = inner.get_extra_info("socket")
+        self._expect = expect
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
@@ -161,7 +166,15 @@ class _Stream:
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context, server_hostname: str | None = None, timeout: float | None = None):
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        stream = _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        if self._expect is not None:
+            msg = role_mismatch(stream.get_extra_info("ssl_object"), self._expect, str(server_hostname))
+            if msg is not None:
+                import httpcore
+
+                await stream.aclose()
+                raise httpcore.ConnectError(f"wrong role: {msg}")  # named by .tlsfail.tls_problem
+        return stream
 
     def get_extra_info(self, info: str):
         if info == "is_readable":
@@ -171,16 +184,46 @@ class _Stream:
         return self._inner.get_extra_info(info)
 
 
+def role_mismatch(ssl_object, want: Role, where: str) -> str | None:
+    """Why the certificate the peer of ``ssl_object`` presented (at ``where``) is not of role ``want``; ``None``
+    when it is (or when there is none to read)."""
+    der = ssl_object.getpeercert(True) if ssl_object is not None else None  # positional: the C object's too
+    if not der:
+        return None
+    from cryptography import x509
+
+    got = role_of(x509.load_der_x509_certificate(der))
+    if got == want:
+        return None
+
+    def who(r: Role | None) -> str:
+        return "no role" if r is None else f"{r.kind} {r.ident}" if r.ident else r.kind
+
+    return f"{where} presents the certificate of {who(got)}, not of {who(want)}"
+
+
+def check_peer(response, want: Role, where: str) -> None:
+    """:class:`.tlsfail.WrongRole` when the certificate that answered ``response`` (httpx's) is not of role ``want``."""
+    stream = response.extensions.get("network_stream")
+    msg = role_mismatch(stream.get_extra_info("ssl_object") if stream is not None else None, want, where)
+    if msg is not None:
+        from .tlsfail import WrongRole
+
+        raise WrongRole(msg)
+
+
 class _Backend:
     """httpcore's asyncio (anyio) network backend whose streams are :class:`_Stream`."""
 
-    def __init__(self) -> None:
+    def __init__(self, expect=None) -> None:
         import httpcore
 
         self._inner = httpcore.AnyIOBackend()
+        self._expect = expect
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return _Stream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        return _Stream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options),
+                       self._expect(host, port) if self._expect is not None else None)
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
         return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
@@ -200,6 +243,9 @@ def role(request) -> Role | None:
 def require(request, kind: str) -> Role:
     r = role(request)
     if r is None or r.kind != kind:
+        from .tlsfail import warn
+
+        warn(f"a caller of role {r.kind if r else 'none'}", f"wrong role: {request.url.path} is for the {kind} role")
         raise Problem(403, "Forbidden", f"this API is for the {kind} role; the caller's certificate has role "
                                         f"{r.kind if r else 'none'}")
     return r
