@@ -123,3 +123,18 @@ def test_cli_route_sharing(tmp_path):
     assert d["sharing"] == "threshold" and d["tolerate"] == 1
     res = runner.invoke(app, ["route", "example", "--src", "0", "--dst", "7", "--sharing", "threshold", "--tolerate", "1"])
     assert res.exit_code == 0 and "sharing              threshold, tolerate 1" in res.output
+
+
+def test_limits_and_blocked_routes():
+    from qkdseg.errors import SecurityError
+
+    def two_by_two(n):  # n relays, each on two of four paths: two groups of n / 2
+        return [[[-1, *range(g, n, 2), -2] for g in (0, 0, 1, 1)]]
+
+    p = np.full(24, 0.5)
+    with pytest.raises(SecurityError, match="24 relays are shared"):  # refused before any state is made
+        threshold_security(p, two_by_two(24), tolerate=1)
+    # two intact paths of four: one of the two groups all safe (each group's paths fail together)
+    assert threshold_security(p, two_by_two(12), tolerate=1) == pytest.approx(1 - (1 - 0.5**6) ** 2, abs=1e-12)
+    r = route(example_network(), 0, 7, block_bits=10**9, sharing="threshold", tolerate=1)
+    assert r.blocked and (r.to_dict()["sharing"], r.to_dict()["tolerate"]) == ("threshold", 1)
