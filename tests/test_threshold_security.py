@@ -52,6 +52,8 @@ def test_threshold_security_matches_brute_force(case):
     pd = dict(enumerate(p))
     want = brute_threshold(pd, segments, chain, t)
     assert threshold_security(p, segments, chain, tolerate=t) == pytest.approx(want, abs=1e-12)
+    if t:  # max_shared=0: every linked component by the path-state method instead of conditioning
+        assert threshold_security(p, segments, chain, tolerate=t, max_shared=0) == pytest.approx(want, abs=1e-12)
     # the xor-all global key under this sharing carries the same number (0 parts refused there: m <= T gives 0)
     key = xor_all(p, segments, chain, epsilon=0.0, block_bits=8, tolerate=t).global_keys
     assert (key[0].security if key else 0.0) == pytest.approx(want, abs=1e-12)
@@ -131,10 +133,13 @@ def test_limits_and_blocked_routes():
     def two_by_two(n):  # n relays, each on two of four paths: two groups of n / 2
         return [[[-1, *range(g, n, 2), -2] for g in (0, 0, 1, 1)]]
 
-    p = np.full(24, 0.5)
-    with pytest.raises(SecurityError, match="24 relays are shared"):  # refused before any state is made
-        threshold_security(p, two_by_two(24), tolerate=1)
-    # two intact paths of four: one of the two groups all safe (each group's paths fail together)
+    p = np.full(25, 0.5)
+    # two intact paths of four: one of the two groups all safe (each group's paths fail together); 24 shared
+    # relays on 4 paths: the path-state method, exact
+    assert threshold_security(p, two_by_two(24), tolerate=1) == pytest.approx(1 - (1 - 0.5**12) ** 2, abs=1e-12)
     assert threshold_security(p, two_by_two(12), tolerate=1) == pytest.approx(1 - (1 - 0.5**6) ** 2, abs=1e-12)
+    chain_of_paths = [[[-1, i, i + 1, -2] for i in range(24)]]  # 23 shared relays on 24 paths: refused, no state
+    with pytest.raises(SecurityError, match="23 relays are shared between 24 paths"):
+        threshold_security(p, chain_of_paths, tolerate=1)
     r = route(example_network(), 0, 7, block_bits=10**9, sharing="threshold", tolerate=1)
     assert r.blocked and (r.to_dict()["sharing"], r.to_dict()["tolerate"]) == ("threshold", 1)

@@ -12,12 +12,16 @@ The global key stays secret iff every segment keeps ``T + 1`` intact paths
 and every chain node is safe. Relays shared between paths (of one segment or
 of several) make the paths dependent; the clauses they link are grouped into
 components as for :func:`~qkdseg.security.exact_security`, and each is
-evaluated exactly by conditioning on every state of its shared relays
-(``2^s`` states at once, as arrays). Given a state, each path is intact
-independently with the product of its private relays' ``p`` (0 when one of
-its shared relays is compromised), and "at least ``need`` of a clause's
-paths intact" is the tail of a Poisson-binomial distribution, computed by a
-small dynamic programme over the count (capped at ``need``).
+evaluated exactly by conditioning on every state of its ``s`` shared relays
+(``2^s`` states at once, as arrays) or, when it has fewer paths ``m`` than
+shared relays (or more than ``max_shared`` of them), by a distribution over
+the set of paths none of whose shared relays is compromised (``2^m``
+states, at most :data:`MAX_THRESHOLD_PATH_STATES` paths). Given a state,
+each path is intact independently with the product of its private relays'
+``p`` (0 when one of its shared relays is compromised), and "at least
+``need`` of a clause's paths intact" is the tail of a Poisson-binomial
+distribution, computed by a small dynamic programme over the count (capped
+at ``need``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ import numpy as np
 
 from ..errors import InvalidRequest, SecurityError
 from .clauses import Segments, _checked, _clauses, _shared_relays
+from .components import intact_distribution
 from .exact import MAX_SHARED_RELAYS, _components, _exact_security
+
+#: Most paths in one dependent component for the path-state method (2^m states, a few arrays of them).
+MAX_THRESHOLD_PATH_STATES = 20
 
 
 def check_tolerate(tolerate: object) -> int:
@@ -90,15 +98,20 @@ def _threshold_security(p: np.ndarray, segments: Segments, chain: Sequence[int] 
     clauses, pmap = _clauses(p, segments, chain)
     needs = [tolerate + 1] * len(segments) + [1] * (len(clauses) - len(segments))
     shared_set = _shared_relays(clauses)
-    if len(shared_set) > max_shared:
-        raise SecurityError(
-            f"exact security: {len(shared_set)} relays are shared between paths (limit {max_shared}); "
-            "use the montecarlo evaluator"
-        )
     total = 1.0
     for members in _components(clauses, shared_set):
-        shared = sorted({v for j in members for relays in clauses[j] for v in relays if v in shared_set})
-        total *= _conditioned(pmap, [clauses[j] for j in members], [needs[j] for j in members], shared)
+        comp, comp_needs = [clauses[j] for j in members], [needs[j] for j in members]
+        shared = sorted({v for seg in comp for relays in seg for v in relays if v in shared_set})
+        n_paths = sum(len(seg) for seg in comp)
+        if len(shared) <= max_shared and (len(shared) <= n_paths or n_paths > MAX_THRESHOLD_PATH_STATES):
+            total *= _conditioned(pmap, comp, comp_needs, shared)
+        elif n_paths <= MAX_THRESHOLD_PATH_STATES:
+            total *= _path_states(pmap, comp, comp_needs, shared)
+        else:
+            raise SecurityError(
+                f"exact security: {len(shared)} relays are shared between {n_paths} paths (limits {max_shared} "
+                f"relays or {MAX_THRESHOLD_PATH_STATES} paths); use the montecarlo evaluator"
+            )
     return float(min(1.0, max(0.0, total)))
 
 
@@ -117,6 +130,33 @@ def _conditioned(pmap: dict, clauses: list, needs: list[int], shared: list[int])
             probs.append(np.where((states & mask) == mask, q, 0.0) if mask else q)
         weight = weight * at_least(probs, need)
     return float(weight.sum())
+
+
+def _path_states(pmap: dict, clauses: list, needs: list[int], shared: list[int]) -> float:
+    """Exact security of clauses linked by ``shared`` relays: a distribution over the set ``S`` of paths none of
+    whose shared relays is compromised (``2^m`` states, :func:`~qkdseg.security.components.intact_distribution`);
+    given ``S``, path ``i`` in ``S`` is intact with the product of its private relays' ``p``."""
+    shared_set = set(shared)
+    on_paths: dict[int, int] = {}
+    q, clause_paths = [], []
+    for seg in clauses:
+        idx = []
+        for relays in seg:
+            for v in relays:
+                if v in shared_set:
+                    on_paths[v] = on_paths.get(v, 0) | (1 << len(q))
+            idx.append(len(q))
+            q.append(math.prod(pmap[v] for v in relays if v not in shared_set))
+        clause_paths.append(idx)
+    by_mask: dict[int, float] = {}
+    for v in shared:  # relays on the same paths act as one: safe iff all are
+        by_mask[on_paths[v]] = by_mask.get(on_paths[v], 1.0) * pmap[v]
+    masks = np.fromiter(by_mask.keys(), dtype=np.int64, count=len(by_mask))
+    dist = intact_distribution(len(q), masks, np.fromiter(by_mask.values(), dtype=np.float64, count=len(by_mask)))
+    states = np.arange(dist.size, dtype=np.int64)
+    for idx, need in zip(clause_paths, needs):
+        dist = dist * at_least([np.where((states >> i) & 1 == 1, q[i], 0.0) for i in idx], need)
+    return float(dist.sum())
 
 
 def at_least(probs: Sequence, need: int):
