@@ -20,17 +20,27 @@ from qkdseg.security import threshold_security
 from qkdseg.security.threshold import threshold_independent
 
 
-def brute_threshold(p: dict, segments, chain, tolerate: int) -> float:
-    """Every state of every risky relay: secret iff every chain node is safe and every segment keeps at least
-    ``tolerate + 1`` paths with all relays safe (the adversary then holds fewer than k = m - tolerate shares)."""
+def vector_brute(p: dict, segments, chain, tolerate: int) -> float:
+    """Every state of every risky relay, all at once as the bits of one integer (up to ~16 risky nodes): secret
+    iff every chain node is safe and every segment keeps at least ``tolerate + 1`` paths with all relays safe
+    (the adversary then holds fewer than k = m - tolerate shares)."""
     nodes = sorted({v for seg in segments for path in seg for v in path[1:-1] if p[v] < 1} | {v for v in chain if p[v] < 1})
-    total = 0.0
-    for states in itertools.product([True, False], repeat=len(nodes)):
-        up = dict(zip(nodes, states))
-        held = [sum(not all(up.get(v, True) for v in path[1:-1]) for path in seg) for seg in segments]  # shares seen
-        ok = all(up.get(v, True) for v in chain) and all(h < len(seg) - tolerate for h, seg in zip(held, segments))
-        total += math.prod(p[v] if up[v] else 1 - p[v] for v in nodes) if ok else 0.0
-    return total
+    bit = {v: 1 << i for i, v in enumerate(nodes)}
+    states = np.arange(1 << len(nodes), dtype=np.int64)  # bit set: node safe
+    weight = np.ones(states.size)
+    for v in nodes:
+        weight *= np.where(states & bit[v], p[v], 1 - p[v])
+    ok = np.ones(states.size, dtype=bool)
+    for v in chain:
+        if v in bit:
+            ok &= (states & bit[v]) != 0
+    for seg in segments:
+        intact = np.zeros(states.size, dtype=np.int64)
+        for path in seg:
+            mask = sum(bit[v] for v in set(path[1:-1]) if v in bit)
+            intact += (states & mask) == mask
+        ok &= intact >= tolerate + 1
+    return float(weight[ok].sum())
 
 
 @st.composite
@@ -50,7 +60,7 @@ def shared_routes(draw):
 def test_threshold_security_matches_brute_force(case):
     p, segments, chain, t = case
     pd = dict(enumerate(p))
-    want = brute_threshold(pd, segments, chain, t)
+    want = vector_brute(pd, segments, chain, t)
     assert threshold_security(p, segments, chain, tolerate=t) == pytest.approx(want, abs=1e-12)
     if t:  # max_shared=0: every linked component by the path-state method instead of conditioning
         assert threshold_security(p, segments, chain, tolerate=t, max_shared=0) == pytest.approx(want, abs=1e-12)
@@ -143,3 +153,29 @@ def test_limits_and_blocked_routes():
         threshold_security(p, chain_of_paths, tolerate=1)
     r = route(example_network(), 0, 7, block_bits=10**9, sharing="threshold", tolerate=1)
     assert r.blocked and (r.to_dict()["sharing"], r.to_dict()["tolerate"]) == ("threshold", 1)
+
+
+def test_routes_qkdseg_returns_against_brute_force():
+    """Routes of MSP with shared relays and of SMR on small Waxman networks whose trusted relays have p < 1:
+    Route.security under threshold sharing equals enumerating every relay state."""
+    from qkdseg import waxman
+
+    checked = with_shared = 0
+    for seed in range(12):
+        net = waxman(24, trusted=5, p=0.7, trusted_p=0.9, alpha=0.6, beta=0.6, seed=seed)
+        pmap = dict(zip(net.arrays.node_ids, net.arrays.p.tolist()))
+        for alg, opts in (("msp", {"shared_relays": True, "seed": seed}), ("smr", {})):
+            for t in (1, 2):
+                try:
+                    r = route(net, 0, 23, alg, sharing="threshold", tolerate=t, **opts)
+                except InvalidRequest:
+                    continue  # a segment with too few paths for this tolerance
+                segs = [list(s.paths) for s in r.segments]
+                risky = {v for s in segs for path in s for v in path[1:-1] if pmap[v] < 1}
+                if len(risky) > 15:
+                    continue
+                assert r.security == pytest.approx(vector_brute(pmap, segs, r.segment_nodes[1:-1], t), abs=1e-12)
+                checked += 1
+                on = [v for s in segs for path in s for v in set(path[1:-1]) if v in risky]
+                with_shared += len(on) > len(set(on))
+    assert checked >= 10 and with_shared >= 3
