@@ -306,3 +306,18 @@ class SMRChecker:
         """``(segment_nodes, paths)`` of SMR."""
         nodes = self.segment_nodes()
         return nodes, self.round_robin(nodes, max_paths)
+
+
+def four_path_network(p: float = 0.8):
+    """``s - t - d`` (all three trusted) with four node-disjoint two-relay paths in each segment, relays at ``p``:
+    the small topology of issue 40's threshold-sharing tests."""
+    from qkdseg.network import Network
+
+    g = nx.Graph()
+    g.add_nodes_from(["s", "t", "d"], trusted=True)
+    for seg, (a, b) in enumerate([("s", "t"), ("t", "d")]):
+        for k in range(4):
+            u, v = f"r{seg}{k}a", f"r{seg}{k}b"
+            g.add_nodes_from([u, v], p=p)
+            nx.add_path(g, [a, u, v, b])
+    return Network(g, name="four")

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import InvalidRequest
 from ..network import Network
 from ..routing import get_algorithm
+from ..security.threshold import check_tolerate
 
 #: Largest ``max_paths`` (the compiled kernels count paths in 32 bits); leave it out for no limit.
 MAX_PATHS = 2**31 - 1
@@ -85,6 +86,43 @@ def _check_level(epsilon: float | None, reconstruction: str | None, reconstructi
             or not 0.0 <= float(epsilon) <= 1.0:
         raise InvalidRequest(f"epsilon={epsilon!r} must be a probability in [0, 1]")
     return reconstruction or "paper"
+
+
+#: The ways a part's pieces are joined (docs/model.md sections 4 and 4a).
+SHARINGS = ("xor", "threshold")
+
+
+def _check_sharing(sharing: object, tolerate: object, epsilon: float | None,
+                   reconstruction: str | None) -> tuple[str, int, str | None]:
+    """``(sharing, tolerate, reconstruction)`` after the checks: ``xor`` (the default, the paper's) with
+    ``tolerate`` 0, or ``threshold`` with ``tolerate >= 1``; threshold sharing reconstructs with ``xor-all``
+    (the default there; the other schemes do not share yet)."""
+    if sharing not in SHARINGS:
+        raise InvalidRequest(f"sharing={sharing!r} must be one of {', '.join(SHARINGS)}")
+    t = check_tolerate(tolerate)
+    if sharing == "xor":
+        if t:
+            raise InvalidRequest(f"tolerate={t} needs sharing='threshold' (XOR needs every piece: it tolerates none)")
+        return sharing, 0, reconstruction
+    if t < 1:
+        raise InvalidRequest("sharing='threshold' needs tolerate >= 1 (lost paths a part survives; 0 is XOR)")
+    if epsilon is None:
+        return sharing, t, reconstruction
+    if reconstruction not in (None, "xor-all"):
+        raise InvalidRequest(f"reconstruction {reconstruction} does not share yet: with sharing='threshold' use "
+                             "xor-all (one part of all paths per segment)")
+    return sharing, t, "xor-all"
+
+
+def _check_parts(ids, segment_nodes, paths, tolerate: int) -> None:
+    """Refuse a threshold route with a segment of ``m <= tolerate`` paths, naming the segment."""
+    for j, seg in enumerate(paths):
+        if len(seg) <= tolerate:
+            a, b = ids[segment_nodes[j]], ids[segment_nodes[j + 1]]
+            raise InvalidRequest(
+                f"segment {j + 1} ({a!r} -> {b!r}) has {len(seg)} path{'s' if len(seg) != 1 else ''}: threshold "
+                f"sharing with tolerate {tolerate} needs at least {tolerate + 1} (k = m - tolerate >= 1)"
+            )
 
 
 def _removed_links(arrays, block_bits: int | None) -> np.ndarray:

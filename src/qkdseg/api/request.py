@@ -6,11 +6,22 @@ from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any
 
+from ..errors import InvalidRequest
 from ..network import Network, NetworkArrays
 from ..reconstruction import reconstruct
+from ..reconstruction.xor_all import xor_all
 from ..routing import get_algorithm
 from ..security import route_security
-from .checks import _check_level, _check_options, _check_request, _removed_links, _request_options
+from ..security.threshold import route_threshold_security
+from .checks import (
+    _check_level,
+    _check_options,
+    _check_parts,
+    _check_request,
+    _check_sharing,
+    _removed_links,
+    _request_options,
+)
 from .result import Route, Segment
 
 
@@ -24,6 +35,8 @@ def route(
     epsilon: float | None = None,
     reconstruction: str | None = None,
     reconstruction_options: dict | None = None,
+    sharing: str = "xor",
+    tolerate: int = 0,
     **options: Any,
 ) -> Route:
     """Route a key request and evaluate it (docs/model.md sections 3, 5, 6).
@@ -49,6 +62,16 @@ def route(
         (:data:`qkdseg.reconstruction.SCHEMES`). Needs ``epsilon``.
     reconstruction_options : dict, optional
         Options of the scheme, e.g. ``{"time_limit": 2.0}`` for ``optimal``.
+    sharing : str
+        How a part's pieces make its key: ``xor`` (default, the paper's: all
+        are needed) or ``threshold`` (Shamir k-of-m over the part's ``m``
+        paths, ``k = m - tolerate``; docs/model.md section 4a). With
+        ``threshold`` the route's security is that of each segment's key
+        shared over all its paths, and the reconstruction is ``xor-all``.
+    tolerate : int
+        ``threshold`` only: the lost paths a part survives, ``T >= 1``. A
+        segment of ``m <= T`` paths is refused (:class:`InvalidRequest`
+        naming it).
     **options
         Algorithm options, e.g. ``max_paths`` and ``metric`` for SMR,
         ``seed`` and ``beta`` for MSP.
@@ -77,19 +100,20 @@ def route(
     s, d = _check_request(network, source, destination)
     opts = _check_options(algorithm, algo.options, options)
     _request_options(algorithm, algo, opts, epsilon)
+    sharing, tolerate, reconstruction = _check_sharing(sharing, tolerate, epsilon, reconstruction)
     reconstruction = _check_level(epsilon, reconstruction, reconstruction_options)
-    r = _route(network.arrays, algo, algorithm, source, destination, s, d, block_bits, opts)
+    r = _route(network.arrays, algo, algorithm, source, destination, s, d, block_bits, opts, tolerate=tolerate)
     if epsilon is None:
         return r
-    rec = reconstruct(
-        reconstruction,
-        network.arrays.p,
-        [[list(p) for p in seg] for seg in r.index_paths],
-        network.indices_of(r.segment_nodes[1:-1]),
-        float(epsilon),
-        r.block_bits,
-        **(reconstruction_options or {}),
-    )
+    args = (network.arrays.p, [[list(p) for p in seg] for seg in r.index_paths],
+            network.indices_of(r.segment_nodes[1:-1]), float(epsilon), r.block_bits)
+    if tolerate:
+        if reconstruction_options:
+            given = ", ".join(sorted(reconstruction_options))
+            raise InvalidRequest(f"reconstruction xor-all has no options (got {given})")
+        rec = xor_all(*args, tolerate=tolerate)
+    else:
+        rec = reconstruct(reconstruction, *args, **(reconstruction_options or {}))
     return replace(r, reconstruction=rec)
 
 
@@ -124,7 +148,7 @@ def route_indices(
     return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts, routed)
 
 
-def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts, routed=None) -> Route:
+def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts, routed=None, *, tolerate=0) -> Route:
     removed_links = _removed_links(arrays, block_bits)
     info = None
     if routed is None:
@@ -136,13 +160,20 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
         segment_nodes, paths = routed
     ids = arrays.node_ids
     blocked = not paths or any(len(seg) == 0 for seg in paths)
+    shared_as = {"sharing": "threshold" if tolerate else "xor", "tolerate": tolerate}
     if blocked:
-        return Route(algorithm, source, destination, (source, destination), (), 0.0, 0.0, 0, 0.0, 0, True, opts, ())
+        return Route(algorithm, source, destination, (source, destination), (), 0.0, 0.0, 0, 0.0, 0, True, opts, (),
+                     **shared_as)
+    if tolerate:
+        _check_parts(ids, segment_nodes, paths, tolerate)
     chain = segment_nodes[1:-1]
     hops = sum(len(p) - 1 for seg in paths for p in seg)
     b_bits = _block_bits(arrays, paths, block_bits)
     total_pool = arrays.total_pool_bits
-    exact, independent, per_segment = route_security(arrays.p, paths, chain)
+    if tolerate:
+        exact, independent, per_segment = route_threshold_security(arrays.p, paths, chain, tolerate)
+    else:
+        exact, independent, per_segment = route_security(arrays.p, paths, chain)
     segments = tuple(
         Segment(ids[a], ids[b], tuple(tuple(ids[v] for v in p) for p in seg), sec)
         for (a, b), seg, sec in zip(zip(segment_nodes, segment_nodes[1:]), paths, per_segment)
@@ -164,6 +195,7 @@ def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts,
         options=opts,
         index_paths=tuple(tuple(tuple(p) for p in seg) for seg in paths),
         level=level,
+        **shared_as,
     )
 
 

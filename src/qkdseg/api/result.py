@@ -20,8 +20,8 @@ class Segment:
     paths : tuple of tuples of node ids
         Ends included, in the order they were found.
     security : float
-        Exact probability that the segment key (XOR of all its pieces) stays
-        secret.
+        Exact probability that the segment key (XOR of all its pieces, or
+        with ``sharing="threshold"`` shared k-of-m over them) stays secret.
     """
 
     source: Hashable
@@ -66,6 +66,12 @@ class Route:
     reconstruction : Reconstruction or None
         The global keys at the requested level (docs/model.md section 4), present
         only when :func:`~qkdseg.api.route` was given ``epsilon``.
+    sharing : str
+        ``xor`` (a segment key is the XOR of its pieces) or ``threshold``
+        (shared k-of-m over its ``m`` paths, ``k = m - tolerate``);
+        ``security`` and the segments' securities are for this sharing.
+    tolerate : int
+        Lost paths a segment key survives (0 for ``xor``).
     level : dict or None
         ``smr-level`` only: what the route saved against the full route over the
         same chain (``epsilon``, ``met``, ``full_consumed_bits``,
@@ -90,6 +96,8 @@ class Route:
     index_paths: tuple = field(default=(), repr=False, compare=False)
     reconstruction: Reconstruction | None = field(default=None, compare=False)
     level: dict | None = field(default=None, compare=False)
+    sharing: str = "xor"
+    tolerate: int = 0
 
     @property
     def paths(self) -> list[tuple]:
@@ -211,5 +219,7 @@ class Route:
             "block_bits": self.block_bits,
             "blocked": self.blocked,
             "options": dict(self.options),
+            "sharing": self.sharing,
+            "tolerate": self.tolerate,
             **({"level": dict(self.level)} if self.level is not None else {}),
         }

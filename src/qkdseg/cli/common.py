@@ -178,6 +178,11 @@ class Fmt(str, Enum):
     json = "json"
 
 
+class Sharing(str, Enum):
+    xor = "xor"
+    threshold = "threshold"
+
+
 class Scheme(str, Enum):
     paper = "paper"
     optimal = "optimal"

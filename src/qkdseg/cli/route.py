@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import NET_HELP, OUT_PATH, Fmt, Scheme, _console, _dump, _load, _txt, _write_atomic
+from .common import NET_HELP, OUT_PATH, Fmt, Scheme, Sharing, _console, _dump, _load, _txt, _write_atomic
 from .errors import user_errors
 
 
@@ -29,6 +29,8 @@ def route(
     shared_relays: Annotated[bool, typer.Option("--shared-relays", help="MSP: remove only the links of each path, so paths may share untrusted relays.")] = False,
     epsilon: Annotated[Optional[float], typer.Option("--epsilon", "-e", help="Security level: reconstruct global keys that each meet it.")] = None,
     reconstruction: Annotated[Optional[Scheme], typer.Option("--reconstruction", "-r", help="Reconstruction scheme (needs --epsilon; default paper).")] = None,
+    sharing: Annotated[Sharing, typer.Option("--sharing", help="How a segment's pieces make its key: xor (all needed) or threshold (Shamir k-of-m, k = m - T).")] = Sharing.xor,
+    tolerate: Annotated[int, typer.Option("--tolerate", help="threshold: lost paths a segment key survives (T >= 1).")] = 0,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.text,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the route to this image file (.png, .svg, .pdf).", **OUT_PATH)] = None,
     default_p: Annotated[Optional[float], typer.Option("--default-p", help="p for untrusted nodes the file gives none.")] = None,
@@ -55,6 +57,8 @@ def route(
         block_bits=block_bits,
         epsilon=epsilon,
         reconstruction=reconstruction.value if reconstruction is not None else None,
+        sharing=sharing.value,
+        tolerate=tolerate,
         **options,
     )
     if plot is not None:
@@ -101,6 +105,11 @@ def route(
     con.print(f"security (exact)     {r.security:.6f}")
     label = "security (claimed)  " if r.algorithm == "msp" else "security (indep.)   "
     con.print(f"{label} {r.security_independent:.6f}")
+    if r.sharing == "threshold":
+        con.print(f"sharing              threshold, tolerate {r.tolerate}: each segment key shared k-of-m over its "
+                  f"m paths, k = m - {r.tolerate}")
+    else:
+        con.print("sharing              xor: each segment key is the XOR of its pieces")
     con.print(f"block bits           {r.block_bits}")
     con.print(f"consumed bits        {r.consumed_bits}  ({r.hops} hops)")
     con.print(f"key consumption rate {r.key_consumption_rate:.6f}")

@@ -8,15 +8,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..security.exact import _exact_security as exact_security  # routes here are valid: no argument checks
+from ..security.threshold import _threshold_security
 from .result import GlobalKey, KeyPart
 
 Path = Sequence[int]
 
 
 class _Evaluator:
-    """Exact group and key securities of one route, memoised."""
+    """Exact group and key securities of one route, memoised.
 
-    def __init__(self, p: np.ndarray, segments: Sequence[Sequence[Path]], chain: Sequence[int]):
+    ``tolerate = T > 0``: each part is shared k-of-m (``sharing = "threshold"``, ``k = m - T``) and is
+    secret iff at least ``T + 1`` of its paths are intact (:func:`~qkdseg.security.threshold_security`).
+    """
+
+    def __init__(self, p: np.ndarray, segments: Sequence[Sequence[Path]], chain: Sequence[int], tolerate: int = 0):
+        self.tolerate = int(tolerate)
         self.p = np.asarray(p, dtype=float)
         self.segments = [[list(path) for path in seg] for seg in segments]
         self.chain = list(chain)
@@ -48,7 +54,9 @@ class _Evaluator:
         key = (j, tuple(sorted(idx)))
         val = self._group.get(key)
         if val is None:
-            if not self.within_shared:
+            if self.tolerate:
+                val = _threshold_security(self.p, [[self.segments[j][i] for i in key[1]]], (), self.tolerate)
+            elif not self.within_shared:
                 miss = 1.0
                 for i in key[1]:
                     miss *= 1.0 - self.q[j][i]
@@ -60,6 +68,9 @@ class _Evaluator:
 
     def key_sec(self, parts: Sequence[Sequence[int]]) -> float:
         """Exact security of a global key with ``parts[j]`` pieces of segment ``j``."""
+        if self.tolerate:
+            paths = [[self.segments[j][i] for i in idx] for j, idx in enumerate(parts)]
+            return _threshold_security(self.p, paths, self.chain, self.tolerate)
         if not self.cross_shared:
             return self.chain_sec * math.prod(self.group_sec(j, idx) for j, idx in enumerate(parts))
         return exact_security(self.p, [[self.segments[j][i] for i in idx] for j, idx in enumerate(parts)], self.chain)

@@ -8,10 +8,13 @@ from .result import Reconstruction, _empty, _validate, meets
 
 
 @register("xor-all", "All pieces of a segment XORed into one part; one global key if it meets epsilon")
-def xor_all(p, segments, chain=(), epsilon: float = 0.0, block_bits: int = 0) -> Reconstruction:
+def xor_all(p, segments, chain=(), epsilon: float = 0.0, block_bits: int = 0, *, tolerate: int = 0) -> Reconstruction:
     """All pieces of every segment into one global key (kept if it meets ``epsilon``).
 
     Its security is the route's end-to-end security (docs/model.md section 6).
+    With ``tolerate = T > 0`` (``route(..., sharing="threshold")``, not an
+    option of the registry) each segment's part is shared k-of-m over all its
+    ``m`` paths instead of XORed, ``k = m - T`` (docs/model.md section 4a).
 
     >>> import numpy as np
     >>> p = np.array([1, .5, .5, 1])
@@ -22,9 +25,10 @@ def xor_all(p, segments, chain=(), epsilon: float = 0.0, block_bits: int = 0) ->
     _validate(segments, epsilon, block_bits)
     if _empty(segments):
         return Reconstruction("xor-all", float(epsilon), int(block_bits), (), status="no path")
-    ev = _Evaluator(p, segments, chain)
+    ev = _Evaluator(p, segments, chain, tolerate)
     key = ev.make_key([range(len(seg)) for seg in segments], int(block_bits))
     if meets(key.security, epsilon):
         return Reconstruction("xor-all", float(epsilon), int(block_bits), (key,))
-    return Reconstruction("xor-all", float(epsilon), int(block_bits), (), status="the XOR of all pieces does not meet epsilon")
+    joined = f"the threshold sharing (tolerate {tolerate})" if tolerate else "the XOR"
+    return Reconstruction("xor-all", float(epsilon), int(block_bits), (), status=f"{joined} of all pieces does not meet epsilon")
 

@@ -26,7 +26,8 @@ The modules: ``clauses`` (a route as clauses of risky relays, the argument
 checks, the product formula), ``exact`` (the exact and independent
 evaluators, :func:`route_security`), ``components`` (the exact security of
 clauses linked by shared relays: conditioning or path states) and
-``montecarlo`` (the sampled estimate).
+``montecarlo`` (the sampled estimate) and ``threshold`` (the exact security
+when each segment key is shared k-of-m, ``sharing = "threshold"``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .clauses import Path, Segments
 from .components import MAX_PATH_STATES
 from .exact import MAX_SHARED_RELAYS, exact_security, independent_security, route_security
 from .montecarlo import SecurityEstimate, montecarlo_security, wilson_interval
+from .threshold import threshold_security
 
 #: Name -> evaluator returning a float probability.
 EVALUATORS = {
@@ -54,5 +56,6 @@ __all__ = [
     "independent_security",
     "montecarlo_security",
     "route_security",
+    "threshold_security",
     "wilson_interval",
 ]
