@@ -91,7 +91,10 @@ def check_sharing(m: object, tolerate: object) -> int:
 @functools.cache
 def _tables() -> tuple[np.ndarray, np.ndarray]:
     """GF(2^8)'s multiplication table ``MUL[a, b]`` and inverses ``INV[a]`` (``INV[0] = 0``), from ``galois``."""
-    import galois  # lazily: a second or more to import
+    try:
+        import galois  # lazily: a second or more to import
+    except ImportError as err:  # an extra: the core does not need it
+        raise QkdsegError("threshold sharing needs the 'galois' package: pip install 'qkdseg[sharing]'") from err
 
     field = galois.GF(2**8, compile="python-calculate")  # no JIT compilation: two tables are all we need
     a = field.elements
