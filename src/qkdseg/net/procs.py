@@ -62,8 +62,9 @@ def processes(directory: Path) -> list[dict]:
                     "etsi014_url": f"https://{n['address']}" if n["saes"] else None,
                     "dir": str(directory / "nodes" / n["dir"]), "name": f"node-{n['dir']}", "saes": n["saes"]})
     from .cluster import load as load_cluster
-    from .cluster import replicated_processes
+    from .cluster import inventory_processes, replicated_processes
 
+    out = inventory_processes(directory, net, out)  # net init --inventory: its controllers; each local or remote
     layout = load_cluster(directory)
     out = out if layout is None else replicated_processes(directory, layout, out, log_level=ops.get("log_level"))
     return _with_ops(directory, out, ops)
@@ -153,15 +154,27 @@ def _alive(pid) -> bool:
         return True
 
 
+def running(directory: Path) -> list[str]:
+    """The network's processes that run: a live pid of ``DIR/run/pids.json`` on this machine, or one answering its
+    health check over mutual TLS with this deployment's CA wherever it runs (``net init --force`` refuses then)."""
+    alive = [name for name, pid in _pids(directory).items() if _alive(pid)]
+    try:
+        procs = processes(directory)
+        ok = health(directory, procs, timeout=1.0)
+    except (InvalidRequest, OSError):  # not a network directory, or one damaged: no process of it can be asked
+        return alive
+    return alive + [p["name"] for p in procs if ok[p["name"]] and p["name"] not in alive]
+
+
 def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dict | None = None) -> dict[str, bool]:
     """Each process's health check over mutual TLS (the controller's certificate), by name (``bodies``: filled with
     each answering node's and controller's ``/health`` JSON, by name)."""
     import httpx
 
-    from .wire import client_context
 
-    c = directory / "controller"
-    ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    from .cluster import status_context
+
+    ctx = status_context(directory)
     dev_ctx = None
 
     def one(p):
@@ -207,7 +220,7 @@ def status(directory: Path) -> list[dict]:
     rows = [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
              "dashboard_url": dash if p["name"] == "controller" and pids else None,
-             "metrics_url": p["metrics_url"] if pids else None} for p in procs]
+             "metrics_url": p["metrics_url"] if pids else None, "remote": not p.get("local", True)} for p in procs]
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
         if p["role"] == "controller":
             row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})
@@ -259,6 +272,9 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
                                 ("--faults", faults), ("--port-range", port_range), *((f"--{k.replace('_', '-')}", 1) for k in ops))
                  if v is not None]
         return _start_missing(directory, pids, running, asked, timeout)
+    if net.get("inventory") and ((controllers or 1) != 1 or etcd or faults):
+        raise InvalidRequest(f"{directory}: its processes' hosts are its inventory's (net init --inventory): "
+                             "--controllers, --etcd and --faults run local replicas and proxies, not with one")
     if (controllers or 1) != 1 or etcd or faults or (directory / "cluster.json").exists():
         from .cluster import plan
 
@@ -267,7 +283,7 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
         raise InvalidRequest(f"{directory / 'run'}: exists and is not a directory (net up keeps its run files there)")
     (directory / "run").mkdir(mode=0o700, exist_ok=True)
     write_private(directory / "run" / "ops.json", json.dumps(ops) + "\n")
-    procs = processes(directory)
+    procs = [p for p in processes(directory) if p.get("local", True)]  # the others run on their own hosts
     dash = directory / "run" / "dashboard.json"
     dash.unlink(missing_ok=True)
     started = {}
@@ -289,7 +305,7 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
 def _start_missing(directory: Path, pids: dict, running: list[str], asked: list[str], timeout: float) -> list[dict]:
     """``net up`` while some of the network's processes run: start the others, as ``net up`` started them
     (``DIR/run/ops.json``, ``DIR/cluster.json``); the status rows. Refused when all run, or with an option."""
-    procs = processes(directory)
+    procs = [p for p in processes(directory) if p.get("local", True)]
     missing = [p for p in procs if p["name"] not in running]
     if not missing or asked:
         why = f"options ({', '.join(asked)}) apply to a whole start" if missing else "every process runs"
