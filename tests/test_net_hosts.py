@@ -377,7 +377,7 @@ def test_the_example_network_across_hosts(tmp_path):
                 assert not dead and time.monotonic() < deadline, (dead, [
                     (tmp_path / f"{n}.log").read_text()[-500:] for n in dead[:2]])
                 time.sleep(0.5)
-            assert all(row["remote"] and row["pid"] is None for row in rows) and len(rows) == 11
+            assert all(row.get("remote") and row["pid"] is None for row in rows) and len(rows) == 11
             a = QKD014Client(addr["0"], str(d / "pki" / "A.crt"), str(d / "pki" / "A.key"), str(d / "pki" / "ca.crt"))
             b = QKD014Client(addr["7"], str(d / "pki" / "B.crt"), str(pki / "B.key"), str(d / "pki" / "ca.crt"))
             for _ in range(3):
@@ -387,7 +387,7 @@ def test_the_example_network_across_hosts(tmp_path):
                 assert code2 == 200, getattr(back, "message", back)
                 assert {k.key_id: k.key for k in back.keys} == {k.key_id: k.key for k in got.keys}
             rows = up(d)  # net up: nothing here to start; every process listed remote (and healthy)
-            assert all(row["remote"] and row["healthy"] for row in rows) and not (d / "run" / "pids.json").exists()
+            assert all(row.get("remote") and row["healthy"] for row in rows) and not (d / "run" / "pids.json").exists()
             r = _run("net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7", "--inventory",
                      str(inv), "--force", timeout=60)
             assert r.returncode == 2 and "the network is running (11 process(es)" in r.stderr, r.stderr

@@ -220,8 +220,10 @@ def status(directory: Path) -> list[dict]:
     rows = [{"role": p["role"], "node": p["node"], "pid": pids.get(p["name"]) if _alive(pids.get(p["name"])) else None,
              "address": p["address"], "etsi014_url": p["etsi014_url"], "healthy": bool(ok[p["name"]]),
              "dashboard_url": dash if p["name"] == "controller" and pids else None,
-             "metrics_url": p["metrics_url"] if pids else None, "remote": not p.get("local", True)} for p in procs]
+             "metrics_url": p["metrics_url"] if pids else None} for p in procs]
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
+        if not p.get("local", True):  # on another host (net init --inventory): net up does not start it
+            row["remote"] = True
         if p["role"] == "controller":
             row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})
         elif p["role"] == "node" and "stock" in bodies.get(p["name"], {}):  # the key stocks of its SAEs' pairs
