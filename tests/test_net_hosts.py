@@ -284,6 +284,36 @@ def test_net_sign_refuses_a_csr_that_does_not_match_the_inventory(tmp_path):
     assert sign(d, good, ca_key)[0] == tmp_path / "good.crt"  # beside the CSR
 
 
+def test_enrolment_refusals_are_one_line(tmp_path):
+    """--enroll needs the CA key elsewhere; keygen runs once; an SAE not in the registry, a CSR of another SAE, a
+    bundle of no node: one line each, nothing written."""
+    from qkdseg.errors import InvalidRequest
+    from qkdseg.net.bundle import bundle
+    from qkdseg.net.enroll import node_keygen, sae_cert
+    from qkdseg.net.layout import init_network
+
+    d, ca_key = tmp_path / "net", tmp_path / "ca.key"
+    cases = [(lambda: init_network(d, "example", {"A": "0", "B": "7"}, enroll=True), "--ca-key-out"),
+             (lambda: init_network(d, "example", {"A": "0", "B": "7"}, ca_key_out=d / "ca.key"), "inside")]
+    for call, needle in cases:
+        with pytest.raises(InvalidRequest, match=needle):
+            call()
+    assert not (d / "nodes.json").exists()
+    init_network(d, "example", {"A": "0", "B": "7"}, enroll=True, ca_key_out=ca_key)
+    node_keygen(d / "nodes" / "3")
+    csr = _csr(tmp_path / "a.csr", "A", "urn:qkdseg:sae:A")
+    for call, needle in [(lambda: node_keygen(d / "nodes" / "3"), "exists already"),
+                         (lambda: sae_cert(d, "Z", ca_key), "'Z' is not in the network's registry"),
+                         (lambda: sae_cert(d, "B", ca_key, csr), "not SAE 'B'"),
+                         (lambda: bundle(d, tmp_path / "x.tar.gz", node="42"), "--node 42"),
+                         (lambda: bundle(d, d / "nodes" / "3" / "x.tar.gz", node="3"), "inside")]:
+        with pytest.raises(InvalidRequest, match=needle) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert not (d / "pki" / "Z.crt").exists() and not (d / "pki" / "B.crt").exists()
+    assert sae_cert(d, "A", ca_key, csr) == d / "pki" / "A.crt" and not (d / "pki" / "A.key").exists()
+
+
 def test_a_node_certificate_for_another_address_is_named_at_start(tmp_path):
     from qkdseg.net.layout import init_network
 
