@@ -96,6 +96,9 @@ def test_init_with_an_inventory_writes_every_address(tmp_path):
     ctl2 = x509.load_pem_x509_certificate((d / "controller-1" / "controller.crt").read_bytes())
     san = ctl2.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "ctl2.example.net" in san.get_values_for_type(x509.DNSName)
+    for f in ("audit.key", "storage.key"):  # one audit chain in etcd: the replicated controllers share its key
+        assert (d / "controller-1" / f).read_bytes() == (d / "controller" / f).read_bytes()
+    assert (d / "controller-1" / "controller.key").read_bytes() != (d / "controller" / "controller.key").read_bytes()
     from qkdseg.net.procs import processes
 
     procs = processes(d)

@@ -5,7 +5,8 @@ node per host").
   node's link seeds sealed under that storage key (``links.seeds.json`` -> ``links.sealed.json``, the plain file
   removed) and ``node.csr`` (CN ``node <id>``, SAN ``urn:qkdseg:node:<id>`` and the host of its address);
 - ``qkdseg controller keygen CTRLDIR``: ``controller.key``, its storage and audit keys, ``dashboard.token`` and
-  ``controller.csr``;
+  ``controller.csr`` (replicated controllers share one audit chain in etcd: the storage and audit keys and the token
+  of the first, copied into the others' directories before their keygen, are kept);
 - ``qkdseg net sign DIR CSR --ca-key PATH``: the CSR's name, role and address checked against ``DIR``'s layout
   (the inventory's addresses), then its certificate (by default beside the CSR);
 - ``qkdseg net sae cert DIR SAE --ca-key PATH [--csr FILE]``: an SAE's client certificate ``DIR/pki/SAE.crt`` (and
@@ -90,9 +91,10 @@ def controller_keygen(d: Path) -> Path:
     net = load_json(d / "net.json", "the network's layout",
                     missing=f"{d}: not a controller directory (no net.json; unpack the controller's bundle there)")
     cfg = load_config(d)
-    _fresh([d / "controller.key", cfg.path(cfg.storage_key), cfg.path(cfg.audit_key)])
-    init_keys(cfg)
-    write_secret(d / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
+    _fresh([d / "controller.key"])
+    init_keys(cfg)  # a replicated controller's storage and audit keys, copied from the first's, are kept
+    if not (d / "dashboard.token").exists():
+        write_secret(d / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
     key = ec.generate_private_key(ec.SECP256R1())
     write_key(d / "controller.key", key)
     csr = make_csr(key, "controller", None, (host_of(net["address"]),))

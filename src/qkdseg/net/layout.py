@@ -164,11 +164,12 @@ def _write_pki(pki: Path, registry: dict, *, ca_key_out: Path | None, enroll: bo
 
 def _write_controller(ctrl: Path, cfg, ca_key, ca, *, spec: str, source: Path | None, nodes: list[dict],
                       ctrl_addr: str, link_source: str, force: bool, enroll: bool = False,
-                      more: dict | None = None) -> None:
+                      more: dict | None = None, share: Path | None = None) -> None:
     """``DIR/controller/`` (or a replicated one's ``DIR/controller-<i>/``): its copy of the network, ``kms.toml``,
     certificate, storage and audit keys, the dashboard's token and ``net.json`` (``nodes``: each node's id,
     directory, address and SAEs; ``more``: the inventory's controllers and etcd members). ``enroll``: no key
-    (``controller keygen`` makes them on its host, and its CSR for ``net sign``)."""
+    (``controller keygen`` makes them on its host, and its CSR for ``net sign``). ``share``: the first controller's
+    directory, whose storage and audit keys and dashboard token a replicated one shares (one audit chain in etcd)."""
     from ..server.config import write_config
     from ..server.storagekey import init_keys
 
@@ -186,8 +187,11 @@ def _write_controller(ctrl: Path, cfg, ca_key, ca, *, spec: str, source: Path | 
                                hosts=(ctrl_addr.rsplit(":", 1)[0].strip("[]"),))
         write_key(ctrl / "controller.key", key)
         write_cert(ctrl / "controller.crt", cert)
+        for name in ("storage.key", "audit.key", "dashboard.token") if share is not None else ():
+            write_secret(ctrl / name, (share / name).read_bytes())
         init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
-        write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
+        if share is None:
+            write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
     net_json = {"network": spec, "address": ctrl_addr, "link_source": link_source, "nodes": nodes, **(more or {})}
     (ctrl / "net.json").write_text(json.dumps(net_json, indent=1) + "\n")
 
@@ -386,7 +390,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         ctrl = directory / ("controller" if i == 0 else f"controller-{i}")
         _write_controller(ctrl, dataclasses.replace(cfg, _dir=ctrl), ca_key, ca, spec=spec, source=source,
                           nodes=nodes, ctrl_addr=c_addr, link_source=link_source, force=force, enroll=enroll,
-                          more=more)
+                          more=more, share=directory / "controller" if i else None)
     dev_dir = directory / "devices"
     devices, dev_cfg = _init_devices(dev_dir, net, spec, cfg, key_size=key_size, link_source=link_source,
                                      force=force)
