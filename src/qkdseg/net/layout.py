@@ -151,6 +151,9 @@ def _write_pki(pki: Path, registry: dict, *, ca_key_out: Path | None, enroll: bo
     else:
         write_key(pki / "ca.key", ca_key)
     write_cert(pki / "ca.crt", ca)
+    for sae in registry if enroll else ():  # an earlier init's (--force): certified by the CA replaced now
+        for suffix in (".key", ".crt"):
+            (pki / f"{sae}{suffix}").unlink(missing_ok=True)
     for sae in () if enroll else registry:
         key, cert = issue_role(ca_key, ca, sae, role_uri("sae", sae))
         write_key(pki / f"{sae}.key", key)
