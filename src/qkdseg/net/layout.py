@@ -162,6 +162,9 @@ def _write_pki(pki: Path, registry: dict, *, ca_key_out: Path | None, enroll: bo
         key, cert = issue_role(ca_key, ca, "operator", role_uri("operator"))
         write_key(pki / "operator.key", key)
         write_cert(pki / "operator.crt", cert)
+    else:  # an earlier init's (--force)
+        for name in ("operator.key", "operator.crt"):
+            (pki / name).unlink(missing_ok=True)
     return ca_key, ca
 
 
