@@ -572,6 +572,26 @@ case("net-init-a-file", ["net", "init", "afile", *NI], w("afile", "x"), "afile")
 case("net-init-read-only", ["net", "init", "/sys/qkdseg-n", *NI], None, "/sys/qkdseg-n")
 case("net-init-network-binary", ["net", "init", "n", "--network", "g.json", "--sae", "A=0", "--sae", "B=1"],
      w("g.json", GARBAGE), "g.json")
+# across hosts (issue 36): the inventory, enrolment, bundles
+case("net-init-inventory-missing", ["net", "init", "n", *NI, "--inventory", "hosts.toml"], None, "hosts.toml")
+case("net-init-inventory-garbage", ["net", "init", "n", *NI, "--inventory", "hosts.toml"], w("hosts.toml", GARBAGE),
+     "hosts.toml")
+case("net-init-inventory-no-nodes", ["net", "init", "n", *NI, "--inventory", "hosts.toml"],
+     w("hosts.toml", '[controller]\naddress = "10.9.0.1:8443"\n'), "[nodes]")
+case("net-init-enroll-no-ca-key-out", ["net", "init", "n", *NI, "--enroll"], None, "--ca-key-out")
+case("net-init-ca-key-out-a-directory", ["net", "init", "n", *NI, "--ca-key-out", "adir"], mkdir("adir"), "adir")
+case("node-keygen-twice", ["node", "keygen", "net/nodes/0"], None, "node.key")
+case("node-keygen-no-node", ["node", "keygen", "kms"], None, "not a node directory")
+case("controller-keygen-twice", ["controller", "keygen", "net/controller"], None, "controller.key")
+case("net-sign-no-csr", ["net", "sign", "net", "x.csr", "--ca-key", "net/pki/ca.key"], None, "x.csr")
+case("net-sign-garbage-csr", ["net", "sign", "net", "x.csr", "--ca-key", "net/pki/ca.key"], w("x.csr", GARBAGE),
+     "x.csr")
+case("net-sae-cert-unknown", ["net", "sae", "cert", "net", "Z", "--ca-key", "net/pki/ca.key"], None, "'Z'")
+case("net-sae-cert-garbage-csr", ["net", "sae", "cert", "net", "A", "--ca-key", "net/pki/ca.key", "--csr", "a.csr"],
+     w("a.csr", GARBAGE), "a.csr")
+case("net-bundle-no-node", ["net", "bundle", "net", "--node", "99", "-o", "b.tar.gz"], None, "--node 99")
+case("net-bundle-neither", ["net", "bundle", "net", "-o", "b.tar.gz"], None, "--node")
+case("net-bundle-a-kms-directory", ["net", "bundle", "kms", "--node", "0", "-o", "b.tar.gz"], None, "kms")
 
 # -- net up, down, status, fault, chaos ----------------------------------------------------------------------------
 case("net-up-missing", ["net", "up", "nosuch", "--detach"], None, "nosuch")

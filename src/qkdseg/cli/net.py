@@ -38,9 +38,10 @@ def init(
     link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (a seeded "
                                              "keystream per link) or 'device' (QKD devices over ETSI 014: writes "
                                              "the device emulator's directory DIR/devices/).")] = "emulated",
-    link_seeds: Annotated[str, typer.Option("--link-seeds", help="Who draws an emulated link's seed: 'admin' (net "
-                                            "init, here) or 'agree' (the link's two ends, over their mutual TLS, "
-                                            "at their first start).")] = "admin",
+    link_seeds: Annotated[str | None, typer.Option(
+        "--link-seeds", help="Who draws an emulated link's seed: 'admin' (net init, here) or 'agree' (the link's two "
+                             "ends, over their mutual TLS, at their first start). Default: 'agree' with --enroll, "
+                             "else 'admin'.")] = None,
     max_skip_bits: Annotated[int | None, typer.Option(
         "--max-skip-bits", help="How far (bits) a neighbour may move a node's link counter or mark in one claim "
                                 "(further on: refused, audited, the link reported suspect); default: each link's "
@@ -57,11 +58,28 @@ def init(
     stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
     stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
     stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
+    inventory: Annotated[Path | None, typer.Option(
+        "--inventory", help="hosts.toml: each process's HOST:PORT (docs/network.md, \"Deploying one node per "
+                            "host\"); default: loopback.", show_default=False)] = None,
+    enroll: Annotated[bool, typer.Option(
+        "--enroll", help="Write no private, storage or audit key: each host makes its own ('node keygen', "
+                         "'controller keygen') and 'net sign' certifies it; needs --ca-key-out.")] = False,
+    ca_key_out: Annotated[Path | None, typer.Option(
+        "--ca-key-out", help="Write the CA's private key here (outside DIR), not in DIR/pki/.",
+        show_default=False)] = None,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
     from ..server.stockconfig import stock_table
 
+    if force and (directory / "nodes.json").exists():
+        from ..net.procs import running
+
+        up_now = running(directory)
+        if up_now:
+            raise InvalidRequest(f"{directory}: the network is running ({len(up_now)} process(es): "
+                                 f"{', '.join(up_now[:3])}{', ...' if len(up_now) > 3 else ''}); 'qkdseg net down "
+                                 f"{directory}' (and stop its processes on the other hosts) before --force")
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
                        algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
@@ -69,12 +87,20 @@ def init(
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
                        audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, link_seeds=link_seeds,
                        stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
-                                         key_size=key_size))
+                                         key_size=key_size),
+                       inventory=inventory, enroll=enroll, ca_key_out=ca_key_out)
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:
         typer.echo(f"wrote {directory}/devices/: the QKD device emulator on {out['devices']} (net up starts it)")
-    typer.echo(f"start it with: qkdseg net up {directory}")
+    if ca_key_out is not None:
+        typer.echo(f"the CA's private key is in {ca_key_out} (not in {directory}); keep it off the hosts")
+    if enroll:
+        typer.echo(f"next: 'qkdseg net bundle {directory} --node ID -o FILE' (and --controller) for each host; there "
+                   "'qkdseg node keygen' / 'controller keygen'; here 'qkdseg net sign' each CSR and 'qkdseg net sae "
+                   "cert' each SAE")
+    else:
+        typer.echo(f"start it with: qkdseg net up {directory}")
 
 
 def _table(rows: list[dict]) -> None:
@@ -85,7 +111,8 @@ def _table(rows: list[dict]) -> None:
     t = Table("node", "role", "pid", "address", "ETSI 014 URL", "healthy", *(("name", "leader") if replicated else ()))
     for r in rows:
         more = (r["name"], {True: "yes", False: "no"}.get(r["leader"], "-")) if replicated else ()
-        t.add_row(r["node"] or "-", r["role"], str(r["pid"] or "-"), r["address"], r["etsi014_url"] or "-",
+        t.add_row(r["node"] or "-", r["role"], "remote" if r.get("remote") else str(r["pid"] or "-"), r["address"],
+                  r["etsi014_url"] or "-",
                   "yes" if r["healthy"] else f"no: {r['problem']}" if r.get("problem") else "no", *more)
     Console(width=140).print(t)
 
@@ -140,11 +167,17 @@ def up(
                faults=faults, metrics_port_base=metrics_port_base, log_format=log_format, log_level=log_level,
                port_range=ports)
     _table(rows)
+    remote = sum(1 for r in rows if r.get("remote"))
+    if remote:
+        typer.echo(f"{remote} process(es) run on other hosts (remote): each is started there ('qkdseg net bundle'; "
+                   "its README)")
     if dashboard_port is not None:
         typer.echo(f"dashboard: http://127.0.0.1:{dashboard_port}/dashboard/")
     if metrics_port_base is not None:
         typer.echo(f"metrics: http://127.0.0.1:{metrics_port_base}/metrics (the controller), then one port per node "
                    "(net status --format json: metrics_url)")
+    if remote == len(rows):
+        return  # nothing runs here: nothing to wait for or stop
     if detach:
         typer.echo(f"running; stop with: qkdseg net down {directory}")
         return
@@ -262,6 +295,95 @@ def status(
         typer.echo(json.dumps(rows, indent=1))
     else:
         _table(rows)
+
+
+sae_app = typer.Typer(help="The SAEs' client certificates.", no_args_is_help=True)
+net_app.add_typer(sae_app, name="sae")
+
+
+@net_app.command("sign")
+@user_errors
+def sign(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
+    csr: Annotated[list[Path], typer.Argument(help="Node or controller CSRs (node keygen, controller keygen).",
+                                              show_default=False)],
+    ca_key: Annotated[Path, typer.Option("--ca-key", help="The CA's private key (net init --ca-key-out).",
+                                         show_default=False)],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="The certificate to write (one CSR; default: "
+                                             "node.crt or controller.crt beside each CSR).", show_default=False)] = None,
+) -> None:
+    """Check each CSR's name, role and address against the deployment's inventory and write its certificate."""
+    from ..net.enroll import sign as run
+
+    if out is not None and len(csr) > 1:
+        raise InvalidRequest(f"-o {out}: one certificate file for {len(csr)} CSRs; leave -o out (each certificate "
+                             "is written beside its CSR)")
+    for one in csr:
+        path, who = run(directory, one, ca_key, out)
+        typer.echo(f"wrote {path}: the certificate of {who}")
+
+
+@sae_app.command("cert")
+@user_errors
+def sae_cert(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
+    sae: Annotated[str, typer.Argument(help="The SAE's id (one of net init's --sae).", show_default=False)],
+    ca_key: Annotated[Path, typer.Option("--ca-key", help="The CA's private key.", show_default=False)],
+    csr: Annotated[Path | None, typer.Option("--csr", help="The SAE's CSR (CN = its id): its key stays with it; "
+                                             "without one a new key is written to DIR/pki/SAE.key.",
+                                             show_default=False)] = None,
+) -> None:
+    """Write DIR/pki/SAE.crt (and SAE.key without --csr), signed by the network's CA."""
+    from ..net.enroll import sae_cert as run
+
+    path = run(directory, sae, ca_key, csr)
+    typer.echo(f"wrote {path}" + ("" if csr is not None else f" and {path.with_suffix('.key')}"))
+
+
+@net_app.command("bundle")
+@user_errors
+def bundle(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The archive to write (tar.gz); with --all a directory "
+                                      "(node-<dir>.tar.gz, controller.tar.gz, ...).", show_default=False)],
+    node: Annotated[str | None, typer.Option("--node", help="The node's id.", show_default=False)] = None,
+    every: Annotated[bool, typer.Option("--all", help="One archive per process: every node's and controller's.")
+                     ] = False,
+    controller: Annotated[bool, typer.Option("--controller", help="The controller's bundle.")] = False,
+    name: Annotated[str, typer.Option("--name", help="With --controller: which one (controller-1, ... of "
+                                                     "replicated controllers).")] = "controller",
+) -> None:
+    """One host's archive: exactly its process's directory (no other node's secret) and a README."""
+    from ..net.bundle import bundle as run, bundle_all
+
+    if every:
+        if node is not None or controller:
+            raise InvalidRequest("--all writes every process's archive: not with --node or --controller")
+        for path in bundle_all(directory, out):
+            typer.echo(f"wrote {path}")
+        return
+    got = run(directory, out, node=node, controller=name if controller else None)
+    typer.echo(f"wrote {out}: {got['kind']} {got['name']}, {len(got['files'])} files and README.txt")
+
+
+@node_app.command("keygen")
+@user_errors
+def node_keygen(directory: Annotated[Path, typer.Argument(help="The node's directory (from its bundle).",
+                                                          show_default=False)]) -> None:
+    """On the node's host: its private key, storage and audit keys (0600), its sealed link seeds and node.csr."""
+    from ..net.enroll import node_keygen as run
+
+    typer.echo(f"wrote {run(directory)}: have it signed ('qkdseg net sign DIR node.csr --ca-key ...')")
+
+
+@controller_app.command("keygen")
+@user_errors
+def controller_keygen(directory: Annotated[Path, typer.Argument(help="The controller's directory (from its bundle).",
+                                                                show_default=False)]) -> None:
+    """On the controller's host: its private key, storage and audit keys (0600) and controller.csr."""
+    from ..net.enroll import controller_keygen as run
+
+    typer.echo(f"wrote {run(directory)}: have it signed ('qkdseg net sign DIR controller.csr --ca-key ...')")
 
 
 @node_app.command("serve")

@@ -232,6 +232,37 @@ def replicated_processes(directory: Path, layout: dict, base: list[dict], log_le
     return out
 
 
+def inventory_processes(directory: Path, net: dict, base: list[dict]) -> list[dict]:
+    """``procs.processes`` with the inventory's replicated controllers (``DIR/controller-<i>/``, over its etcd
+    members: ``--store``), each process marked ``local`` (its host is on this machine: ``net up`` starts it)."""
+    from .inventory import host_of, is_local
+
+    out = list(base)
+    for i, extra in enumerate((net.get("controllers") or [])[1:], start=1):
+        out.insert(out.index(next(p for p in out if p["role"] == "controller")) + i,
+                   {"role": "controller", "node": None, "address": extra, "etsi014_url": None,
+                    "dir": str(directory / f"controller-{i}"), "name": f"controller-{i}"})
+    if net.get("etcd"):
+        store = ("--store", "etcd://" + ",".join(net["etcd"]))
+        out = [{**p, "args": store} if p["role"] == "controller" else p for p in out]
+    local: dict[str, bool] = {}
+    for p in out:  # net up starts the processes on this machine; the others run on their hosts
+        host = host_of(p["address"]) if ":" in p["address"] else "127.0.0.1"
+        p["local"] = local.setdefault(host, is_local(host))
+    return out
+
+
+def status_context(directory: Path):
+    """The TLS client context ``net status`` calls the processes with: the controller's certificate where this
+    machine holds its key, else the admin's ``DIR/pki/operator.crt`` (net init with an inventory or --enroll)."""
+    from .wire import client_context
+
+    c, pki = directory / "controller", directory / "pki"
+    if (c / "controller.key").exists() or not (pki / "operator.key").exists():
+        return client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    return client_context(pki / "operator.crt", pki / "operator.key", pki / "ca.crt")
+
+
 def other_health(directory: Path, p: dict) -> bool:
     if p["role"] == "etcd":
         return etcd_health(p["member"])[0]
@@ -247,10 +278,7 @@ def leaders(directory: Path, procs: list[dict]) -> list[tuple[str, bool | None]]
 
     import httpx
 
-    from .wire import client_context
-
-    c = directory / "controller"
-    ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    ctx = status_context(directory)
 
     def one(p):
         if p["role"] == "etcd":

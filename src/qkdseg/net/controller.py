@@ -450,6 +450,9 @@ def serve_controller(directory: str | Path, *, capture: Path | None = None, dash
         ctl.watchdog = None if health is None else Watchdog(health, exit_after_unready,
                                                             probes=[lambda: ctl.svc.committer.probe()])
         try:
+            from .inventory import check_cert_address
+
+            check_cert_address(d / "controller.crt", ctl.net["address"], str(d / "net.json"))
             ctl.svc.warm()  # compile the routing kernels before listening: the first plan must not wait for numba
             host, port = ctl.net["address"].rsplit(":", 1)
             app = create_controller_app(ctl)

@@ -14,13 +14,16 @@
 - ``nodes.json``: node id -> directory name (ids that are not a safe file
   name are mapped to ``n<index>``).
 
-Private keys and storage keys are written with mode 0600.
+Private keys and storage keys are written with mode 0600. With an inventory
+(:mod:`.inventory`) every address is the inventory's (and ``pki/operator.crt``
+is the admin's client certificate); with ``--enroll`` no private, storage or
+audit key is written (each host makes its own: :mod:`.enroll`) and each
+node's link seeds are in ``links.seeds.json`` for ``node keygen`` to seal.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import ipaddress
 import json
 import math
@@ -28,16 +31,12 @@ import os
 import re
 import secrets
 from pathlib import Path
-from urllib.parse import quote
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..errors import InvalidRequest
-from ..server.pki import DAY, _name, make_ca, write_cert, write_key, write_secret
+from ..server.pki import make_ca, write_cert, write_key, write_secret
+from .certs import issue_role, role_uri  # noqa: F401 -- role_uri: the name the other modules import from here
 
 DEFAULT_PORT = 8443
 CONTROLLER_HOST = "127.0.0.1"
@@ -78,38 +77,6 @@ def load_cluster(directory: Path) -> dict | None:
             (d.split(">")[1], port_of(a)) for d, a in {**p["listen"], **p["target"]}.items()]))),
     ], advice)
     return layout
-
-
-def role_uri(role: str, ident: str | None = None) -> str:
-    """``urn:qkdseg:node:<id>``, ``urn:qkdseg:controller`` or ``urn:qkdseg:sae:<id>`` (the id percent-encoded)."""
-    return "urn:qkdseg:controller" if role == "controller" else f"urn:qkdseg:{role}:{quote(str(ident), safe='')}"
-
-
-def issue_role(ca_key, ca_cert, cn: str, uri: str, *, hosts: tuple[str, ...] = (), days: int = 825):
-    """A leaf certificate with its role as a SAN URI; ``hosts`` (IPs) make it a server certificate too."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.timezone.utc) - DAY
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    if hosts:
-        sans += [x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(h)) for h in hosts]
-        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + days * DAY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
 
 
 def node_address(index: int, port: int) -> str:
@@ -173,37 +140,65 @@ def _load_network(spec: str):
     return load(spec), spec, None
 
 
-def _write_pki(pki: Path, registry: dict) -> tuple:
-    """``DIR/pki/``: the network's CA and one certificate per SAE; returns the CA's key and certificate."""
+def _write_pki(pki: Path, registry: dict, *, ca_key_out: Path | None, enroll: bool, operator: bool) -> tuple:
+    """``DIR/pki/``: the network's CA (its key in ``ca_key_out`` when given, else ``pki/ca.key``), one certificate
+    per SAE (none with ``enroll``: ``net sae cert`` makes them) and, with ``operator``, the admin's own client
+    certificate for ``net status``; returns the CA's key and certificate."""
     ca_key, ca = make_ca("qkdseg network CA")
-    write_key(pki / "ca.key", ca_key)
+    if ca_key_out is not None:
+        write_key(Path(ca_key_out), ca_key)
+        (pki / "ca.key").unlink(missing_ok=True)
+    else:
+        write_key(pki / "ca.key", ca_key)
     write_cert(pki / "ca.crt", ca)
-    for sae in registry:
+    for sae in registry if enroll else ():  # an earlier init's (--force): certified by the CA replaced now
+        for suffix in (".key", ".crt"):
+            (pki / f"{sae}{suffix}").unlink(missing_ok=True)
+    for sae in () if enroll else registry:
         key, cert = issue_role(ca_key, ca, sae, role_uri("sae", sae))
         write_key(pki / f"{sae}.key", key)
         write_cert(pki / f"{sae}.crt", cert)
+    if operator:
+        key, cert = issue_role(ca_key, ca, "operator", role_uri("operator"))
+        write_key(pki / "operator.key", key)
+        write_cert(pki / "operator.crt", cert)
+    else:  # an earlier init's (--force)
+        for name in ("operator.key", "operator.crt"):
+            (pki / name).unlink(missing_ok=True)
     return ca_key, ca
 
 
 def _write_controller(ctrl: Path, cfg, ca_key, ca, *, spec: str, source: Path | None, nodes: list[dict],
-                      ctrl_addr: str, link_source: str, force: bool) -> None:
-    """``DIR/controller/``: its copy of the network, ``kms.toml``, certificate, storage and audit keys, the
-    dashboard's token and ``net.json`` (``nodes``: each node's id, directory, address and SAEs)."""
+                      ctrl_addr: str, link_source: str, force: bool, enroll: bool = False,
+                      more: dict | None = None, share: Path | None = None) -> None:
+    """``DIR/controller/`` (or a replicated one's ``DIR/controller-<i>/``): its copy of the network, ``kms.toml``,
+    certificate, storage and audit keys, the dashboard's token and ``net.json`` (``nodes``: each node's id,
+    directory, address and SAEs; ``more``: the inventory's controllers and etcd members). ``enroll``: no key
+    (``controller keygen`` makes them on its host, and its CSR for ``net sign``). ``share``: the first controller's
+    directory, whose storage and audit keys and dashboard token a replicated one shares (one audit chain in etcd)."""
     from ..server.config import write_config
     from ..server.storagekey import init_keys
 
+    ctrl.mkdir(mode=0o700, parents=True, exist_ok=True)
     if source is not None:
         (ctrl / spec).write_bytes(source.read_bytes())
     write_config(ctrl, cfg)
-    key, cert = issue_role(ca_key, ca, "controller", role_uri("controller"), hosts=(CONTROLLER_HOST,))
-    write_key(ctrl / "controller.key", key)
-    write_cert(ctrl / "controller.crt", cert)
     write_cert(ctrl / "ca.crt", ca)
     if force:  # a new deployment: the old keys and stores would no longer match it
         _remove_state(ctrl)
-    init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
-    write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
-    net_json = {"network": spec, "address": ctrl_addr, "link_source": link_source, "nodes": nodes}
+        for name in ("controller.key", "controller.crt", "controller.csr", "dashboard.token"):
+            (ctrl / name).unlink(missing_ok=True)
+    if not enroll:
+        key, cert = issue_role(ca_key, ca, "controller", role_uri("controller"),
+                               hosts=(ctrl_addr.rsplit(":", 1)[0].strip("[]"),))
+        write_key(ctrl / "controller.key", key)
+        write_cert(ctrl / "controller.crt", cert)
+        for name in ("storage.key", "audit.key", "dashboard.token") if share is not None else ():
+            write_secret(ctrl / name, (share / name).read_bytes())
+        init_keys(cfg)  # the storage key (with its check value in the store) and the audit key, as kms init makes them
+        if share is None:
+            write_secret(ctrl / "dashboard.token", (secrets.token_urlsafe(32) + "\n").encode())
+    net_json = {"network": spec, "address": ctrl_addr, "link_source": link_source, "nodes": nodes, **(more or {})}
     (ctrl / "net.json").write_text(json.dumps(net_json, indent=1) + "\n")
 
 
@@ -265,25 +260,31 @@ def _node_conf(v, name: str, cfg, *, addr: dict, ctrl_addr: str, network: str, s
 
 
 def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices: dict, dev_dir: Path,
-                link_source: str, force: bool) -> dict:
+                link_source: str, force: bool, enroll: bool = False) -> dict:
     """``DIR/nodes/<dir>/`` but ``node.json``: its storage and audit keys, its certificate, and its adjacent links'
-    seeds sealed under its storage key (or its device credentials); returns its links' entries for ``node.json``."""
+    seeds sealed under its storage key (or its device credentials); returns its links' entries for ``node.json``.
+    ``enroll``: no key, no certificate; the seeds in ``links.seeds.json`` (0600), which ``node keygen`` seals under
+    the storage key it makes on the node's host and removes."""
     from ..server.audit import make_audit_key
     from ..server.storagekey import make_storage_key
 
     nd.mkdir(mode=0o700, parents=True, exist_ok=True)
     if force:
         _remove_state(nd)
+        for name in ("node.key", "node.crt", "node.csr", "links.seeds.json", "links.sealed.json"):
+            (nd / name).unlink(missing_ok=True)
         if link_source != "device" and (nd / "device").is_dir():  # the device credentials of an earlier init
             import shutil
 
             shutil.rmtree(nd / "device")
-    skey = make_storage_key(nd / "storage.key")
-    make_audit_key(nd / "audit.key")
-    host = addr[str(v)].rsplit(":", 1)[0]
-    key, cert = issue_role(ca_key, ca, f"node {v}", role_uri("node", v), hosts=(host,))
-    write_key(nd / "node.key", key)
-    write_cert(nd / "node.crt", cert)
+    skey = None
+    if not enroll:
+        skey = make_storage_key(nd / "storage.key")
+        make_audit_key(nd / "audit.key")
+        host = addr[str(v)].rsplit(":", 1)[0].strip("[]")
+        key, cert = issue_role(ca_key, ca, f"node {v}", role_uri("node", v), hosts=(host,))
+        write_key(nd / "node.key", key)
+        write_cert(nd / "node.crt", cert)
     write_cert(nd / "ca.crt", ca)
     links, sealed = [], {}
     for a, b, seed, data in adjacent:
@@ -291,9 +292,11 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
         links.append(_node_link(nd, v, a, b, data, addr, device, dev_dir))
         if device is None and seed is not None:  # None: agreed by the two ends at run time (.linkseeds)
             name = link_name(a, b)
-            sealed[name] = seal(skey, name, seed)
-    (nd / "links.sealed.json").write_text(json.dumps(sealed, indent=1) + "\n")
-    os.chmod(nd / "links.sealed.json", 0o600)
+            sealed[name] = seal(skey, name, seed) if skey is not None else seed.hex()
+    if skey is not None:
+        write_private(nd / "links.sealed.json", json.dumps(sealed, indent=1) + "\n")
+    elif sealed:
+        write_private(nd / "links.seeds.json", json.dumps(sealed, indent=1) + "\n")
     return links
 
 
@@ -310,7 +313,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  algorithm_options: dict | None = None, link_source: str = "emulated",
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
                  audit_max_mb: float = 64.0, stock: dict | None = None, key_ttl_s: float = 3600.0,
-                 link_seeds: str = "admin") -> dict:
+                 link_seeds: str | None = None, inventory: Path | None = None, enroll: bool = False,
+                 ca_key_out: Path | None = None) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -320,7 +324,11 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     ``stock``: the ``[stock]`` table (:mod:`qkdseg.server.stockconfig`), in the controller's ``kms.toml`` and, with
     its own pairs only (its SAEs masters or slaves), in each node's ``node.json``. ``key_ttl_s``: in the
     controller's ``kms.toml`` and each node's ``etsi`` settings.
-    ``link_seeds="agree"``: no seed is drawn here; the two ends of each emulated link agree it (:mod:`.linkseeds`).
+    ``link_seeds="agree"``: no seed is drawn here; the two ends of each emulated link agree it (:mod:`.linkseeds`);
+    the default is ``"agree"`` with ``enroll`` (the admin machine never knows a link's seed), else ``"admin"``.
+    ``inventory``: every process's address (:mod:`.inventory`), else loopback. ``ca_key_out``: the CA's private key
+    there, not in ``DIR/pki/``. ``enroll``: no private key, storage key or audit key in DIR (each host makes its own:
+    :mod:`.enroll`), no SAE certificate (``net sae cert``).
     """
     from ..server.config import KmsConfig
 
@@ -336,6 +344,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         raise InvalidRequest(f"--port {port} must be in 1..65535")
     if link_source not in ("emulated", "device"):
         raise InvalidRequest(f"--link-source {link_source!r} must be 'emulated' or 'device'")
+    if link_seeds is None:  # with --enroll the admin machine draws no seed: the ends agree them
+        link_seeds = "agree" if enroll and link_source == "emulated" else "admin"
     if link_seeds not in ("admin", "agree") or (link_seeds == "agree" and link_source == "device"):
         raise InvalidRequest(f"--link-seeds {link_seeds!r} must be 'admin' or 'agree' (and 'agree' is for emulated "
                              "links: with --link-source device the devices give the keys)")
@@ -360,8 +370,27 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     if len(ids) > 200_000:
         raise InvalidRequest("at most 200,000 nodes fit the loopback range")
     names = dir_names(ids)
-    addr = {str(v): node_address(i, port) for i, v in enumerate(ids)}
-    ctrl_addr = f"{CONTROLLER_HOST}:{controller_port or port}"
+    if ca_key_out is not None:
+        ca_key_out = Path(ca_key_out)
+        if ca_key_out.is_dir():
+            raise InvalidRequest(f"--ca-key-out {ca_key_out}: is a directory (name the file for the CA's private key)")
+        if directory.resolve() in ca_key_out.resolve().parents:
+            raise InvalidRequest(f"--ca-key-out {ca_key_out}: inside {directory}; the CA's key must be kept elsewhere")
+    elif enroll:
+        raise InvalidRequest("--enroll keeps every private key out of DIR: give --ca-key-out PATH (outside DIR) for "
+                             "the CA's key")
+    more: dict = {}
+    if inventory is not None:
+        from .inventory import load_inventory
+
+        inv = load_inventory(Path(inventory), ids)
+        addr, controllers = inv.nodes, inv.controllers
+        more = {k: v for k, v in (("controllers", controllers if len(controllers) > 1 else None),
+                                  ("etcd", inv.etcd or None), ("inventory", True)) if v}
+    else:
+        addr = {str(v): node_address(i, port) for i, v in enumerate(ids)}
+        controllers = [f"{CONTROLLER_HOST}:{controller_port or port}"]
+    ctrl_addr = controllers[0]
     at_node: dict[str, list[str]] = {}
     for sae, v in registry.items():
         at_node.setdefault(str(v), []).append(sae)
@@ -369,10 +398,16 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     pki = directory / "pki"
     for d in (directory, pki, directory / "controller", directory / "nodes"):  # private, as the servers' own
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca_key, ca = _write_pki(pki, registry)
+    ca_key, ca = _write_pki(pki, registry, ca_key_out=ca_key_out, enroll=enroll,
+                            operator=enroll or inventory is not None)
     nodes = [{"id": v, "dir": names[str(v)], "address": addr[str(v)], "saes": at_node.get(str(v), [])} for v in ids]
-    _write_controller(directory / "controller", cfg, ca_key, ca, spec=spec, source=source, nodes=nodes,
-                      ctrl_addr=ctrl_addr, link_source=link_source, force=force)
+    import dataclasses
+
+    for i, c_addr in enumerate(controllers):  # DIR/controller/, then DIR/controller-<i>/ of replicated ones
+        ctrl = directory / ("controller" if i == 0 else f"controller-{i}")
+        _write_controller(ctrl, dataclasses.replace(cfg, _dir=ctrl), ca_key, ca, spec=spec, source=source,
+                          nodes=nodes, ctrl_addr=c_addr, link_source=link_source, force=force, enroll=enroll,
+                          more=more, share=directory / "controller" if i else None)
     dev_dir = directory / "devices"
     devices, dev_cfg = _init_devices(dev_dir, net, spec, cfg, key_size=key_size, link_source=link_source,
                                      force=force)
@@ -386,10 +421,12 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     for v in ids:
         nd = directory / "nodes" / names[str(v)]
         links = _write_node(nd, v, adj[v], ca_key, ca, addr=addr, devices=devices, dev_dir=dev_dir,
-                            link_source=link_source, force=force)
+                            link_source=link_source, force=force, enroll=enroll)
         conf = _node_conf(v, names[str(v)], cfg, addr=addr, ctrl_addr=ctrl_addr, network=net.name,
                           saes=at_node.get(str(v), []), links=links, key_size=key_size,
                           security_level=security_level)
+        if len(controllers) > 1:  # every controller; the node asks the leader (net/leader.py)
+            conf["controllers"] = controllers
         conf["max_skip_bits"] = max_skip_bits  # None: each link's pool_bits (net/linkhealth.py)
         if link_seeds == "agree":  # the node agrees its links' seeds with their other ends (net/linkseeds.py)
             conf["link_seeds"] = "agree"

@@ -61,6 +61,7 @@ from .relaystore import NetLinkEnd, RelayDB
 from .retention import prune_relay, window
 from .reports import MAX_EVENTS, Reports
 from .spares import Spares
+from .inventory import check_cert_address
 from .wire import client_context, server_context
 
 TAP_ENV = "QKDSEG_ALLOW_TAP"
@@ -355,6 +356,7 @@ def serve_node(directory: str | Path, *, tap: Path | None = None, metrics_port: 
         svc.watchdog = Watchdog(svc.store.health, exit_after_unready, probes=[svc.committer.probe, svc.relaydb.probe])
         logs.configure(log_level, log_format, prefix=f"qkdseg node {svc.id}")
         try:
+            check_cert_address(d / "node.crt", svc.conf["address"], str(d / "node.json"))  # one line, not refusals
             host, port = svc.conf["address"].rsplit(":", 1)
             c = svc.cfg
             http = limited_protocol(RolePeerProtocol, header_timeout=c.header_timeout_s,

@@ -62,8 +62,9 @@ def processes(directory: Path) -> list[dict]:
                     "etsi014_url": f"https://{n['address']}" if n["saes"] else None,
                     "dir": str(directory / "nodes" / n["dir"]), "name": f"node-{n['dir']}", "saes": n["saes"]})
     from .cluster import load as load_cluster
-    from .cluster import replicated_processes
+    from .cluster import inventory_processes, replicated_processes
 
+    out = inventory_processes(directory, net, out)  # net init --inventory: its controllers; each local or remote
     layout = load_cluster(directory)
     out = out if layout is None else replicated_processes(directory, layout, out, log_level=ops.get("log_level"))
     return _with_ops(directory, out, ops)
@@ -153,6 +154,18 @@ def _alive(pid) -> bool:
         return True
 
 
+def running(directory: Path) -> list[str]:
+    """The network's processes that run: a live pid of ``DIR/run/pids.json`` on this machine, or one answering its
+    health check over mutual TLS with this deployment's CA wherever it runs (``net init --force`` refuses then)."""
+    alive = [name for name, pid in _pids(directory).items() if _alive(pid)]
+    try:
+        procs = processes(directory)
+        ok = health(directory, procs, timeout=1.0)
+    except (InvalidRequest, OSError):  # not a network directory, or one damaged: no process of it can be asked
+        return alive
+    return alive + [p["name"] for p in procs if ok[p["name"]] and p["name"] not in alive]
+
+
 def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dict | None = None,
            problems: dict | None = None) -> dict[str, bool]:
     """Each process's health check over mutual TLS (the controller's certificate), by name (``bodies``: filled with
@@ -160,10 +173,10 @@ def health(directory: Path, procs: list[dict], timeout: float = 2.0, bodies: dic
     did not answer, a certificate problem named: :mod:`.tlsfail`)."""
     import httpx
 
-    from .wire import Role, check_peer, client_context
+    from .cluster import status_context
+    from .wire import Role, check_peer
 
-    c = directory / "controller"
-    ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    ctx = status_context(directory)
     dev_ctx = None
 
     def one(p):
@@ -223,6 +236,8 @@ def status(directory: Path) -> list[dict]:
         if why is not None and (row["pid"] is not None or why.startswith(("wrong role", "the peer"))):
             row["problem"] = why
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
+        if not p.get("local", True):  # on another host (net init --inventory): net up does not start it
+            row["remote"] = True
         if p["role"] == "controller":
             row["excluded"] = bodies.get(p["name"], {}).get("excluded", {})
         elif p["role"] == "node" and "stock" in bodies.get(p["name"], {}):  # the key stocks of its SAEs' pairs
@@ -273,6 +288,9 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
                                 ("--faults", faults), ("--port-range", port_range), *((f"--{k.replace('_', '-')}", 1) for k in ops))
                  if v is not None]
         return _start_missing(directory, pids, running, asked, timeout)
+    if net.get("inventory") and ((controllers or 1) != 1 or etcd or faults):
+        raise InvalidRequest(f"{directory}: its processes' hosts are its inventory's (net init --inventory): "
+                             "--controllers, --etcd and --faults run local replicas and proxies, not with one")
     if (controllers or 1) != 1 or etcd or faults or (directory / "cluster.json").exists():
         from .cluster import plan
 
@@ -281,7 +299,7 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
         raise InvalidRequest(f"{directory / 'run'}: exists and is not a directory (net up keeps its run files there)")
     (directory / "run").mkdir(mode=0o700, exist_ok=True)
     write_private(directory / "run" / "ops.json", json.dumps(ops) + "\n")
-    procs = processes(directory)
+    procs = [p for p in processes(directory) if p.get("local", True)]  # the others run on their own hosts
     dash = directory / "run" / "dashboard.json"
     dash.unlink(missing_ok=True)
     started = {}
@@ -303,7 +321,7 @@ def up(directory: Path, *, timeout: float = 120.0, dashboard_port: int | None = 
 def _start_missing(directory: Path, pids: dict, running: list[str], asked: list[str], timeout: float) -> list[dict]:
     """``net up`` while some of the network's processes run: start the others, as ``net up`` started them
     (``DIR/run/ops.json``, ``DIR/cluster.json``); the status rows. Refused when all run, or with an option."""
-    procs = processes(directory)
+    procs = [p for p in processes(directory) if p.get("local", True)]
     missing = [p for p in procs if p["name"] not in running]
     if not missing or asked:
         why = f"options ({', '.join(asked)}) apply to a whole start" if missing else "every process runs"
@@ -411,7 +429,9 @@ def down(directory: Path) -> tuple[int, list[str]]:
         except (TypeError, ValueError, AttributeError):
             notes.append(f"{path}: net up's file of process ids is damaged: a value is not a process id; stopping the "
                          f"processes whose command line names {directory}")
-    ours = _naming(directory)
+    from .pidscan import naming
+
+    ours = naming(directory)
     for name, pid in list(pids.items()):
         if pid not in ours:  # a stale or damaged file's pid, now another process's: never signalled
             if _alive(pid):
@@ -427,51 +447,6 @@ def down(directory: Path) -> tuple[int, list[str]]:
     for name in ("pids.json", "dashboard.json", "ops.json"):
         (directory / "run" / name).unlink(missing_ok=True)
     return n, notes
-
-
-def _started_by_net_up(argv: list[str]) -> bool:
-    """Whether ``argv`` is a process ``net up`` starts: ``qkdseg ...``, ``python [-X ...] -m qkdseg[.net.faults] ...``
-    or ``etcd ...``."""
-    if not argv:
-        return False
-    name = Path(argv[0]).name
-    if name in ("qkdseg", "etcd"):
-        return True
-    if name.startswith("python"):
-        rest = argv[1:]
-        if "-m" in rest and rest.index("-m") + 1 < len(rest):
-            return rest[rest.index("-m") + 1].split(".")[0] == "qkdseg"
-        return bool(rest) and Path(rest[0]).name == "qkdseg"
-    return False
-
-
-def _naming(directory: Path) -> dict[int, str]:
-    """Running processes that ``net up`` starts (qkdseg's, etcd), not this one, with an argument that is a path inside
-    ``directory``: pid -> command."""
-    root = directory.resolve()
-    me = {os.getpid(), os.getppid()}
-    out: dict[int, str] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) in me:
-            continue
-        try:
-            argv = [a for a in (proc / "cmdline").read_bytes().decode(errors="replace").split("\0") if a]
-            cwd = Path(os.readlink(proc / "cwd"))
-        except OSError:
-            continue
-        if not _started_by_net_up(argv):
-            continue  # only what net up starts (qkdseg's servers, the fault proxy, etcd): never a shell or a pager
-        for arg in argv[1:]:
-            for part in arg.split("=", 1)[-1].split(","):  # --data-dir=..., lists
-                if "/" not in part and part not in (str(directory), directory.name):
-                    continue
-                try:
-                    target = (cwd / part).resolve()
-                except (OSError, ValueError):
-                    continue
-                if target == root or root in target.parents:
-                    out[int(proc.name)] = " ".join(argv)[:120]
-    return out
 
 
 def wait_foreground(directory: Path) -> None:
