@@ -8,6 +8,10 @@ reconstruction). Every request asks one key of its ``key_bits`` at its
 pair, both directions, as in ``kms serve``) holds keys made ahead by
 **refill runs**:
 
+Every pair of the trace keeps a stock from the start (a fixed one is filled
+at once; an adaptive one, having seen no demand, waits for its first
+request).
+
 - ``on-demand``: no stock; every request is relayed when it arrives (a relay
   on the pools as in the plain simulator) and waits the relay time; blocked
   when its route's links do not hold its key.
@@ -224,6 +228,12 @@ class SupplyRun:
             sz = st.meter.size(t, self.hit, min_batch=MIN_BATCH)
             st.low, st.target = sz.low, sz.target
 
+    def _stock(self, pair: tuple, t: float) -> _Stock:
+        st = self.stocks.get(pair)
+        if st is None:
+            st = self.stocks[pair] = _Stock(Meter(t, lead_s=LEAD_PRIOR_S) if self.supply.kind == "adaptive" else None)
+        return st
+
     def _schedule(self, pair: tuple, st: _Stock, t: float) -> None:
         """The stock's scheduler at ``t`` (:class:`qkdseg.server.stock.Stock`'s ``due``): start a run if due."""
         if st.refilling or t < st.next_try:
@@ -293,10 +303,7 @@ class SupplyRun:
         s, d, bits, eps, _ = sim._rq[j]
         if self.supply.kind != "on-demand":
             pair = (min(s, d), max(s, d))
-            st = self.stocks.get(pair)
-            if st is None:
-                meter = Meter(t, lead_s=LEAD_PRIOR_S) if self.supply.kind == "adaptive" else None
-                st = self.stocks[pair] = _Stock(meter)
+            st = self._stock(pair, t)
             if st.meter is not None:
                 st.meter.demand(1, t)
             take = next((k for k in st.keys if k[1] >= eps and bits == self._bits), None)
@@ -332,6 +339,11 @@ class SupplyRun:
         times = sim._times
         end = float(sim.requests.duration)
         j = 0
+        if self.supply.kind != "on-demand":  # the trace's pairs keep stocks from the start (fixed: filled at once)
+            for s, d in sorted({(min(a, b), max(a, b)) for a, b in zip(sim.requests.src.tolist(),
+                                                                       sim.requests.dst.tolist())}):
+                self._stock((s, d), 0.0)
+                self._schedule((s, d), self.stocks[(s, d)], 0.0)
         while True:
             ta = times[j] if j < len(times) else math.inf
             te = self.events[0][0] if self.events else math.inf
