@@ -26,7 +26,8 @@ with probability ``hit``, the fill rate of inventory theory), and ``batch =
 max(min_batch, ceil(lam * R))`` (one run at a time keeps up with the mean
 demand). The stocked keys then average about ``s - lam * R + batch / 2``:
 the least for that ``hit``, and it shrinks with the demand (no demand over
-the window: LOW and the target 0, nothing is refilled; what is left expires).
+the window: LOW and the target 0, nothing is refilled; what is left expires;
+a new stock, before its first request, holds one batch).
 
 :class:`Meter` gives ``lam``, ``I`` and ``R`` from what a stock sees: the keys
 of each request it takes (hits and misses), counted in bins of ``bin_s``
@@ -241,6 +242,10 @@ class Meter:
 
     def size(self, now: float, hit: float = DEFAULT_HIT, *, min_batch: int = MIN_BATCH,
              max_keys: int = MAX_KEYS) -> Sizing:
-        """:func:`size` on this meter's estimates at ``now``."""
+        """:func:`size` on this meter's estimates at ``now``; a stock that has seen no request yet, in its first
+        window, starts with one batch (refilled once empty): demand that never came is not demand that fell."""
+        if not self.requests and now - self.start < self.window_s:
+            batch = max(1, min(int(min_batch), max_keys))
+            return Sizing(1, batch, batch, batch / 2.0, 0.0)
         lead = self.lead()
         return size(self.rate(now), self.dispersion(now, lead), lead, hit, min_batch=min_batch, max_keys=max_keys)

@@ -94,41 +94,37 @@ def report_lines(s) -> list[str]:
     return lines
 
 
+def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def figures(s, out: Path) -> list[Path]:
-    """``supply_tradeoff.png`` (mean stocked bits against hit rate) and ``supply_wait.png`` (wait p99 against
-    the load), one line or point set per policy."""
+    """``supply_tradeoff.png`` (mean stocked bits against hit rate, one point per load) and ``supply_wait.png``
+    (wait p99 against the load), per policy, with 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for sup, g in s.groupby("supply", sort=False):
-        ax.errorbar(g["hit_rate_mean"], g["mean_stocked_bits_mean"] / 1e3, xerr=g["hit_rate_ci"].fillna(0),
-                    yerr=g["mean_stocked_bits_ci"].fillna(0) / 1e3, fmt="o-" if sup == "adaptive" else "s--",
-                    label=sup, capsize=2)
-    ax.set_xlabel("hit rate (share of requests served from stock)")
-    ax.set_ylabel("mean stocked key (kb)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    files.append(out / "supply_tradeoff.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax, bx = plt.subplots(figsize=(6.4, 4.2)), plt.subplots(figsize=(6.4, 4.2))  # (figure, axes) each
     for sup, g in s.groupby("supply", sort=False):
         g = g.sort_values("rate")
-        ax.errorbar(g["rate"], g["wait_p99_ms_mean"], yerr=g["wait_p99_ms_ci"].fillna(0), fmt="o-", label=sup,
-                    capsize=2)
-    ax.set_xlabel("load (requests per second)")
-    ax.set_ylabel("request wait p99 (ms)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    files.append(out / "supply_wait.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
+        ax[1].errorbar(g["hit_rate_mean"], g["mean_stocked_bits_mean"] / 1e3, xerr=g["hit_rate_ci"].fillna(0),
+                       yerr=g["mean_stocked_bits_ci"].fillna(0) / 1e3, fmt="o-" if sup == "adaptive" else "s--",
+                       label=sup, capsize=2)
+        bx[1].errorbar(g["rate"], g["wait_p99_ms_mean"], yerr=g["wait_p99_ms_ci"].fillna(0), fmt="o-", label=sup,
+                       capsize=2)
+    files = [_save(*ax, "hit rate (share of requests served from stock)", "mean stocked key (kb)",
+                   out / "supply_tradeoff.png"),
+             _save(*bx, "load (requests per second)", "request wait p99 (ms)", out / "supply_wait.png")]
+    plt.close(ax[0])
+    plt.close(bx[0])
     return files
 
 

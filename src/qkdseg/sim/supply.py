@@ -8,9 +8,8 @@ reconstruction). Every request asks one key of its ``key_bits`` at its
 pair, both directions, as in ``kms serve``) holds keys made ahead by
 **refill runs**:
 
-Every pair of the trace keeps a stock from the start (a fixed one is filled
-at once; an adaptive one, having seen no demand, waits for its first
-request).
+Every pair of the trace keeps a stock from the start, filled at once (an
+adaptive one with one batch until it has seen demand).
 
 - ``on-demand``: no stock; every request is relayed when it arrives (a relay
   on the pools as in the plain simulator) and waits the relay time; blocked
