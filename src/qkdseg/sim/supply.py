@@ -33,7 +33,8 @@ share, debited when the run starts; its keys land one **relay time** later:
 longest path (**[choice]**, docs/model.md). Stocked keys expire
 ``key_ttl`` seconds after they land, unused.
 
-Per run: wait p50/p99 of served requests, hit rate, served, blocked, mean
+Per run: wait p50/p99 of served requests, hit rate (hits over served
+requests: a request no route can serve is no policy's), served, blocked, mean
 and peak stocked bits, keys expired unused, link bits consumed per served
 key bit, and the bits' ledger (``refill_bits = served_from_stock_bits +
 expired_bits + held_bits``: the test of conservation).
@@ -381,7 +382,7 @@ class SupplyRun:
         return {
             "supply": self.supply.name, "algorithm": sim.algorithm, "requests": n, "served": served,
             "blocked": int((out == BLOCKED).sum()), "hits": int(self.hits[:n].sum()),
-            "hit_rate": float(self.hits[:n].sum() / n) if n else math.nan,
+            "hit_rate": float(self.hits[:n].sum() / served) if served else math.nan,
             "wait_p50_ms": float(np.percentile(waits, 50)) if served else math.nan,
             "wait_p99_ms": float(np.percentile(waits, 99)) if served else math.nan,
             "mean_stocked_bits": c["stock_area"] / dur, "peak_stocked_bits": c["peak_bits"],
