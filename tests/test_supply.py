@@ -104,6 +104,7 @@ def test_adaptive_targets_rise_with_a_step_in_demand_and_fall_after_it_in_the_se
         want = meter.size(mark, 0.99).target
         seen[mark] = look()
         assert seen[mark] == want  # one rule
+        assert stock.snapshot()["A:B"]["target"] == want  # what /metrics' qkdseg_stock_target_keys reads
     before, early, during, _, late = (seen[m] for m in marks)
     assert early > before and during > before  # within 5 s of the step, and through it
     assert during >= 2 * before
