@@ -94,6 +94,10 @@ def report_lines(s) -> list[str]:
     return lines
 
 
+#: Where a policy that missed no request is drawn on the trade-off figure's log scale.
+MISS_FLOOR = 1e-4
+
+
 def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -105,7 +109,8 @@ def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
 
 
 def figures(s, out: Path) -> list[Path]:
-    """``supply_tradeoff.png`` (mean stocked bits against hit rate, one point per load) and ``supply_wait.png``
+    """``supply_tradeoff.png`` (mean stocked bits against the miss rate, log-log, one point per load; on demand
+    holds nothing and is left out) and ``supply_wait.png``
     (wait p99 against the load), per policy, with 95% CIs."""
     import matplotlib
 
@@ -115,13 +120,17 @@ def figures(s, out: Path) -> list[Path]:
     ax, bx = plt.subplots(figsize=(6.4, 4.2)), plt.subplots(figsize=(6.4, 4.2))  # (figure, axes) each
     for sup, g in s.groupby("supply", sort=False):
         g = g.sort_values("rate")
-        ax[1].errorbar(g["hit_rate_mean"], g["mean_stocked_bits_mean"] / 1e3, xerr=g["hit_rate_ci"].fillna(0),
-                       yerr=g["mean_stocked_bits_ci"].fillna(0) / 1e3, fmt="o-" if sup == "adaptive" else "s--",
-                       label=sup, capsize=2)
+        if sup != "on-demand":  # it holds nothing: off the log scale
+            miss = (1.0 - g["hit_rate_mean"]).clip(lower=MISS_FLOOR)
+            ax[1].errorbar(miss, g["mean_stocked_bits_mean"] / 1e3, xerr=g["hit_rate_ci"].fillna(0),
+                           yerr=g["mean_stocked_bits_ci"].fillna(0) / 1e3, fmt="o-" if sup == "adaptive" else "s--",
+                           label=sup, capsize=2)
         bx[1].errorbar(g["rate"], g["wait_p99_ms_mean"], yerr=g["wait_p99_ms_ci"].fillna(0), fmt="o-", label=sup,
                        capsize=2)
-    files = [_save(*ax, "hit rate (share of requests served from stock)", "mean stocked key (kb)",
-                   out / "supply_tradeoff.png"),
+    ax[1].set_xscale("log")
+    ax[1].set_yscale("log")
+    files = [_save(*ax, f"miss rate (1 - hit rate; {MISS_FLOOR:g} where none missed), one point per load",
+                   "mean stocked key (kb)", out / "supply_tradeoff.png"),
              _save(*bx, "load (requests per second)", "request wait p99 (ms)", out / "supply_wait.png")]
     plt.close(ax[0])
     plt.close(bx[0])
