@@ -148,6 +148,7 @@ class _Stock:
         self.wait_s = self.next_try = 0.0
         self.first_try: float | None = None
         self.low = self.target = 0
+        self.history: list = []  # (time, target) at each change of the target
 
 
 class SupplyRun:
@@ -227,6 +228,8 @@ class SupplyRun:
         else:
             sz = st.meter.size(t, self.hit, min_batch=MIN_BATCH)
             st.low, st.target = sz.low, sz.target
+        if not st.history or st.history[-1][1] != st.target:
+            st.history.append((t, st.target))
 
     def _stock(self, pair: tuple, t: float) -> _Stock:
         st = self.stocks.get(pair)
