@@ -101,10 +101,11 @@ def test_adaptive_targets_rise_with_a_step_in_demand_and_fall_after_it_in_the_se
             if i % 20 == 0:
                 look()
         clock.t = mark
-        want = meter.size(mark, 0.99).target
+        want = meter.size(mark, 0.99)
         seen[mark] = look()
-        assert seen[mark] == want  # one rule
-        assert stock.snapshot()["A:B"]["target"] == want  # what /metrics' qkdseg_stock_target_keys reads
+        assert seen[mark] == want.target  # one rule
+        snap = stock.snapshot()["A:B"]  # what /metrics and the dashboard read
+        assert (snap["target"], snap["low"]) == (want.target, want.low)
     before, early, during, _, late = (seen[m] for m in marks)
     assert early > before and during > before  # within 5 s of the step, and through it
     assert during >= 2 * before

@@ -134,6 +134,7 @@ class Stock:
         self.refill = refill
         self.policy = policy or adaptive_for(config, clock) or FixedTarget(config.high)
         self._first_try: dict[Pair, float] = {}  # (adaptive) when the pair's pending refill was first tried
+        self._low: dict[Pair, int] = {}  # (adaptive) the reorder point the policy gave last: shown as "low"
         self.block = max(1, int(block))
         self.period, self.backoff, self.clock = period, backoff, clock
         self.states: dict[Pair, PairState] = {}
@@ -214,8 +215,8 @@ class Stock:
         if key not in self.states:
             return None
         c = self.config
-        return {"keys": self.count(key), "target": self.states[key].target, "low": c.low, "high": c.high,
-                "level": c.level, "size": c.size}
+        return {"keys": self.count(key), "target": self.states[key].target, "low": self._low.get(key, c.low),
+                "high": c.high, "level": c.level, "size": c.size}
 
     def poke(self) -> None:
         """Look at the stocks now (a request took keys, keys expired)."""
@@ -228,8 +229,8 @@ class Stock:
         out = {}
         for key, st in self.states.items():
             self.count(key)
-            out[self.names[key]] = {**asdict(st), "low": c.low, "high": c.high, "level": c.level, "size": c.size,
-                                    "refilled_here": key in self.refilled}
+            out[self.names[key]] = {**asdict(st), "low": self._low.get(key, c.low), "high": c.high, "level": c.level,
+                                    "size": c.size, "refilled_here": key in self.refilled}
             del out[self.names[key]]["next_try"]
         return out
 
@@ -246,7 +247,9 @@ class Stock:
                 continue
             have = self.count(key)
             st.target = max(0, int(self.policy.target(key, st)))
-            low = self.policy.low(key, st) if hasattr(self.policy, "low") else self.config.low
+            low = self.config.low
+            if hasattr(self.policy, "low"):
+                low = self._low[key] = self.policy.low(key, st)
             if have < low:
                 st.filling = True
             if have >= st.target:
