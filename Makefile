@@ -1,10 +1,10 @@
-# qkdseg: make install | make test | make check-field | make chaos | make reproduce | make dashboard | make mutate | make screenshot
+# qkdseg: make install | make test | make check-field | make chaos | make reproduce | make supply-study | make dashboard | make mutate | make screenshot
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser etcd chaos test check-field check-careless reproduce dashboard mutate screenshot clean
+.PHONY: install browser etcd chaos test check-field check-careless reproduce supply-study dashboard mutate screenshot clean
 
 install: $(STAMP)
 
@@ -84,6 +84,23 @@ screenshot: install browser
 
 reproduce: install
 	$(VENV)/bin/qkdseg reproduce --trials 1000 --seed 0 --out out
+
+# Key supply policies (issue 35; README "Key supply"): on demand, fixed watermarks, adaptive, on the example
+# network and a 100-node Waxman network, Poisson and PPBP arrivals, three loads, 5 replications paired by seed;
+# and the Waxman network's PPBP runs again with slow relays (50 ms a hop).
+# Results in out-supply/<network>-<arrivals>/ (report.md, supply_summary.csv, supply_tradeoff.png, supply_wait.png).
+SUPPLY_ARGS ?= --rates 4,8,16 --replications 5 --duration 300 --algorithms smr-level --supply-pairs 8 --key-ttl 60 \
+  --seed 0 --supply on-demand,fixed:1:4,fixed:2:8,fixed:4:16,fixed:8:32,fixed:16:64,adaptive
+supply-study: install
+	mkdir -p out-supply
+	$(VENV)/bin/qkdseg topology generate waxman --nodes 100 --trusted 10 --p 0.8 --seed 7 -o out-supply/waxman.json
+	for arr in poisson ppbp; do \
+	  $(VENV)/bin/qkdseg simulate example $(SUPPLY_ARGS) --arrivals $$arr -q -o out-supply/example-$$arr || exit 1; \
+	  $(VENV)/bin/qkdseg simulate out-supply/waxman.json $(SUPPLY_ARGS) --arrivals $$arr -q -o out-supply/waxman-$$arr \
+	    || exit 1; \
+	done
+	$(VENV)/bin/qkdseg simulate out-supply/waxman.json $(SUPPLY_ARGS) --arrivals ppbp --hop-latency 50 -q \
+	  -o out-supply/waxman-ppbp-hop50
 
 # The key service on the example network with live traffic; its dashboard on http://127.0.0.1:8080/dashboard/
 # (make dashboard KMS_PORT=9443 DASHBOARD_PORT=9080 for other ports; 0 picks free ones, printed at the start)

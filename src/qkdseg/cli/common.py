@@ -253,6 +253,12 @@ STOCK_LEVEL_OPTION = typer.Option("--stock-level", show_default=False,
                                   help="The stocked keys' security level (default: --security-level).")
 STOCK_SIZE_OPTION = typer.Option("--stock-size", metavar="BITS", show_default=False,
                                  help="The stocked keys' size, bits (default: --key-size).")
+STOCK_POLICY_OPTION = typer.Option("--stock-policy", metavar="fixed|adaptive", show_default=False,
+                                   help="What a stock is filled to: fixed (the watermarks; default) or adaptive "
+                                        "(sized by the pair's demand and refill time, at most HIGH).")
+STOCK_HIT_OPTION = typer.Option("--stock-hit", metavar="P", show_default=False,
+                                help="adaptive: the share of requests that should find their keys in stock "
+                                     "(default 0.99).")
 
 
 def _parse_algorithm_options(items: list[str]) -> dict:

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import InvalidRequest
 from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+                     STOCK_POLICY_OPTION, STOCK_HIT_OPTION,
                      _parse_saes, check_log_options, out_path)
 from .errors import user_errors
 
@@ -59,6 +60,8 @@ def init(
     stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
     stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
     stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
+    stock_policy: Annotated[str | None, STOCK_POLICY_OPTION] = None,
+    stock_hit: Annotated[float | None, STOCK_HIT_OPTION] = None,
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
@@ -91,7 +94,7 @@ def init(
                     algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
                     default_rate_bps=default_rate, audit_max_mb=audit_max_mb, _dir=directory,
                     stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
-                                      key_size=key_size))
+                                      key_size=key_size, policy=stock_policy, hit=stock_hit))
     cfg.check(flags=INIT_FLAGS)
     devices = directory / "devices"
     if link_source == "device" and (devices / "device.toml").exists() and not force:

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import InvalidRequest
 from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+                     STOCK_POLICY_OPTION, STOCK_HIT_OPTION,
                      _parse_algorithm_options, _parse_saes, check_log_options)
 from .errors import user_errors
 
@@ -58,6 +59,8 @@ def init(
     stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
     stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
     stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
+    stock_policy: Annotated[str | None, STOCK_POLICY_OPTION] = None,
+    stock_hit: Annotated[float | None, STOCK_HIT_OPTION] = None,
     inventory: Annotated[Path | None, typer.Option(
         "--inventory", help="hosts.toml: each process's HOST:PORT (docs/network.md, \"Deploying one node per "
                             "host\"); default: loopback.", show_default=False)] = None,
@@ -87,7 +90,7 @@ def init(
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
                        audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, link_seeds=link_seeds,
                        stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
-                                         key_size=key_size),
+                                         key_size=key_size, policy=stock_policy, hit=stock_hit),
                        inventory=inventory, enroll=enroll, ca_key_out=ca_key_out)
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")

@@ -27,6 +27,70 @@ def _sim_command(params: dict) -> str:
     return " ".join(parts)
 
 
+def _run_supply(network, supply: str, *, out: Path, command: str, rate, rates, trace, duration: float,
+                replications: int, algorithms: tuple, key_bits: int, epsilon: float, seed: int, pairs: str,
+                arrivals: str, link_rate: float, reconstruction: str, hop_latency, stock_hit, key_ttl, supply_pairs,
+                quiet: bool) -> None:
+    """``simulate --supply``: every policy (and algorithm) on the same traces (qkdseg.experiments.supply)."""
+    from ..experiments.supply import supply_runs, write_supply
+    from ..sim import read_trace
+    from ..sim.supply import DEFAULT_HOP_LATENCY_MS, DEFAULT_KEY_TTL_S, parse_supplies
+    from ..supply import DEFAULT_HIT, check_hit
+
+    supplies = parse_supplies(supply)
+    hop = DEFAULT_HOP_LATENCY_MS if hop_latency is None else hop_latency
+    _check_number(hop, "--hop-latency", what=" (milliseconds)")
+    hit = check_hit(DEFAULT_HIT if stock_hit is None else stock_hit, "--stock-hit")
+    ttl = DEFAULT_KEY_TTL_S if key_ttl is None else key_ttl
+    _check_number(ttl, "--key-ttl", lo_open=True, what=" (seconds)")
+    if supply_pairs is not None:
+        _check_range(supply_pairs, "--supply-pairs", 1, network.n_nodes * (network.n_nodes - 1) // 2)
+    grid: list = [rate]
+    reqs = None
+    if trace is not None:
+        reqs = read_trace(trace, network, key_bits=key_bits, epsilon=epsilon, seed=seed)
+        grid = [None]
+    elif rates is not None:
+        try:
+            grid = [float(x) for x in rates.split(",")]
+        except ValueError:
+            raise InvalidRequest(f"--rates {rates!r}: must be numbers separated by commas") from None
+        for x in grid:
+            _check_number(x, "--rates", lo_open=True, what=" (requests per second)")
+
+    def show(row: dict) -> None:
+        if not quiet:
+            typer.echo(f"  {row['algorithm']} {row['supply']}: hit {row['hit_rate']:.4f}, "
+                       f"{row['mean_stocked_bits'] / 1000:.1f} kb stocked", err=True)
+
+    df = supply_runs(network, supplies, algorithms=algorithms, rates=grid, duration=duration,
+                     replications=replications, seed=seed, requests=reqs, key_bits=key_bits, epsilon=epsilon,
+                     pairs=pairs, arrivals=arrivals, supply_pairs=supply_pairs, progress=show,
+                     hop_latency_ms=hop, hit=hit, key_ttl=ttl, link_rate_bps=link_rate,
+                     reconstruction=reconstruction)
+    params = {"network": network.name, "nodes": network.n_nodes, "links": network.n_links, "supply": supply,
+              "rates": grid, "replications": replications, "duration": duration, "key_bits": key_bits,
+              "epsilon": epsilon, "seed": seed, "pairs": pairs, "arrivals": arrivals, "algorithms": list(algorithms),
+              "hop_latency_ms": hop, "stock_hit": hit, "key_ttl": ttl, "supply_pairs": supply_pairs}
+    with staged_output(out) as stage:
+        info = write_supply(df, stage.dir, command=command, params=params, sweep=rates is not None)
+        info["files"] = [str(stage.final(Path(p))) for p in info["files"]]
+    table = Table(title=f"key supply on {_txt(network.name)} (mean over {replications} replication(s))",
+                  title_justify="left")
+    cols = ("rate", "algorithm", "supply", "hit rate", "wait p50 ms", "wait p99 ms", "served", "blocked",
+            "mean stocked kb", "peak kb", "expired", "link bits/bit")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("algorithm", "supply") else "right")
+    for _, r in info["summary"].iterrows():
+        table.add_row(f"{r['rate']:g}", r["algorithm"], r["supply"], f"{r['hit_rate_mean']:.4f}",
+                      f"{r['wait_p50_ms_mean']:.1f}", f"{r['wait_p99_ms_mean']:.1f}", f"{r['served_mean']:.0f}",
+                      f"{r['blocked_mean']:.0f}", f"{r['mean_stocked_bits_mean'] / 1000:.2f}",
+                      f"{r['peak_stocked_bits_mean'] / 1000:.2f}", f"{r['expired_keys_mean']:.0f}",
+                      f"{r['link_bits_per_served_bit_mean']:.2f}")
+    _console().print(table)
+    typer.echo(f"wrote {', '.join(info['files'])}")
+
+
 @user_errors
 def simulate(
     ctx: typer.Context,
@@ -51,6 +115,16 @@ def simulate(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Load sweep: local processes (default: all cores).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="Load sweep: local backend.")] = Backend.processes,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    supply: Annotated[Optional[str], typer.Option("--supply", help="Key supply policies, comma-separated: on-demand, "
+                                                  "fixed:LOW:HIGH, adaptive (docs/model.md section 9).")] = None,
+    hop_latency: Annotated[Optional[float], typer.Option("--hop-latency", metavar="MS", help="--supply: a relay's "
+                                                         "time per hop, ms (default 5).")] = None,
+    stock_hit: Annotated[Optional[float], typer.Option("--stock-hit", help="--supply adaptive: the share of "
+                                                       "requests to serve from stock (default 0.99).")] = None,
+    key_ttl: Annotated[Optional[float], typer.Option("--key-ttl", help="--supply: seconds a stocked key lives "
+                                                     "unused (default 3600).")] = None,
+    supply_pairs: Annotated[Optional[int], typer.Option("--supply-pairs", help="--supply: map the requests onto "
+                                                        "this many pairs of nodes, drawn by the seed.")] = None,
 ) -> None:
     """Time-dynamic run: pools that refill, requests that arrive, blocking over time (docs/model.md section 9)."""
     from ..experiments.simulation import run_and_write, run_load_sweep, write_sweep
@@ -84,6 +158,17 @@ def simulate(
     network = _load(net, None)
     _check_out_dir(out)
     command = _sim_command(ctx.params)
+    if supply is None:
+        given = [f for f, v in (("--hop-latency", hop_latency), ("--stock-hit", stock_hit), ("--key-ttl", key_ttl),
+                                ("--supply-pairs", supply_pairs)) if v is not None]
+        if given:
+            raise InvalidRequest(f"{given[0]} needs --supply")
+    else:
+        return _run_supply(network, supply, out=out, command=command, rate=rate, rates=rates, trace=trace,
+                          duration=duration, replications=replications, algorithms=algs, key_bits=key_bits,
+                          epsilon=epsilon, seed=seed, pairs=pairs, arrivals=arrivals, link_rate=link_rate,
+                          reconstruction=reconstruction.value, hop_latency=hop_latency, stock_hit=stock_hit,
+                          key_ttl=key_ttl, supply_pairs=supply_pairs, quiet=quiet)
     common = dict(algorithms=algs, epsilon=epsilon, ttl=ttl, seed=seed, link_rate_bps=link_rate,
                   reconstruction=reconstruction.value)
     if rates is not None:

@@ -272,7 +272,7 @@ class KeyService(Stocking, ServiceState):
         missing = req.number - len(take)
         stocked = self.stock is not None and self.stock.takes((caller.sae, slave), req.size, req.level)
         if stocked and missing and count_miss:  # a miss: counted now, whatever the relay on demand gives
-            self.stock.missed((caller.sae, slave))
+            self.stock.missed((caller.sae, slave), req.number)
         summary = None
         paths = None
         new_spares: list[KeyRow] = []

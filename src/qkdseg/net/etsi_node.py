@@ -121,7 +121,7 @@ class EtsiNode:
             from_stock = stocked  # the pair's stock (its spare keys) covered the request whole
         else:
             if stocked:  # a miss: counted now, whatever the relay on demand gives
-                self.stock.missed((caller.sae, slave))
+                self.stock.missed((caller.sae, slave), req.number)
             plan = await self._controller("POST", "/control/v1/plans", json={
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
                 "level_source": req.level_source, "mandatory": req.mandatory})

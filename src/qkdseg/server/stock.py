@@ -24,7 +24,11 @@ that works ends the wait. The deployment gives two callables:
   process; a network node: a plan from the controller and the relay).
 
 The target is set by a **policy** (:class:`Policy`: ``target(pair, state)
--> keys``); the default, :class:`FixedTarget`, is the HIGH watermark.
+-> keys``); the default, :class:`FixedTarget`, is the HIGH watermark;
+``[stock] policy = "adaptive"`` sizes each stock by its demand
+(:class:`qkdseg.server.stockpolicy.AdaptiveTarget`: a reorder point
+``low(pair, state)`` beside the target, fed with every request's keys and
+every run's lead time, from its first try to its keys in stock).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from .stockconfig import StockConfig
+from .stockpolicy import adaptive_for
 
 logger = logging.getLogger("qkdseg.stock")
 
@@ -127,7 +132,9 @@ class Stock:
         self.canon = canon
         self.count_now = count
         self.refill = refill
-        self.policy = policy or FixedTarget(config.high)
+        self.policy = policy or adaptive_for(config, clock) or FixedTarget(config.high)
+        self._first_try: dict[Pair, float] = {}  # (adaptive) when the pair's pending refill was first tried
+        self._low: dict[Pair, int] = {}  # (adaptive) the reorder point the policy gave last: shown as "low"
         self.block = max(1, int(block))
         self.period, self.backoff, self.clock = period, backoff, clock
         self.states: dict[Pair, PairState] = {}
@@ -135,7 +142,7 @@ class Stock:
         for pair in config.pairs:
             key = canon(pair)
             if key not in self.states:
-                self.states[key] = PairState(target=self.policy.target(pair, PairState()))
+                self.states[key] = PairState(target=self.policy.target(key, PairState()))
                 self.names[key] = f"{pair[0]}:{pair[1]}"
         wanted = config.pairs if refills is None else refills
         self.refilled = set() if refill is None else {canon(p) for p in wanted if canon(p) in self.states}
@@ -157,14 +164,23 @@ class Stock:
         if st is not None:
             st.hits += 1
             st.keys_served += keys
+            self._saw(pair, keys)
             self.poke()
 
-    def missed(self, pair: Pair) -> None:
-        """A request the stock serves (:meth:`takes`) that it could not cover whole: relayed on demand."""
+    def missed(self, pair: Pair, keys: int = 1) -> None:
+        """A request (of ``keys`` keys) the stock serves (:meth:`takes`) that it could not cover whole: relayed on
+        demand."""
         st = self.state(pair)
         if st is not None:
             st.misses += 1
+            self._saw(pair, keys)
             self.poke()
+
+    def _saw(self, pair: Pair, keys: int) -> None:
+        """A request of the pair's stock, hit or miss: the policy's demand (an adaptive policy's meter)."""
+        demand = getattr(self.policy, "demand", None)
+        if demand is not None:
+            demand(self.canon(pair), keys, self.clock())
 
     def expired(self, pair: Pair, keys: int) -> None:
         """``keys`` stocked keys of ``pair`` deleted after key_ttl_s, never issued."""
@@ -199,8 +215,8 @@ class Stock:
         if key not in self.states:
             return None
         c = self.config
-        return {"keys": self.count(key), "target": self.states[key].target, "low": c.low, "high": c.high,
-                "level": c.level, "size": c.size}
+        return {"keys": self.count(key), "target": self.states[key].target, "low": self._low.get(key, c.low),
+                "high": c.high, "level": c.level, "size": c.size}
 
     def poke(self) -> None:
         """Look at the stocks now (a request took keys, keys expired)."""
@@ -213,8 +229,8 @@ class Stock:
         out = {}
         for key, st in self.states.items():
             self.count(key)
-            out[self.names[key]] = {**asdict(st), "low": c.low, "high": c.high, "level": c.level, "size": c.size,
-                                    "refilled_here": key in self.refilled}
+            out[self.names[key]] = {**asdict(st), "low": self._low.get(key, c.low), "high": c.high, "level": c.level,
+                                    "size": c.size, "refilled_here": key in self.refilled}
             del out[self.names[key]]["next_try"]
         return out
 
@@ -231,7 +247,10 @@ class Stock:
                 continue
             have = self.count(key)
             st.target = max(0, int(self.policy.target(key, st)))
-            if have < self.config.low:
+            low = self.config.low
+            if hasattr(self.policy, "low"):
+                low = self._low[key] = self.policy.low(key, st)
+            if have < low:
                 st.filling = True
             if have >= st.target:
                 st.filling = False
@@ -245,6 +264,7 @@ class Stock:
             st.refilling = True
             n = min(st.target - have, self.block)
             st.keys_asked += n
+            self._first_try.setdefault(key, now)
             out.append((key, n))
         return out
 
@@ -253,6 +273,9 @@ class Stock:
         st = self.states[self.canon(pair)]
         st.refilling = False
         if error is None and added:
+            first = self._first_try.pop(self.canon(pair), None)
+            if first is not None and hasattr(self.policy, "refilled"):
+                self.policy.refilled(self.canon(pair), self.clock() - first)
             st.refill_runs += 1
             st.keys_refilled += added
             st.wait_s, st.next_try, st.last_error = 0.0, 0.0, None

@@ -17,19 +17,20 @@ the :class:`StockConfig` the services run on (:mod:`.stock`). docs/kms.md,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import InvalidRequest
+from ..supply import DEFAULT_HIT, DEFAULT_RESERVE
 
 #: The default watermarks (keys) of a stock: refilled when below LOW, up to HIGH.
 DEFAULT_LOW, DEFAULT_HIGH = 16, 64
-#: The share of each link's pool a refill leaves for the requests relayed on demand (docs/model.md).
-DEFAULT_RESERVE = 0.25
 #: The most keys one stock may hold.
 MAX_STOCK_KEYS = 100_000
 #: The flag of each field (``kms init``, ``net init``).
 FLAGS = {"pairs": "--stock", "low": "--stock-keys", "high": "--stock-keys", "level": "--stock-level",
-         "size": "--stock-size", "reserve": "[stock] reserve"}
+         "size": "--stock-size", "reserve": "[stock] reserve", "policy": "--stock-policy", "hit": "--stock-hit"}
+#: The stock policies (qkdseg.server.stockpolicy): the watermarks as configured, or sized by demand.
+POLICIES = ("fixed", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class StockConfig:
         The stocked keys' size, bits.
     reserve : float
         The share of each link's pool a refill leaves for requests relayed on demand.
+    policy : str
+        ``fixed`` (the watermarks) or ``adaptive`` (sized by demand, :mod:`qkdseg.supply`; HIGH its cap).
+    hit : float
+        ``adaptive``: the share of requests that should find their keys in stock.
     """
 
     pairs: tuple[tuple[str, str], ...]
@@ -57,17 +62,21 @@ class StockConfig:
     level: float = 0.9
     size: int = 256
     reserve: float = DEFAULT_RESERVE
+    policy: str = "fixed"
+    hit: float = DEFAULT_HIT
 
     def table(self) -> dict:
-        """The ``[stock]`` table (as written to ``kms.toml`` and ``node.json``)."""
-        return {"pairs": [f"{m}:{s}" for m, s in self.pairs], "low": self.low, "high": self.high,
-                "level": self.level, "size": self.size, "reserve": self.reserve}
+        """The ``[stock]`` table (as written to ``kms.toml`` and ``node.json``; the policy only when not fixed)."""
+        out = {"pairs": [f"{m}:{s}" for m, s in self.pairs], "low": self.low, "high": self.high,
+               "level": self.level, "size": self.size, "reserve": self.reserve}
+        if self.policy != "fixed" or self.hit != DEFAULT_HIT:
+            out.update(policy=self.policy, hit=self.hit)
+        return out
 
     def only(self, saes) -> "StockConfig":
         """The same stock with only the pairs whose master or slave is one of ``saes`` (a node's own)."""
         mine = set(saes)
-        return StockConfig(tuple(p for p in self.pairs if p[0] in mine or p[1] in mine), self.low, self.high,
-                           self.level, self.size, self.reserve)
+        return replace(self, pairs=tuple(p for p in self.pairs if p[0] in mine or p[1] in mine))
 
 
 def _pair(text: str) -> tuple[str, str] | None:
@@ -76,12 +85,13 @@ def _pair(text: str) -> tuple[str, str] | None:
 
 
 def stock_table(pairs: list[str], keys: str | None, level: float | None, size: int | None, *,
-                security_level: float, key_size: int) -> dict:
+                security_level: float, key_size: int, policy: str | None = None, hit: float | None = None) -> dict:
     """The ``[stock]`` table of the ``--stock*`` flags (``{}`` without ``--stock``); :class:`InvalidRequest`
-    (one line naming the flag) for a value that cannot be read. The values themselves: :func:`parse_stock`."""
+    (one line naming the flag) for a value that cannot be read. The values themselves: :func:`parse_stock`.
+    ``policy`` and ``hit`` are written only when given."""
     if not pairs:
-        given = [flag for flag, val in (("--stock-keys", keys), ("--stock-level", level), ("--stock-size", size))
-                 if val is not None]
+        given = [flag for flag, val in (("--stock-keys", keys), ("--stock-level", level), ("--stock-size", size),
+                                        ("--stock-policy", policy), ("--stock-hit", hit)) if val is not None]
         if given:
             raise InvalidRequest(f"{given[0]} needs at least one --stock MASTER:SLAVE")
         return {}
@@ -95,9 +105,12 @@ def stock_table(pairs: list[str], keys: str | None, level: float | None, size: i
         except ValueError:
             raise InvalidRequest(f"--stock-keys {keys!r} must be LOW:HIGH, two whole numbers of keys (e.g. 16:64)"
                                  ) from None
-    return {"pairs": list(pairs), "low": low, "high": high,
-            "level": security_level if level is None else level, "size": key_size if size is None else size,
-            "reserve": DEFAULT_RESERVE}
+    out = {"pairs": list(pairs), "low": low, "high": high,
+           "level": security_level if level is None else level, "size": key_size if size is None else size,
+           "reserve": DEFAULT_RESERVE}
+    if policy is not None or hit is not None:
+        out.update(policy="fixed" if policy is None else policy, hit=DEFAULT_HIT if hit is None else hit)
+    return out
 
 
 def parse_stock(table, *, saes: dict, min_size: int, max_size: int, where: str = "kms.toml",
@@ -158,4 +171,10 @@ def parse_stock(table, *, saes: dict, min_size: int, max_size: int, where: str =
     if isinstance(reserve, bool) or not isinstance(reserve, (int, float)) or math.isnan(reserve) \
             or not 0 <= reserve < 1:
         raise bad("reserve", reserve, "must be a share of each link's pool in [0, 1)")
-    return StockConfig(tuple(pairs), low, high, float(level), size, float(reserve))
+    policy = table.get("policy", "fixed")
+    if policy not in POLICIES:
+        raise bad("policy", policy, f"must be one of {', '.join(POLICIES)}")
+    hit = table.get("hit", DEFAULT_HIT)
+    if isinstance(hit, bool) or not isinstance(hit, (int, float)) or math.isnan(hit) or not 0 < hit < 1:
+        raise bad("hit", hit, "must be a probability in (0, 1), e.g. 0.99")
+    return StockConfig(tuple(pairs), low, high, float(level), size, float(reserve), policy, float(hit))

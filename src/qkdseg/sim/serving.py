@@ -23,6 +23,14 @@ from .records import EPSILON, NO_ROUTE, SERVED, SHORT
 _CACHE_LIMIT = 200_000
 
 
+def route_links(arrays, segs: list, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The links a relay on the paths of ``segs`` (node indices) takes key from, and the bits it takes from each
+    (``bits`` per path through it)."""
+    edges = [arrays.edge_index(x, y) for seg in segs for p in seg for x, y in zip(p, p[1:])]
+    links, counts = np.unique(np.array(edges, dtype=np.int64), return_counts=True)
+    return links, counts.astype(np.int64) * bits
+
+
 class Serving:
     """Pool levels and states, and serving one request (a mixin of ``Simulation``)."""
 
@@ -95,8 +103,9 @@ class Serving:
         return best
 
     # -- one try -------------------------------------------------------------------------
-    def _plan(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:
-        t0 = time.perf_counter()
+    def _route_rec(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:
+        """``(route, segments, reconstruction)`` of one relay from ``s`` to ``d`` on the links holding ``bits``
+        (``segments`` and the reconstruction None when there is no route)."""
         opts = dict(self.options)
         if seed is not None:
             opts["seed"] = seed
@@ -106,18 +115,24 @@ class Serving:
         r = route_indices(with_levels(a, level), s, d, self.algorithm, block_bits=bits, **opts)
         self.stats["route_calls"] += 1
         if r.blocked:
+            return r, None, None
+        segs = [[list(p) for p in seg] for seg in r.index_paths]
+        chain = [seg[0][0] for seg in r.index_paths[1:]]
+        return r, segs, reconstruct(self.reconstruction, a.p, segs, chain, eps, bits, **self.reconstruction_options)
+
+    def _plan(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:
+        t0 = time.perf_counter()
+        a = self.arrays
+        r, segs, rec = self._route_rec(s, d, bits, eps, seed, level)
+        if r.blocked:
             plan: tuple = (NO_ROUTE, None, None, 0, math.nan, math.nan, 0, 0, 0, 0)
         else:
-            segs = [[list(p) for p in seg] for seg in r.index_paths]
-            chain = [seg[0][0] for seg in r.index_paths[1:]]
-            rec = reconstruct(self.reconstruction, a.p, segs, chain, eps, bits, **self.reconstruction_options)
             n_paths = sum(len(seg) for seg in segs)
             if rec.n_keys == 0:
                 plan = (EPSILON, None, None, 0, math.nan, r.security, len(segs), n_paths, r.hops, 0)
             else:
-                edges = [a.edge_index(x, y) for seg in segs for p in seg for x, y in zip(p, p[1:])]
-                links, counts = np.unique(np.array(edges, dtype=np.int64), return_counts=True)
-                plan = (0, links, counts.astype(np.int64) * bits, r.hops * bits, rec.global_keys[0].security,
+                links, need = route_links(a, segs, bits)
+                plan = (0, links, need, r.hops * bits, rec.global_keys[0].security,
                         r.security, len(segs), n_paths, r.hops, rec.n_keys)
         self.stats["routing_seconds"] += time.perf_counter() - t0
         return plan
