@@ -305,11 +305,11 @@ class Stock:
         """Refill the stocks until cancelled (then the runs under way are cancelled too: each voids its own)."""
         if not self.refilled:
             return
-        self._wake = asyncio.Event()
+        wake = self._wake = asyncio.Event()  # this scheduler's (a stopped one's cleanup leaves a newer one's alone)
         loop = asyncio.get_running_loop()
         try:
             while True:
-                self._wake.clear()
+                wake.clear()
                 try:
                     for pair, n in self.due():
                         self._runs[pair] = loop.create_task(self._one(pair, n))
@@ -318,7 +318,7 @@ class Stock:
                 waits = [st.next_try for st in self.states.values() if st.next_try > self.clock()]
                 timeout = min([self.period] + [w - self.clock() for w in waits])
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.01, timeout))
+                    await asyncio.wait_for(wake.wait(), max(0.01, timeout))
         finally:
             runs = list(self._runs.values())
             for task in runs:
@@ -326,4 +326,5 @@ class Stock:
             for task in runs:
                 with contextlib.suppress(BaseException):
                     await task
-            self._wake = None
+            if self._wake is wake:
+                self._wake = None
