@@ -744,6 +744,10 @@ class _Deployment:
         from qkdseg.net.procs import health, start_one
 
         p = self.proc(name)
+        old = self.own.get(name)
+        if old is not None and old.poll() is None:  # an earlier child of the same name: never left running
+            old.kill()
+            old.wait()
         proc = self.own[name] = start_one(self.dir, p, env=self.env)
         pids = json.loads((self.dir / "run" / "pids.json").read_text())
         pids[name] = proc.pid
@@ -796,9 +800,12 @@ class _Deployment:
 
     def down(self) -> None:
         _run("net", "down", str(self.dir), timeout=120)
-        for proc in self.own.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
+        for proc in self.own.values():  # this test's children: none outlives the module (they would hold ports)
+            try:
                 proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _state(pid: int) -> str:
