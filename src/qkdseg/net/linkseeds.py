@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ..errors import InvalidRequest
 from ..server.etsi import KmsError
+from ..server.files import write_durably
 from .hostile import HOSTILE_ENV
 from .keystream import LinkStream
 from .layout import link_name, seal
@@ -86,18 +87,7 @@ class AgreedStream(LinkStream):
 
 def _write_sealed(path: Path, sealed: dict) -> None:
     """``links.sealed.json`` replaced whole (mode 0600, on disk before the rename: a crash leaves the old or the new)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(sealed, indent=1) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_durably(path, json.dumps(sealed, indent=1) + "\n")
 
 
 class LinkSeeds:

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from .audit import AUDIT_NAME, GENESIS, AuditReport, check_lines
+from .files import fsync_dir
 
 _ROTATED = re.compile(r"^audit-(\d+)\.jsonl(\.gz)?$")
 
@@ -115,9 +116,5 @@ def rename_rotated(path: Path, first: int) -> Path:
     if target.exists() or target.with_name(target.name + ".gz").exists():
         raise FileExistsError(f"{target} exists already")
     os.rename(path, target)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
     return target

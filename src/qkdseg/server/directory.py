@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import InvalidRequest
 from .audit import AuditReport, check_head
 from .auditseries import check_series, series
+from .files import fsync_dir
 from .pki import write_secret
 from .storagekey import load_storage_key
 from .schema import DB_NAME, sqlite_error
@@ -110,11 +111,7 @@ def rotate_storage_key(cfg) -> tuple[int, Path]:
         old_id = store.storage_key_id
         n = store.reseal_all(new_key)
         os.replace(new_path, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(path.parent)
         store.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "rotate_storage_key", "rows": n,
                                    "old_key_id": old_id, "new_key_id": store.storage_key_id, "outcome": "ok"}]))
     finally:

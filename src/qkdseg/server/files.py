@@ -19,6 +19,7 @@ node.json: the node's configuration is damaged: not valid JSON (Expecting proper
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,24 @@ def refuse_other_kind(directory: Path, own: str, want: str) -> None:
     mark = made_as(directory)
     if mark is not None and mark != own:
         raise InvalidRequest(f"{directory}: {dict(MARKS)[mark]}, not {want}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (the directory's own entry, fsynced)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """``text`` replaces ``path`` whole, mode 0600, on disk before the rename (a crash leaves the old or the new)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
