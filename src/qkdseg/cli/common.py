@@ -249,6 +249,14 @@ STOCK_LEVEL_OPTION = typer.Option("--stock-level", show_default=False,
 STOCK_SIZE_OPTION = typer.Option("--stock-size", metavar="BITS", show_default=False,
                                  help="The stocked keys' size, bits (default: --key-size).")
 
+#: The quotas of ``kms init`` and ``net init`` (docs/kms.md, "Quotas"; qkdseg.server.quota)
+MAX_KEY_COUNT_OPTION = typer.Option("--max-key-count", help="Most keys issued and not yet fetched by their slaves "
+                                    "(where they wait: the service; in a network, the slave's node).")
+SAE_MAX_WAITING_OPTION = typer.Option("--sae-max-waiting", metavar="N",
+                                      help="Most keys waiting for one master-slave pair (0: no limit).")
+SAE_RATE_OPTION = typer.Option("--sae-rate", metavar="R",
+                               help="Most ETSI 014 requests per second of one SAE, a token bucket (0: no limit).")
+
 
 def _parse_algorithm_options(items: list[str]) -> dict:
     """``--algorithm-option NAME=VALUE`` (repeated): ``true``/``false``, an integer, a number, else text."""

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+from .common import (_check_seed, MAX_KEY_COUNT_OPTION, SAE_MAX_WAITING_OPTION, SAE_RATE_OPTION,
+                     STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
                      _parse_algorithm_options, _parse_saes, check_log_options)
 from .errors import user_errors
 
@@ -52,6 +53,9 @@ def init(
     stock_keys: Annotated[str | None, STOCK_KEYS_OPTION] = None,
     stock_level: Annotated[float | None, STOCK_LEVEL_OPTION] = None,
     stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
+    max_key_count: Annotated[int, MAX_KEY_COUNT_OPTION] = 100_000,
+    sae_max_waiting: Annotated[int, SAE_MAX_WAITING_OPTION] = 0,
+    sae_rate: Annotated[float, SAE_RATE_OPTION] = 0.0,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -63,7 +67,9 @@ def init(
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
                        audit_max_mb=audit_max_mb, stock=stock_table(stock, stock_keys, stock_level, stock_size,
-                                                                    security_level=security_level, key_size=key_size))
+                                                                    security_level=security_level, key_size=key_size),
+                       quotas={"max_key_count": max_key_count, "sae_max_waiting": sae_max_waiting,
+                               "sae_rate": sae_rate})
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:

@@ -54,6 +54,7 @@ from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import CLIP, EXTENSION_LEVEL, Caller, KeyRequest, KmsError, _b64, clip, parse_key_request
 from ..server.logs import REQUEST_ID
 from ..server.source import KeySource
+from ..server.quota import Quotas
 from ..server.store import Batch, KeyRow, Store
 from ..server.storehealth import CommitFailed, store_unavailable
 from .stocking import Stocking
@@ -98,6 +99,7 @@ class KeyService(Stocking, ServiceState):
             else:
                 self.spares[(row.master, row.slave)].append(row)
         self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
+        self.quotas = Quotas(self.cfg)  # max_key_count, sae_max_waiting, sae_rate (the front end asks it)
 
     async def _commit(self, batch: Batch) -> None:
         """Commit ``batch``: :class:`qkdseg.server.storehealth.CommitFailed` (a JSON 503, nothing of it stored)
@@ -202,11 +204,11 @@ class KeyService(Stocking, ServiceState):
         s = self.sae_node[caller.sae]
         now = self.clock()
         asked = {"level": req.level, "level_source": req.level_source, "size": req.size, "number": req.number}
-        if len(self.keys) + req.number > self.cfg.max_key_count:
-            err = KmsError(503, f"max_key_count={self.cfg.max_key_count} keys are waiting for their slaves; "
-                                "try again later", reason="store_full")
+        try:  # the keys waiting for their slaves (self.keys: issued, not fetched; stocked keys are spare keys)
+            self.quotas.check(self.keys.values(), (caller.sae, slave), req.number)
+        except KmsError as err:
             err.request = asked
-            raise err
+            raise
         level_note = None
         try:
             try:

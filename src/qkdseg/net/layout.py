@@ -257,7 +257,8 @@ def _node_conf(v, name: str, cfg, *, addr: dict, ctrl_addr: str, network: str, s
         "links": links, "addresses": addr,
         "etsi": {"kme_id": f"KME_{name}", "key_size": key_size, "min_key_size": cfg.min_key_size,
                  "max_key_size": cfg.max_key_size, "max_key_per_request": cfg.max_key_per_request,
-                 "max_key_count": cfg.max_key_count, "security_level": security_level,
+                 "max_key_count": cfg.max_key_count, "sae_max_waiting": cfg.sae_max_waiting,
+                 "sae_rate": cfg.sae_rate, "security_level": security_level,
                  "key_ttl_s": cfg.key_ttl_s, "max_body_bytes": cfg.max_body_bytes,
                  "header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s,
                  "keep_alive_s": cfg.keep_alive_s, "max_connections": cfg.max_connections},
@@ -300,7 +301,8 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
 #: The flags of ``net init`` that set a field of the controller's ``kms.toml`` (its refusals name the flag).
 INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
               "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
-              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock"}
+              "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock",
+              "max_key_count": "--max-key-count", "sae_max_waiting": "--sae-max-waiting", "sae_rate": "--sae-rate"}
 
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
@@ -308,7 +310,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
                  algorithm_options: dict | None = None, link_source: str = "emulated",
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
-                 audit_max_mb: float = 64.0, stock: dict | None = None) -> dict:
+                 audit_max_mb: float = 64.0, stock: dict | None = None, quotas: dict | None = None) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -317,6 +319,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     own links' device credentials in ``nodes/<dir>/device/`` instead of seeds.
     ``stock``: the ``[stock]`` table (:mod:`qkdseg.server.stockconfig`), in the controller's ``kms.toml`` and, with
     its own pairs only (its SAEs masters or slaves), in each node's ``node.json``.
+    ``quotas``: ``max_key_count``, ``sae_max_waiting``, ``sae_rate`` (:mod:`qkdseg.server.quota`), in the
+    controller's ``kms.toml`` and each node's ``etsi`` settings.
     """
     from ..server.config import KmsConfig
 
@@ -345,7 +349,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
                     algorithm_options=dict(algorithm_options or {}), audit_max_mb=audit_max_mb,
-                    retention_s=retention, stock=dict(stock or {}), _dir=directory / "controller")
+                    retention_s=retention, stock=dict(stock or {}), **(quotas or {}), _dir=directory / "controller")
     cfg.check(flags=INIT_FLAGS)
     stocked = cfg.stock_config()
     ids = list(net.graph.nodes)

@@ -19,6 +19,8 @@ import asyncio
 import time
 import uuid
 
+from ..server.etsi import KmsError
+from ..server.quota import refusal as quota_refusal
 from ..server.stock import Stock, usable
 from ..server.stockconfig import parse_stock
 from ..server.store import Batch
@@ -73,6 +75,9 @@ class Spares:
             if getattr(exc, "status", None) is None:
                 asyncio.get_running_loop().call_later(RETRY_S, self.put_back, master, slave, take, True)
                 return None
+            if exc.status == 429 and getattr(exc, "detail", None):  # a quota there: kept, the request refused
+                self.put_back(master, slave, take)
+                raise quota_refusal(exc.detail) from None
             try:
                 await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
                     "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
@@ -168,12 +173,23 @@ class Spares:
                     str(w["master"]), str(w["slave"])):
                 raise Problem(403, "Forbidden", "only the node of a spare key's master SAE may issue it")
             rows.append(row)
-        if rows:
-            await self.committer.commit(Batch(
-                issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows],
-                audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
-                        "sae": rows[0].master, "peer": rows[0].slave, "key_ids": [row.key_id for row in rows],
-                        "outcome": "spare keys issued by their source"}]))
+        if rows:  # they wait here once issued: max_key_count, sae_max_waiting (.quota) checked first, room held
+            pair = (rows[0].master, rows[0].slave)
+            try:
+                hold = self.quotas.reserve(self.keys.values(), pair, len(rows))
+            except KmsError as err:
+                raise Problem(429, "Too Many Requests", err.message, status_020="failed") from None
+            try:
+                await self._issue_rows(rows, w, expires)
+            finally:
+                self.quotas.release(pair, hold)
+
+    async def _issue_rows(self, rows: list, w: dict, expires: float) -> None:
+        await self.committer.commit(Batch(
+            issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows],
+            audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
+                    "sae": rows[0].master, "peer": rows[0].slave, "key_ids": [row.key_id for row in rows],
+                    "outcome": "spare keys issued by their source"}]))
         for row in rows:
             row.kind, row.expires_at = "issued", expires
             del self.held_spares[row.key_id]
