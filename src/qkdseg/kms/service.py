@@ -288,23 +288,25 @@ class KeyService(Stocking, ServiceState):
                 fresh, summary, route_json, paths, debit = self._relay_fresh(s, d, req, missing)
             for i, (material, sec) in enumerate(fresh):
                 row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
-                self.store.seal(row, material)
                 if i < missing:
                     issued.append((row, material))
                 else:
                     row.kind, row.master, row.slave = "spare", pair[0], pair[1]
                     new_spares.append(row)
+                self.store.seal(row, material)  # with its fields (kind, master, slave...: .sealing)
                 batch.put_keys.append(row.values())  # a snapshot: a spare row changes when it is issued
         # -- from here on nothing can fail: apply the request to memory (undone if its commit fails, _Made)
-        made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at)) for row in take], new_spares,
-                     debit)
+        made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at, row.blob)) for row in take],
+                     new_spares, debit)
         if stocked:
             made.from_stock = not missing  # a hit: the stock (the pair's spare keys) covered the request whole
-        for row in take:
+        opened = []
+        for row in take:  # issued: sealed again with its new fields (.sealing)
             spares.remove(row)
-            row.kind, row.master, row.slave, row.expires_at = "issued", caller.sae, slave, expires
-            batch.issue_keys.append((row.key_id, caller.sae, slave, expires))
-        issued = [(row, self.store.open(row)) for row in take] + issued
+            opened.append((row, self.store.reseal(row, kind="issued", master=caller.sae, slave=slave,
+                                                  expires_at=expires)))
+            batch.issue_keys.append((row.key_id, caller.sae, slave, expires, row.blob))
+        issued = opened + issued
         if debit is not None:
             batch.links = self.planner.link_rows(self.planner.reserve(debit))
         if hasattr(self.source, "changes"):  # the device key bytes used, committed with this request
@@ -403,8 +405,8 @@ class _Made:
     def undo(self, svc, batch: Batch) -> None:
         for row in self.issued:
             svc.keys.pop(row.key_id, None)
-        for row, (kind, master, slave, expires) in reversed(self.taken):
-            row.kind, row.master, row.slave, row.expires_at = kind, master, slave, expires
+        for row, (kind, master, slave, expires, blob) in reversed(self.taken):
+            row.kind, row.master, row.slave, row.expires_at, row.blob = kind, master, slave, expires, blob
             svc.spares[self.pair].appendleft(row)
         if self.debit is not None:
             svc.planner.release(self.debit)

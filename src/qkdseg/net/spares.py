@@ -23,7 +23,7 @@ from ..server.etsi import KmsError
 from ..server.quota import refusal as quota_refusal
 from ..server.stock import Stock, usable
 from ..server.stockconfig import parse_stock
-from ..server.store import Batch
+from ..server.store import Batch, KeyRow
 from ..server.storehealth import CommitFailed, store_unavailable
 from .relayrequests import REQUEST_TIMEOUT_S
 from .wire import Problem
@@ -185,12 +185,17 @@ class Spares:
                 self.quotas.release(pair, hold)
 
     async def _issue_rows(self, rows: list, w: dict, expires: float) -> None:
+        sealed = []  # each sealed again with its new state (.sealing); applied to the rows once committed
+        for row in rows:
+            new = KeyRow(*row.values())
+            self.store.reseal(new, kind="issued", expires_at=expires)
+            sealed.append(new.blob)
         await self.committer.commit(Batch(
-            issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows],
+            issue_keys=[(row.key_id, row.master, row.slave, expires, blob) for row, blob in zip(rows, sealed)],
             audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
                     "sae": rows[0].master, "peer": rows[0].slave, "key_ids": [row.key_id for row in rows],
                     "outcome": "spare keys issued by their source"}]))
-        for row in rows:
-            row.kind, row.expires_at = "issued", expires
+        for row, blob in zip(rows, sealed):
+            row.kind, row.expires_at, row.blob = "issued", expires, blob
             del self.held_spares[row.key_id]
             self.keys[row.key_id] = row
