@@ -56,6 +56,11 @@ def init(
     max_key_count: Annotated[int, MAX_KEY_COUNT_OPTION] = 100_000,
     sae_max_waiting: Annotated[int, SAE_MAX_WAITING_OPTION] = 0,
     sae_rate: Annotated[float, SAE_RATE_OPTION] = 0.0,
+    suspect_after: Annotated[int, typer.Option("--suspect-after", metavar="N", help="A relay node whose last N relay "
+                                               "runs failed (none through it confirmed since) is excluded from "
+                                               "planning as suspect.")] = 3,
+    suspect_for: Annotated[float, typer.Option("--suspect-for", metavar="SECONDS", help="How long a suspect node is "
+                                               "excluded (or until 'net clear-suspect').")] = 600.0,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -69,7 +74,7 @@ def init(
                        audit_max_mb=audit_max_mb, stock=stock_table(stock, stock_keys, stock_level, stock_size,
                                                                     security_level=security_level, key_size=key_size),
                        quotas={"max_key_count": max_key_count, "sae_max_waiting": sae_max_waiting,
-                               "sae_rate": sae_rate})
+                               "sae_rate": sae_rate}, suspect=(suspect_after, suspect_for))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:
@@ -244,6 +249,52 @@ def chaos(
     typer.echo(json.dumps(rep, indent=1) if fmt == "json" else format_report(rep))
     if rep["mismatched_keys"] or rep["bits_reused"] or rep["unfetchable_keys"]:
         raise typer.Exit(1)
+
+
+@net_app.command("clear-suspect")
+@user_errors
+def clear_suspect(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (its network up).", show_default=False)],
+    node: Annotated[str, typer.Argument(help="The node named suspect (net status --format json: excluded).",
+                                        show_default=False)],
+) -> None:
+    """Plan through a node named suspect again now (it was excluded for --suspect-for seconds; audited)."""
+    out = _clear_suspect(directory, node)
+    typer.echo(f"node {out['node']}: {'no longer suspect' if out['cleared'] else 'was not suspect'}; excluded now: "
+               f"{json.dumps(out['excluded'])}")
+
+
+def _clear_suspect(directory, node: str) -> dict:
+    """``qkdseg net clear-suspect DIR NODE``: ask the controller (each of them; the leader answers) to plan through
+    ``node`` again; one-line :class:`InvalidRequest` when none answers or the node is unknown."""
+    from pathlib import Path
+
+    import httpx
+
+    from ..net.procs import processes
+    from ..net.wire import client_context
+
+    d = Path(directory)
+    c = d / "controller"
+    if not (c / "controller.crt").exists():
+        raise InvalidRequest(f"{d}: not a network's directory (no controller/controller.crt; run 'qkdseg net init')")
+    ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    why = "no controller is configured"
+    for p in [p for p in processes(d) if p["role"] == "controller"]:
+        try:
+            with httpx.Client(verify=ctx, timeout=10.0) as cl:
+                r = cl.post(f"https://{p['address']}/control/v1/suspects/clear", json={"node": str(node)})
+        except httpx.HTTPError as err:
+            why = f"the controller at {p['address']} does not answer ({type(err).__name__}; is the network up?)"
+            continue
+        if r.status_code == 200:
+            return r.json()
+        detail = r.json().get("detail", r.text[:200]) if r.headers.get("content-type", "").endswith("json") else \
+            r.text[:200]
+        if r.status_code == 404:
+            raise InvalidRequest(f"NODE {node!r}: {detail}")
+        why = f"the controller at {p['address']} answered {r.status_code}: {detail}"
+    raise InvalidRequest(f"{d}: {why}")
 
 
 @net_app.command("status")

@@ -209,13 +209,17 @@ class EtsiNode:
         try:
             out = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
             self.finishing.add(rid)  # its keys are stored here next: the caller discards it (.reconcile)
+            self.note_run(rid, True)  # the run's outcome, for the controller (.suspects)
             return out
         except asyncio.TimeoutError:
             self._void(rid)
+            self.note_run(rid, False, "timed out")
             raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
                            reason="relay_failed") from None
-        except (KmsError, asyncio.CancelledError):  # a failed relay, or a stop whose grace ran out
+        except (KmsError, asyncio.CancelledError) as exc:  # a failed relay, or a stop whose grace ran out
             self._void(rid)
+            if isinstance(exc, KmsError):
+                self.note_run(rid, False, exc.message)
             raise
         finally:
             self.requests.pop(rid, None)

@@ -310,7 +310,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  port: int = DEFAULT_PORT, controller_port: int | None = None, force: bool = False,
                  algorithm_options: dict | None = None, link_source: str = "emulated",
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
-                 audit_max_mb: float = 64.0, stock: dict | None = None, quotas: dict | None = None) -> dict:
+                 audit_max_mb: float = 64.0, stock: dict | None = None, quotas: dict | None = None,
+                 suspect: tuple[int, float] = (3, 600.0)) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -320,7 +321,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     ``stock``: the ``[stock]`` table (:mod:`qkdseg.server.stockconfig`), in the controller's ``kms.toml`` and, with
     its own pairs only (its SAEs masters or slaves), in each node's ``node.json``.
     ``quotas``: ``max_key_count``, ``sae_max_waiting``, ``sae_rate`` (:mod:`qkdseg.server.quota`), in the
-    controller's ``kms.toml`` and each node's ``etsi`` settings.
+    controller's ``kms.toml`` and each node's ``etsi`` settings. ``suspect``: ``(suspect_after, suspect_for_s)``
+    in the controller's ``net.json`` (:mod:`.suspects`).
     """
     from ..server.config import KmsConfig
 
@@ -343,6 +345,11 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     if not (math.isfinite(retention) and retention >= clock_skew + 1):  # a message older than their difference: 409
         raise InvalidRequest(f"--retention {retention:g} must be at least --clock-skew ({clock_skew:g}) + 1 s: a "
                              "relay message older than the retention less the skew is refused")
+    after, for_s = suspect
+    if not 1 <= after <= 1_000_000:
+        raise InvalidRequest(f"--suspect-after {after} must be in 1..1000000 (failed relay runs)")
+    if not (math.isfinite(for_s) and for_s > 0):
+        raise InvalidRequest(f"--suspect-for {for_s:g} must be a number of seconds > 0")
     net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
@@ -369,6 +376,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     nodes = [{"id": v, "dir": names[str(v)], "address": addr[str(v)], "saes": at_node.get(str(v), [])} for v in ids]
     _write_controller(directory / "controller", cfg, ca_key, ca, spec=spec, source=source, nodes=nodes,
                       ctrl_addr=ctrl_addr, link_source=link_source, force=force)
+    conf_path = directory / "controller" / "net.json"  # the controller's suspect settings (.suspects)
+    conf_path.write_text(json.dumps({**json.loads(conf_path.read_text()), "suspect_after": after,
+                                     "suspect_for_s": for_s}, indent=1) + "\n")
     dev_dir = directory / "devices"
     devices, dev_cfg = _init_devices(dev_dir, net, spec, cfg, key_size=key_size, link_source=link_source,
                                      force=force)
