@@ -393,8 +393,8 @@ def test_node_and_controller_metrics_and_readiness(net):
         # JSON logs at debug level from here on: the module's secrecy test reads these logs too
         net.restart(name, role, directory, ("--metrics-port", str(ports["controller" if role == "controller" else "0"]),
                                             "--log-format", "json", "--log-level", "debug"))
-    for _ in range(2):
-        net.deliver("A", "0", "B", "7", number=2)
+    for _ in range(2):  # a size no spare key has (the parallel test's leftovers depend on timing): two plans
+        net.deliver("A", "0", "B", "7", number=2, size=272)
     node, ctl = _scrape(ports["0"]), _scrape(ports["controller"])
     assert node[("qkdseg_deliveries_total", ())] == 2 and node[("qkdseg_keys_issued_total", ())] == 4
     assert node[("qkdseg_build_info", (("service", "node"), ("version", qkdseg_version())))] == 1

@@ -147,17 +147,17 @@ def _forge_one_end(net, node: str, master: str = "A") -> str:
     with the node's storage key, made by a request no node knows. Returns its id."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+    from qkdseg.server.sealing import KeyRow, seal
     from qkdseg.server.storagekey import load_storage_key
 
     d = net.dir / "nodes" / net.names[node]
-    key_id, nonce, now = str(uuid.uuid4()), os.urandom(12), time.time()
-    blob = nonce + AESGCM(load_storage_key(d / "storage.key")).encrypt(nonce, os.urandom(32), f"{key_id}|256".encode())
+    key_id, now = str(uuid.uuid4()), time.time()
+    row = KeyRow(key_id, "spare", master, "B", 256, 1.0, b"", now, now + TTL, json.dumps({"request_id": str(uuid.uuid4())}))
+    seal(AESGCM(load_storage_key(d / "storage.key")), row, os.urandom(32))  # every field bound (issue 38)
     db = sqlite3.connect(d / "kms.sqlite3")
     try:
         with db:
-            db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", (
-                key_id, "spare", master, "B", 256, 1.0, blob, now, now + TTL,
-                json.dumps({"request_id": str(uuid.uuid4())})))
+            db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", row.values())
     finally:
         db.close()
     return key_id

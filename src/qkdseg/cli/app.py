@@ -16,6 +16,7 @@ from .device import device_app
 from .errors import _OneLineGroup
 from .kms import kms_app
 from .net import controller_app, net_app, node_app
+from .netenroll import sign as _sign  # noqa: F401 -- registers net sign, sae cert, bundle; node/controller keygen
 from .topology import topology_app
 
 app = typer.Typer(

@@ -260,6 +260,14 @@ STOCK_HIT_OPTION = typer.Option("--stock-hit", metavar="P", show_default=False,
                                 help="adaptive: the share of requests that should find their keys in stock "
                                      "(default 0.99).")
 
+#: The quotas of ``kms init`` and ``net init`` (docs/kms.md, "Quotas"; qkdseg.server.quota)
+MAX_KEY_COUNT_OPTION = typer.Option("--max-key-count", help="Most keys issued and not yet fetched by their slaves "
+                                    "(where they wait: the service; in a network, the slave's node).")
+SAE_MAX_WAITING_OPTION = typer.Option("--sae-max-waiting", metavar="N",
+                                      help="Most keys waiting for one master-slave pair (0: no limit).")
+SAE_RATE_OPTION = typer.Option("--sae-rate", metavar="R",
+                               help="Most ETSI 014 requests per second of one SAE, a token bucket (0: no limit).")
+
 
 def _parse_algorithm_options(items: list[str]) -> dict:
     """``--algorithm-option NAME=VALUE`` (repeated): ``true``/``false``, an integer, a number, else text."""

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+from .common import (_check_seed, MAX_KEY_COUNT_OPTION, SAE_MAX_WAITING_OPTION, SAE_RATE_OPTION,
+                     STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
                      STOCK_POLICY_OPTION, STOCK_HIT_OPTION,
                      _parse_saes, check_log_options, out_path)
 from .errors import user_errors
@@ -22,7 +23,8 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
               "kme_id": "--kme-id", "key_ttl_s": "--key-ttl", "min_key_size": "--min-key-size",
               "max_key_size": "--max-key-size", "max_key_per_request": "--max-key-per-request",
               "durability": "--durability", "default_rate_bps": "--default-rate", "saes": "--sae",
-              "network": "--network", "audit_max_mb": "--audit-max-mb", "stock": "--stock"}
+              "network": "--network", "audit_max_mb": "--audit-max-mb", "stock": "--stock",
+              "max_key_count": "--max-key-count", "sae_max_waiting": "--sae-max-waiting", "sae_rate": "--sae-rate"}
 
 
 @kms_app.command("init")
@@ -62,6 +64,9 @@ def init(
     stock_size: Annotated[int | None, STOCK_SIZE_OPTION] = None,
     stock_policy: Annotated[str | None, STOCK_POLICY_OPTION] = None,
     stock_hit: Annotated[float | None, STOCK_HIT_OPTION] = None,
+    max_key_count: Annotated[int, MAX_KEY_COUNT_OPTION] = 100_000,
+    sae_max_waiting: Annotated[int, SAE_MAX_WAITING_OPTION] = 0,
+    sae_rate: Annotated[float, SAE_RATE_OPTION] = 0.0,
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
@@ -92,7 +97,8 @@ def init(
     cfg = KmsConfig(network=spec, saes=saes, security_level=security_level, key_size=key_size,
                     min_key_size=min_key_size, max_key_size=max_key_size, max_key_per_request=max_key_per_request,
                     algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
-                    default_rate_bps=default_rate, audit_max_mb=audit_max_mb, _dir=directory,
+                    default_rate_bps=default_rate, audit_max_mb=audit_max_mb, max_key_count=max_key_count,
+                    sae_max_waiting=sae_max_waiting, sae_rate=sae_rate, _dir=directory,
                     stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
                                       key_size=key_size, policy=stock_policy, hit=stock_hit))
     cfg.check(flags=INIT_FLAGS)

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidRequest
-from .common import (_check_seed, STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
+from .common import (_check_seed, MAX_KEY_COUNT_OPTION, SAE_MAX_WAITING_OPTION, SAE_RATE_OPTION,
+                     STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
                      STOCK_POLICY_OPTION, STOCK_HIT_OPTION,
                      _parse_algorithm_options, _parse_saes, check_log_options)
 from .errors import user_errors
@@ -70,6 +71,14 @@ def init(
     ca_key_out: Annotated[Path | None, typer.Option(
         "--ca-key-out", help="Write the CA's private key here (outside DIR), not in DIR/pki/.",
         show_default=False)] = None,
+    max_key_count: Annotated[int, MAX_KEY_COUNT_OPTION] = 100_000,
+    sae_max_waiting: Annotated[int, SAE_MAX_WAITING_OPTION] = 0,
+    sae_rate: Annotated[float, SAE_RATE_OPTION] = 0.0,
+    suspect_after: Annotated[int, typer.Option("--suspect-after", metavar="N", help="A relay node whose last N relay "
+                                               "runs failed (none through it confirmed since) is excluded from "
+                                               "planning as suspect.")] = 3,
+    suspect_for: Annotated[float, typer.Option("--suspect-for", metavar="SECONDS", help="How long a suspect node is "
+                                               "excluded (or until 'net clear-suspect').")] = 600.0,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -91,7 +100,9 @@ def init(
                        audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, link_seeds=link_seeds,
                        stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
                                          key_size=key_size, policy=stock_policy, hit=stock_hit),
-                       inventory=inventory, enroll=enroll, ca_key_out=ca_key_out)
+                       inventory=inventory, enroll=enroll, ca_key_out=ca_key_out,
+                       quotas={"max_key_count": max_key_count, "sae_max_waiting": sae_max_waiting,
+                               "sae_rate": sae_rate}, suspect=(suspect_after, suspect_for))
     typer.echo(f"wrote {directory}/: {out['nodes']} nodes, {out['links']} links, {out['saes']} SAEs; "
                f"controller on {out['controller']}")
     if "devices" in out:
@@ -282,6 +293,52 @@ def chaos(
         raise typer.Exit(1)
 
 
+@net_app.command("clear-suspect")
+@user_errors
+def clear_suspect(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (its network up).", show_default=False)],
+    node: Annotated[str, typer.Argument(help="The node named suspect (net status --format json: excluded).",
+                                        show_default=False)],
+) -> None:
+    """Plan through a node named suspect again now (it was excluded for --suspect-for seconds; audited)."""
+    out = _clear_suspect(directory, node)
+    typer.echo(f"node {out['node']}: {'no longer suspect' if out['cleared'] else 'was not suspect'}; excluded now: "
+               f"{json.dumps(out['excluded'])}")
+
+
+def _clear_suspect(directory, node: str) -> dict:
+    """``qkdseg net clear-suspect DIR NODE``: ask the controller (each of them; the leader answers) to plan through
+    ``node`` again; one-line :class:`InvalidRequest` when none answers or the node is unknown."""
+    from pathlib import Path
+
+    import httpx
+
+    from ..net.procs import processes
+    from ..net.wire import client_context
+
+    d = Path(directory)
+    c = d / "controller"
+    if not (c / "controller.crt").exists():
+        raise InvalidRequest(f"{d}: not a network's directory (no controller/controller.crt; run 'qkdseg net init')")
+    ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    why = "no controller is configured"
+    for p in [p for p in processes(d) if p["role"] == "controller"]:
+        try:
+            with httpx.Client(verify=ctx, timeout=10.0) as cl:
+                r = cl.post(f"https://{p['address']}/control/v1/suspects/clear", json={"node": str(node)})
+        except httpx.HTTPError as err:
+            why = f"the controller at {p['address']} does not answer ({type(err).__name__}; is the network up?)"
+            continue
+        if r.status_code == 200:
+            return r.json()
+        detail = r.json().get("detail", r.text[:200]) if r.headers.get("content-type", "").endswith("json") else \
+            r.text[:200]
+        if r.status_code == 404:
+            raise InvalidRequest(f"NODE {node!r}: {detail}")
+        why = f"the controller at {p['address']} answered {r.status_code}: {detail}"
+    raise InvalidRequest(f"{d}: {why}")
+
+
 @net_app.command("status")
 @user_errors
 def status(
@@ -298,95 +355,6 @@ def status(
         typer.echo(json.dumps(rows, indent=1))
     else:
         _table(rows)
-
-
-sae_app = typer.Typer(help="The SAEs' client certificates.", no_args_is_help=True)
-net_app.add_typer(sae_app, name="sae")
-
-
-@net_app.command("sign")
-@user_errors
-def sign(
-    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
-    csr: Annotated[list[Path], typer.Argument(help="Node or controller CSRs (node keygen, controller keygen).",
-                                              show_default=False)],
-    ca_key: Annotated[Path, typer.Option("--ca-key", help="The CA's private key (net init --ca-key-out).",
-                                         show_default=False)],
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="The certificate to write (one CSR; default: "
-                                             "node.crt or controller.crt beside each CSR).", show_default=False)] = None,
-) -> None:
-    """Check each CSR's name, role and address against the deployment's inventory and write its certificate."""
-    from ..net.enroll import sign as run
-
-    if out is not None and len(csr) > 1:
-        raise InvalidRequest(f"-o {out}: one certificate file for {len(csr)} CSRs; leave -o out (each certificate "
-                             "is written beside its CSR)")
-    for one in csr:
-        path, who = run(directory, one, ca_key, out)
-        typer.echo(f"wrote {path}: the certificate of {who}")
-
-
-@sae_app.command("cert")
-@user_errors
-def sae_cert(
-    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
-    sae: Annotated[str, typer.Argument(help="The SAE's id (one of net init's --sae).", show_default=False)],
-    ca_key: Annotated[Path, typer.Option("--ca-key", help="The CA's private key.", show_default=False)],
-    csr: Annotated[Path | None, typer.Option("--csr", help="The SAE's CSR (CN = its id): its key stays with it; "
-                                             "without one a new key is written to DIR/pki/SAE.key.",
-                                             show_default=False)] = None,
-) -> None:
-    """Write DIR/pki/SAE.crt (and SAE.key without --csr), signed by the network's CA."""
-    from ..net.enroll import sae_cert as run
-
-    path = run(directory, sae, ca_key, csr)
-    typer.echo(f"wrote {path}" + ("" if csr is not None else f" and {path.with_suffix('.key')}"))
-
-
-@net_app.command("bundle")
-@user_errors
-def bundle(
-    directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="The archive to write (tar.gz); with --all a directory "
-                                      "(node-<dir>.tar.gz, controller.tar.gz, ...).", show_default=False)],
-    node: Annotated[str | None, typer.Option("--node", help="The node's id.", show_default=False)] = None,
-    every: Annotated[bool, typer.Option("--all", help="One archive per process: every node's and controller's.")
-                     ] = False,
-    controller: Annotated[bool, typer.Option("--controller", help="The controller's bundle.")] = False,
-    name: Annotated[str, typer.Option("--name", help="With --controller: which one (controller-1, ... of "
-                                                     "replicated controllers).")] = "controller",
-) -> None:
-    """One host's archive: exactly its process's directory (no other node's secret) and a README."""
-    from ..net.bundle import bundle as run, bundle_all
-
-    if every:
-        if node is not None or controller:
-            raise InvalidRequest("--all writes every process's archive: not with --node or --controller")
-        for path in bundle_all(directory, out):
-            typer.echo(f"wrote {path}")
-        return
-    got = run(directory, out, node=node, controller=name if controller else None)
-    typer.echo(f"wrote {out}: {got['kind']} {got['name']}, {len(got['files'])} files and README.txt")
-
-
-@node_app.command("keygen")
-@user_errors
-def node_keygen(directory: Annotated[Path, typer.Argument(help="The node's directory (from its bundle).",
-                                                          show_default=False)]) -> None:
-    """On the node's host: its private key, storage and audit keys (0600), its sealed link seeds and node.csr."""
-    from ..net.enroll import node_keygen as run
-
-    typer.echo(f"wrote {run(directory)}: have it signed ('qkdseg net sign DIR node.csr --ca-key ...')")
-
-
-@controller_app.command("keygen")
-@user_errors
-def controller_keygen(directory: Annotated[Path, typer.Argument(help="The controller's directory (from its bundle).",
-                                                                show_default=False)]) -> None:
-    """On the controller's host: its private key, storage and audit keys (0600) and controller.csr."""
-    from ..net.enroll import controller_keygen as run
-
-    typer.echo(f"wrote {run(directory)}: have it signed ('qkdseg net sign DIR controller.csr --ca-key ...')")
 
 
 @node_app.command("serve")

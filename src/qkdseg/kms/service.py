@@ -54,6 +54,7 @@ from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import CLIP, EXTENSION_LEVEL, Caller, KeyRequest, KmsError, _b64, clip, parse_key_request
 from ..server.logs import REQUEST_ID
 from ..server.source import KeySource
+from ..server.quota import Quotas
 from ..server.store import Batch, KeyRow, Store
 from ..server.storehealth import CommitFailed, store_unavailable
 from .stocking import Stocking
@@ -98,6 +99,7 @@ class KeyService(Stocking, ServiceState):
             else:
                 self.spares[(row.master, row.slave)].append(row)
         self.pending: set[str] = set()  # issued, not yet committed: invisible to dec_keys
+        self.quotas = Quotas(self.cfg)  # max_key_count, sae_max_waiting, sae_rate (the front end asks it)
 
     async def _commit(self, batch: Batch) -> None:
         """Commit ``batch``: :class:`qkdseg.server.storehealth.CommitFailed` (a JSON 503, nothing of it stored)
@@ -202,11 +204,11 @@ class KeyService(Stocking, ServiceState):
         s = self.sae_node[caller.sae]
         now = self.clock()
         asked = {"level": req.level, "level_source": req.level_source, "size": req.size, "number": req.number}
-        if len(self.keys) + req.number > self.cfg.max_key_count:
-            err = KmsError(503, f"max_key_count={self.cfg.max_key_count} keys are waiting for their slaves; "
-                                "try again later", reason="store_full")
+        try:  # the keys waiting for their slaves (self.keys: issued, not fetched; stocked keys are spare keys)
+            self.quotas.check(self.keys.values(), (caller.sae, slave), req.number)
+        except KmsError as err:
             err.request = asked
-            raise err
+            raise
         level_note = None
         try:
             try:
@@ -286,23 +288,25 @@ class KeyService(Stocking, ServiceState):
                 fresh, summary, route_json, paths, debit = self._relay_fresh(s, d, req, missing)
             for i, (material, sec) in enumerate(fresh):
                 row = KeyRow(str(uuid.uuid4()), "issued", caller.sae, slave, req.size, sec, b"", now, expires, route_json)
-                self.store.seal(row, material)
                 if i < missing:
                     issued.append((row, material))
                 else:
                     row.kind, row.master, row.slave = "spare", pair[0], pair[1]
                     new_spares.append(row)
+                self.store.seal(row, material)  # with its fields (kind, master, slave...: .sealing)
                 batch.put_keys.append(row.values())  # a snapshot: a spare row changes when it is issued
         # -- from here on nothing can fail: apply the request to memory (undone if its commit fails, _Made)
-        made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at)) for row in take], new_spares,
-                     debit)
+        made = _Made(pair, [(row, (row.kind, row.master, row.slave, row.expires_at, row.blob)) for row in take],
+                     new_spares, debit)
         if stocked:
             made.from_stock = not missing  # a hit: the stock (the pair's spare keys) covered the request whole
-        for row in take:
+        opened = []
+        for row in take:  # issued: sealed again with its new fields (.sealing)
             spares.remove(row)
-            row.kind, row.master, row.slave, row.expires_at = "issued", caller.sae, slave, expires
-            batch.issue_keys.append((row.key_id, caller.sae, slave, expires))
-        issued = [(row, self.store.open(row)) for row in take] + issued
+            opened.append((row, self.store.reseal(row, kind="issued", master=caller.sae, slave=slave,
+                                                  expires_at=expires)))
+            batch.issue_keys.append((row.key_id, caller.sae, slave, expires, row.blob))
+        issued = opened + issued
         if debit is not None:
             batch.links = self.planner.link_rows(self.planner.reserve(debit))
         if hasattr(self.source, "changes"):  # the device key bytes used, committed with this request
@@ -401,8 +405,8 @@ class _Made:
     def undo(self, svc, batch: Batch) -> None:
         for row in self.issued:
             svc.keys.pop(row.key_id, None)
-        for row, (kind, master, slave, expires) in reversed(self.taken):
-            row.kind, row.master, row.slave, row.expires_at = kind, master, slave, expires
+        for row, (kind, master, slave, expires, blob) in reversed(self.taken):
+            row.kind, row.master, row.slave, row.expires_at, row.blob = kind, master, slave, expires, blob
             svc.spares[self.pair].appendleft(row)
         if self.debit is not None:
             svc.planner.release(self.debit)

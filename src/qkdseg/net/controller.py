@@ -114,6 +114,9 @@ class Controller:
             self.svc.source.rate_bps[:] = 0.0
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
         self.stocks: dict[str, dict] = {}  # node -> its key stocks as its last report gave them (the dashboard's)
+        from .suspects import Suspects, settings
+
+        self.suspects = Suspects(self.svc.planner, *settings(self.net, str(self.dir / "net.json")))  # .suspects
 
     def _http(self):
         if self.client is None:
@@ -173,6 +176,9 @@ class Controller:
 
         if self.replica is not None:
             self.replica.check()  # 503 not_leader on a standby
+        from .suspects import audit
+
+        await audit(self, self.suspects.expire())  # suspect nodes whose time is up: planned through again
         svc = self.svc
         master, slave = str(w["master"]), str(w["slave"])
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -207,6 +213,7 @@ class Controller:
         plan = Plan.from_any(rec, r)
         parts = node_parts(r, [plan], copies=relays)
         summary = svc.planner.summary(r, rec, relays)
+        self.suspects.planned(rid, svc.arrays, parts, s, d)  # its relays, until its source reports the run
         securities = [float(gk.security) for _ in range(relays) for gk in rec.global_keys]
         try:
             await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
@@ -256,8 +263,10 @@ class Controller:
         lower of both ends' latest reports (up or down; the model does not refill them)."""
         from ..server.store import Batch
         from .reportcheck import check_events, check_links, check_stock
+        from .suspects import audit, check_runs
 
         try:  # every number, link and event checked before anything is applied (net/reportcheck.py)
+            runs = check_runs(w.get("qkdseg_runs"))  # the relay runs it was the source of (.suspects)
             links = check_links(self, caller_node, w)
             events = check_events(self, caller_node, w.get("qkdseg_events"))
             stock = check_stock(self, caller_node, w.get("qkdseg_stock"))
@@ -272,6 +281,7 @@ class Controller:
         if self.replica is not None:
             self.replica.check()
         self._events(caller_node, events)
+        await audit(self, self.suspects.outcomes(caller_node, runs))
         if stock is not None:
             self.stocks[f"node {caller_node}"] = stock
         svc = self.svc
@@ -369,6 +379,8 @@ def _store_failed() -> Problem:
 
 
 def create_controller_app(ctl: Controller) -> Starlette:
+    from .suspects import suspect_routes
+
     @problem_routes
     async def plans(request: Request):
         role = require(request, "node")
@@ -397,7 +409,7 @@ def create_controller_app(ctl: Controller) -> Starlette:
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
                               "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
                               "links_suspect": ctl.down.names(ctl.link_index, suspect=True),
-                              "excluded": ctl.svc.planner.excluded_view(),
+                              "excluded": ctl.svc.planner.excluded_view(), "suspects": ctl.suspects.view(),
                               **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager
@@ -415,7 +427,7 @@ def create_controller_app(ctl: Controller) -> Starlette:
     return Starlette(routes=[Route("/control/v1/plans", plans, methods=["POST"]),
                              Route("/control/v1/status", status, methods=["GET"]),
                              Route("/control/v1/links", links, methods=["POST"]),
-                             Route("/health", health, methods=["GET"])], lifespan=lifespan)
+                             Route("/health", health, methods=["GET"]), *suspect_routes(ctl)], lifespan=lifespan)
 
 
 def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,

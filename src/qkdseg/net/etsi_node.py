@@ -18,10 +18,12 @@ import uuid
 
 from ..server.delivery import commit_delivery, keys_body, take_keys
 from ..server.etsi import Caller, KmsError, _b64, parse_key_request
+from ..server.quota import refusal as quota_refusal
 from ..server.store import Batch, KeyRow
 from ..server.storehealth import CommitFailed, store_unavailable
 from .messaging import _trace
 from .relayrequests import REQUEST_TIMEOUT_S
+from .wire import Problem
 
 
 #: What an SAE is told while the replicated controllers elect a new leader (the standard's 503; no internals).
@@ -106,7 +108,9 @@ class EtsiNode:
         local: list[KeyRow] = []
         taken = None  # spare keys of the pair used: put back if the commit fails
         rid = None  # a relay's request id: its keys at the destination are voided if the commit fails
+        hold = None  # room held here for local keys (.quota): given back once they are in self.keys
         if str(self.registry[slave]) == str(self.id):  # both SAEs here: no relay
+            hold = self.quotas.reserve(self.keys.values(), (caller.sae, slave), req.number)
             keys = [(str(uuid.uuid4()), secrets.token_bytes(req.size // 8), 1.0) for _ in range(req.number)]
             summary = {"local": True, "security": 1.0}
             batch = Batch()
@@ -122,6 +126,7 @@ class EtsiNode:
         else:
             if stocked:  # a miss: counted now, whatever the relay on demand gives
                 self.stock.missed((caller.sae, slave), req.number)
+            await self._room_at(caller.sae, slave, req.number)  # max_key_count, sae_max_waiting: the slave's node
             plan = await self._controller("POST", "/control/v1/plans", json={
                 "master": caller.sae, "slave": slave, "number": req.number, "size": req.size, "level": req.level,
                 "level_source": req.level_source, "mandatory": req.mandatory})
@@ -149,6 +154,8 @@ class EtsiNode:
             raise
         finally:
             self.finishing.discard(rid)
+            if hold is not None:
+                self.quotas.release((caller.sae, slave), hold)
         if taken is not None:
             self.taken_out(taken)
         for row in local:  # visible to dec_keys once committed
@@ -164,6 +171,37 @@ class EtsiNode:
                          for key_id, m, sec in keys],
                 "key_container_extension": ext}
 
+    async def _room_at(self, master: str, slave: str, number: int) -> None:
+        """Room for ``number`` keys of the pair at the slave's node, where they will wait (``reserve`` message,
+        applied there before its 202, :meth:`hold_room`): its refusal (429 there) is this request's 503 (nothing
+        relayed). A slave's node that cannot answer cannot store the keys either: the request goes on and fails
+        as it did before quotas."""
+        try:
+            futs = self.send([{"kind": "reserve", "dst": str(self.registry[slave]), "master": master, "slave": slave,
+                               "number": int(number)}], str(uuid.uuid4()))
+            await asyncio.wait_for(asyncio.gather(*futs), REQUEST_TIMEOUT_S)
+        except CommitFailed:
+            raise store_unavailable() from None
+        except Exception as exc:  # noqa: BLE001 -- refused (a quota), or it cannot answer (down, its store failed)
+            if getattr(exc, "status", None) == 429 and getattr(exc, "detail", None):
+                raise quota_refusal(exc.detail) from None
+            # no answer or another failure: its keys could not be stored there either; the request goes on and
+            # gets the answer it got before quotas (the controller plans around an excluded node, the relay fails)
+
+    def hold_room(self, w: dict) -> None:
+        """At the slave's node: a master's node's ``reserve`` of room for a relay's keys (held until they are
+        stored here, :data:`qkdseg.server.quota.HOLD_S` at most); a quota refuses it with 429 (a 5xx would be
+        retried by the sender)."""
+        master, slave, number = str(w["master"]), str(w["slave"]), int(w["number"])
+        if str(self.registry.get(master)) != str(w["src"]) or slave not in self.saes:
+            raise Problem(403, "Forbidden", "only the node of the master SAE may reserve room, at the slave's node")
+        if not 1 <= number <= int(self.cfg.max_key_per_request):
+            raise Problem(400, "Bad Request", f"reserve: number {number} is out of range")
+        try:
+            self.quotas.reserve(self.keys.values(), (master, slave), number)
+        except KmsError as err:
+            raise Problem(429, "Too Many Requests", err.message, status_020="failed") from None
+
     async def _relayed(self, rid: str) -> tuple[list, list]:
         """Wait for the relay of request ``rid`` (this node its source): ``(the keys for the master, the other
         keys)``, each ``(key id, bytes, security)``; a relay that fails or times out is voided at its destination
@@ -178,13 +216,17 @@ class EtsiNode:
         try:
             out = await asyncio.wait_for(asyncio.shield(st.future), REQUEST_TIMEOUT_S)
             self.finishing.add(rid)  # its keys are stored here next: the caller discards it (.reconcile)
+            self.note_run(rid, True)  # the run's outcome, for the controller (.suspects)
             return out
         except asyncio.TimeoutError:
             self._void(rid)
+            self.note_run(rid, False, "timed out")
             raise KmsError(503, "key relay timed out (a node on the route did not answer); no key was issued",
                            reason="relay_failed") from None
-        except (KmsError, asyncio.CancelledError):  # a failed relay, or a stop whose grace ran out
+        except (KmsError, asyncio.CancelledError) as exc:  # a failed relay, or a stop whose grace ran out
             self._void(rid)
+            if isinstance(exc, KmsError):
+                self.note_run(rid, False, exc.message)
             raise
         finally:
             self.requests.pop(rid, None)

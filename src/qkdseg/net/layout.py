@@ -252,7 +252,8 @@ def _node_conf(v, name: str, cfg, *, addr: dict, ctrl_addr: str, network: str, s
         "links": links, "addresses": addr,
         "etsi": {"kme_id": f"KME_{name}", "key_size": key_size, "min_key_size": cfg.min_key_size,
                  "max_key_size": cfg.max_key_size, "max_key_per_request": cfg.max_key_per_request,
-                 "max_key_count": cfg.max_key_count, "security_level": security_level,
+                 "max_key_count": cfg.max_key_count, "sae_max_waiting": cfg.sae_max_waiting,
+                 "sae_rate": cfg.sae_rate, "security_level": security_level,
                  "key_ttl_s": cfg.key_ttl_s, "max_body_bytes": cfg.max_body_bytes,
                  "header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s,
                  "keep_alive_s": cfg.keep_alive_s, "max_connections": cfg.max_connections},
@@ -304,7 +305,8 @@ def _write_node(nd: Path, v, adjacent: list, ca_key, ca, *, addr: dict, devices:
 INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "algorithm": "--algorithm",
               "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
               "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock",
-              "key_ttl_s": "--key-ttl"}
+              "key_ttl_s": "--key-ttl", "max_key_count": "--max-key-count", "sae_max_waiting": "--sae-max-waiting",
+              "sae_rate": "--sae-rate"}
 
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
@@ -314,7 +316,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  max_skip_bits: int | None = None, retention: float = 3600.0, clock_skew: float = 60.0,
                  audit_max_mb: float = 64.0, stock: dict | None = None, key_ttl_s: float = 3600.0,
                  link_seeds: str | None = None, inventory: Path | None = None, enroll: bool = False,
-                 ca_key_out: Path | None = None) -> dict:
+                 ca_key_out: Path | None = None, quotas: dict | None = None,
+                 suspect: tuple[int, float] = (3, 600.0)) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -329,6 +332,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     ``inventory``: every process's address (:mod:`.inventory`), else loopback. ``ca_key_out``: the CA's private key
     there, not in ``DIR/pki/``. ``enroll``: no private key, storage key or audit key in DIR (each host makes its own:
     :mod:`.enroll`), no SAE certificate (``net sae cert``).
+    ``quotas``: ``max_key_count``, ``sae_max_waiting``, ``sae_rate`` (:mod:`qkdseg.server.quota`), in the
+    controller's ``kms.toml`` and each node's ``etsi`` settings. ``suspect``: ``(suspect_after, suspect_for_s)``
+    in the controller's ``net.json`` (:mod:`.suspects`).
     """
     from ..server.config import KmsConfig
 
@@ -356,13 +362,18 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     if not (math.isfinite(retention) and retention >= clock_skew + 1):  # a message older than their difference: 409
         raise InvalidRequest(f"--retention {retention:g} must be at least --clock-skew ({clock_skew:g}) + 1 s: a "
                              "relay message older than the retention less the skew is refused")
+    after, for_s = suspect
+    if not 1 <= after <= 1_000_000:
+        raise InvalidRequest(f"--suspect-after {after} must be in 1..1000000 (failed relay runs)")
+    if not (math.isfinite(for_s) and for_s > 0):
+        raise InvalidRequest(f"--suspect-for {for_s:g} must be a number of seconds > 0")
     net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
                     key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
                     cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
                     algorithm_options=dict(algorithm_options or {}), audit_max_mb=audit_max_mb,
-                    retention_s=retention, stock=dict(stock or {}), key_ttl_s=key_ttl_s,
+                    retention_s=retention, stock=dict(stock or {}), key_ttl_s=key_ttl_s, **(quotas or {}),
                     _dir=directory / "controller")
     cfg.check(flags=INIT_FLAGS)
     stocked = cfg.stock_config()
@@ -408,6 +419,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
         _write_controller(ctrl, dataclasses.replace(cfg, _dir=ctrl), ca_key, ca, spec=spec, source=source,
                           nodes=nodes, ctrl_addr=c_addr, link_source=link_source, force=force, enroll=enroll,
                           more=more, share=directory / "controller" if i else None)
+        conf_path = ctrl / "net.json"  # the controller's suspect settings (.suspects)
+        conf_path.write_text(json.dumps({**json.loads(conf_path.read_text()), "suspect_after": after,
+                                         "suspect_for_s": for_s}, indent=1) + "\n")
     dev_dir = directory / "devices"
     devices, dev_cfg = _init_devices(dev_dir, net, spec, cfg, key_size=key_size, link_source=link_source,
                                      force=force)

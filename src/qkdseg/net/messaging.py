@@ -56,9 +56,10 @@ class MessageFailed(RuntimeError):
     """A relay message not accepted: ``status`` is the receiver's answer for it (403, 409...), None when no answer
     came (the receiver down, the connection lost: it may have been stored there)."""
 
-    def __init__(self, text: str, status: int | None) -> None:
+    def __init__(self, text: str, status: int | None, detail: str | None = None) -> None:
         super().__init__(text)
         self.status = status
+        self.detail = detail  # the receiver's detail (a quota's message: qkdseg.server.quota)
 
 
 def _retrieved(fut: asyncio.Future) -> None:
@@ -197,7 +198,8 @@ class Messaging:
                         fut.set_result(None)
                     else:
                         fut.set_exception(MessageFailed(f"relay message to node {dst} failed: {why}",
-                                                        res.get("status") if res else None))
+                                                        res.get("status") if res else None,
+                                                        res.get("detail") if res else None))
                 if not ok:
                     self._fail(w["request_id"], f"a relay message to node {dst} failed ({why})")
             self.relaydb.statuses("outbox", [(st_, mid) for mid, st_ in outcomes])

@@ -48,6 +48,7 @@ from ..server.audit import DEFAULT_AUDIT_MAX_MB, audit_max_bytes, load_audit_key
 from ..server.files import check_fields, load_json, port_of
 from ..server.groupcommit import GroupCommit
 from ..server.storagekey import load_storage_key
+from ..server.quota import Quotas
 from ..server.store import Batch, KeyRow, Store
 from ..server.storehealth import CommitFailed
 from .etsi_node import EtsiNode
@@ -92,6 +93,8 @@ def load_node_conf(d: Path) -> dict:
         *((f"etsi.{name}", lambda name=name: positive(name))
           for name in ("key_ttl_s", "key_size", "max_key_count", "max_body_bytes", "header_timeout_s",
                        "body_timeout_s", "max_connections", "keep_alive_s", "security_level")),
+        *((f"etsi.{name}", lambda name=name: 0 <= float(conf["etsi"].get(name, 0)) <= 2**53)
+          for name in ("sae_max_waiting", "sae_rate")),  # net init --sae-max-waiting, --sae-rate (0: none)
         ("saes", lambda: isinstance(conf["saes"], list)), ("registry", lambda: isinstance(conf["registry"], dict)),
         ("addresses", lambda: isinstance(conf["addresses"], dict)), ("links", links), ("id", own_id),
         ("address", lambda: port_of(conf["address"])), ("controller", lambda: port_of(conf["controller"])),
@@ -186,6 +189,7 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reconcile, Reports
 
         self.restored = check_restored(self)  # a copy put back: its keys voided, new link streams (.restore)
         self.pending: set[str] = set()
+        self.quotas = Quotas(self.cfg)  # max_key_count, sae_max_waiting (keys waiting here), sae_rate (.quota)
         self.init_stock()  # self.stock: node.json's key stocks (.spares; None without)
         self.requests: dict[str, ReqState] = {}
         self.ctx_client = client_context(d / "node.crt", d / "node.key", d / "ca.crt")

@@ -112,10 +112,10 @@ async def accept(svc, role, w: dict, offsets: dict, inbox: list, later: list, re
                                         f"{role.ident!r}")
     if str(w["dst"]) != str(svc.id):
         raise Problem(400, "Bad Request", f"this is node {svc.id!r}, not {w['dst']!r}")
-    if kind not in ("pieces", "global", "confirm", "void", "issue"):
+    if kind not in ("pieces", "global", "confirm", "void", "issue", "reserve"):
         raise Problem(400, "Bad Request", f"unknown message kind {kind!r}")
     check_fresh(svc, w, refusals)  # older than the window (its id may be forgotten): 409, audited
-    if kind != "issue" and (svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone()
+    if kind not in ("issue", "reserve") and (svc.relaydb.db.execute("SELECT 1 FROM inbox WHERE message_id=?", (mid,)).fetchone()
                             or any(row[0] == mid for row in inbox)):
         return  # a retry of a message stored already (idempotent by message id): accepted, not processed twice
     st0 = svc.requests.get(rid)
@@ -185,14 +185,14 @@ async def _apply(svc, later: list, results: list, first):
         if kind == "void":
             await svc.void_keys(rid)
             continue
-        if kind == "issue":  # applied before the answer: a 202 means the slave can fetch them now
-            try:
-                await svc.issue_spares(w)
+        if kind in ("issue", "reserve"):  # applied before the answer: a 202 means the slave can fetch them now
+            try:  # (reserve: room held here for a relay's keys, .quota)
+                await svc.issue_spares(w) if kind == "issue" else svc.hold_room(w)
             except Problem as p:
                 first = first or p
                 by_id[str(w["message_id"])].update(status=p.status, detail=p.detail)
             except (KeyError, TypeError, ValueError) as err:
-                first = first or Problem(400, "Bad Request", f"malformed issue message: {type(err).__name__}")
+                first = first or Problem(400, "Bad Request", f"malformed {kind} message: {type(err).__name__}")
                 by_id[str(w["message_id"])].update(status=400, detail=first.detail)
             continue
         st = svc.requests.get(rid)

@@ -143,6 +143,12 @@ def attach_controller(ctl) -> tuple[Metrics, object, object]:
         return out
 
     ctl.plan = counted
+    from prometheus_client import Counter, Gauge
+
+    Gauge("qkdseg_suspect_nodes", "Nodes excluded from planning as suspect now (net/suspects.py).",
+          registry=m.registry).set_function(lambda: float(len(ctl.suspects.until)))
+    ctl.suspects.on_named = Counter("qkdseg_suspects_named", "Times a relay node was named suspect after "
+                                    "--suspect-after failed runs.", registry=m.registry).inc
 
     def health():
         return health_body("controller", m, pid=os.getpid(), nodes_reported=len(ctl.reported))

@@ -169,6 +169,9 @@ class RelayRequests:
         except Exception:  # noqa: BLE001 -- not stored: no confirmation, the source times out and voids
             logger.exception("request %s: the keys could not be stored", st.request_id)
             return
+        finally:  # the room its source reserved here (.quota): the keys are counted in self.keys from now on
+            if number:
+                self.quotas.release((meta["master"], meta["slave"]), number=number)
         for _, row in rows:
             (self.keys if row.kind == "issued" else self.held_spares)[row.key_id] = row
         self.request_keys[st.request_id] = [row.key_id for _, row in rows]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 
 from ..errors import env_number
 from ..server.store import Batch
@@ -25,6 +26,8 @@ MAX_EVENTS = 2000
 EVENTS_REPORT_S = 0.5
 #: A report carries the stocks' counts (qkdseg_stock) at most this often (seconds).
 STOCK_REPORT_S = 1.0
+#: Outcomes of relay runs a node keeps for its next report (the oldest go first when the controller is away).
+MAX_RUNS = 1000
 _DASHBOARD_EVENTS = ("issue", "deliver", "deny", "expire")
 _EVENT_FIELDS = ("time", "event", "sae", "peer", "op", "size", "level", "securities", "route", "outcome", "status",
                  "reason")
@@ -43,6 +46,14 @@ class Reports:
                 ev.update(seq=self.event_seq, node=str(self.id), key_ids=[k[:8] for k in rec.get("key_ids", [])])
                 self.events.append(ev)
         if self._report_now is not None and self.events:
+            self._report_now.set()
+
+    def note_run(self, rid: str, ok: bool, why: str = "") -> None:
+        """The outcome of a relay run this node was the source of, for the controller's next report
+        (``qkdseg_runs``: it names the relays of failing runs, :mod:`.suspects`); a failure is reported soon."""
+        runs = self.__dict__.setdefault("run_outcomes", deque(maxlen=MAX_RUNS))
+        runs.append({"request_id": rid, "ok": ok, **({"why": why[:200]} if why else {})})
+        if not ok and self._report_now is not None:
             self._report_now.set()
 
     async def sync_offsets(self) -> None:
@@ -76,7 +87,7 @@ class Reports:
                         "qkdseg_level_bits": self.device.level_bits(name) if self.device else None})
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
                 "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))},
-                **self._stock_report(),
+                **self._stock_report(), "qkdseg_runs": list(self.__dict__.get("run_outcomes", ())),
                 # not ready while a write of its store fails: the controller then plans around it
                 "qkdseg_ready": self.store.health.ok, "qkdseg_store": self.store.health.detail()}
 
@@ -109,6 +120,10 @@ class Reports:
             if ok and sent:  # acknowledged: those events are the controller's now
                 while self.events and self.events[0]["seq"] <= sent[-1]["seq"]:
                     self.events.popleft()
+            runs = self.__dict__.get("run_outcomes")
+            if ok and runs:  # so are the runs it carried (appended since: kept for the next)
+                for _ in range(min(len(body.get("qkdseg_runs", ())), len(runs))):
+                    runs.popleft()
             self._report_now.clear()
             if ok and self.events:  # events came meanwhile: soon, not in REPORT_S
                 await asyncio.sleep(EVENTS_REPORT_S)

@@ -19,9 +19,11 @@ import asyncio
 import time
 import uuid
 
+from ..server.etsi import KmsError
+from ..server.quota import refusal as quota_refusal
 from ..server.stock import Stock, usable
 from ..server.stockconfig import parse_stock
-from ..server.store import Batch
+from ..server.store import Batch, KeyRow
 from ..server.storehealth import CommitFailed, store_unavailable
 from .relayrequests import REQUEST_TIMEOUT_S
 from .wire import Problem
@@ -73,6 +75,9 @@ class Spares:
             if getattr(exc, "status", None) is None:
                 asyncio.get_running_loop().call_later(RETRY_S, self.put_back, master, slave, take, True)
                 return None
+            if exc.status == 429 and getattr(exc, "detail", None):  # a quota there: kept, the request refused
+                self.put_back(master, slave, take)
+                raise quota_refusal(exc.detail) from None
             try:
                 await self.committer.commit(Batch(delete_keys=[row.key_id for row in take], audit=[{
                     "time": round(time.time(), 6), "event": "void", "request_id": rid, "sae": master, "peer": slave,
@@ -173,22 +178,41 @@ class Spares:
                     str(w["master"]), str(w["slave"])):
                 raise Problem(403, "Forbidden", "only the node of a spare key's master SAE may issue it")
             mine.append(row)
-        if not rows and not again:
-            return
+        if rows:  # they wait here once issued: max_key_count, sae_max_waiting (.quota) checked first, room held
+            pair = (rows[0].master, rows[0].slave)
+            try:
+                hold = self.quotas.reserve(self.keys.values(), pair, len(rows))
+            except KmsError as err:
+                raise Problem(429, "Too Many Requests", err.message, status_020="failed") from None
+            try:
+                await self._issue_rows(rows, again, w, expires)
+            finally:
+                self.quotas.release(pair, hold)
+        elif again:  # issued before (waiting here already: counted): a fresh key_ttl_s only
+            await self._issue_rows(rows, again, w, expires)
+
+    async def _issue_rows(self, rows: list, again: list, w: dict, expires: float) -> None:
+        """Commit the issue of ``rows`` (held spares) and ``again`` (issued by an earlier copy: a fresh expiry), each
+        row sealed again with its new state (:mod:`qkdseg.server.sealing`); applied to the rows once committed."""
+        sealed = []  # (row, expiry, blob)
+        for row, exp in [(r, expires) for r in rows] + [(r, max(r.expires_at, expires)) for r in again]:
+            new = KeyRow(*row.values())
+            self.store.reseal(new, kind="issued", expires_at=exp)
+            sealed.append((row, exp, new.blob))
         await self.committer.commit(Batch(
-            issue_keys=[(row.key_id, row.master, row.slave, expires) for row in rows + again],
+            issue_keys=[(row.key_id, row.master, row.slave, exp, blob) for row, exp, blob in sealed],
             audit=[{"time": round(time.time(), 6), "event": "issue spare keys", "request_id": str(w["request_id"]),
                     "sae": str(w["master"]), "peer": str(w["slave"]), "key_ids": [row.key_id for row in rows + again],
                     "outcome": "spare keys issued by their source" + (
                         f" ({len(again)} issued before: a fresh key_ttl_s)" if again else "")}]))
         gone = []
-        for row in rows + again:
+        for row, exp, blob in sealed:
             if self.held_spares.get(row.key_id) is row:
                 del self.held_spares[row.key_id]
-                row.kind, row.expires_at = "issued", expires
+                row.kind, row.expires_at, row.blob = "issued", exp, blob
                 self.keys[row.key_id] = row
             elif self.keys.get(row.key_id) is row:  # issued before, or by a copy of this issue applied meanwhile
-                row.expires_at = max(row.expires_at, expires)
+                row.expires_at, row.blob = exp, blob
             else:
                 gone.append(row)
         if gone:  # expired or voided while the issue was committed: deleted here, never to be given to the master

@@ -71,7 +71,11 @@ class KmsConfig:
     max_key_per_request : int
         Most keys one ``enc_keys`` call may ask for.
     max_key_count : int
-        Most keys held for delivery at once, over all SAE pairs.
+        Most keys issued to masters and not yet fetched by their slaves, over all SAE pairs (:mod:`.quota`).
+    sae_max_waiting : int
+        Most such keys of one master-slave pair (0: no limit of its own).
+    sae_rate : float
+        Most ETSI 014 requests per second of one SAE, a token bucket (0: no limit).
     algorithm : str
         Routing algorithm (a name from ``qkdseg.ALGORITHMS``).
     algorithm_options : dict
@@ -143,6 +147,8 @@ class KmsConfig:
     max_key_size: int = 4096
     max_key_per_request: int = 128
     max_key_count: int = 100_000
+    sae_max_waiting: int = 0
+    sae_rate: float = 0.0
     algorithm: str = "smr"
     reconstruction: str = "paper"
     key_ttl_s: float = 3600.0
@@ -214,6 +220,11 @@ class KmsConfig:
                 raise bad(name, "must be a positive integer")
             if val > INT_CAPS.get(name, 2**53):
                 raise bad(name, f"must be at most {INT_CAPS.get(name, 2**53)}")
+        waiting, rate = self.sae_max_waiting, self.sae_rate
+        if isinstance(waiting, bool) or not isinstance(waiting, int) or not 0 <= waiting <= 2**53:
+            raise bad("sae_max_waiting", "must be a whole number >= 0 (0: no limit)")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1e6 or math.isnan(rate):
+            raise bad("sae_rate", "must be a number of requests per second in [0, 1e6] (0: no limit)")
         for name in ("key_size", "min_key_size", "max_key_size"):
             if getattr(self, name) % 8:
                 raise bad(name, "must be a multiple of 8 bits")

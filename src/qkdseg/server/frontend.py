@@ -146,16 +146,23 @@ def create_app(service, *, expiry: bool = True, routes: list | None = None) -> S
     control APIs).
     """
     limit = service.cfg.max_body_bytes
+    quotas = getattr(service, "quotas", None)  # sae_rate: each SAE's token bucket (.quota)
+
+    def _admitted(request: Request) -> Caller:
+        caller = _caller(request)
+        if quotas is not None:
+            quotas.admit(caller.sae)
+        return caller
 
     async def status(request: Request) -> Response:
-        caller = _caller(request)
+        caller = _admitted(request)
         result = service.status(caller, request.path_params["sae"])
         if inspect.isawaitable(result):  # a network node asks its controller
             result = await result
         return JSONResponse(result)
 
     async def enc_keys(request: Request) -> Response:
-        caller = _caller(request)
+        caller = _admitted(request)
         slave = request.path_params["sae"]
         if request.method == "GET":
             unknown = sorted(set(request.query_params) - {"number", "size"})
@@ -170,7 +177,7 @@ def create_app(service, *, expiry: bool = True, routes: list | None = None) -> S
         return JSONResponse(await service.enc_keys(caller, slave, req))
 
     async def dec_keys(request: Request) -> Response:
-        caller = _caller(request)
+        caller = _admitted(request)
         master = request.path_params["sae"]
         if request.method == "GET":
             ids = request.query_params.getlist("key_ID")

@@ -226,6 +226,7 @@ class Monitor:
             "time": now, "levels": self.service.levels.level.tolist(), "capacity": self.capacity.tolist(),
             "states": [STATES[s] for s in self.state.tolist()],
             "ready_share": self.ready_share, "empty_bits": self.empty_bits,
+            "excluded": self.service.planner.excluded_view(),  # nodes planned around, with the reason (suspect...)
         }
         view = getattr(self.service.source, "view", None)
         if view is not None:  # link keys from QKD devices: each link's device state beside its pool

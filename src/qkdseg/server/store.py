@@ -2,7 +2,7 @@
 
 Every change is one transaction (a :class:`Batch`), committed before the
 server answers (:mod:`.groupcommit` merges concurrent requests' batches).
-The tables are :mod:`.schema`'s. The audit file: one JSON object a line, keyed-chained (HMAC-SHA256,
+The tables are :mod:`.schema`'s; key rows are sealed whole (:mod:`.sealing`). The audit file: one JSON object a line, keyed-chained (HMAC-SHA256,
 :mod:`.audit`), rotated by size (:mod:`.auditseries`); the database's head detects a cut tail.
 
 What every process that writes a service directory shares (``kms serve``,
@@ -32,6 +32,7 @@ from .auditseries import first_seq, live_start, rename_rotated
 from .audit import (ACCEPT_EVENT, AUDIT_NAME, GENESIS, AuditReport, chain_line, check_head, check_lines, cut_torn_tail,
                     last_seq, read_lines)
 from .lock import DirLock, lock_directory
+from .sealing import COLUMNS, KeyRow, check_rows, legacy_aad, migrate, open_row, reseal, seal
 from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION, missing_tables, sqlite_error
 from .sqlitefile import connect_wal
 from .storagekey import load_storage_key, storage_key_id
@@ -41,35 +42,11 @@ logger = logging.getLogger("qkdseg.kms")
 
 
 @dataclass
-class KeyRow:
-    """One stored key; ``blob`` is nonce || AES-GCM ciphertext of the key bytes."""
-
-    key_id: str
-    kind: str
-    master: str
-    slave: str
-    size: int
-    security: float
-    blob: bytes
-    issued_at: float
-    expires_at: float
-    route: str
-
-    def values(self) -> tuple:
-        """The row as the ``keys`` table stores it (column order)."""
-        return (self.key_id, self.kind, self.master, self.slave, self.size, self.security, self.blob,
-                self.issued_at, self.expires_at, self.route)
-
-    def aad(self) -> bytes:
-        return f"{self.key_id}|{self.size}".encode()
-
-
-@dataclass
 class Batch:
     """The changes of one request (or of several merged), written in one transaction."""
 
     put_keys: list[tuple] = field(default_factory=list)  # KeyRow.values() at the time of the request
-    issue_keys: list[tuple[str, str, str, float]] = field(default_factory=list)  # spare -> issued: id, master, slave, expiry
+    issue_keys: list[tuple] = field(default_factory=list)  # spare -> issued: id, master, slave, expiry, re-sealed blob
     delete_keys: list[str] = field(default_factory=list)
     links: dict[int, tuple[str, str, int, int, float]] = field(default_factory=dict)
     audit: list[dict] = field(default_factory=list)
@@ -145,6 +122,8 @@ class Store:
                                      "(a directory made by another qkdseg: serve it with that one, or make a new one "
                                      "with 'qkdseg kms init')")
             self._check_storage_key()
+            migrate(self.db, self.aead, self._meta("row_binding"))  # rows sealed whole (.sealing; old: re-sealed)
+            self.rejected = set(check_rows(self.db, self.aead))  # rows whose fields were rewritten: never served
             head = self._meta("audit_head")
             self.audit_seq, self.audit_hash = (0, GENESIS) if head is None else (int(head.split(":")[0]),
                                                                                  head.split(":")[1])
@@ -170,6 +149,12 @@ class Store:
                                       "problems": [p[:200] for p in report.problems[:20]],
                                       "problem_count": len(report.problems),
                                       "outcome": "started with --accept-broken-audit"}]))
+        if self.rejected:
+            logger.error("%d stored key row(s) do not open with their fields (rewritten in the database?): not "
+                         "served", len(self.rejected))
+            self.commit(Batch(audit=[{"time": round(clock(), 6), "event": "rows rejected",
+                                      "key_ids": sorted(self.rejected)[:100], "count": len(self.rejected),
+                                      "outcome": "sealed key rows that do not open with their fields: not served"}]))
 
     # -- start-up reads --------------------------------------------------------------
     def _meta(self, name: str) -> str | None:
@@ -197,21 +182,18 @@ class Store:
                 raise InvalidRequest(f"{self.db_path}: the storage key does not match the one its keys are sealed "
                                      f"with{hint or ' (restore the right storage.key from the backup)'}")
             return
-        row = self.db.execute("SELECT key_id, kind, master, slave, size, security, blob, issued_at, expires_at, route "
-                              "FROM keys LIMIT 1").fetchone()
-        if row is not None:  # a database without a check value: the key must open a sealed row
+        row = self.db.execute(f"SELECT {COLUMNS} FROM keys LIMIT 1").fetchone()
+        if row is not None:  # a database without a check value: the key must open a sealed row (either binding)
             try:
-                self.open(KeyRow(*row))
+                open_row(self.aead, KeyRow(*row), legacy_aad if self._meta("row_binding") is None else KeyRow.aad)
             except Exception:  # noqa: BLE001 -- InvalidTag: sealed under another key
                 raise InvalidRequest(f"{self.db_path}: the storage key does not match the one its keys are sealed "
                                      "with (restore the right storage.key from the backup)") from None
         self.set_meta("storage_key_id", self.storage_key_id)
 
     def load_keys(self) -> list[KeyRow]:
-        rows = self.db.execute(
-            "SELECT key_id, kind, master, slave, size, security, blob, issued_at, expires_at, route FROM keys ORDER BY rowid"
-        ).fetchall()
-        return [KeyRow(*r) for r in rows]
+        rows = self.db.execute(f"SELECT {COLUMNS} FROM keys ORDER BY rowid").fetchall()
+        return [KeyRow(*r) for r in rows if r[0] not in self.rejected]
 
     def load_links(self) -> dict[int, tuple[str, str, int, int, float]]:
         """``{k: (u, v, consumed, level, t)}`` of every link a request has used."""
@@ -249,16 +231,19 @@ class Store:
 
     # -- key material at rest --------------------------------------------------------------
     def seal(self, row: KeyRow, material: bytes) -> None:
-        nonce = os.urandom(12)
-        row.blob = nonce + self.aead.encrypt(nonce, material, row.aad())
+        seal(self.aead, row, material)
 
     def open(self, row: KeyRow) -> bytes:
-        return self.aead.decrypt(row.blob[:12], row.blob[12:], row.aad())
+        return open_row(self.aead, row)
+
+    def reseal(self, row: KeyRow, **fields) -> bytes:
+        """A change of ``row``'s state: ``fields`` set, sealed again with them (:mod:`.sealing`); the key bytes."""
+        return reseal(self.aead, row, **fields)
 
     def reseal_all(self, new_key: bytes) -> int:
         """Re-seal every stored key under ``new_key`` and store its check value, in one transaction; returns the rows."""
         new = AESGCM(new_key)
-        rows = self.load_keys()
+        rows = self.load_keys()  # the rejected rows (.sealing) stay as they are: they open under no key
         out = []
         for row in rows:
             material = self.open(row)
@@ -410,8 +395,8 @@ class Store:
                 db.executemany("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", batch.put_keys)
             if batch.issue_keys:
                 db.executemany(
-                    "UPDATE keys SET kind='issued', master=?, slave=?, expires_at=? WHERE key_id=?",
-                    [(m, s, exp, key_id) for (key_id, m, s, exp) in batch.issue_keys],
+                    "UPDATE keys SET kind='issued', master=?, slave=?, expires_at=?, blob=? WHERE key_id=?",
+                    [(m, s, exp, blob, key_id) for (key_id, m, s, exp, blob) in batch.issue_keys],
                 )
             if batch.delete_keys:
                 db.executemany("DELETE FROM keys WHERE key_id = ?", [(k,) for k in batch.delete_keys])

@@ -127,6 +127,18 @@ function applyPools(p) {
     line.firstChild.textContent = `link ${l.u}-${l.v}: ${fmt(p.levels[k])} / ${fmt(p.capacity[k])} bits, ${st}${dev}`;
   });
   document.getElementById("map").setAttribute("data-states", JSON.stringify(counts));
+  // nodes planned around (reason: suspect, unready...): marked on the map, the reason in the node's title
+  const excluded = p.excluded || {};
+  for (const [id, g] of state.nodeEls) {
+    const why = excluded[id] || "";
+    if ((g.getAttribute("data-excluded") || "") === why) continue;
+    g.setAttribute("data-excluded", why);
+    g.classList.toggle("excluded", !!why);
+    const title = g.querySelector("title");
+    title.textContent = title.textContent.replace(/; excluded from planning \(.*\)$/, "") +
+      (why ? `; excluded from planning (${why})` : "");
+  }
+  document.getElementById("map").setAttribute("data-excluded", JSON.stringify(excluded));
   if (state.chosenLink !== null) refreshChart();
 }
 
