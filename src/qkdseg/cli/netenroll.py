@@ -44,7 +44,7 @@ def sae_cert(
     directory: Annotated[Path, typer.Argument(help="The deployment directory (net init).", show_default=False)],
     sae: Annotated[str, typer.Argument(help="The SAE's id (one of net init's --sae).", show_default=False)],
     ca_key: Annotated[Path, typer.Option("--ca-key", help="The CA's private key.", show_default=False)],
-    csr: Annotated[Path | None, typer.Option("--csr", help="The SAE's CSR (CN = its id): its key stays with it; "
+    csr: Annotated[Path | None, typer.Option("--csr", help="The SAE's CSR (CN = its id; SAN URI urn:qkdseg:sae:<id>): its key stays with it; "
                                              "without one a new key is written to DIR/pki/SAE.key.",
                                              show_default=False)] = None,
 ) -> None:

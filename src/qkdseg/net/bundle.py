@@ -27,8 +27,8 @@ def _readme(kind: str, name: str, address: str, keygen: bool) -> str:
     unit = "deploy/systemd/qkdseg-node@.service" if kind == "node" else "deploy/systemd/qkdseg-controller.service"
     service = f"qkdseg-node@{name}" if kind == "node" else "qkdseg-controller"
     steps = [f"qkdseg {kind}: {name}, listening on {address} (docs/network.md, \"Deploying one node per host\").", "",
-             f"1. Unpack:  mkdir -p {Path(place).parent} && tar -xzf THIS.tar.gz -C /tmp && "
-             f"mv /tmp/{kind} {place}"]
+             f"1. Unpack:  mkdir -p {Path(place).parent} /tmp/qkdseg-bundle && tar -xzf THIS.tar.gz -C "
+             f"/tmp/qkdseg-bundle && mv /tmp/qkdseg-bundle/{kind} {place}"]
     if keygen:
         steps += [f"2. Make this host's keys and its CSR (they never leave the host):  qkdseg {kind} keygen {place}",
                   f"3. Send {place}/{kind}.csr to the admin machine; there:  qkdseg net sign DIR {kind}.csr "
