@@ -18,6 +18,8 @@ import grimp
 import networkx as nx
 import pytest
 
+import portblock
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "qkdseg"
 
@@ -146,19 +148,10 @@ def test_layers_contract_catches_a_swapped_core_and_devices(tmp_path):
 def test_controller_process_loads_no_kms_module(tmp_path):
     """`qkdseg controller serve` plans with the shared planner: like `node serve`, it loads no `qkdseg.kms` module
     (`python -X importtime` of the real process, up to its listening line and a SIGTERM)."""
-    import random
     import signal
-    import socket
 
     qkdseg = str(Path(sys.executable).with_name("qkdseg"))
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                break
-            except OSError:
-                continue
+    port = portblock.port()
     d = tmp_path / "net"
     init = subprocess.run([qkdseg, "net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
                            "--port", str(port)], capture_output=True, text=True, timeout=120)

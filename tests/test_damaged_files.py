@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import portblock
+
 QKDSEG = str(Path(sys.executable).with_name("qkdseg"))
 
 
@@ -18,7 +20,7 @@ QKDSEG = str(Path(sys.executable).with_name("qkdseg"))
 def pristine(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("damaged") / "net"
     r = subprocess.run([QKDSEG, "net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
-                        "--port", "19601"], capture_output=True, text=True, timeout=120)
+                        "--port", str(portblock.port())], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return d
 
@@ -130,11 +132,10 @@ def test_net_up_names_who_holds_its_port_and_net_down_stops_a_network_whose_file
     """A port already taken: the cause (the address, and the process that holds it) in net up's one line; then a
     running network whose pid file and net.json are damaged is still stopped by net down, which says why."""
     import os
-    import random
     import socket
     import time
 
-    port = random.randint(20000, 60000)
+    port = portblock.port()
     d = tmp_path / "net"
     assert subprocess.run([QKDSEG, "net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
                            "--port", str(port)], capture_output=True, timeout=120).returncode == 0
@@ -163,3 +164,39 @@ def test_net_up_names_who_holds_its_port_and_net_down_stops_a_network_whose_file
     while any(running(p) for p in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(running(p) for p in pids.values())
+
+
+def test_the_holder_named_is_the_one_on_the_address_asked_for():
+    """'held by' names the listener on the address the server asked for, or on every interface, never a process
+    listening on the same port at another address (two runs of the suite: another run's node on 127.0.0.5:P)."""
+    import os
+    import socket
+
+    from qkdseg.errors import InvalidRequest
+    from qkdseg.server.http import listen_socket, port_holder
+
+    with socket.socket() as other:  # this process, on another address than the one asked for
+        other.bind(("127.0.0.5", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert port_holder(port, "127.0.0.5").startswith(f"pid {os.getpid()} (")
+        assert port_holder(port, "127.0.0.2") is None and port_holder(port, "::1") is None
+        listen_socket("127.0.0.2", port).close()  # free there: nothing to name
+    # a child on every interface, this process on ::1 at the same port (found first in /proc, a lower pid)
+    code = ("import socket, sys\ns = socket.socket()\ns.bind(('0.0.0.0', 0))\ns.listen()\n"
+            "print(s.getsockname()[1], flush=True)\nsys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        with socket.socket(socket.AF_INET6) as six:
+            six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            six.bind(("::1", port))
+            six.listen()
+            with pytest.raises(InvalidRequest) as err:
+                listen_socket("127.0.0.3", port, "node-0")
+            assert f"cannot listen on 127.0.0.3:{port} (node-0): " in str(err.value), err.value
+            assert f"(held by pid {child.pid} " in str(err.value), err.value
+            assert port_holder(port, "::1").startswith(f"pid {os.getpid()} (")  # 0.0.0.0 keeps IPv4 addresses only
+    finally:
+        child.kill()
+        child.wait()

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,23 +25,15 @@ from pathlib import Path
 
 import pytest
 
+import portblock
+
 QKDSEG = str(Path(sys.executable).with_name("qkdseg"))
 SAES = ("A=0", "B=7", "C=4", "D=7")  # D shares B's node: a third SAE at the slave's node
 
 
 def _free_port() -> int:
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        ok = True
-        for host in ("127.0.0.1", "127.0.0.2", "127.0.0.9"):
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free port")
+    """A port of this run's own block (tests/portblock.py: no other run of the suite gets it), free now."""
+    return portblock.port()
 
 
 def _run(*args, env=None, timeout=120) -> subprocess.CompletedProcess:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import portblock
+
 from timing import scaled
 
 from test_net import QKDSEG, _run
@@ -320,7 +322,7 @@ def test_a_node_certificate_for_another_address_is_named_at_start(tmp_path):
     from qkdseg.net.layout import init_network
 
     d = tmp_path / "net"
-    init_network(d, "example", {"A": "0", "B": "7"}, port=random.randint(20000, 60000))
+    init_network(d, "example", {"A": "0", "B": "7"}, port=portblock.port())
     conf_path = d / "nodes" / "0" / "node.json"
     conf = json.loads(conf_path.read_text())
     conf["address"] = "127.0.0.99:" + conf["address"].rsplit(":", 1)[1]
@@ -348,7 +350,8 @@ def _hosts(count: int):
         pytest.skip(f"ip netns is not available here: {probe.stderr.strip()}")
     _ip("netns", "del", f"qk{run}p", check=False)
     used = _ip("-4", "addr").stdout + _ip("-4", "route").stdout
-    subnet = next(f"10.200.{x}" for x in random.sample(range(1, 255), 254) if f"10.200.{x}." not in used)
+    mine = 1 + portblock.block_index()  # a subnet no other run of the suite picks first (tests/portblock.py)
+    subnet = next(f"10.200.{x}" for x in [mine, *random.sample(range(1, 255), 254)] if f"10.200.{x}." not in used)
     bridge, names = f"qkb{run}", [f"qk{run}h{i}" for i in range(count)]
     try:
         batch = {None: [f"link add {bridge} type bridge", f"addr add {subnet}.1/24 dev {bridge}",

@@ -12,12 +12,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import random
 import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -26,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import portblock
 
 from qkdseg.net.keystream import generation
 from test_net import QKDSEG, Net, _free_port, _run, _status
@@ -37,20 +37,8 @@ STOP_S = 10.0  # docs/deploy.md: a stop takes at most this long
 
 
 def _free_ports(n: int, host: str = "127.0.0.1") -> int:
-    """The first of ``n`` consecutive ports free on ``host`` now."""
-    for _ in range(100):
-        base = random.randint(20000, 60000 - n)
-        ok = True
-        for port in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
+    """The first of ``n`` consecutive ports of this run's own block (tests/portblock.py), free on ``host`` now."""
+    return portblock.ports(n, (host,))
 
 
 def _line_net(base: Path, d: Path) -> None:
@@ -70,7 +58,7 @@ def opsnet(tmp_path_factory):
     d = base / "deploy"
     _line_net(base, d)
     init_files = {p.relative_to(d) for p in d.rglob("*")}
-    mbase, lo = _free_ports(4), random.randint(20000, 59000)
+    mbase, lo = _free_ports(4), int(portblock.port_range(200).split("-")[0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("QKDSEG_")}
     r = _run("net", "up", str(d), "--detach", "--faults", "--metrics-port-base", str(mbase), "--log-format", "json",
              "--log-level", "info", "--port-range", f"{lo}-{lo + 199}", env=env, timeout=180)
@@ -145,7 +133,7 @@ def test_the_port_range_bounds_etcd_members_and_controllers_too(opsnet, tmp_path
     d = tmp_path / "n"
     _as_initialised(opsnet, d)
     net = json.loads((d / "controller" / "net.json").read_text())
-    lo = random.randint(20000, 59000)
+    lo = int(portblock.port_range(81).split("-")[0])
     layout = cluster.plan(d, net, 3, 3, True, port_range=(lo, lo + 39))
     chosen = cluster._chosen_ports(layout)
     assert len(chosen) == 3 * 2 + 2 + 4 and all(lo <= p <= lo + 39 for p in chosen), chosen

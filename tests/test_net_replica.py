@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+import portblock
+
 from test_net import Net, _free_port, _run
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
@@ -129,7 +131,8 @@ def cluster(tmp_path_factory):
              "--security-level", "0.5", "--port", str(port))
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "6", "QKDSEG_REPORT_S": "1", "QKDSEG_LEASE_TTL_S": str(TTL)}
-    r = _run("net", "up", str(d), "--detach", "--controllers", "3", "--etcd", "3", "--faults", env=env, timeout=240)
+    r = _run("net", "up", str(d), "--detach", "--controllers", "3", "--etcd", "3", "--faults",
+             "--port-range", portblock.port_range(), env=env, timeout=240)  # its etcd's, controllers', proxies' ports
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         yield Cluster(d, base, env)

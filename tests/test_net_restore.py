@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import portblock
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,7 +109,7 @@ def linedir(tmp_path_factory):
     (base / "line.json").write_text(json.dumps(LINE))
     d = base / "deploy"
     r = CliRunner().invoke(app, ["net", "init", str(d), "--network", str(base / "line.json"), "--sae", "A=0",
-                                 "--sae", "B=2", "--port", "18543"])
+                                 "--sae", "B=2", "--port", str(portblock.port())])
     assert r.exit_code == 0, r.output
     return d
 
@@ -217,7 +219,7 @@ def test_net_init_force_removes_the_old_rotated_audit_files(linedir, tmp_path):
 
     cli = CliRunner()
     r = cli.invoke(app, ["net", "init", str(d), "--network", str(linedir.parent / "line.json"), "--sae", "A=0",
-                         "--sae", "B=2", "--port", "18543", "--force"])
+                         "--sae", "B=2", "--port", str(portblock.port()), "--force"])
     assert r.exit_code == 0, r.output
     assert not [p for p in old if p.exists()]
     for sub in ("nodes/0", "controller"):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import portblock
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -351,7 +353,8 @@ def netdir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("net") / "deploy"
     r = CliRunner().invoke(app, ["net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
-                                 "--sae", "C=4", "--sae", "D=7", "--security-level", "0.5", "--port", "18443"])
+                                 "--sae", "C=4", "--sae", "D=7", "--security-level", "0.5",
+                                 "--port", str(portblock.port())])
     assert r.exit_code == 0, r.output
     return d
 
@@ -488,7 +491,7 @@ def test_a_device_key_chunk_is_held_only_once_stored(tmp_path):
 
     d = tmp_path / "dev"
     r = CliRunner().invoke(app, ["net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7",
-                                 "--port", "18543", "--link-source", "device"])
+                                 "--port", str(portblock.port()), "--link-source", "device"])
     assert r.exit_code == 0, r.output
     svc = NodeService(d / "nodes" / "7")
     f = Faults(relaydb=svc.relaydb)

@@ -58,19 +58,21 @@ def listen_socket(host: str, port: int, what: str | None = None) -> socket.socke
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        holder = port_holder(port) if err.errno == errno.EADDRINUSE else None
+        holder = port_holder(port, host) if err.errno == errno.EADDRINUSE else None
         raise InvalidRequest(f"cannot listen on {host}:{port}" + (f" ({what})" if what else "")
                              + f": {err.strerror}" + (f" (held by {holder})" if holder else "")) from None
     sock.listen(1024)
     return sock
 
 
-def port_holder(port: int) -> str | None:
-    """``pid N (command)`` of a process listening on TCP ``port`` (from ``/proc``: Linux, processes this user may
-    see), or ``None`` when it cannot be told."""
+def port_holder(port: int, host: str | None = None) -> str | None:
+    """``pid N (command)`` of a process listening on TCP ``host:port`` (from ``/proc``: Linux, processes this user may
+    see), or ``None`` when it cannot be told. A listener on ``host``'s own address or on every interface (0.0.0.0,
+    ::) holds it; one on another address of the same port does not (``host`` not an IP address: any address)."""
     import os
     from pathlib import Path
 
+    wanted = _ip_bytes(host)
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -79,8 +81,10 @@ def port_holder(port: int) -> str | None:
             continue
         for row in rows:
             f = row.split()
-            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(f"socket:[{f[9]}]")
+            if len(f) > 9 and f[3] == "0A":  # 0A: LISTEN
+                addr, _, hexport = f[1].rpartition(":")
+                if int(hexport, 16) == port and (wanted is None or _holds(_proc_ip(addr), wanted)):
+                    inodes.add(f"socket:[{f[9]}]")
     if not inodes:
         return None
     for proc in Path("/proc").iterdir():
@@ -89,11 +93,39 @@ def port_holder(port: int) -> str | None:
         try:
             for fd in (proc / "fd").iterdir():
                 if os.readlink(fd) in inodes:
-                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                    return f"pid {proc.name} ({cmd[:80]})"
+                    cmd = " ".join((proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+                    return f"pid {proc.name} ({cmd[:80]})"  # one line, whatever the arguments hold
         except OSError:
             continue
     return None
+
+
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 address in IPv6's table
+
+
+def _ip_bytes(host: str | None) -> bytes | None:
+    """``host``'s address as 16 bytes (IPv4 as ::ffff:a.b.c.d), or ``None`` when it is not an IP address."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address((host or "").strip("[]"))
+    except ValueError:
+        return None
+    return _MAPPED + ip.packed if ip.version == 4 else ip.packed
+
+
+def _proc_ip(hexaddr: str) -> bytes:
+    """An address of ``/proc/net/tcp[6]`` (hex, 32-bit words in this machine's byte order) as 16 bytes."""
+    import struct
+
+    raw = b"".join(struct.pack("=I", int(hexaddr[i:i + 8], 16)) for i in range(0, len(hexaddr), 8))
+    return _MAPPED + raw if len(raw) == 4 else raw
+
+
+def _holds(listener: bytes, wanted: bytes) -> bool:
+    """Whether a listener on address ``listener`` keeps ``wanted`` (the same port) from being bound."""
+    v4_any = listener == _MAPPED + bytes(4) and wanted.startswith(_MAPPED)  # 0.0.0.0 keeps every IPv4 address
+    return listener == wanted or listener == bytes(16) or v4_any
 
 
 def _caller_from_der(der: bytes | None) -> Caller | None:
