@@ -29,6 +29,7 @@ import requests
 
 import qkdseg
 from kms_helpers import Server, kms_init
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = 2048  # bits per link; a 2-key request at level 0.5 pays 256 bits on each of the example's 12 links
@@ -92,7 +93,7 @@ def _forms(key_b64: str) -> list[str]:
 
 def _audited_securities(server: Server, key_ids: list[str]) -> list[float]:
     """The keys' securities as DIR/audit.jsonl records them (etsi-qkd-014-client drops each key's key_extension)."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + scaled(5)
     while True:
         for line in (server.directory / "audit.jsonl").read_text().splitlines():
             rec = json.loads(line)
@@ -230,7 +231,7 @@ def test_dashboard_in_chromium(service, browser, tmp_path):
 
     # -- no key's bytes anywhere: the page, every dashboard response, and the event stream
     stream_text = ""
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + scaled(3.0)
     for chunk in sse.iter_content(chunk_size=None, decode_unicode=True):
         stream_text += chunk
         if time.monotonic() > deadline or "no_key_material" in stream_text:
@@ -268,7 +269,7 @@ def test_demo_command_and_the_readme_screenshot(browser, tmp_path):
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         url = None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + scaled(60)
         while url is None and time.monotonic() < deadline and proc.poll() is None:
             for line in (tmp_path / "demo.log").read_text().splitlines():
                 if "dashboard on http://" in line:
@@ -277,15 +278,23 @@ def test_demo_command_and_the_readme_screenshot(browser, tmp_path):
         assert url, (tmp_path / "demo.log").read_text()
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
-        # the demo's traffic drains the pools: within 20 s, deliveries, refusals and links out of READY
+        # the demo's traffic drains the pools: within 20 s (on an idle machine), deliveries, one of them relayed
+        # (a delivery from spare keys relays nothing: no route, 0 paths), refusals and links out of READY
+        relayed = ("[...document.querySelectorAll('#deliveries tr[data-kind=issue]')]"
+                   ".filter(tr => Number(tr.children[10].textContent) > 0).map(tr => tr.dataset.seq)")
         page.wait_for_function(
             "() => document.querySelectorAll('#deliveries tr[data-kind=issue]').length >= 10"
+            f" && {relayed}.length >= 1"
             " && document.querySelectorAll('#deliveries tr[data-kind=refusal]').length >= 1"
-            " && [...document.querySelectorAll('line.link')].some(l => l.dataset.state !== 'READY')", timeout=20_000)
+            " && [...document.querySelectorAll('line.link')].some(l => l.dataset.state !== 'READY')",
+            timeout=scaled(20) * 1000)
         assert page.locator("g.node").count() == 10 and page.locator("line.link").count() == 12
         assert page.inner_text("#live") == "live"
-        page.locator("#deliveries tr[data-kind=issue]").first.click()
-        assert page.locator("#route polyline.route-path").count() >= 1
+        seq = page.evaluate(f"() => {relayed}[0]")  # the newest relayed delivery: its route is drawn
+        page.locator(f"#deliveries tr[data-seq='{seq}']").click()
+        page.wait_for_function("seq => document.getElementById('route').dataset.seq === seq"
+                               " && document.querySelectorAll('#route polyline.route-path').length >= 1",
+                               arg=seq, timeout=scaled(5) * 1000)
         page.click("line.link[data-u='0'][data-v='1']")
         page.wait_for_selector("#chart polyline.level", state="attached")  # a flat line has no height
         page.evaluate("window.scrollTo(0, 0)")
@@ -299,7 +308,7 @@ def test_demo_command_and_the_readme_screenshot(browser, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            rc = proc.wait(timeout=40)
+            rc = proc.wait(timeout=scaled(40))
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
@@ -326,7 +335,7 @@ def test_live_viewers_are_capped(service):
     finally:
         for r in streams:
             r.close()
-    deadline = time.monotonic() + 10  # the server notices a closed stream at its next write (within a second)
+    deadline = time.monotonic() + scaled(10)  # the server notices a closed stream at its next write (within a second)
     while True:
         r = requests.get(url, stream=True, timeout=10)
         code = r.status_code

@@ -18,6 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from kms_helpers import QKDSEG, Server, consumed_offsets, kms_init
+from timing import scaled
 
 LEVEL = 0.5  # met on the example network between nodes 0 and 7 (2 keys per relay)
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -30,7 +31,7 @@ def kms(tmp_path_factory):
     server = Server(d, ("--dashboard-port", "0", "--metrics-port", "0", "--log-format", "json",
                         "--log-level", "debug")).start()
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while "metrics on http" not in server.log_tail(100000) and time.monotonic() < deadline:
             time.sleep(0.05)
         m = re.search(r"metrics on (http://127\.0\.0\.1:\d+)/metrics", server.log_tail(100000))

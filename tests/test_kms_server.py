@@ -25,6 +25,7 @@ import qkdseg
 from kms_helpers import Server, consumed_offsets, kms_init
 from qkdseg.server import pki
 from qkdseg.server.etsi import MSG_EXT_UNMET, MSG_EXT_UNSUPPORTED, MSG_NOT_FOUND
+from timing import scaled
 
 LEVEL = 0.5  # the example network's SMR route (security 0.884736) meets it with 2 keys per relay
 
@@ -428,5 +429,6 @@ def test_a_stop_does_not_wait_for_idle_keep_alive_clients(tmp_path):
         took = time.monotonic() - t
     finally:
         server.stop(signal.SIGKILL)
-    assert rc == 0 and took < 10, (rc, took, server.log_tail())
+    bound = min(scaled(10), 25)  # scaled with the machine (tests/timing.py), below the 30 s a held stop takes
+    assert rc == 0 and took < bound, (rc, took, bound, server.log_tail())
     assert "qkdseg kms: stopped" in server.log_path.read_text()

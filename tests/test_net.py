@@ -37,7 +37,14 @@ def _free_port() -> int:
 
 
 def _run(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([QKDSEG, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([QKDSEG, *args], capture_output=True, text=True, timeout=_scaled(timeout), env=env)
+
+
+def _scaled(seconds: float) -> float:
+    """A wait on a real process, scaled with the machine (tests/timing.py)."""
+    from timing import scaled
+
+    return scaled(seconds)
 
 
 class Net:
@@ -93,7 +100,7 @@ class Net:
         pids = json.loads((self.dir / "run" / "pids.json").read_text())
         pids[name] = proc.pid
         (self.dir / "run" / "pids.json").write_text(json.dumps(pids))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + _scaled(60)
         while not health(self.dir, [p], timeout=1.0)[name]:
             assert time.monotonic() < deadline and proc.poll() is None, f"{name} did not restart"
             time.sleep(0.2)
@@ -228,7 +235,7 @@ def test_controller_dashboard_is_fed_by_the_nodes_reports(net):
         net.deliver("A", "0", "B", "7", number=2, size=128)
     code, _ = net.client("B", "7").get_key_with_key_IDs("A", ["00000000-0000-4000-8000-000000000000"])
     assert code == 400
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + _scaled(10)
     while True:
         now = counters()
         if (now["deliveries"] - before["deliveries"] >= 3 and now["fetches"] - before["fetches"] >= 3
@@ -355,7 +362,7 @@ def _scrape(port: int) -> dict:
     import requests
     from prometheus_client.parser import text_string_to_metric_families
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + _scaled(30)
     while True:
         try:
             text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -376,7 +383,7 @@ def test_node_and_controller_metrics_and_readiness(net):
                                   (f"node-{net.names['0']}", "node", net.dir / "nodes" / net.names["0"])):
         pid = net.pid(name)
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + _scaled(30)
         while net_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         log = net.dir / "logs" / f"{name}.log"
@@ -769,7 +776,7 @@ def test_net_up_in_the_foreground_stops_everything_on_sigterm(tmp_path):
     proc = subprocess.Popen([QKDSEG, "net", "up", str(d)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         out = b""
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + _scaled(120)
         while b"Ctrl-C stops" not in out:
             line = proc.stdout.readline()
             assert line and time.monotonic() < deadline, out.decode()
@@ -823,7 +830,7 @@ def test_nodes_report_their_links_and_the_controller_takes_the_lower_levels(tmp_
         ctl_url = f"https://{net.net['address']}"
         nd = {n: d / "nodes" / n for n in "012"}
         as_node = {n: client_context(nd[n] / "node.crt", nd[n] / "node.key", nd[n] / "ca.crt") for n in "012"}
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + _scaled(30)
         while httpx.get(f"{ctl_url}/health", verify=as_node["0"]).json()["reported"] != ["0", "1", "2"]:
             assert time.monotonic() < deadline, "not every node reported"
             time.sleep(0.2)
@@ -832,7 +839,7 @@ def test_nodes_report_their_links_and_the_controller_takes_the_lower_levels(tmp_
         assert before["[1,2]"][0] == 8 * (off1[("[1,2]", 0)] + off1.get(("[1,2]", 1), 0))
         # node 1 stops; its outgoing counter on (1, 2) is found 1000 bytes further on (taken before a crash)
         os.kill(net.pid("node-1"), signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + _scaled(30)
         while Path(f"/proc/{net.pid('node-1')}").exists():
             assert time.monotonic() < deadline
             time.sleep(0.1)
@@ -841,7 +848,7 @@ def test_nodes_report_their_links_and_the_controller_takes_the_lower_levels(tmp_
         db.commit()
         db.close()
         net.restart("node-1", "node", nd["1"])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + _scaled(30)
         while _controller_links(d)["[1,2]"] == before["[1,2]"]:
             assert time.monotonic() < deadline, "the controller never took node 1's report"
             time.sleep(0.2)

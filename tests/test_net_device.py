@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_net import Net, _free_port, _run
+from timing import scaled
 
 SAES = ("A=0", "B=7")
 
@@ -118,7 +119,7 @@ def test_init_writes_device_credentials_per_link_end(dnet):
     from qkdseg.net.wire import client_context
 
     c = dnet.dir / "controller"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     with httpx.Client(verify=client_context(c / "controller.crt", c / "controller.key", c / "ca.crt"), timeout=10) as cl:
         while True:  # the first round of each link's loop: then "ok", with keys fetched
             h = cl.get(f"https://{dnet.addr['0']}/health").json()
@@ -198,7 +199,7 @@ def _restart_device(net) -> None:
     pids = json.loads((net.dir / "run" / "pids.json").read_text())
     pids["device"] = proc.pid
     (net.dir / "run" / "pids.json").write_text(json.dumps(pids))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + scaled(60)
     while not health(net.dir, [p], timeout=1.0)["device"]:
         assert time.monotonic() < deadline and proc.poll() is None, "the device emulator did not restart"
         time.sleep(0.2)
@@ -244,7 +245,7 @@ def test_receiver_ahead_of_its_sender_is_skipped_at_both_ends(dnet):
             assert r.status_code == 409, r.text
         assert r.status_code == 202 and r.json()["key_ids"] == ids, r.text
     ahead = r.json()["end"]
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + scaled(40)
     m, sl = dnet.client("A", "0"), dnet.client("B", "7")
     while not any(o >= ahead for o, _, _ in _chunks(dnet, "0").get((name, d), [])):
         assert time.monotonic() < deadline, "node 0 never moved past the keys only its neighbour holds"
@@ -264,7 +265,7 @@ def test_receiver_ahead_of_its_sender_is_skipped_at_both_ends(dnet):
 def test_device_killed_fails_cleanly_and_recovers(dnet):
     """kill -9 of the emulator: the keys held still serve (identical at both ends), then the controller refuses
     with its JSON 503 (the nodes report what they hold); after its restart deliveries resume."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while dnet.client("A", "0").get_status("B")[1].stored_key_count < 64:  # the links topped up again
         assert time.monotonic() < deadline
         time.sleep(0.3)

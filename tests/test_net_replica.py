@@ -25,6 +25,7 @@ import pytest
 import portblock
 
 from test_net import Net, _free_port, _run
+from timing import scaled
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
                                 reason="etcd is not installed ('make etcd' installs Debian's etcd-server)")
@@ -96,7 +97,7 @@ class Cluster(Net):
         pids = json.loads((self.dir / "run" / "pids.json").read_text())
         pids[name] = proc.pid
         (self.dir / "run" / "pids.json").write_text(json.dumps(pids))
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + scaled(90)
         while not health(self.dir, [p], timeout=1.0)[name]:
             assert time.monotonic() < deadline and proc.poll() is None, f"{name} did not start"
             time.sleep(0.2)
@@ -244,7 +245,7 @@ def test_kill9_leader_controller_a_standby_takes_over_and_deliveries_resume(clus
         t_kill, wall_kill = time.monotonic(), time.time()
         os.kill(lead["pid"], signal.SIGKILL)
         new, t_lead = cluster.wait_leader(lead["name"], TTL + 10)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while time.monotonic() < deadline and sum(1 for t0, _, c in out if t0 > t_lead and c == 200) < 5:
             time.sleep(0.1)
     finally:
@@ -274,7 +275,7 @@ def test_kill9_etcd_leader_controller_serves_again_after_a_few_seconds(cluster):
         time.sleep(1.5)
         t_kill = time.monotonic()
         os.kill(lead["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while time.monotonic() < deadline and sum(1 for t0, _, c in out if t0 > t_kill + 0.5 and c == 200) < 5:
             time.sleep(0.1)
     finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from test_net import SAES, _free_port, _run, net_up
+from timing import scaled
 
 RETENTION, SKEW = 4.0, 1.0
 TIMEOUT = 4.0  # QKDSEG_RELAY_TIMEOUT_S: a request's rows are kept while it is in flight, at most this long
@@ -100,7 +101,7 @@ def test_a_message_older_than_the_window_or_from_the_future_is_refused_and_audit
         r = _post(rnet, "0", "1", body)
         assert r.status_code == 409, r.text
         assert "window" in r.json()["detail"] or "ahead" in r.json()["detail"]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while mid not in _audit_text(rnet.dir / "nodes" / rnet.names["1"]):
             assert time.monotonic() < deadline, f"the refusal of {mid} was not audited"
             time.sleep(0.2)
