@@ -19,7 +19,7 @@ runner = CliRunner()
 ALGOS = ["smr", "msp", "disjoint", "single"]
 SCHEMES = ["paper", "optimal", "reuse", "xor-all"]
 BASE_KEYS = {"algorithm", "source", "destination", "segment_nodes", "segments", "security", "security_independent",
-             "consumed_bits", "key_consumption_rate", "block_bits", "blocked", "options"}
+             "consumed_bits", "key_consumption_rate", "block_bits", "blocked", "options", "sharing", "tolerate"}
 
 
 def run(*args):
