@@ -27,7 +27,12 @@ from timing import scaled
        hit=st.floats(0.5, 0.999), more=st.floats(1.0, 3.0))
 def test_the_reorder_point_is_the_least_that_keeps_the_fill_rate(rate, disp, lead, hit, more):
     """``low`` is the least whole number whose expected shortage over a lead time is at most ``(1 - hit)`` of a
-    batch; the target is ``low + batch``; more demand never gives a smaller stock."""
+    batch; the target is ``low + batch``; with the same batch, more demand never gives a smaller stock.
+
+    A larger batch may: it allows more shortage per refill, so the reorder level can fall by more than the batch
+    grew (rate 2 -> 3.125, dispersion 10, lead 2 s, hit 0.5: low 8 -> 7, target 11 -> 13; at rate 40 -> 40.02,
+    lead 0.1 s, the target itself goes 11 -> 10 as the batch goes 4 -> 5). That is the (s, S) rule's trade of
+    safety stock against batch size, not a fault, so monotonicity is checked where the batch is the same."""
     s = size(rate, disp, lead, hit)
     if rate == 0:
         assert (s.low, s.target) == (0, 0)
@@ -38,7 +43,8 @@ def test_the_reorder_point_is_the_least_that_keeps_the_fill_rate(rate, disp, lea
     assert level == 0 or shortage(level - 1, rate * lead, disp) > allowed
     assert s.target == level + s.batch and s.batch >= max(4, math.ceil(rate * lead - 1e-9))
     bigger = size(rate * more, disp, lead, hit)
-    assert bigger.low >= s.low and bigger.target >= s.target
+    if bigger.batch == s.batch:
+        assert bigger.low >= s.low and bigger.target >= s.target
     # the closed form against the sum it stands for
     mu, direct = rate * lead / disp, 0.0
     for n in range(int(mu + 12 * mu**0.5 + 31)):
