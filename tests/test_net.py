@@ -249,6 +249,11 @@ def test_controller_dashboard_is_fed_by_the_nodes_reports(net):
     rows = httpx.get(f"{net.dashboard}/api/deliveries", params={"limit": 50}, timeout=10).json()["rows"]
     issue = next(r for r in rows if r["kind"] == "issue" and r["master"] == "A" and r["size"] == 128)
     assert issue["slave"] == "B" and issue["segment_nodes"] == ["0", "3", "4", "7"] and issue["keys"] == 2
+    # the relays of the route (node ids per segment, per path): each segment's paths join its two ends
+    paths = issue["route_paths"]
+    assert [seg[0][0] for seg in paths] == ["0", "3", "4"] and sum(len(seg) for seg in paths) == issue["paths"]
+    assert all(p[0] == a and p[-1] == b for seg, a, b in zip(paths, "034", "347") for p in seg)
+    assert sum(len(p) - 1 for seg in paths for p in seg) == issue["hops"]
     assert all(len(k) == 8 for r in rows for k in r["key_ids"])  # ids cut; no key bytes in any row
     fetch = next(r for r in rows if r["kind"] == "fetch")
     assert fetch["slave"] == "B" and fetch["bits"] == 256

@@ -243,7 +243,8 @@ class Controller:
             msg = f"node(s) {', '.join(bad)} on the route are unreachable ({why}); nothing was issued (try again)"
             raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
         self.plans += 1
-        return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number]}
+        return {"request_id": rid, "route": summary, "copies": relays, "securities": securities[: req.number],
+                "route_paths": [[[str(v) for v in p] for p in seg.paths] for seg in r.segments]}
 
     def _refill_share(self, master: str, slave: str, req) -> float:
         """A refill run's checks (a stocked pair, the stock's size and level, at most its HIGH keys); returns the

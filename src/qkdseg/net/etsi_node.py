@@ -107,6 +107,7 @@ class EtsiNode:
         new_spares: list[KeyRow] = []
         local: list[KeyRow] = []
         taken = None  # spare keys of the pair used: put back if the commit fails
+        route_paths = None  # a relay's paths (node ids per segment, per path), for the dashboard
         rid = None  # a relay's request id: its keys at the destination are voided if the commit fails
         hold = None  # room held here for local keys (.quota): given back once they are in self.keys
         if str(self.registry[slave]) == str(self.id):  # both SAEs here: no relay
@@ -136,13 +137,14 @@ class EtsiNode:
             except KmsError:  # failed: its keys at the slave's node voided, a lost void settled (.reconcile)
                 self.check_soon((caller.sae, slave))
                 raise
-            summary = plan.get("route")
+            summary, route_paths = plan.get("route"), plan.get("route_paths")
             new_spares = self._spare_rows(caller.sae, slave, extra, rid, now)  # spare keys of this pair, both ends
             batch = Batch(put_keys=[row.values() for row in new_spares])
         batch.audit.append({"time": round(now, 6), "event": "issue", "sae": caller.sae, "cert_sha256": caller.fingerprint,
                             "peer": slave, "op": "enc_keys", "key_ids": [k for k, _, _ in keys], "size": req.size,
                             "level": req.level, "securities": [s for _, _, s in keys], "route": summary, "outcome": "ok",
-                            **({"from_stock": True} if from_stock else {})})
+                            **({"from_stock": True} if from_stock else {}),
+                            **({"route_paths": route_paths} if route_paths else {})})
         try:
             await self._commit(batch)
         except CommitFailed:  # nothing issued: as it was before the request

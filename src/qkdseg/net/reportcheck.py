@@ -106,6 +106,17 @@ def _route(v) -> None:
             raise _bad(f"an event's route field {_clip(key)} has the wrong type")
 
 
+def _route_paths(v, nodes: int) -> list:
+    """An issue's relays: node ids per segment, per path (each path at most every node once)."""
+    ok = isinstance(v, list) and len(v) <= nodes and all(
+        isinstance(seg, list) and len(seg) <= 4096 and all(
+            isinstance(p, list) and 2 <= len(p) <= nodes and all(isinstance(x, str) and len(x) <= 64 for x in p)
+            for p in seg) for seg in v)
+    if not ok:
+        raise _bad("an event's route_paths must be node ids per segment, per path")
+    return v
+
+
 def check_events(ctl, caller: str, body) -> tuple[str, list[dict]] | None:
     """The report's ``qkdseg_events`` as ``(boot, events)``, each event cut to the fields a node sends; events of
     an SAE's keys (issue, deliver, expire) only for SAEs attached to ``caller`` (403 otherwise)."""
@@ -145,6 +156,8 @@ def check_events(ctl, caller: str, body) -> tuple[str, list[dict]] | None:
         _route(e.get("route"))
         if e.get("route") is not None:
             ev["route"] = e["route"]
+        if e.get("route_paths") is not None:
+            ev["route_paths"] = _route_paths(e["route_paths"], len(a.node_ids))
         if ev["event"] in ("issue", "deliver") and ev.get("sae") not in mine:
             raise Problem(403, "Forbidden", f"an {ev['event']} event of SAE {_clip(ev.get('sae'))}, which is not "
                                             f"attached to node {caller!r}: a node reports only its own SAEs' keys")

@@ -29,8 +29,8 @@ STOCK_REPORT_S = 1.0
 #: Outcomes of relay runs a node keeps for its next report (the oldest go first when the controller is away).
 MAX_RUNS = 1000
 _DASHBOARD_EVENTS = ("issue", "deliver", "deny", "expire")
-_EVENT_FIELDS = ("time", "event", "sae", "peer", "op", "size", "level", "securities", "route", "outcome", "status",
-                 "reason")
+_EVENT_FIELDS = ("time", "event", "sae", "peer", "op", "size", "level", "securities", "route", "route_paths", "outcome",
+                 "status", "reason")
 
 
 class Reports:
