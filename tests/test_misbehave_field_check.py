@@ -213,6 +213,8 @@ class Net:
 
     def audit(self, node: str | None) -> list[dict]:
         path = (self.dir / "controller" if node is None else self.node_path(node)) / "audit.jsonl"
+        if not path.exists():  # written with the first record
+            return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -669,6 +671,7 @@ class TestQuotas:
         th = threading.Thread(target=other_pair, daemon=True)
         m0, m4 = _metrics(qnet, "0"), _metrics(qnet, "4")
         rate0 = m0.get("qkdseg_refusals_total", reason="sae_rate")
+        rate_denies0 = _denies(qnet, "0", "sae_rate")
         assert m4.get("qkdseg_keys_waiting") == 0
         th.start()
         try:
@@ -720,6 +723,7 @@ class TestQuotas:
             e_keys.update(_keys_ok(x.json(), 1))
         n0, n4 = _metrics(qnet, "0"), _metrics(qnet, "4")
         assert n0.get("qkdseg_refusals_total", reason="sae_rate") - rate0 == by_limit["sae_rate"]
+        assert _denies(qnet, "0", "sae_rate") - rate_denies0 == by_limit["sae_rate"]
         assert n0.get("qkdseg_keys_issued_total") - m0.get("qkdseg_keys_issued_total") == len(ok)
         assert n4.get("qkdseg_keys_waiting") == len(ok)
         assert _metrics(qnet, "3").get("qkdseg_keys_waiting") == SAE_MAX_WAITING
