@@ -619,29 +619,23 @@ class TestQuotas:
         links = ["0-1", "1-3", "0-2", "2-3", "2-4"]
         a_keys: dict[str, str] = {}
         c_keys: dict[str, str] = {}
-        consumed = 0
-        plans = 0
+        admitted: list[dict] = []
         messages = []
 
-        r = A.enc("B", 3)
-        assert r.status_code == 200, r.text
-        a_keys.update(_keys_ok(r.json(), 3))
-        consumed += _route(r.json())["consumed_bits"]
-        plans += 1
+        def admit(master: Sae, number: int, into: dict[str, str]) -> None:
+            r = master.enc("B", number)
+            assert r.status_code == 200, r.text
+            into.update(_keys_ok(r.json(), number))
+            admitted.append(_route(r.json()))
+
+        admit(A, 3, a_keys)
         messages.append(_refused(A.enc("B", 2), "sae_max_waiting"))  # 3 + 2 > 4: refused whole
-        r = A.enc("B", 1)
-        assert r.status_code == 200, r.text
-        a_keys.update(_keys_ok(r.json(), 1))
-        consumed += _route(r.json())["consumed_bits"]
-        plans += 1
+        admit(A, 1, a_keys)
         messages.append(_refused(A.enc("B", 1), "sae_max_waiting"))
         # another pair to the same slave: its own pair limit has room; node 3's max_key_count then fills
-        r = C.enc("B", 2)
-        assert r.status_code == 200, r.text
-        c_keys.update(_keys_ok(r.json(), 2))
-        consumed += _route(r.json())["consumed_bits"]
-        plans += 1
+        admit(C, 2, c_keys)
         messages.append(_refused(C.enc("B", 1), "max_key_count"))
+        plans, consumed = len(admitted), sum(x["consumed_bits"] for x in admitted)
         print("refusals:", messages)
 
         n = {k: _metrics(qnet, k) for k in m}
