@@ -1,0 +1,474 @@
+"""``qkdseg net add-node|add-link|remove-link|remove-node|sae add|sae remove``: a running network grown and shrunk.
+
+Each command, on the admin's machine (the deployment directory ``DIR`` and ``DIR/pki/admin.crt``):
+
+1. loads the deployment (``DIR/controller/net.json``, ``kms.toml``, its network, every ``node.json``) and
+   computes the new one; the next ``topology_version`` is one more than ``net.json``'s;
+2. writes what is new in ``DIR``: every ``node.json``, a new node's directory (its certificate and keys, or none
+   with enrolment: then ``node keygen`` and ``net sign`` on its host, and a bundle, ``DIR/bundles/node-<dir>.tar.gz``),
+   a new link's seed sealed under each end's storage key (``--link-seeds admin``; with ``agree`` the two ends agree
+   it themselves, :mod:`.linkseeds`), ``nodes.json``;
+3. tells every process over mutual TLS with the admin's certificate (``POST /control/v1/membership``,
+   :mod:`.membership`, :mod:`.nodemembers`): on additions the nodes first, then the controller (the ends hold a
+   link before it is planned over); on removals the controller first (no plan uses it), then the nodes (which
+   destroy its key). The controller must run (it forgets a removed link's consumed offset in its store); a node
+   that does not answer reads the change from its files at its next start (the command names it);
+4. writes the controller's files in ``DIR`` as the controller wrote its own (``net.json``, ``network.json``,
+   ``kms.toml``).
+
+No process is restarted; ``net up DIR`` then starts a new node (and only what is not running).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import InvalidRequest
+from ..server.files import load_json, write_durably
+from .layout import dir_names, link_name, seal
+
+
+@dataclasses.dataclass
+class Deployment:
+    """What a change starts from, loaded from ``DIR``."""
+
+    dir: Path
+    net_conf: dict  # DIR/controller/net.json
+    cfg: object  # DIR/controller/kms.toml (KmsConfig)
+    network: object  # the network it plans over
+    names: dict  # nodes.json: node id -> directory name
+    confs: dict  # node id (text) -> its node.json
+
+    @property
+    def version(self) -> int:
+        return int(self.net_conf.get("topology_version", 0))
+
+    def node_dir(self, node) -> Path:
+        return self.dir / "nodes" / self.names[str(node)]
+
+    def agree(self) -> bool:
+        """Whether the links' seeds are agreed by their ends (net init --link-seeds agree)."""
+        return any(c.get("link_seeds") == "agree" for c in self.confs.values())
+
+
+def load(directory: Path) -> Deployment:
+    from ..server.config import load_config
+    from ..server.core import load_network
+    from .controller import load_net_conf
+
+    d = Path(directory)
+    if not (d / "controller" / "net.json").exists():
+        raise InvalidRequest(f"{d}: not a network directory (run 'qkdseg net init {d} ...' first)")
+    net_conf = load_net_conf(d / "controller")
+    if net_conf.get("link_source") == "device":
+        raise InvalidRequest(f"{d}: a device-fed network (--link-source device): changes of membership are not "
+                             "supported for it yet")
+    if net_conf.get("controllers"):
+        raise InvalidRequest(f"{d}: replicated controllers: changes of membership are not supported for them yet")
+    cfg = load_config(d / "controller")
+    _controller_up(d, net_conf["address"])
+    names = load_json(d / "nodes.json", "the network's list of nodes")
+    confs = {str(v): load_json(d / "nodes" / name / "node.json", "the node's configuration")
+             for v, name in names.items()}
+    return Deployment(d, net_conf, cfg, load_network(cfg), names, confs)
+
+
+def _node_link_data(network) -> dict:
+    from ..topology.files import write_network
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "network.json"
+        write_network(network, path)
+        return json.loads(path.read_text())
+
+
+def _client(d: Path):
+    from .wire import client_context
+
+    pki = d / "pki"
+    if not (pki / "admin.crt").exists() or not (pki / "admin.key").exists():
+        raise InvalidRequest(f"{pki / 'admin.crt'}: no admin certificate (net init makes DIR/pki/admin.crt and "
+                             ".key since changes of membership exist; an older deployment: 'qkdseg net init "
+                             "--force' or issue one for the role urn:qkdseg:admin with the network's CA)")
+    return client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+
+
+def _controller_up(d: Path, address: str) -> None:
+    """A change goes through the running controller: one line when it does not answer (nothing written)."""
+    import httpx
+
+    why = None
+    try:
+        with httpx.Client(verify=_client(d), timeout=5.0) as cl:
+            code = cl.get(f"https://{address}/health").status_code
+        if code != 200:
+            why = f"its health check answered {code}"
+    except httpx.HTTPError as err:
+        from .tlsfail import describe
+
+        why = describe(err)
+    if why is not None:
+        raise InvalidRequest(f"the controller at {address} does not answer ({why}): a change of membership goes through the running controller; 'qkdseg net up {d}' "
+                             "first (nothing was changed)")
+
+
+def _post(ctx, address: str, body: dict, timeout: float = 20.0) -> tuple[bool, str]:
+    """One change to one process: ``(applied, why not)``."""
+    import httpx
+
+    try:
+        with httpx.Client(verify=ctx, timeout=timeout) as cl:
+            r = cl.post(f"https://{address}/control/v1/membership", json=body)
+    except httpx.HTTPError as err:
+        from .tlsfail import describe
+
+        return False, f"not reached ({describe(err)})"
+    if r.status_code == 200:
+        return True, ""
+    try:
+        detail = r.json().get("detail", "")
+    except ValueError:
+        detail = r.text[:200]
+    return False, f"answered {r.status_code}: {detail}"
+
+
+class Change:
+    """One change being made: the new state (network, registry, nodes, node.json files) and its messages."""
+
+    def __init__(self, dep: Deployment, op: str) -> None:
+        self.dep, self.op = dep, op
+        self.version = dep.version + 1
+        self.network = dep.network
+        self.saes = dict(dep.cfg.saes)
+        self.nodes = [dict(n) for n in dep.net_conf["nodes"]]
+        self.names = dict(dep.names)
+        self.confs = {k: dict(c) for k, c in dep.confs.items()}
+        self.sealed: dict[str, dict[str, str]] = {}  # node -> link name -> its seed sealed to it
+        self.removed: dict[str, str] = {}
+        self.fresh: set[str] = set()  # new nodes: not running yet (net up starts them), not told
+        self.t0 = time.perf_counter()
+
+    def conf_sync(self) -> None:
+        """Every node.json's registry, addresses, version and SAEs from the new state."""
+        addresses = {str(n["id"]): n["address"] for n in self.nodes}
+        at = {str(n["id"]): list(n["saes"]) for n in self.nodes}
+        for v, conf in self.confs.items():
+            conf.update(registry=dict(self.saes), addresses=addresses, saes=at.get(v, []),
+                        topology_version=self.version)
+            if self.removed:
+                conf["removed"] = {**conf.get("removed", {}), **self.removed}
+
+    def new_seed(self, a, b) -> None:
+        """A new link's seed sealed under each end's storage key (--link-seeds admin; none with agree)."""
+        if self.dep.agree():
+            return
+        seed, name = secrets.token_bytes(32), link_name(a, b)
+        from ..server.storagekey import load_storage_key
+
+        for end in (a, b):
+            path = self.dep.dir / "nodes" / self.names[str(end)] / "storage.key"
+            if not path.exists():
+                raise InvalidRequest(f"{path}: missing: with --link-seeds admin the admin machine seals a new link's "
+                                     "seed under each end's storage key (an enrolled deployment agrees its seeds: "
+                                     "net init --link-seeds agree)")
+            self.sealed.setdefault(str(end), {})[name] = seal(load_storage_key(path), name, seed)
+
+    def controller_body(self) -> dict:
+        return {"version": self.version, "op": self.op, "network": _node_link_data(self.network),
+                "saes": self.saes, "nodes": self.nodes, "removed": self.removed}
+
+    def node_body(self, v: str) -> dict:
+        return {"version": self.version, "op": self.op, "conf": self.confs[v], "sealed": self.sealed.get(v, {}),
+                "removed": self.removed}
+
+    def commit(self, *, nodes_first: bool, touched: set[str] | None = None) -> dict:
+        """Write DIR, tell the processes in order, write the controller's files in DIR; the summary."""
+        d = self.dep.dir
+        ctx = _client(d)
+        ctrl_addr = self.dep.net_conf["address"]
+        self.conf_sync()
+        for v, conf in self.confs.items():  # the admin's copies (a node that does not answer reads them at start)
+            write_durably(d / "nodes" / self.names[v] / "node.json", json.dumps(conf, indent=1) + "\n")
+        write_durably(d / "nodes.json", json.dumps(self.names, indent=1) + "\n")
+        nodes = {str(n["id"]): n["address"] for n in self.nodes if str(n["id"]) in self.confs and str(n["id"]) not in self.fresh}
+
+        def tell_nodes() -> dict:
+            with concurrent.futures.ThreadPoolExecutor(min(16, max(1, len(nodes)))) as ex:
+                futs = {v: ex.submit(_post, ctx, a, self.node_body(v), 10.0) for v, a in nodes.items()}
+                return {v: f.result() for v, f in futs.items()}
+
+        out: dict = {"op": self.op, "topology_version": self.version}
+        t = time.perf_counter()
+        if nodes_first:
+            told = tell_nodes()
+            ok, why = _post(ctx, ctrl_addr, self.controller_body())
+        else:
+            ok, why = _post(ctx, ctrl_addr, self.controller_body())
+            told = tell_nodes() if ok else {}
+        if not ok:
+            raise InvalidRequest(f"the controller at {ctrl_addr} {why}: a change of membership goes through the "
+                                 "running controller ('qkdseg net up DIR' first); the nodes' files in DIR are written, "
+                                 "run the command again once it runs")
+        self._fix_sealed(told)
+        self._write_controller()
+        out["processes_s"] = round(time.perf_counter() - t, 3)
+        out["applied"] = ["controller"] + sorted(v for v, (ok, _) in told.items() if ok)
+        out["not_applied"] = {v: why for v, (ok, why) in told.items() if not ok}
+        out["seconds"] = round(time.perf_counter() - self.t0, 3)
+        return out
+
+    def _fix_sealed(self, told: dict) -> None:
+        """The sealed seeds of a node that did not apply the change, in its DIR copy (a running node writes its own)."""
+        for v, conf in self.confs.items():
+            if v not in self.fresh and told.get(v, (False, ""))[0]:
+                continue
+            path = self.dep.dir / "nodes" / self.names[v] / "links.sealed.json"
+            if not path.exists():
+                continue
+            sealed = json.loads(path.read_text())
+            keep = {link_name(*lk["link"]) for lk in conf["links"]}
+            new = {k: b for k, b in sealed.items() if k in keep} | self.sealed.get(v, {})
+            if new != sealed:
+                write_durably(path, json.dumps(new, indent=1) + "\n")
+
+    def _write_controller(self) -> None:
+        from ..server.config import write_config
+
+        c = self.dep.dir / "controller"
+        write_durably(c / "network.json", json.dumps(_node_link_data(self.network)) + "\n")
+        write_config(c, dataclasses.replace(self.dep.cfg, network="network.json", saes=self.saes))
+        conf = json.loads((c / "net.json").read_text())
+        conf.update(nodes=self.nodes, topology_version=self.version, removed={**conf.get("removed", {}),
+                                                                              **self.removed})
+        write_durably(c / "net.json", json.dumps(conf, indent=1) + "\n")
+
+
+def _graph(dep: Deployment):
+    return dep.network.graph.copy()
+
+
+def _network(g, name: str):
+    from ..network import Network
+
+    return Network(g, name=name)
+
+
+def _resolve(dep: Deployment, text: str, what: str):
+    try:
+        return dep.network.resolve(str(text))
+    except Exception:  # noqa: BLE001
+        raise InvalidRequest(f"{what} {text!r}: not a node of the network "
+                             f"({', '.join(map(str, list(dep.network.graph.nodes)[:20]))})") from None
+
+
+def _entry(dep_or_change, v, a, b, data: dict) -> dict:
+    """Node ``v``'s entry for its new link ``(a, b)`` (as net init writes them)."""
+    other = b if a == v else a
+    addr = {str(n["id"]): n["address"] for n in dep_or_change.nodes}
+    return {"link": [a, b], "neighbour": other, "address": addr[str(other)],
+            "pool_bits": int(data.get("pool_bits", 100_000)), "rate_bps": data.get("rate_bps")}
+
+
+def _oriented(network, u, v) -> tuple:
+    """The link's ends in the network's orientation (the controller's and the nodes' name of it)."""
+    a = network.arrays
+    k = next(k for k in range(a.n_links) if {a.node_ids[a.edge_u[k]], a.node_ids[a.edge_v[k]]} == {u, v})
+    return a.node_ids[a.edge_u[k]], a.node_ids[a.edge_v[k]]
+
+
+# -- the commands ---------------------------------------------------------------------------------
+def sae_add(directory: Path, sae: str, node: str, ca_key: Path | None = None) -> dict:
+    from .layout import INIT_FLAGS
+
+    dep = load(directory)
+    if sae in dep.cfg.saes:
+        raise InvalidRequest(f"SAE {sae!r} is registered already (at node {dep.cfg.saes[sae]})")
+    v = _resolve(dep, node, f"SAE={node}: node")
+    ch = Change(dep, f"sae add {sae}={v}")
+    ch.saes[sae] = str(v)
+    dataclasses.replace(dep.cfg, saes=ch.saes).check(flags=INIT_FLAGS)  # the SAE id's rules, as net init's
+    for n in ch.nodes:
+        if str(n["id"]) == str(v):
+            n["saes"] = [*n["saes"], sae]
+    out = ch.commit(nodes_first=True)
+    out["certificate"] = _sae_cert(directory, sae, ca_key)
+    return out
+
+
+def _sae_cert(directory: Path, sae: str, ca_key: Path | None) -> str:
+    from .enroll import sae_cert
+
+    d = Path(directory)
+    if ca_key is None and not (d / "pki" / "ca.key").exists():
+        return f"none written: 'qkdseg net sae cert {d} {sae} --ca-key PATH [--csr FILE]'"
+    return str(sae_cert(d, sae, ca_key or d / "pki" / "ca.key"))
+
+
+def sae_remove(directory: Path, sae: str) -> dict:
+    dep = load(directory)
+    if sae not in dep.cfg.saes:
+        raise InvalidRequest(f"SAE {sae!r} is not registered ({', '.join(sorted(dep.cfg.saes))})")
+    ch = Change(dep, f"sae remove {sae}")
+    del ch.saes[sae]
+    for n in ch.nodes:
+        n["saes"] = [s for s in n["saes"] if s != sae]
+    return ch.commit(nodes_first=False)
+
+
+def add_link(directory: Path, u: str, v: str, rate: float | None = None) -> dict:
+    dep = load(directory)
+    a, b = _resolve(dep, u, "U"), _resolve(dep, v, "V")
+    if a == b or dep.network.graph.has_edge(a, b):
+        raise InvalidRequest(f"link ({a}, {b}): {'a node is not linked to itself' if a == b else 'exists already'}")
+    return _with_links(dep, f"add-link {a} {b}", [(a, b)], rate).commit(nodes_first=True)
+
+
+def _with_links(dep: Deployment, op: str, pairs: list, rate: float | None, ch: Change | None = None, g=None):
+    """The change that adds links ``pairs`` (each end's entry and seed)."""
+    from ..network import DEFAULT_POOL_BITS
+
+    if rate is not None and not rate > 0:
+        raise InvalidRequest(f"--rate {rate:g}: must be more than 0 bits/s")
+    ch = ch or Change(dep, op)
+    g = _graph(dep) if g is None else g
+    for a, b in pairs:
+        g.add_edge(a, b, pool_bits=DEFAULT_POOL_BITS, **({"rate_bps": float(rate)} if rate else {}))
+    ch.network = _network(g, dep.network.name)
+    for a, b in pairs:
+        a, b = _oriented(ch.network, a, b)
+        data = ch.network.graph.edges[a, b]
+        for end in (a, b):
+            conf = ch.confs[str(end)]
+            conf["links"] = [*conf["links"], _entry(ch, end, a, b, data)]
+        ch.new_seed(a, b)
+    return ch
+
+
+def remove_link(directory: Path, u: str, v: str) -> dict:
+    dep = load(directory)
+    a, b = _resolve(dep, u, "U"), _resolve(dep, v, "V")
+    if not dep.network.graph.has_edge(a, b):
+        raise InvalidRequest(f"link ({a}, {b}): no such link in the network")
+    ch = Change(dep, f"remove-link {a} {b}")
+    g = _graph(dep)
+    g.remove_edge(a, b)
+    ch.network = _network(g, dep.network.name)
+    for end in (a, b):
+        conf = ch.confs[str(end)]
+        conf["links"] = [lk for lk in conf["links"] if set(lk["link"]) != {a, b}]
+    return ch.commit(nodes_first=False)
+
+
+def add_node(directory: Path, ident: str, address: str, links: list[str], *, trusted: bool = False,
+             p: float | None = None, rate: float | None = None, ca_key: Path | None = None) -> dict:
+    from ..server.files import port_of
+
+    dep = load(directory)
+    ids = list(dep.network.graph.nodes)
+    v = int(ident) if ident.isdigit() and all(isinstance(x, int) for x in ids) else ident
+    if str(v) in {str(x) for x in ids} or str(v) in dep.net_conf.get("removed", {}):
+        raise InvalidRequest(f"--id {ident}: a node of that id is (or was) in the network")
+    try:
+        port_of(address)
+    except Exception:  # noqa: BLE001
+        raise InvalidRequest(f"--address {address!r}: expected HOST:PORT") from None
+    if address in {n["address"] for n in dep.net_conf["nodes"]} or address == dep.net_conf["address"]:
+        raise InvalidRequest(f"--address {address}: another process of the network listens there")
+    if not links:
+        raise InvalidRequest("--link: give at least one node to link the new node to")
+    others = [_resolve(dep, x, "--link") for x in links]
+    p = 1.0 if trusted else (0.8 if p is None else p)
+    if not 0.0 <= p <= 1.0:
+        raise InvalidRequest(f"--p {p:g}: must be in 0..1")
+    g = _graph(dep)
+    g.add_node(v, trusted=bool(trusted), p=float(p))
+    ch = Change(dep, f"add-node {v} at {address}")
+    name = dir_names([*ids, v])[str(v)]
+    if (dep.dir / "nodes" / name).exists():
+        name = f"n{len(ids)}"
+    ch.names[str(v)] = name
+    ch.fresh.add(str(v))
+    ch.nodes.append({"id": v, "dir": name, "address": address, "saes": []})
+    template = next(iter(dep.confs.values()))
+    ch.confs[str(v)] = {**{k: x for k, x in template.items() if k not in ("stock", "removed")}, "id": v,
+                        "address": address, "saes": [], "links": [],
+                        "etsi": {**template["etsi"], "kme_id": f"KME_{name}"}}
+    nd = _new_node_dir(dep, v, name, address, ca_key)
+    _with_links(dep, ch.op, [(v, o) for o in others], rate, ch, g)
+    out = ch.commit(nodes_first=True)
+    out["directory"] = str(nd)
+    if not (nd / "node.key").exists():  # enrolment: its host makes its keys (node keygen), net sign its certificate
+        bundle_path = dep.dir / "bundles" / f"node-{name}.tar.gz"
+        bundle_path.parent.mkdir(mode=0o700, exist_ok=True)
+        from .bundle import bundle
+
+        bundle(dep.dir, bundle_path, node=str(v))
+        out["bundle"] = str(bundle_path)
+    return out
+
+
+def _new_node_dir(dep: Deployment, v, name: str, address: str, ca_key: Path | None) -> Path:
+    """``DIR/nodes/<dir>/``: its CA certificate, and (without enrolment) its certificate, key, storage and audit
+    keys; with enrolment (the other nodes hold no storage key here) nothing secret."""
+    from ..server.audit import make_audit_key
+    from ..server.pki import load_ca, write_cert, write_key
+    from ..server.storagekey import make_storage_key
+    from .certs import issue_role, role_uri
+
+    nd = dep.dir / "nodes" / name
+    enrolled = not any((dep.node_dir(x) / "node.key").exists() for x in dep.names)
+    if not enrolled:
+        ca_k, ca = load_ca(dep.dir / "pki", ca_key)
+    nd.mkdir(mode=0o700, parents=True)
+    (nd / "ca.crt").write_bytes((dep.dir / "pki" / "ca.crt").read_bytes())
+    (nd / "links.sealed.json").write_text("{}\n") if not enrolled else None
+    if not enrolled:
+        make_storage_key(nd / "storage.key")
+        make_audit_key(nd / "audit.key")
+        key, cert = issue_role(ca_k, ca, f"node {v}", role_uri("node", v), hosts=(address.rsplit(":", 1)[0].strip("[]"),))
+        write_key(nd / "node.key", key)
+        write_cert(nd / "node.crt", cert)
+    return nd
+
+
+def remove_node(directory: Path, ident: str) -> dict:
+    dep = load(directory)
+    v = _resolve(dep, ident, "ID")
+    ch = Change(dep, f"remove-node {v}")
+    g = _graph(dep)
+    g.remove_node(v)
+    ch.network = _network(g, dep.network.name)
+    ch.removed[str(v)] = f"net remove-node, topology version {ch.version}"
+    gone_saes = [s for s, n in ch.saes.items() if str(n) == str(v)]
+    for s in gone_saes:
+        del ch.saes[s]
+    ch.nodes = [n for n in ch.nodes if str(n["id"]) != str(v)]
+    del ch.confs[str(v)]
+    name = ch.names.pop(str(v))
+    for conf in ch.confs.values():
+        conf["links"] = [lk for lk in conf["links"] if v not in lk["link"]]
+    out = ch.commit(nodes_first=False)
+    out["saes_removed"] = gone_saes
+    out["stopped"] = _stop_local(dep.dir, f"node-{name}")
+    return out
+
+
+def _stop_local(d: Path, name: str) -> bool:
+    """Stop the removed node's process if ``net up`` started it here (its pid in ``DIR/run/pids.json``)."""
+    from .pidscan import naming
+    from .procs import _alive, _pids, _stop
+    from .layout import write_private
+
+    pid = _pids(d).get(name)
+    if pid is None or not _alive(pid) or pid not in naming(d):
+        return False
+    _stop({name: pid})
+    pids = {k: x for k, x in json.loads((d / "run" / "pids.json").read_text()).items() if k != name}
+    write_private(d / "run" / "pids.json", json.dumps(pids) + "\n")
+    return True
