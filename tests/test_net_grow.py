@@ -220,3 +220,62 @@ def test_the_controller_keeps_each_staying_links_offset_and_forgets_a_removed_on
         assert int(again.svc.levels.consumed[again.link_index[frozenset(("4", "8"))]]) == 2000
     finally:
         again.svc.close()
+
+
+def test_a_node_adds_a_link_then_destroys_its_key_and_voids_a_removed_saes_keys(tmp_path, monkeypatch):
+    """In one process (no server): a node's side of add-link, remove-link and sae remove."""
+    import asyncio
+
+    from qkdseg.net import grow, nodemembers
+    from qkdseg.net.layout import init_network
+    from qkdseg.net.node import NodeService
+
+    d = tmp_path / "net"
+    init_network(d, "example", {"A": "0", "B": "7", "E": "0"})
+    sent = []
+    monkeypatch.setattr(grow, "_controller_up", lambda *a: None)
+    monkeypatch.setattr(grow, "_post", lambda ctx, addr, body, timeout=20.0: (sent.append(body), (False, "test"))[1])
+    with pytest.raises(Exception, match="goes through the running controller"):
+        grow.add_link(d, "0", "7")
+    body = next(b for b in sent if b.get("conf", {}).get("id") == 0)
+    nd = d / "nodes" / "0"
+    conf = json.loads((nd / "node.json").read_text())  # node 0 as it ran before the change
+    (nd / "node.json").write_text(json.dumps({**conf, "links": conf["links"][:2], "topology_version": 0}))
+    svc = NodeService(nd)
+    try:
+        async def change():
+            assert (await nodemembers.apply(svc, body))["applied"]
+            end = svc.links[7]
+            off, km = end.take(32)  # its seed, sealed to this node, opens: key material
+            assert off == 0 and len(km.reveal()) == 32
+            gone = json.loads(json.dumps(body))
+            gone.update(version=2, sealed={})
+            gone["conf"]["links"] = conf["links"][:2]
+            del gone["conf"]["registry"]["E"]
+            assert (await nodemembers.apply(svc, gone))["applied"]
+            with pytest.raises(Exception, match="was removed from the network"):
+                end.take(32)  # a request holding the end fails cleanly
+
+        asyncio.run(change())
+        assert 7 not in svc.links and "[0,7]" not in json.loads((nd / "links.sealed.json").read_text())
+        events = [json.loads(x)["event"] for x in (nd / "audit.jsonl").read_text().splitlines()]
+        assert events[-5:] == ["link added", "membership", "link removed", "sae removed", "membership"]
+        assert json.loads((nd / "node.json").read_text())["topology_version"] == 2 and "E" not in svc.registry
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("add-link", "{d}", "0", "7"), "does not answer"),  # the controller is not running: nothing changed
+    (("sae", "add", "{d}", "E"), "expected SAE_ID=NODE"),
+    (("remove-node", "{d}", "1", "--format", "xml"), "--format"),
+])
+def test_changes_of_membership_refused_in_one_line(tmp_path, args, needle):
+    d = tmp_path / "net"
+    r = _run("net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7", "--port",
+             str(_free_port()))
+    assert r.returncode == 0, r.stderr
+    before = (d / "nodes" / "0" / "node.json").read_text()
+    r = _run("net", *[a.format(d=d) for a in args])
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (d / "nodes" / "0" / "node.json").read_text() == before

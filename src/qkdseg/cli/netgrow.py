@@ -24,9 +24,12 @@ _CA_KEY = Annotated[Path | None, typer.Option("--ca-key", help="The CA's private
                                               show_default=False)]
 
 
-def _say(out: dict, fmt: str) -> None:
+def _fmt(fmt: str) -> None:
     if fmt not in ("text", "json"):
         raise InvalidRequest(f"--format {fmt!r} must be text or json")
+
+
+def _say(out: dict, fmt: str) -> None:
     if fmt == "json":
         typer.echo(json.dumps(out, indent=1))
         return
@@ -49,6 +52,7 @@ def sae_add(
     fmt: _FORMAT = "text",
 ) -> None:
     """Register an SAE at a node of the running network (no restart); its certificate when the CA key is here."""
+    _fmt(fmt)
     from ..net.grow import sae_add as run
 
     name, eq, node = sae.partition("=")
@@ -65,6 +69,7 @@ def sae_remove(
     fmt: _FORMAT = "text",
 ) -> None:
     """Unregister an SAE; its waiting keys are voided at both ends."""
+    _fmt(fmt)
     from ..net.grow import sae_remove as run
 
     _say(run(directory, sae), fmt)
@@ -80,6 +85,7 @@ def add_link(
     fmt: _FORMAT = "text",
 ) -> None:
     """Add a link between two nodes of the running network; planned over from the next request."""
+    _fmt(fmt)
     from ..net.grow import add_link as run
 
     _say(run(directory, u, v, rate), fmt)
@@ -94,6 +100,7 @@ def remove_link(
     fmt: _FORMAT = "text",
 ) -> None:
     """Remove a link: planned around from the next request, its remaining key destroyed at both ends."""
+    _fmt(fmt)
     from ..net.grow import remove_link as run
 
     _say(run(directory, u, v), fmt)
@@ -115,6 +122,7 @@ def add_node(
     fmt: _FORMAT = "text",
 ) -> None:
     """Add a node and its links (its directory; a bundle with enrolment); 'net up DIR' then starts it."""
+    _fmt(fmt)
     from ..net.grow import add_node as run
 
     _say(run(directory, ident, address, link, trusted=trusted, p=p, rate=rate, ca_key=ca_key), fmt)
@@ -128,6 +136,7 @@ def remove_node(
     fmt: _FORMAT = "text",
 ) -> None:
     """Remove a node, its links and its SAEs; its certificate refused by every other process from now on."""
+    _fmt(fmt)
     from ..net.grow import remove_node as run
 
     _say(run(directory, ident), fmt)
