@@ -1,12 +1,12 @@
 """How long each change of membership takes on a running network, and what it touches (issue 37).
 
-    python benchmarks/grow.py --network example --port 23443
-    python benchmarks/grow.py --network waxman30 --port 23443
+    python benchmarks/grow.py --network example --port 18443
+    python benchmarks/grow.py --network waxman30 --port 18443
 
 ``waxman30``: ``qkdseg topology generate waxman -n 30 --seed 1`` (a 30-node Waxman network). The script runs
 ``net init`` and ``net up --detach`` in a temporary directory, then each command once, in the order an operator
-would (``sae add``, ``add-link``, ``add-node`` with two links, ``net up`` of the new node, ``sae add`` at it, a
-delivery to it, ``remove-link``, ``remove-node``, ``sae remove``), timing the whole command (a new Python process
+would (``sae add``, ``add-link``, ``add-node`` with two links, ``net up`` of the new node, ``sae add`` at it,
+``remove-link``, ``remove-node``, ``sae remove``), timing the whole command (a new Python process
 each, as an operator runs it) and the part spent telling the processes; it counts the files each changes in
 ``DIR`` and the processes that applied it, and checks that no other process's pid changed. ``net down`` at the end.
 Prints one JSON object.
@@ -43,7 +43,7 @@ def snapshot(d: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--network", default="example")
-    ap.add_argument("--port", type=int, default=23443)
+    ap.add_argument("--port", type=int, default=18443)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

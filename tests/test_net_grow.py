@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import httpx
@@ -148,7 +149,26 @@ def test_remove_link_of_a_live_route_plans_around_it_and_destroys_its_key_at_bot
     m = _fresh(grown)
     used = _route_links(m, "A", "0", "F", "10")
     assert used == {_l(0, 10)}
-    out = _ok("remove-link", str(m.dir), "0", "10")
+    done, outcomes = threading.Event(), []
+
+    def traffic():  # requests while the link goes: each delivered whole at both ends, or refused with nothing issued
+        a, f = m.client("A", "0"), m.client("F", "10")
+        while not done.is_set() and len(outcomes) < 40:
+            code, c = a.get_key("F", number=1, size=256)
+            if code == 200:
+                code2, back = f.get_key_with_key_IDs("A", [k.key_id for k in c.keys])
+                outcomes.append(code2 == 200 and [k.key for k in back.keys] == [k.key for k in c.keys])
+            else:
+                outcomes.append(code == 503)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        out = _ok("remove-link", str(m.dir), "0", "10")
+    finally:
+        done.set()
+        t.join(timeout=60)
+    assert outcomes and all(outcomes), outcomes
     assert out["topology_version"] == 5 and not out["not_applied"]
     after = _route_links(m, "A", "0", "F", "10")
     assert _l(0, 10) not in after and _l(10, 7) in after  # around it: through 7
