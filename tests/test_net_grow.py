@@ -138,9 +138,10 @@ def test_add_node_with_two_links_then_net_up_starts_only_it_and_delivers_through
     assert {k: v for k, v in now.items() if k in pids} == pids and set(now) - set(pids) == {"node-10"}
     m = _fresh(n)
     links = _route_links(m, "A", "0", "F", "10")
-    assert links == {_l(0, 10)}, links  # the new link, straight
+    assert _l(0, 10) in links, links  # through the new links
+
     links = _route_links(m, "F", "10", "B", "7")
-    assert links == {_l(10, 7)}, links
+    assert _l(10, 7) in links, links
     rows = _status_rows(m)
     assert {row["topology_version"] for row in rows} == {4} and all(row["healthy"] for row in rows)
 
@@ -148,7 +149,7 @@ def test_add_node_with_two_links_then_net_up_starts_only_it_and_delivers_through
 def test_remove_link_of_a_live_route_plans_around_it_and_destroys_its_key_at_both_ends(grown):
     m = _fresh(grown)
     used = _route_links(m, "A", "0", "F", "10")
-    assert used == {_l(0, 10)}
+    assert _l(0, 10) in used
     done, outcomes = threading.Event(), []
 
     def traffic():  # requests while the link goes: each delivered whole at both ends, or refused with nothing issued
@@ -285,17 +286,15 @@ def test_a_node_adds_a_link_then_destroys_its_key_and_voids_a_removed_saes_keys(
         svc.close()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("add-link", "{d}", "0", "7"), "does not answer"),  # the controller is not running: nothing changed
-    (("sae", "add", "{d}", "E"), "expected SAE_ID=NODE"),
-    (("remove-node", "{d}", "1", "--format", "xml"), "--format"),
-])
-def test_changes_of_membership_refused_in_one_line(tmp_path, args, needle):
+def test_changes_of_membership_refused_in_one_line(tmp_path):
+    from qkdseg.net.layout import init_network
+
     d = tmp_path / "net"
-    r = _run("net", "init", str(d), "--network", "example", "--sae", "A=0", "--sae", "B=7", "--port",
-             str(_free_port()))
-    assert r.returncode == 0, r.stderr
+    init_network(d, "example", {"A": "0", "B": "7"}, port=_free_port())
     before = (d / "nodes" / "0" / "node.json").read_text()
-    r = _run("net", *[a.format(d=d) for a in args])
-    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for args, needle in [(("add-link", str(d), "0", "7"), "does not answer"),  # no controller: nothing changed
+                         (("sae", "add", str(d), "E"), "expected SAE_ID=NODE"),
+                         (("remove-node", str(d), "1", "--format", "xml"), "--format")]:
+        r = _run("net", *args)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (d / "nodes" / "0" / "node.json").read_text() == before

@@ -59,7 +59,7 @@ class Deployment:
 
 def load(directory: Path) -> Deployment:
     from ..server.config import load_config
-    from ..server.core import load_network
+    from ..topology import load as load_network
     from .controller import load_net_conf
 
     d = Path(directory)
@@ -71,12 +71,29 @@ def load(directory: Path) -> Deployment:
                              "supported for it yet")
     if net_conf.get("controllers"):
         raise InvalidRequest(f"{d}: replicated controllers: changes of membership are not supported for them yet")
-    cfg = load_config(d / "controller")
+    cfg = _kms_config(d / "controller", load_config)
     _controller_up(d, net_conf["address"])
     names = load_json(d / "nodes.json", "the network's list of nodes")
     confs = {str(v): load_json(d / "nodes" / name / "node.json", "the node's configuration")
              for v, name in names.items()}
-    return Deployment(d, net_conf, cfg, load_network(cfg), names, confs)
+    spec = cfg.network  # as the controller loads it (server.core.load_network, which would import the router)
+    return Deployment(d, net_conf, cfg, load_network(spec if spec == "example" or spec.startswith("topohub:")
+                                                     else str(cfg.path(spec))), names, confs)
+
+
+def _kms_config(c: Path, load_config):
+    """The controller's ``kms.toml`` as it wrote it; not checked field by field as ``load_config`` does (its check
+    imports the routing algorithms: seconds of a command's start). A file that does not read: ``load_config``'s
+    one line."""
+    import tomllib
+
+    from ..server.config import KmsConfig
+
+    try:
+        raw = tomllib.loads((c / "kms.toml").read_text())
+        return KmsConfig(**{**raw, "saes": {str(k): str(v) for k, v in raw["saes"].items()}}, _dir=c)
+    except Exception:  # noqa: BLE001 -- damaged or missing: named by the full load
+        return load_config(c)
 
 
 def _node_link_data(network) -> dict:
@@ -284,15 +301,17 @@ def _oriented(network, u, v) -> tuple:
 
 # -- the commands ---------------------------------------------------------------------------------
 def sae_add(directory: Path, sae: str, node: str, ca_key: Path | None = None) -> dict:
-    from .layout import INIT_FLAGS
+    from ..server.config import check_sae_id
 
     dep = load(directory)
     if sae in dep.cfg.saes:
         raise InvalidRequest(f"SAE {sae!r} is registered already (at node {dep.cfg.saes[sae]})")
     v = _resolve(dep, node, f"SAE={node}: node")
     ch = Change(dep, f"sae add {sae}={v}")
+    check_sae_id(sae, "SAE id")  # the rules of net init's --sae
+    if sae == dep.cfg.kme_id:
+        raise InvalidRequest(f"SAE {sae!r}: the controller's KME id (kms.toml kme_id); choose another id")
     ch.saes[sae] = str(v)
-    dataclasses.replace(dep.cfg, saes=ch.saes).check(flags=INIT_FLAGS)  # the SAE id's rules, as net init's
     for n in ch.nodes:
         if str(n["id"]) == str(v):
             n["saes"] = [*n["saes"], sae]
@@ -302,12 +321,18 @@ def sae_add(directory: Path, sae: str, node: str, ca_key: Path | None = None) ->
 
 
 def _sae_cert(directory: Path, sae: str, ca_key: Path | None) -> str:
-    from .enroll import sae_cert
+    """``DIR/pki/SAE.crt`` and ``.key`` as ``net sae cert`` writes them, when the CA's key is at hand."""
+    from ..server.pki import load_ca, write_cert, write_key
+    from .certs import issue_role, role_uri
 
-    d = Path(directory)
-    if ca_key is None and not (d / "pki" / "ca.key").exists():
-        return f"none written: 'qkdseg net sae cert {d} {sae} --ca-key PATH [--csr FILE]'"
-    return str(sae_cert(d, sae, ca_key or d / "pki" / "ca.key"))
+    pki = Path(directory) / "pki"
+    if ca_key is None and not (pki / "ca.key").exists():
+        return f"none written: 'qkdseg net sae cert {directory} {sae} --ca-key PATH [--csr FILE]'"
+    ca_k, ca = load_ca(pki, ca_key)
+    key, cert = issue_role(ca_k, ca, sae, role_uri("sae", sae))
+    write_key(pki / f"{sae}.key", key)
+    write_cert(pki / f"{sae}.crt", cert)
+    return str(pki / f"{sae}.crt")
 
 
 def sae_remove(directory: Path, sae: str) -> dict:
