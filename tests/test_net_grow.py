@@ -203,7 +203,7 @@ def test_the_controller_keeps_each_staying_links_offset_and_forgets_a_removed_on
 
     import numpy as np
 
-    from qkdseg.net import grow, membership
+    from qkdseg.net import grow, growstate, membership
     from qkdseg.net.controller import Controller
     from qkdseg.net.layout import init_network
     from qkdseg.server.store import Batch
@@ -211,8 +211,8 @@ def test_the_controller_keeps_each_staying_links_offset_and_forgets_a_removed_on
     d = tmp_path / "net"
     init_network(d, "example", {"A": "0", "B": "7"})
     sent = []
-    monkeypatch.setattr(grow, "_controller_up", lambda *a: None)
-    monkeypatch.setattr(grow, "_post", lambda ctx, addr, body, timeout=20.0: (sent.append(body), (False, "test"))[1])
+    monkeypatch.setattr(growstate, "_controller_up", lambda *a: None)
+    monkeypatch.setattr(growstate, "_post", lambda ctx, addr, body, timeout=20.0: (sent.append(body), (False, "test"))[1])
     with pytest.raises(Exception, match="goes through the running controller"):
         grow.remove_link(d, "3", "5")
     body = next(b for b in sent if "network" in b)
@@ -247,15 +247,15 @@ def test_a_node_adds_a_link_then_destroys_its_key_and_voids_a_removed_saes_keys(
     """In one process (no server): a node's side of add-link, remove-link and sae remove."""
     import asyncio
 
-    from qkdseg.net import grow, nodemembers
+    from qkdseg.net import grow, growstate, nodemembers
     from qkdseg.net.layout import init_network
     from qkdseg.net.node import NodeService
 
     d = tmp_path / "net"
     init_network(d, "example", {"A": "0", "B": "7", "E": "0"})
     sent = []
-    monkeypatch.setattr(grow, "_controller_up", lambda *a: None)
-    monkeypatch.setattr(grow, "_post", lambda ctx, addr, body, timeout=20.0: (sent.append(body), (False, "test"))[1])
+    monkeypatch.setattr(growstate, "_controller_up", lambda *a: None)
+    monkeypatch.setattr(growstate, "_post", lambda ctx, addr, body, timeout=20.0: (sent.append(body), (False, "test"))[1])
     with pytest.raises(Exception, match="goes through the running controller"):
         grow.add_link(d, "0", "7")
     body = next(b for b in sent if b.get("conf", {}).get("id") == 0)
