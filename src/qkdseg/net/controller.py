@@ -411,8 +411,8 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     async def health(request: Request):
         r = role_of(request)
-        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33)
-            return json_response({"status": "ok"})
+        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33); admin: its version
+            return json_response({"status": "ok", **membership.version_for(r, ctl)})
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
                               "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
                               "links_suspect": ctl.down.names(ctl.link_index, suspect=True),

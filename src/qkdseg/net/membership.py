@@ -29,7 +29,7 @@ import numpy as np
 
 from ..server.files import write_durably
 from .limits import CONTROL_MAX_BODY, read_json
-from .nodemembers import refuse_unless_admin
+from .nodemembers import refuse_unless_admin, version_for  # noqa: F401 -- version_for: the controller's /health
 from .wire import REMOVED, Problem, json_response, problem_routes
 
 

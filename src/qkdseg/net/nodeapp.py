@@ -311,8 +311,10 @@ def health_route(svc) -> Route:
 
     async def health(request: Request):
         r = role_of(request)
-        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33)
-            return json_response({"status": "ok"})
+        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33); admin: its version
+            from .nodemembers import version_for
+
+            return json_response({"status": "ok", **version_for(r, svc)})
         body = {"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
                 "keys_waiting": len(svc.keys), "requests": len(svc.requests),
                 "topology_version": svc.topology_version}  # .nodemembers

@@ -48,6 +48,12 @@ class Destroyed(LinkStream):
                        reason="link_removed")
 
 
+def version_for(role, process) -> dict:
+    """What ``/health`` adds for the admin's and the operator's certificates (``net status``): the topology version."""
+    return {"topology_version": process.topology_version} if role is not None and role.kind in ("admin", "operator") \
+        else {}
+
+
 def attach(svc) -> None:
     """At the node's start: its topology version and the removed nodes of its ``node.json``."""
     svc.topology_version = int(svc.conf.get("topology_version", 0))

@@ -45,8 +45,8 @@ def role_of(cert) -> Role | None:
     except x509.ExtensionNotFound:
         return None
     for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri in ("urn:qkdseg:controller", "urn:qkdseg:admin"):  # admin: changes of membership (.membership)
-            return Role(uri.rsplit(":", 1)[1], None)
+        if uri in ("urn:qkdseg:controller", "urn:qkdseg:admin", "urn:qkdseg:operator"):  # admin: changes of
+            return Role(uri.rsplit(":", 1)[1], None)  # membership (.membership); operator: net status elsewhere
         for kind in ("node", "sae"):
             prefix = f"urn:qkdseg:{kind}:"
             if uri.startswith(prefix):
