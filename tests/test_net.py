@@ -327,9 +327,10 @@ def test_relay_api_checks_roles_and_offsets(net):
 def test_status_json_lists_every_live_process(net):
     rows = _status(net)
     assert len(rows) == 11 and [r["role"] for r in rows].count("controller") == 1
-    fields = {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url", "metrics_url"}
+    fields = {"role", "node", "pid", "address", "etsi014_url", "healthy", "dashboard_url", "metrics_url",
+              "topology_version"}
     assert all(set(r) == fields | ({"excluded"} if r["role"] == "controller" else set()) for r in rows)
-    assert all(r["healthy"] and isinstance(r["pid"], int) for r in rows)
+    assert all(r["healthy"] and isinstance(r["pid"], int) and r["topology_version"] == 0 for r in rows)
     assert len({r["pid"] for r in rows}) == 11
     ctrl = next(r for r in rows if r["role"] == "controller")
     assert ctrl["node"] is None and ctrl["etsi014_url"] is None and ctrl["address"].startswith("127.0.0.1:")

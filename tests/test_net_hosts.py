@@ -269,7 +269,8 @@ def test_net_sign_refuses_a_csr_that_does_not_match_the_inventory(tmp_path):
     inv = _inventory(tmp_path / "hosts.toml", 'address = "10.1.0.1:8443"', nodes)
     d, ca_key = tmp_path / "net", tmp_path / "ca.key"
     init_network(d, "example", {"A": "0", "B": "7"}, inventory=inv, enroll=True, ca_key_out=ca_key)
-    assert sorted(p.name for p in d.rglob("*.key")) == ["operator.key"]  # the admin's own: net status
+    # the admin's own: net status (operator), changes of membership (admin)
+    assert sorted(p.name for p in d.rglob("*.key")) == ["admin.key", "operator.key"]
     good = _csr(tmp_path / "good.csr", "node 3", "urn:qkdseg:node:3", "10.1.0.13")
     bad = {"name": _csr(tmp_path / "name.csr", "node 4", "urn:qkdseg:node:3", "10.1.0.13"),
            "role": _csr(tmp_path / "role.csr", "A", "urn:qkdseg:sae:A", "10.1.0.13"),

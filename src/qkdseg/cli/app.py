@@ -17,6 +17,7 @@ from .errors import _OneLineGroup
 from .kms import kms_app
 from .net import controller_app, net_app, node_app
 from .netenroll import sign as _sign  # noqa: F401 -- registers net sign, sae cert, bundle; node/controller keygen
+from .netgrow import add_node as _add_node  # noqa: F401 -- registers net add-node, add-link, remove-*, sae add|remove
 from .topology import topology_app
 
 app = typer.Typer(

@@ -7,7 +7,9 @@ controller's: CN ``controller``, ``urn:qkdseg:controller``, its address. An
 SAE's: CN = the SAE id, ``urn:qkdseg:sae:<id>``, clientAuth only. The admin's
 ``operator`` certificate (``net status`` from a machine that holds no
 process's key): ``urn:qkdseg:operator``, clientAuth only: a process answers it
-``/health`` and nothing else.
+``/health`` and nothing else. The admin's ``admin`` certificate (``net add-node``,
+``net sae add``, ...: :mod:`.membership`): ``urn:qkdseg:admin``, clientAuth only;
+the one role the processes take a change of membership from.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .inventory import is_ip
 def role_uri(role: str, ident: str | None = None) -> str:
     """``urn:qkdseg:node:<id>``, ``urn:qkdseg:controller``, ``urn:qkdseg:operator`` or ``urn:qkdseg:sae:<id>``
     (the id percent-encoded)."""
-    if role in ("controller", "operator"):
+    if role in ("controller", "operator", "admin"):
         return f"urn:qkdseg:{role}"
     return f"urn:qkdseg:{role}:{quote(str(ident), safe='')}"
 

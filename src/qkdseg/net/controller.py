@@ -43,6 +43,8 @@ from ..errors import InvalidRequest, env_number
 from ..server.files import check_fields, load_json, port_of
 from ..server.storehealth import CommitFailed
 from .capture import Capture
+from . import membership
+from .membership import gate
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
 from .wire import role as role_of
@@ -117,14 +119,14 @@ class Controller:
         from .suspects import Suspects, settings
 
         self.suspects = Suspects(self.svc.planner, *settings(self.net, str(self.dir / "net.json")))  # .suspects
+        membership.attach(self)  # the topology version, the removed nodes (.membership)
 
     def _http(self):
         if self.client is None:
             from .wire import Role, async_client
 
-            nodes = {a: str(n) for n, a in self.addresses.items()}  # at a node's address, that node's certificate
-            self.client = async_client(self.ctx_client, 256, expect=lambda host, port: Role(
-                "node", nodes[f"{host}:{port}"]) if f"{host}:{port}" in nodes else None)
+            self.client = async_client(self.ctx_client, 256, expect=lambda host, port: next(  # at a node's address,
+                (Role("node", n) for n, a in self.addresses.items() if a == f"{host}:{port}"), None))  # its certificate
             if self.capture is not None:
                 self.client.event_hooks = {"response": [self.capture.on_response]}
         return self.client
@@ -179,6 +181,7 @@ class Controller:
         from .suspects import audit
 
         await audit(self, self.suspects.expire())  # suspect nodes whose time is up: planned through again
+        await gate(self)  # a change of membership being applied: after it (from here to the reservation: no await)
         svc = self.svc
         master, slave = str(w["master"]), str(w["slave"])
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -266,6 +269,8 @@ class Controller:
         from .reportcheck import check_events, check_links, check_stock
         from .suspects import audit, check_runs
 
+        await gate(self)
+        version = self.topology_version
         try:  # every number, link and event checked before anything is applied (net/reportcheck.py)
             runs = check_runs(w.get("qkdseg_runs"))  # the relay runs it was the source of (.suspects)
             links = check_links(self, caller_node, w)
@@ -283,6 +288,8 @@ class Controller:
             self.replica.check()
         self._events(caller_node, events)
         await audit(self, self.suspects.outcomes(caller_node, runs))
+        if version != self.topology_version:  # checked against the topology before the change: sent again later
+            return {"qkdn_id": caller_node, "links": 0, "lowered": [], "topology_version": self.topology_version}
         if stock is not None:
             self.stocks[f"node {caller_node}"] = stock
         svc = self.svc
@@ -405,12 +412,13 @@ def create_controller_app(ctl: Controller) -> Starlette:
 
     async def health(request: Request):
         r = role_of(request)
-        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33)
-            return json_response({"status": "ok"})
+        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33); admin: its version
+            return json_response({"status": "ok", **membership.version_for(r, ctl)})
         return json_response({"status": "ok", "role": "controller", "pid": os.getpid(), "plans": ctl.plans,
                               "reported": sorted(ctl.reported), "links_down": ctl.down.names(ctl.link_index),
                               "links_suspect": ctl.down.names(ctl.link_index, suspect=True),
                               "excluded": ctl.svc.planner.excluded_view(), "suspects": ctl.suspects.view(),
+                              "topology_version": ctl.topology_version,
                               **(ctl.replica.health() if ctl.replica else {})})
 
     @contextlib.asynccontextmanager
@@ -428,7 +436,8 @@ def create_controller_app(ctl: Controller) -> Starlette:
     return Starlette(routes=[Route("/control/v1/plans", plans, methods=["POST"]),
                              Route("/control/v1/status", status, methods=["GET"]),
                              Route("/control/v1/links", links, methods=["POST"]),
-                             Route("/health", health, methods=["GET"]), *suspect_routes(ctl)], lifespan=lifespan)
+                             Route("/health", health, methods=["GET"]), *suspect_routes(ctl),
+                             *membership.membership_routes(ctl)], lifespan=lifespan)
 
 
 def serve_controller(directory: str | Path, *, capture: Path | None = None, dashboard_port: int | None = None,

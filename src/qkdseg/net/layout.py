@@ -16,7 +16,8 @@
 
 Private keys and storage keys are written with mode 0600. With an inventory
 (:mod:`.inventory`) every address is the inventory's (and ``pki/operator.crt``
-is the admin's client certificate); with ``--enroll`` no private, storage or
+is the admin's client certificate; ``pki/admin.crt`` is always written: the role that changes the
+membership, :mod:`.membership`); with ``--enroll`` no private, storage or
 audit key is written (each host makes its own: :mod:`.enroll`) and each
 node's link seeds are in ``links.seeds.json`` for ``node keygen`` to seal.
 """
@@ -158,6 +159,9 @@ def _write_pki(pki: Path, registry: dict, *, ca_key_out: Path | None, enroll: bo
         key, cert = issue_role(ca_key, ca, sae, role_uri("sae", sae))
         write_key(pki / f"{sae}.key", key)
         write_cert(pki / f"{sae}.crt", cert)
+    key, cert = issue_role(ca_key, ca, "admin", role_uri("admin"))  # changes of membership (net add-node, ...)
+    write_key(pki / "admin.key", key)
+    write_cert(pki / "admin.crt", cert)
     if operator:
         key, cert = issue_role(ca_key, ca, "operator", role_uri("operator"))
         write_key(pki / "operator.key", key)

@@ -216,6 +216,9 @@ class NodeService(Messaging, RelayRequests, EtsiNode, Spares, Reconcile, Reports
         skip = self.conf.get("max_skip_bits")  # net init --max-skip-bits; None: each link's pool size
         self._windows = {end.name: (int(skip) if skip is not None else int(lk["pool_bits"])) // 8
                          for lk in self.conf["links"] for end in [self.links[lk["neighbour"]]]}
+        from .nodemembers import attach
+
+        attach(self)  # its topology version, the removed nodes (net add-node, remove-node, ...: .nodemembers)
 
     # -- what a neighbour may make this node hold or skip (issue 33, .limits, .linkhealth) ----------------
     def window_bytes(self, end) -> int:

@@ -311,10 +311,13 @@ def health_route(svc) -> Route:
 
     async def health(request: Request):
         r = role_of(request)
-        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33)
-            return json_response({"status": "ok"})
+        if r is None or r.kind not in ("node", "controller"):  # an SAE: no details (issue 33); admin: its version
+            from .nodemembers import version_for
+
+            return json_response({"status": "ok", **version_for(r, svc)})
         body = {"status": "ok", "role": "node", "node": str(svc.id), "pid": os.getpid(),
-                "keys_waiting": len(svc.keys), "requests": len(svc.requests)}
+                "keys_waiting": len(svc.keys), "requests": len(svc.requests),
+                "topology_version": svc.topology_version}  # .nodemembers
         if svc.device is not None:  # per device-fed link: its device state, keys fetched and skipped, bits held
             body["device_links"] = svc.device.view()
         if svc.stock is not None:  # per stocked pair of its SAEs: keys, target, hits, misses, refills (.spares)
@@ -333,6 +336,9 @@ def create_node_app(svc):
 
     routes = relay_routes(svc) + control_routes(svc) + [health_route(svc)] + (
         svc.device.routes() if svc.device is not None else []) + (svc.seeds.routes() if svc.seeds is not None else [])
+    from .nodemembers import membership_routes
+
+    routes += membership_routes(svc)  # the admin's changes of membership
     app = create_app(svc, routes=routes)
     inner = app.router.lifespan_context
 

@@ -235,6 +235,9 @@ def status(directory: Path) -> list[dict]:
         why = problems.get(p["name"])
         if why is not None and (row["pid"] is not None or why.startswith(("wrong role", "the peer"))):
             row["problem"] = why
+    for row, p in zip(rows, procs):  # the topology version each process runs (net add-node, ...: .membership)
+        if "topology_version" in bodies.get(p["name"], {}):
+            row["topology_version"] = bodies[p["name"]]["topology_version"]
     for row, p in zip(rows, procs):  # the nodes the controller plans around, each with its reason
         if not p.get("local", True):  # on another host (net init --inventory): net up does not start it
             row["remote"] = True
@@ -339,6 +342,14 @@ def _start_missing(directory: Path, pids: dict, running: list[str], asked: list[
         _stop({k: v.pid for k, v in started.items()})
         write_private(directory / "run" / "pids.json", json.dumps(pids) + "\n")
         raise
+    nodes = [str(p["node"]) for p in missing if p["role"] == "node"]  # a new one (net add-node): planned through
+    ctrl = [p for p in procs if p["role"] == "controller"][:1]  # once its first report reached the controller
+    while nodes and ctrl and time.monotonic() < deadline:
+        bodies: dict = {}
+        health(directory, ctrl, timeout=1.0, bodies=bodies)
+        if not any("unready" in bodies.get(ctrl[0]["name"], {}).get("excluded", {}).get(n, "") for n in nodes):
+            break
+        time.sleep(0.2)
     return status(directory)
 
 

@@ -45,8 +45,8 @@ def role_of(cert) -> Role | None:
     except x509.ExtensionNotFound:
         return None
     for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri == "urn:qkdseg:controller":
-            return Role("controller", None)
+        if uri in ("urn:qkdseg:controller", "urn:qkdseg:admin", "urn:qkdseg:operator"):  # admin: changes of
+            return Role(uri.rsplit(":", 1)[1], None)  # membership (.membership); operator: net status elsewhere
         for kind in ("node", "sae"):
             prefix = f"urn:qkdseg:{kind}:"
             if uri.startswith(prefix):
@@ -240,8 +240,15 @@ def role(request) -> Role | None:
     return request.scope.get("state", {}).get(ROLE_KEY)
 
 
+#: Node id -> why this process refuses its certificate (``net remove-node``: .membership): 403 on every route.
+REMOVED: dict[str, str] = {}
+
+
 def require(request, kind: str) -> Role:
     r = role(request)
+    if r is not None and r.kind == "node" and r.ident in REMOVED:
+        raise Problem(403, "Forbidden", f"node {r.ident!r} was removed from the network ({REMOVED[r.ident]}); its "
+                                        "certificate is refused", reason="removed")
     if r is None or r.kind != kind:
         from .tlsfail import warn
 
