@@ -171,7 +171,7 @@ def sim_chunk(spec: dict, part: list) -> list[dict]:
         for alg in spec["algorithms"]:
             sim = Simulation(net, req, alg, ttl=spec["ttl"], reconstruction=spec["reconstruction"],
                              link_rate_bps=spec["link_rate_bps"], interval=spec["duration"] + spec["ttl"],
-                             options=spec["options"].get(alg)).run()
+                             options=spec["options"].get(alg), **spec.get("shared", {})).run()
             d = sim.requests_frame()
             s = summary_table(d, spec["duration"], [alg]).iloc[0].to_dict()
             row = {"rate": float(rate), "replication": int(rep), "seed": seed, "algorithm": alg,
@@ -202,14 +202,19 @@ def run_load_sweep(
     pairs: str = "uniform",
     arrivals: str = "poisson",
     link_rate_bps: float = 100_000.0,
-    reconstruction: str = "paper",
+    reconstruction: str | None = None,
     options: dict | None = None,
     backend: str = "processes",
     workers: int | None = None,
     scheduler: Any = None,
     progress: bool = True,
+    sharing: str = "xor",
+    tolerate: int = 0,
+    relay_failure: float = 0.0,
 ):
     """The grid ``rates x replications``, every algorithm on each trace; returns ``(rows, timings)``.
+
+    ``sharing``, ``tolerate``, ``relay_failure``: as :class:`~qkdseg.sim.Simulation` takes them.
 
     ``rows``: a DataFrame with :data:`SWEEP_COLUMNS`, sorted by rate,
     replication and algorithm order, whatever the backend. ``timings``: the
@@ -233,13 +238,14 @@ def run_load_sweep(
     algorithms = tuple(algorithms)
     spec = {"network": network, "duration": float(duration), "key_bits": key_bits, "epsilon": epsilon, "ttl": float(ttl),
             "seed": seed, "pairs": pairs, "arrivals": arrivals, "link_rate_bps": link_rate_bps,
-            "reconstruction": reconstruction, "algorithms": algorithms, "options": dict(options or {})}
+            "reconstruction": reconstruction, "algorithms": algorithms, "options": dict(options or {}),
+            "shared": {"sharing": sharing, "tolerate": tolerate, "relay_failure": relay_failure}}
     # validate everything once, here, before any worker starts
     poisson_requests(network, rates[0], duration, seed=seed, key_bits=key_bits, epsilon=epsilon, pairs=pairs,
                      arrivals=arrivals)
     for alg in algorithms:
         Simulation(network, poisson_requests(network, 1.0, 1.0), alg, ttl=ttl, reconstruction=reconstruction,
-                   link_rate_bps=link_rate_bps, options=spec["options"].get(alg))
+                   link_rate_bps=link_rate_bps, options=spec["options"].get(alg), **spec["shared"])
     # the biggest tasks first, so that the pool's last tasks are small ones
     parts = [[(r, k)] for r in sorted(rates, reverse=True) for k in range(replications)]
     workers = workers or os.cpu_count() or 1
