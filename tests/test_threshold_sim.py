@@ -6,6 +6,7 @@ import json
 
 import networkx as nx
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -170,3 +171,34 @@ def test_simulate_cli_sharing_and_failures(tmp_path):
         res = runner.invoke(app, ["simulate", "example", "--rate", "2", "--duration", "5", "-q", "-o",
                                   str(tmp_path / "x"), *args])
         assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_threshold_study_pieces_and_report(tmp_path):
+    """The study's pieces on a few requests and a short trace: static rows per scheme (threshold refused where a
+    segment has m <= T paths, a one-key scheme keyed only where the level is met), simulator rows at
+    every failure probability, the figures and the report's table; the CLI refuses a study without CIs."""
+    from qkdseg.experiments import threshold as th
+    from qkdseg.experiments.threshold_report import plot_threshold, results_table, write_threshold_report
+
+    static = pd.DataFrame(th.static_waxman(0, [0, 1], [("p", 0.8, 10), ("trusted", 0.8, 10)])
+                          + th.static_zoo("topozoo/Dfn", 0, [0, 1], [("p", 0.8, 5), ("trusted", 0.8, 5)]))
+    assert set(static["scheme"]) == {s[0] for s in th.SCHEMES}
+    for _, r in static.iterrows():
+        assert r["refused"] <= (r["tolerate"] > 0)
+        assert (r["key_bits_e70"] > 0) <= (r["security"] >= 0.7 - 1e-12 or r["scheme"].endswith("xor"))
+    smr = static[static["algorithm"] == "smr"].groupby(["network", "request", "sweep"])
+    for _, d in smr:  # the same paths under every sharing: XOR and xor-all agree, T=2 is never above T=1
+        sec = dict(zip(d["scheme"], d["security"]))
+        assert sec["smr xor"] == sec["smr xor-all"] and sec["smr T=2"] <= sec["smr T=1"] + 1e-12
+    sim = {"rate": 4.0, "duration": 10.0, "key_bits": 256, "epsilon": 0.5}
+    dynamic = pd.DataFrame([row for rep in (0, 1) for row in th.dynamic_runs("topozoo/Dfn", 0, rep, sim)])
+    assert len(dynamic) == 2 * len(th.SCHEMES) * len(th.FAILURES)
+    assert (dynamic.groupby(["replication", "relay_failure"])["requests"].nunique() == 1).all()  # one trace
+    assert (dynamic.loc[dynamic["relay_failure"] == 0, "failed"] == 0).all()
+    table = results_table(static, dynamic)
+    assert len(table) == 2 + 2 * len(th.SCHEMES) and "| Dfn | smr T=1 |" in "\n".join(table)
+    files = plot_threshold(static, dynamic, tmp_path, sim)
+    report = write_threshold_report(static, dynamic, tmp_path, header="test", sim=sim)
+    assert all(f.stat().st_size > 0 for f in files) and "| waxman-100 | smr xor |" in report.read_text()
+    res = CliRunner().invoke(app, ["study", "--threshold", "--requests", "1", "-q", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--requests 1" in res.output, res.output

@@ -100,6 +100,32 @@ def _whole_numbers(text: str, option: str) -> list[int]:
     return sorted(values)
 
 
+def _threshold_study(out: Path, requests: int, replications: int, seed: int, full: bool, workers, quiet: bool) -> None:
+    """``study --threshold``: the study of :mod:`qkdseg.experiments.threshold` to ``out``."""
+    import time
+
+    from ..experiments import write_results
+    from ..experiments.threshold import run_threshold_study
+    from ..experiments.threshold_report import plot_threshold, write_threshold_report
+
+    _check_seed(seed)
+    _check_range(requests, "--requests", 2, MAX_REQUESTS)
+    _check_range(replications, "--replications", 2, 10_000)
+    _check_range(workers, "--workers", 1, MAX_WORKERS)
+    _check_out_dir(out)
+    t0 = time.perf_counter()
+    static, dynamic, sim = run_threshold_study(requests=requests, replications=replications, seed=seed, full=full,
+                                               workers=workers, progress=not quiet)
+    header = (f"`qkdseg study --threshold --requests {requests} --replications {replications} --seed {seed}"
+              f"{' --full' if full else ''}`: {len(static)} static rows, {len(dynamic)} simulator runs.")
+    with staged_output(out, last=("report.md",)) as stage:
+        files = [write_results(static, stage.dir, stem="static"), write_results(dynamic, stage.dir, stem="dynamic"),
+                 *plot_threshold(static, dynamic, stage.dir, sim),
+                 write_threshold_report(static, dynamic, stage.dir, header=header, sim=sim)]
+        files = [stage.final(f) for f in files]
+    typer.echo(f"wrote {', '.join(map(str, files))} in {time.perf_counter() - t0:.1f} s")
+
+
 @user_errors
 def study(
     topologies: Annotated[str, typer.Option("--topologies", help="Topology group: zoo (Topology Zoo) or sndlib.")] = "zoo",
@@ -119,11 +145,17 @@ def study(
     swap_max_k: Annotated[int, typer.Option("--swap-max-k", help="Placement study: run swap (one pass) only up to this budget.")] = 10,
     exact_budgets: Annotated[str, typer.Option("--exact-budgets", help="Placement study: budgets of the exact optimum, comma-separated.")] = "2,3",
     max_placements: Annotated[int, typer.Option("--max-placements", help="Placement study: exact only where there are at most this many subsets.")] = 4000,
+    threshold: Annotated[bool, typer.Option("--threshold", help="Instead: XOR against threshold sharing (issue 40; docs/algorithms.md).")] = False,
+    replications: Annotated[int, typer.Option("--replications", help="Threshold study: simulator runs per network and scheme.")] = 3,
+    full: Annotated[bool, typer.Option("--full", help="Threshold study: every point of the paper's Waxman grids.")] = False,
 ) -> None:
-    """SMR against the baselines on every real topology of a group (or, with --placement, where to add trusted relays)."""
+    """SMR against the baselines on every real topology of a group (or, with --placement, where to add trusted relays;
+    with --threshold, XOR against threshold sharing)."""
     from ..experiments import write_results
     from ..experiments.study import plot_study, run_study, write_study_report
 
+    if threshold:
+        return _threshold_study(out, requests, replications, seed, full, workers, quiet)
     if placement:
         from ..experiments.placement import plot_placement_study, run_placement_study, write_placement_report
 
