@@ -44,7 +44,7 @@ import numpy as np
 from ..network import NetworkArrays
 from ..security.threshold import _threshold_security
 from .level_paths import HopRows, Rows
-from .level_successive import _meets, full_route
+from .level_successive import _meets, full_route, least_hops_across, pareto_front
 from .smr import select_segment_nodes
 from .smr_exact import candidate_relays, ordered_chains
 
@@ -71,11 +71,7 @@ def threshold_frontier(p: np.ndarray, paths: list[list[int]], tolerate: int) -> 
         every = tuple(range(len(paths)))
         cands.append((sum(hops), _threshold_security(p, [paths], (), tolerate), every))
     cands.sort(key=lambda c: (c[0], -c[1]))
-    out: list[tuple[int, float, tuple]] = []
-    for c in cands:
-        if not out or c[1] > out[-1][1]:
-            out.append(c)
-    return out
+    return pareto_front(cands)
 
 
 def cheapest_threshold(p: np.ndarray, paths: list[list[list[int]]], chain: list[int], eps: float,
@@ -85,21 +81,7 @@ def cheapest_threshold(p: np.ndarray, paths: list[list[list[int]]], chain: list[
     fronts = [threshold_frontier(p, seg, tolerate) for seg in paths]
     if not fronts or any(not f for f in fronts):
         return None
-    tail = [1.0] * (len(fronts) + 1)
-    for j in range(len(fronts) - 1, -1, -1):
-        tail[j] = tail[j + 1] * max(s for _, s, _ in fronts[j])
-    states: list[tuple[int, float, tuple]] = [(0, math.prod(float(p[v]) for v in chain), ())]
-    for j, front in enumerate(fronts):
-        new = [(h + fh, sec * fs, subs + (fsub,)) for h, sec, subs in states for fh, fs, fsub in front
-               if _meets(sec * fs * tail[j + 1], eps)]
-        new.sort(key=lambda s: (s[0], -s[1]))
-        states = []
-        for s in new:
-            if not states or s[1] > states[-1][1]:
-                states.append(s)
-        if not states:
-            return None
-    return next((s for s in states if _meets(s[1], eps)), None)
+    return least_hops_across(fronts, math.prod(float(p[v]) for v in chain), eps)
 
 
 def threshold_search(arrays: NetworkArrays, source: int, target: int, rn: np.ndarray, rl: np.ndarray, rows: Rows,
