@@ -157,10 +157,14 @@ def _grid(static, metric: str, ylabel: str, stem: str, out: Path, rows=("p", "tr
                 c = sub[sub["scheme"] == scheme].sort_values(x)
                 kw = SCHEME_STYLES.get(scheme, {})
                 ax.plot(c[x], c[metric], label=scheme, lw=1.6, ms=4.5, **kw)
-                ax.fill_between(c[x], c[metric] - c[metric + "_ci"].fillna(0), c[metric] + c[metric + "_ci"].fillna(0),
-                                color=kw.get("color", "k"), alpha=0.12, lw=0)
+                lo, hi = c[metric] - c[metric + "_ci"].fillna(0), c[metric] + c[metric + "_ci"].fillna(0)
+                if not log:  # a probability or a share: the band stays in [0, 1]
+                    lo, hi = lo.clip(0, 1), hi.clip(0, 1)
+                ax.fill_between(c[x], lo, hi, color=kw.get("color", "k"), alpha=0.12, lw=0)
             if log:
                 ax.set_yscale("log")
+            else:
+                ax.set_ylim(-0.02, 1.02)
             fixed = f"{int(sub['n_trusted'].iloc[0])} trusted" if sweep == "p" and len(sub) else "p = 0.8"
             ax.set_title(f"{net} ({fixed})", fontsize=10)
             ax.set_xlabel("p of untrusted relays" if sweep == "p" else "trusted relays")
@@ -181,12 +185,15 @@ def plot_failures(dynamic, out: Path, sim: dict) -> list[Path]:
         sub = d[d["network"] == net]
         for scheme in _order(sub["scheme"].unique()):
             c = sub[sub["scheme"] == scheme].sort_values("relay_failure")
-            ax.errorbar(100 * c["relay_failure"], c["served_share"], yerr=c["served_share_ci"].fillna(0), label=scheme,
+            ci = c["served_share_ci"].fillna(0)
+            yerr = [np.minimum(ci, c["served_share"]), np.minimum(ci, 1 - c["served_share"])]  # kept in [0, 1]
+            ax.errorbar(100 * c["relay_failure"], c["served_share"], yerr=yerr, label=scheme,
                         lw=1.6, ms=4.5, capsize=3, **SCHEME_STYLES.get(scheme, {}))
         ax.set_title(net, fontsize=10)
         ax.set_xlabel("relay failure probability (%)")
         ax.set_ylabel("share of requests served")
         ax.set_xticks([100 * f for f in FAILURES])
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, ncol=2)
     n = int(dynamic["replication"].nunique())
