@@ -71,7 +71,7 @@ def static_summary(df):
         cost, cost_ci = _mean_ci(keyed["consumed_bits"] / keyed[col])
         share, share_ci = _mean_ci((d[col] > 0).astype(float))
         rows.append({"network": net, "sweep": sweep, "p_untrusted": p, "n_trusted": t, "scheme": scheme,
-                     "n": len(d), "security": sec, "security_ci": sec_ci, "refused": float(d["refused"].mean()),
+                     "n": len(d), "n_keyed": len(keyed), "security": sec, "security_ci": sec_ci, "refused": float(d["refused"].mean()),
                      "key_share": share, "key_share_ci": share_ci, "bits_per_key_bit": cost,
                      "bits_per_key_bit_ci": cost_ci})
     return pd.DataFrame(rows)
@@ -142,7 +142,7 @@ def _pyplot():
     return plt
 
 
-def _grid(static, metric: str, ylabel: str, stem: str, out: Path, rows=("p", "trusted"), log: bool = False,
+def _grid(static, metric: str, ylabel: str, stem: str, out: Path, rows=("p", "trusted"), prob: bool = True,
           title: str = "") -> list[Path]:
     plt = _pyplot()
     s = static_summary(static)
@@ -158,13 +158,16 @@ def _grid(static, metric: str, ylabel: str, stem: str, out: Path, rows=("p", "tr
                 kw = SCHEME_STYLES.get(scheme, {})
                 ax.plot(c[x], c[metric], label=scheme, lw=1.6, ms=4.5, **kw)
                 lo, hi = c[metric] - c[metric + "_ci"].fillna(0), c[metric] + c[metric + "_ci"].fillna(0)
-                if not log:  # a probability or a share: the band stays in [0, 1]
+                if prob:  # a probability or a share: the band stays in [0, 1]
                     lo, hi = lo.clip(0, 1), hi.clip(0, 1)
+                else:  # a cost over the requests with a key: no band over fewer than 3 of them
+                    few = c["n_keyed"] < 3
+                    lo, hi = lo.clip(lower=0).where(~few, c[metric]), hi.where(~few, c[metric])
                 ax.fill_between(c[x], lo, hi, color=kw.get("color", "k"), alpha=0.12, lw=0)
-            if log:
-                ax.set_yscale("log")
-            else:
+            if prob:
                 ax.set_ylim(-0.02, 1.02)
+            else:
+                ax.set_ylim(bottom=0)
             fixed = f"{int(sub['n_trusted'].iloc[0])} trusted" if sweep == "p" and len(sub) else "p = 0.8"
             ax.set_title(f"{net} ({fixed})", fontsize=10)
             ax.set_xlabel("p of untrusted relays" if sweep == "p" else "trusted relays")
@@ -209,7 +212,8 @@ def plot_threshold(static, dynamic, out: Path, sim: dict) -> list[Path]:
     files += _grid(static, "key_share", f"share with a key at {COST_EPSILON}", "threshold_cost_share", out,
                    rows=("trusted",), title=f"requests that get a key at level {COST_EPSILON}")
     files += _grid(static, "bits_per_key_bit", "link bits per key bit", "threshold_cost", out, rows=("trusted",),
-                   log=True, title=f"link bits consumed per key bit at level {COST_EPSILON} (requests with a key)")
+                   prob=False, title=f"link bits consumed per key bit at level {COST_EPSILON} (requests with a key; "
+                                     "no band over fewer than 3)")
     return files + plot_failures(dynamic, out, sim)
 
 
