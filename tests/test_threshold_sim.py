@@ -92,8 +92,28 @@ def test_smr_level_threshold_routes_against_brute_force(net, t, eps):
         assert r.security >= eps - 1e-12
 
 
-def _route_nodes(path_nodes):
-    return {v for path in path_nodes for v in path[1:-1]}
+@settings(max_examples=30, deadline=None)
+@given(hub_networks(), st.integers(1, 2))
+def test_smr_exact_threshold_chain_against_brute_force(net, t):
+    """smr-exact under threshold sharing: its security is the brute force's, and it is never below the k-of-m
+    security of the routes of disjoint (chain ()) and SMR (SMR's chain) that can carry the sharing, both of
+    which it tries."""
+    pmap = dict(zip(net.arrays.node_ids, net.arrays.p.tolist()))
+
+    def sec(alg):
+        try:
+            r = route(net, 0, 1, alg, sharing="threshold", tolerate=t)
+        except InvalidRequest:
+            return None
+        if r.blocked:
+            return None
+        segs = [list(x.paths) for x in r.segments]
+        assert r.security == pytest.approx(threshold_brute(pmap, segs, r.segment_nodes[1:-1], t), abs=1e-12)
+        return r.security
+
+    best, others = sec("smr-exact"), [x for x in (sec("disjoint"), sec("smr")) if x is not None]
+    if others:
+        assert best is not None and best >= max(others) - 1e-9
 
 
 def test_relay_failures_paired_between_xor_and_threshold():

@@ -8,7 +8,10 @@ node-disjoint multipath (``disjoint``) and MSP as the baselines. Schemes
 paper's scheme), the same route with XOR and one key of every piece
 (``xor-all``: the key threshold sharing makes, with XOR), the same route
 shared 2-of-... with T = 1 and T = 2, and ``disjoint`` and ``msp`` with XOR
-and the paper's reconstruction.
+and the paper's reconstruction; beside them ``smr-exact`` with T = 1 and 2,
+whose segment nodes are chosen for the sharing (the chain whose full route
+has the highest k-of-m security, a chain with a segment of ``m <= T`` paths
+last).
 
 **Static part** (one row per network point, request and scheme): the route's
 exact security under its sharing (0 when the route is blocked or has a
@@ -62,6 +65,8 @@ SCHEMES = (
     ("smr xor-all", "smr", 0, "xor-all"),
     ("smr T=1", "smr", 1, "xor-all"),
     ("smr T=2", "smr", 2, "xor-all"),
+    ("smr-exact T=1", "smr-exact", 1, "xor-all"),
+    ("smr-exact T=2", "smr-exact", 2, "xor-all"),
     ("disjoint xor", "disjoint", 0, "paper"),
     ("msp xor", "msp", 0, "paper"),
 )
@@ -107,7 +112,7 @@ def _scheme_rows(arrays, s: int, d: int, seed: int) -> list[dict[str, Any]]:
             r = route_indices(arrays, s, d, alg, routed=routed.get(alg), tolerate=t, **opts)
         except InvalidRequest:  # a segment of m <= T paths: refused
             r, refused = None, True
-        if r is not None and alg not in routed and not r.blocked:
+        if r is not None and alg not in routed and not r.blocked and not t:
             routed[alg] = ([arrays.index[v] for v in r.segment_nodes], [[list(p) for p in seg] for seg in r.index_paths])
         ok = r is not None and not r.blocked
         row = {"scheme": label, "algorithm": alg, "tolerate": t, "refused": refused,

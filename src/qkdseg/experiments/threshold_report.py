@@ -29,6 +29,8 @@ SCHEME_STYLES = {
     "smr xor-all": dict(color="#d62728", ls="--", marker="s", mfc="white"),
     "smr T=1": dict(color="#ff7f0e", ls="-", marker="^"),
     "smr T=2": dict(color="#8c564b", ls="-", marker="v"),
+    "smr-exact T=1": dict(color="#ff7f0e", ls="--", marker="^", mfc="white"),
+    "smr-exact T=2": dict(color="#8c564b", ls="--", marker="v", mfc="white"),
     "disjoint xor": dict(color="#2ca02c", ls=":", marker="D", mfc="white"),
     "msp xor": dict(color="#1f77b4", ls="-.", marker="P"),
 }
@@ -225,7 +227,8 @@ def write_threshold_report(static, dynamic, out: Path, *, header: str, sim: dict
         "",
         "Schemes: SMR's route with XOR and the paper's reconstruction (`smr xor`, the reference), the same route "
         "with one XOR key of every piece (`smr xor-all`), the same route with each segment key shared k-of-m, "
-        "k = m - T (`smr T=1`, `smr T=2`), and the baselines `disjoint` and `msp` with XOR and the paper's "
+        "k = m - T (`smr T=1`, `smr T=2`), `smr-exact` with its segment nodes chosen for the sharing (`smr-exact T=1`, "
+        "`smr-exact T=2`), and the baselines `disjoint` and `msp` with XOR and the paper's "
         "reconstruction. Security: the route's exact security under its sharing (0 when blocked or refused: a "
         "segment of m <= T paths). Key at 0.7: the share of requests whose route delivers a key at level 0.7; "
         "link bits per key bit: consumed bits / key bits over those requests. Served: the simulator's share of "
