@@ -220,5 +220,8 @@ def test_threshold_study_pieces_and_report(tmp_path):
     files = plot_threshold(static, dynamic, tmp_path, sim)
     report = write_threshold_report(static, dynamic, tmp_path, header="test", sim=sim)
     assert all(f.stat().st_size > 0 for f in files) and "| waxman-100 | smr xor |" in report.read_text()
-    res = CliRunner().invoke(app, ["study", "--threshold", "--requests", "1", "-q", "-o", str(tmp_path / "x")])
-    assert res.exit_code == 2 and "--requests 1" in res.output, res.output
+    for args, msg in ((["--threshold", "--requests", "1"], "--requests 1"),
+                      (["--threshold", "--p", "0.5"], "--p does not apply to study --threshold"),
+                      (["--replications", "4"], "--replications needs --threshold")):
+        res = CliRunner().invoke(app, ["study", *args, "-q", "-o", str(tmp_path / "x")])
+        assert res.exit_code == 2 and msg in res.output and not (tmp_path / "x").exists(), res.output

@@ -100,6 +100,23 @@ def _whole_numbers(text: str, option: str) -> list[int]:
     return sorted(values)
 
 
+#: The options of ``study --threshold`` (the others belong to the Zoo and placement studies).
+_THRESHOLD_OPTIONS = {"threshold", "replications", "full", "requests", "seed", "out", "workers", "quiet"}
+
+
+def _check_study_mode(ctx: typer.Context, threshold: bool) -> None:
+    """Refuse an option given to the study it does not belong to (``--threshold`` or the others), naming it."""
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if threshold and name not in _THRESHOLD_OPTIONS:
+            raise InvalidRequest(f"{flag} does not apply to study --threshold")
+        if not threshold and name in ("replications", "full"):
+            raise InvalidRequest(f"{flag} needs --threshold")
+
+
 def _threshold_study(out: Path, requests: int, replications: int, seed: int, full: bool, workers, quiet: bool) -> None:
     """``study --threshold``: the study of :mod:`qkdseg.experiments.threshold` to ``out``."""
     import time
@@ -128,6 +145,7 @@ def _threshold_study(out: Path, requests: int, replications: int, seed: int, ful
 
 @user_errors
 def study(
+    ctx: typer.Context,
     topologies: Annotated[str, typer.Option("--topologies", help="Topology group: zoo (Topology Zoo) or sndlib.")] = "zoo",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.", **OUT_PATH)] = Path("out-study"),
     requests: Annotated[int, typer.Option("--requests", help="Random requests per network.")] = 20,
@@ -154,6 +172,7 @@ def study(
     from ..experiments import write_results
     from ..experiments.study import plot_study, run_study, write_study_report
 
+    _check_study_mode(ctx, threshold)
     if threshold:
         return _threshold_study(out, requests, replications, seed, full, workers, quiet)
     if placement:
