@@ -12,7 +12,8 @@ random numbers: XOR and threshold sharing are paired draw by draw).
 A path is lost when one of its relays failed. A global key survives when no
 segment node failed and, in each of its parts, at most ``T`` of the part's
 paths are lost (``T = 0`` under XOR: every piece is needed; ``T`` under
-threshold sharing, where ``k = m - T`` shares rebuild the part). A run in
+threshold sharing, where ``k = m - T`` shares rebuild the part). The request
+takes the strongest surviving key (its security is the request's). A run in
 which no key survives has spent its bits all the same: its links are debited
 and its request is blocked with reason ``failed`` **[choice: not retried,
 even with a ttl: the run took its key from the pools, and a retry would be a
@@ -37,11 +38,11 @@ def check_relay_failure(value: object) -> float:
 
 def failure_plan(segs: list, rec) -> tuple:
     """What decides a run's survival: ``(segment nodes between the ends, each segment's paths' relays, each
-    global key's parts as (segment, path indices))``, node indices."""
+    global key's parts as (segment, path indices), each global key's security)``, node indices."""
     chain = np.asarray([seg[0][0] for seg in segs[1:]], dtype=np.int64)
     relays = [[np.asarray(p[1:-1], dtype=np.int64) for p in seg] for seg in segs]
     keys = [tuple((part.segment, part.paths) for part in key.parts) for key in rec.global_keys]
-    return chain, relays, keys
+    return chain, relays, keys, [key.security for key in rec.global_keys]
 
 
 def failed_nodes(seed: int, attempt: int, n_nodes: int, prob: float) -> np.ndarray:
@@ -49,19 +50,19 @@ def failed_nodes(seed: int, attempt: int, n_nodes: int, prob: float) -> np.ndarr
     return np.random.default_rng([int(seed), 4, int(attempt)]).random(n_nodes) < prob
 
 
-def surviving_keys(plan: tuple, failed: np.ndarray, tolerate: int) -> int:
-    """How many of the run's global keys survive the ``failed`` nodes (module docstring).
+def surviving_keys(plan: tuple, failed: np.ndarray, tolerate: int) -> list[int]:
+    """The indices of the run's global keys that survive the ``failed`` nodes (module docstring).
 
     >>> import numpy as np
     >>> from types import SimpleNamespace as NS
-    >>> rec = NS(global_keys=[NS(parts=[NS(segment=0, paths=(0, 1, 2))])])
+    >>> rec = NS(global_keys=[NS(parts=[NS(segment=0, paths=(0, 1, 2))], security=0.9)])
     >>> plan = failure_plan([[[0, 1, 4], [0, 2, 4], [0, 3, 4]]], rec)
     >>> failed = np.zeros(5, dtype=bool); failed[2] = True
     >>> surviving_keys(plan, failed, 0), surviving_keys(plan, failed, 1)
-    (0, 1)
+    ([], [0])
     """
-    chain, relays, keys = plan
+    chain, relays, keys = plan[:3]
     if chain.size and failed[chain].any():
-        return 0
+        return []
     lost = [[bool(failed[r].any()) if r.size else False for r in seg] for seg in relays]
-    return sum(1 for parts in keys if all(sum(lost[j][i] for i in idx) <= tolerate for j, idx in parts))
+    return [k for k, parts in enumerate(keys) if all(sum(lost[j][i] for i in idx) <= tolerate for j, idx in parts)]

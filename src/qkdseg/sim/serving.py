@@ -180,8 +180,10 @@ class Serving:
         if failing is not None:  # relay failures (sim/failures.py): the bits are spent whatever survives
             alive = surviving_keys(failing, failed_nodes(self._fail_seeds[j], self.tries[j], self.arrays.n_nodes,
                                                          self.relay_failure), self.tolerate)
-            self.keys[j] = alive
-            if alive == 0:
+            self.keys[j] = len(alive)
+            if alive:
+                self.security[j] = max(failing[3][k] for k in alive)
+            else:
                 self.security[j] = math.nan
                 self.reason[j] = FAILED
                 self.outcome[j] = BLOCKED
