@@ -39,7 +39,8 @@ from .spec import trial_seed
 SWEEP_COLUMNS = (
     "rate", "replication", "seed", "algorithm", "offered_key_bps", "requests", "served", "blocked", "blocking",
     "served_key_bits", "throughput_bps", "mean_security", "mean_consumed_bits", "mean_hops", "mean_wait",
-    "no_route", "epsilon_unmet", "short", "consumed_link_bits", "generated_bits", "key_utilisation",
+    "no_route", "epsilon_unmet", "short", "few_paths", "failed", "consumed_link_bits", "generated_bits",
+    "key_utilisation",
 )
 
 
@@ -79,6 +80,8 @@ def summary_table(requests_df, duration: float, algorithms=None):
             "no_route": int(reasons.get("no_route", 0)),
             "epsilon_unmet": int(reasons.get("epsilon", 0)),
             "short": int(reasons.get("short", 0)),
+            "few_paths": int(reasons.get("few_paths", 0)),  # threshold sharing: a segment of m <= T paths
+            "failed": int(reasons.get("failed", 0)),  # relay failures: no key survived, the bits spent
         })
     return pd.DataFrame(rows)
 
@@ -120,17 +123,22 @@ def write_run(res, network: Network, out_dir: str | Path, *, command: str) -> di
         f"Network `{info['network']}`: {info['nodes']} nodes, {info['links']} links. {info['requests']} requests over "
         f"{info['duration']:g} s ({info['arrivals']} arrivals, {info['pairs']} pairs), key size {info['key_bits']} bits, "
         f"epsilon {info['epsilon']}, ttl {info['ttl']:g} s, reconstruction `{info['reconstruction']}`, links without a "
-        f"rate at {info['link_rate_bps']:g} bit/s, seed {info['seed']}. Model: docs/model.md section 9.",
+        f"rate at {info['link_rate_bps']:g} bit/s, seed {info['seed']}"
+        + (f", threshold sharing tolerating {info['tolerate']}" if info.get("tolerate") else "")
+        + (f", each relay failing with probability {info['relay_failure']:g}" if info.get("relay_failure") else "")
+        + ". Model: docs/model.md section 9.",
         "",
         "| algorithm | requests | served | blocked | blocking | served key throughput (kb/s) | mean security "
-        "(served) | mean consumed bits | mean hops | mean wait (s) | no route | epsilon unmet | short | key utilisation |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(served) | mean consumed bits | mean hops | mean wait (s) | no route | epsilon unmet | short | few paths | "
+        "failed | key utilisation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in table.iterrows():
         lines.append(
             f"| {r['algorithm']} | {r['requests']} | {r['served']} | {r['blocked']} | {_fmt(r['blocking'])} | "
             f"{_fmt(r['throughput_bps'] / 1000.0, 2)} | {_fmt(r['mean_security'], 6)} | {_fmt(r['mean_consumed_bits'], 0)} | "
-            f"{_fmt(r['mean_hops'], 2)} | {_fmt(r['mean_wait'], 4)} | {r['no_route']} | {r['epsilon_unmet']} | {r['short']} | {_fmt(r['key_utilisation'])} |"
+            f"{_fmt(r['mean_hops'], 2)} | {_fmt(r['mean_wait'], 4)} | {r['no_route']} | {r['epsilon_unmet']} | {r['short']} | "
+            f"{r['few_paths']} | {r['failed']} | {_fmt(r['key_utilisation'])} |"
         )
     lines += [
         "",
