@@ -11,7 +11,11 @@ shared 2-of-... with T = 1 and T = 2, and ``disjoint`` and ``msp`` with XOR
 and the paper's reconstruction; beside them ``smr-exact`` with T = 1 and 2,
 whose segment nodes are chosen for the sharing (the chain whose full route
 has the highest k-of-m security, a chain with a segment of ``m <= T`` paths
-last).
+last); and ``smr-level`` with T = 1, whose paths are the fewest hops that
+meet the level with 2-of-... sharing (docs/algorithms.md): in the static part
+it routes to :data:`COST_EPSILON` (its other key columns are NaN, its
+security is that of a route that only just meets the level), in the
+simulator to each request's level.
 
 **Static part** (one row per network point, request and scheme): the route's
 exact security under its sharing (0 when the route is blocked or has a
@@ -67,6 +71,7 @@ SCHEMES = (
     ("smr T=2", "smr", 2, "xor-all"),
     ("smr-exact T=1", "smr-exact", 1, "xor-all"),
     ("smr-exact T=2", "smr-exact", 2, "xor-all"),
+    ("smr-level T=1", "smr-level", 1, "xor-all"),
     ("disjoint xor", "disjoint", 0, "paper"),
     ("msp xor", "msp", 0, "paper"),
 )
@@ -106,7 +111,7 @@ def _scheme_rows(arrays, s: int, d: int, seed: int) -> list[dict[str, Any]]:
     rows = []
     routed: dict[str, tuple] = {}
     for label, alg, t, rec in SCHEMES:
-        opts = {"seed": seed} if alg == "msp" else {}
+        opts = {"seed": seed} if alg == "msp" else {"epsilon": COST_EPSILON} if alg == "smr-level" else {}
         refused = False
         try:
             r = route_indices(arrays, s, d, alg, routed=routed.get(alg), tolerate=t, **opts)
@@ -128,7 +133,7 @@ def _scheme_rows(arrays, s: int, d: int, seed: int) -> list[dict[str, Any]]:
         else:
             bits = [r.block_bits if meets(r.security, e) else 0 for e in EPSILONS]
         for e, b in zip(EPSILONS, bits):
-            row[eps_column(e)] = int(b)
+            row[eps_column(e)] = int(b) if alg != "smr-level" or e == COST_EPSILON else float("nan")
         rows.append(row)
     return rows
 
