@@ -104,8 +104,8 @@ supply-study: install
 
 # XOR against threshold sharing (issue 40; docs/algorithms.md, "Threshold sharing: the study"): the paper's Waxman
 # setting and two Topology Zoo networks, security and link bits per key bit over p and the trusted relays, keys served
-# under relay failures of 0, 1% and 5% paired by seed. The default is the quick grid (6 min 43 s wall on the 2 shared cores
-# at load average 9-12, about 2 CPU-minutes);
+# under relay failures of 0, 1% and 5% paired by seed. The default is the quick grid (9 min 59 s wall on the 2 shared cores
+# at load average 13-17: 220 CPU-seconds, about 2 minutes on 2 idle cores);
 # the full size: make threshold-study THRESHOLD_ARGS="--full --requests 200 --replications 20".
 # Results in out-threshold/ (report.md, threshold_*.png, static.parquet, dynamic.parquet).
 THRESHOLD_ARGS ?= --requests 40 --replications 5
