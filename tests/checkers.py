@@ -8,6 +8,8 @@ code.
   removals.
 - :func:`brute_security`: exact security by enumerating compromise states
   (or inclusion-exclusion per segment when segments share no relay).
+- :func:`threshold_brute`: exact security under k-of-m sharing by enumerating
+  every state of the risky relays.
 - :func:`best_path_security`: the optimum ExDijkstra must reach, by networkx's
   own Dijkstra over node costs.
 - :class:`SMRChecker`: SMR's two steps and ExDijkstra's exact tie rules,
@@ -306,6 +308,31 @@ class SMRChecker:
         """``(segment_nodes, paths)`` of SMR."""
         nodes = self.segment_nodes()
         return nodes, self.round_robin(nodes, max_paths)
+
+
+def threshold_brute(p: dict, segments, chain, tolerate: int) -> float:
+    """Every state of every risky relay, all at once as the bits of one integer (up to ~16 risky nodes): secret
+    iff every chain node is safe and every segment keeps at least ``tolerate + 1`` paths with all relays safe
+    (the adversary then holds fewer than k = m - tolerate shares)."""
+    import numpy as np
+
+    nodes = sorted({v for seg in segments for path in seg for v in path[1:-1] if p[v] < 1} | {v for v in chain if p[v] < 1})
+    bit = {v: 1 << i for i, v in enumerate(nodes)}
+    states = np.arange(1 << len(nodes), dtype=np.int64)  # bit set: node safe
+    weight = np.ones(states.size)
+    for v in nodes:
+        weight *= np.where(states & bit[v], p[v], 1 - p[v])
+    ok = np.ones(states.size, dtype=bool)
+    for v in chain:
+        if v in bit:
+            ok &= (states & bit[v]) != 0
+    for seg in segments:
+        intact = np.zeros(states.size, dtype=np.int64)
+        for path in seg:
+            mask = sum(bit[v] for v in set(path[1:-1]) if v in bit)
+            intact += (states & mask) == mask
+        ok &= intact >= tolerate + 1
+    return float(weight[ok].sum())
 
 
 def four_path_network(p: float = 0.8):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from checkers import brute_state_security, four_path_network
+from checkers import threshold_brute as vector_brute
 from qkdseg import example_network, exact_security, route
 from qkdseg.cli import app
 from qkdseg.errors import InvalidRequest
@@ -18,29 +19,6 @@ from qkdseg.reconstruction.shamir import SharesDoNotDecode, combine, split
 from qkdseg.reconstruction.xor_all import xor_all
 from qkdseg.security import threshold_security
 from qkdseg.security.threshold import threshold_independent
-
-
-def vector_brute(p: dict, segments, chain, tolerate: int) -> float:
-    """Every state of every risky relay, all at once as the bits of one integer (up to ~16 risky nodes): secret
-    iff every chain node is safe and every segment keeps at least ``tolerate + 1`` paths with all relays safe
-    (the adversary then holds fewer than k = m - tolerate shares)."""
-    nodes = sorted({v for seg in segments for path in seg for v in path[1:-1] if p[v] < 1} | {v for v in chain if p[v] < 1})
-    bit = {v: 1 << i for i, v in enumerate(nodes)}
-    states = np.arange(1 << len(nodes), dtype=np.int64)  # bit set: node safe
-    weight = np.ones(states.size)
-    for v in nodes:
-        weight *= np.where(states & bit[v], p[v], 1 - p[v])
-    ok = np.ones(states.size, dtype=bool)
-    for v in chain:
-        if v in bit:
-            ok &= (states & bit[v]) != 0
-    for seg in segments:
-        intact = np.zeros(states.size, dtype=np.int64)
-        for path in seg:
-            mask = sum(bit[v] for v in set(path[1:-1]) if v in bit)
-            intact += (states & mask) == mask
-        ok &= intact >= tolerate + 1
-    return float(weight[ok].sum())
 
 
 @st.composite

@@ -125,6 +125,7 @@ def route_indices(
     *,
     block_bits: int | None = None,
     routed: tuple | None = None,
+    tolerate: int = 0,
     **options: Any,
 ) -> Route:
     """:func:`route` on node *indices* of a frozen array form, for sweeps.
@@ -141,18 +142,25 @@ def route_indices(
     (same links and trusted relays, only ``p`` differs, and an algorithm
     whose choices do not depend on ``p``). ``Route.index_paths`` and
     ``Route.segment_nodes`` of an earlier result give it.
+
+    ``tolerate = T > 0``: threshold sharing as in :func:`route` (security of
+    k-of-m segment keys; an algorithm that picks paths for it is given it; a
+    segment of ``m <= T`` paths raises :class:`InvalidRequest` naming it).
     """
     algo = get_algorithm(algorithm)
     opts = _check_options(algorithm, algo.options, options)
+    tolerate = _check_sharing("threshold" if tolerate else "xor", tolerate, None, None)[1]
     ids = arrays.node_ids
-    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts, routed)
+    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts, routed,
+                  tolerate=tolerate)
 
 
 def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts, routed=None, *, tolerate=0) -> Route:
     removed_links = _removed_links(arrays, block_bits)
     info = None
     if routed is None:
-        out = algo.func(arrays, s, d, removed_links=removed_links, **opts)
+        shares = {"tolerate": tolerate} if tolerate and algo.tolerates else {}
+        out = algo.func(arrays, s, d, removed_links=removed_links, **shares, **opts)
         segment_nodes, paths = out[0], out[1]
         if len(out) == 3:  # smr-level: (segment_nodes, paths, what the full route would have taken)
             info = out[2]

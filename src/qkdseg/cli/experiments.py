@@ -100,8 +100,52 @@ def _whole_numbers(text: str, option: str) -> list[int]:
     return sorted(values)
 
 
+#: The options of ``study --threshold`` (the others belong to the Zoo and placement studies).
+_THRESHOLD_OPTIONS = {"threshold", "replications", "full", "requests", "seed", "out", "workers", "quiet"}
+
+
+def _check_study_mode(ctx: typer.Context, threshold: bool) -> None:
+    """Refuse an option given to the study it does not belong to (``--threshold`` or the others), naming it."""
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if threshold and name not in _THRESHOLD_OPTIONS:
+            raise InvalidRequest(f"{flag} does not apply to study --threshold")
+        if not threshold and name in ("replications", "full"):
+            raise InvalidRequest(f"{flag} needs --threshold")
+
+
+def _threshold_study(out: Path, requests: int, replications: int, seed: int, full: bool, workers, quiet: bool) -> None:
+    """``study --threshold``: the study of :mod:`qkdseg.experiments.threshold` to ``out``."""
+    import time
+
+    from ..experiments import write_results
+    from ..experiments.threshold import run_threshold_study
+    from ..experiments.threshold_report import plot_threshold, write_threshold_report
+
+    _check_seed(seed)
+    _check_range(requests, "--requests", 2, MAX_REQUESTS)
+    _check_range(replications, "--replications", 2, 10_000)
+    _check_range(workers, "--workers", 1, MAX_WORKERS)
+    _check_out_dir(out)
+    t0 = time.perf_counter()
+    static, dynamic, sim = run_threshold_study(requests=requests, replications=replications, seed=seed, full=full,
+                                               workers=workers, progress=not quiet)
+    header = (f"`qkdseg study --threshold --requests {requests} --replications {replications} --seed {seed}"
+              f"{' --full' if full else ''}`: {len(static)} static rows, {len(dynamic)} simulator runs.")
+    with staged_output(out, last=("report.md",)) as stage:
+        files = [write_results(static, stage.dir, stem="static"), write_results(dynamic, stage.dir, stem="dynamic"),
+                 *plot_threshold(static, dynamic, stage.dir, sim),
+                 write_threshold_report(static, dynamic, stage.dir, header=header, sim=sim)]
+        files = [stage.final(f) for f in files]
+    typer.echo(f"wrote {', '.join(map(str, files))} in {time.perf_counter() - t0:.1f} s")
+
+
 @user_errors
 def study(
+    ctx: typer.Context,
     topologies: Annotated[str, typer.Option("--topologies", help="Topology group: zoo (Topology Zoo) or sndlib.")] = "zoo",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.", **OUT_PATH)] = Path("out-study"),
     requests: Annotated[int, typer.Option("--requests", help="Random requests per network.")] = 20,
@@ -119,11 +163,18 @@ def study(
     swap_max_k: Annotated[int, typer.Option("--swap-max-k", help="Placement study: run swap (one pass) only up to this budget.")] = 10,
     exact_budgets: Annotated[str, typer.Option("--exact-budgets", help="Placement study: budgets of the exact optimum, comma-separated.")] = "2,3",
     max_placements: Annotated[int, typer.Option("--max-placements", help="Placement study: exact only where there are at most this many subsets.")] = 4000,
+    threshold: Annotated[bool, typer.Option("--threshold", help="Instead: XOR against threshold sharing (issue 40; docs/algorithms.md).")] = False,
+    replications: Annotated[int, typer.Option("--replications", help="Threshold study: simulator runs per network and scheme.")] = 3,
+    full: Annotated[bool, typer.Option("--full", help="Threshold study: every point of the paper's Waxman grids.")] = False,
 ) -> None:
-    """SMR against the baselines on every real topology of a group (or, with --placement, where to add trusted relays)."""
+    """SMR against the baselines on every real topology of a group (or, with --placement, where to add trusted relays;
+    with --threshold, XOR against threshold sharing)."""
     from ..experiments import write_results
     from ..experiments.study import plot_study, run_study, write_study_report
 
+    _check_study_mode(ctx, threshold)
+    if threshold:
+        return _threshold_study(out, requests, replications, seed, full, workers, quiet)
     if placement:
         from ..experiments.placement import plot_placement_study, run_placement_study, write_placement_report
 

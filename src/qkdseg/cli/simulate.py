@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidRequest
-from .common import (NET_HELP, OUT_PATH, Backend, Scheme, _check_number, _check_out_dir, _check_range, _check_seed, _console,
-                     _load, _txt, staged_output)
+from .common import (NET_HELP, OUT_PATH, Backend, Scheme, Sharing, _check_number, _check_out_dir, _check_range,
+                     _check_seed, _console, _load, _txt, staged_output)
 from .errors import user_errors
 
 
@@ -91,6 +91,27 @@ def _run_supply(network, supply: str, *, out: Path, command: str, rate, rates, t
     typer.echo(f"wrote {', '.join(info['files'])}")
 
 
+def _shared_as(ctx: typer.Context, sharing, tolerate, relay_failure, reconstruction) -> dict:
+    """The run's ``reconstruction``, ``sharing``, ``tolerate`` and ``relay_failure`` (checked; the ones left
+    at their defaults are left out): under threshold sharing the reconstruction is ``xor-all`` unless given."""
+    from ..sim.engine import sim_sharing
+    from ..sim.failures import check_relay_failure
+
+    source = ctx.get_parameter_source("reconstruction")  # typer's own click: compared by name
+    given = source is not None and source.name != "DEFAULT"
+    name = "threshold" if sharing is Sharing.threshold else "xor"
+    if tolerate is not None and sharing is None:
+        raise InvalidRequest(f"--tolerate {tolerate} needs --sharing threshold")
+    _, t, rec = sim_sharing(name, tolerate or 0, reconstruction.value if given or name == "xor" else None)
+    out: dict = {"reconstruction": rec}
+    if sharing is not None:
+        out.update(sharing=name, tolerate=t)
+    if relay_failure is not None:
+        _check_number(relay_failure, "--relay-failure", hi=1.0)
+        out["relay_failure"] = check_relay_failure(relay_failure)
+    return out
+
+
 @user_errors
 def simulate(
     ctx: typer.Context,
@@ -125,6 +146,13 @@ def simulate(
                                                      "unused (default 3600).")] = None,
     supply_pairs: Annotated[Optional[int], typer.Option("--supply-pairs", help="--supply: map the requests onto "
                                                         "this many pairs of nodes, drawn by the seed.")] = None,
+    sharing: Annotated[Optional[Sharing], typer.Option("--sharing", help="How a segment's pieces make its key: xor "
+                                                       "(default; all needed) or threshold (k-of-m, k = m - T).")] = None,
+    tolerate: Annotated[Optional[int], typer.Option("--tolerate", help="--sharing threshold: lost paths a segment "
+                                                    "key survives (T >= 1).")] = None,
+    relay_failure: Annotated[Optional[float], typer.Option("--relay-failure", metavar="P", help="Each relay of a run "
+                                                           "fails with probability P (drawn from the request's seed); a "
+                                                           "failed run's bits are spent.")] = None,
 ) -> None:
     """Time-dynamic run: pools that refill, requests that arrive, blocking over time (docs/model.md section 9)."""
     from ..experiments.simulation import run_and_write, run_load_sweep, write_sweep
@@ -158,19 +186,23 @@ def simulate(
     network = _load(net, None)
     _check_out_dir(out)
     command = _sim_command(ctx.params)
+    shared = _shared_as(ctx, sharing, tolerate, relay_failure, reconstruction)
     if supply is None:
         given = [f for f, v in (("--hop-latency", hop_latency), ("--stock-hit", stock_hit), ("--key-ttl", key_ttl),
                                 ("--supply-pairs", supply_pairs)) if v is not None]
         if given:
             raise InvalidRequest(f"{given[0]} needs --supply")
     else:
+        given = [f for f, v in (("--sharing", sharing), ("--tolerate", tolerate), ("--relay-failure", relay_failure))
+                 if v is not None]
+        if given:
+            raise InvalidRequest(f"{given[0]} is not supported with --supply (the supply study relays with XOR)")
         return _run_supply(network, supply, out=out, command=command, rate=rate, rates=rates, trace=trace,
                           duration=duration, replications=replications, algorithms=algs, key_bits=key_bits,
                           epsilon=epsilon, seed=seed, pairs=pairs, arrivals=arrivals, link_rate=link_rate,
                           reconstruction=reconstruction.value, hop_latency=hop_latency, stock_hit=stock_hit,
                           key_ttl=key_ttl, supply_pairs=supply_pairs, quiet=quiet)
-    common = dict(algorithms=algs, epsilon=epsilon, ttl=ttl, seed=seed, link_rate_bps=link_rate,
-                  reconstruction=reconstruction.value)
+    common = dict(algorithms=algs, epsilon=epsilon, ttl=ttl, seed=seed, link_rate_bps=link_rate, **shared)
     if rates is not None:
         if any(not x.strip() for x in rates.split(",")):
             raise InvalidRequest(f"--rates {rates!r}: an empty item (use numbers separated by commas)")

@@ -39,7 +39,8 @@ from .spec import trial_seed
 SWEEP_COLUMNS = (
     "rate", "replication", "seed", "algorithm", "offered_key_bps", "requests", "served", "blocked", "blocking",
     "served_key_bits", "throughput_bps", "mean_security", "mean_consumed_bits", "mean_hops", "mean_wait",
-    "no_route", "epsilon_unmet", "short", "consumed_link_bits", "generated_bits", "key_utilisation",
+    "no_route", "epsilon_unmet", "short", "few_paths", "failed", "consumed_link_bits", "generated_bits",
+    "key_utilisation",
 )
 
 
@@ -79,6 +80,8 @@ def summary_table(requests_df, duration: float, algorithms=None):
             "no_route": int(reasons.get("no_route", 0)),
             "epsilon_unmet": int(reasons.get("epsilon", 0)),
             "short": int(reasons.get("short", 0)),
+            "few_paths": int(reasons.get("few_paths", 0)),  # threshold sharing: a segment of m <= T paths
+            "failed": int(reasons.get("failed", 0)),  # relay failures: no key survived, the bits spent
         })
     return pd.DataFrame(rows)
 
@@ -120,17 +123,22 @@ def write_run(res, network: Network, out_dir: str | Path, *, command: str) -> di
         f"Network `{info['network']}`: {info['nodes']} nodes, {info['links']} links. {info['requests']} requests over "
         f"{info['duration']:g} s ({info['arrivals']} arrivals, {info['pairs']} pairs), key size {info['key_bits']} bits, "
         f"epsilon {info['epsilon']}, ttl {info['ttl']:g} s, reconstruction `{info['reconstruction']}`, links without a "
-        f"rate at {info['link_rate_bps']:g} bit/s, seed {info['seed']}. Model: docs/model.md section 9.",
+        f"rate at {info['link_rate_bps']:g} bit/s, seed {info['seed']}"
+        + (f", threshold sharing tolerating {info['tolerate']}" if info.get("tolerate") else "")
+        + (f", each relay failing with probability {info['relay_failure']:g}" if info.get("relay_failure") else "")
+        + ". Model: docs/model.md section 9.",
         "",
         "| algorithm | requests | served | blocked | blocking | served key throughput (kb/s) | mean security "
-        "(served) | mean consumed bits | mean hops | mean wait (s) | no route | epsilon unmet | short | key utilisation |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(served) | mean consumed bits | mean hops | mean wait (s) | no route | epsilon unmet | short | few paths | "
+        "failed | key utilisation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in table.iterrows():
         lines.append(
             f"| {r['algorithm']} | {r['requests']} | {r['served']} | {r['blocked']} | {_fmt(r['blocking'])} | "
             f"{_fmt(r['throughput_bps'] / 1000.0, 2)} | {_fmt(r['mean_security'], 6)} | {_fmt(r['mean_consumed_bits'], 0)} | "
-            f"{_fmt(r['mean_hops'], 2)} | {_fmt(r['mean_wait'], 4)} | {r['no_route']} | {r['epsilon_unmet']} | {r['short']} | {_fmt(r['key_utilisation'])} |"
+            f"{_fmt(r['mean_hops'], 2)} | {_fmt(r['mean_wait'], 4)} | {r['no_route']} | {r['epsilon_unmet']} | {r['short']} | "
+            f"{r['few_paths']} | {r['failed']} | {_fmt(r['key_utilisation'])} |"
         )
     lines += [
         "",
@@ -171,7 +179,7 @@ def sim_chunk(spec: dict, part: list) -> list[dict]:
         for alg in spec["algorithms"]:
             sim = Simulation(net, req, alg, ttl=spec["ttl"], reconstruction=spec["reconstruction"],
                              link_rate_bps=spec["link_rate_bps"], interval=spec["duration"] + spec["ttl"],
-                             options=spec["options"].get(alg)).run()
+                             options=spec["options"].get(alg), **spec.get("shared", {})).run()
             d = sim.requests_frame()
             s = summary_table(d, spec["duration"], [alg]).iloc[0].to_dict()
             row = {"rate": float(rate), "replication": int(rep), "seed": seed, "algorithm": alg,
@@ -202,14 +210,19 @@ def run_load_sweep(
     pairs: str = "uniform",
     arrivals: str = "poisson",
     link_rate_bps: float = 100_000.0,
-    reconstruction: str = "paper",
+    reconstruction: str | None = None,
     options: dict | None = None,
     backend: str = "processes",
     workers: int | None = None,
     scheduler: Any = None,
     progress: bool = True,
+    sharing: str = "xor",
+    tolerate: int = 0,
+    relay_failure: float = 0.0,
 ):
     """The grid ``rates x replications``, every algorithm on each trace; returns ``(rows, timings)``.
+
+    ``sharing``, ``tolerate``, ``relay_failure``: as :class:`~qkdseg.sim.Simulation` takes them.
 
     ``rows``: a DataFrame with :data:`SWEEP_COLUMNS`, sorted by rate,
     replication and algorithm order, whatever the backend. ``timings``: the
@@ -233,13 +246,14 @@ def run_load_sweep(
     algorithms = tuple(algorithms)
     spec = {"network": network, "duration": float(duration), "key_bits": key_bits, "epsilon": epsilon, "ttl": float(ttl),
             "seed": seed, "pairs": pairs, "arrivals": arrivals, "link_rate_bps": link_rate_bps,
-            "reconstruction": reconstruction, "algorithms": algorithms, "options": dict(options or {})}
+            "reconstruction": reconstruction, "algorithms": algorithms, "options": dict(options or {}),
+            "shared": {"sharing": sharing, "tolerate": tolerate, "relay_failure": relay_failure}}
     # validate everything once, here, before any worker starts
     poisson_requests(network, rates[0], duration, seed=seed, key_bits=key_bits, epsilon=epsilon, pairs=pairs,
                      arrivals=arrivals)
     for alg in algorithms:
         Simulation(network, poisson_requests(network, 1.0, 1.0), alg, ttl=ttl, reconstruction=reconstruction,
-                   link_rate_bps=link_rate_bps, options=spec["options"].get(alg))
+                   link_rate_bps=link_rate_bps, options=spec["options"].get(alg), **spec["shared"])
     # the biggest tasks first, so that the pool's last tasks are small ones
     parts = [[(r, k)] for r in sorted(rates, reverse=True) for k in range(replications)]
     workers = workers or os.cpu_count() or 1

@@ -76,6 +76,12 @@ def segment_frontier(p: np.ndarray, trusted: np.ndarray, paths: list[list[int]])
             sec = exact_security(p, [[paths[i] for i in sub]])
             cands.append((sum(hops[i] for i in sub), sec, sub))
         cands.sort(key=lambda c: (c[0], -c[1]))
+    return pareto_front(cands)
+
+
+def pareto_front(cands: list[tuple[int, float, tuple]]) -> list[tuple[int, float, tuple]]:
+    """Of ``(hops, security, subset)`` sorted by hops then falling security: those more secure than every one
+    before them (the least-hop subset for each security reached)."""
     out: list[tuple[int, float, tuple]] = []
     for c in cands:
         if not out or c[1] > out[-1][1]:
@@ -93,11 +99,21 @@ def cheapest_subsets(p: np.ndarray, trusted: np.ndarray, paths: list[list[list[i
         return None, 0.0
     chain_sec = math.prod(float(p[v]) for v in chain)
     fronts = [segment_frontier(p, trusted, seg) for seg in paths]
+    best = 1.0  # the full route's product, in the order the search's bound takes it
+    for front in reversed(fronts):
+        best *= front[-1][1]
+    return least_hops_across(fronts, chain_sec, eps), chain_sec * best
+
+
+def least_hops_across(fronts: list[list[tuple[int, float, tuple]]], chain_sec: float,
+                      eps: float) -> tuple[int, float, tuple] | None:
+    """One subset per segment from each frontier (hops increasing, security strictly increasing): the least
+    total hops whose product of securities times ``chain_sec`` meets ``eps``, as ``(hops, product, subsets)``,
+    or ``None``."""
     # the most each remaining segment can still add, to prune states that cannot reach eps
     tail = [1.0] * (len(fronts) + 1)
     for j in range(len(fronts) - 1, -1, -1):
         tail[j] = tail[j + 1] * fronts[j][-1][1]
-    full = chain_sec * tail[0]
     states: list[tuple[int, float, tuple]] = [(0, chain_sec, ())]
     for j, front in enumerate(fronts):
         new = [(h + fh, sec * fs, subs + (fsub,)) for h, sec, subs in states for fh, fs, fsub in front
@@ -108,11 +124,8 @@ def cheapest_subsets(p: np.ndarray, trusted: np.ndarray, paths: list[list[list[i
             if not states or s[1] > states[-1][1]:
                 states.append(s)
         if not states:
-            return None, full
-    for s in states:
-        if _meets(s[1], eps):
-            return s, full
-    return None, full
+            return None
+    return next((s for s in states if _meets(s[1], eps)), None)
 
 
 class LevelEvaluator:

@@ -34,6 +34,10 @@ class Algorithm:
         Its routes depend on how full the pools are (``arrays.pool_bits``
         against ``arrays.capacity_bits``), not only on which links can pay:
         the simulator then never reuses a route across pool levels.
+    tolerates : bool
+        It takes ``tolerate`` (threshold sharing, docs/model.md section 4a) as a
+        keyword and picks its paths for it (``smr-level``: a level met with
+        k-of-m segment keys); :func:`qkdseg.route` passes it only when ``T > 0``.
     """
 
     name: str
@@ -41,16 +45,18 @@ class Algorithm:
     description: str
     options: dict = field(default_factory=dict)
     pool_aware: bool = False
+    tolerates: bool = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def register(name: str, description: str, options: dict | None = None, *, pool_aware: bool = False):
+def register(name: str, description: str, options: dict | None = None, *, pool_aware: bool = False,
+             tolerates: bool = False):
     """Decorator adding a routing function to :data:`ALGORITHMS`."""
 
     def wrap(func: Callable) -> Callable:
-        ALGORITHMS[name] = Algorithm(name, func, description, dict(options or {}), pool_aware)
+        ALGORITHMS[name] = Algorithm(name, func, description, dict(options or {}), pool_aware, tolerates)
         return func
 
     return wrap

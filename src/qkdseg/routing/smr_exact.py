@@ -50,6 +50,7 @@ from .. import _kernels
 from ..errors import InvalidRequest
 from ..network import NetworkArrays
 from ..security import exact_security
+from ..security.threshold import _threshold_security
 from .registry import register
 from .smr import STRICT_MARGIN, _distances, request_masks, round_robin_paths, select_segment_nodes
 
@@ -74,7 +75,8 @@ def ordered_chains(k: int) -> int:
 class _Evaluator:
     """The value of the full route over ``[source, *chain, target]``, memoised."""
 
-    def __init__(self, arrays, source, target, rn, rl, max_paths, objective, keys_epsilon, kernel):
+    def __init__(self, arrays, source, target, rn, rl, max_paths, objective, keys_epsilon, kernel, tolerate=0):
+        self.tolerate = tolerate
         self.a, self.s, self.t = arrays, source, target
         self.rn, self.rl = rn, rl
         self.max_paths = max_paths
@@ -92,7 +94,7 @@ class _Evaluator:
     def _value(self, chain: tuple) -> tuple:
         a = self.a
         nodes = [self.s, *chain, self.t]
-        if self.objective == "security" and self.kernel == "numba":
+        if self.objective == "security" and self.kernel == "numba" and not self.tolerate:
             sec, shared = _kernels.route_security_nb(
                 a.indptr, a.indices, a.edge_of, a.cost, a.p, a.trusted, self.rn, self.rl,
                 np.asarray(nodes, dtype=np.int64), self.limit, self.mark,
@@ -101,6 +103,8 @@ class _Evaluator:
                 return (float(sec),)
         paths = round_robin_paths(a, nodes, max_paths=self.max_paths, removed_nodes=self.rn, removed_links=self.rl,
                                   kernel=self.kernel)
+        if self.tolerate:
+            return _threshold_value(a.p, paths, list(chain), self.tolerate, self.objective, self.eps)
         sec = exact_security(a.p, paths, list(chain))
         if self.objective == "security":
             return (sec,)
@@ -109,6 +113,16 @@ class _Evaluator:
         from ..reconstruction import paper_key_counts
 
         return (paper_key_counts(a.p, paths, list(chain), (self.eps,))[0], sec)
+
+
+def _threshold_value(p, paths, chain: list, tolerate: int, objective: str, eps: float) -> tuple:
+    """A chain's value under k-of-m sharing (``tolerate = T``): the exact security of its full route (with
+    ``objective="keys"``: its one ``xor-all`` key at ``eps``, then security); below every route that can carry
+    the sharing (-1) when a segment has ``m <= T`` paths."""
+    if not paths or any(len(seg) <= tolerate for seg in paths):
+        return (-1.0,) if objective == "security" else (-1, -1.0)
+    sec = _threshold_security(p, paths, chain, tolerate)
+    return (sec,) if objective == "security" else (int(sec >= eps - 1e-12), sec)
 
 
 def _beats(x: tuple, y: tuple) -> bool:
@@ -184,6 +198,7 @@ def _greedy(ev: _Evaluator, cands: list[int], dist: dict, arrays: NetworkArrays,
         "keys_epsilon": "security level of the 'keys' objective (default 0.9)",
         "exhaustive": f"search every ordered chain when there are at most this many (default {DEFAULT_EXHAUSTIVE}); else greedy",
     },
+    tolerates=True,
 )
 def smr_exact(
     arrays: NetworkArrays,
@@ -197,6 +212,7 @@ def smr_exact(
     keys_epsilon: float = 0.9,
     exhaustive: int = DEFAULT_EXHAUSTIVE,
     kernel: str | None = None,
+    tolerate: int = 0,
 ):
     """``smr-exact`` on node indices; returns ``(segment_nodes, paths)``.
 
@@ -222,6 +238,10 @@ def smr_exact(
         this many (:func:`ordered_chains`); otherwise greedy insertion.
     kernel : str, optional
         ``"numba"`` or ``"python"`` (default: numba when installed); same result.
+    tolerate : int
+        ``T > 0`` (``route(..., sharing="threshold")``): a chain is judged by
+        its full route's security with k-of-m segment keys, and a chain with a
+        segment of ``m <= T`` paths comes after every chain that can carry them.
 
     Examples
     --------
@@ -233,7 +253,7 @@ def smr_exact(
     _check(candidates, objective, keys_epsilon, exhaustive)
     kernel = _kernels.resolve_kernel(kernel)
     rn, rl = request_masks(arrays, source, target, removed_links)
-    ev = _Evaluator(arrays, source, target, rn, rl, max_paths, objective, float(keys_epsilon), kernel)
+    ev = _Evaluator(arrays, source, target, rn, rl, max_paths, objective, float(keys_epsilon), kernel, int(tolerate))
     best_chain: tuple = ()
     best = ev(best_chain)
     paper = tuple(select_segment_nodes(arrays, source, target, removed_nodes=rn, removed_links=rl, kernel=kernel)[1:-1])

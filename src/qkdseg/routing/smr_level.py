@@ -74,6 +74,7 @@ from ..network import NetworkArrays
 from ..security import route_security
 from .level_paths import network_rows
 from .level_successive import _meets, full_route, successive
+from .level_threshold import threshold_search
 from .level_wide import DEFAULT_K, wide_search, wide_search_compiled
 from .registry import register
 from .smr import request_masks
@@ -117,6 +118,7 @@ def _check(epsilon, candidates, exhaustive, search, k) -> float:
                   "of the candidates, and their subsets; never more bits) or 'successive' (step-2 paths only)",
         "k": f"least paths per segment by each metric in the wide search (default {DEFAULT_K}; 1 to {MAX_K})",
     },
+    tolerates=True,
 )
 def smr_level(
     arrays: NetworkArrays,
@@ -131,12 +133,18 @@ def smr_level(
     search: str = "wide",
     k: int = DEFAULT_K,
     kernel: str | None = None,
+    tolerate: int = 0,
 ):
     """``smr-level`` on node indices; returns ``(segment_nodes, paths, info)``.
 
     ``info = {"full_hops", "full_security", "met"}``: the hops and exact
     security of the full route over the chosen chain (what ``smr-exact``
     with that chain would consume), and whether the level is met.
+
+    ``tolerate = T > 0`` (``route(..., sharing="threshold")``): the level is
+    met with each segment key shared k-of-m over its chosen paths, ``k = m -
+    T`` (:mod:`qkdseg.routing.level_threshold`; ``search`` and ``k`` do not
+    apply there).
 
     Examples
     --------
@@ -153,6 +161,9 @@ def smr_level(
     kernel = _kernels.resolve_kernel(kernel)
     rn, rl = request_masks(arrays, source, target, removed_links)
     rows = network_rows(arrays, kernel)
+    if tolerate:
+        return threshold_search(arrays, source, target, rn, rl, rows, candidates, exhaustive, max_paths, eps,
+                                int(tolerate), kernel)
     cands, best_chain, paths, plan, (full_sec, sec), flat, ends_rows = successive(
         arrays, source, target, rn, rl, rows, candidates, exhaustive, max_paths, eps, kernel)
     nodes = [source, *best_chain, target]

@@ -92,10 +92,13 @@ def simulate(
     pairs: str = "uniform",
     arrivals: str = "poisson",
     link_rate_bps: float = DEFAULT_RATE_BPS,
-    reconstruction: str = "paper",
+    reconstruction: str | None = None,
     interval: float | None = None,
     options: dict | None = None,
     progress: Any = None,
+    sharing: str = "xor",
+    tolerate: int = 0,
+    relay_failure: float = 0.0,
 ) -> SimulationResult:
     """Run every algorithm on the same seeded arrival trace (docs/model.md section 9).
 
@@ -122,7 +125,12 @@ def simulate(
     arrivals : {"poisson", "ppbp"}
     link_rate_bps : float
         Rate of links without ``rate_bps``, bits/s.
-    reconstruction : str
+    reconstruction : str, optional
+        Default ``paper`` (``xor-all`` with threshold sharing).
+    sharing, tolerate : str, int
+        ``xor`` or ``threshold`` with ``tolerate = T >= 1`` (docs/model.md section 4a).
+    relay_failure : float
+        Each relay of a run fails with this probability (:mod:`qkdseg.sim.failures`).
     interval : float, optional
         Time-series interval, seconds (default: 1, 2 or 5 x 10^k giving at most 200 rows).
     options : dict, optional
@@ -150,7 +158,8 @@ def simulate(
     options = options or {}
     # every simulation is built (and so every option checked) before the first one runs or a bar is drawn
     built = [Simulation(network, requests, name, ttl=ttl, reconstruction=reconstruction, link_rate_bps=link_rate_bps,
-                        interval=interval, options=options.get(name)) for name in algorithms]
+                        interval=interval, options=options.get(name), sharing=sharing, tolerate=tolerate,
+                        relay_failure=relay_failure) for name in algorithms]
     bar = None
     callback = progress if callable(progress) else None
     sims = []
@@ -197,7 +206,9 @@ def simulate(
         "pairs": pairs,
         "arrivals": arrivals,
         "link_rate_bps": link_rate_bps,
-        "reconstruction": reconstruction,
+        "reconstruction": sims[0].reconstruction,
+        **({"sharing": sims[0].sharing, "tolerate": sims[0].tolerate} if sims[0].tolerate else {}),
+        **({"relay_failure": sims[0].relay_failure} if sims[0].relay_failure else {}),
         "interval": sims[0].interval,
         # what left the pools, per algorithm (LinkLevels' consumed offsets): equals the consumed bits of the served
         "debited_bits": {s.algorithm: int(s.levels.consumed.sum()) for s in sims},

@@ -43,11 +43,13 @@ from typing import Any
 
 import numpy as np
 
+from ..api.checks import _check_sharing
 from ..errors import InvalidRequest
 from ..keys.levels import STATES, LinkLevels
 from ..network import Network
 from ..reconstruction import SCHEMES
 from ..routing import get_algorithm
+from .failures import check_relay_failure
 from .records import BLOCKED, SERVED, WAITING, Records
 from .serving import Serving
 from .traffic import Requests
@@ -125,6 +127,13 @@ def _checked_options(algorithm: str, known: dict, options: dict | None, reconstr
     return opts
 
 
+def sim_sharing(sharing: str, tolerate: int, reconstruction: str | None) -> tuple[str, int, str]:
+    """``(sharing, tolerate, reconstruction)`` of a run after the checks of :func:`qkdseg.route`: the
+    reconstruction defaults to ``paper`` under XOR and is ``xor-all`` (the only one) under threshold sharing."""
+    sharing, tolerate, reconstruction = _check_sharing(sharing, tolerate, 0.0, reconstruction)
+    return sharing, tolerate, reconstruction or "paper"
+
+
 def _sample_times(horizon: float, interval: float | None) -> tuple[float, np.ndarray]:
     """The time-series interval (checked; default :func:`nice_interval`) and the sample times over ``horizon``."""
     if interval is None:
@@ -155,8 +164,18 @@ class Simulation(Serving, Records):
     ttl : float
         Longest wait of a request that cannot be served at once, seconds (0:
         blocked at once).
-    reconstruction : str
-        Reconstruction scheme (``paper``, ``optimal``, ``reuse``, ``xor-all``).
+    reconstruction : str, optional
+        Reconstruction scheme (``paper``, ``optimal``, ``reuse``, ``xor-all``);
+        default ``paper``, and ``xor-all`` (the only one) with threshold sharing.
+    sharing, tolerate : str, int
+        ``xor`` (default) or ``threshold`` with ``tolerate = T >= 1``: routes,
+        securities and keys as :func:`qkdseg.route` gives them (docs/model.md
+        section 4a); a route with a segment of ``m <= T`` paths is not served
+        (reason ``few_paths``).
+    relay_failure : float
+        Each relay of a run fails with this probability, drawn from the
+        request's recorded seed (:mod:`qkdseg.sim.failures`); a run that keeps
+        no key is blocked (reason ``failed``) with its bits spent.
     link_rate_bps : float
         Rate of links without ``rate_bps``, bits/s.
     interval : float, optional
@@ -196,10 +215,13 @@ class Simulation(Serving, Records):
         algorithm: str = "smr",
         *,
         ttl: float = 0.0,
-        reconstruction: str = "paper",
+        reconstruction: str | None = None,
         link_rate_bps: float = DEFAULT_RATE_BPS,
         interval: float | None = None,
         ready_share: float = DEFAULT_READY_SHARE,
+        sharing: str = "xor",
+        tolerate: int = 0,
+        relay_failure: float = 0.0,
         empty_bits: int | None = None,
         options: dict | None = None,
         reconstruction_options: dict | None = None,
@@ -210,6 +232,8 @@ class Simulation(Serving, Records):
         if not isinstance(requests, Requests):
             raise InvalidRequest(f"requests must be a Requests trace (qkdseg.sim.poisson_requests, read_trace), got {type(requests).__name__}")
         algo = get_algorithm(algorithm)
+        sharing, tolerate, reconstruction = sim_sharing(sharing, tolerate, reconstruction)
+        self.relay_failure = check_relay_failure(relay_failure)
         opts = _checked_options(algorithm, algo.options, options, reconstruction, ttl, ready_share)
         self._seeded = "seed" in algo.options
         self._leveled = "epsilon" in algo.options  # smr-level: routes to each request's own epsilon
@@ -220,6 +244,9 @@ class Simulation(Serving, Records):
         self.options = opts
         self.reconstruction = reconstruction
         self.reconstruction_options = dict(reconstruction_options or {})
+        if tolerate and self.reconstruction_options:
+            raise InvalidRequest("reconstruction xor-all (threshold sharing) has no options")
+        self.sharing, self.tolerate = sharing, tolerate
         self.ttl = float(ttl)
         self.rate = link_rates(network, link_rate_bps)
         self.levels = LinkLevels(self.arrays.pool_bits, t=0.0)
@@ -236,6 +263,7 @@ class Simulation(Serving, Records):
         self._rq = list(zip(requests.src.tolist(), requests.dst.tolist(), requests.key_bits.tolist(),
                             requests.epsilon.tolist(), seeds))
         self._times = requests.t.tolist()
+        self._fail_seeds = requests.seed.tolist()
         self._start_records(n)
         self.t = 0.0
         self._next = 0  # next arrival

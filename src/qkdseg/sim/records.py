@@ -16,9 +16,10 @@ from ..keys.levels import STATES
 #: Outcome codes of :attr:`Simulation.outcome`.
 PENDING, WAITING, BLOCKED, SERVED = -2, -1, 0, 1
 OUTCOMES = {PENDING: "pending", WAITING: "waiting", BLOCKED: "blocked", SERVED: "served"}
-#: Why a request was not served (its last try).
-REASONS = ("", "no_route", "epsilon", "short")
-NO_ROUTE, EPSILON, SHORT = 1, 2, 3
+#: Why a request was not served (its last try): ``few_paths`` a route with a segment of ``m <= T`` paths under
+#: threshold sharing; ``failed`` a run that lost a relay it could not do without (``relay_failure``; its bits spent).
+REASONS = ("", "no_route", "epsilon", "short", "few_paths", "failed")
+NO_ROUTE, EPSILON, SHORT, FEW_PATHS, FAILED = 1, 2, 3, 4, 5
 
 
 def _binned(sample_times: np.ndarray, k: int, times: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

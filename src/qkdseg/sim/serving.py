@@ -16,9 +16,12 @@ import time
 import numpy as np
 
 from ..api import route_indices
+from ..errors import InvalidRequest
 from ..keys.levels import EMPTY, READY, pool_states, with_levels
 from ..reconstruction import reconstruct
-from .records import EPSILON, NO_ROUTE, SERVED, SHORT
+from ..reconstruction.xor_all import xor_all
+from .failures import failed_nodes, failure_plan, surviving_keys
+from .records import BLOCKED, EPSILON, FAILED, FEW_PATHS, NO_ROUTE, SERVED, SHORT
 
 _CACHE_LIMIT = 200_000
 
@@ -112,28 +115,39 @@ class Serving:
         if self._leveled:
             opts["epsilon"] = eps
         a = self.arrays
-        r = route_indices(with_levels(a, level), s, d, self.algorithm, block_bits=bits, **opts)
         self.stats["route_calls"] += 1
+        try:
+            r = route_indices(with_levels(a, level), s, d, self.algorithm, block_bits=bits, tolerate=self.tolerate,
+                              **opts)
+        except InvalidRequest:  # threshold sharing: a segment of m <= T paths (route() refuses it, naming it)
+            if not self.tolerate:
+                raise
+            return None, None, None
         if r.blocked:
             return r, None, None
         segs = [[list(p) for p in seg] for seg in r.index_paths]
         chain = [seg[0][0] for seg in r.index_paths[1:]]
+        if self.tolerate:
+            return r, segs, xor_all(a.p, segs, chain, eps, bits, tolerate=self.tolerate)
         return r, segs, reconstruct(self.reconstruction, a.p, segs, chain, eps, bits, **self.reconstruction_options)
 
     def _plan(self, s: int, d: int, bits: int, eps: float, seed: int | None, level: np.ndarray) -> tuple:
         t0 = time.perf_counter()
         a = self.arrays
         r, segs, rec = self._route_rec(s, d, bits, eps, seed, level)
-        if r.blocked:
-            plan: tuple = (NO_ROUTE, None, None, 0, math.nan, math.nan, 0, 0, 0, 0)
+        if r is None:
+            plan: tuple = (FEW_PATHS, None, None, 0, math.nan, math.nan, 0, 0, 0, 0, None)
+        elif r.blocked:
+            plan = (NO_ROUTE, None, None, 0, math.nan, math.nan, 0, 0, 0, 0, None)
         else:
             n_paths = sum(len(seg) for seg in segs)
             if rec.n_keys == 0:
-                plan = (EPSILON, None, None, 0, math.nan, r.security, len(segs), n_paths, r.hops, 0)
+                plan = (EPSILON, None, None, 0, math.nan, r.security, len(segs), n_paths, r.hops, 0, None)
             else:
                 links, need = route_links(a, segs, bits)
                 plan = (0, links, need, r.hops * bits, rec.global_keys[0].security,
-                        r.security, len(segs), n_paths, r.hops, rec.n_keys)
+                        r.security, len(segs), n_paths, r.hops, rec.n_keys,
+                        failure_plan(segs, rec) if self.relay_failure > 0 else None)
         self.stats["routing_seconds"] += time.perf_counter() - t0
         return plan
 
@@ -161,8 +175,19 @@ class Serving:
             return False
         self._debit(links, need)
         (_, _, _, self.consumed[j], self.security[j], self.route_security[j], self.segments[j], self.paths[j],
-         self.hops[j], self.keys[j]) = plan
+         self.hops[j], self.keys[j], failing) = plan
+        self.end_time[j] = t
+        if failing is not None:  # relay failures (sim/failures.py): the bits are spent whatever survives
+            alive = surviving_keys(failing, failed_nodes(self._fail_seeds[j], self.tries[j], self.arrays.n_nodes,
+                                                         self.relay_failure), self.tolerate)
+            self.keys[j] = len(alive)
+            if alive:
+                self.security[j] = max(failing[3][k] for k in alive)
+            else:
+                self.security[j] = math.nan
+                self.reason[j] = FAILED
+                self.outcome[j] = BLOCKED
+                return True  # done: a failed run is not retried
         self.reason[j] = 0
         self.outcome[j] = SERVED
-        self.end_time[j] = t
         return True
