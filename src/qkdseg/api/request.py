@@ -125,6 +125,7 @@ def route_indices(
     *,
     block_bits: int | None = None,
     routed: tuple | None = None,
+    tolerate: int = 0,
     **options: Any,
 ) -> Route:
     """:func:`route` on node *indices* of a frozen array form, for sweeps.
@@ -141,11 +142,15 @@ def route_indices(
     (same links and trusted relays, only ``p`` differs, and an algorithm
     whose choices do not depend on ``p``). ``Route.index_paths`` and
     ``Route.segment_nodes`` of an earlier result give it.
+
+    ``tolerate = T > 0``: ``sharing="threshold"`` as in :func:`route` (a
+    segment of ``m <= T`` paths refused).
     """
     algo = get_algorithm(algorithm)
     opts = _check_options(algorithm, algo.options, options)
     ids = arrays.node_ids
-    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts, routed)
+    return _route(arrays, algo, algorithm, ids[source], ids[destination], source, destination, block_bits, opts, routed,
+                  tolerate=tolerate)
 
 
 def _route(arrays, algo, algorithm, source, destination, s, d, block_bits, opts, routed=None, *, tolerate=0) -> Route:

@@ -117,6 +117,9 @@ class Controller:
         from .suspects import Suspects, settings
 
         self.suspects = Suspects(self.svc.planner, *settings(self.net, str(self.dir / "net.json")))  # .suspects
+        from .shares import SharePaths
+
+        self.share_paths = SharePaths()  # threshold plans' paths: a share reported altered names its path (.shares)
 
     def _http(self):
         if self.client is None:
@@ -214,6 +217,7 @@ class Controller:
         parts = node_parts(r, [plan], copies=relays)
         summary = svc.planner.summary(r, rec, relays)
         self.suspects.planned(rid, svc.arrays, parts, s, d)  # its relays, until its source reports the run
+        self.share_paths.planned(rid, r)
         securities = [float(gk.security) for _ in range(relays) for gk in rec.global_keys]
         try:
             await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
@@ -232,6 +236,12 @@ class Controller:
         futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]
         results = await asyncio.gather(*futs, return_exceptions=True)
         bad = [str(v) for v, res in zip(nodes, results) if isinstance(res, BaseException)]
+        from .shares import logger as share_log, tolerable
+
+        if tolerable(r, parts, bad):  # threshold sharing: relays of at most T paths per segment missed their parts
+            share_log.warning("request %s: node(s) %s unreachable; their paths' shares are lost (tolerate %d)", rid,
+                           ", ".join(bad), r.tolerate)
+            bad = []
         if bad:
             await asyncio.gather(*(self._http().post(f"https://{self.addresses[str(v)]}/control/v1/void",
                                                      json={"request_id": rid}) for v in nodes),
@@ -267,6 +277,7 @@ class Controller:
 
         try:  # every number, link and event checked before anything is applied (net/reportcheck.py)
             runs = check_runs(w.get("qkdseg_runs"))  # the relay runs it was the source of (.suspects)
+            shares = self.share_paths.reports(caller_node, w.get("qkdseg_shares"))  # threshold sharing (.shares)
             links = check_links(self, caller_node, w)
             events = check_events(self, caller_node, w.get("qkdseg_events"))
             stock = check_stock(self, caller_node, w.get("qkdseg_stock"))
@@ -281,7 +292,9 @@ class Controller:
         if self.replica is not None:
             self.replica.check()
         self._events(caller_node, events)
-        await audit(self, self.suspects.outcomes(caller_node, runs))
+        from .shares import apply
+
+        await audit(self, apply(self, shares) + self.suspects.outcomes(caller_node, runs))
         if stock is not None:
             self.stocks[f"node {caller_node}"] = stock
         svc = self.svc

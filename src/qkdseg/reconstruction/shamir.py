@@ -72,6 +72,7 @@ class Recovered:
     secret: bytes
     altered: tuple[int, ...]
     lost: tuple[int, ...]
+    good: tuple[int, ...] = ()  # the shares the secret was interpolated from and checked against (sorted)
 
     def __repr__(self) -> str:  # the secret is key material: never printed
         return f"Recovered(<{len(self.secret)} bytes, masked>, altered={self.altered}, lost={self.lost})"
@@ -189,8 +190,63 @@ def combine(shares: Sequence[bytes | None], tolerate: int) -> Recovered:
             if all(np.array_equal(_combine_rows(_lagrange(points, j + 1), [rows[i] for i in basis]), rows[j])
                    for j in good[k:]):
                 secret = _combine_rows(_lagrange(points, 0), [rows[i] for i in basis])
-                return Recovered(secret.tobytes(), bad, lost)
+                return Recovered(secret.tobytes(), bad, lost, tuple(good))
     raise SharesDoNotDecode(
         f"the {len(present)} shares present of {m} do not decode: an altered share detected, not located "
         f"(lost e={len(lost)}, tolerate T={tolerate}: e + 2t <= T corrects t altered shares)"
     )
+
+
+def _agreeing(shares: Sequence[bytes | None], k: int, need: int) -> Recovered | None:
+    """The secret of the first polynomial of degree below ``k`` that at least ``need`` present shares lie on
+    (fewest left out first), the others present named altered; ``None`` when none does."""
+    present = [i for i, s in enumerate(shares) if s is not None]
+    lost = tuple(i for i, s in enumerate(shares) if s is None)
+    rows = {i: np.frombuffer(bytes(shares[i]), dtype=np.uint8) for i in present}
+    for t in range(len(present) - need + 1):
+        for bad in itertools.combinations(present, t):
+            good = [i for i in present if i not in bad]
+            points = [i + 1 for i in good[:k]]
+            basis = [rows[i] for i in good[:k]]
+            if all(np.array_equal(_combine_rows(_lagrange(points, j + 1), basis), rows[j]) for j in good[k:]):
+                return Recovered(_combine_rows(_lagrange(points, 0), basis).tobytes(), bad, lost, tuple(good))
+    return None
+
+
+def decode_early(shares: Sequence[bytes | None], tolerate: int) -> Recovered | None:
+    """The secret as soon as the shares present prove it, else ``None`` (wait for more shares).
+
+    A segment end that gets the shares one by one decodes once at least
+    ``q = k + tolerate // 2`` of them lie on one polynomial of degree below
+    ``k``: with at most ``tolerate // 2`` altered shares (what ``e + 2t <=
+    T`` allows), ``q`` agreeing shares hold ``k`` genuine ones, so that
+    polynomial is the dealer's, and a share present off it is altered (named).
+    With ``T = 1`` that is ``k`` shares (no check: an altered one is detected
+    by a later share, :func:`check_late`, or the end-to-end confirmation).
+
+    >>> shares = split(b"ab", 4, 2)
+    >>> decode_early([shares[0], None, None, shares[3]], 2) is None  # 2 of 4: q = 3
+    True
+    >>> decode_early([shares[0], None, shares[2], shares[3]], 2).secret
+    b'ab'
+    """
+    m = len(shares)
+    k = check_sharing(m, tolerate)
+    need = k + int(tolerate) // 2
+    if sum(s is not None for s in shares) < need:
+        return None
+    return _agreeing(shares, k, need)
+
+
+def check_late(shares: Sequence[bytes | None], used: Recovered, index: int) -> bool:
+    """Whether share ``index``, arrived after the secret was decoded from ``used.good``, lies on its polynomial.
+
+    >>> shares = split(b"ab", 3, 1)
+    >>> r = decode_early([shares[0], shares[1], None], 1)
+    >>> check_late(shares, r, 2)
+    True
+    """
+    points = [i + 1 for i in used.good]  # they lie on one polynomial of degree below k: through all of them
+    value = _combine_rows(_lagrange(points, index + 1), [np.frombuffer(bytes(shares[i]), dtype=np.uint8)
+                                                          for i in used.good])
+    return bool(np.array_equal(value, np.frombuffer(bytes(shares[index]), dtype=np.uint8)))

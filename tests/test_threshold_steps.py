@@ -1,0 +1,140 @@
+"""Threshold sharing in the relay engine both deployments run (qkdseg.keys.steps; issue 40): shares relayed as the
+pieces, a segment end that decodes as soon as its shares prove the key, lost and altered paths, the late check.
+
+In one process, with the steps wired by direct calls as :func:`qkdseg.keys.relay` wires them, and a message
+filter that plays the dead relay (its messages never arrive) or the tampering one (a byte flipped).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from qkdseg import read_network, route
+from qkdseg.keys import KeyStore, relay
+from qkdseg.keys.material import KeyMaterial
+from qkdseg.keys.relay import Plan, _LocalEnd, _neighbours
+from qkdseg.keys.steps import NodePart, RelayNode, node_parts
+
+pytest.importorskip("galois")
+
+#: Two segments (0 -> 5 -> 10, node 5 trusted), each of four node-disjoint one-relay paths.
+FOUR = {"directed": False, "graph": {"name": "four4"},
+        "nodes": [{"id": i, "trusted": i in (0, 5, 10), "p": 1.0 if i in (0, 5, 10) else 0.7} for i in range(11)],
+        "links": [{"source": u, "target": v, "pool_bits": 1_000_000}
+                  for r in (1, 2, 3, 4) for u, v in ((0, r), (r, 5))]
+                 + [{"source": u, "target": v, "pool_bits": 1_000_000}
+                    for r in (6, 7, 8, 9) for u, v in ((5, r), (r, 10))]}
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    import json
+
+    p = tmp_path_factory.mktemp("four") / "four.json"
+    p.write_text(json.dumps(FOUR))
+    return read_network(p)
+
+
+def _run(net, r, *, dead=(), tamper=(), settle=True):
+    """Relay ``r`` with relays ``dead`` silent and ``tamper`` flipping a byte of what they forward; the nodes."""
+    store = KeyStore(net)
+    need: dict = defaultdict(int)
+    for seg in r.segments:
+        for path in seg.paths:
+            for a, b in zip(path, path[1:]):
+                need[store.canonical((a, b))] += r.block_bits
+    pads = store.reserve(need)
+    parts = node_parts(r, [Plan.from_any(r.reconstruction, r)])
+    offset: dict = defaultdict(int)
+    nodes = {v: RelayNode(part, {w: _LocalEnd(store.canonical((v, w)), v, pads, offset) for w in _neighbours(part)})
+             for v, part in parts.items()}
+    queue = [m for n in nodes.values() for m in n.start()]
+    arrivals = []
+    while queue:
+        msg = queue.pop(0)
+        if msg["src"] in dead:
+            continue
+        if msg["src"] in tamper and msg["kind"] == "pieces":
+            msg = {**msg, "blocks": [(pid, off, c ^ KeyMaterial(b"\x01" + bytes(c.bits // 8 - 1)))
+                                     for pid, off, c in msg["blocks"]]}
+        arrivals.append(msg["dst"])
+        queue += nodes[msg["dst"]].on_message(msg)
+        if not queue and settle:  # nothing more will come: what the grace timer does
+            for n in nodes.values():
+                if n.waiting:
+                    queue += n.settle()
+    return nodes
+
+
+def test_part_names_its_sharing_and_round_trips(four):
+    r = route(four, 0, 10, block_bits=64, epsilon=0.3, sharing="threshold", tolerate=2)
+    parts = node_parts(r, [Plan.from_any(r.reconstruction, r)])
+    end = parts[5]
+    assert end.tolerate == 2 and [p for _, _, p in end.paths] == [tuple(p) for p in r.segments[0].paths]
+    d = end.to_dict()
+    assert d["sharing"] == "threshold" and d["tolerate"] == 2 and NodePart.from_dict(d) == end
+    xor = node_parts(route(four, 0, 10, block_bits=64), [Plan.xor_all(route(four, 0, 10, block_bits=64))])
+    assert xor[5].to_dict()["sharing"] == "xor" and NodePart.from_dict(xor[5].to_dict()).tolerate == 0
+
+
+def test_kms_relay_with_threshold_shares_keys_identical_and_pieces_are_shares(four):
+    from qkdseg.reconstruction.shamir import combine
+
+    r = route(four, 0, 10, block_bits=256, epsilon=0.3, sharing="threshold", tolerate=1)
+    res = relay(r, KeyStore(four), r.reconstruction)
+    assert res.keys_identical and all(res.plans[0].keys[0].segment_keys_identical)
+    # the relays of segment 0 hold the shares of its key: any 3 of 4 rebuild it
+    shares = [res.views[p[1]].pieces[(0, i)].reveal() for i, p in enumerate(r.segments[0].paths)]
+    seg_key = res.views[0].segment_keys[(0, 0, 0)]
+    assert KeyMaterial(combine([shares[0], None, shares[2], shares[3]], 1).secret) == seg_key
+
+
+@pytest.mark.parametrize("tolerate", [1, 2])
+def test_a_dead_relay_costs_its_path_not_the_run(four, tolerate):
+    r = route(four, 0, 10, block_bits=128, epsilon=0.3, sharing="threshold", tolerate=tolerate)
+    victim = r.segments[0].paths[1][1]
+    nodes = _run(four, r, dead={victim})
+    src, dst = nodes[0].keys(), nodes[10].keys()
+    assert src and src == dst and not nodes[5].failed
+
+
+def test_decodes_at_k_shares_before_the_last_arrives(four):
+    """T = 1, m = 4: the segment end decodes at the third share (k = 3), with no wait for the fourth."""
+    r = route(four, 0, 10, block_bits=128, epsilon=0.3, sharing="threshold", tolerate=1)
+    victim = r.segments[0].paths[3][1]
+    nodes = _run(four, r, dead={victim}, settle=False)  # no grace timer: decoded from the shares alone
+    assert nodes[0].keys() == nodes[10].keys() and nodes[10].keys()
+
+
+def test_t2_waits_for_a_proving_share_then_settles(four):
+    """T = 2, m = 4, k = 2: two shares are not decoded at once (q = 3); with two dead paths the grace timer decodes
+    the two that came (e = 2 <= T)."""
+    r = route(four, 0, 10, block_bits=128, epsilon=0.3, sharing="threshold", tolerate=2)
+    dead = {r.segments[0].paths[0][1], r.segments[0].paths[2][1]}
+    stuck = _run(four, r, dead=dead, settle=False)
+    assert stuck[5].waiting and not stuck[10].keys()
+    nodes = _run(four, r, dead=dead)
+    assert nodes[0].keys() == nodes[10].keys() and nodes[10].keys()
+
+
+def test_t2_a_tampering_relay_is_corrected_and_its_path_named(four):
+    r = route(four, 0, 10, block_bits=128, epsilon=0.3, sharing="threshold", tolerate=2)
+    path = r.segments[1].paths[2]
+    nodes = _run(four, r, tamper={path[1]})
+    assert nodes[0].keys() == nodes[10].keys() and nodes[10].keys()
+    ev = nodes[10].share_events
+    assert ev and {e["what"] for e in ev} == {"altered"} and {tuple(e["nodes"]) for e in ev} == {tuple(path)}
+    assert not nodes[5].share_events
+
+
+def test_t1_a_tampering_relay_is_detected(four):
+    """T = 1: the decoding at k shares has no spare; the altered share shows when it or the fourth comes (or the key
+    differs: the end-to-end confirmation's case). Never a silent wrong key with nothing reported."""
+    r = route(four, 0, 10, block_bits=128, epsilon=0.3, sharing="threshold", tolerate=1)
+    nodes = _run(four, r, tamper={r.segments[0].paths[1][1]})
+    same = nodes[0].keys() == nodes[10].keys()
+    assert nodes[5].share_events or not same
+    if nodes[5].share_events:
+        assert {e["what"] for e in nodes[5].share_events} <= {"inconsistent", "altered"}
