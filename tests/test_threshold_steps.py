@@ -138,3 +138,77 @@ def test_t1_a_tampering_relay_is_detected(four):
     assert nodes[5].share_events or not same
     if nodes[5].share_events:
         assert {e["what"] for e in nodes[5].share_events} <= {"inconsistent", "altered"}
+
+
+# -- kms serve (KeyService in-process: the planner, the same engine, the audit) ----------------------------------------
+def test_kms_service_with_threshold_sharing_delivers_and_names_it(tmp_path, four):
+    import asyncio
+    import json
+
+    from qkdseg import write_network
+    from qkdseg.kms.server import open_service
+    from qkdseg.server.config import KmsConfig, write_config
+    from qkdseg.server.etsi import Caller
+    from qkdseg.server.storagekey import init_keys
+
+    d = tmp_path / "svc"
+    d.mkdir()
+    write_network(four, tmp_path / "four.json")
+    cfg = KmsConfig(network=str(tmp_path / "four.json"), saes={"A": "0", "B": "10"}, security_level=0.3,
+                    reconstruction="xor-all", sharing="threshold", tolerate=2, _dir=d).check()
+    write_config(d, cfg)
+    init_keys(cfg)
+    svc = open_service(d, clock=lambda: 1_000_000.0)
+    try:
+        async def go():
+            out = await svc.enc_keys(Caller("A", "a"), "B", svc.parse_key_request(3, 256, None, None, None))
+            back = await svc.dec_keys(Caller("B", "b"), "A", [k["key_ID"] for k in out["keys"]])
+            return out, back
+
+        out, back = asyncio.run(go())
+        assert [k["key"] for k in back["keys"]] == [k["key"] for k in out["keys"]]
+        route = out["key_container_extension"]["qkdseg_route"]
+        assert route["sharing"] == "threshold" and route["tolerate"] == 2 and route["keys_per_relay"] == 1
+        assert all(abs(k["key_extension"]["qkdseg_security"] - 0.42471289) < 1e-6 for k in out["keys"])
+    finally:
+        svc.close()
+    audit = [json.loads(x) for x in (d / "audit.jsonl").read_text().splitlines()]
+    issues = [r for r in audit if r.get("event") == "issue"]
+    assert issues and all(r["route"]["sharing"] == "threshold" and r["route"]["tolerate"] == 2 for r in issues)
+
+
+def test_kms_toml_sharing_is_checked(tmp_path):
+    from qkdseg.errors import InvalidRequest
+    from qkdseg.server.config import KmsConfig
+
+    def cfg(**kw):
+        return KmsConfig(network="example", saes={"A": "0", "B": "7"}, _dir=tmp_path, **kw).check()
+
+    assert cfg().sharing == "xor" and cfg().tolerate == 0
+    for kw, field in (({"sharing": "shamir"}, "sharing"), ({"tolerate": 1}, "tolerate"),
+                      ({"sharing": "threshold", "tolerate": 0, "reconstruction": "xor-all"}, "tolerate"),
+                      ({"sharing": "threshold", "tolerate": 1}, "reconstruction"),
+                      ({"sharing": "threshold", "tolerate": True, "reconstruction": "xor-all"}, "tolerate")):
+        with pytest.raises(InvalidRequest, match=f"field '{field}'"):
+            cfg(**kw)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--tolerate", "-1"], "--tolerate -1"), (["--sharing", "shamir"], "--sharing 'shamir'"),
+    (["--sharing", "threshold"], "--sharing threshold needs --tolerate"),
+    (["--sharing", "xor", "--tolerate", "2"], "--tolerate 2 needs --sharing threshold"),
+])
+def test_kms_init_and_net_init_refuse_bad_sharing_in_one_line(tmp_path, args, needle):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    q = str(Path(sys.executable).with_name("qkdseg"))
+    for cmd in (["kms", "init", str(tmp_path / "k"), "--no-pki"], ["net", "init", str(tmp_path / "n")]):
+        r = subprocess.run([q, *cmd, "--network", "example", "--sae", "A=0", "--sae", "B=7", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run([q, "net", "init", str(tmp_path / "n"), "--network", "example", "--sae", "A=0", "--sae",
+                        "B=7", "--tolerate", "1", "--reconstruction", "paper"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--reconstruction paper" in r.stderr, r.stderr
