@@ -28,13 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-FOUR = {"directed": False, "graph": {"name": "four4"},
-        "nodes": [{"id": i, "trusted": i in (0, 5, 10), "p": 1.0 if i in (0, 5, 10) else 0.7} for i in range(11)],
-        "links": [{"source": u, "target": v, "pool_bits": 4_000_000}
-                  for r in (1, 2, 3, 4) for u, v in ((0, r), (r, 5))]
-                 + [{"source": u, "target": v, "pool_bits": 4_000_000}
-                    for r in (6, 7, 8, 9) for u, v in ((5, r), (r, 10))]}
+from four_paths import FOUR  # noqa: E402 -- tests/ on the path first
 
 # (label, network, SAE B's node, net init flags, relay killed, relay tampering)
 CASES = [

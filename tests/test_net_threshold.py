@@ -13,27 +13,20 @@ controller. ``example`` with ``--tolerate 1``: tests/test_net_threshold_example.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import json
 import os
-import random
 import signal
 import time
 
 import pytest
-from test_net import _binomial_check, _free_port, _run, net_up
+from test_net import _binomial_check, _compromise_share, _free_port, _run, net_up
 from test_net_hostile import _audit, _restart, _stop, _wait
+from four_paths import FOUR
 from timing import scaled
 
 pytest.importorskip("galois")
 
-FOUR = {"directed": False, "graph": {"name": "four4"},
-        "nodes": [{"id": i, "trusted": i in (0, 5, 10), "p": 1.0 if i in (0, 5, 10) else 0.7} for i in range(11)],
-        "links": [{"source": u, "target": v, "pool_bits": 4_000_000}
-                  for r in (1, 2, 3, 4) for u, v in ((0, r), (r, 5))]
-                 + [{"source": u, "target": v, "pool_bits": 4_000_000}
-                    for r in (6, 7, 8, 9) for u, v in ((5, r), (r, 10))]}
 ENV = {"QKDSEG_RELAY_TIMEOUT_S": "6", "QKDSEG_REPORT_S": "0.5"}
 
 
@@ -95,84 +88,13 @@ def test_every_record_of_a_threshold_run_names_its_sharing(four):
     assert all({k: r[k] for k in want} == want for r in store)
 
 
-def _threshold_compromise(net, n_req: int, seed: int, tolerate: int):
-    """Deliver ``n_req`` keys A -> B; per relay run compromise each relay with probability 1 - p (seeded); the
-    adversary rebuilds a segment key from k of its shares in the taps and the key from the public ``G xor S_j``."""
-    import httpx
-
-    from qkdseg.keys.material import KeyMaterial
-    from qkdseg.net.wire import client_context
-    from qkdseg.reconstruction.shamir import SharesDoNotDecode, combine
-
-    pk = net.dir / "pki"
-    http = httpx.Client(verify=client_context(pk / "A.crt", pk / "A.key", pk / "ca.crt"), timeout=30)
-
-    def one(_):
-        r = http.post(f"https://{net.addr['0']}/api/v1/keys/B/enc_keys", json={"number": 1})
-        assert r.status_code == 200, r.text
-        return r.json()["keys"][0]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as ex:
-        delivered = list(ex.map(one, range(n_req)))
-    http.close()
-    taps: dict = {}
-    for f in net.taps.glob("*.jsonl"):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
-            t = taps.setdefault(rec["request_id"], {}).setdefault(str(rec["node"]), {"pieces": {}, "transcript": {}})
-            t["pieces"].update({tuple(pid): base64.b64decode(k) for pid, k in rec["pieces"]})
-            t["transcript"].update({(tuple(kid), j): base64.b64decode(c) for kid, j, c in rec.get("transcript", [])})
-            if "keys" in rec:
-                t["keys"] = rec["keys"]
-
-    def decode(pieces: dict, kid, j, part):
-        shares = [pieces.get((kid[0], j, i)) for i in part]
-        try:
-            return KeyMaterial(combine(shares, tolerate).secret)
-        except SharesDoNotDecode:
-            return None
-
-    key_of = {}  # the source's own tap pairs each delivered key with its run (never used by the adversary)
-    for rid, nodes in taps.items():
-        src = nodes.get("0")
-        if src is None or "keys" not in src:
-            continue
-        specs = {(k[0], k[1]): k for k in src["keys"]}
-        for (kid, j), c in src["transcript"].items():
-            spec = specs.get((kid[1], kid[2]))
-            if spec and j == 0:
-                s0 = decode(src["pieces"], kid, 0, spec[2][0])
-                key_of[(KeyMaterial(c) ^ s0).reveal()] = (rid, kid, spec)
-    rng = random.Random(seed)
-    hits, securities, runs, compromised = [], [], [], {}
-    for key in delivered:
-        raw = base64.b64decode(key["key"])
-        securities.append(float(key["key_extension"]["qkdseg_security"]))
-        rid, kid, spec = key_of[raw]
-        runs.append(rid)
-        nd = taps[rid]
-        if rid not in compromised:
-            relays = sorted(v for v in nd if v not in ("0", "10", "5"))  # 5 is trusted (p = 1)
-            compromised[rid] = [v for v in relays if rng.random() < 0.3]
-        known = {}
-        for v in compromised[rid]:
-            known.update(nd[v]["pieces"])
-        ciphers = {}
-        for t in nd.values():
-            ciphers.update(t["transcript"])
-        hit = False
-        for j, part in enumerate(spec[2]):
-            if sum((kid[0], j, i) in known for i in part) >= len(part) - tolerate and (kid, j) in ciphers:
-                s_j = decode(known, kid, j, part)
-                hit = hit or (s_j is not None and (KeyMaterial(ciphers[(kid, j)]) ^ s_j).reveal() == raw)
-        hits.append(hit)
-    return hits, securities, runs
-
-
 def test_compromise_with_threshold_sharing_matches_exact_security(four):
     """120 keys (one per relay run); each run's relays compromised with probability 1 - p = 0.3 (seeded): the share of
     keys rebuilt from k of a segment's shares in the taps matches 1 - their mean exact (threshold) security."""
-    hits, securities, runs = _threshold_compromise(four, 120, 20261207, 1)
+    from qkdseg import read_network
+
+    graph = read_network(four.dir.parent / "four.json").graph
+    hits, securities, runs, _, _ = _compromise_share(four, graph, "A", "0", "B", "10", 120, 20261207, tolerate=1)
     assert len(set(runs)) == len(runs) and abs(securities[0] - 0.83960569) < 1e-6, securities[:1]
     _binomial_check("compromise test, threshold T = 1", hits, securities, runs)
 

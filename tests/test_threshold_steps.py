@@ -17,15 +17,9 @@ from qkdseg.keys.material import KeyMaterial
 from qkdseg.keys.relay import Plan, _LocalEnd, _neighbours
 from qkdseg.keys.steps import NodePart, RelayNode, node_parts
 
-pytest.importorskip("galois")
+from four_paths import FOUR
 
-#: Two segments (0 -> 5 -> 10, node 5 trusted), each of four node-disjoint one-relay paths.
-FOUR = {"directed": False, "graph": {"name": "four4"},
-        "nodes": [{"id": i, "trusted": i in (0, 5, 10), "p": 1.0 if i in (0, 5, 10) else 0.7} for i in range(11)],
-        "links": [{"source": u, "target": v, "pool_bits": 1_000_000}
-                  for r in (1, 2, 3, 4) for u, v in ((0, r), (r, 5))]
-                 + [{"source": u, "target": v, "pool_bits": 1_000_000}
-                    for r in (6, 7, 8, 9) for u, v in ((5, r), (r, 10))]}
+pytest.importorskip("galois")
 
 
 @pytest.fixture(scope="module")

@@ -198,8 +198,12 @@ def unmet_level_warnings(cfg, net, max_pairs: int = 400) -> list[str]:
         s, d = net.resolve(str(cfg.saes[a])), net.resolve(str(cfg.saes[b]))
         if s == d:
             continue
-        try:
-            r = route(net, s, d, algorithm=cfg.algorithm, block_bits=cfg.key_size)
+        try:  # under the configured sharing (threshold: a segment with too few paths is named)
+            r = route(net, s, d, algorithm=cfg.algorithm, block_bits=cfg.key_size, sharing=cfg.sharing,
+                      tolerate=cfg.tolerate)
+        except InvalidRequest as err:
+            out.append(f"SAEs {a} and {b}: {err}")
+            continue
         except Exception:  # noqa: BLE001 -- no route at all: said below
             r = None
         if r is None or r.blocked:
