@@ -25,11 +25,13 @@ def example_t1(tmp_path_factory):
 
 def test_example_xor_all_t1_survives_a_relay_killed_mid_run(example_t1):
     """Relay 1 (one of segment 0's two paths) killed under 8 clients: no run fails on the relay (a 503 only where a
-    later plan finds one path left in segment 0: threshold sharing with T = 1 needs two); keys identical."""
+    later plan is refused before relaying: one path left in segment 0, and threshold sharing with T = 1 needs two);
+    keys identical."""
+    example_t1.deliver("A", "0", "B", "7")  # the first plan compiles the routing: not inside the storm
     results, killed_at = _storm(example_t1, "A", "0", "B", "7", "1")
-    bad = [(c, m) for c, m, _, _ in results if c != 200 and "needs at least 2" not in m]
+    bad = [(c, m) for c, m, _, _ in results if c != 200 and "nothing was debited" not in m]  # a relay that failed
     assert not bad, bad
     survived = [dt for c, _, t0, dt in results if c == 200 and t0 < killed_at < t0 + dt]
     print(f"example, kill -9 relay 1, T = 1: {sum(c == 200 for c, *_ in results)} of {len(results)} delivered, "
           f"{len(survived)} in flight at the kill delivered")
-    assert sum(c == 200 for c, *_ in results) >= 8
+    assert survived  # runs in flight when the relay died were delivered

@@ -47,6 +47,30 @@ def message_failed(svc, w: dict, why: str) -> None:
     svc._fail(w["request_id"], why)
 
 
+def tables_pending(svc, request_id: str, body: dict) -> bool:
+    """True when a threshold part that deals or decodes shares came before this node loaded GF(2^8)'s tables
+    (``galois``, a second or more on first use): they are loaded off the event loop and the part is started then
+    (its messages meanwhile are held as early ones). A relay only forwards shares: it needs no tables."""
+    from ..reconstruction.shamir import _tables
+
+    part = body.get("part") or {}
+    if not int(part.get("tolerate") or 0) or not (part.get("starts") or part.get("position")) \
+            or _tables.cache_info().currsize:
+        return False
+
+    async def load() -> None:
+        try:
+            await asyncio.to_thread(_tables)
+        except Exception as err:  # noqa: BLE001 -- galois missing: the part fails as a part that cannot run
+            logger.warning("request %s: threshold sharing cannot run here: %s", request_id, err)
+            svc._fail(request_id, str(err))
+            return
+        svc.start_part(request_id, body)
+
+    asyncio.get_running_loop().create_task(load())
+    return True
+
+
 def after_step(svc, st) -> None:
     """After a relay step of ``st`` at this node: audit and report the shares found altered since, and start the
     grace timer of a segment end that waits for a proving share."""
@@ -63,6 +87,22 @@ def after_step(svc, st) -> None:
         svc._fail(st.request_id, relay.failed)
     if relay.waiting and getattr(st, "grace", None) is None:
         st.grace = asyncio.get_running_loop().call_later(GRACE_S, _settle, svc, st)
+
+
+def linger(svc, st) -> None:
+    """The destination is done with ``st``: forget it now, or, when shares of a threshold run are still on their way,
+    after :data:`GRACE_S` (they are checked against the decoded key meanwhile: an altered one is named)."""
+    relay = st.relay
+    if relay is None or not relay.part.tolerate or not relay.part.ends or all(
+            (c, j, i) in relay.received for c in range(relay.part.copies) for j, i, _ in relay.part.ends):
+        svc.requests.pop(st.request_id, None)
+        return
+
+    def forget() -> None:
+        if svc.requests.get(st.request_id) is st:
+            del svc.requests[st.request_id]
+
+    asyncio.get_running_loop().call_later(GRACE_S, forget)
 
 
 def _settle(svc, st) -> None:
