@@ -212,7 +212,7 @@ def test_kms_init_and_net_init_refuse_bad_sharing_in_one_line(tmp_path, args, ne
 def test_share_reports_name_the_path_and_feed_the_failed_relays(four):
     from types import SimpleNamespace
 
-    from qkdseg.net.shares import SharePaths, apply, tolerable
+    from qkdseg.net.shares import SharePaths, tolerable
     from qkdseg.net.suspects import Suspects
     from qkdseg.net.wire import Problem
 
@@ -237,13 +237,13 @@ def test_share_reports_name_the_path_and_feed_the_failed_relays(four):
     path = [str(v) for v in r.segments[1].paths[i]]
     rep = {"request_id": "r1", "segment": 1, "path": i, "what": "altered"}
     assert paths.reports("5", [rep]) == []  # node 5 does not end segment 1: ignored
-    recs = apply(ctl, paths.reports("10", [rep, {**rep, "request_id": "unknown"}]))
+    recs = SharePaths.apply(ctl, paths.reports("10", [rep, {**rep, "request_id": "unknown"}]))
     assert [(x["event"], x["path"], x["reporter"], x["tolerate"]) for x in recs] == [("share altered", path, "10", 2)]
     # a confirmed run through the relay does not clear an altered share; a second report names it suspect
     ctl.suspects.planned("run", four.arrays, [int(v) for v in path], 0, 10)
     ctl.suspects.outcomes("0", [("run", True, "")])
     assert ctl.suspects.view()[path[1]]["failed_runs"] == 1
-    recs = apply(ctl, paths.reports("10", [rep]))
+    recs = SharePaths.apply(ctl, paths.reports("10", [rep]))
     assert [x["event"] for x in recs] == ["share altered", "node suspect"] and recs[1]["node"] == path[1]
     for bad in ([{"request_id": "r1", "segment": True, "path": 0, "what": "altered"}],
                 [{"request_id": "r1", "segment": 0, "path": 0, "what": "lost"}], "x"):
@@ -251,6 +251,6 @@ def test_share_reports_name_the_path_and_feed_the_failed_relays(four):
             paths.reports("10", bad)
     # which unreachable nodes a plan survives: relays of at most T paths per segment, no segment node
     relay = lambda j, i: str(r.segments[j].paths[i][1])  # noqa: E731
-    assert tolerable(r, {}, [relay(0, 0), relay(0, 1), relay(1, 3)])
-    assert not tolerable(r, {}, [relay(0, 0), relay(0, 1), relay(0, 2)]) and not tolerable(r, {}, ["5"])
-    assert not tolerable(route(four, 0, 10, block_bits=64), {}, [relay(0, 0)])
+    assert tolerable(r, [relay(0, 0), relay(0, 1), relay(1, 3)])
+    assert not tolerable(r, [relay(0, 0), relay(0, 1), relay(0, 2)]) and not tolerable(r, ["5"])
+    assert not tolerable(route(four, 0, 10, block_bits=64), [relay(0, 0)])

@@ -114,11 +114,10 @@ class Controller:
             self.svc.source.rate_bps[:] = 0.0
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
         self.stocks: dict[str, dict] = {}  # node -> its key stocks as its last report gave them (the dashboard's)
+        from .shares import SharePaths
         from .suspects import Suspects, settings
 
         self.suspects = Suspects(self.svc.planner, *settings(self.net, str(self.dir / "net.json")))  # .suspects
-        from .shares import SharePaths
-
         self.share_paths = SharePaths()  # threshold plans' paths: a share reported altered names its path (.shares)
 
     def _http(self):
@@ -235,13 +234,8 @@ class Controller:
 
         futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]
         results = await asyncio.gather(*futs, return_exceptions=True)
-        bad = [str(v) for v, res in zip(nodes, results) if isinstance(res, BaseException)]
-        from .shares import logger as share_log, tolerable
-
-        if tolerable(r, parts, bad):  # threshold sharing: relays of at most T paths per segment missed their parts
-            share_log.warning("request %s: node(s) %s unreachable; their paths' shares are lost (tolerate %d)", rid,
-                           ", ".join(bad), r.tolerate)
-            bad = []
+        bad = self.share_paths.unreachable(rid, r, [str(v) for v, res in zip(nodes, results)
+                                                    if isinstance(res, BaseException)])  # threshold: T paths may go
         if bad:
             await asyncio.gather(*(self._http().post(f"https://{self.addresses[str(v)]}/control/v1/void",
                                                      json={"request_id": rid}) for v in nodes),
@@ -292,9 +286,7 @@ class Controller:
         if self.replica is not None:
             self.replica.check()
         self._events(caller_node, events)
-        from .shares import apply
-
-        await audit(self, apply(self, shares) + self.suspects.outcomes(caller_node, runs))
+        await audit(self, self.share_paths.apply(self, shares) + self.suspects.outcomes(caller_node, runs))
         if stock is not None:
             self.stocks[f"node {caller_node}"] = stock
         svc = self.svc

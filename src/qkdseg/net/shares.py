@@ -202,17 +202,29 @@ class SharePaths:
         return recs
 
 
-def apply(ctl, checked: list[tuple[dict, list, str]]) -> list[dict]:
-    """The checked share reports applied: their records, and those of a node the record of failed relays names."""
-    out = []
-    for rec, relays, why in checked:
-        out.append(rec)
-        if relays:
-            out += ctl.suspects.altered(relays, why)
-    return out
+    @staticmethod
+    def apply(ctl, checked: list[tuple[dict, list, str]]) -> list[dict]:
+        """The checked share reports applied: their records, and those of a node the record of failed relays
+        names."""
+        out = []
+        for rec, relays, why in checked:
+            out.append(rec)
+            if relays:
+                out += ctl.suspects.altered(relays, why)
+        return out
+
+    @staticmethod
+    def unreachable(rid: str, route, bad: list[str]) -> list[str]:
+        """The nodes that did not take their parts and fail the plan: none when the plan survives them
+        (:func:`tolerable`; logged)."""
+        if tolerable(route, bad):
+            logger.warning("request %s: node(s) %s unreachable; their paths' shares are lost (tolerate %d)", rid,
+                           ", ".join(bad), route.tolerate)
+            return []
+        return bad
 
 
-def tolerable(route, parts: dict, bad: list[str]) -> bool:
+def tolerable(route, bad: list[str]) -> bool:
     """Whether a threshold plan goes on although nodes ``bad`` did not get their parts: none of them a segment node,
     and in every segment at most ``tolerate`` paths through them (those paths' shares are lost)."""
     tolerate = int(getattr(route, "tolerate", 0) or 0)
