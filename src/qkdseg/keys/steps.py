@@ -348,8 +348,9 @@ class RelayNode:
             idx = spec.parts[j].index(i)
             if idx in r.good or idx in r.altered:
                 continue
-            if not check_late(self._shares(kid, spec, j, self.received), r, idx):
-                self._altered(c, j, i, located=self.part.tolerate >= 2)
+            if not check_late(self._shares(kid, spec, j, self.received), r, idx):  # located when the decoding was
+                t = self.part.tolerate  # proven: k + T // 2 >= k + 1 shares agreed (T >= 2)
+                self._altered(c, j, i, located=t >= 2 and len(r.good) >= len(spec.parts[j]) - t + t // 2)
 
     @property
     def waiting(self) -> bool:
