@@ -25,8 +25,6 @@ from test_net_hostile import _audit, _restart, _stop, _wait
 from four_paths import FOUR
 from timing import scaled
 
-pytest.importorskip("galois")
-
 ENV = {"QKDSEG_RELAY_TIMEOUT_S": "6", "QKDSEG_REPORT_S": "0.5"}
 
 

@@ -9,8 +9,6 @@ import pytest
 from test_net import _free_port, _run, net_up
 from test_net_threshold import ENV, _storm
 
-pytest.importorskip("galois")
-
 
 @pytest.fixture(scope="module")
 def example_t1(tmp_path_factory):

@@ -19,8 +19,6 @@ from qkdseg.keys.steps import NodePart, RelayNode, node_parts
 
 from four_paths import FOUR
 
-pytest.importorskip("galois")
-
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):

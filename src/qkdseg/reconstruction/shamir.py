@@ -28,12 +28,17 @@ confirmation catches that.
 
 The field is ``galois``'s GF(2^8) (the Conway polynomial ``x^8 + x^4 + x^3
 + x^2 + 1``): its multiplication and inverse tables, built once on first use
-(``galois`` is imported then, so ``import qkdseg`` stays fast), drive
-numpy gathers over all the bytes at once. **[choice: not ``galois``'s own
-Reed-Solomon decoder: measured here at about 0.1-0.2 s per codeword (one
-per byte; 4096 codewords took 555 s on the loaded 2-core machine), where
-these gathers take milliseconds for a 100 kb piece; tests/test_sharing.py
-checks the interpolation against ``galois.lagrange_poly``.]**
+from the powers of 2 (tests/test_sharing.py checks every product and
+inverse against ``galois``), drive numpy gathers over all the bytes at once.
+**[choice: not ``galois``'s own Reed-Solomon decoder: measured here at about
+0.1-0.2 s per codeword (one per byte; 4096 codewords took 555 s on the
+loaded 2-core machine), where these gathers take milliseconds for a 100 kb
+piece; tests/test_sharing.py checks the interpolation against
+``galois.lagrange_poly``.]** **[choice: the two tables are computed here,
+not taken from ``galois`` at run time: importing ``galois`` (with numba)
+took 10 s on the loaded machine, which blocked a network node's first
+threshold run past the relay timeout, and a node never loads numba;
+``galois`` stays the oracle of the tests.]**
 """
 
 from __future__ import annotations
@@ -89,19 +94,29 @@ def check_sharing(m: object, tolerate: object) -> int:
     return int(m - tolerate)
 
 
+#: GF(2^8)'s modulus, the Conway polynomial x^8 + x^4 + x^3 + x^2 + 1 (galois's ``GF(2**8)``); 2 generates the field.
+POLY = 0x11D
+
+
 @functools.cache
 def _tables() -> tuple[np.ndarray, np.ndarray]:
-    """GF(2^8)'s multiplication table ``MUL[a, b]`` and inverses ``INV[a]`` (``INV[0] = 0``), from ``galois``."""
-    try:
-        import galois  # lazily: a second or more to import
-    except ImportError as err:  # an extra: the core does not need it
-        raise QkdsegError("threshold sharing needs the 'galois' package: pip install 'qkdseg[sharing]'") from err
+    """GF(2^8)'s multiplication table ``MUL[a, b]`` and inverses ``INV[a]`` (``INV[0] = 0``), from the powers of 2.
 
-    field = galois.GF(2**8, compile="python-calculate")  # no JIT compilation: two tables are all we need
-    a = field.elements
-    mul = np.asarray(a[:, None] * a[None, :], dtype=np.uint8)
+    The same field as ``galois.GF(2**8)`` (tests/test_sharing.py checks every product and inverse against it)."""
+    exp = np.zeros(510, dtype=np.int64)
+    x = 1
+    for i in range(255):
+        exp[i] = exp[i + 255] = x
+        x <<= 1
+        if x & 0x100:
+            x ^= POLY
+    log = np.zeros(256, dtype=np.int64)
+    log[exp[:255]] = np.arange(255)
+    a = np.arange(1, 256)
+    mul = np.zeros((256, 256), dtype=np.uint8)
+    mul[1:, 1:] = exp[log[a][:, None] + log[a][None, :]]
     inv = np.zeros(256, dtype=np.uint8)
-    inv[1:] = np.asarray(field(a[1:]) ** -1, dtype=np.uint8)
+    inv[1:] = exp[(255 - log[a]) % 255]
     return mul, inv
 
 

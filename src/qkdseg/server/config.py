@@ -290,8 +290,8 @@ class KmsConfig:
         return self
 
     def _check_sharing(self, bad) -> None:
-        """``sharing`` and ``tolerate`` (docs/kms.md, issue 40): ``xor`` with 0, or ``threshold`` with ``T >= 1``,
-        reconstruction ``xor-all`` and the ``galois`` package installed."""
+        """``sharing`` and ``tolerate`` (docs/kms.md, issue 40): ``xor`` with 0, or ``threshold`` with ``T >= 1``
+        and reconstruction ``xor-all``."""
         t = self.tolerate
         if self.sharing not in ("xor", "threshold"):
             raise bad("sharing", "must be 'xor' or 'threshold'")
@@ -305,10 +305,6 @@ class KmsConfig:
             if self.reconstruction != "xor-all":
                 raise bad("reconstruction", "must be xor-all with sharing = 'threshold' (one part of all a "
                                             "segment's paths, shared k-of-m)")
-            import importlib.util
-
-            if importlib.util.find_spec("galois") is None:
-                raise bad("sharing", "needs the 'galois' package: pip install 'qkdseg[sharing]'")
 
     def stock_config(self, flags: bool = False):
         """The checked ``[stock]`` table (:class:`.stockconfig.StockConfig`), or None when no pair is stocked."""
