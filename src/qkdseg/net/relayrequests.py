@@ -26,7 +26,7 @@ from ..server.etsi import KmsError
 from ..server.store import Batch, KeyRow
 from ..server.storehealth import CommitFailed
 from .messaging import _dec, _enc, _trace
-from .shares import after_step, linger, tables_pending
+from .shares import after_step, linger
 
 logger = logging.getLogger("qkdseg.net")
 #: A source's wait for its keys; below the 10 s that SAE clients such as etsi-qkd-014-client wait, so that a
@@ -79,7 +79,7 @@ class RelayRequests:
     def start_part(self, request_id: str, body: dict) -> None:
         _trace(request_id, "part")
         st = self._state(request_id)
-        if st.relay is not None or tables_pending(self, request_id, body):
+        if st.relay is not None:
             return
         st.meta = body
         st.relay = RelayNode(NodePart.from_dict(body["part"]), self.links)

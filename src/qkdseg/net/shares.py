@@ -47,30 +47,6 @@ def message_failed(svc, w: dict, why: str) -> None:
     svc._fail(w["request_id"], why)
 
 
-def tables_pending(svc, request_id: str, body: dict) -> bool:
-    """True when a threshold part that deals or decodes shares came before this node loaded GF(2^8)'s tables
-    (``galois``, a second or more on first use): they are loaded off the event loop and the part is started then
-    (its messages meanwhile are held as early ones). A relay only forwards shares: it needs no tables."""
-    from ..reconstruction.shamir import _tables
-
-    part = body.get("part") or {}
-    if not int(part.get("tolerate") or 0) or not (part.get("starts") or part.get("position")) \
-            or _tables.cache_info().currsize:
-        return False
-
-    async def load() -> None:
-        try:
-            await asyncio.to_thread(_tables)
-        except Exception as err:  # noqa: BLE001 -- galois missing: the part fails as a part that cannot run
-            logger.warning("request %s: threshold sharing cannot run here: %s", request_id, err)
-            svc._fail(request_id, str(err))
-            return
-        svc.start_part(request_id, body)
-
-    asyncio.get_running_loop().create_task(load())
-    return True
-
-
 def after_step(svc, st) -> None:
     """After a relay step of ``st`` at this node: audit and report the shares found altered since, and start the
     grace timer of a segment end that waits for a proving share."""

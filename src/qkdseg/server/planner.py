@@ -374,10 +374,6 @@ class Planner:
     def warm(self, nodes: list[int], size: int, level: float) -> None:
         """Route once between two of ``nodes`` (no debit), so numba's kernels are compiled before the first request."""
         nodes = sorted(set(nodes))
-        if getattr(self.cfg, "tolerate", 0):  # threshold sharing: GF(2^8)'s tables (galois) before the first request
-            from ..reconstruction.shamir import _tables
-
-            _tables()
         if len(nodes) >= 2:
             try:
                 self.route_and_plan(nodes[0], nodes[-1], size, level, self.levels.capacity)
