@@ -87,12 +87,12 @@ def test_every_record_of_a_threshold_run_names_its_sharing(four):
 
 
 def test_compromise_with_threshold_sharing_matches_exact_security(four):
-    """120 keys (one per relay run); each run's relays compromised with probability 1 - p = 0.3 (seeded): the share of
+    """100 keys (one per relay run); each run's relays compromised with probability 1 - p = 0.3 (seeded): the share of
     keys rebuilt from k of a segment's shares in the taps matches 1 - their mean exact (threshold) security."""
     from qkdseg import read_network
 
     graph = read_network(four.dir.parent / "four.json").graph
-    hits, securities, runs, _, _ = _compromise_share(four, graph, "A", "0", "B", "10", 120, 20261207, tolerate=1)
+    hits, securities, runs, _, _ = _compromise_share(four, graph, "A", "0", "B", "10", 100, 20261207, tolerate=1)
     assert len(set(runs)) == len(runs) and abs(securities[0] - 0.83960569) < 1e-6, securities[:1]
     _binomial_check("compromise test, threshold T = 1", hits, securities, runs)
 
