@@ -9,6 +9,8 @@ With ``sharing = "threshold"`` in the controller's ``kms.toml`` (``net init --to
   reported to the controller (``qkdseg_shares`` in the next link report, naming the request, the segment and the
   path), and a segment end that holds ``k`` shares but not the proof :func:`~qkdseg.reconstruction.shamir.
   decode_early` waits for decodes what it has after :data:`GRACE_S` (:meth:`~qkdseg.keys.steps.RelayNode.settle`);
+  the destination keeps a finished run's state for :data:`GRACE_S` while shares are still on their way
+  (:func:`linger`), so that a late altered one is named too;
 - at the controller: the paths of each threshold plan (:class:`SharePaths`), so that a reported share names its
   path's nodes (audited, ``share altered``) and feeds the record of failed relays (:mod:`.suspects`); and which
   unreachable relays a plan survives (:func:`tolerable`).
