@@ -23,7 +23,7 @@ _SHAPE = ("a link report is ETSI GS QKD 015's qkd_node with qkdn_id and qkd_link
 _TEXT = ("sae", "peer", "op", "outcome", "reason")
 _ROUTE = {"algorithm": str, "segment_nodes": list, "paths": int, "hops": int, "security": float,
           "reconstruction": str, "keys_per_relay": int, "seed": int, "relays": int, "consumed_bits": int,
-          "saved_bits": int, "local": bool, "spare": bool, "request_id": str}
+          "saved_bits": int, "local": bool, "spare": bool, "request_id": str, "sharing": str, "tolerate": int}
 
 
 def _bad(what: str) -> Problem:
