@@ -185,25 +185,32 @@ def test_kms_toml_sharing_is_checked(tmp_path):
             cfg(**kw)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--tolerate", "-1"], "--tolerate -1"), (["--sharing", "shamir"], "--sharing 'shamir'"),
-    (["--sharing", "threshold"], "--sharing threshold needs --tolerate"),
-    (["--sharing", "xor", "--tolerate", "2"], "--tolerate 2 needs --sharing threshold"),
-])
-def test_kms_init_and_net_init_refuse_bad_sharing_in_one_line(tmp_path, args, needle):
+def test_kms_init_and_net_init_refuse_bad_sharing_in_one_line(tmp_path):
+    """The flags' checks (cli.common.sharing_fields, shared by both inits), then each init's exit 2 and one line."""
+    import re
     import subprocess
     import sys
     from pathlib import Path
 
+    from qkdseg.cli.common import sharing_fields
+    from qkdseg.errors import InvalidRequest
+
+    for (sharing, tolerate, rec), needle in (
+            ((None, -1, None), "--tolerate -1"), (("shamir", 1, None), "--sharing 'shamir'"),
+            (("threshold", None, None), "--sharing threshold needs --tolerate"), (("threshold", 0, None), "got 0"),
+            (("xor", 2, None), "--tolerate 2 needs --sharing threshold"), ((None, 1, "paper"), "--reconstruction paper")):
+        with pytest.raises(InvalidRequest, match=re.escape(needle)):
+            sharing_fields(sharing, tolerate, rec)
+    assert sharing_fields(None, 2, None) == {"sharing": "threshold", "tolerate": 2, "reconstruction": "xor-all"}
+    assert sharing_fields(None, None, None) == {"sharing": "xor", "tolerate": 0, "reconstruction": "paper"}
     q = str(Path(sys.executable).with_name("qkdseg"))
-    for cmd in (["kms", "init", str(tmp_path / "k"), "--no-pki"], ["net", "init", str(tmp_path / "n")]):
+    for cmd, args, needle in ((["kms", "init", str(tmp_path / "k"), "--no-pki"], ["--sharing", "threshold"],
+                               "--sharing threshold needs --tolerate"),
+                              (["net", "init", str(tmp_path / "n")], ["--tolerate", "1", "--reconstruction", "paper"],
+                               "--reconstruction paper")):
         r = subprocess.run([q, *cmd, "--network", "example", "--sae", "A=0", "--sae", "B=7", *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = subprocess.run([q, "net", "init", str(tmp_path / "n"), "--network", "example", "--sae", "A=0", "--sae",
-                        "B=7", "--tolerate", "1", "--reconstruction", "paper"], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2 and "--reconstruction paper" in r.stderr, r.stderr
 
 
 # -- the network's bookkeeping (net/shares.py, net/suspects.py): no processes ------------------------------------------
