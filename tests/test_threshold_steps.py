@@ -198,7 +198,8 @@ def test_kms_init_and_net_init_refuse_bad_sharing_in_one_line(tmp_path):
     for (sharing, tolerate, rec), needle in (
             ((None, -1, None), "--tolerate -1"), (("shamir", 1, None), "--sharing 'shamir'"),
             (("threshold", None, None), "--sharing threshold needs --tolerate"), (("threshold", 0, None), "got 0"),
-            (("xor", 2, None), "--tolerate 2 needs --sharing threshold"), ((None, 1, "paper"), "--reconstruction paper")):
+            (("xor", 2, None), "--tolerate 2 needs --sharing threshold"),
+            ((None, 1, "paper"), "--reconstruction paper")):
         with pytest.raises(InvalidRequest, match=re.escape(needle)):
             sharing_fields(sharing, tolerate, rec)
     assert sharing_fields(None, 2, None) == {"sharing": "threshold", "tolerate": 2, "reconstruction": "xor-all"}
