@@ -242,7 +242,8 @@ class Controller:
                                  return_exceptions=True)
             with contextlib.suppress(CommitFailed):  # the answer is the same; the failure is in /readyz
                 await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
-                                                         "request_id": rid, "outcome": f"nodes unreachable: {bad}"}]))
+                                                         "request_id": rid, "sharing": r.sharing, "tolerate": r.tolerate,
+                                                         "outcome": f"nodes unreachable: {bad}"}]))
             why = "; ".join(dict.fromkeys(str(res) for res in results if isinstance(res, BaseException)))
             msg = f"node(s) {', '.join(bad)} on the route are unreachable ({why}); nothing was issued (try again)"
             raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
