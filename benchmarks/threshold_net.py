@@ -3,6 +3,9 @@
 
 For each network and sharing:
 
+Every request asks for a key size no earlier one had, so that no spare key of an earlier run serves it: each is a
+relay run.
+
 - **kill**: 8 clients, ``--per-client`` requests each (one key of 256 bits), the relay ``kill`` killed with SIGKILL
   0.5 s in; the node is restarted afterwards;
 - **tamper**: the relay ``tamper`` restarted as the hostile-node harness flipping a byte of every piece it forwards,
@@ -12,12 +15,14 @@ Printed per run: requests answered 200 (runs survived), keys delivered identical
 95th percentile of a request's time and the keys delivered per second of the scenario's wall time.
 
     PYTHONPATH=src python benchmarks/threshold_net.py [--per-client 4] [--tamper-requests 12] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/threshold_net.py --slow 500ms   # one path slow instead: the k-th fastest path
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import itertools
 import json
 import math
 import os
@@ -25,6 +30,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,10 +48,18 @@ CASES = [
 ]
 
 
+_SIZES = itertools.count(0)
+_LOCK = threading.Lock()
+
+
 def _one(net, bnode: str) -> tuple[int, float, str]:
+    """One request A -> B of a key size no earlier request had (so no spare key of an earlier run serves it: every
+    request is a relay run), the slave's fetch and the comparison: (code, seconds, why)."""
+    with _LOCK:
+        size = 256 + 8 * (next(_SIZES) % 480)
     m, s = net.client("A", "0"), net.client("B", bnode)
     t0 = time.monotonic()
-    code, c = m.get_key("B")
+    code, c = m.get_key("B", size=size)
     dt = time.monotonic() - t0
     if code == 200:
         code2, back = s.get_key_with_key_IDs("A", [c.keys[0].key_id])
@@ -91,12 +105,28 @@ def tamper_run(net, bnode: str, victim: str, n: int) -> dict:
     return out
 
 
+def slow_run(net, bnode: str, link: str, delay: str, n: int) -> dict:
+    """``n`` requests one after the other with link ``link`` (on one path) delayed by ``delay`` each way (``net up
+    --faults``): XOR waits for that path's piece, threshold decodes from the others."""
+    from test_net import _run
+
+    r = _run("net", "fault", str(net.dir), "--link", link, "--delay", delay)
+    assert r.returncode == 0, r.stdout + r.stderr
+    t0 = time.monotonic()
+    results = [_one(net, bnode) for _ in range(n)]
+    out = _summary(results, time.monotonic() - t0)
+    _run("net", "fault", str(net.dir), "--link", link, "--heal")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-client", type=int, default=4)
     ap.add_argument("--tamper-requests", type=int, default=12)
     ap.add_argument("--only", default="", help="run the cases whose label contains this")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--slow", metavar="DELAY", help="instead: net up --faults, one path's link delayed by DELAY "
+                    "(e.g. 500ms), --tamper-requests requests one after the other (the run's time: k-th fastest path)")
     args = ap.parse_args()
     from test_net import _free_port, _run, net_up
 
@@ -113,6 +143,22 @@ def main() -> None:
                      "--port", str(_free_port()))
             assert r.returncode == 0, r.stderr
             env = {**os.environ, "QKDSEG_RELAY_TIMEOUT_S": "8", "QKDSEG_REPORT_S": "0.5"}
+            if args.slow:
+                from test_net import Net
+
+                r = _run("net", "up", str(d), "--detach", "--faults", env=env, timeout=180)
+                assert r.returncode == 0, r.stdout + r.stderr
+                try:
+                    net = Net(d, Path(tmp), env)
+                    net.deliver("A", "0", "B", bnode)
+                    link = f"0-{kill}" if network == "four" else f"{kill}-3"  # the killed relay's path, first hop
+                    row = {"case": label, "slow": {"link": link, "delay": args.slow, **slow_run(
+                        net, bnode, link, args.slow, args.tamper_requests)}}
+                finally:
+                    _run("net", "down", str(d), timeout=120)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             with net_up(d, Path(tmp), env) as net:
                 net.hostile_file = Path(tmp) / f"hostile{k}.json"
                 net.hostile_file.write_text("{}")
