@@ -510,13 +510,46 @@ def _clear_suspects(net) -> None:
             assert c.returncode == 0 and f"node {node}:" in c.stdout, c.stdout + c.stderr
 
 
-def _compromise_share(net, graph, master: str, mnode: str, slave: str, snode: str, n_req: int, seed: int):
+def read_taps(directory: Path) -> dict:
+    """The adversary's taps of every node (``QKDSEG_TAP_DIR``): request id -> node -> {pieces, transcript, keys}."""
+    taps: dict = {}
+    for f in directory.glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            t = taps.setdefault(rec["request_id"], {}).setdefault(str(rec["node"]), {"pieces": {}, "transcript": {}})
+            t["pieces"].update({tuple(pid): base64.b64decode(k) for pid, k in rec["pieces"]})
+            t["transcript"].update({(tuple(kid), j): base64.b64decode(c) for kid, j, c in rec.get("transcript", [])})
+            if "keys" in rec:
+                t["keys"] = rec["keys"]
+    return taps
+
+
+def _compromise_share(net, graph, master: str, mnode: str, slave: str, snode: str, n_req: int, seed: int,
+                      tolerate: int = 0):
     """Deliver ``n_req`` keys (master at ``mnode``, slave at ``snode``; spare keys of earlier relays included), then
     per relay run compromise each of its relays (every node that handled it but its two ends) with probability
     1 - p, seeded, once per run; return (rebuilt per key, the keys' securities, the keys' runs, the runs' taps,
-    spare keys delivered)."""
+    spare keys delivered). ``tolerate`` > 0: threshold sharing (issue 40), a segment key rebuilt from any k of its
+    shares (the pieces its relays held)."""
     from qkdseg.keys.combine import combine
     from qkdseg.keys.material import KeyMaterial
+
+    def segment_key(pieces: dict, kid, j: int, part, computational: bool):
+        """Segment ``j``'s key of key ``kid`` from ``pieces`` (None when they do not make it)."""
+        pids = [(kid[0], j, i) for i in part]
+        if tolerate:
+            from qkdseg.reconstruction.shamir import SharesDoNotDecode, combine as shamir
+
+            held = [pieces.get(p) for p in pids]
+            if sum(h is not None for h in held) < len(part) - tolerate:
+                return None
+            try:
+                return KeyMaterial(shamir(held, tolerate).secret)
+            except SharesDoNotDecode:
+                return None
+        if not all(p in pieces for p in pids):
+            return None
+        return combine([KeyMaterial(pieces[p]) for p in pids], computational)
 
     import httpx
 
@@ -533,15 +566,7 @@ def _compromise_share(net, graph, master: str, mnode: str, slave: str, snode: st
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         delivered = list(ex.map(one, range(n_req)))
     http.close()
-    taps: dict = {}  # request id -> node -> record (merged)
-    for f in net.taps.glob("*.jsonl"):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
-            t = taps.setdefault(rec["request_id"], {}).setdefault(str(rec["node"]), {"pieces": {}, "transcript": {}})
-            t["pieces"].update({tuple(pid): base64.b64decode(k) for pid, k in rec["pieces"]})
-            t["transcript"].update({(tuple(kid), j): base64.b64decode(c) for kid, j, c in rec.get("transcript", [])})
-            if "keys" in rec:
-                t["keys"] = rec["keys"]
+    taps = read_taps(net.taps)
     # every relayed key, by its bytes -> (run, key id, spec): from the source's own tap (its segment-0 pieces and
     # ciphertexts), used here only to pair the delivered keys with their runs, never by the adversary
     key_of = {}
@@ -552,10 +577,9 @@ def _compromise_share(net, graph, master: str, mnode: str, slave: str, snode: st
         specs = {(k[0], k[1]): k for k in src["keys"]}
         for (kid, j), c in src["transcript"].items():
             spec = specs.get((kid[1], kid[2]))
-            pids = [(kid[0], 0, i) for i in spec[2][0]] if spec and j == 0 else None
-            if pids and all(p in src["pieces"] for p in pids):
-                g = KeyMaterial(c) ^ combine([KeyMaterial(src["pieces"][p]) for p in pids], spec[3])
-                key_of[g.reveal()] = (rid, kid, spec)
+            s0 = segment_key(src["pieces"], kid, 0, spec[2][0], spec[3]) if spec and j == 0 else None
+            if s0 is not None:
+                key_of[(KeyMaterial(c) ^ s0).reveal()] = (rid, kid, spec)
     rng = random.Random(seed)
     hits, securities, runs, compromised, spares = [], [], [], {}, 0
     for key, ext in delivered:
@@ -577,10 +601,9 @@ def _compromise_share(net, graph, master: str, mnode: str, slave: str, snode: st
             ciphers.update(t["transcript"])
         hit = False
         for j, part in enumerate(spec[2]):
-            pids = [(kid[0], j, i) for i in part]
-            if all(p in known for p in pids) and (kid, j) in ciphers:
-                guess = KeyMaterial(ciphers[(kid, j)]) ^ combine([KeyMaterial(known[p]) for p in pids], spec[3])
-                hit = hit or guess.reveal() == raw
+            s_j = segment_key(known, kid, j, part, spec[3])
+            if s_j is not None and (kid, j) in ciphers:
+                hit = hit or (KeyMaterial(ciphers[(kid, j)]) ^ s_j).reveal() == raw
         hits.append(hit)
     return hits, securities, runs, taps, spares
 

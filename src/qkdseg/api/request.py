@@ -143,8 +143,8 @@ def route_indices(
     whose choices do not depend on ``p``). ``Route.index_paths`` and
     ``Route.segment_nodes`` of an earlier result give it.
 
-    ``tolerate = T > 0``: threshold sharing as in :func:`route` (security of
-    k-of-m segment keys; an algorithm that picks paths for it is given it; a
+    ``tolerate = T > 0``: ``sharing="threshold"`` as in :func:`route` (security
+    of k-of-m segment keys; an algorithm that picks paths for it is given it; a
     segment of ``m <= T`` paths raises :class:`InvalidRequest` naming it).
     """
     algo = get_algorithm(algorithm)

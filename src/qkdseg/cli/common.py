@@ -268,6 +268,37 @@ SAE_MAX_WAITING_OPTION = typer.Option("--sae-max-waiting", metavar="N",
 SAE_RATE_OPTION = typer.Option("--sae-rate", metavar="R",
                                help="Most ETSI 014 requests per second of one SAE, a token bucket (0: no limit).")
 
+#: ``--sharing`` and ``--tolerate`` of ``kms init`` and ``net init`` (docs/kms.md, "Threshold sharing"; issue 40)
+SHARING_OPTION = typer.Option("--sharing", metavar="xor|threshold", show_default=False,
+                              help="How a segment's path pieces make its key: xor (every piece needed; the default) "
+                                   "or threshold (shared k-of-m, k = m - T: a run survives T lost paths).")
+TOLERATE_OPTION = typer.Option("--tolerate", metavar="T", show_default=False,
+                               help="Threshold sharing: the lost paths a segment key survives (T >= 1; implies "
+                                    "--sharing threshold and --reconstruction xor-all).")
+
+
+def sharing_fields(sharing: str | None, tolerate: int | None, reconstruction: str | None) -> dict:
+    """``sharing``, ``tolerate`` and ``reconstruction`` of a ``kms.toml`` from ``--sharing``, ``--tolerate`` and
+    ``--reconstruction`` (None: not given), or one line naming the flag at fault."""
+    if sharing is not None and sharing not in ("xor", "threshold"):
+        raise InvalidRequest(f"--sharing {sharing!r} must be xor or threshold")
+    if tolerate is not None and not 0 <= tolerate <= 254:
+        raise InvalidRequest(f"--tolerate {tolerate} must be a whole number of lost paths in 0..254")
+    if sharing is None:
+        sharing = "threshold" if tolerate else "xor"
+    if sharing == "xor" and tolerate:
+        raise InvalidRequest(f"--tolerate {tolerate} needs --sharing threshold (XOR needs every piece: it tolerates "
+                             "no lost path)")
+    if sharing == "threshold" and not tolerate:
+        raise InvalidRequest(f"--sharing threshold needs --tolerate T with T >= 1 (the lost paths a segment key "
+                             f"survives), got {'none' if tolerate is None else tolerate}")
+    if sharing == "threshold" and reconstruction not in (None, "xor-all"):
+        raise InvalidRequest(f"--reconstruction {reconstruction} cannot share: threshold sharing (--tolerate) needs "
+                             "--reconstruction xor-all (one part of all a segment's paths)")
+    if reconstruction is None:
+        reconstruction = "xor-all" if sharing == "threshold" else "paper"
+    return {"sharing": sharing, "tolerate": int(tolerate or 0), "reconstruction": reconstruction}
+
 
 def _parse_algorithm_options(items: list[str]) -> dict:
     """``--algorithm-option NAME=VALUE`` (repeated): ``true``/``false``, an integer, a number, else text."""

@@ -10,7 +10,7 @@ import typer
 from ..errors import InvalidRequest
 from .common import (_check_seed, MAX_KEY_COUNT_OPTION, SAE_MAX_WAITING_OPTION, SAE_RATE_OPTION,
                      STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
-                     STOCK_POLICY_OPTION, STOCK_HIT_OPTION,
+                     STOCK_POLICY_OPTION, STOCK_HIT_OPTION, SHARING_OPTION, TOLERATE_OPTION, sharing_fields,
                      _parse_saes, check_log_options, out_path)
 from .errors import user_errors
 
@@ -24,7 +24,8 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
               "max_key_size": "--max-key-size", "max_key_per_request": "--max-key-per-request",
               "durability": "--durability", "default_rate_bps": "--default-rate", "saes": "--sae",
               "network": "--network", "audit_max_mb": "--audit-max-mb", "stock": "--stock",
-              "max_key_count": "--max-key-count", "sae_max_waiting": "--sae-max-waiting", "sae_rate": "--sae-rate"}
+              "max_key_count": "--max-key-count", "sae_max_waiting": "--sae-max-waiting", "sae_rate": "--sae-rate",
+              "sharing": "--sharing", "tolerate": "--tolerate"}
 
 
 @kms_app.command("init")
@@ -67,6 +68,8 @@ def init(
     max_key_count: Annotated[int, MAX_KEY_COUNT_OPTION] = 100_000,
     sae_max_waiting: Annotated[int, SAE_MAX_WAITING_OPTION] = 0,
     sae_rate: Annotated[float, SAE_RATE_OPTION] = 0.0,
+    sharing: Annotated[str | None, SHARING_OPTION] = None,
+    tolerate: Annotated[int | None, TOLERATE_OPTION] = None,
 ) -> None:
     """Write DIR/kms.toml, a test PKI in DIR/pki/, the storage and audit keys and the dashboard token."""
     from ..topology import load
@@ -99,6 +102,7 @@ def init(
                     algorithm=algorithm, kme_id=kme_id, key_ttl_s=key_ttl, durability=durability,
                     default_rate_bps=default_rate, audit_max_mb=audit_max_mb, max_key_count=max_key_count,
                     sae_max_waiting=sae_max_waiting, sae_rate=sae_rate, _dir=directory,
+                    **sharing_fields(sharing, tolerate, None),
                     stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
                                       key_size=key_size, policy=stock_policy, hit=stock_hit))
     cfg.check(flags=INIT_FLAGS)
@@ -194,8 +198,12 @@ def unmet_level_warnings(cfg, net, max_pairs: int = 400) -> list[str]:
         s, d = net.resolve(str(cfg.saes[a])), net.resolve(str(cfg.saes[b]))
         if s == d:
             continue
-        try:
-            r = route(net, s, d, algorithm=cfg.algorithm, block_bits=cfg.key_size)
+        try:  # under the configured sharing (threshold: a segment with too few paths is named)
+            r = route(net, s, d, algorithm=cfg.algorithm, block_bits=cfg.key_size, sharing=cfg.sharing,
+                      tolerate=cfg.tolerate)
+        except InvalidRequest as err:
+            out.append(f"SAEs {a} and {b}: {err}")
+            continue
         except Exception:  # noqa: BLE001 -- no route at all: said below
             r = None
         if r is None or r.blocked:

@@ -12,7 +12,7 @@ import typer
 from ..errors import InvalidRequest
 from .common import (_check_seed, MAX_KEY_COUNT_OPTION, SAE_MAX_WAITING_OPTION, SAE_RATE_OPTION,
                      STOCK_KEYS_OPTION, STOCK_LEVEL_OPTION, STOCK_OPTION, STOCK_SIZE_OPTION, _need_server_extra,
-                     STOCK_POLICY_OPTION, STOCK_HIT_OPTION,
+                     STOCK_POLICY_OPTION, STOCK_HIT_OPTION, SHARING_OPTION, TOLERATE_OPTION, sharing_fields,
                      _parse_algorithm_options, _parse_saes, check_log_options)
 from .errors import user_errors
 
@@ -31,7 +31,8 @@ def init(
     security_level: Annotated[float, typer.Option("--security-level", help="Default security level of a key.")] = 0.9,
     key_size: Annotated[int, typer.Option("--key-size", help="Default key size, bits.")] = 256,
     algorithm: Annotated[str, typer.Option("--algorithm", help="Routing algorithm.")] = "smr",
-    reconstruction: Annotated[str, typer.Option("--reconstruction", help="paper, optimal or xor-all.")] = "paper",
+    reconstruction: Annotated[str | None, typer.Option("--reconstruction", show_default=False, help="paper (the "
+                                                       "default), optimal or xor-all (with --tolerate).")] = None,
     algorithm_option: Annotated[list[str], typer.Option(
         "--algorithm-option", help="NAME=VALUE: an option of the routing algorithm (repeat; 'qkdseg algorithms' "
                                    "lists them), e.g. shared_relays=true for msp.", show_default=False)] = [],
@@ -79,6 +80,8 @@ def init(
                                                "planning as suspect.")] = 3,
     suspect_for: Annotated[float, typer.Option("--suspect-for", metavar="SECONDS", help="How long a suspect node is "
                                                "excluded (or until 'net clear-suspect').")] = 600.0,
+    sharing: Annotated[str | None, SHARING_OPTION] = None,
+    tolerate: Annotated[int | None, TOLERATE_OPTION] = None,
 ) -> None:
     """Write DIR/pki/, DIR/controller/ and DIR/nodes/<node>/ (each node holds only its own links' seeds)."""
     from ..net.layout import init_network
@@ -94,7 +97,7 @@ def init(
                                  f"{directory}' (and stop its processes on the other hosts) before --force")
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
-                       algorithm=algorithm, reconstruction=reconstruction, port=port, force=force,
+                       algorithm=algorithm, port=port, force=force, **sharing_fields(sharing, tolerate, reconstruction),
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
                        audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, link_seeds=link_seeds,

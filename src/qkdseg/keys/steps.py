@@ -88,6 +88,8 @@ class NodePart:
     forwards: tuple[tuple[int, int, Hashable, Hashable], ...] = ()
     ends: tuple[tuple[int, int, Hashable], ...] = ()
     keys: tuple[KeySpec, ...] = ()
+    tolerate: int = 0
+    paths: tuple[tuple[int, int, tuple], ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +99,8 @@ class NodePart:
             "ends": [list(x) for x in self.ends],
             "keys": [{"plan": k.plan, "index": k.index, "parts": [list(p) for p in k.parts],
                       "computational": k.computational} for k in self.keys],
+            "sharing": "threshold" if self.tolerate else "xor", "tolerate": self.tolerate,
+            "paths": [[j, i, list(p)] for j, i, p in self.paths],
         }
 
     @classmethod
@@ -108,11 +112,16 @@ class NodePart:
             tuple((int(j), int(i), p) for j, i, p in d["ends"]),
             tuple(KeySpec(int(k["plan"]), int(k["index"]), tuple(tuple(int(x) for x in p) for p in k["parts"]),
                           bool(k["computational"])) for k in d["keys"]),
+            int(d.get("tolerate", 0)), tuple((int(j), int(i), tuple(p)) for j, i, p in d.get("paths", ())),
         )
 
 
 def node_parts(route, plans: Sequence, copies: int = 1) -> dict[Hashable, NodePart]:
-    """Each node's part of relaying ``route`` ``copies`` times with ``plans`` (validated :class:`~.relay.Plan`)."""
+    """Each node's part of relaying ``route`` ``copies`` times with ``plans`` (validated :class:`~.relay.Plan`).
+
+    A route with ``tolerate = T > 0`` (``sharing = "threshold"``) relays shares: each part's secret (the segment
+    key) is shared k-of-m over the part's paths, ``k = m - T``, and each segment end gets the nodes of the paths
+    it ends (to name a path whose share it finds altered)."""
     starts: dict = defaultdict(list)
     forwards: dict = defaultdict(list)
     ends: dict = defaultdict(list)
@@ -125,11 +134,15 @@ def node_parts(route, plans: Sequence, copies: int = 1) -> dict[Hashable, NodePa
     keys = tuple(KeySpec(pi, g, tuple(tuple(p) for p in key.parts), bool(key.computational))
                  for pi, plan in enumerate(plans) for g, key in enumerate(plan.keys))
     seg_nodes = tuple(route.segment_nodes)
+    tolerate = int(getattr(route, "tolerate", 0) or 0)
     out = {}
     for v in dict.fromkeys([*seg_nodes, *starts, *forwards, *ends]):
         pos = seg_nodes.index(v) if v in seg_nodes else None
+        paths = tuple((pos - 1, i, tuple(p)) for i, p in enumerate(route.segments[pos - 1].paths)) \
+            if tolerate and pos else ()
         out[v] = NodePart(v, int(route.block_bits), int(copies), seg_nodes, pos, tuple(starts.get(v, ())),
-                          tuple(forwards.get(v, ())), tuple(ends.get(v, ())), keys if pos is not None else ())
+                          tuple(forwards.get(v, ())), tuple(ends.get(v, ())), keys if pos is not None else (),
+                          tolerate, paths)
     return out
 
 
@@ -153,6 +166,9 @@ class RelayNode:
     _incoming: dict = field(default_factory=dict)  # kid -> ciphertext from the previous segment node
     _sent_global: set = field(default_factory=set)
     started: bool = False
+    decoded: dict = field(default_factory=dict)  # (kid, segment) -> Recovered (threshold sharing, a segment end)
+    share_events: list = field(default_factory=list)  # shares found altered here, or a segment that did not decode
+    failed: str | None = None  # why this node cannot finish its part (a segment's shares did not decode)
 
     @property
     def nbytes(self) -> int:
@@ -177,10 +193,11 @@ class RelayNode:
         """Draw and send this node's pieces (as a segment start); the source also sends its global keys."""
         self.started = True
         items = []
+        shared = self._deal(draw) if self.part.tolerate and self.part.starts else {}
         for c in range(self.part.copies):
             for j, i, nxt in self.part.starts:
                 pid = (c, j, i)
-                piece = draw(self.part.block_bits)
+                piece = shared[pid] if pid in shared else draw(self.part.block_bits)
                 self.drawn[pid] = self.pieces[pid] = piece
                 items.append((pid, nxt, piece))
         if self.part.position == 0:
@@ -188,6 +205,23 @@ class RelayNode:
                 for spec in self.part.keys:
                     self.global_keys[(c, spec.plan, spec.index)] = draw(self.part.block_bits)
         return self._send_pieces(items) + self._progress()
+
+    def _deal(self, draw) -> dict:
+        """Threshold sharing at a segment start: each part's segment key drawn and shared k-of-m over the part's
+        paths (share ``i`` is the piece path ``i`` relays); the segment keys are kept here."""
+        from ..reconstruction.shamir import split
+
+        pos, out = self.part.position, {}
+        for c in range(self.part.copies):
+            for spec in self.part.keys:
+                kid, part = (c, spec.plan, spec.index), spec.parts[pos]
+                secret = draw(self.part.block_bits)
+                self.segment_keys[(kid, pos)] = secret
+                for i, share in zip(part, split(secret.reveal(), len(part), self.part.tolerate)):
+                    if (c, pos, i) in out:
+                        raise ValueError(f"path {i} of segment {pos} is in two parts: a share cannot serve both")
+                    out[(c, pos, i)] = KeyMaterial(share)
+        return out
 
     def on_message(self, msg: dict) -> list[dict]:
         if msg["kind"] == "pieces":
@@ -211,6 +245,8 @@ class RelayNode:
                 items.append((pid, fwd[pid[1:]][1], piece))
             elif mine.get(pid[1:]) == src:
                 self.received[pid] = piece
+                if self.part.tolerate:
+                    self._late_share(pid)
             else:
                 raise ValueError(f"node {self.part.node!r}: piece {pid} from {src!r} is not in its part of the plan")
         return self._send_pieces(items) + self._progress()
@@ -229,6 +265,8 @@ class RelayNode:
         if (kid, j) in self.segment_keys:
             return self.segment_keys[(kid, j)]
         pids = [(kid[0], j, i) for i in spec.parts[j]]
+        if self.part.tolerate:
+            return self._decode(kid, spec, j, source)
         if not all(p in source for p in pids):
             return None
         key = combine([source[p] for p in pids], spec.computational)
@@ -263,6 +301,81 @@ class RelayNode:
                 self._sent_global.add(kid)
         return [{"kind": "global", "src": self.part.node, "dst": dst, "segment": pos, "items": items}
                 for dst, items in out.items()]
+
+    # -- threshold sharing at a segment end ------------------------------------------------
+    def _shares(self, kid: Kid, spec: KeySpec, j: int, source: dict) -> list:
+        return [source[p].reveal() if p in source else None for p in ((kid[0], j, i) for i in spec.parts[j])]
+
+    def _decode(self, kid: Kid, spec: KeySpec, j: int, source: dict, force: bool = False) -> KeyMaterial | None:
+        """The segment key from its shares: as soon as they prove it (:func:`~qkdseg.reconstruction.shamir.
+        decode_early`), or with ``force`` (:meth:`settle`) from what came (at least ``k``); altered shares named."""
+        from ..reconstruction.shamir import SharesDoNotDecode, combine as decode, decode_early
+
+        if self.failed:
+            return None
+        shares = self._shares(kid, spec, j, source)
+        try:
+            r = decode(shares, self.part.tolerate) if force else decode_early(shares, self.part.tolerate)
+        except SharesDoNotDecode as err:
+            self.failed = f"segment {j + 1}: {err}"
+            self.share_events.append({"copy": kid[0], "segment": j, "path": None, "what": "undecodable",
+                                      "paths": [list(self._path(j, i)) for i in spec.parts[j]]})
+            return None
+        if r is None:
+            return None
+        self.decoded[(kid, j)] = (r, spec)
+        for idx in r.altered:
+            self._altered(kid[0], j, spec.parts[j][idx], located=True)
+        key = self.segment_keys[(kid, j)] = KeyMaterial(r.secret)
+        return key
+
+    def _path(self, j: int, i: int) -> tuple:
+        return next((p for jj, ii, p in self.part.paths if (jj, ii) == (j, i)), ())
+
+    def _altered(self, copy: int, j: int, i: int, *, located: bool) -> None:
+        self.share_events.append({"copy": copy, "segment": j, "path": i, "nodes": list(self._path(j, i)),
+                                  "what": "altered" if located else "inconsistent"})
+
+    def _late_share(self, pid: Pid) -> None:
+        """A share that came after its segment key was decoded: checked against it (an altered one named; with
+        ``T = 1`` the decoding had no spare share, so a mismatch is detected, not located)."""
+        from ..reconstruction.shamir import check_late
+
+        c, j, i = pid
+        for (kid, jj), (r, spec) in list(self.decoded.items()):
+            if kid[0] != c or jj != j or i not in spec.parts[j]:
+                continue
+            idx = spec.parts[j].index(i)
+            if idx in r.good or idx in r.altered:
+                continue
+            if not check_late(self._shares(kid, spec, j, self.received), r, idx):  # located when the decoding was
+                t = self.part.tolerate  # proven: k + T // 2 >= k + 1 shares agreed (T >= 2)
+                self._altered(c, j, i, located=t >= 2 and len(r.good) >= len(spec.parts[j]) - t + t // 2)
+
+    @property
+    def waiting(self) -> bool:
+        """A segment end holds at least ``k`` shares of a segment key it has not decoded yet (:meth:`settle`)."""
+        pos = self.part.position
+        if not self.part.tolerate or not pos or self.failed:
+            return False
+        for c in range(self.part.copies):
+            for spec in self.part.keys:
+                kid = (c, spec.plan, spec.index)
+                if (kid, pos - 1) not in self.segment_keys:
+                    got = sum(x is not None for x in self._shares(kid, spec, pos - 1, self.received))
+                    if got >= len(spec.parts[pos - 1]) - self.part.tolerate:
+                        return True
+        return False
+
+    def settle(self) -> list[dict]:
+        """Decode every segment key still waiting from the shares that came (the others count as lost)."""
+        pos = self.part.position
+        for c in range(self.part.copies):
+            for spec in self.part.keys:
+                kid = (c, spec.plan, spec.index)
+                if self.waiting and (kid, pos - 1) not in self.segment_keys and not self.failed:
+                    self._decode(kid, spec, pos - 1, self.received, force=True)
+        return self._progress()
 
     @property
     def done(self) -> bool:

@@ -44,7 +44,6 @@ from ..server.files import check_fields, load_json, port_of
 from ..server.storehealth import CommitFailed
 from .capture import Capture
 from . import membership
-from .membership import gate
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
 from .wire import role as role_of
@@ -116,10 +115,12 @@ class Controller:
             self.svc.source.rate_bps[:] = 0.0
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
         self.stocks: dict[str, dict] = {}  # node -> its key stocks as its last report gave them (the dashboard's)
+        from .shares import SharePaths
         from .suspects import Suspects, settings
 
         self.suspects = Suspects(self.svc.planner, *settings(self.net, str(self.dir / "net.json")))  # .suspects
         membership.attach(self)  # the topology version, the removed nodes (.membership)
+        self.share_paths = SharePaths()  # threshold plans' paths: a share reported altered names its path (.shares)
 
     def _http(self):
         if self.client is None:
@@ -181,7 +182,7 @@ class Controller:
         from .suspects import audit
 
         await audit(self, self.suspects.expire())  # suspect nodes whose time is up: planned through again
-        await gate(self)  # a change of membership being applied: after it (from here to the reservation: no await)
+        await membership.gate(self)  # a change of membership being applied: after it (from here to the reservation: no await)
         svc = self.svc
         master, slave = str(w["master"]), str(w["slave"])
         s, d = self._sae(master, caller_node), self._sae(slave)
@@ -217,6 +218,7 @@ class Controller:
         parts = node_parts(r, [plan], copies=relays)
         summary = svc.planner.summary(r, rec, relays)
         self.suspects.planned(rid, svc.arrays, parts, s, d)  # its relays, until its source reports the run
+        self.share_paths.planned(rid, r)
         securities = [float(gk.security) for _ in range(relays) for gk in rec.global_keys]
         try:
             await svc.committer.commit(Batch(links=svc.planner.link_rows(links), audit=[{
@@ -234,14 +236,16 @@ class Controller:
 
         futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]
         results = await asyncio.gather(*futs, return_exceptions=True)
-        bad = [str(v) for v, res in zip(nodes, results) if isinstance(res, BaseException)]
+        bad = self.share_paths.unreachable(rid, r, [str(v) for v, res in zip(nodes, results)
+                                                    if isinstance(res, BaseException)])  # threshold: T paths may go
         if bad:
             await asyncio.gather(*(self._http().post(f"https://{self.addresses[str(v)]}/control/v1/void",
                                                      json={"request_id": rid}) for v in nodes),
                                  return_exceptions=True)
             with contextlib.suppress(CommitFailed):  # the answer is the same; the failure is in /readyz
                 await svc.committer.commit(Batch(audit=[{"time": round(time.time(), 6), "event": "void",
-                                                         "request_id": rid, "outcome": f"nodes unreachable: {bad}"}]))
+                                                         "request_id": rid, "sharing": r.sharing, "tolerate": r.tolerate,
+                                                         "outcome": f"nodes unreachable: {bad}"}]))
             why = "; ".join(dict.fromkeys(str(res) for res in results if isinstance(res, BaseException)))
             msg = f"node(s) {', '.join(bad)} on the route are unreachable ({why}); nothing was issued (try again)"
             raise Problem(503, "Service Unavailable", msg, message=msg, reason="node_unavailable")
@@ -266,13 +270,14 @@ class Controller:
         (its consumed bits the higher), audited when it changes anything. On device-fed links the level is the
         lower of both ends' latest reports (up or down; the model does not refill them)."""
         from ..server.store import Batch
-        from .reportcheck import check_events, check_links, check_stock
+        from .reportcheck import check_events, check_links, check_stock, feed_events
         from .suspects import audit, check_runs
 
-        await gate(self)
+        await membership.gate(self)
         version = self.topology_version
         try:  # every number, link and event checked before anything is applied (net/reportcheck.py)
             runs = check_runs(w.get("qkdseg_runs"))  # the relay runs it was the source of (.suspects)
+            shares = self.share_paths.reports(caller_node, w.get("qkdseg_shares"))  # threshold sharing (.shares)
             links = check_links(self, caller_node, w)
             events = check_events(self, caller_node, w.get("qkdseg_events"))
             stock = check_stock(self, caller_node, w.get("qkdseg_stock"))
@@ -286,8 +291,8 @@ class Controller:
         self._readiness(caller_node, w.get("qkdseg_ready"))
         if self.replica is not None:
             self.replica.check()
-        self._events(caller_node, events)
-        await audit(self, self.suspects.outcomes(caller_node, runs))
+        feed_events(self, caller_node, events)
+        await audit(self, self.share_paths.apply(self, shares) + self.suspects.outcomes(caller_node, runs))
         if version != self.topology_version:  # checked against the topology before the change: sent again later
             return {"qkdn_id": caller_node, "links": 0, "lowered": [], "topology_version": self.topology_version}
         if stock is not None:
@@ -351,22 +356,6 @@ class Controller:
             self.svc.planner.exclude(caller_node, "unready")
         elif ready is True:
             self.svc.planner.readmit(caller_node, "unready")
-
-    def _events(self, caller_node: str, checked) -> None:
-        """A report's ETSI 014 events (issue, deliver, deny, expire; no key, ids cut to 8 characters; checked by
-        :func:`.reportcheck.check_events`) feed the dashboard's observers, each once, each row naming the node that
-        reported it: a node numbers them per start (``boot``, ``seq``)."""
-        if checked is None:
-            return
-        boot, events = checked
-        last_boot, last = self.event_seq.get(caller_node, (None, 0))
-        if boot != last_boot:
-            last = 0
-        for e in events:
-            if e["seq"] > last:
-                self.svc._notify({**e, "node": caller_node})
-            last = max(last, e["seq"])
-        self.event_seq[caller_node] = (boot, last)
 
     def status(self, caller_node: str, master: str, slave: str) -> dict:
         if self.replica is not None:

@@ -310,7 +310,7 @@ INIT_FLAGS = {"security_level": "--security-level", "key_size": "--key-size", "a
               "reconstruction": "--reconstruction", "saes": "--sae", "network": "--network",
               "algorithm_options": "--algorithm-option", "audit_max_mb": "--audit-max-mb", "stock": "--stock",
               "key_ttl_s": "--key-ttl", "max_key_count": "--max-key-count", "sae_max_waiting": "--sae-max-waiting",
-              "sae_rate": "--sae-rate"}
+              "sae_rate": "--sae-rate", "sharing": "--sharing", "tolerate": "--tolerate"}
 
 
 def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_level: float = 0.9,
@@ -321,7 +321,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                  audit_max_mb: float = 64.0, stock: dict | None = None, key_ttl_s: float = 3600.0,
                  link_seeds: str | None = None, inventory: Path | None = None, enroll: bool = False,
                  ca_key_out: Path | None = None, quotas: dict | None = None,
-                 suspect: tuple[int, float] = (3, 600.0)) -> dict:
+                 suspect: tuple[int, float] = (3, 600.0), sharing: str = "xor", tolerate: int = 0) -> dict:
     """Write the deployment (see the module docstring); returns a summary.
 
     ``link_source="device"``: the links' keys come from QKD devices over ETSI
@@ -338,7 +338,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     :mod:`.enroll`), no SAE certificate (``net sae cert``).
     ``quotas``: ``max_key_count``, ``sae_max_waiting``, ``sae_rate`` (:mod:`qkdseg.server.quota`), in the
     controller's ``kms.toml`` and each node's ``etsi`` settings. ``suspect``: ``(suspect_after, suspect_for_s)``
-    in the controller's ``net.json`` (:mod:`.suspects`).
+    in the controller's ``net.json`` (:mod:`.suspects`). ``sharing``, ``tolerate``: in the controller's ``kms.toml``
+    (threshold sharing, issue 40: the plans it sends say so).
     """
     from ..server.config import KmsConfig
 
@@ -374,8 +375,8 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     net, spec, source = _load_network(spec)
     registry = {sae: net.resolve(node) for sae, node in saes.items()}
     cfg = KmsConfig(network=spec, saes={s: str(v) for s, v in registry.items()}, security_level=security_level,
-                    key_size=key_size, algorithm=algorithm, reconstruction=reconstruction,
-                    cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
+                    key_size=key_size, algorithm=algorithm, reconstruction=reconstruction, sharing=sharing,
+                    tolerate=tolerate, cert="controller.crt", key="controller.key", ca="ca.crt", durability="normal",
                     algorithm_options=dict(algorithm_options or {}), audit_max_mb=audit_max_mb,
                     retention_s=retention, stock=dict(stock or {}), key_ttl_s=key_ttl_s, **(quotas or {}),
                     _dir=directory / "controller")

@@ -23,6 +23,7 @@ from ..errors import env_number
 from ..keys.material import KeyMaterial
 from ..server.etsi import KmsError
 from .limits import MAX_BATCH, RELAY_MAX_BODY
+from .shares import message_failed
 from ..server.storehealth import CommitFailed
 
 _TRACE = os.environ.get("QKDSEG_NET_TRACE") == "1"
@@ -200,8 +201,8 @@ class Messaging:
                         fut.set_exception(MessageFailed(f"relay message to node {dst} failed: {why}",
                                                         res.get("status") if res else None,
                                                         res.get("detail") if res else None))
-                if not ok:
-                    self._fail(w["request_id"], f"a relay message to node {dst} failed ({why})")
+                if not ok:  # fails its request (a threshold run's pieces: their path only, .shares)
+                    message_failed(self, w, f"a relay message to node {dst} failed ({why})")
             self.relaydb.statuses("outbox", [(st_, mid) for mid, st_ in outcomes])
             if self.on_relay is not None:
                 self.on_relay(dst, [(w["kind"], st_ == "accepted") for (w, _), (_, st_) in zip(batch, outcomes)])

@@ -26,6 +26,7 @@ from ..server.etsi import KmsError
 from ..server.store import Batch, KeyRow
 from ..server.storehealth import CommitFailed
 from .messaging import _dec, _enc, _trace
+from .shares import after_step, linger
 
 logger = logging.getLogger("qkdseg.net")
 #: A source's wait for its keys; below the 10 s that SAE clients such as etsi-qkd-014-client wait, so that a
@@ -96,6 +97,7 @@ class RelayRequests:
             return
         for msg in self.take_early(st):  # their backlog released; senders the plan does not name: dropped
             self._process(st, msg)
+        after_step(self, st)
         self._check_done(st)
 
     def _decode(self, w: dict) -> dict:
@@ -122,6 +124,7 @@ class RelayRequests:
             logger.warning("request %s: message %s failed: %s", st.request_id, w["message_id"], type(exc).__name__)
             self._ack(str(w["src"]), w["message_id"], "failed")
             self._fail(st.request_id, "a relay message did not fit the plan")
+        after_step(self, st)
         self._check_done(st)
 
     def _check_done(self, st: ReqState) -> None:
@@ -159,7 +162,8 @@ class RelayRequests:
             batch.put_keys.append(row.values())
         batch.audit.append({"time": round(now, 6), "event": "store", "request_id": st.request_id,
                             "sae": meta["master"], "peer": meta["slave"], "key_ids": [r.key_id for _, r in rows],
-                            "outcome": "stored; confirmation sent"})
+                            "sharing": "threshold" if relay.part.tolerate else "xor",
+                            "tolerate": relay.part.tolerate, "outcome": "stored; confirmation sent"})
         try:
             await self.committer.commit(batch)
         except CommitFailed:  # not stored: no confirmation, the source times out and voids (nothing issued)
@@ -182,7 +186,7 @@ class RelayRequests:
                         "key_ids": [[list(kid), row.key_id] for kid, row in rows]}], st.request_id)
         except CommitFailed:
             logger.warning("request %s: the confirmation was not sent (the relay store failed a write)", st.request_id)
-        self.requests.pop(st.request_id, None)
+        linger(self, st)  # popped (threshold sharing: once the shares still on their way are checked, .shares)
 
     async def _finish(self, st: ReqState) -> None:
         """At the source: key confirmation; the keys (stored at the destination already) go to the master."""

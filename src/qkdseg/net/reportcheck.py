@@ -23,7 +23,7 @@ _SHAPE = ("a link report is ETSI GS QKD 015's qkd_node with qkdn_id and qkd_link
 _TEXT = ("sae", "peer", "op", "outcome", "reason")
 _ROUTE = {"algorithm": str, "segment_nodes": list, "paths": int, "hops": int, "security": float,
           "reconstruction": str, "keys_per_relay": int, "seed": int, "relays": int, "consumed_bits": int,
-          "saved_bits": int, "local": bool, "spare": bool, "request_id": str}
+          "saved_bits": int, "local": bool, "spare": bool, "request_id": str, "sharing": str, "tolerate": int}
 
 
 def _bad(what: str) -> Problem:
@@ -166,6 +166,24 @@ def check_events(ctl, caller: str, body) -> tuple[str, list[dict]] | None:
                                             "to expire)")
         out.append(ev)
     return boot, out
+
+
+
+def feed_events(ctl, caller_node: str, checked) -> None:
+    """A report's ETSI 014 events (issue, deliver, deny, expire; no key, ids cut to 8 characters; checked by
+    :func:`check_events`) feed the dashboard's observers, each once, each row naming the node that
+    reported it: a node numbers them per start (``boot``, ``seq``)."""
+    if checked is None:
+        return
+    boot, events = checked
+    last_boot, last = ctl.event_seq.get(caller_node, (None, 0))
+    if boot != last_boot:
+        last = 0
+    for e in events:
+        if e["seq"] > last:
+            ctl.svc._notify({**e, "node": caller_node})
+        last = max(last, e["seq"])
+    ctl.event_seq[caller_node] = (boot, last)
 
 
 #: A stock's counters a node reports (the dashboard's, qkdseg.server.monitor.STOCK_FIELDS), each a count.

@@ -18,6 +18,7 @@ from ..errors import env_number
 from ..server.store import Batch
 from .keystream import position
 from .layout import link_name
+from .shares import reported, take_reports
 
 REPORT_S = env_number("QKDSEG_REPORT_S", 5.0)  # how often a node reports its links to the controller
 #: Dashboard events a node keeps for its next report (the oldest go first when the controller is away).
@@ -88,6 +89,7 @@ class Reports:
         return {"qkd_node": {"qkdn_id": str(self.id), "qkd_links": {"qkd_link": out}},
                 "qkdseg_events": {"boot": self.boot, "events": list(itertools.islice(self.events, 500))},
                 **self._stock_report(), "qkdseg_runs": list(self.__dict__.get("run_outcomes", ())),
+                "qkdseg_shares": take_reports(self),  # threshold sharing: shares found altered here (.shares)
                 # not ready while a write of its store fails: the controller then plans around it
                 "qkdseg_ready": self.store.health.ok, "qkdseg_store": self.store.health.detail()}
 
@@ -124,6 +126,8 @@ class Reports:
             if ok and runs:  # so are the runs it carried (appended since: kept for the next)
                 for _ in range(min(len(body.get("qkdseg_runs", ())), len(runs))):
                     runs.popleft()
+            if ok:
+                reported(self, len(body.get("qkdseg_shares", ())))
             self._report_now.clear()
             if ok and self.events:  # events came meanwhile: soon, not in REPORT_S
                 await asyncio.sleep(EVENTS_REPORT_S)

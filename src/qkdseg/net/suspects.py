@@ -29,6 +29,8 @@ SUSPECT_FOR_S = 600.0
 MAX_RUNS = 20_000
 #: Runs one report may carry.
 MAX_REPORTED = 1000
+#: The reason of a failed run recorded from an altered share (threshold sharing): a confirmed run does not clear it.
+ALTERED = "share altered"
 
 
 def settings(conf: dict, where: str) -> tuple[int, float]:
@@ -87,12 +89,27 @@ class Suspects:
             relays = entry[1]
             for node in relays:
                 if ok:  # a confirmed run through it: its failures are explained by the other nodes of theirs
-                    self.failed.pop(node, None)
+                    kept = [f for f in self.failed.get(node, ()) if f[0].startswith(ALTERED)]  # not an altered share
+                    if kept:
+                        self.failed[node] = kept
+                    else:
+                        self.failed.pop(node, None)
                 else:
                     self.failed.setdefault(node, []).append((why or "failed", relays))
             if not ok:
                 recs += self._name_one()
         return recs
+
+    def altered(self, relays, why: str) -> list[dict]:
+        """A segment end found a share altered on a path through ``relays`` (threshold sharing, :mod:`.shares`):
+        each untrusted one gets a failed run that no confirmed run clears (the run itself was confirmed: the share
+        was corrected); returns the records of a node named suspect now."""
+        a = self.planner.arrays
+        index = {str(v): i for i, v in enumerate(a.node_ids)}
+        relays = tuple(v for v in relays if v in index and not bool(a.trusted[index[v]]))
+        for node in relays:
+            self.failed.setdefault(node, []).append((f"{ALTERED}: {why}", relays))
+        return self._name_one() if relays else []
 
     def _name_one(self) -> list[dict]:
         """Name at most one node suspect after a failed run: of those with ``after`` failed runs and none confirmed

@@ -28,12 +28,17 @@ confirmation catches that.
 
 The field is ``galois``'s GF(2^8) (the Conway polynomial ``x^8 + x^4 + x^3
 + x^2 + 1``): its multiplication and inverse tables, built once on first use
-(``galois`` is imported then, so ``import qkdseg`` stays fast), drive
-numpy gathers over all the bytes at once. **[choice: not ``galois``'s own
-Reed-Solomon decoder: measured here at about 0.1-0.2 s per codeword (one
-per byte; 4096 codewords took 555 s on the loaded 2-core machine), where
-these gathers take milliseconds for a 100 kb piece; tests/test_sharing.py
-checks the interpolation against ``galois.lagrange_poly``.]**
+from the powers of 2 (tests/test_sharing.py checks every product and
+inverse against ``galois``), drive numpy gathers over all the bytes at once.
+**[choice: not ``galois``'s own Reed-Solomon decoder: measured here at about
+0.1-0.2 s per codeword (one per byte; 4096 codewords took 555 s on the
+loaded 2-core machine), where these gathers take milliseconds for a 100 kb
+piece; tests/test_sharing.py checks the interpolation against
+``galois.lagrange_poly``.]** **[choice: the two tables are computed here,
+not taken from ``galois`` at run time: importing ``galois`` (with numba)
+took 10 s on the loaded machine, which blocked a network node's first
+threshold run past the relay timeout, and a node never loads numba;
+``galois`` stays the oracle of the tests.]**
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Recovered:
     secret: bytes
     altered: tuple[int, ...]
     lost: tuple[int, ...]
+    good: tuple[int, ...] = ()  # the shares the secret was interpolated from and checked against (sorted)
 
     def __repr__(self) -> str:  # the secret is key material: never printed
         return f"Recovered(<{len(self.secret)} bytes, masked>, altered={self.altered}, lost={self.lost})"
@@ -88,19 +94,29 @@ def check_sharing(m: object, tolerate: object) -> int:
     return int(m - tolerate)
 
 
+#: GF(2^8)'s modulus, the Conway polynomial x^8 + x^4 + x^3 + x^2 + 1 (galois's ``GF(2**8)``); 2 generates the field.
+POLY = 0x11D
+
+
 @functools.cache
 def _tables() -> tuple[np.ndarray, np.ndarray]:
-    """GF(2^8)'s multiplication table ``MUL[a, b]`` and inverses ``INV[a]`` (``INV[0] = 0``), from ``galois``."""
-    try:
-        import galois  # lazily: a second or more to import
-    except ImportError as err:  # an extra: the core does not need it
-        raise QkdsegError("threshold sharing needs the 'galois' package: pip install 'qkdseg[sharing]'") from err
+    """GF(2^8)'s multiplication table ``MUL[a, b]`` and inverses ``INV[a]`` (``INV[0] = 0``), from the powers of 2.
 
-    field = galois.GF(2**8, compile="python-calculate")  # no JIT compilation: two tables are all we need
-    a = field.elements
-    mul = np.asarray(a[:, None] * a[None, :], dtype=np.uint8)
+    The same field as ``galois.GF(2**8)`` (tests/test_sharing.py checks every product and inverse against it)."""
+    exp = np.zeros(510, dtype=np.int64)
+    x = 1
+    for i in range(255):
+        exp[i] = exp[i + 255] = x
+        x <<= 1
+        if x & 0x100:
+            x ^= POLY
+    log = np.zeros(256, dtype=np.int64)
+    log[exp[:255]] = np.arange(255)
+    a = np.arange(1, 256)
+    mul = np.zeros((256, 256), dtype=np.uint8)
+    mul[1:, 1:] = exp[log[a][:, None] + log[a][None, :]]
     inv = np.zeros(256, dtype=np.uint8)
-    inv[1:] = np.asarray(field(a[1:]) ** -1, dtype=np.uint8)
+    inv[1:] = exp[(255 - log[a]) % 255]
     return mul, inv
 
 
@@ -189,8 +205,63 @@ def combine(shares: Sequence[bytes | None], tolerate: int) -> Recovered:
             if all(np.array_equal(_combine_rows(_lagrange(points, j + 1), [rows[i] for i in basis]), rows[j])
                    for j in good[k:]):
                 secret = _combine_rows(_lagrange(points, 0), [rows[i] for i in basis])
-                return Recovered(secret.tobytes(), bad, lost)
+                return Recovered(secret.tobytes(), bad, lost, tuple(good))
     raise SharesDoNotDecode(
         f"the {len(present)} shares present of {m} do not decode: an altered share detected, not located "
         f"(lost e={len(lost)}, tolerate T={tolerate}: e + 2t <= T corrects t altered shares)"
     )
+
+
+def _agreeing(shares: Sequence[bytes | None], k: int, need: int) -> Recovered | None:
+    """The secret of the first polynomial of degree below ``k`` that at least ``need`` present shares lie on
+    (fewest left out first), the others present named altered; ``None`` when none does."""
+    present = [i for i, s in enumerate(shares) if s is not None]
+    lost = tuple(i for i, s in enumerate(shares) if s is None)
+    rows = {i: np.frombuffer(bytes(shares[i]), dtype=np.uint8) for i in present}
+    for t in range(len(present) - need + 1):
+        for bad in itertools.combinations(present, t):
+            good = [i for i in present if i not in bad]
+            points = [i + 1 for i in good[:k]]
+            basis = [rows[i] for i in good[:k]]
+            if all(np.array_equal(_combine_rows(_lagrange(points, j + 1), basis), rows[j]) for j in good[k:]):
+                return Recovered(_combine_rows(_lagrange(points, 0), basis).tobytes(), bad, lost, tuple(good))
+    return None
+
+
+def decode_early(shares: Sequence[bytes | None], tolerate: int) -> Recovered | None:
+    """The secret as soon as the shares present prove it, else ``None`` (wait for more shares).
+
+    A segment end that gets the shares one by one decodes once at least
+    ``q = k + tolerate // 2`` of them lie on one polynomial of degree below
+    ``k``: with at most ``tolerate // 2`` altered shares (what ``e + 2t <=
+    T`` allows), ``q`` agreeing shares hold ``k`` genuine ones, so that
+    polynomial is the dealer's, and a share present off it is altered (named).
+    With ``T = 1`` that is ``k`` shares (no check: an altered one is detected
+    by a later share, :func:`check_late`, or the end-to-end confirmation).
+
+    >>> shares = split(b"ab", 4, 2)
+    >>> decode_early([shares[0], None, None, shares[3]], 2) is None  # 2 of 4: q = 3
+    True
+    >>> decode_early([shares[0], None, shares[2], shares[3]], 2).secret
+    b'ab'
+    """
+    m = len(shares)
+    k = check_sharing(m, tolerate)
+    need = k + int(tolerate) // 2
+    if sum(s is not None for s in shares) < need:
+        return None
+    return _agreeing(shares, k, need)
+
+
+def check_late(shares: Sequence[bytes | None], used: Recovered, index: int) -> bool:
+    """Whether share ``index``, arrived after the secret was decoded from ``used.good``, lies on its polynomial.
+
+    >>> shares = split(b"ab", 3, 1)
+    >>> r = decode_early([shares[0], shares[1], None], 1)
+    >>> check_late(shares, r, 2)
+    True
+    """
+    points = [i + 1 for i in used.good]  # they lie on one polynomial of degree below k: through all of them
+    value = _combine_rows(_lagrange(points, index + 1), [np.frombuffer(bytes(shares[i]), dtype=np.uint8)
+                                                          for i in used.good])
+    return bool(np.array_equal(value, np.frombuffer(bytes(shares[index]), dtype=np.uint8)))

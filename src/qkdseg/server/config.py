@@ -85,6 +85,10 @@ class KmsConfig:
         the request's level.
     reconstruction : str
         Reconstruction scheme (``paper``, ``optimal`` or ``xor-all``).
+    sharing, tolerate : str, int
+        How a segment's pieces make its key: ``xor`` (all needed; ``tolerate``
+        0) or ``threshold`` (shared k-of-m over the ``m`` paths, ``k = m -
+        tolerate``; reconstruction ``xor-all``; docs/kms.md).
     key_ttl_s : float
         Seconds an issued key waits for its slave before it expires.
     default_rate_bps : int
@@ -151,6 +155,8 @@ class KmsConfig:
     sae_rate: float = 0.0
     algorithm: str = "smr"
     reconstruction: str = "paper"
+    sharing: str = "xor"
+    tolerate: int = 0
     key_ttl_s: float = 3600.0
     default_rate_bps: int = 100_000
     durability: str = "full"
@@ -232,6 +238,7 @@ class KmsConfig:
             raise bad("key_size", f"must lie in [min_key_size, max_key_size] = [{self.min_key_size}, {self.max_key_size}]")
         if self.reconstruction not in ("paper", "optimal", "xor-all"):
             raise bad("reconstruction", "must be paper, optimal or xor-all (reuse keys are only computationally secure)")
+        self._check_sharing(bad)
         ttl = self.key_ttl_s
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 1e9:
             raise bad("key_ttl_s", "must be a positive number of seconds, at most 1e9")
@@ -281,6 +288,23 @@ class KmsConfig:
                 raise InvalidRequest(f"{at} {val!r} must be {_KIND_WORDS.get(kind, 'a number')}")
         self.stock_config(flags=bool(flags and "stock" in flags))
         return self
+
+    def _check_sharing(self, bad) -> None:
+        """``sharing`` and ``tolerate`` (docs/kms.md, issue 40): ``xor`` with 0, or ``threshold`` with ``T >= 1``
+        and reconstruction ``xor-all``."""
+        t = self.tolerate
+        if self.sharing not in ("xor", "threshold"):
+            raise bad("sharing", "must be 'xor' or 'threshold'")
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= 254:
+            raise bad("tolerate", "must be a whole number of lost paths in 0..254")
+        if self.sharing == "xor" and t:
+            raise bad("tolerate", "needs sharing = 'threshold' (XOR needs every piece: it tolerates none)")
+        if self.sharing == "threshold":
+            if t < 1:
+                raise bad("tolerate", "must be at least 1 with sharing = 'threshold' (0 is XOR)")
+            if self.reconstruction != "xor-all":
+                raise bad("reconstruction", "must be xor-all with sharing = 'threshold' (one part of all a "
+                                            "segment's paths, shared k-of-m)")
 
     def stock_config(self, flags: bool = False):
         """The checked ``[stock]`` table (:class:`.stockconfig.StockConfig`), or None when no pair is stocked."""

@@ -40,9 +40,10 @@ import time
 import numpy as np
 
 from ..api import route_indices
-from ..errors import QkdsegError
+from ..errors import InvalidRequest, QkdsegError
 from ..keys.levels import LinkLevels, with_levels
 from ..reconstruction import reconstruct
+from ..reconstruction.xor_all import xor_all
 from ..routing.registry import get_algorithm
 from .etsi import EXTENSION_LEVEL, MSG_EXT_UNMET, KeyRequest, KmsError
 
@@ -241,13 +242,22 @@ class Planner:
             opts["seed"] = secrets.randbits(32)
         if "epsilon" in algo_options:  # smr-level: each request routes to its own level
             opts["epsilon"] = level
-        r = route_indices(with_levels(self.arrays, pool_bits), s, d, self.algorithm, block_bits=size, **opts)
+        tolerate = int(getattr(self.cfg, "tolerate", 0))
+        try:
+            r = route_indices(with_levels(self.arrays, pool_bits), s, d, self.algorithm, block_bits=size,
+                              tolerate=tolerate, **opts)
+        except InvalidRequest as err:  # threshold sharing: a segment with too few paths now (named)
+            if not tolerate:
+                raise
+            raise KmsError(503, f"{err}; nothing was debited", reason="too_few_paths") from None
         if r.blocked:
             return None, None
         chain = [self.arrays.index[v] for v in r.segment_nodes[1:-1]]
-        rec = reconstruct(
-            self.cfg.reconstruction, self.arrays.p, [[list(p) for p in seg] for seg in r.index_paths], chain, level, size
-        )
+        paths = [[list(p) for p in seg] for seg in r.index_paths]
+        if tolerate:  # each segment's key shared k-of-m over all its paths (kms.toml sharing = "threshold")
+            rec = xor_all(self.arrays.p, paths, chain, level, size, tolerate=tolerate)
+        else:
+            rec = reconstruct(self.cfg.reconstruction, self.arrays.p, paths, chain, level, size)
         return r, rec
 
     def capacity(self, s: int, d: int, size: int, level: float) -> tuple[int, int, dict | None]:
@@ -256,7 +266,10 @@ class Planner:
             return 1, self.cfg.max_key_count, None
         if any(str(self.arrays.node_ids[i]) in self.excluded for i in (s, d)):
             return 0, 0, None
-        r, rec = self.route_and_plan(s, d, size, level, self.levels.level)
+        try:
+            r, rec = self.route_and_plan(s, d, size, level, self.levels.level)
+        except KmsError:  # threshold sharing and too few paths per segment now
+            return 0, 0, None
         if r is None or rec is None or rec.n_keys == 0:
             return 0, 0, None
         bits = self.route_bits(r, size)
@@ -284,6 +297,8 @@ class Planner:
             "security": r.security,
             "reconstruction": self.cfg.reconstruction,
             "keys_per_relay": rec.n_keys,
+            "sharing": r.sharing,  # every record of a relay run names how its segment keys were joined
+            "tolerate": r.tolerate,
         }
         if "seed" in r.options:
             out["seed"] = r.options["seed"]
