@@ -190,6 +190,9 @@ class Controller:
                          bool(w["mandatory"]))
         refill = w.get("refill") is True  # a stock's refill run: no SAE waits, every key is stocked (.spares)
         keep = self._refill_share(master, slave, req) if refill else 0.0
+        from ..keys.confirm import mac_keys
+
+        mac = mac_keys(req.size)  # the confirmation's one-time MAC key: more keys of the run, reserved with them
         health = getattr(svc.store, "health", None)  # the etcd store has none (its refusals: not_leader)
         if health is not None and not health.writes_ok:
             raise _store_failed()
@@ -198,15 +201,19 @@ class Controller:
         try:
             try:
                 if refill:  # up to req.number keys, each link keeping its reserve
-                    n, (r, rec, relays, bits) = svc.planner.plan_refill(s, d, req, keep)
-                    req = KeyRequest(n, req.size, req.level, req.level_source, False)
+                    n, (r, rec, relays, bits) = svc.planner.plan_refill(s, d, KeyRequest(
+                        req.number + mac, req.size, req.level, req.level_source, False), keep)
+                    if n <= mac:
+                        raise KmsError(503, "too few key bits for a refill run and its confirmation key",
+                                       reason="no_key_material")
+                    req = KeyRequest(n - mac, req.size, req.level, req.level_source, False)
                 else:
-                    r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
+                    r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number + mac)
             except KmsError:
                 if req.level_source != "extension_optional":
                     raise
                 req = KeyRequest(req.number, req.size, svc.cfg.security_level, "default", False)
-                r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number)
+                r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number + mac)
         except KmsError as err:
             raise Problem(err.status, "Bad Request" if err.status == 400 else "Service Unavailable", err.message,
                           message=err.message, details=err.details, reason=err.reason) from None
@@ -231,7 +238,7 @@ class Controller:
                 raise _store_failed() from None
             raise
         body = {"request_id": rid, "master": master, "slave": slave, "number": 0 if refill else req.number,
-                "securities": securities}
+                "securities": securities, "mac_keys": mac}
         nodes = list(parts)
 
         futs = [self._push(str(v), {**body, "part": parts[v].to_dict()}) for v in nodes]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import logging
@@ -20,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..errors import env_number
-from ..keys.material import KeyMaterial
+from ..keys.confirm import message as confirm_message, tag as confirm_tag
 from ..keys.steps import NodePart, RelayNode
 from ..server.etsi import KmsError
 from ..server.store import Batch, KeyRow
@@ -42,16 +41,22 @@ class ReqState:
     early: list = field(default_factory=list)
     future: asyncio.Future | None = None
     confirm_sent: bool = False
-    tags: dict | None = None  # the destination's confirmation tags, at the source
+    tags: bytes | None = None  # the destination's confirmation tag, at the source (qkdseg.keys.confirm)
     finishing: bool = False
     key_ids: list | None = None  # the destination's key ids, at the source
     created: float = field(default_factory=time.monotonic)
     failed: str | None = None  # why this node's part failed before anyone waited for the request (at the source)
 
 
-def _tag(request_id: str, kid, key: KeyMaterial) -> bytes:
-    return hmac.new(key.reveal(), f"qkdseg-confirm|{request_id}|{json.dumps(list(kid))}".encode(),
-                    hashlib.sha256).digest()
+def _confirmation(request_id: str, meta: dict, held: list) -> tuple[list, bytes]:
+    """``(the request's keys, the confirmation tag)`` of the global keys ``held`` at one end: the last
+    ``meta["mac_keys"]`` are the one-time MAC key, relayed with the keys and never kept (:mod:`qkdseg.keys.confirm`);
+    ValueError when the plan left none."""
+    m = int(meta.get("mac_keys", 0))
+    if m < 1 or len(held) <= m:
+        raise ValueError("the plan relays no confirmation key")
+    keys, mac = held[:-m], b"".join(k.reveal() for _, k in held[-m:])
+    return keys, confirm_tag(mac, confirm_message(request_id, [(kid, k.reveal()) for kid, k in keys]))
 
 
 class RelayRequests:
@@ -117,7 +122,7 @@ class RelayRequests:
             elif w["kind"] == "confirm":
                 if st.relay.part.position != 0 or w["src"] != st.relay.part.segment_nodes[-1]:
                     raise ValueError("a confirmation not from the request's destination")
-                st.tags = {tuple(k): base64.b64decode(t) for k, t in w["tags"]}
+                st.tags = base64.b64decode(w["tag"], validate=True)
                 st.key_ids = [(tuple(k), str(i)) for k, i in w["key_ids"]]
             self._ack(str(w["src"]), w["message_id"], "relayed")
         except Exception as exc:  # noqa: BLE001 -- a message that does not fit the plan fails its request
@@ -148,7 +153,12 @@ class RelayRequests:
         master. A mismatch makes the source void them (deleted, audited).
         """
         relay, meta = st.relay, st.meta
-        held = relay.keys()
+        try:
+            held, tag = _confirmation(st.request_id, meta, relay.keys())
+        except ValueError:  # not stored: no confirmation, the source times out and voids
+            logger.warning("request %s: its plan relays no confirmation key", st.request_id)
+            self.requests.pop(st.request_id, None)
+            return
         number, secs = int(meta["number"]), meta["securities"]
         now = time.time()
         batch = Batch()
@@ -180,9 +190,8 @@ class RelayRequests:
             (self.keys if row.kind == "issued" else self.held_spares)[row.key_id] = row
         self.request_keys[st.request_id] = [row.key_id for _, row in rows]
         self.request_keys_source[st.request_id] = relay.part.segment_nodes[0]
-        tags = [[list(kid), base64.b64encode(_tag(st.request_id, kid, k)).decode()] for kid, k in held]
         try:  # not sent: the source times out and voids the keys stored here
-            self.send([{"kind": "confirm", "dst": relay.part.segment_nodes[0], "tags": tags,
+            self.send([{"kind": "confirm", "dst": relay.part.segment_nodes[0], "tag": base64.b64encode(tag).decode(),
                         "key_ids": [[list(kid), row.key_id] for kid, row in rows]}], st.request_id)
         except CommitFailed:
             logger.warning("request %s: the confirmation was not sent (the relay store failed a write)", st.request_id)
@@ -191,9 +200,11 @@ class RelayRequests:
     async def _finish(self, st: ReqState) -> None:
         """At the source: key confirmation; the keys (stored at the destination already) go to the master."""
         relay, meta = st.relay, st.meta
-        mine = relay.keys()
-        ok = len(mine) == len(st.tags) and all(
-            hmac.compare_digest(_tag(st.request_id, kid, k), st.tags.get(kid, b"")) for kid, k in mine)
+        try:  # one tag over all the keys, under the request's one-time MAC key (qkdseg.keys.confirm)
+            mine, tag = _confirmation(st.request_id, meta, relay.keys())
+            ok = hmac.compare_digest(tag, st.tags)
+        except ValueError:
+            mine, ok = [], False
         number, secs = int(meta["number"]), meta["securities"]
         ids = dict(st.key_ids or [])
         chosen = [(ids.get(kid), k, float(secs[i])) for i, (kid, k) in enumerate(mine)]
