@@ -58,21 +58,22 @@ def _run_relay(parts: dict, a) -> tuple[list[dict], dict]:
     return sent, dest
 
 
-def _confirm(dest, rid: str) -> dict:
-    """The destination's ``confirm`` of ``dest``'s keys, as :meth:`RelayRequests._store_and_confirm` builds it."""
+def _confirm(dest, rid: str, mac: int) -> dict:
+    """The destination's ``confirm`` of ``dest``'s keys, as :meth:`RelayRequests._store_and_confirm` builds it (the
+    last ``mac`` keys: the one-time MAC key, issue 38)."""
     import base64
 
-    from qkdseg.net.relayrequests import _tag
+    from qkdseg.net.relayrequests import _confirmation
 
-    held = dest.keys()
-    return {"kind": "confirm", "dst": dest.part.segment_nodes[0],
-            "tags": [[list(kid), base64.b64encode(_tag(rid, kid, k)).decode()] for kid, k in held],
+    held, tag = _confirmation(rid, {"mac_keys": mac}, dest.keys())
+    return {"kind": "confirm", "dst": dest.part.segment_nodes[0], "tag": base64.b64encode(tag).decode(),
             "key_ids": [[list(kid), str(uuid.uuid4())] for kid, _ in held]}
 
 
 def measure(network: str = "example", levels=(0.5, 0.9), numbers=(1, 8, 32, 128),
             sizes=(256, 1024, 4096)) -> dict:
     """``{"plans": how many planned, "largest": {kind or (kind, key size): (bytes, the request)}}``."""
+    from qkdseg.keys.confirm import mac_keys
     from qkdseg.keys.relay import Plan
     from qkdseg.keys.steps import node_parts
     from qkdseg.net.layout import init_network
@@ -99,8 +100,9 @@ def measure(network: str = "example", levels=(0.5, 0.9), numbers=(1, 8, 32, 128)
             sender = type("Sender", (), {})()
             for level, number, size in itertools.product(levels, numbers, sizes):
                 req = KeyRequest(number, size, level, "extension_mandatory", True)
+                mac = mac_keys(size)  # the confirmation's MAC key, planned with the keys (as the controller does)
                 try:
-                    r, rec, relays, _bits = svc.planner.plan_relays(s, dd, req, number)
+                    r, rec, relays, _bits = svc.planner.plan_relays(s, dd, req, number + mac)
                 except KmsError:
                     continue
                 plans += 1
@@ -108,12 +110,12 @@ def measure(network: str = "example", levels=(0.5, 0.9), numbers=(1, 8, 32, 128)
                 sent, dest = _run_relay(parts, a)
                 rid = str(uuid.uuid4())
                 where = (ids[s], ids[dd], level, number, size, relays)
-                for msg in sent + [{**_confirm(dest, rid), "src": dest.part.node}]:
+                for msg in sent + [{**_confirm(dest, rid, mac), "src": dest.part.node}]:
                     sender.id = msg["src"]
                     w = Messaging._encode(sender, msg, rid)
                     note(msg["kind"], size, len(json.dumps({"messages": [w]}, separators=(",", ":"))), where)
                 body = {"request_id": rid, "master": "A", "slave": "B", "number": number,
-                        "securities": [0.5] * (relays * len(rec.global_keys))}
+                        "securities": [0.5] * (relays * len(rec.global_keys)), "mac_keys": mac}
                 for part in parts.values():
                     note("part", size, len(json.dumps({"parts": [{**body, "part": part.to_dict()}]},
                                                       separators=(",", ":"))), where)

@@ -190,9 +190,9 @@ class Controller:
                          bool(w["mandatory"]))
         refill = w.get("refill") is True  # a stock's refill run: no SAE waits, every key is stocked (.spares)
         keep = self._refill_share(master, slave, req) if refill else 0.0
-        from ..keys.confirm import mac_keys
+        from ..keys.confirm import mac_keys, refill_keys
 
-        mac = mac_keys(req.size)  # the confirmation's one-time MAC key: more keys of the run, reserved with them
+        mac = mac_keys(req.size)  # the confirmation's one-time MAC key: the run's last keys (.keys.confirm)
         health = getattr(svc.store, "health", None)  # the etcd store has none (its refusals: not_leader)
         if health is not None and not health.writes_ok:
             raise _store_failed()
@@ -200,13 +200,15 @@ class Controller:
         unmask = self.down.mask(svc.levels)  # planning sees a level of 0 on a link reported down
         try:
             try:
-                if refill:  # up to req.number keys, each link keeping its reserve
-                    n, (r, rec, relays, bits) = svc.planner.plan_refill(s, d, KeyRequest(
+                if refill:  # up to req.number keys and the MAC key, each link keeping its reserve
+                    _, (r, rec, relays, bits) = svc.planner.plan_refill(s, d, KeyRequest(
                         req.number + mac, req.size, req.level, req.level_source, False), keep)
-                    if n <= mac:
+                    kept = refill_keys(req.number, relays * rec.n_keys, req.size)  # never more than asked
+                    if kept < 1:
                         raise KmsError(503, "too few key bits for a refill run and its confirmation key",
                                        reason="no_key_material")
-                    req = KeyRequest(n - mac, req.size, req.level, req.level_source, False)
+                    req = KeyRequest(kept, req.size, req.level, req.level_source, False)
+                    mac = relays * rec.n_keys - kept  # the rest of the run: MAC key material, not kept
                 else:
                     r, rec, relays, bits = svc.planner.plan_relays(s, d, req, req.number + mac)
             except KmsError:

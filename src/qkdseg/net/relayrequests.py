@@ -41,7 +41,7 @@ class ReqState:
     early: list = field(default_factory=list)
     future: asyncio.Future | None = None
     confirm_sent: bool = False
-    tags: bytes | None = None  # the destination's confirmation tag, at the source (qkdseg.keys.confirm)
+    tag: bytes | None = None  # the destination's confirmation tag, at the source (qkdseg.keys.confirm)
     finishing: bool = False
     key_ids: list | None = None  # the destination's key ids, at the source
     created: float = field(default_factory=time.monotonic)
@@ -122,7 +122,7 @@ class RelayRequests:
             elif w["kind"] == "confirm":
                 if st.relay.part.position != 0 or w["src"] != st.relay.part.segment_nodes[-1]:
                     raise ValueError("a confirmation not from the request's destination")
-                st.tags = base64.b64decode(w["tag"], validate=True)
+                st.tag = base64.b64decode(w["tag"], validate=True)
                 st.key_ids = [(tuple(k), str(i)) for k, i in w["key_ids"]]
             self._ack(str(w["src"]), w["message_id"], "relayed")
         except Exception as exc:  # noqa: BLE001 -- a message that does not fit the plan fails its request
@@ -140,7 +140,7 @@ class RelayRequests:
         if relay.part.position == last and not st.confirm_sent:
             st.confirm_sent = True
             asyncio.get_running_loop().create_task(self._store_and_confirm(st))
-        if (relay.part.position == 0 and st.tags is not None and st.future is not None and not st.future.done()
+        if (relay.part.position == 0 and st.tag is not None and st.future is not None and not st.future.done()
                 and not st.finishing):
             st.finishing = True
             asyncio.get_running_loop().create_task(self._finish(st))
@@ -157,6 +157,8 @@ class RelayRequests:
             held, tag = _confirmation(st.request_id, meta, relay.keys())
         except ValueError:  # not stored: no confirmation, the source times out and voids
             logger.warning("request %s: its plan relays no confirmation key", st.request_id)
+            if int(meta["number"]):  # the room its source reserved here (.quota)
+                self.quotas.release((meta["master"], meta["slave"]), number=int(meta["number"]))
             self.requests.pop(st.request_id, None)
             return
         number, secs = int(meta["number"]), meta["securities"]
@@ -202,7 +204,7 @@ class RelayRequests:
         relay, meta = st.relay, st.meta
         try:  # one tag over all the keys, under the request's one-time MAC key (qkdseg.keys.confirm)
             mine, tag = _confirmation(st.request_id, meta, relay.keys())
-            ok = hmac.compare_digest(tag, st.tags)
+            ok = hmac.compare_digest(tag, st.tag)
         except ValueError:
             mine, ok = [], False
         number, secs = int(meta["number"]), meta["securities"]
