@@ -366,6 +366,94 @@ def test_election_and_revision_compared_commits_without_processes(cluster):
     assert not check_lines(key, lines).problems
 
 
+def test_a_failover_keeps_the_suspect_nodes_and_clear_suspect_asks_the_new_leader(cluster):
+    """Issue 38 over the processes: relay 1 run as the hostile-node harness corrupts what it relays; three runs
+    through it fail key confirmation and the leader names a relay of theirs suspect; after the leader's kill -9
+    the new leader excludes the same node until the same time (restored from etcd at its first request, a node's
+    report); ``net clear-suspect`` is answered by the new leader."""
+    from test_net_hostile import _stop
+
+    name = f"node-{cluster.names['1']}"
+    lie = cluster.dir.parent / "hostile-1.json"
+    lie.write_text(json.dumps({"corrupt": ["pieces"]}))
+    _stop(cluster, name)
+    env = cluster.env
+    cluster.env = {**env, "QKDSEG_ALLOW_HOSTILE": "1", "QKDSEG_HOSTILE_FILE": str(lie)}
+    try:
+        cluster.start(name)
+    finally:
+        cluster.env = env
+    lead = cluster.leader()
+
+    def named(ctl: str) -> dict:
+        return {n: v for n, v in ((cluster.health(ctl) or {}).get("suspects") or {}).items() if "until" in v}
+
+    try:
+        codes = [_enc(cluster)[0] for _ in range(3)]  # --suspect-after 3 (net init's default)
+        assert codes == [503] * 3, codes
+        before = _until(lambda: named(lead["name"]), scaled(15))
+        assert before, cluster.health(lead["name"])
+    finally:
+        lie.write_text("{}")  # it behaves again (still excluded until cleared)
+    node = next(iter(before))
+    os.kill(lead["pid"], signal.SIGKILL)
+    new, _ = cluster.wait_leader(lead["name"], TTL + 10)
+    after = _until(lambda: named(new), scaled(15))  # restored at its first request (the nodes report every second)
+    assert after == before and cluster.health(new)["excluded"].get(node) == "suspect", (before, after)
+    cluster.start(lead["name"])  # back as a standby
+    r = _run("net", "clear-suspect", str(cluster.dir), node, env=cluster.env)
+    assert r.returncode == 0 and f"node {node}:" in r.stdout, r.stdout + r.stderr
+    assert node not in cluster.health(new)["excluded"]
+    cluster.deliver_retrying("A", "0", "B", "7", 3)
+
+
+def test_a_new_leader_keeps_the_suspects_and_their_expiry_without_processes(cluster):
+    """Issue 38: the controller's suspect nodes are written into etcd's state with every commit; a controller that
+    takes over restores them: the same nodes excluded until the same time, then readmitted (before: they lived in
+    the old leader's memory only, and a failover planned through them again)."""
+    from qkdseg import example_network
+    from qkdseg.net.replica import Election, EtcdStore
+    from qkdseg.net.suspects import Suspects
+    from qkdseg.server.config import KmsConfig
+    from qkdseg.server.planner import Planner
+    from qkdseg.server.store import Batch
+
+    etcd, prefix, key = cluster.etcd(), f"/test-{time.time_ns()}/", b"k" * 32
+    net, now = example_network(), [1000.0]
+    a = Election(etcd, prefix, "a", "A:1", lambda leading: None, ttl=2)
+    b = Election(etcd, prefix, "b", "B:1", lambda leading: None, ttl=2)
+    a.lease, b.lease = etcd.grant(2), etcd.grant(2)
+    a._campaign()
+
+    def controller(election):
+        sus = Suspects(Planner(KmsConfig("example", {}), net, None), after=2, for_s=60.0, clock=lambda: now[0])
+        store = EtcdStore(etcd, prefix, key, election)
+        store.sections["suspects"] = sus.state
+        return sus, store
+
+    sus_a, sa = controller(a)
+    idx = net.arrays.index
+    for rid in ("r1", "r2"):  # two runs from node 0 to node 7 through relay 1 (untrusted), both timed out
+        sus_a.planned(rid, net.arrays, [0, 1, 3], idx[0], idx[7])
+    recs = sus_a.outcomes("0", [("r1", False, "timed out"), ("r2", False, "timed out")])
+    assert [r["node"] for r in recs] == ["1"] and sus_a.planner.excluded_view() == {"1": "suspect"}
+    sa.commit(Batch(audit=recs))
+    etcd.revoke(a.lease)  # the leader is gone (as after its kill -9: its lease ends)
+    b._campaign()
+    assert b.leading
+    sus_b, sb = controller(b)
+    assert sus_b.planner.excluded_view() == {}  # a new controller starts with none ...
+    sus_b.restore(sb.extra.get("suspects"))  # ... and takes etcd's (ReplicaHook.check on its first request)
+    assert sus_b.planner.excluded_view() == {"1": "suspect"} and sus_b.until == {"1": 1060.0}
+    assert sus_b.view()["1"] == {"failed_runs": 2, "until": 1060.0}
+    now[0] = 1059.0
+    assert sus_b.expire() == []
+    now[0] = 1060.5  # its time is up at the new leader, as it would have been at the old one
+    assert [r["event"] for r in sus_b.expire()] == ["node readmitted"] and sus_b.planner.excluded_view() == {}
+    sb.commit(Batch(audit=[]))
+    assert EtcdStore(etcd, prefix, key, b).extra["suspects"] == {"until": {}, "failed": {}}
+
+
 # -- link faults through the proxies ----------------------------------------------------------------------
 def _fault(cluster, *args) -> str:
     r = _run("net", "fault", str(cluster.dir), *args, env=cluster.env)

@@ -116,9 +116,10 @@ class Controller:
         self.event_seq: dict[str, tuple] = {}  # node -> (boot, last event seq) of its reports (the dashboard's rows)
         self.stocks: dict[str, dict] = {}  # node -> its key stocks as its last report gave them (the dashboard's)
         from .shares import SharePaths
-        from .suspects import Suspects, settings
+        from .suspects import Suspects, replicated, settings
 
         self.suspects = Suspects(self.svc.planner, *settings(self.net, str(self.dir / "net.json")))  # .suspects
+        replicated(self)  # replicated controllers: the suspects kept in etcd, restored by a new leader
         membership.attach(self)  # the topology version, the removed nodes (.membership)
         self.share_paths = SharePaths()  # threshold plans' paths: a share reported altered names its path (.shares)
 

@@ -244,6 +244,10 @@ class EtcdStore:
         self.audit_seq, self.audit_hash = 0, GENESIS
         self.commits = 0
         self.refused = 0  # commits etcd refused (deposed, or a stale state)
+        #: More of the controller's state, written into ``PREFIX/state`` with every commit: name -> a callable
+        #: giving it (JSON); :attr:`extra` holds them as the last :meth:`reload` read them (the suspects: .suspects).
+        self.sections: dict = {}
+        self.extra: dict = {}
         self.reload()
 
     def reload(self) -> None:
@@ -251,8 +255,10 @@ class EtcdStore:
         kv = self.etcd.get(self.prefix + "state")
         if kv is None:
             self.rows, self.state_rev, self.audit_seq, self.audit_hash = {}, 0, 0, GENESIS
+            self.extra = {}
             return
         st = json.loads(_unb64(kv["value"]))
+        self.extra = {k: v for k, v in st.items() if k not in ("links", "audit_seq", "audit_hash")}
         self.rows = {int(k): tuple(v) for k, v in st["links"].items()}
         self.state_rev = int(kv["mod_revision"])
         self.audit_seq, self.audit_hash = int(st["audit_seq"]), st["audit_hash"]
@@ -295,7 +301,8 @@ class EtcdStore:
             seq += 1
             line, head = chain_line(self.audit_key, rec, seq, head)
             lines.append(line)
-        state = {"links": {str(k): list(v) for k, v in sorted(rows.items())}, "audit_seq": seq, "audit_hash": head}
+        state = {"links": {str(k): list(v) for k, v in sorted(rows.items())}, "audit_seq": seq, "audit_hash": head,
+                 **{name: get() for name, get in self.sections.items()}}
         compare = [{"key": _b64(self.prefix + "state"), "result": "EQUAL", "target": "MOD",
                     "mod_revision": str(self.state_rev)}]
         if rev is not None:
@@ -316,6 +323,7 @@ class EtcdStore:
             raise not_leader("etcd refused the commit: this controller no longer leads; try again",
                              None if self.election is None else self.election.leader_hint)
         self.rows, self.audit_seq, self.audit_hash = rows, seq, head
+        self.extra = {k: v for k, v in state.items() if k not in ("links", "audit_seq", "audit_hash")}
         self.state_rev = int(r["header"]["revision"])
         self.commits += 1
 
@@ -381,6 +389,7 @@ class ReplicaHook:
         self.svc, self.election = svc, election
         self.dirty = True
         self.failovers = 0  # times this process took over
+        self.on_reload: list = []  # called after each reload from etcd (the suspects: .suspects.replicated)
         election.on_change = self._changed
 
     def _changed(self, leading: bool) -> None:  # the election's thread
@@ -400,6 +409,8 @@ class ReplicaHook:
             svc.load()  # the levels (reservations) and the audit head as etcd holds them
             svc.committer = GroupCommit(svc.store)
             old._executor.shutdown(wait=False)
+            for fn in self.on_reload:
+                fn()
             self.dirty = False
 
     def health(self) -> dict:

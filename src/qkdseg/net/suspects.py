@@ -150,11 +150,42 @@ class Suspects:
         return {"time": round(self.clock(), 6), "event": "node readmitted", "node": node,
                 "outcome": f"no longer suspect: {why}"}
 
+    def state(self) -> dict:
+        """What a new leader needs (replicated controllers keep it in etcd: :func:`replicated`): the suspect nodes
+        and until when (wall-clock time), and each node's failed runs since one confirmed. The plans awaiting their
+        outcome are not kept (a run planned by the old leader and reported to the new one is not counted)."""
+        until, failed = dict(self.until), dict(self.failed)  # copies: the store's thread reads them (group commit)
+        return {"until": until, "failed": {n: [[w, list(r)] for w, r in list(f)] for n, f in failed.items()}}
+
+    def restore(self, state: dict | None) -> None:
+        """Take ``state`` (:meth:`state`, as etcd holds it; None: none) as this controller's: its suspects are
+        excluded from planning, until the same time; a node suspect here but not there is planned through again."""
+        state = state or {}
+        until = {str(n): float(t) for n, t in (state.get("until") or {}).items()}
+        for node in set(self.until) - set(until):
+            self.planner.readmit(node, "suspect")
+        for node in until:
+            self.planner.exclude(node, "suspect")
+        self.until = until
+        self.failed = {str(n): [(str(w), tuple(str(x) for x in r)) for w, r in f]
+                       for n, f in (state.get("failed") or {}).items()}
+
     def view(self) -> dict:
         """Per node with failed runs: how many in a row, and until when it is suspect (``/health``'s ``suspects``)."""
         return {node: {"failed_runs": len(f), **({"until": round(self.until[node], 3)} if node in self.until else {})}
                 for node, f in sorted(self.failed.items())} | {
             node: {"failed_runs": 0, "until": round(t, 3)} for node, t in self.until.items() if node not in self.failed}
+
+
+def replicated(ctl) -> None:
+    """With replicated controllers (:mod:`.replica`): every commit writes :meth:`Suspects.state` into etcd's
+    ``PREFIX/state``, and a controller that takes over (or reloads after a failed commit) restores it, so a failover
+    keeps the suspects and their expiry. Nothing to do with one controller (its suspects live in its memory)."""
+    if ctl.replica is None:
+        return
+    store = ctl.svc.store
+    store.sections["suspects"] = ctl.suspects.state
+    ctl.replica.on_reload.append(lambda: ctl.suspects.restore(store.extra.get("suspects")))
 
 
 async def audit(ctl, recs: list[dict]) -> None:
