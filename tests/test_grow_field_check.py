@@ -18,7 +18,8 @@ implementation or its tests. On loopback, one running ``example`` network (``net
    no longer hold the link, and each end's ``audit.jsonl`` has ``"event": "link removed"`` for it;
 5. every process but node 10 has its old pid, all healthy, one ``topology_version`` everywhere (the last
    command's);
-6. ``DIR/pki/admin.crt`` of the role ``urn:qkdseg:admin``, client authentication only; ``POST /control/v1/membership`` with a node's, the controller's or an SAE's certificate: 403, problem detail
+6. ``DIR/pki/admin.crt`` of the role ``urn:qkdseg:admin``, client authentication only;
+   ``POST /control/v1/membership`` with a node's, the controller's or an SAE's certificate: 403, problem detail
    naming the admin role, audited ``membership refused``.
 
 The network is stopped with ``net down`` by the module fixture, also on failure. Timings are printed (``-s``).
