@@ -14,7 +14,8 @@ implementation or its tests. On loopback, one running ``example`` network (``net
 4. ``net remove-link 0 7`` while five clients request keys (1 to 32 per request, about 10 requests a second each):
    every key a master got is fetched identical by its slave, every failed request is a refusal (400/503) with no key
    in it, the dashboard's ``issue`` rows count exactly the keys the masters got; some of them were routed over 0-7
-   before the command (a live route), none issued after it returned; the next requests are routed around 0-7; both ends' ``node.json`` and ``links.sealed.json``
+   before the command (a live route), none issued after it returned; the next requests are routed around 0-7;
+   both ends' ``node.json`` and ``links.sealed.json``
    no longer hold the link, and each end's ``audit.jsonl`` has ``"event": "link removed"`` for it;
 5. every process but node 10 has its old pid, all healthy, one ``topology_version`` everywhere (the last
    command's);
