@@ -97,6 +97,11 @@ def test_a_change_of_membership_from_a_node_or_an_sae_certificate_is_refused_403
     assert len(_audit(n.dir / "controller", "membership refused")) == 3
     assert len(_audit(n.dir / "nodes" / n.names["3"], "membership refused")) == 3
     assert {row.get("topology_version") for row in _status_rows(n)} == {0}
+    for addr in (n.net["address"], n.addr["3"]):  # the admin's malformed change: 400 naming the field, nothing done
+        with httpx.Client(verify=_ctx(n, "admin"), timeout=10.0) as cl:
+            r = cl.post(f"https://{addr}/control/v1/membership", json={})
+        assert r.status_code == 400 and r.json()["detail"] == "malformed message: the field 'version' is missing", r.text
+    assert {row.get("topology_version") for row in _status_rows(n)} == {0}
     for who, want in (("admin", {"status": "ok", "topology_version": 0}), ("A", {"status": "ok"})):
         with httpx.Client(verify=_ctx(n, who), timeout=10.0) as cl:  # the admin sees the version, an SAE nothing
             assert cl.get(f"https://{n.addr['3']}/health").json() == want

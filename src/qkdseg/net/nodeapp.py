@@ -25,7 +25,7 @@ from ..server.store import Batch
 from .keystream import gap, generation, implausible
 from .limits import RELAY_MAX_BODY, check_batch, read_json
 from .retention import check_fresh
-from .wire import Problem, json_response, problem_routes, require
+from .wire import Problem, json_response, malformed, problem_routes, require
 from .wire import role as role_of
 
 
@@ -155,7 +155,7 @@ async def _accept_batch(svc, role, batch: list):
             first = first or p
             results.append({"message_id": mid, "status": p.status, "detail": p.detail})
         except (KeyError, TypeError, ValueError, OverflowError) as err:  # OverflowError: an offset of 1e400
-            bad = Problem(400, "Bad Request", f"malformed message: {type(err).__name__}")
+            bad = malformed(err)
             first = first or bad
             results.append({"message_id": mid, "status": 400, "detail": bad.detail})
     return offsets, inbox, later, results, first, refusals

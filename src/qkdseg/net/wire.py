@@ -271,9 +271,21 @@ def problem_routes(handler):
         except CommitFailed as err:  # a write of this server's store failed: nothing of the message was stored
             return Problem(503, "Service Unavailable", err.message, reason=err.reason, status_020="failed").response()
         except (ValueError, KeyError, TypeError, OverflowError) as err:  # OverflowError: int(1e400)
-            return Problem(400, "Bad Request", f"malformed message: {type(err).__name__}").response()
+            return malformed(err).response()
 
     return wrapped
+
+
+def malformed(err: Exception) -> Problem:
+    """The 400 of a message whose fields the handler could not read: the missing field by name, else what was
+    wrong with a value (never only an exception's class)."""
+    if isinstance(err, KeyError):
+        why = f"the field {str(err.args[0])[:64]!r} is missing" if err.args else "a field is missing"
+    elif isinstance(err, OverflowError):
+        why = "a number is out of range"
+    else:
+        why = f"a field has the wrong type or value ({str(err)[:160]})"
+    return Problem(400, "Bad Request", f"malformed message: {why}")
 
 
 async def read_json(request) -> dict:
