@@ -1,0 +1,320 @@
+"""Independent field check of issue 40 ("k-of-n sharing across a segment's paths").
+
+Written from README.md, docs/model.md (sections 1, 2, 4a and item 5 of the choices list), docs/json.md,
+docs/algorithms.md ("Threshold sharing"), docs/network.md ("Threshold sharing: `net init --tolerate T`", "The
+hostile-node harness", "Three commands to a running network", "What `net init` writes"), docs/kms.md ("Threshold
+sharing") and ``qkdseg ... --help`` alone; it does not read the implementation or its own tests.
+
+Part 1, security. On small networks built here (single segments with four paths, chains through a trusted relay
+whose ``p`` < 1 that several paths cross, untrusted relays shared by MSP's ``shared_relays`` walks, random graphs) it
+asks qkdseg for threshold routes (``--sharing threshold --tolerate T``, T = 1 and 2, several algorithms; the CLI's
+``--format json`` and the documented Python API ``qkdseg.route(..., sharing=, tolerate=)``), reads the route from the
+JSON contract (docs/json.md) and recomputes by brute force over every compromise state of the risky nodes:
+
+- a node is compromised independently with probability ``1 - p``; source and destination never (model.md section 1);
+  a trusted node without ``p`` has p = 1, one whose file gives ``p`` keeps it (model.md, choices item 5);
+- a path is intact iff none of its relays (interior nodes) is compromised;
+- a threshold part (segment key) of ``m`` paths is secret iff at least ``T + 1`` of them are intact (model.md 4a);
+- the route (and the one ``xor-all`` global key) is secret iff every segment is and every interior segment node is
+  safe; ``security_independent`` is the same tail with paths taken independent (docs/algorithms.md).
+
+Every figure must agree to 1e-9. A segment of ``m <= T`` paths must be refused, naming the segment (CLI: one line,
+exit 2; API: a ``ValueError``).
+
+Part 2, the network (``net init --tolerate 1``, ``net up --detach``, ETSI GS QKD 014 over mutual TLS with the SAE
+certificates of ``pki/``, ``net down`` also on failure) on a topology with one segment of four node-disjoint paths:
+(a) a relay killed with ``kill -9`` (pid from ``net status --format json``): keys still delivered, identical at the
+master's and the slave's KME; (b) a relay made hostile with the harness (``"corrupt": ["pieces"]``), T = 1: nothing
+wrong is ever delivered (every key the master gets, the slave gets identical), the altered share is detected
+(runs fail or a ``share inconsistent`` / ``share altered`` record shows); (c) the same tampering relay with T = 2:
+keys delivered and the path named (``share altered`` in the audit of the segment end and of the controller).
+
+Run: ``python -m pytest tests/test_threshold_field_check.py -v -s -p no:cacheprovider``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+import qkdseg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from portblock import port  # noqa: E402
+from timing import scaled  # noqa: E402
+
+QKDSEG = [str(Path(sys.executable).with_name("qkdseg"))]
+TOL = 1e-9
+
+
+# ---------------------------------------------------------------- the brute force (this check's own code)
+
+def _p_of(g: nx.Graph, v, source, destination) -> float:
+    """The node's probability of NOT being compromised, as model.md sections 1 and choices item 5 define it."""
+    if v == source or v == destination:
+        return 1.0
+    data = g.nodes[v]
+    if "p" in data:
+        return float(data["p"])
+    if data.get("trusted"):
+        return 1.0
+    raise AssertionError(f"node {v} has no p")
+
+
+def brute(g: nx.Graph, rd: dict, parts: list[list[int]] | None = None) -> dict:
+    """Exact security of a threshold route by enumerating every compromise state of its risky nodes.
+
+    ``rd`` is the route's JSON object; ``parts`` optionally the path indices of each segment (a global key's
+    parts), else every path. Returns the route's security, each segment's, and the independent-paths figure.
+    """
+    s, d, T = rd["source"], rd["destination"], rd["tolerate"]
+    segs = [seg["paths"] for seg in rd["segments"]]
+    if parts is not None:
+        segs = [[segs[j][i] for i in idx] for j, idx in enumerate(parts)]
+    chain = list(rd["segment_nodes"][1:-1])
+    nodes = sorted({v for paths in segs for path in paths for v in path[1:-1]} | set(chain), key=repr)
+    p = {v: _p_of(g, v, s, d) for v in nodes}
+    risky = [v for v in nodes if p[v] < 1.0]
+    assert len(risky) <= 18, "brute force too large"
+    total = 0.0
+    seg_sec = [0.0] * len(segs)
+    for state in itertools.product((False, True), repeat=len(risky)):  # True = compromised
+        prob = 1.0
+        bad = set()
+        for v, c in zip(risky, state):
+            prob *= (1.0 - p[v]) if c else p[v]
+            if c:
+                bad.add(v)
+        if prob == 0.0:
+            continue
+        oks = []
+        for j, paths in enumerate(segs):
+            intact = sum(1 for path in paths if not (set(path[1:-1]) & bad))
+            ok = intact >= T + 1
+            oks.append(ok)
+            if ok:
+                seg_sec[j] += prob
+        if all(oks) and not (set(chain) & bad):
+            total += prob
+    # the independent figure: each path intact with the product of its relays' p, paths independent
+    indep = 1.0
+    for v in chain:
+        indep *= p[v]
+    for paths in segs:
+        qs = []
+        for path in paths:
+            q = 1.0
+            for v in path[1:-1]:
+                q *= p[v]
+            qs.append(q)
+        tail = 0.0
+        for pattern in itertools.product((False, True), repeat=len(qs)):
+            if sum(pattern) >= T + 1:
+                pr = 1.0
+                for q, up in zip(qs, pattern):
+                    pr *= q if up else 1.0 - q
+                tail += pr
+        indep *= tail
+    return {"security": total, "segments": seg_sec, "independent": indep}
+
+
+def _shared_relays(rd: dict) -> bool:
+    """Whether some relay (interior node) lies on two paths of the route (within or across segments)."""
+    seen = set()
+    for seg in rd["segments"]:
+        for path in seg["paths"]:
+            for v in path[1:-1]:
+                if v in seen:
+                    return True
+                seen.add(v)
+    return False
+
+
+def _check(g: nx.Graph, rd: dict, T: int) -> None:
+    assert rd["sharing"] == "threshold" and rd["tolerate"] == T, rd
+    assert not rd["blocked"]
+    for seg in rd["segments"]:
+        assert len(seg["paths"]) >= T + 1, seg  # m <= T must have been refused
+    b = brute(g, rd)
+    assert abs(rd["security"] - b["security"]) <= TOL, (rd, b)
+    for seg, want in zip(rd["segments"], b["segments"]):
+        assert abs(seg["security"] - want) <= TOL, (rd, b)
+    assert abs(rd["security_independent"] - b["independent"]) <= TOL, (rd, b)
+    rec = rd.get("reconstruction")
+    if rec:
+        assert rec["scheme"] == "xor-all", rec
+        for key in rec["global_keys"]:
+            parts = [part["paths"] for part in sorted(key["parts"], key=lambda x: x["segment"])]
+            kb = brute(g, rd, parts)
+            assert abs(key["security"] - kb["security"]) <= TOL, (rd, kb)
+            assert key["security"] >= rec["epsilon"] - TOL
+
+
+# ---------------------------------------------------------------- networks
+
+def _graph(nodes: dict, links: list[tuple]) -> nx.Graph:
+    g = nx.Graph()
+    for v, attrs in nodes.items():
+        g.add_node(v, **attrs)
+    g.add_edges_from(links)
+    return g
+
+
+def four_paths() -> nx.Graph:
+    """0 -> 5, four node-disjoint two-hop paths, no trusted relay."""
+    ps = {1: 0.8, 2: 0.7, 3: 0.9, 4: 0.6}
+    nodes = {0: {"trusted": True}, 5: {"trusted": True}} | {v: {"p": q} for v, q in ps.items()}
+    return _graph(nodes, [(0, v) for v in ps] + [(v, 5) for v in ps])
+
+
+def risky_chain() -> nx.Graph:
+    """0 -> 9 through trusted relay 5 (p 0.95: a risky chain node) with three paths per segment, and trusted
+    relay 10 (p 0.9) that two paths of the first segment and one of the second cross (a risky relay shared)."""
+    nodes = {0: {}, 9: {}, 5: {"trusted": True, "p": 0.95}, 10: {"trusted": True, "p": 0.9}}
+    nodes[0] = {"p": 0.5}  # the source: its p must not count
+    nodes[9] = {"p": 0.5}  # the destination: idem
+    for v, q in {1: 0.8, 2: 0.7, 3: 0.85, 6: 0.75, 7: 0.9, 8: 0.65, 11: 0.8, 12: 0.7}.items():
+        nodes[v] = {"p": q}
+    links = [(0, 1), (1, 5), (0, 2), (2, 5), (0, 3), (3, 10), (10, 5), (0, 11), (11, 10),
+             (5, 6), (6, 9), (5, 7), (7, 9), (5, 8), (8, 9), (5, 12), (12, 10), (10, 9)]
+    return _graph(nodes, links)
+
+
+def mesh_no_trusted() -> nx.Graph:
+    """A 3x4 grid of untrusted nodes with corners 0 and 11: MSP's shared-relay walks cross each other."""
+    g = nx.convert_node_labels_to_integers(nx.grid_2d_graph(3, 4), ordering="sorted")
+    rnd = random.Random(4)
+    for v in g.nodes:
+        g.nodes[v]["p"] = round(rnd.uniform(0.6, 0.95), 3)
+    g.add_edges_from([(0, 5), (1, 6), (5, 10), (6, 11), (2, 7)])
+    return g
+
+
+def random_net(seed: int) -> nx.Graph:
+    rnd = random.Random(seed)
+    n = rnd.randint(7, 11)
+    while True:
+        g = nx.gnp_random_graph(n, rnd.uniform(0.35, 0.6), seed=rnd.randrange(10**6))
+        if nx.is_connected(g):
+            break
+    for v in g.nodes:
+        if rnd.random() < 0.2:
+            g.nodes[v]["trusted"] = True
+            if rnd.random() < 0.5:
+                g.nodes[v]["p"] = round(rnd.uniform(0.85, 0.99), 3)
+        else:
+            g.nodes[v]["p"] = round(rnd.uniform(0.5, 0.99), 3)
+    return g
+
+
+def _route(g, s, d, algorithm, T, **kw):
+    return qkdseg.route(qkdseg.Network(g), s, d, algorithm, sharing="threshold", tolerate=T, **kw)
+
+
+def _write(g: nx.Graph, path: Path) -> Path:
+    path.write_text(json.dumps(nx.node_link_data(g, edges="links")))
+    return path
+
+
+# ---------------------------------------------------------------- part 1: security
+
+ALGOS = [("smr", {}), ("smr-exact", {}), ("disjoint", {}), ("msp", {"shared_relays": True, "seed": 1}),
+         ("msp", {"shared_relays": True, "seed": 7}), ("smr-level", {"epsilon": 0.5})]
+
+
+@pytest.mark.parametrize("T", [1, 2])
+@pytest.mark.parametrize("name,build,s,d", [("four_paths", four_paths, 0, 5), ("risky_chain", risky_chain, 0, 9),
+                                            ("mesh", mesh_no_trusted, 0, 11)])
+def test_threshold_security_equals_brute_force_on_built_networks(name, build, s, d, T):
+    g = build()
+    checked = shared = 0
+    for algo, kw in ALGOS:
+        for extra in ({}, {"epsilon": 0.3}) if algo != "smr-level" else ({},):
+            try:
+                r = _route(g, s, d, algo, T, **kw, **extra)
+            except ValueError as e:  # refused: only when some segment has m <= T paths
+                assert "segment" in str(e) and f"tolerate {T}" in str(e), e
+                continue
+            rd = r.to_dict()
+            _check(g, rd, T)
+            checked += 1
+            shared += _shared_relays(rd)
+    assert checked >= 4, (name, T, checked)
+    if name in ("risky_chain", "mesh"):
+        assert shared, f"{name}: no route with a shared relay: the check does not cover shared relays"
+
+
+def test_threshold_security_equals_brute_force_on_random_networks():
+    checked = shared = refused = 0
+    for seed in range(40):
+        g = random_net(seed)
+        rnd = random.Random(1000 + seed)
+        s, d = rnd.sample(sorted(g.nodes), 2)
+        for T in (1, 2):
+            for algo, kw in ALGOS:
+                try:
+                    r = _route(g, s, d, algo, T, **kw)
+                except ValueError as e:
+                    assert "segment" in str(e) and f"tolerate {T}" in str(e), e
+                    refused += 1
+                    continue
+                rd = r.to_dict()
+                if rd["blocked"]:
+                    continue
+                risky = {v for seg in rd["segments"] for path in seg["paths"] for v in path[1:-1]}
+                if len(risky) > 18:
+                    continue
+                _check(g, rd, T)
+                checked += 1
+                shared += _shared_relays(rd)
+    print(f"random: {checked} routes checked, {shared} with a shared relay, {refused} refused (m <= T)")
+    assert checked >= 100 and shared >= 10 and refused >= 1, (checked, shared, refused)
+
+
+def test_cli_json_equals_brute_force_and_m_le_T_is_refused(tmp_path):
+    g = risky_chain()
+    f = _write(g, tmp_path / "net.json")
+    for algo, T, extra in (("smr", 1, []), ("smr", 2, ["--epsilon", "0.2"]), ("smr-exact", 1, []),
+                           ("msp", 1, ["--shared-relays", "--seed", "3"])):
+        out = subprocess.run(QKDSEG + ["route", str(f), "--src", "0", "--dst", "9", "--algorithm", algo,
+                                       "--sharing", "threshold", "--tolerate", str(T), "--format", "json", *extra],
+                             capture_output=True, text=True, timeout=scaled(120))
+        assert out.returncode == 0, out.stderr
+        rd = json.loads(out.stdout)
+        _check(g, rd, T)
+    # m <= T: smr routes as under XOR (docs/model.md 4a), so T = the fewest paths of a segment is refused
+    m_min = min(len(seg["paths"]) for seg in _route(g, 0, 9, "smr", 1).to_dict()["segments"])
+    out = subprocess.run(QKDSEG + ["route", str(f), "--src", "0", "--dst", "9", "--sharing", "threshold",
+                                   "--tolerate", str(m_min), "--format", "json"],
+                         capture_output=True, text=True, timeout=scaled(120))
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qkdseg: error:") and "segment" in lines[0], out.stderr
+    assert out.stdout == ""
+    # --tolerate without --sharing threshold is refused (docs/model.md: tolerate is 0 with xor)
+    out = subprocess.run(QKDSEG + ["route", str(f), "--src", "0", "--dst", "9", "--tolerate", "1"],
+                         capture_output=True, text=True, timeout=scaled(120))
+    assert out.returncode == 2 and out.stderr.startswith("qkdseg: error:"), out
+    out = subprocess.run(QKDSEG + ["route", str(f), "--src", "0", "--dst", "9", "--sharing", "threshold"],
+                         capture_output=True, text=True, timeout=scaled(120))
+    assert out.returncode == 2 and out.stderr.startswith("qkdseg: error:"), out
+
+
+def test_api_refuses_a_part_of_m_le_T_naming_the_segment():
+    g = four_paths()
+    with pytest.raises(ValueError, match="segment"):
+        _route(g, 0, 5, "smr", 4)
+    r = _route(g, 0, 5, "smr", 3)  # m = 4 > T = 3: k = 1, the key is secret iff all four paths are intact
+    rd = r.to_dict()
+    _check(g, rd, 3)
+    assert abs(rd["security"] - 0.8 * 0.7 * 0.9 * 0.6) <= TOL
