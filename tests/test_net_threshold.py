@@ -120,7 +120,9 @@ def test_t2_a_tampering_relay_is_corrected_and_named_at_its_end_and_the_controll
     _restart(four, four.names["7"], hostile=True)
     four.hostile_file.write_text(json.dumps({"corrupt": ["pieces"]}))
     try:
-        for _ in range(4):
+        # three runs: the third report names relay 7 suspect, and a later request would be planned around it, which
+        # at level 0.3 and T = 2 the three paths left cannot meet (503: one clean clone of two under load saw it)
+        for _ in range(3):
             four.deliver("A", "0", "B", "10", size=264)  # a size no spare key has: each a relay run
     finally:
         four.hostile_file.write_text("{}")
