@@ -107,7 +107,7 @@ def _route(v) -> None:
 
 
 def _route_paths(v, nodes: int) -> list:
-    """An issue's relays: node ids per segment, per path (each path at most every node once)."""
+    """An issue's relays: node ids per segment, per path (a path of 2 to as many ids as the network has nodes)."""
     ok = isinstance(v, list) and len(v) <= nodes and all(
         isinstance(seg, list) and len(seg) <= 4096 and all(
             isinstance(p, list) and 2 <= len(p) <= nodes and all(isinstance(x, str) and len(x) <= 64 for x in p)
