@@ -117,6 +117,11 @@ def _status_rows(n: Net) -> list[dict]:
 def test_sae_add_delivers_without_restart_and_sae_remove_voids_its_waiting_keys(grown):
     n = grown
     pids = _pids(n)
+    bad = n.dir.parent / "bad-ca.key"
+    bad.write_text("garbage\n")
+    r = _run("net", "sae", "add", str(n.dir), "E=2", "--ca-key", str(bad))  # the CA's key read before the change
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad-ca.key" in r.stderr, r.stderr
+    assert {row.get("topology_version") for row in _status_rows(n)} == {0}  # nothing registered anywhere
     out = _ok("sae", "add", str(n.dir), "E=2")
     assert out["topology_version"] == 1 and not out["not_applied"] and len(out["applied"]) == 11
     assert (n.dir / "pki" / "E.crt").exists()

@@ -157,3 +157,17 @@ def _removed_masks(network: Network, removed_nodes: Iterable[Hashable],
             raise InvalidRequest(f"link ({u!r}, {v!r}) is not in network {network.name!r}")
         rl[k] = True
     return rn, rl
+
+
+def check_tolerate_fits(arrays, tolerate: int, flag: str = "tolerate") -> None:
+    """Refuse a threshold tolerance ``T`` that no segment of the network can meet: a segment's paths are
+    link-disjoint, so it has at most as many as the smaller degree of its two ends (at most the network's
+    second-highest degree), and k-of-m sharing needs ``m > T``; every request would be refused (too few paths)."""
+    if not tolerate:
+        return
+    degree = np.sort(np.bincount(np.concatenate([arrays.edge_u, arrays.edge_v]), minlength=arrays.n_nodes))
+    most = int(degree[-2]) if len(degree) >= 2 else 0
+    if tolerate >= most:
+        raise InvalidRequest(f"{flag} {tolerate}: no segment of this network has more than {most} paths (they are "
+                             f"link-disjoint: at most the smaller degree of its two ends), and threshold sharing needs "
+                             f"at least T + 1 = {tolerate + 1}: every request would be refused; T must be below {most}")
