@@ -825,6 +825,11 @@ case("net-add-link-sealed-seeds-binary", AL, w("net/nodes/0/links.sealed.json", 
 case("net-add-link-net-json-version-text", AL, jedit("net/controller/net.json", lambda v: {**v, "topology_version": "x"}),
      "field 'topology_version'")
 case("net-add-link-kms-toml-binary", AL, w("net/controller/kms.toml", GARBAGE), "kms.toml")
+case("net-add-link-kms-toml-network-number", AL, tset("net/controller/kms.toml", "network", "5"), "field 'network'")
+case("net-add-link-network-json-binary", AL, both(tset("net/controller/kms.toml", "network", '"network.json"'),
+                                                  w("net/controller/network.json", GARBAGE)), "network.json")
+case("net-sae-remove-stock-pairs-text", ["net", "sae", "remove", "net", "A"],
+     append("net/controller/kms.toml", '\n[stock]\npairs = "A:B"\n'), "field 'stock'")
 case("net-remove-link-no-such-link", ["net", "remove-link", "net", "0", "7"], None, "(0, 7): no such link")
 case("net-remove-link-unknown-node", ["net", "remove-link", "net", "0", "x"], None, "'x'")
 case("net-remove-link-not-up", ["net", "remove-link", "net", "0", "1"], None, "does not answer")
@@ -879,6 +884,10 @@ case("net-clear-suspect-controller-key-garbage", ["net", "clear-suspect", "net",
      w("net/controller/controller.key", "garbage\n"), "controller.key")
 case("net-status-net-json-address-space", ["net", "status", "net"],
      jedit("net/controller/net.json", lambda v: v["nodes"][0].update(address="my host:19801")), "field 'nodes'")
+case("controller-net-json-version-negative", CS, jedit("net/controller/net.json", lambda v: {**v, "topology_version": -1}),
+     "field 'topology_version'")
+case("controller-net-json-removed-a-list", CS, jedit("net/controller/net.json", lambda v: {**v, "removed": ["1"]}),
+     "field 'removed'")
 case("node-json-topology-version-text", NS, jedit("net/nodes/0/node.json", lambda v: {**v, "topology_version": "x"}),
      "field 'topology_version'")
 case("net-init-sharing-bogus", ["net", "init", "n", *NI, "--sharing", "shamir"], None, "--sharing 'shamir'")

@@ -103,9 +103,13 @@ def _kms_config(c: Path, load_config):
 
     try:
         raw = tomllib.loads((c / "kms.toml").read_text())
-        return KmsConfig(**{**raw, "saes": {str(k): str(v) for k, v in raw["saes"].items()}}, _dir=c)
+        cfg = KmsConfig(**{**raw, "saes": {str(k): str(v) for k, v in raw["saes"].items()}}, _dir=c)
     except Exception:  # noqa: BLE001 -- damaged or missing: named by the full load
         return load_config(c)
+    check_fields(c / "kms.toml", "the controller's configuration", [  # the fields a change reads
+        ("network", lambda: isinstance(cfg.network, str) and bool(cfg.network)),
+        ("kme_id", lambda: isinstance(cfg.kme_id, str)), ("stock", lambda: isinstance(cfg.stock.get("pairs", []), list))])
+    return cfg
 
 
 def _node_link_data(network) -> dict:
