@@ -900,6 +900,10 @@ case("net-init-threshold-without-tolerate", ["net", "init", "n", *NI, "--sharing
 case("net-init-tolerate-with-paper", ["net", "init", "n", *NI, "--tolerate", "1", "--reconstruction", "paper"], None,
      "--reconstruction paper")
 case("net-init-tolerate-never-met", ["net", "init", "n", *NI, "--tolerate", "4"], None, "--tolerate 4: no segment")
+case("net-init-tolerate-with-single", ["net", "init", "n", *NI, "--algorithm", "single", "--tolerate", "1"], None,
+     "--algorithm single routes one path")
+case("net-init-tolerate-above-max-paths", ["net", "init", "n", *NI, "--algorithm-option", "max_paths=2", "--tolerate",
+                                           "2"], None, "max_paths=2")
 case("kms-init-tolerate-never-met", ["kms", "init", "k", *KI, "--tolerate", "4"], None, "--tolerate 4: no segment")
 case("kms-init-sharing-bogus", ["kms", "init", "k", *KI, "--sharing", "XOR"], None, "--sharing 'XOR'")
 case("kms-init-threshold-tolerate-0", ["kms", "init", "k", *KI, "--sharing", "threshold", "--tolerate", "0"], None,

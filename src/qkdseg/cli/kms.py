@@ -108,7 +108,7 @@ def init(
     cfg.check(flags=INIT_FLAGS)
     from ..api.checks import check_tolerate_fits
 
-    check_tolerate_fits(net.arrays, cfg.tolerate, "--tolerate")
+    check_tolerate_fits(net.arrays, cfg.tolerate, "--tolerate", cfg.algorithm, cfg.algorithm_options)
     devices = directory / "devices"
     if link_source == "device" and (devices / "device.toml").exists() and not force:
         raise InvalidRequest(f"{devices / 'device.toml'}: already exists (use --force to rewrite it)")

@@ -383,7 +383,7 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
     cfg.check(flags=INIT_FLAGS)
     from ..api.checks import check_tolerate_fits
 
-    check_tolerate_fits(net.arrays, tolerate, "--tolerate")
+    check_tolerate_fits(net.arrays, tolerate, "--tolerate", algorithm, cfg.algorithm_options)
     stocked = cfg.stock_config()
     ids = list(net.graph.nodes)
     if len(ids) > 200_000:
