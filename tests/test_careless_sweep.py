@@ -813,6 +813,9 @@ case("net-add-link-format", [*AL, "--format", "xml"], None, "--format")
 case("net-add-link-storage-key-missing", AL, rm("net/nodes/7/storage.key"), "nodes/7/storage.key")
 case("net-add-link-admin-crt-garbage", AL, w("net/pki/admin.crt", "garbage\n"), "admin.crt")
 case("net-add-link-admin-key-missing", AL, rm("net/pki/admin.key"), "admin.key: no such file")
+case("net-add-link-admin-crt-of-a-node", AL, both(copy("net/nodes/1/node.crt", "net/pki/admin.crt"),
+                                                  copy("net/nodes/1/node.key", "net/pki/admin.key")),
+     "admin.crt: not the admin's certificate (its role: node 1)")
 case("net-add-link-nodes-json-binary", AL, w("net/nodes.json", GARBAGE), "nodes.json")
 case("net-add-link-nodes-json-a-number", AL, jedit("net/nodes.json", lambda v: {**v, "3": 5}), "field '3'")
 case("net-add-link-nodes-json-a-node-missing", AL, jedit("net/nodes.json", lambda v: v.pop("7") and None),

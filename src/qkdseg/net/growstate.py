@@ -130,7 +130,17 @@ def _client(d: Path):
         raise InvalidRequest(f"{gone}: no such file (the admin's certificate and key: net init makes DIR/pki/admin.crt "
                              "and .key since changes of membership exist; an older deployment: 'qkdseg net init "
                              "--force' or issue one for the role urn:qkdseg:admin with the network's CA)")
-    return client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+    ctx = client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+    from cryptography import x509
+
+    from .wire import role_of
+
+    role = role_of(x509.load_pem_x509_certificate((pki / "admin.crt").read_bytes()))
+    if role is None or role.kind != "admin":  # refused with 403 by every process, after DIR was written
+        raise InvalidRequest(f"{pki / 'admin.crt'}: not the admin's certificate (its role: "
+                             f"{'none' if role is None else ' '.join(filter(None, (role.kind, role.ident)))}); "
+                             "a change of membership is taken from the role urn:qkdseg:admin only")
+    return ctx
 
 
 def _controller_up(d: Path, address: str) -> None:
