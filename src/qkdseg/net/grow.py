@@ -135,9 +135,9 @@ def _with_links(dep: Deployment, op: str, pairs: list, rate: float | None, ch: C
     for a, b in pairs:
         a, b = _oriented(ch.network, a, b)
         data = ch.network.graph.edges[a, b]
-        for end in (a, b):
+        for end in (a, b):  # an entry left by a change the controller refused (DIR written first) is replaced
             conf = ch.confs[str(end)]
-            conf["links"] = [*conf["links"], _entry(ch, end, a, b, data)]
+            conf["links"] = [*(lk for lk in conf["links"] if set(lk["link"]) != {a, b}), _entry(ch, end, a, b, data)]
         ch.new_seed(a, b)
     return ch
 
