@@ -863,6 +863,8 @@ case("net-add-node-ca-key-garbage", [*AN, "--ca-key", "g.key"], w("g.key", "garb
 case("net-add-node-ca-key-missing", [*AN, "--ca-key", "nosuch.key"], None, "nosuch.key")
 case("net-add-node-ca-key-of-an-sae", [*AN, "--ca-key", "net/pki/A.key"], None, "A.key: not the private key of")
 case("net-add-node-ca-key-kept-elsewhere", AN, rm("net/pki/ca.key"), "--ca-key")
+case("net-add-node-ca-key-in-pki-garbage", AN, w("net/pki/ca.key", "garbage\n"), "net/pki/ca.key: not an unencrypted")
+case("net-sae-add-ca-key-in-pki-garbage", [*SA, "C=3"], w("net/pki/ca.key", "garbage\n"), "net/pki/ca.key")
 case("net-sae-add-no-equals", [*SA, "C"], None, "SAE_ID=NODE")
 case("net-sae-add-empty", [*SA, ""], None, "SAE_ID=NODE")
 case("net-sae-add-no-node", [*SA, "C="], None, "SAE_ID=NODE")
@@ -1196,7 +1198,8 @@ def test_a_bad_tuning_variable_is_one_line(base, tmp_path, variable, value, argv
                       f"{'whole ' if variable == 'QKDSEG_LEASE_TTL_S' else ''}number above 0\n", r.stderr
 
 
-@pytest.mark.parametrize("cid", ["kms-serve-toml-ttl-inf", "node-relay-sqlite-binary", "net-up-cluster-wrong-shape"])
+@pytest.mark.parametrize("cid", ["kms-serve-toml-ttl-inf", "node-relay-sqlite-binary", "net-up-cluster-wrong-shape",
+                                 "net-sae-add-ca-key-garbage"])
 def test_end_to_end(base, tmp_path, cid):
     """A few cases as their own ``python -m qkdseg`` process: the real exit path."""
     argv, damage, needle = next((c[1], c[2], c[3]) for c in CASES if c[0] == cid)
