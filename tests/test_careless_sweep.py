@@ -793,6 +793,143 @@ case("device-toml-links-empty", DS, lines_edit("kmsdev/devices/device.toml", lam
 case("device-toml-sae-twice", DS, tsub("kmsdev/devices/device.toml", 'b_sae = "link0-b"', 'b_sae = "link0-a"'),
      "used twice")
 
+# -- growing and shrinking a network (issue 37), clear-suspect and threshold sharing (issue 40) ------------------
+# A change of membership checks its values, then the deployment's files, then asks the controller (not running
+# here: "does not answer"), then writes: every refusal but the last leaves DIR as it was.
+AL = ["net", "add-link", "net", "0", "7"]
+AN = ["net", "add-node", "net", "--id", "10", "--address", "127.0.0.40:19801", "--link", "0"]
+SA = ["net", "sae", "add", "net"]
+case("net-add-link-not-up", AL, None, "the controller at 127.0.0.1:19801 does not answer")
+case("net-add-link-a-kms-directory", ["net", "add-link", "kms", "0", "7"], None, "kms: not a network directory")
+case("net-add-link-missing", ["net", "add-link", "nosuch", "0", "7"], None, "nosuch")
+case("net-add-link-unknown-node", ["net", "add-link", "net", "0", "99"], None, "'99': not a node of the network")
+case("net-add-link-to-itself", ["net", "add-link", "net", "3", "3"], None, "not linked to itself")
+case("net-add-link-exists", ["net", "add-link", "net", "0", "1"], None, "(0, 1): exists already")
+case("net-add-link-rate-0", [*AL, "--rate", "0"], None, "--rate 0")
+case("net-add-link-rate-nan", [*AL, "--rate", "nan"], None, "--rate nan")
+case("net-add-link-rate-inf", [*AL, "--rate", "inf"], None, "--rate inf")
+case("net-add-link-rate-text", [*AL, "--rate", "fast"], None, "--rate")
+case("net-add-link-format", [*AL, "--format", "xml"], None, "--format")
+case("net-add-link-storage-key-missing", AL, rm("net/nodes/7/storage.key"), "nodes/7/storage.key")
+case("net-add-link-admin-crt-garbage", AL, w("net/pki/admin.crt", "garbage\n"), "admin.crt")
+case("net-add-link-admin-key-missing", AL, rm("net/pki/admin.key"), "admin.key: no such file")
+case("net-add-link-admin-crt-of-a-node", AL, both(copy("net/nodes/1/node.crt", "net/pki/admin.crt"),
+                                                  copy("net/nodes/1/node.key", "net/pki/admin.key")),
+     "admin.crt: not the admin's certificate (its role: node 1)")
+case("net-add-link-nodes-json-binary", AL, w("net/nodes.json", GARBAGE), "nodes.json")
+case("net-add-link-nodes-json-a-number", AL, jedit("net/nodes.json", lambda v: {**v, "3": 5}), "field '3'")
+case("net-add-link-nodes-json-a-node-missing", AL, jedit("net/nodes.json", lambda v: v.pop("7") and None),
+     "nodes.json: the network's list of nodes is damaged: node 7")
+case("net-add-link-node-json-binary", AL, w("net/nodes/0/node.json", GARBAGE), "nodes/0/node.json")
+case("net-add-link-node-json-of-another-node", AL, copy("net/nodes/1/node.json", "net/nodes/0/node.json"),
+     "nodes/0/node.json")
+case("net-add-link-node-directory-missing", AL, rm("net/nodes/3"), "nodes/3")
+case("net-add-link-sealed-seeds-binary", AL, w("net/nodes/0/links.sealed.json", GARBAGE), "nodes/0/links.sealed.json")
+case("net-add-link-net-json-version-text", AL, jedit("net/controller/net.json", lambda v: {**v, "topology_version": "x"}),
+     "field 'topology_version'")
+case("net-add-link-kms-toml-binary", AL, w("net/controller/kms.toml", GARBAGE), "kms.toml")
+case("net-add-link-kms-toml-network-number", AL, tset("net/controller/kms.toml", "network", "5"), "field 'network'")
+case("net-add-link-network-json-binary", AL, both(tset("net/controller/kms.toml", "network", '"network.json"'),
+                                                  w("net/controller/network.json", GARBAGE)), "network.json")
+case("net-sae-remove-stock-pairs-text", ["net", "sae", "remove", "net", "A"],
+     append("net/controller/kms.toml", '\n[stock]\npairs = "A:B"\n'), "field 'stock'")
+case("net-remove-link-no-such-link", ["net", "remove-link", "net", "0", "7"], None, "(0, 7): no such link")
+case("net-remove-link-unknown-node", ["net", "remove-link", "net", "0", "x"], None, "'x'")
+case("net-remove-link-not-up", ["net", "remove-link", "net", "0", "1"], None, "does not answer")
+case("net-remove-node-unknown", ["net", "remove-node", "net", "99"], None, "'99': not a node")
+case("net-remove-node-twice", ["net", "remove-node", "net", "99"], jedit("net/controller/net.json", lambda v: {
+    **v, "removed": {"99": "net remove-node, topology version 3"}}), "'99': was removed from the network")
+case("net-remove-node-of-an-sae-leaving-one", ["net", "remove-node", "net", "0"], None, "would leave 1 SAE(s) (B)")
+case("net-remove-node-not-up", ["net", "remove-node", "net", "5"], None, "does not answer")
+case("net-add-node-not-up", AN, None, "does not answer")
+case("net-add-node-p-0-is-fine", [*AN, "--p", "0"], None, "does not answer")
+case("net-add-node-id-exists", [*AN[:4], "3", *AN[5:]], None, "--id 3: a node of that id")
+case("net-add-node-id-empty", [*AN[:4], "", *AN[5:]], None, "--id ''")
+case("net-add-node-id-space", [*AN[:4], "new node", *AN[5:]], None, "--id 'new node'")
+case("net-add-node-id-text-in-numbered-network", [*AN[:4], "x", *AN[5:]], None, "node ids are whole numbers")
+case("net-add-node-address-no-port", [*AN[:6], "127.0.0.40", *AN[7:]], None, "--address '127.0.0.40'")
+case("net-add-node-address-port-0", [*AN[:6], "127.0.0.40:0", *AN[7:]], None, "--address '127.0.0.40:0'")
+case("net-add-node-address-port-70000", [*AN[:6], "127.0.0.40:70000", *AN[7:]], None, "--address '127.0.0.40:70000'")
+case("net-add-node-address-host-space", [*AN[:6], "my host:19801", *AN[7:]], None, "'my host'")
+case("net-add-node-address-taken", [*AN[:6], "127.0.0.2:19801", *AN[7:]], None, "--address 127.0.0.2:19801: another")
+case("net-add-node-no-link", AN[:7], None, "--link")
+case("net-add-node-link-twice", [*AN, "--link", "0"], None, "--link 0: given twice")
+case("net-add-node-link-unknown", [*AN[:8], "99"], None, "--link '99'")
+case("net-add-node-p-1.5", [*AN, "--p", "1.5"], None, "--p 1.5")
+case("net-add-node-p-nan", [*AN, "--p", "nan"], None, "--p nan")
+case("net-add-node-trusted-with-p", [*AN, "--trusted", "--p", "0.5"], None, "--p 0.5 with --trusted")
+case("net-add-node-rate-neg", [*AN, "--rate", "-1"], None, "--rate -1")
+case("net-add-node-ca-key-garbage", [*AN, "--ca-key", "g.key"], w("g.key", "garbage\n"), "g.key")
+case("net-add-node-ca-key-missing", [*AN, "--ca-key", "nosuch.key"], None, "nosuch.key")
+case("net-add-node-ca-key-of-an-sae", [*AN, "--ca-key", "net/pki/A.key"], None, "A.key: not the private key of")
+case("net-add-node-ca-key-kept-elsewhere", AN, rm("net/pki/ca.key"), "--ca-key")
+case("net-add-node-ca-key-in-pki-garbage", AN, w("net/pki/ca.key", "garbage\n"), "net/pki/ca.key: not an unencrypted")
+case("net-sae-add-ca-key-in-pki-garbage", [*SA, "C=3"], w("net/pki/ca.key", "garbage\n"), "net/pki/ca.key")
+case("net-sae-add-no-equals", [*SA, "C"], None, "SAE_ID=NODE")
+case("net-sae-add-empty", [*SA, ""], None, "SAE_ID=NODE")
+case("net-sae-add-no-node", [*SA, "C="], None, "SAE_ID=NODE")
+case("net-sae-add-unknown-node", [*SA, "C=99"], None, "'99': not a node")
+case("net-sae-add-bad-id", [*SA, "C D=3"], None, "'C D'")
+case("net-sae-add-unicode", [*SA, "Ç=3"], None, "Ç")
+case("net-sae-add-registered", [*SA, "A=3"], None, "registered already")
+case("net-sae-add-a-kme-id", [*SA, "KME_3=3"], None, "the KME id of node 3")
+case("net-sae-add-ca-key-garbage", [*SA, "C=3", "--ca-key", "g.key"], w("g.key", "garbage\n"), "g.key")
+case("net-sae-add-ca-crt-garbage", [*SA, "C=3"], w("net/pki/ca.crt", "garbage\n"), "ca.crt")
+case("net-sae-add-not-up", [*SA, "C=3"], None, "does not answer")
+case("net-sae-remove-unknown", ["net", "sae", "remove", "net", "Z"], None, "'Z' is not registered")
+case("net-sae-remove-empty", ["net", "sae", "remove", "net", ""], None, "'' is not registered")
+case("net-sae-remove-leaving-one", ["net", "sae", "remove", "net", "A"], None, "would leave 1 SAE(s) (B)")
+case("net-sae-remove-stocked", ["net", "sae", "remove", "net", "C"], both(
+    tsub("net/controller/kms.toml", '"B" = "7"', '"B" = "7"\n"C" = "3"'),
+    append("net/controller/kms.toml", '\n[stock]\npairs = ["A:C"]\n')), "A:C keeps a key stock")
+case("net-clear-suspect-a-kms-directory", ["net", "clear-suspect", "kms", "0"], None, "kms")
+case("net-clear-suspect-unknown-node", ["net", "clear-suspect", "net", "99"], None, "NODE '99': not a node")
+case("net-clear-suspect-not-up", ["net", "clear-suspect", "net", "1"], None, "does not answer")
+case("net-clear-suspect-controller-key-garbage", ["net", "clear-suspect", "net", "1"],
+     w("net/controller/controller.key", "garbage\n"), "controller.key")
+case("net-status-net-json-address-space", ["net", "status", "net"],
+     jedit("net/controller/net.json", lambda v: v["nodes"][0].update(address="my host:19801")), "field 'nodes'")
+case("controller-net-json-version-negative", CS, jedit("net/controller/net.json", lambda v: {**v, "topology_version": -1}),
+     "field 'topology_version'")
+case("controller-net-json-removed-a-list", CS, jedit("net/controller/net.json", lambda v: {**v, "removed": ["1"]}),
+     "field 'removed'")
+case("node-json-topology-version-text", NS, jedit("net/nodes/0/node.json", lambda v: {**v, "topology_version": "x"}),
+     "field 'topology_version'")
+case("net-init-sharing-bogus", ["net", "init", "n", *NI, "--sharing", "shamir"], None, "--sharing 'shamir'")
+case("net-init-tolerate-neg", ["net", "init", "n", *NI, "--tolerate", "-1"], None, "--tolerate -1")
+case("net-init-tolerate-text", ["net", "init", "n", *NI, "--tolerate", "two"], None, "--tolerate")
+case("net-init-tolerate-255", ["net", "init", "n", *NI, "--tolerate", "255"], None, "--tolerate 255")
+case("net-init-tolerate-with-xor", ["net", "init", "n", *NI, "--sharing", "xor", "--tolerate", "1"], None,
+     "--tolerate 1 needs --sharing threshold")
+case("net-init-threshold-without-tolerate", ["net", "init", "n", *NI, "--sharing", "threshold"], None, "--tolerate")
+case("net-init-tolerate-with-paper", ["net", "init", "n", *NI, "--tolerate", "1", "--reconstruction", "paper"], None,
+     "--reconstruction paper")
+case("net-init-tolerate-never-met", ["net", "init", "n", *NI, "--tolerate", "4"], None, "--tolerate 4: no segment")
+case("net-init-tolerate-with-single", ["net", "init", "n", *NI, "--algorithm", "single", "--tolerate", "1"], None,
+     "--algorithm single routes one path")
+case("net-init-tolerate-above-max-paths", ["net", "init", "n", *NI, "--algorithm-option", "max_paths=2", "--tolerate",
+                                           "2"], None, "max_paths=2")
+case("kms-init-tolerate-never-met", ["kms", "init", "k", *KI, "--tolerate", "4"], None, "--tolerate 4: no segment")
+case("kms-init-sharing-bogus", ["kms", "init", "k", *KI, "--sharing", "XOR"], None, "--sharing 'XOR'")
+case("kms-init-threshold-tolerate-0", ["kms", "init", "k", *KI, "--sharing", "threshold", "--tolerate", "0"], None,
+     "--tolerate")
+case("simulate-relay-failure-1.5", [*SIM, "--relay-failure", "1.5"], None, "--relay-failure")
+case("simulate-relay-failure-nan", [*SIM, "--relay-failure", "nan"], None, "--relay-failure")
+case("simulate-relay-failure-neg", [*SIM, "--relay-failure", "-0.1"], None, "--relay-failure")
+case("simulate-tolerate-without-sharing", [*SIM, "--tolerate", "1"], None, "--tolerate 1 needs --sharing")
+case("simulate-sharing-bogus", [*SIM, "--sharing", "shamir"], None, "shamir")
+case("simulate-threshold-without-tolerate", [*SIM, "--sharing", "threshold"], None, "tolerate")
+case("simulate-tolerate-never-met", [*SIM, "--sharing", "threshold", "--tolerate", "4"], None, "--tolerate 4")
+case("simulate-relay-failure-with-supply", [*SIM, "--supply", "on-demand", "--relay-failure", "0.1"], None,
+     "--relay-failure")
+STUDY_T = ["study", "--threshold", "--out", "o", "-q"]
+case("study-threshold-replications-1", [*STUDY_T, "--replications", "1"], None, "--replications")
+case("study-threshold-requests-1", [*STUDY_T, "--requests", "1"], None, "--requests")
+case("study-threshold-workers-0", [*STUDY_T, "--workers", "0"], None, "--workers")
+case("study-threshold-with-p", [*STUDY_T, "--p", "0.5"], None, "--p does not apply to study --threshold")
+case("study-replications-without-threshold", ["study", "--replications", "3", "--out", "o", "-q"], None,
+     "--replications needs --threshold")
+
 if os.geteuid() != 0:  # root reads and writes through any mode
     case("kms-serve-toml-unreadable", KS, lambda d: os.chmod(d / "kms/kms.toml", 0), "kms.toml")
     case("node-json-unreadable", NS, lambda d: os.chmod(d / "net/nodes/0/node.json", 0), "permission denied")
@@ -1022,7 +1159,8 @@ def test_the_sweep_is_wide(outcomes):
     for command in ("route", "emulate", "demo", "reproduce", "plot", "study", "simulate", "place", "topology show",
                     "topology generate", "kms init", "kms serve", "kms status", "kms audit", "kms rotate-storage-key",
                     "kms sae", "kms demo", "device serve", "net init", "net up", "net down", "net status",
-                    "net fault", "net chaos", "node serve", "controller serve"):
+                    "net fault", "net chaos", "node serve", "controller serve", "net add-link", "net add-node",
+                    "net remove-link", "net remove-node", "net sae", "net clear-suspect"):
         assert command in groups, command
     slow = {k: v["seconds"] for k, v in outcomes.items() if isinstance(v, dict) and v["seconds"] > 20}
     assert not slow, slow
@@ -1060,7 +1198,8 @@ def test_a_bad_tuning_variable_is_one_line(base, tmp_path, variable, value, argv
                       f"{'whole ' if variable == 'QKDSEG_LEASE_TTL_S' else ''}number above 0\n", r.stderr
 
 
-@pytest.mark.parametrize("cid", ["kms-serve-toml-ttl-inf", "node-relay-sqlite-binary", "net-up-cluster-wrong-shape"])
+@pytest.mark.parametrize("cid", ["kms-serve-toml-ttl-inf", "node-relay-sqlite-binary", "net-up-cluster-wrong-shape",
+                                 "net-sae-add-ca-key-garbage"])
 def test_end_to_end(base, tmp_path, cid):
     """A few cases as their own ``python -m qkdseg`` process: the real exit path."""
     argv, damage, needle = next((c[1], c[2], c[3]) for c in CASES if c[0] == cid)

@@ -117,6 +117,11 @@ def _status_rows(n: Net) -> list[dict]:
 def test_sae_add_delivers_without_restart_and_sae_remove_voids_its_waiting_keys(grown):
     n = grown
     pids = _pids(n)
+    bad = n.dir.parent / "bad-ca.key"
+    bad.write_text("garbage\n")
+    r = _run("net", "sae", "add", str(n.dir), "E=2", "--ca-key", str(bad))  # the CA's key read before the change
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad-ca.key" in r.stderr, r.stderr
+    assert {row.get("topology_version") for row in _status_rows(n)} == {0}  # nothing registered anywhere
     out = _ok("sae", "add", str(n.dir), "E=2")
     assert out["topology_version"] == 1 and not out["not_applied"] and len(out["applied"]) == 11
     assert (n.dir / "pki" / "E.crt").exists()
@@ -265,8 +270,11 @@ def test_a_node_adds_a_link_then_destroys_its_key_and_voids_a_removed_saes_keys(
     sent = []
     monkeypatch.setattr(growstate, "_controller_up", lambda *a: None)
     monkeypatch.setattr(growstate, "_post", lambda ctx, addr, body, timeout=20.0: (sent.append(body), (False, "test"))[1])
-    with pytest.raises(Exception, match="goes through the running controller"):
-        grow.add_link(d, "0", "7")
+    for _ in range(2):  # the command run again (the controller refused it after DIR was written): one entry
+        with pytest.raises(Exception, match="goes through the running controller"):
+            grow.add_link(d, "0", "7")
+    assert [set(lk["link"]) for lk in json.loads((d / "nodes" / "0" / "node.json").read_text())["links"]].count(
+        {0, 7}) == 1
     body = next(b for b in sent if b.get("conf", {}).get("id") == 0)
     nd = d / "nodes" / "0"
     conf = json.loads((nd / "node.json").read_text())  # node 0 as it ran before the change

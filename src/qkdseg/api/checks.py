@@ -157,3 +157,26 @@ def _removed_masks(network: Network, removed_nodes: Iterable[Hashable],
             raise InvalidRequest(f"link ({u!r}, {v!r}) is not in network {network.name!r}")
         rl[k] = True
     return rn, rl
+
+
+def check_tolerate_fits(arrays, tolerate: int, flag: str = "tolerate", algorithm: str | None = None,
+                        options: dict | None = None) -> None:
+    """Refuse a threshold tolerance ``T`` that no segment can meet, every request refused (too few paths): k-of-m
+    sharing needs ``m > T`` paths, and a segment's paths are link-disjoint, so it has at most as many as the
+    smaller degree of its two ends (at most the network's second-highest degree); ``algorithm`` ``single`` routes
+    one path a segment, and an algorithm's ``max_paths`` option at most that many."""
+    if not tolerate:
+        return
+    degree = np.sort(np.bincount(np.concatenate([arrays.edge_u, arrays.edge_v]), minlength=arrays.n_nodes))
+    most = int(degree[-2]) if len(degree) >= 2 else 0
+    why = (f"no segment of this network has more than {most} paths (they are link-disjoint: at most the smaller "
+           "degree of its two ends)")
+    cap = (options or {}).get("max_paths")
+    if algorithm == "single" or (isinstance(cap, int) and not isinstance(cap, bool) and cap < most):
+        most = 1 if algorithm == "single" else cap
+        why = ("--algorithm single routes one path a segment" if algorithm == "single" else
+               f"the algorithm's max_paths={cap} allows at most {cap} paths a segment")
+    if tolerate >= most:
+        raise InvalidRequest(f"{flag} {tolerate}: {why}, and threshold sharing needs at least T + 1 = "
+                             f"{tolerate + 1}: every request would be refused; "
+                             + (f"T must be below {most}" if most > 1 else "it needs an algorithm of several paths"))

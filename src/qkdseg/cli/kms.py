@@ -106,6 +106,9 @@ def init(
                     stock=stock_table(stock, stock_keys, stock_level, stock_size, security_level=security_level,
                                       key_size=key_size, policy=stock_policy, hit=stock_hit))
     cfg.check(flags=INIT_FLAGS)
+    from ..api.checks import check_tolerate_fits
+
+    check_tolerate_fits(net.arrays, cfg.tolerate, "--tolerate", cfg.algorithm, cfg.algorithm_options)
     devices = directory / "devices"
     if link_source == "device" and (devices / "device.toml").exists() and not force:
         raise InvalidRequest(f"{devices / 'device.toml'}: already exists (use --force to rewrite it)")

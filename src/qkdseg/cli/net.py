@@ -317,6 +317,7 @@ def _clear_suspect(directory, node: str) -> dict:
     import httpx
 
     from ..net.procs import processes
+    from ..net.tlsfail import describe
     from ..net.wire import client_context
 
     d = Path(directory)
@@ -324,13 +325,17 @@ def _clear_suspect(directory, node: str) -> dict:
     if not (c / "controller.crt").exists():
         raise InvalidRequest(f"{d}: not a network's directory (no controller/controller.crt; run 'qkdseg net init')")
     ctx = client_context(c / "controller.crt", c / "controller.key", c / "ca.crt")
+    procs = processes(d)
+    nodes = [p["node"] for p in procs if p["role"] == "node"]
+    if str(node) not in nodes:  # the controller would say so: said before asking it
+        raise InvalidRequest(f"NODE {node!r}: not a node of the network ({', '.join(nodes[:20])})")
     why = "no controller is configured"
-    for p in [p for p in processes(d) if p["role"] == "controller"]:
+    for p in [p for p in procs if p["role"] == "controller"]:
         try:
             with httpx.Client(verify=ctx, timeout=10.0) as cl:
                 r = cl.post(f"https://{p['address']}/control/v1/suspects/clear", json={"node": str(node)})
         except httpx.HTTPError as err:
-            why = f"the controller at {p['address']} does not answer ({type(err).__name__}; is the network up?)"
+            why = f"the controller at {p['address']} does not answer ({describe(err)}; is the network up?)"
             continue
         if r.status_code == 200:
             return r.json()

@@ -37,6 +37,8 @@ def _say(out: dict, fmt: str) -> None:
                f"process(es) in {out['seconds']:.2f} s")
     for v, why in out["not_applied"].items():
         typer.echo(f"  node {v}: {why} (it reads the change from its files at its next start)")
+    for v in out.get("unlinked", []):
+        typer.echo(f"  node {v}: no link left (no key reaches its SAEs until 'qkdseg net add-link')")
     for k in ("directory", "bundle", "certificate"):
         if k in out:
             typer.echo(f"  {k}: {out[k]}")
@@ -115,7 +117,7 @@ def add_node(
     link: Annotated[list[str], typer.Option("--link", help="A node to link it to (repeat).", show_default=False)],
     trusted: Annotated[bool, typer.Option("--trusted", help="A trusted relay.")] = False,
     p: Annotated[float | None, typer.Option("--p", help="An untrusted node's probability of not being "
-                                                        "compromised (default 0.8; trusted: 1).",
+                                                        "compromised (default 0.8; a trusted one's is 1).",
                                             show_default=False)] = None,
     rate: _RATE = None,
     ca_key: _CA_KEY = None,

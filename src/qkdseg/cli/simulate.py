@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import InvalidRequest
 from .common import (NET_HELP, OUT_PATH, Backend, Scheme, Sharing, _check_number, _check_out_dir, _check_range,
-                     _check_seed, _console, _load, _txt, staged_output)
+                     _check_seed, _console, _load, _txt, sharing_fields, staged_output)
 from .errors import user_errors
 
 
@@ -91,7 +91,7 @@ def _run_supply(network, supply: str, *, out: Path, command: str, rate, rates, t
     typer.echo(f"wrote {', '.join(info['files'])}")
 
 
-def _shared_as(ctx: typer.Context, sharing, tolerate, relay_failure, reconstruction) -> dict:
+def _shared_as(ctx: typer.Context, network, sharing, tolerate, relay_failure, reconstruction) -> dict:
     """The run's ``reconstruction``, ``sharing``, ``tolerate`` and ``relay_failure`` (checked; the ones left
     at their defaults are left out): under threshold sharing the reconstruction is ``xor-all`` unless given."""
     from ..sim.engine import sim_sharing
@@ -102,7 +102,11 @@ def _shared_as(ctx: typer.Context, sharing, tolerate, relay_failure, reconstruct
     name = "threshold" if sharing is Sharing.threshold else "xor"
     if tolerate is not None and sharing is None:
         raise InvalidRequest(f"--tolerate {tolerate} needs --sharing threshold")
-    _, t, rec = sim_sharing(name, tolerate or 0, reconstruction.value if given or name == "xor" else None)
+    flags = sharing_fields(name, tolerate, reconstruction.value if given else None)  # one line naming the flag
+    _, t, rec = sim_sharing(name, flags["tolerate"], flags["reconstruction"])
+    from ..api.checks import check_tolerate_fits
+
+    check_tolerate_fits(network.arrays, t, "--tolerate")
     out: dict = {"reconstruction": rec}
     if sharing is not None:
         out.update(sharing=name, tolerate=t)
@@ -186,7 +190,7 @@ def simulate(
     network = _load(net, None)
     _check_out_dir(out)
     command = _sim_command(ctx.params)
-    shared = _shared_as(ctx, sharing, tolerate, relay_failure, reconstruction)
+    shared = _shared_as(ctx, network, sharing, tolerate, relay_failure, reconstruction)
     if supply is None:
         given = [f for f, v in (("--hop-latency", hop_latency), ("--stock-hit", stock_hit), ("--key-ttl", key_ttl),
                                 ("--supply-pairs", supply_pairs)) if v is not None]

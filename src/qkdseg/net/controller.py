@@ -40,9 +40,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import InvalidRequest, env_number
-from ..server.files import check_fields, load_json, port_of
+from ..server.files import check_fields, load_json
 from ..server.storehealth import CommitFailed
 from .capture import Capture
+from .inventory import split_address
 from . import membership
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
@@ -63,9 +64,12 @@ def load_net_conf(d: Path) -> dict:
 
     def nodes() -> None:
         for n in conf["nodes"]:
-            str(n["id"]), port_of(n["address"]), str(n["dir"]), list(n["saes"])
+            str(n["id"]), split_address(n["address"]), str(n["dir"]), list(n["saes"])
 
-    check_fields(path, "the network's layout", [("address", lambda: port_of(conf["address"])), ("nodes", nodes)])
+    version = conf.get("topology_version", 0)  # net add-node ... (.membership): a whole number >= 0
+    check_fields(path, "the network's layout", [("address", lambda: split_address(conf["address"])), ("nodes", nodes),
+                 ("topology_version", lambda: type(version) is int and version >= 0),
+                 ("removed", lambda: isinstance(conf.get("removed", {}), dict))])
     return conf
 
 

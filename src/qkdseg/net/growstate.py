@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..server.files import load_json, write_durably
+from ..server.files import REMAKE, check_fields, load_json, write_durably
 from .layout import link_name, seal
 
 
@@ -41,6 +41,9 @@ class Deployment:
 
 
 def load(directory: Path) -> Deployment:
+    """The deployment in ``DIR``, each file a change reads or rewrites checked first (a damaged one is one line
+    naming it and the field); no process is asked yet (:meth:`Change.ensure_up`), so a command's own refusals
+    (an unknown node, a link that exists, a bad value) come first, also while the network is down."""
     from ..server.config import load_config
     from ..topology import load as load_network
     from .controller import load_net_conf
@@ -55,13 +58,39 @@ def load(directory: Path) -> Deployment:
     if net_conf.get("controllers"):
         raise InvalidRequest(f"{d}: replicated controllers: changes of membership are not supported for them yet")
     cfg = _kms_config(d / "controller", load_config)
-    _controller_up(d, net_conf["address"])
-    names = load_json(d / "nodes.json", "the network's list of nodes")
-    confs = {str(v): load_json(d / "nodes" / name / "node.json", "the node's configuration")
-             for v, name in names.items()}
     spec = cfg.network  # as the controller loads it (server.core.load_network, which would import the router)
-    return Deployment(d, net_conf, cfg, load_network(spec if spec == "example" or spec.startswith("topohub:")
-                                                     else str(cfg.path(spec))), names, confs)
+    network = load_network(spec if spec == "example" or spec.startswith("topohub:") else str(cfg.path(spec)))
+    names, confs = _node_files(d, net_conf, network)
+    return Deployment(d, net_conf, cfg, network, names, confs)
+
+
+def _node_files(d: Path, net_conf: dict, network) -> tuple[dict, dict]:
+    """``nodes.json`` and every node's ``node.json`` (and ``links.sealed.json``), checked against the network the
+    controller plans over: each of its nodes listed, its directory's files readable and its own."""
+    from .layout import _SAFE
+    from .node import load_node_conf
+
+    ids = [str(v) for v in network.graph.nodes]
+    in_net = {str(n["id"]) for n in net_conf["nodes"]}
+    path = d / "nodes.json"
+    names = load_json(path, "the network's list of nodes")
+    for v in ids:
+        for where, what, listed in ((d / "controller" / "net.json", "the network's layout", v in in_net),
+                                    (path, "the network's list of nodes", v in names)):
+            if not listed:
+                raise InvalidRequest(f"{where}: {what} is damaged: node {v} of the network the controller plans over "
+                                     f"is not in it; {REMAKE}")
+    check_fields(path, "the network's list of nodes",
+                 [(v, lambda v=v: bool(_SAFE.fullmatch(names[v]))) for v in ids])
+    names = {v: names[v] for v in ids}  # an entry of an unfinished change left out: the next change rewrites it
+    confs = {}
+    for v, name in names.items():
+        nd = d / "nodes" / name
+        confs[v] = conf = load_node_conf(nd)
+        check_fields(nd / "node.json", "the node's configuration", [("id", lambda: str(conf["id"]) == v)])
+        if (nd / "links.sealed.json").exists():
+            load_json(nd / "links.sealed.json", "the node's sealed link seeds")
+    return names, confs
 
 
 def _kms_config(c: Path, load_config):
@@ -74,9 +103,13 @@ def _kms_config(c: Path, load_config):
 
     try:
         raw = tomllib.loads((c / "kms.toml").read_text())
-        return KmsConfig(**{**raw, "saes": {str(k): str(v) for k, v in raw["saes"].items()}}, _dir=c)
+        cfg = KmsConfig(**{**raw, "saes": {str(k): str(v) for k, v in raw["saes"].items()}}, _dir=c)
     except Exception:  # noqa: BLE001 -- damaged or missing: named by the full load
         return load_config(c)
+    check_fields(c / "kms.toml", "the controller's configuration", [  # the fields a change reads
+        ("network", lambda: isinstance(cfg.network, str) and bool(cfg.network)),
+        ("kme_id", lambda: isinstance(cfg.kme_id, str)), ("stock", lambda: isinstance(cfg.stock.get("pairs", []), list))])
+    return cfg
 
 
 def _node_link_data(network) -> dict:
@@ -92,11 +125,22 @@ def _client(d: Path):
     from .wire import client_context
 
     pki = d / "pki"
-    if not (pki / "admin.crt").exists() or not (pki / "admin.key").exists():
-        raise InvalidRequest(f"{pki / 'admin.crt'}: no admin certificate (net init makes DIR/pki/admin.crt and "
-                             ".key since changes of membership exist; an older deployment: 'qkdseg net init "
+    gone = next((pki / f for f in ("admin.crt", "admin.key") if not (pki / f).exists()), None)
+    if gone is not None:
+        raise InvalidRequest(f"{gone}: no such file (the admin's certificate and key: net init makes DIR/pki/admin.crt "
+                             "and .key since changes of membership exist; an older deployment: 'qkdseg net init "
                              "--force' or issue one for the role urn:qkdseg:admin with the network's CA)")
-    return client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+    ctx = client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+    from cryptography import x509
+
+    from .wire import role_of
+
+    role = role_of(x509.load_pem_x509_certificate((pki / "admin.crt").read_bytes()))
+    if role is None or role.kind != "admin":  # refused with 403 by every process, after DIR was written
+        raise InvalidRequest(f"{pki / 'admin.crt'}: not the admin's certificate (its role: "
+                             f"{'none' if role is None else ' '.join(filter(None, (role.kind, role.ident)))}); "
+                             "a change of membership is taken from the role urn:qkdseg:admin only")
+    return ctx
 
 
 def _controller_up(d: Path, address: str) -> None:
@@ -153,6 +197,14 @@ class Change:
         self.removed: dict[str, str] = {}
         self.fresh: set[str] = set()  # new nodes: not running yet (net up starts them), not told
         self.t0 = time.perf_counter()
+        self.up = False
+
+    def ensure_up(self) -> None:
+        """The controller answers (once per change): checked after every refusal of the command's own and before
+        anything is written."""
+        if not self.up:
+            _controller_up(self.dep.dir, self.dep.net_conf["address"])
+            self.up = True
 
     def conf_sync(self) -> None:
         """Every node.json's registry, addresses, version and SAEs from the new state."""
@@ -190,6 +242,7 @@ class Change:
     def commit(self, *, nodes_first: bool, touched: set[str] | None = None) -> dict:
         """Write DIR, tell the processes in order, write the controller's files in DIR; the summary."""
         d = self.dep.dir
+        self.ensure_up()
         ctx = _client(d)
         ctrl_addr = self.dep.net_conf["address"]
         self.conf_sync()
@@ -263,6 +316,9 @@ def _resolve(dep: Deployment, text: str, what: str):
     try:
         return dep.network.resolve(str(text))
     except Exception:  # noqa: BLE001
+        removed = dep.net_conf.get("removed", {})
+        if str(text) in removed:
+            raise InvalidRequest(f"{what} {text!r}: was removed from the network ({removed[str(text)]})") from None
         raise InvalidRequest(f"{what} {text!r}: not a node of the network "
                              f"({', '.join(map(str, list(dep.network.graph.nodes)[:20]))})") from None
 

@@ -381,6 +381,9 @@ def init_network(directory: Path, spec: str, saes: dict[str, str], *, security_l
                     retention_s=retention, stock=dict(stock or {}), key_ttl_s=key_ttl_s, **(quotas or {}),
                     _dir=directory / "controller")
     cfg.check(flags=INIT_FLAGS)
+    from ..api.checks import check_tolerate_fits
+
+    check_tolerate_fits(net.arrays, tolerate, "--tolerate", algorithm, cfg.algorithm_options)
     stocked = cfg.stock_config()
     ids = list(net.graph.nodes)
     if len(ids) > 200_000:

@@ -99,6 +99,8 @@ def load_node_conf(d: Path) -> dict:
         ("addresses", lambda: isinstance(conf["addresses"], dict)), ("links", links), ("id", own_id),
         ("address", lambda: port_of(conf["address"])), ("controller", lambda: port_of(conf["controller"])),
         ("link_seeds", lambda: conf.get("link_seeds", "admin") in ("admin", "agree")),  # net init --link-seeds
+        ("topology_version", lambda: type(conf.get("topology_version", 0)) is int  # net add-node ... (.nodemembers)
+         and conf.get("topology_version", 0) >= 0), ("removed", lambda: isinstance(conf.get("removed", {}), dict)),
         *((name, lambda name=name: math.isfinite(float(conf.get(name, 0))) and float(conf.get(name, 0)) >= 0)
           for name in ("retention_s", "clock_skew_s", "audit_max_mb")),  # net init --retention ... (.retention)
     ])
