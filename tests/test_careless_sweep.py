@@ -573,11 +573,13 @@ case("net-init-read-only", ["net", "init", "/sys/qkdseg-n", *NI], None, "/sys/qk
 case("net-init-network-binary", ["net", "init", "n", "--network", "g.json", "--sae", "A=0", "--sae", "B=1"],
      w("g.json", GARBAGE), "g.json")
 # across hosts (issue 36): the inventory, enrolment, bundles
-case("net-init-inventory-missing", ["net", "init", "n", *NI, "--inventory", "hosts.toml"], None, "hosts.toml")
-case("net-init-inventory-garbage", ["net", "init", "n", *NI, "--inventory", "hosts.toml"], w("hosts.toml", GARBAGE),
+case("net-init-inventory-missing", ["net", "init", "n", *KI, "--inventory", "hosts.toml"], None, "hosts.toml")
+case("net-init-inventory-garbage", ["net", "init", "n", *KI, "--inventory", "hosts.toml"], w("hosts.toml", GARBAGE),
      "hosts.toml")
-case("net-init-inventory-no-nodes", ["net", "init", "n", *NI, "--inventory", "hosts.toml"],
+case("net-init-inventory-no-nodes", ["net", "init", "n", *KI, "--inventory", "hosts.toml"],
      w("hosts.toml", '[controller]\naddress = "10.9.0.1:8443"\n'), "[nodes]")
+case("net-init-inventory-and-port", ["net", "init", "n", *NI, "--inventory", "hosts.toml"],
+     w("hosts.toml", "[controller]\naddress = \"10.9.0.1:8443\"\n"), "--port 19801")
 case("net-init-enroll-no-ca-key-out", ["net", "init", "n", *NI, "--enroll"], None, "--ca-key-out")
 case("net-init-ca-key-out-a-directory", ["net", "init", "n", *NI, "--ca-key-out", "adir"], mkdir("adir"), "adir")
 case("node-keygen-twice", ["node", "keygen", "net/nodes/0"], None, "node.key")

@@ -36,7 +36,9 @@ def init(
     algorithm_option: Annotated[list[str], typer.Option(
         "--algorithm-option", help="NAME=VALUE: an option of the routing algorithm (repeat; 'qkdseg algorithms' "
                                    "lists them), e.g. shared_relays=true for msp.", show_default=False)] = [],
-    port: Annotated[int, typer.Option("--port", help="The port of every listener (each node has its own address).")] = 8443,
+    port: Annotated[int | None, typer.Option("--port", show_default=False, help="The port of every listener (each "
+                                             "node has its own address; default 8443). Not with --inventory, which "
+                                             "gives every address.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing deployment.")] = False,
     link_source: Annotated[str, typer.Option("--link-source", help="Where link keys come from: 'emulated' (a seeded "
                                              "keystream per link) or 'device' (QKD devices over ETSI 014: writes "
@@ -95,9 +97,13 @@ def init(
             raise InvalidRequest(f"{directory}: the network is running ({len(up_now)} process(es): "
                                  f"{', '.join(up_now[:3])}{', ...' if len(up_now) > 3 else ''}); 'qkdseg net down "
                                  f"{directory}' (and stop its processes on the other hosts) before --force")
+    if inventory is not None and port is not None:
+        raise InvalidRequest(f"--port {port}: the inventory {inventory} gives every process's HOST:PORT; leave --port "
+                             "out (or change the ports in the inventory)")
     saes = _parse_saes(sae)
     out = init_network(directory, network, saes, security_level=security_level, key_size=key_size,
-                       algorithm=algorithm, port=port, force=force, **sharing_fields(sharing, tolerate, reconstruction),
+                       algorithm=algorithm, port=8443 if port is None else port, force=force,
+                       **sharing_fields(sharing, tolerate, reconstruction),
                        algorithm_options=_parse_algorithm_options(algorithm_option), link_source=link_source,
                        max_skip_bits=max_skip_bits, retention=retention, clock_skew=clock_skew,
                        audit_max_mb=audit_max_mb, key_ttl_s=key_ttl, link_seeds=link_seeds,

@@ -40,11 +40,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import InvalidRequest, env_number
-from ..server.files import check_fields, load_json
 from ..server.storehealth import CommitFailed
 from .capture import Capture
-from .inventory import split_address
 from . import membership
+from .membership import load_net_conf
 from .limits import CONTROL_MAX_BODY, read_json
 from .wire import Problem, client_context, json_response, problem_routes, require, server_context
 from .wire import role as role_of
@@ -54,23 +53,6 @@ CAPTURE_ENV = "QKDSEG_ALLOW_CAPTURE"
 #: Device-fed links: a plan's reservation counts against a link's reported level this long (twice the nodes' relay
 #: timeout); by then its bits were used (and the nodes' counters show it) or its request failed.
 RESERVED_S = 2 * env_number("QKDSEG_RELAY_TIMEOUT_S", 8.0)
-
-
-def load_net_conf(d: Path) -> dict:
-    """``CTRLDIR/net.json`` (the nodes' addresses, the controller's), checked (a damaged file is one line)."""
-    path = d / "net.json"
-    conf = load_json(path, "the network's layout",
-                     missing=f"{d}: not a controller directory (no net.json; run 'qkdseg net init')")
-
-    def nodes() -> None:
-        for n in conf["nodes"]:
-            str(n["id"]), split_address(n["address"]), str(n["dir"]), list(n["saes"])
-
-    version = conf.get("topology_version", 0)  # net add-node ... (.membership): a whole number >= 0
-    check_fields(path, "the network's layout", [("address", lambda: split_address(conf["address"])), ("nodes", nodes),
-                 ("topology_version", lambda: type(version) is int and version >= 0),
-                 ("removed", lambda: isinstance(conf.get("removed", {}), dict))])
-    return conf
 
 
 class Controller:

@@ -46,7 +46,7 @@ def load(directory: Path) -> Deployment:
     (an unknown node, a link that exists, a bad value) come first, also while the network is down."""
     from ..server.config import load_config
     from ..topology import load as load_network
-    from .controller import load_net_conf
+    from .membership import load_net_conf
 
     d = Path(directory)
     if not (d / "controller" / "net.json").exists():

@@ -24,10 +24,12 @@ import asyncio
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
-from ..server.files import write_durably
+from ..server.files import check_fields, load_json, write_durably
+from .inventory import split_address
 from .limits import CONTROL_MAX_BODY, read_json
 from .nodemembers import refuse_unless_admin, version_for  # noqa: F401 -- version_for: the controller's /health
 from .wire import REMOVED, Problem, json_response, problem_routes
@@ -181,3 +183,20 @@ def membership_routes(ctl) -> list:
             return json_response(await apply(ctl, w))
 
     return [Route("/control/v1/membership", change, methods=["POST"])]
+
+
+def load_net_conf(d: Path) -> dict:
+    """``CTRLDIR/net.json`` (the nodes' addresses, the controller's), checked (a damaged file is one line)."""
+    path = d / "net.json"
+    conf = load_json(path, "the network's layout",
+                     missing=f"{d}: not a controller directory (no net.json; run 'qkdseg net init')")
+
+    def nodes() -> None:
+        for n in conf["nodes"]:
+            str(n["id"]), split_address(n["address"]), str(n["dir"]), list(n["saes"])
+
+    version = conf.get("topology_version", 0)  # net add-node ... (.membership): a whole number >= 0
+    check_fields(path, "the network's layout", [("address", lambda: split_address(conf["address"])), ("nodes", nodes),
+                 ("topology_version", lambda: type(version) is int and version >= 0),
+                 ("removed", lambda: isinstance(conf.get("removed", {}), dict))])
+    return conf

@@ -34,7 +34,7 @@ from .layout import write_private
 
 
 def _net(directory: Path) -> dict:
-    from .controller import load_net_conf
+    from .membership import load_net_conf
 
     if not (directory / "controller" / "net.json").exists():
         raise InvalidRequest(f"{directory}: not a network directory (run 'qkdseg net init {directory} ...' first)")
