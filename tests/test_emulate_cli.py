@@ -115,11 +115,11 @@ def test_emulate_text_output():
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (("--block-bits", 100), "block_bits=100 must be a positive multiple of 8"),
-        (("--trials", 0), "trials=0 must be a positive integer"),
+        (("--block-bits", 100), "--block-bits 100 must be a positive multiple of 8"),
+        (("--trials", 0), "--trials 0 must be a positive integer"),
         (("-r", "paper"), "--reconstruction needs --epsilon"),
         (("-a", "nope"), "unknown algorithm 'nope'"),
-        (("--seed", -1), "seed=-1 must be a non-negative integer"),
+        (("--seed", -1), "--seed -1 must be a non-negative integer"),
     ],
 )
 def test_emulate_user_errors_are_one_line(args, msg):

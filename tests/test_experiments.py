@@ -69,7 +69,7 @@ def test_process_pool_identical_and_files_byte_identical(serial_df, tmp_path):
 
 def test_dask_local_cluster_identical(serial_df):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         df = run_sweep(small_spec(), scheduler=cluster.scheduler_address, chunk_size=1, progress=False)
     pd.testing.assert_frame_equal(serial_df, df)
 

@@ -91,7 +91,7 @@ def test_curve_figure(tmp_path):
         (["--budget", 1, "--method", "nope"], "--method"),
         (["--budget", 1, "--curve", "0..3"], "--curve needs --out"),
         (["--budget", 1, "--epsilon", 3], "epsilon"),
-        (["--budget", 4, "--method", "exact", "--max-placements", 3], "max_placements"),
+        (["--budget", 4, "--method", "exact", "--max-placements", 3], "--max-placements"),
     ],
 )
 def test_errors_are_one_line(args, needle):

@@ -102,7 +102,7 @@ def test_sweep_on_dask_identical():
     kw = dict(duration=2.0, replications=2, algorithms=("smr", "msp"), key_bits=20_000, epsilon=0.5, seed=1,
               progress=False)
     serial, _ = run_load_sweep(net, (20.0, 80.0), backend="serial", **kw)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         dask, _ = run_load_sweep(net, (20.0, 80.0), scheduler=cluster.scheduler_address, **kw)
     pd.testing.assert_frame_equal(serial, dask)
 
@@ -143,7 +143,7 @@ def test_trace_file_run(tmp_path):
         (["--rate", "5", "--duration", "-1"], "--duration -1: must be a finite number > 0"),
         (["--rate", "5", "--ttl", "-2"], "--ttl -2: must be a finite number >= 0"),
         (["--rate", "5", "--epsilon", "2"], "--epsilon 2: must be a finite number in [0, 1]"),
-        (["--rate", "5", "--pairs", "zipf"], "pairs='zipf': use uniform or gravity"),
+        (["--rate", "5", "--pairs", "zipf"], "--pairs 'zipf': use uniform or gravity"),
         (["--trace", "no-such.csv"], "no-such.csv: no such trace file"),
     ],
 )

@@ -244,6 +244,61 @@ class _OneLineGroup(TyperGroup):
         return rv
 
 
+def _current_context():
+    """Click's context of the command running now (typer's bundled click or click itself), or None."""
+    for module in ("typer._click.globals", "click.globals"):  # typer bundles its own click from 0.16 on
+        try:
+            ctx = importlib.import_module(module).get_current_context(silent=True)
+        except (ImportError, AttributeError):
+            continue
+        if ctx is not None:
+            return ctx
+    return None
+
+
+_ASSIGNED_KEYWORD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;)]+)")
+_COMPARED_KEYWORD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)(?= ?(?:>=|<=|>|<) ?-?\d)")
+
+
+def _typed(ctx, name: str, text: str) -> bool:
+    """Whether ``text`` (``max_paths=-1``'s ``-1``) is the value of the command's option ``name``: the user's flag,
+    not a field of a file the command read (``trace.csv: row 3: key_bits=0``)."""
+    value = ctx.params.get(name)
+    if value is None or isinstance(value, (list, tuple, dict)):
+        return False
+    value = getattr(value, "value", value)  # an Enum choice
+    text = text.strip("'\"")
+    if str(value) == text:
+        return True
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def flags_named(message: str) -> str:
+    """The library's errors name its keyword arguments (``max_paths=0 must be ...``, ``needs tolerate >= 1``); on
+    the command line they name the flag the user typed instead (``--max-paths 0 must be ...``, ``needs --tolerate
+    >= 1``): each keyword that is an option of the running command (with the value given to it, where it has one).
+
+    >>> flags_named("max_paths=0 must be a positive integer")  # no command running: as it was
+    'max_paths=0 must be a positive integer'
+    """
+    ctx = _current_context()
+    if ctx is None:
+        return message
+    flags = {p.name: next((o for o in p.opts if o.startswith("--")), None) for p in ctx.command.params
+             if getattr(p, "param_type_name", "") == "option"}
+    flags = {k: v for k, v in flags.items() if v}
+
+    def assigned(k: re.Match) -> str:
+        name, text = k.groups()
+        return f"{flags[name]} {text}" if name in flags and _typed(ctx, name, text) else k.group()
+
+    message = _ASSIGNED_KEYWORD.sub(assigned, message)
+    return _COMPARED_KEYWORD.sub(lambda k: flags.get(k.group(1), k.group(1)), message)
+
+
 def user_errors(func):
     """Turn a :class:`QkdsegError`, or an operating-system error on a file the
     user named, into one line on stderr and exit status 2."""
@@ -266,7 +321,7 @@ def _report(func):
         try:
             return func(*args, **kwargs)
         except QkdsegError as err:
-            _fail(str(err))
+            _fail(flags_named(str(err)))
             raise typer.Exit(2) from None
         except BrokenPipeError:
             raise
