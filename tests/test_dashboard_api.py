@@ -46,6 +46,7 @@ import requests
 from etsi_qkd_014_client import QKD014Client
 
 from kms_helpers import QKDSEG, Server, kms_init, set_config
+from timing import scaled
 
 LEVEL = 0.5
 KEY_SIZE = 256
@@ -704,4 +705,6 @@ def test_a_public_dashboard_stops_at_once_after_a_refused_stream(tmp_path):
         took = time.monotonic() - t
     finally:
         server.stop(signal.SIGKILL)
-    assert rc == 0 and took < 5, (rc, took)  # the backstop, timeout_graceful_shutdown, is 10 s
+    # the backstop, timeout_graceful_shutdown, is 10 s: a stop that waited for the idle connection takes that long.
+    # At once is within 5 s, scaled on a busy machine (5.5 s once beside a second suite) but kept below the backstop
+    assert rc == 0 and took < min(scaled(5), 9), (rc, took)
