@@ -246,7 +246,7 @@ class _OneLineGroup(TyperGroup):
 
 def _current_context():
     """Click's context of the command running now (typer's bundled click or click itself), or None."""
-    for module in ("typer._click.globals", "click.globals"):  # typer bundles its own click from 0.16 on
+    for module in ("typer._click.globals", "click.globals"):  # newer typer releases bundle their own click
         try:
             ctx = importlib.import_module(module).get_current_context(silent=True)
         except (ImportError, AttributeError):
